@@ -1,0 +1,565 @@
+//! Node configuration, in two stages (as openraft's `config.rs`).
+//!
+//! 1. [`RawConfig`]: the serde shape of the TOML file, every field with a
+//!    default, merged with `MERIDIAN_<SECTION>__<FIELD>` environment overrides
+//!    (double underscore between section and field, e.g.
+//!    `MERIDIAN_STORAGE__FSYNC=never`) by the config crate.
+//! 2. [`RawConfig::validate`] turns it into [`NodeConfig`], whose fields are
+//!    typed and checked; every error names the field and the rule.
+//!
+//! Relative paths are resolved against the directory of the config file (or
+//! the current directory when there is none), so a config directory can be
+//! moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+use crate::storage::FsyncPolicy;
+
+/// A configuration error; the message names the field and the rule it broke.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file or an environment override could not be read or parsed.
+    #[error("config: {0}")]
+    Load(String),
+    /// A field has a value outside its rule. Nothing was started.
+    #[error("config field `{field}`: {rule} (got {got})")]
+    Invalid {
+        /// Dotted field name, e.g. `limits.max_value_bytes`.
+        field: &'static str,
+        /// The rule the value broke.
+        rule: String,
+        /// The offending value, as text.
+        got: String,
+    },
+}
+
+fn invalid(field: &'static str, rule: impl Into<String>, got: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        rule: rule.into(),
+        got: got.to_string(),
+    }
+}
+
+/// `[node]`: who this node is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNode {
+    /// Node name, unique in the cluster; `[A-Za-z0-9._-]`, 1..=64 chars. Default `node1`.
+    pub id: String,
+    /// Region name, same character rules. Default `local`.
+    pub region: String,
+    /// Zone (failure domain inside the region). Default `zone1`.
+    pub zone: String,
+    /// Directory for all node state (fjall keyspaces). Default `./meridian-data/node`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        RawNode {
+            id: "node1".into(),
+            region: "local".into(),
+            zone: "zone1".into(),
+            data_dir: PathBuf::from("meridian-data/node"),
+        }
+    }
+}
+
+/// `[server]`: listeners and connection limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// QUIC (UDP) address for clients and peers. Default `127.0.0.1:7379`.
+    pub listen_addr: String,
+    /// HTTP/JSON gateway address (TCP); empty disables it. Default `127.0.0.1:7380`.
+    pub http_addr: String,
+    /// Maximum concurrent QUIC connections (1..=65536). Default 1024.
+    pub max_connections: usize,
+    /// Maximum concurrent requests (bidi streams) per connection (1..=10000). Default 256.
+    pub max_streams_per_connection: u32,
+    /// Requests per second allowed per connection; 0 means unlimited. Default 0.
+    pub rate_limit_rps: u32,
+    /// Idle QUIC connections are closed after this many milliseconds (1000..=600000). Default 30000.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen_addr: "127.0.0.1:7379".into(),
+            http_addr: "127.0.0.1:7380".into(),
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            rate_limit_rps: 0,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[tls]`: the node's certificate (role `node`) and the cluster CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// Cluster CA certificate (PEM). Default `meridian-data/certs/ca.pem`.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM, role node). Default `meridian-data/certs/node1.pem`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM). Default `meridian-data/certs/node1.key`.
+    pub key: PathBuf,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            ca_cert: PathBuf::from("meridian-data/certs/ca.pem"),
+            cert: PathBuf::from("meridian-data/certs/node1.pem"),
+            key: PathBuf::from("meridian-data/certs/node1.key"),
+        }
+    }
+}
+
+/// `[storage]`: durability and history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStorage {
+    /// `always`: a write is acknowledged only after fsync of the journal (survives
+    /// power loss); `never`: acknowledged after the OS has the bytes (survives a
+    /// process crash, not a power loss). Default `always`.
+    pub fsync: String,
+    /// How long old versions are kept for snapshot reads and history, in seconds
+    /// (0..=2592000). Default 3600.
+    pub history_window_secs: u64,
+    /// Interval between garbage-collection passes, in milliseconds (100..=3600000). Default 10000.
+    pub gc_interval_ms: u64,
+    /// Block cache size in MiB (1..=65536). Default 64.
+    pub cache_mib: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            fsync: "always".into(),
+            history_window_secs: 3600,
+            gc_interval_ms: 10_000,
+            cache_mib: 64,
+        }
+    }
+}
+
+/// `[clock]`: hybrid logical clock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClock {
+    /// Largest tolerated offset of a remote clock ahead of ours, in milliseconds
+    /// (1..=60000). Timestamps further ahead are refused. Default 500.
+    pub max_offset_ms: u64,
+    /// How far ahead of issued timestamps the persisted high-water mark is set,
+    /// in milliseconds (10..=60000). Larger means fewer fsyncs, and a restarted
+    /// node's clock starts up to this far ahead. Default 1000.
+    pub persist_window_ms: u64,
+}
+
+impl Default for RawClock {
+    fn default() -> Self {
+        RawClock {
+            max_offset_ms: 500,
+            persist_window_ms: 1000,
+        }
+    }
+}
+
+/// `[limits]`: request bounds; anything over them is refused with a stable code.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Maximum key length in bytes (1..=65536). Default 4096.
+    pub max_key_bytes: usize,
+    /// Maximum value length in bytes (0..=16 MiB). Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Maximum encoded request in bytes (1 KiB..=64 MiB, >= max_value_bytes + max_key_bytes). Default 2 MiB.
+    pub max_request_bytes: usize,
+    /// Maximum compares + operations in one transaction (1..=10000). Default 128.
+    pub max_txn_ops: usize,
+    /// Maximum keys per range page (1..=100000). Default 10000.
+    pub max_scan_page: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_key_bytes: limits::DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
+            max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
+            max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `human` or `json` (one JSON object per line). Default `human`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `meridian=debug,info`. Default `info`.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole file, before validation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[node]`
+    pub node: RawNode,
+    /// `[server]`
+    pub server: RawServer,
+    /// `[tls]`
+    pub tls: RawTls,
+    /// `[storage]`
+    pub storage: RawStorage,
+    /// `[clock]`
+    pub clock: RawClock,
+    /// `[limits]`
+    pub limits: RawLimits,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated request limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum key length in bytes.
+    pub max_key_bytes: usize,
+    /// Maximum value length in bytes.
+    pub max_value_bytes: usize,
+    /// Maximum encoded request size in bytes.
+    pub max_request_bytes: usize,
+    /// Maximum compares + operations per transaction.
+    pub max_txn_ops: usize,
+    /// Maximum keys per range page.
+    pub max_scan_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: limits::DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
+            max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
+            max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+        }
+    }
+}
+
+/// A validated node configuration. Constructed only by [`RawConfig::validate`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node name.
+    pub node_id: String,
+    /// Region name.
+    pub region: String,
+    /// Zone name.
+    pub zone: String,
+    /// State directory (absolute or relative to the process's directory).
+    pub data_dir: PathBuf,
+    /// QUIC listen address.
+    pub listen_addr: SocketAddr,
+    /// HTTP gateway address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+    /// Maximum in-flight requests per connection.
+    pub max_streams_per_connection: u32,
+    /// Per-connection request rate, if limited.
+    pub rate_limit_rps: Option<u32>,
+    /// Idle connection timeout.
+    pub idle_timeout: Duration,
+    /// CA certificate path.
+    pub ca_cert: PathBuf,
+    /// Node certificate path.
+    pub cert: PathBuf,
+    /// Node key path.
+    pub key: PathBuf,
+    /// Fsync policy of the write path.
+    pub fsync: FsyncPolicy,
+    /// How long history is kept.
+    pub history_window: Duration,
+    /// GC pass interval.
+    pub gc_interval: Duration,
+    /// Block cache bytes.
+    pub cache_bytes: u64,
+    /// Max remote clock offset in milliseconds.
+    pub max_offset_ms: u64,
+    /// HLC persistence window in milliseconds.
+    pub persist_window_ms: u64,
+    /// Request limits.
+    pub limits: Limits,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Loads `path` (if given) plus `MERIDIAN_<SECTION>__<FIELD>` overrides, without validating.
+pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    builder = builder.add_source(env_overrides());
+    let merged = builder
+        .build()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    merged
+        .try_deserialize::<RawConfig>()
+        .map_err(|e| ConfigError::Load(e.to_string()))
+}
+
+/// Only `MERIDIAN_<SECTION>__<FIELD>` variables are config overrides; the
+/// CLI's own variables (`MERIDIAN_ENDPOINTS`, `MERIDIAN_CA`, ...) have no `__`
+/// and are left alone, so unknown-field checking stays strict for real overrides.
+fn env_overrides() -> config::Environment {
+    let vars: config::Map<String, String> = std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("MERIDIAN_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
+    config::Environment::with_prefix("MERIDIAN")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(vars))
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if value.is_empty() || value.len() > 64 || !ok_chars {
+        return Err(invalid(field, "1..=64 characters from [A-Za-z0-9._-]", value));
+    }
+    Ok(())
+}
+
+fn check_range<T: PartialOrd + ToString>(
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        let rule = format!("must be between {} and {}", min.to_string(), max.to_string());
+        return Err(invalid(field, rule, value.to_string()));
+    }
+    Ok(value)
+}
+
+fn parse_addr(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(field, "must be an IP:port socket address", value))
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawConfig {
+    /// Validates every field; `base` is the directory relative paths are resolved against.
+    pub fn validate(self, base: &Path) -> Result<NodeConfig, ConfigError> {
+        check_name("node.id", &self.node.id)?;
+        check_name("node.region", &self.node.region)?;
+        check_name("node.zone", &self.node.zone)?;
+        let s = &self.server;
+        let listen_addr = parse_addr("server.listen_addr", &s.listen_addr)?;
+        let http_addr = match s.http_addr.trim() {
+            "" => None,
+            a => Some(parse_addr("server.http_addr", a)?),
+        };
+        let max_connections = check_range("server.max_connections", s.max_connections, 1, 65_536)?;
+        let max_streams =
+            check_range("server.max_streams_per_connection", s.max_streams_per_connection, 1, 10_000)?;
+        let idle_ms = check_range("server.idle_timeout_ms", s.idle_timeout_ms, 1_000, 600_000)?;
+        let fsync = match self.storage.fsync.as_str() {
+            "always" => FsyncPolicy::Always,
+            "never" => FsyncPolicy::Never,
+            other => return Err(invalid("storage.fsync", "must be `always` or `never`", other)),
+        };
+        let st = &self.storage;
+        let history = check_range("storage.history_window_secs", st.history_window_secs, 0, 2_592_000)?;
+        let gc_ms = check_range("storage.gc_interval_ms", st.gc_interval_ms, 100, 3_600_000)?;
+        let cache_mib = check_range("storage.cache_mib", st.cache_mib, 1, 65_536)?;
+        let c = &self.clock;
+        let max_offset_ms = check_range("clock.max_offset_ms", c.max_offset_ms, 1, 60_000)?;
+        let persist_window_ms = check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
+        let limits = self.limits.validate()?;
+        let log_format = match self.log.format.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log.format", "must be `human` or `json`", other)),
+        };
+        Ok(NodeConfig {
+            node_id: self.node.id,
+            region: self.node.region,
+            zone: self.node.zone,
+            data_dir: resolve(base, &self.node.data_dir),
+            listen_addr,
+            http_addr,
+            max_connections,
+            max_streams_per_connection: max_streams,
+            rate_limit_rps: (s.rate_limit_rps > 0).then_some(s.rate_limit_rps),
+            idle_timeout: Duration::from_millis(idle_ms),
+            ca_cert: resolve(base, &self.tls.ca_cert),
+            cert: resolve(base, &self.tls.cert),
+            key: resolve(base, &self.tls.key),
+            fsync,
+            history_window: Duration::from_secs(history),
+            gc_interval: Duration::from_millis(gc_ms),
+            cache_bytes: cache_mib * 1024 * 1024,
+            max_offset_ms,
+            persist_window_ms,
+            limits,
+            log_format,
+            log_level: self.log.level,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, ConfigError> {
+        let key = check_range("limits.max_key_bytes", self.max_key_bytes, 1, limits::HARD_MAX_KEY_BYTES)?;
+        let value =
+            check_range("limits.max_value_bytes", self.max_value_bytes, 0, limits::HARD_MAX_VALUE_BYTES)?;
+        let request = check_range(
+            "limits.max_request_bytes",
+            self.max_request_bytes,
+            1024,
+            limits::HARD_MAX_REQUEST_BYTES,
+        )?;
+        if request < key + value {
+            return Err(invalid(
+                "limits.max_request_bytes",
+                format!("must be at least max_key_bytes + max_value_bytes ({})", key + value),
+                request,
+            ));
+        }
+        let ops = check_range("limits.max_txn_ops", self.max_txn_ops, 1, limits::HARD_MAX_TXN_OPS)?;
+        let page = check_range("limits.max_scan_page", self.max_scan_page, 1, limits::HARD_MAX_SCAN_PAGE)?;
+        Ok(Limits {
+            max_key_bytes: key,
+            max_value_bytes: value,
+            max_request_bytes: request,
+            max_txn_ops: ops,
+            max_scan_page: page,
+        })
+    }
+}
+
+/// Loads and validates in one step. Relative paths resolve against the file's directory.
+pub fn load_and_validate(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+    let raw = load(path)?;
+    let base = match path.and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    raw.validate(&base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        load_and_validate(Some(&path))
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let cfg = RawConfig::default().validate(Path::new(".")).unwrap();
+        assert_eq!(cfg.limits.max_value_bytes, 1024 * 1024);
+        assert_eq!(cfg.fsync, FsyncPolicy::Always);
+        assert_eq!(cfg.listen_addr.port(), 7379);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../config/example.toml");
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.node_id, "node1");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse("[limits]\nmax_value_bytes = 999999999\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("limits.max_value_bytes"), "{msg}");
+        let err = parse("[storage]\nfsync = \"sometimes\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.fsync"), "{err}");
+        let err = parse("[node]\nid = \"bad id\"\n").unwrap_err();
+        assert!(err.to_string().contains("node.id"), "{err}");
+        let err = parse("[server]\nlisten_addr = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = parse("[storage]\nfsyncc = \"always\"\n").unwrap_err();
+        assert!(err.to_string().contains("fsyncc"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[node]\ndata_dir = \"d\"\n").unwrap();
+        let cfg = load_and_validate(Some(&path)).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("d"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load_and_validate(Some(Path::new("/nonexistent/meridian.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

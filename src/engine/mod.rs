@@ -1,0 +1,591 @@
+//! The node's KV engine: validation, the single-writer group-commit loop,
+//! transactions, snapshot reads and garbage collection.
+//!
+//! **Architecture Invariant:** exactly one thread (the writer) stamps and
+//! applies writes. It takes a batch of queued writes, stamps each with a fresh
+//! HLC timestamp (strictly increasing), evaluates transaction guards against
+//! the state *including earlier writes of the same batch*, applies the whole
+//! batch as one atomic storage batch, makes it durable with one sync (group
+//! commit), then publishes the *closed timestamp* and only then replies.
+//!
+//! **Architecture Invariant:** the closed timestamp `C` is published only
+//! after every write stamped `<= C` is applied, and every later write is
+//! stamped `> C` (it is taken from the same clock afterwards). So a read at
+//! `C` is a consistent snapshot that includes every acknowledged write: reads
+//! at "latest" are linearizable on a single node (docs/consistency.md).
+//!
+//! Readers never block the writer: they read fjall directly at a timestamp.
+//! Callers (QUIC server, HTTP gateway) share one `Engine` behind an `Arc`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{ClockError, Hlc};
+use crate::config::Limits;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::limits::{GC_BATCH_VERSIONS, MAX_GROUP_COMMIT, MAX_HISTORY_PAGE, WRITE_QUEUE_CAPACITY};
+use crate::storage::{MvccStore, StorageError, WriteRecord};
+use crate::types::{CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
+
+/// Metric: writes per group commit (histogram, unitless count).
+pub const METRIC_GROUP_COMMIT_SIZE: &str = "meridian_group_commit_writes";
+/// Metric: time to apply and sync one group commit.
+pub const METRIC_COMMIT_SECONDS: &str = "meridian_commit_duration_seconds";
+/// Metric: versions removed by garbage collection.
+pub const METRIC_GC_REMOVED: &str = "meridian_gc_removed_versions_total";
+
+/// How often the writer advances the closed timestamp when idle.
+const TICK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Result of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// HLC version the write committed at.
+    pub version: Timestamp,
+    /// Whether the key existed before (put: always true; delete: as found).
+    pub existed: bool,
+}
+
+/// Result of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// Whether every guard held.
+    pub succeeded: bool,
+    /// Commit version (or the evaluation timestamp when nothing was written).
+    pub version: Timestamp,
+}
+
+/// A read result with the timestamp it was served at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served<T> {
+    /// The result.
+    pub value: T,
+    /// HLC timestamp of the snapshot.
+    pub served_at: Timestamp,
+}
+
+/// One page of a range scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangePage {
+    /// Live pairs in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Where the next page starts, if there may be more.
+    pub next: Option<Vec<u8>>,
+}
+
+enum WriteKind {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Txn(Txn),
+}
+
+enum Cmd {
+    Write {
+        kind: WriteKind,
+        reply: oneshot::Sender<Result<TxnOutcome, ApiError>>,
+    },
+    /// Advance the closed timestamp and reply with it.
+    Barrier(oneshot::Sender<Timestamp>),
+    /// Periodic: advance the closed timestamp, maybe collect garbage.
+    Tick,
+    /// Finish the current batch, then stop; queued commands after it are dropped
+    /// (their callers see `Unavailable`, nothing of theirs was written).
+    Stop,
+}
+
+/// Engine settings taken from the node config.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Request limits.
+    pub limits: Limits,
+    /// History kept for snapshot reads.
+    pub history_window: Duration,
+    /// GC pass interval.
+    pub gc_interval: Duration,
+}
+
+/// The KV engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    store: MvccStore,
+    hlc: Arc<Hlc>,
+    limits: Limits,
+    tx: mpsc::Sender<Cmd>,
+    closed: Arc<AtomicU64>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("closed", &self.closed_ts()).finish()
+    }
+}
+
+fn storage_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::Compacted { requested, horizon } => ApiError::new(
+            ErrorCode::Compacted,
+            format!("snapshot {requested} is below the garbage-collection horizon {horizon}"),
+        ),
+        other => ApiError::new(ErrorCode::StorageFailure, other.to_string()),
+    }
+}
+
+fn clock_error(e: ClockError) -> ApiError {
+    match e {
+        ClockError::OffsetTooLarge { .. } => ApiError::new(ErrorCode::ClockOffset, e.to_string()),
+        other => ApiError::new(ErrorCode::StorageFailure, other.to_string()),
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "the node is shutting down")
+}
+
+impl Engine {
+    /// Starts the writer thread and the tick task. Must be called inside a tokio runtime.
+    pub fn start(store: MvccStore, hlc: Arc<Hlc>, opts: EngineOptions) -> Result<Engine, ApiError> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let closed = Arc::new(AtomicU64::new(hlc.now().map_err(clock_error)?.0));
+        let writer = Writer {
+            store: store.clone(),
+            hlc: hlc.clone(),
+            closed: closed.clone(),
+            history_window: opts.history_window,
+            gc_interval: opts.gc_interval,
+            last_gc: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("meridian-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn writer: {e}")))?;
+        let tick_tx = tx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                // A full queue means the writer is busy and advancing anyway.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tick_tx.try_send(Cmd::Tick) {
+                    break;
+                }
+            }
+        });
+        Ok(Engine {
+            store,
+            hlc,
+            limits: opts.limits,
+            tx,
+            closed,
+            writer: std::sync::Mutex::new(Some(handle)),
+            ticker,
+        })
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store (for status and metrics).
+    pub fn store(&self) -> &MvccStore {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<Hlc> {
+        &self.hlc
+    }
+
+    /// The closed timestamp: every write at or below it is applied.
+    pub fn closed_ts(&self) -> Timestamp {
+        Timestamp(self.closed.load(Ordering::Acquire))
+    }
+
+    /// Stops the writer after the writes queued so far; later calls get
+    /// `Unavailable`. Blocks until the writer thread has exited.
+    pub async fn shutdown(&self) {
+        self.ticker.abort();
+        let _ = self.tx.send(Cmd::Stop).await;
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
+        if key.is_empty() || key.len() > self.limits.max_key_bytes {
+            return Err(ApiError::new(
+                ErrorCode::KeyTooLarge,
+                format!("key is {} bytes; keys must be 1..={} bytes", key.len(), self.limits.max_key_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), ApiError> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(ApiError::new(
+                ErrorCode::ValueTooLarge,
+                format!("value is {} bytes; limit is {}", value.len(), self.limits.max_value_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_op(&self, op: &Op) -> Result<(), ApiError> {
+        self.check_key(op.key())?;
+        if let Op::Put { value, .. } = op {
+            self.check_value(value)?;
+        }
+        Ok(())
+    }
+
+    fn check_txn(&self, txn: &Txn) -> Result<(), ApiError> {
+        let count = txn.compares.len() + txn.success.len() + txn.failure.len();
+        if count > self.limits.max_txn_ops {
+            return Err(ApiError::new(
+                ErrorCode::TooManyOps,
+                format!("transaction has {count} compares and operations; limit is {}", self.limits.max_txn_ops),
+            ));
+        }
+        for c in &txn.compares {
+            self.check_key(&c.key)?;
+            if let CompareTarget::Value(v) = &c.target {
+                self.check_value(v)?;
+            }
+        }
+        txn.success.iter().chain(&txn.failure).try_for_each(|op| self.check_op(op))
+    }
+
+    async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Write { kind, reply };
+        self.tx.send(cmd).await.map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Writes `value` at `key`.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let out = self.submit(WriteKind::Put { key, value }).await?;
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: true,
+        })
+    }
+
+    /// Deletes `key` (a tombstone; history keeps older versions).
+    pub async fn delete(&self, key: Vec<u8>) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        let out = self.submit(WriteKind::Delete { key }).await?;
+        // For deletes the writer reports existence through `succeeded`.
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: out.succeeded,
+        })
+    }
+
+    /// Runs an atomic compare / then / else transaction.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
+        self.check_txn(&txn)?;
+        self.submit(WriteKind::Txn(txn)).await
+    }
+
+    /// Resolves the snapshot timestamp for a read: latest closed, or `at`
+    /// once the closed timestamp has reached it.
+    async fn read_ts(&self, at: Option<Timestamp>) -> Result<Timestamp, ApiError> {
+        let closed = self.closed_ts();
+        let Some(at) = at else { return Ok(closed) };
+        if at <= closed {
+            return Ok(at);
+        }
+        if at > self.hlc.last() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("snapshot timestamp {at} is in the future (clock is at {})", self.hlc.last()),
+            ));
+        }
+        // Writes stamped below `at` may still be in the queue: wait for them.
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Barrier(reply)).await.map_err(|_| unavailable())?;
+        let closed = rx.await.map_err(|_| unavailable())?;
+        debug_assert!(closed >= at, "barrier must close past every issued timestamp");
+        Ok(at)
+    }
+
+    /// Reads `key` at the latest state or at snapshot `at`.
+    pub async fn get(&self, key: Vec<u8>, at: Option<Timestamp>) -> Result<Served<Option<KeyValue>>, ApiError> {
+        self.check_key(&key)?;
+        let ts = self.read_ts(at).await?;
+        let value = self.store.get(&key, ts).map_err(storage_error)?;
+        Ok(Served { value, served_at: ts })
+    }
+
+    /// Scans live keys in `[start, end)`; `limit` 0 means the default page size.
+    pub async fn range(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        at: Option<Timestamp>,
+    ) -> Result<Served<RangePage>, ApiError> {
+        let limit = match limit {
+            0 => crate::limits::DEFAULT_SCAN_PAGE.min(self.limits.max_scan_page),
+            n if n > self.limits.max_scan_page => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("limit {n} exceeds max_scan_page {}", self.limits.max_scan_page),
+                ))
+            }
+            n => n,
+        };
+        if start.len() > self.limits.max_key_bytes || end.as_ref().is_some_and(|e| e.len() > self.limits.max_key_bytes) {
+            return Err(ApiError::new(ErrorCode::KeyTooLarge, "range bound longer than max_key_bytes"));
+        }
+        let ts = self.read_ts(at).await?;
+        let page = self.store.scan(&start, end.as_deref(), ts, limit).map_err(storage_error)?;
+        Ok(Served {
+            value: RangePage {
+                kvs: page.items,
+                next: page.next_key,
+            },
+            served_at: ts,
+        })
+    }
+
+    /// Version history of `key`, newest first; `limit` 0 means the maximum page.
+    pub async fn history(&self, key: Vec<u8>, limit: usize) -> Result<Served<Vec<VersionEntry>>, ApiError> {
+        self.check_key(&key)?;
+        if limit > MAX_HISTORY_PAGE {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("limit {limit} exceeds the history page maximum {MAX_HISTORY_PAGE}"),
+            ));
+        }
+        let limit = if limit == 0 { MAX_HISTORY_PAGE } else { limit };
+        let ts = self.closed_ts();
+        let entries = self.store.history(&key, limit).map_err(storage_error)?;
+        // Versions above the closed timestamp are not acknowledged yet: hide them.
+        let entries = entries.into_iter().filter(|e| e.version <= ts).collect();
+        Ok(Served { value: entries, served_at: ts })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+/// The single owner of the write path.
+struct Writer {
+    store: MvccStore,
+    hlc: Arc<Hlc>,
+    closed: Arc<AtomicU64>,
+    history_window: Duration,
+    gc_interval: Duration,
+    last_gc: Instant,
+}
+
+type Reply = oneshot::Sender<Result<TxnOutcome, ApiError>>;
+
+/// Pending state of keys written earlier in the current group: value or tombstone.
+type Overlay = HashMap<Vec<u8>, Option<(Vec<u8>, Timestamp)>>;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_GROUP_COMMIT {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.process(&mut batch) {
+                break;
+            }
+        }
+        tracing::info!("writer stopped");
+    }
+
+    /// Handles one group; returns true when asked to stop.
+    fn process(&mut self, batch: &mut Vec<Cmd>) -> bool {
+        let mut records = Vec::new();
+        let mut replies: Vec<(Reply, Result<TxnOutcome, ApiError>)> = Vec::new();
+        let mut barriers = Vec::new();
+        let mut overlay = Overlay::new();
+        let mut tick = false;
+        let mut stop = false;
+        for cmd in batch.drain(..) {
+            if stop {
+                continue; // dropping the reply sender tells the caller Unavailable
+            }
+            match cmd {
+                Cmd::Write { kind, reply, .. } => {
+                    let outcome = self.stage(kind, &mut overlay, &mut records);
+                    replies.push((reply, outcome));
+                }
+                Cmd::Barrier(reply) => barriers.push(reply),
+                Cmd::Tick => tick = true,
+                Cmd::Stop => stop = true,
+            }
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.commit(&records) {
+                for (_, outcome) in replies.iter_mut() {
+                    if outcome.is_ok() {
+                        *outcome = Err(e.clone());
+                    }
+                }
+            }
+        }
+        self.publish_closed();
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
+        let closed = Timestamp(self.closed.load(Ordering::Acquire));
+        for reply in barriers {
+            let _ = reply.send(closed);
+        }
+        if tick && !stop {
+            self.maybe_gc();
+        }
+        stop
+    }
+
+    fn commit(&self, records: &[WriteRecord]) -> Result<(), ApiError> {
+        let started = Instant::now();
+        self.store.apply_batch(records).map_err(storage_error)?;
+        self.store.sync().map_err(storage_error)?;
+        metrics::histogram!(METRIC_GROUP_COMMIT_SIZE).record(records.len() as f64);
+        metrics::histogram!(METRIC_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn publish_closed(&self) {
+        match self.hlc.now() {
+            Ok(ts) => {
+                self.closed.fetch_max(ts.0, Ordering::AcqRel);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot advance closed timestamp"),
+        }
+    }
+
+    /// Current state of `key` for guard evaluation: this group's overlay first.
+    fn current(&self, key: &[u8], overlay: &Overlay) -> Result<Option<(Vec<u8>, Timestamp)>, ApiError> {
+        if let Some(pending) = overlay.get(key) {
+            return Ok(pending.clone());
+        }
+        let kv = self.store.get(key, Timestamp::MAX).map_err(storage_error)?;
+        Ok(kv.map(|kv| (kv.value, kv.version)))
+    }
+
+    fn stage(&self, kind: WriteKind, overlay: &mut Overlay, records: &mut Vec<WriteRecord>) -> Result<TxnOutcome, ApiError> {
+        let ts = self.hlc.now().map_err(clock_error)?;
+        let (succeeded, ops) = match kind {
+            WriteKind::Put { key, value } => (true, vec![Op::Put { key, value }]),
+            WriteKind::Delete { key } => {
+                let existed = self.current(&key, overlay)?.is_some();
+                (existed, vec![Op::Delete { key }])
+            }
+            WriteKind::Txn(txn) => {
+                let ok = self.guards_hold(&txn, overlay)?;
+                (ok, if ok { txn.success } else { txn.failure })
+            }
+        };
+        if !ops.is_empty() {
+            for op in &ops {
+                let state = match op {
+                    Op::Put { value, .. } => Some((value.clone(), ts)),
+                    Op::Delete { .. } => None,
+                };
+                overlay.insert(op.key().to_vec(), state);
+            }
+            records.push(WriteRecord { ts, ops });
+        }
+        Ok(TxnOutcome { succeeded, version: ts })
+    }
+
+    fn guards_hold(&self, txn: &Txn, overlay: &Overlay) -> Result<bool, ApiError> {
+        for c in &txn.compares {
+            let state = self.current(&c.key, overlay)?;
+            if !compare_holds(c.op, &c.target, state.as_ref()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn maybe_gc(&mut self) {
+        if self.last_gc.elapsed() < self.gc_interval {
+            return;
+        }
+        self.last_gc = Instant::now();
+        let now = Timestamp(self.closed.load(Ordering::Acquire));
+        let window_ms = i64::try_from(self.history_window.as_millis()).unwrap_or(i64::MAX);
+        let Some(horizon) = Timestamp::from_parts(now.physical_unix_ms().saturating_sub(window_ms), 0) else {
+            return; // the window reaches before the HLC epoch: nothing is old enough
+        };
+        match self.store.gc(horizon, GC_BATCH_VERSIONS) {
+            Ok(stats) => {
+                metrics::counter!(METRIC_GC_REMOVED).increment(stats.removed_versions as u64);
+                if stats.more {
+                    // Run again on the next tick rather than stall writes now.
+                    self.last_gc = Instant::now() - self.gc_interval;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+        }
+    }
+}
+
+/// Evaluates one guard against a key's current state (`None` = absent).
+pub fn compare_holds(op: CompareOp, target: &CompareTarget, state: Option<&(Vec<u8>, Timestamp)>) -> bool {
+    use std::cmp::Ordering as O;
+    let ord = match target {
+        // A missing key never satisfies a value compare (as etcd).
+        CompareTarget::Value(v) => match state {
+            Some((cur, _)) => cur.as_slice().cmp(v.as_slice()),
+            None => return false,
+        },
+        CompareTarget::Version(v) => state.map_or(Timestamp::ZERO, |(_, ver)| *ver).cmp(v),
+        CompareTarget::Exists(want) => state.is_some().cmp(want),
+    };
+    match op {
+        CompareOp::Equal => ord == O::Equal,
+        CompareOp::NotEqual => ord != O::Equal,
+        CompareOp::Less => ord == O::Less,
+        CompareOp::Greater => ord == O::Greater,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_semantics() {
+        let present = (b"b".to_vec(), Timestamp(10));
+        let s = Some(&present);
+        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Value(b"b".to_vec()), s));
+        assert!(compare_holds(CompareOp::Less, &CompareTarget::Value(b"c".to_vec()), s));
+        assert!(compare_holds(CompareOp::Greater, &CompareTarget::Value(b"a".to_vec()), s));
+        assert!(!compare_holds(CompareOp::NotEqual, &CompareTarget::Value(b"b".to_vec()), s));
+        assert!(!compare_holds(CompareOp::NotEqual, &CompareTarget::Value(b"b".to_vec()), None));
+        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Version(Timestamp(10)), s));
+        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Version(Timestamp::ZERO), None));
+        assert!(compare_holds(CompareOp::Greater, &CompareTarget::Version(Timestamp(9)), s));
+        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Exists(true), s));
+        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Exists(false), None));
+        assert!(!compare_holds(CompareOp::Equal, &CompareTarget::Exists(true), None));
+    }
+}

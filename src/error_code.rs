@@ -1,0 +1,154 @@
+//! Stable error codes that reach users (in the wire protocol, the HTTP
+//! gateway's JSON errors and the CLI). Codes never change meaning once
+//! released; new ones are appended. Modelled on TiKV's `error_code`.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, user-visible error code with a fixed meaning and remedy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// MER-1001: the key is empty or longer than the key limit.
+    KeyTooLarge,
+    /// MER-1002: the value is longer than the value limit.
+    ValueTooLarge,
+    /// MER-1003: the request frame is longer than the request limit.
+    RequestTooLarge,
+    /// MER-1004: a transaction has more operations than allowed.
+    TooManyOps,
+    /// MER-1005: the frame could not be decoded.
+    MalformedRequest,
+    /// MER-1006: the client speaks a protocol version this node does not.
+    UnsupportedVersion,
+    /// MER-1007: an argument is out of its allowed range (for example a page size).
+    InvalidArgument,
+    /// MER-1008: the requested snapshot is older than the history window.
+    Compacted,
+    /// MER-2001: the peer's certificate role may not call this API.
+    PermissionDenied,
+    /// MER-2002: too many requests; retry later.
+    RateLimited,
+    /// MER-3001: the node's storage failed; the node stops accepting writes.
+    StorageFailure,
+    /// MER-3002: a remote clock is too far ahead of ours.
+    ClockOffset,
+    /// MER-3003: the node is shutting down or overloaded.
+    Unavailable,
+    /// MER-9999: an internal error; report it.
+    Internal,
+}
+
+/// Every code, for lookups and tests.
+pub const ALL: &[ErrorCode] = &[
+    ErrorCode::KeyTooLarge,
+    ErrorCode::ValueTooLarge,
+    ErrorCode::RequestTooLarge,
+    ErrorCode::TooManyOps,
+    ErrorCode::MalformedRequest,
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::InvalidArgument,
+    ErrorCode::Compacted,
+    ErrorCode::PermissionDenied,
+    ErrorCode::RateLimited,
+    ErrorCode::StorageFailure,
+    ErrorCode::ClockOffset,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+impl ErrorCode {
+    /// The stable text form, e.g. `MER-1001`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::KeyTooLarge => "MER-1001",
+            ErrorCode::ValueTooLarge => "MER-1002",
+            ErrorCode::RequestTooLarge => "MER-1003",
+            ErrorCode::TooManyOps => "MER-1004",
+            ErrorCode::MalformedRequest => "MER-1005",
+            ErrorCode::UnsupportedVersion => "MER-1006",
+            ErrorCode::InvalidArgument => "MER-1007",
+            ErrorCode::Compacted => "MER-1008",
+            ErrorCode::PermissionDenied => "MER-2001",
+            ErrorCode::RateLimited => "MER-2002",
+            ErrorCode::StorageFailure => "MER-3001",
+            ErrorCode::ClockOffset => "MER-3002",
+            ErrorCode::Unavailable => "MER-3003",
+            ErrorCode::Internal => "MER-9999",
+        }
+    }
+
+    /// The numeric form carried on the wire (the digits of [`ErrorCode::as_str`]).
+    pub fn as_u16(self) -> u16 {
+        // The text form is always "MER-" followed by four digits.
+        self.as_str()[4..].parse().unwrap_or(9999)
+    }
+
+    /// Parses the numeric wire form; unknown numbers (from a newer node) map to `None`.
+    pub fn from_u16(n: u16) -> Option<ErrorCode> {
+        ALL.iter().copied().find(|c| c.as_u16() == n)
+    }
+
+    /// What the caller should do about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            ErrorCode::KeyTooLarge => "use a non-empty key within max_key_bytes",
+            ErrorCode::ValueTooLarge => "store a smaller value (limit max_value_bytes)",
+            ErrorCode::RequestTooLarge => "split the request (limit max_request_bytes)",
+            ErrorCode::TooManyOps => "split the transaction (limit max_txn_ops)",
+            ErrorCode::MalformedRequest => "use a matching SDK or CLI version",
+            ErrorCode::UnsupportedVersion => "upgrade the client or the node",
+            ErrorCode::InvalidArgument => "fix the argument named in the message",
+            ErrorCode::Compacted => "read at a newer timestamp",
+            ErrorCode::PermissionDenied => "use a certificate with the required role",
+            ErrorCode::RateLimited => "back off and retry",
+            ErrorCode::StorageFailure => "check the node's disk and logs, then restart it",
+            ErrorCode::ClockOffset => "fix clock synchronisation (NTP) on the nodes",
+            ErrorCode::Unavailable => "retry on another node or later",
+            ErrorCode::Internal => "report a bug with the node's logs",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as a user sees it: a stable code, a message, and (through the
+/// code) what to do. This is what the wire protocol, the HTTP gateway and the
+/// CLI report; internal errors convert into it at the API boundary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message} ({})", code.remedy())]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong, naming the offending field or limit.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL {
+            assert!(seen.insert(c.as_u16()), "duplicate {c}");
+            assert_eq!(ErrorCode::from_u16(c.as_u16()), Some(*c));
+        }
+        assert_eq!(ErrorCode::KeyTooLarge.as_u16(), 1001);
+        assert_eq!(ErrorCode::from_u16(4242), None);
+    }
+}

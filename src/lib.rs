@@ -1,0 +1,31 @@
+//! Meridian: a geo-distributed, multi-region metadata service.
+//!
+//! See `docs/architecture.md` for the bird's-eye view and the code map. In
+//! short: [`clock`] stamps every write with a hybrid logical clock,
+//! [`storage`] keeps MVCC versions in fjall, [`engine`] is the single owner of
+//! the write path (group commit, transactions, GC), [`wire`] holds the
+//! versioned client protocol, [`transport`] the QUIC + mutual-TLS endpoint,
+//! [`server`] assembles a node, [`client`] is the Rust SDK, [`gateway`] the
+//! HTTP/JSON gateway, and [`cli`] the `meridian` command.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![warn(clippy::expect_used)]
+
+pub mod bench;
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error_code;
+pub mod gateway;
+pub mod limits;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod transport;
+pub mod types;
+pub mod wire;

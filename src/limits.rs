@@ -1,0 +1,48 @@
+//! Every bound in one place (TigerBeetle's "put a limit on everything").
+//!
+//! The `DEFAULT_*` values are the defaults of the matching config fields in
+//! [`crate::config`]; the `HARD_*` values are ceilings that config cannot raise,
+//! so a typo in a config file cannot make a node accept a 4 GiB frame.
+
+/// Default maximum key length in bytes (config `limits.max_key_bytes`).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 4 * 1024;
+/// Ceiling for `limits.max_key_bytes`.
+pub const HARD_MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// Default maximum value length in bytes (config `limits.max_value_bytes`): 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Ceiling for `limits.max_value_bytes`.
+pub const HARD_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default maximum encoded request size in bytes (config `limits.max_request_bytes`).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// Ceiling for `limits.max_request_bytes`; also the largest frame a client accepts.
+pub const HARD_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default maximum number of operations (compares + success + failure) in a transaction.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Ceiling for `limits.max_txn_ops`.
+pub const HARD_MAX_TXN_OPS: usize = 10_000;
+
+/// Default page size of a range scan when the caller gives none.
+pub const DEFAULT_SCAN_PAGE: usize = 1_000;
+/// Default maximum page size of a range scan (config `limits.max_scan_page`).
+pub const DEFAULT_MAX_SCAN_PAGE: usize = 10_000;
+/// Ceiling for `limits.max_scan_page`.
+pub const HARD_MAX_SCAN_PAGE: usize = 100_000;
+
+/// Maximum versions returned by one history request.
+pub const MAX_HISTORY_PAGE: usize = 1_000;
+
+/// Capacity of the write queue in front of the single writer (requests, not bytes).
+pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
+/// Maximum number of write requests committed by one group commit (one fsync).
+pub const MAX_GROUP_COMMIT: usize = 1_024;
+
+/// Maximum concurrent client connections per node (config `server.max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+/// Maximum concurrent bidirectional streams (in-flight requests) per connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Versions removed per garbage-collection pass, so GC never stalls writes for long.
+pub const GC_BATCH_VERSIONS: usize = 10_000;

@@ -1,0 +1,4 @@
+//! The `meridian` command.
+fn main() -> std::process::ExitCode {
+    meridian::cli::main()
+}

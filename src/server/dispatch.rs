@@ -1,0 +1,239 @@
+//! Per-connection and per-request handling of the client protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::certs::Role;
+use crate::engine::Engine;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::transport::{self, FrameError, PeerIdentity};
+use crate::types::Timestamp;
+use crate::wire::{self, KeyValueV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1, VersionEntryV1};
+
+/// Identity of this node, shown by status and the gateway.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Node name.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Bound QUIC address.
+    pub quic_addr: SocketAddr,
+}
+
+/// Shared request context.
+pub(crate) struct Context {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) info: Arc<NodeInfo>,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) rate_limit_rps: Option<u32>,
+}
+
+/// A per-connection token bucket (only when `rate_limit_rps` is set).
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rps: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rps),
+            tokens: f64::from(rps),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(crate) async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Handshake failures include clients without a valid certificate.
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            metrics::counter!("meridian_connections_refused_total", "reason" => "handshake").increment(1);
+            return;
+        }
+    };
+    let peer = match transport::peer_identity(&conn) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refusing connection without a usable identity");
+            conn.close(1u32.into(), b"no usable certificate identity");
+            return;
+        }
+    };
+    let span = tracing::info_span!("conn", %remote, peer = %peer.name, role = %peer.role);
+    let mut limiter = ctx.rate_limit_rps.map(RateLimiter::new);
+    async move {
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection closed");
+                    return;
+                }
+            };
+            let limited = limiter.as_mut().is_some_and(|l| !l.allow());
+            let ctx = ctx.clone();
+            let peer = peer.clone();
+            tokio::spawn(handle_stream(send, recv, ctx, peer, limited).in_current_span());
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn handle_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Context>,
+    peer: Arc<PeerIdentity>,
+    limited: bool,
+) {
+    let response = match transport::read_frame(&mut recv, ctx.max_request_bytes).await {
+        Ok(_) if limited => error(ApiError::new(ErrorCode::RateLimited, "per-connection request rate exceeded")),
+        Ok(frame) => process_frame(&frame, &ctx, &peer).await,
+        Err(FrameError::TooLarge { len, max }) => {
+            // Tell the peer to stop sending the body we will not read.
+            let _ = recv.stop(0u32.into());
+            error(ApiError::new(
+                ErrorCode::RequestTooLarge,
+                format!("request frame is {len} bytes; limit is {max} (max_request_bytes)"),
+            ))
+        }
+        Err(e) => error(ApiError::new(ErrorCode::MalformedRequest, format!("bad frame: {e}"))),
+    };
+    let bytes = wire::encode_response(&response);
+    if transport::write_frame(&mut send, &bytes).await.is_ok() {
+        let _ = send.finish();
+        // Wait (bounded) until the peer has the reply, so it is not cut off.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+fn error(e: ApiError) -> ResponseV1 {
+    metrics::counter!("meridian_requests_total", "op" => "invalid", "code" => e.code.as_str()).increment(1);
+    wire::error_response(&e)
+}
+
+async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> ResponseV1 {
+    let request = match wire::decode_request(frame) {
+        Ok(r) => r,
+        Err(e) => return error(e.into()),
+    };
+    let op = op_name(&request);
+    let started = Instant::now();
+    let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = "linearizable");
+    let result = handle(request, ctx, peer).instrument(span).await;
+    let code = result.as_ref().err().map_or("ok", |e| e.code.as_str());
+    metrics::counter!("meridian_requests_total", "op" => op, "code" => code).increment(1);
+    metrics::histogram!("meridian_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok((served_at, body)) => ResponseV1::Ok {
+            served_at: served_at.0,
+            body,
+        },
+        Err(e) => wire::error_response(&e),
+    }
+}
+
+fn op_name(r: &RequestV1) -> &'static str {
+    match r {
+        RequestV1::Get { .. } => "get",
+        RequestV1::Put { .. } => "put",
+        RequestV1::Delete { .. } => "delete",
+        RequestV1::Range { .. } => "range",
+        RequestV1::Txn(_) => "txn",
+        RequestV1::History { .. } => "history",
+        RequestV1::Status => "status",
+        RequestV1::PeerPing => "peer_ping",
+    }
+}
+
+fn role_check(peer: &PeerIdentity, allowed: &[Role]) -> Result<(), ApiError> {
+    transport::require_role(peer, allowed).map_err(|e| ApiError::new(ErrorCode::PermissionDenied, e.to_string()))
+}
+
+/// Client data operations are open to every role; peer RPCs only to nodes.
+const DATA_ROLES: &[Role] = &[Role::Client, Role::Admin, Role::Node];
+
+async fn handle(req: RequestV1, ctx: &Context, peer: &PeerIdentity) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
+    let engine = &ctx.engine;
+    match req {
+        RequestV1::PeerPing => {
+            role_check(peer, &[Role::Node])?;
+            Ok((engine.closed_ts(), ResponseBodyV1::Pong))
+        }
+        RequestV1::Status => Ok((engine.closed_ts(), ResponseBodyV1::Status(status(ctx)))),
+        other => {
+            role_check(peer, DATA_ROLES)?;
+            handle_data(other, engine).await
+        }
+    }
+}
+
+async fn handle_data(req: RequestV1, engine: &Engine) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
+    match req {
+        RequestV1::Get { key, at } => {
+            let r = engine.get(key, at.map(Timestamp)).await?;
+            Ok((r.served_at, ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from))))
+        }
+        RequestV1::Put { key, value } => {
+            let w = engine.put(key, value).await?;
+            Ok((w.version, ResponseBodyV1::Written { version: w.version.0, existed: w.existed }))
+        }
+        RequestV1::Delete { key } => {
+            let w = engine.delete(key).await?;
+            Ok((w.version, ResponseBodyV1::Written { version: w.version.0, existed: w.existed }))
+        }
+        RequestV1::Range { start, end, limit, at } => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let r = engine.range(start, end, limit, at.map(Timestamp)).await?;
+            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
+            Ok((r.served_at, ResponseBodyV1::Page { kvs, next: r.value.next }))
+        }
+        RequestV1::Txn(t) => {
+            let out = engine.txn(t.into()).await?;
+            Ok((out.version, ResponseBodyV1::Txn { succeeded: out.succeeded, version: out.version.0 }))
+        }
+        RequestV1::History { key, limit } => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let r = engine.history(key, limit).await?;
+            let entries = r.value.iter().map(VersionEntryV1::from).collect();
+            Ok((r.served_at, ResponseBodyV1::History(entries)))
+        }
+        RequestV1::Status | RequestV1::PeerPing => Err(ApiError::new(ErrorCode::Internal, "routed to the wrong handler")),
+    }
+}
+
+fn status(ctx: &Context) -> StatusV1 {
+    StatusV1 {
+        node_id: ctx.info.node_id.clone(),
+        region: ctx.info.region.clone(),
+        zone: ctx.info.zone.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        approximate_keys: ctx.engine.store().approximate_keys() as u64,
+        gc_horizon: ctx.engine.store().gc_horizon().0,
+    }
+}

@@ -1,0 +1,226 @@
+//! A Meridian node: assembles storage, clock, engine, the QUIC endpoint and
+//! the HTTP gateway from a validated [`NodeConfig`], and serves until told to
+//! stop.
+//!
+//! Request path (QUIC): accept connection (refused without a certificate
+//! from the cluster CA; see [`crate::transport`]) → one task per connection →
+//! one task per bidirectional stream → read one frame (bounded by
+//! `limits.max_request_bytes`) → [`crate::wire`] decode → role check →
+//! [`Engine`] → encode → write one frame.
+//!
+//! **Architecture Invariant:** a bad frame (too large, undecodable, unknown
+//! version, over a limit) is answered with an error frame carrying a stable
+//! code on that stream only; it never closes the connection, never reaches the
+//! writer, and never writes anything.
+
+mod dispatch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::clock::{Hlc, SystemClock};
+use crate::config::NodeConfig;
+use crate::engine::{Engine, EngineOptions};
+use crate::storage::{MvccStore, StoreOptions};
+use crate::transport::{self, EndpointLimits, TlsFiles};
+
+pub use dispatch::NodeInfo;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The clock could not resume above its high-water mark.
+    #[error("clock: {0}")]
+    Clock(#[from] crate::clock::ClockError),
+    /// The engine could not start.
+    #[error("engine: {0}")]
+    Engine(#[from] crate::error_code::ApiError),
+    /// TLS material or the QUIC socket could not be set up.
+    #[error("transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// The HTTP gateway could not bind.
+    #[error("http gateway on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    engine: Arc<Engine>,
+    endpoint: quinn::Endpoint,
+    quic_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    accept_task: tokio::task::JoinHandle<()>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("quic_addr", &self.quic_addr)
+            .field("http_addr", &self.http_addr)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node. Ports 0 in the config are replaced by the bound ports
+    /// (see [`Node::quic_addr`], [`Node::http_addr`]).
+    pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
+        let metrics = crate::telemetry::metrics_handle();
+        let store = MvccStore::open(StoreOptions {
+            path: cfg.data_dir.clone(),
+            fsync: cfg.fsync,
+            cache_bytes: cfg.cache_bytes,
+        })?;
+        let hlc = Arc::new(Hlc::open(SystemClock, store.clone(), cfg.max_offset_ms, cfg.persist_window_ms)?);
+        let engine = Arc::new(Engine::start(
+            store,
+            hlc,
+            EngineOptions {
+                limits: cfg.limits,
+                history_window: cfg.history_window,
+                gc_interval: cfg.gc_interval,
+            },
+        )?);
+        let tls = TlsFiles {
+            ca: cfg.ca_cert.clone(),
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+        };
+        let endpoint_limits = EndpointLimits {
+            max_streams_per_connection: cfg.max_streams_per_connection,
+            idle_timeout_ms: u64::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            ..EndpointLimits::default()
+        };
+        let endpoint = transport::server_endpoint(cfg.listen_addr, &tls, &endpoint_limits)?;
+        let quic_addr = endpoint.local_addr().map_err(|e| {
+            StartError::Transport(crate::transport::TransportError::Io(e))
+        })?;
+        let info = Arc::new(NodeInfo {
+            node_id: cfg.node_id.clone(),
+            region: cfg.region.clone(),
+            zone: cfg.zone.clone(),
+            quic_addr,
+        });
+        let ctx = Arc::new(dispatch::Context {
+            engine: engine.clone(),
+            info: info.clone(),
+            max_request_bytes: cfg.limits.max_request_bytes,
+            rate_limit_rps: cfg.rate_limit_rps,
+        });
+        let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
+        let (http_addr, http_task) = match cfg.http_addr {
+            None => (None, None),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Http { addr, source })?;
+                let bound = listener.local_addr().map_err(|source| StartError::Http { addr, source })?;
+                let state = crate::gateway::GatewayState {
+                    engine: engine.clone(),
+                    info: info.clone(),
+                    metrics,
+                    started: Instant::now(),
+                };
+                let task = tokio::spawn(crate::gateway::serve(listener, state));
+                (Some(bound), Some(task))
+            }
+        };
+        tracing::info!(node = %cfg.node_id, region = %cfg.region, %quic_addr, ?http_addr, "node started");
+        Ok(Node {
+            engine,
+            endpoint,
+            quic_addr,
+            http_addr,
+            accept_task,
+            http_task,
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound HTTP gateway address, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The engine (for in-process tests and tools).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops accepting, closes connections, and stops the writer after the
+    /// writes it has already taken.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        self.accept_task.abort();
+        if let Some(t) = self.http_task {
+            t.abort();
+        }
+        self.engine.shutdown().await;
+        // Give quinn a moment to send CONNECTION_CLOSE frames; bounded.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tracing::info!("node stopped");
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<dispatch::Context>, conn_limit: Arc<Semaphore>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
+            // Over max_connections: refuse before the handshake costs anything.
+            incoming.refuse();
+            metrics::counter!("meridian_connections_refused_total", "reason" => "limit").increment(1);
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            dispatch::serve_connection(incoming, ctx).await;
+        });
+    }
+}
+
+/// Runs a node until Ctrl-C / SIGTERM; used by `meridian serve`.
+pub async fn run_until_signal(cfg: NodeConfig) -> anyhow::Result<()> {
+    let node = Node::start(cfg).await?;
+    eprintln!(
+        "meridian node listening: quic {} http {}",
+        node.quic_addr(),
+        node.http_addr().map_or("disabled".to_string(), |a| a.to_string())
+    );
+    wait_for_signal().await;
+    tracing::info!("signal received, shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,596 @@
+//! MVCC key-value storage on fjall.
+//!
+//! [`MvccStore`] keeps every version of every key, stamped with the HLC
+//! timestamp of its write, until garbage collection drops the versions no
+//! snapshot at or above the gc horizon can see. It owns the disk format (see
+//! `encoding`), durability ([`FsyncPolicy`]) and the poison flag; it does not
+//! own timestamps, validation of user requests or scheduling: the engine
+//! stamps writes, checks request limits and decides when to sync and gc.
+//!
+//! **Invariant:** once `sync` returns `Ok`, every batch applied before it
+//! survives a process crash (and, with [`FsyncPolicy::Always`], power loss).
+//! **Invariant:** a read at or above the gc horizon sees exactly what it saw
+//! before gc; a read below it fails with [`StorageError::Compacted`].
+//! **Invariant:** after a failed write or sync the store is poisoned and
+//! refuses every further call (fjall `src/poison.rs`; Rebello et al.,
+//! "Can Applications Recover from fsync Failures?", ATC '20).
+
+mod encoding;
+mod mvcc;
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+
+use crate::error_code::ErrorCode;
+use crate::limits;
+use crate::types::{KeyValue, Op, Timestamp, VersionEntry};
+use mvcc::{RawEntry, VersionSource};
+
+/// fjall keyspace holding one entry per version (format: `encoding`).
+const DATA_KEYSPACE: &str = "mvcc_data";
+/// fjall keyspace holding the format marker, gc horizon and named metadata.
+const META_KEYSPACE: &str = "mvcc_meta";
+
+/// Most records one [`MvccStore::apply_batch`] accepts: one group commit.
+pub const MAX_BATCH_RECORDS: usize = limits::MAX_GROUP_COMMIT;
+/// Most operations one [`WriteRecord`] may carry: one transaction.
+pub const MAX_RECORD_OPS: usize = limits::HARD_MAX_TXN_OPS;
+/// Most key plus value bytes one [`WriteRecord`] may carry: one request.
+pub const MAX_RECORD_BYTES: usize = limits::HARD_MAX_REQUEST_BYTES;
+/// Most versions one [`MvccStore::gc`] call removes, whatever the caller asks;
+/// the removals are held in memory and committed as one batch.
+pub const MAX_GC_VERSIONS_PER_CALL: usize = 10 * limits::GC_BATCH_VERSIONS;
+/// Longest metadata name in bytes.
+pub const MAX_META_NAME_BYTES: usize = 128;
+/// Largest metadata value in bytes; metadata is small (marks, ids).
+pub const MAX_META_VALUE_BYTES: usize = 64 * 1024;
+
+/// When [`MvccStore::sync`] makes writes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsyncPolicy {
+    /// `sync` fsyncs the journal (fjall `PersistMode::SyncAll`): acknowledged
+    /// writes survive process crashes and power loss.
+    Always,
+    /// `sync` only flushes the journal to OS buffers (`PersistMode::Buffer`):
+    /// acknowledged writes survive a process crash but may be lost on power
+    /// loss or kernel crash. For tests and benchmarks, or replicated
+    /// deployments that accept losing a node's tail.
+    Never,
+}
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Directory of the fjall database; created if missing.
+    pub path: PathBuf,
+    /// Durability of [`MvccStore::sync`].
+    pub fsync: FsyncPolicy,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+/// Errors of the storage boundary.
+#[non_exhaustive]
+#[derive(thiserror::Error, Debug)]
+pub enum StorageError {
+    /// fjall failed (I/O or internal error). If it happened on a write or
+    /// sync the store is now poisoned; on a read it is not.
+    #[error("storage engine: {0}")]
+    Fjall(#[source] fjall::Error),
+    /// Bytes on disk do not decode: written by a newer build or damaged.
+    /// The read is refused; the store is not changed.
+    #[error("corrupt or unsupported data on disk: {what}")]
+    Corrupt {
+        /// What was found and where.
+        what: String,
+    },
+    /// The read timestamp is below the gc horizon; versions it needs may be
+    /// gone. Read at `horizon` or later.
+    #[error("snapshot {} is below the gc horizon {}", requested.0, horizon.0)]
+    Compacted {
+        /// The timestamp asked for.
+        requested: Timestamp,
+        /// The current gc horizon.
+        horizon: Timestamp,
+    },
+    /// An earlier write or sync failed; nothing is accepted any more because
+    /// what reached the disk is unknown. Restart the node to recover.
+    #[error("storage is poisoned by an earlier write or sync failure; restart the node")]
+    Poisoned,
+    /// The caller passed something the store refuses (a limit, a timestamp
+    /// order). Nothing was written.
+    #[error("invalid storage argument: {reason}")]
+    InvalidArgument {
+        /// Which argument and which rule.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    /// The user-visible code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StorageError::Fjall(_) | StorageError::Corrupt { .. } | StorageError::Poisoned => {
+                ErrorCode::StorageFailure
+            }
+            StorageError::Compacted { .. } => ErrorCode::Compacted,
+            StorageError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+        }
+    }
+
+    fn fjall(err: fjall::Error) -> Self {
+        match err {
+            fjall::Error::Poisoned => StorageError::Poisoned,
+            other => StorageError::Fjall(other),
+        }
+    }
+
+    fn invalid(reason: impl Into<String>) -> Self {
+        StorageError::InvalidArgument { reason: reason.into() }
+    }
+}
+
+/// One page of a range scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Live key-values in key order.
+    pub items: Vec<KeyValue>,
+    /// Where the next page starts (pass it as `start`): `Some` iff more live
+    /// keys may remain in the range. A page may be short (even empty) with
+    /// `next_key` set when the scan ran out of its work budget.
+    pub next_key: Option<Vec<u8>>,
+}
+
+/// The mutations of one write, all stamped with one timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// The version every op of this record writes.
+    pub ts: Timestamp,
+    /// The mutations; a later op on the same key wins.
+    pub ops: Vec<Op>,
+}
+
+/// What one [`MvccStore::gc`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Versions removed by this call.
+    pub removed_versions: usize,
+    /// Whether versions may remain to collect at this horizon (call again).
+    pub more: bool,
+}
+
+/// Where an unfinished gc pass resumes.
+struct GcCursor {
+    /// The horizon of the pass; a new horizon starts a new pass.
+    horizon: Timestamp,
+    /// Encoded lower bound of the next key to visit.
+    resume: Vec<u8>,
+}
+
+struct Inner {
+    db: Database,
+    data: Keyspace,
+    meta: Keyspace,
+    fsync: FsyncPolicy,
+    poisoned: AtomicBool,
+    /// The gc horizon; only raised under `write_lock` and after it is durable.
+    horizon: AtomicU64,
+    /// Serializes writes with horizon changes, so that no write at or below
+    /// the horizon commits after gc has started removing versions.
+    write_lock: Mutex<()>,
+    /// Serializes gc calls and remembers where the last one stopped.
+    gc_cursor: Mutex<Option<GcCursor>>,
+}
+
+/// A multi-version key-value store on fjall. Cheap to clone; all clones share
+/// one database.
+#[derive(Clone)]
+pub struct MvccStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("fsync", &self.inner.fsync)
+            .field("gc_horizon", &self.gc_horizon())
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consistent fjall snapshot of the data keyspace, as mvcc's source.
+struct SnapshotSource<'a> {
+    snapshot: fjall::Snapshot,
+    data: &'a Keyspace,
+}
+
+impl VersionSource for SnapshotSource<'_> {
+    fn range(
+        &self,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+    ) -> Box<dyn Iterator<Item = Result<RawEntry, StorageError>> + '_> {
+        if bounds_are_empty(&lower, &upper) {
+            return Box::new(std::iter::empty());
+        }
+        let iter = self.snapshot.range(self.data, (lower, upper));
+        Box::new(iter.map(|guard| guard.into_inner().map_err(StorageError::fjall)))
+    }
+}
+
+/// Whether no key lies between the bounds (lsm-tree expects `lower <= upper`).
+fn bounds_are_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+    use Bound::{Excluded, Included};
+    match (lower, upper) {
+        (Included(l), Included(u)) => l > u,
+        (Included(l) | Excluded(l), Included(u) | Excluded(u)) => l >= u,
+        _ => false,
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked: the
+/// write lock guards no data and the gc cursor is only a hint.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MvccStore {
+    /// Opens (or creates) the store at `opts.path`.
+    ///
+    /// Refuses with [`StorageError::Corrupt`] a store whose format marker
+    /// names a version this build cannot read.
+    #[tracing::instrument(level = "info", skip_all, fields(path = %opts.path.display()))]
+    pub fn open(opts: StoreOptions) -> Result<Self, StorageError> {
+        let db = Database::builder(&opts.path)
+            .cache_size(opts.cache_bytes)
+            .open()
+            .map_err(StorageError::fjall)?;
+        let data =
+            db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default).map_err(StorageError::fjall)?;
+        let meta =
+            db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default).map_err(StorageError::fjall)?;
+        check_store_format(&db, &data, &meta)?;
+        let horizon = match meta.get(encoding::META_GC_HORIZON_KEY).map_err(StorageError::fjall)? {
+            Some(raw) => encoding::decode_horizon(&raw)?,
+            None => Timestamp::ZERO,
+        };
+        tracing::info!(gc_horizon = horizon.0, "storage opened");
+        let inner = Inner {
+            db,
+            data,
+            meta,
+            fsync: opts.fsync,
+            poisoned: AtomicBool::new(false),
+            horizon: AtomicU64::new(horizon.0),
+            write_lock: Mutex::new(()),
+            gc_cursor: Mutex::new(None),
+        };
+        Ok(MvccStore { inner: Arc::new(inner) })
+    }
+
+    /// The newest version of `key` at or below `at`; `None` if there is none
+    /// or it is a tombstone. Fails with [`StorageError::Compacted`] when `at`
+    /// is below the gc horizon.
+    pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<KeyValue>, StorageError> {
+        let src = self.read_view(at)?;
+        let Some(entry) = mvcc::newest_at(&src, key, at)? else {
+            return Ok(None);
+        };
+        Ok(entry.value.map(|value| KeyValue { key: key.to_vec(), value, version: entry.version }))
+    }
+
+    /// Live keys in `[start, end)` (`end: None` is unbounded) as of `at`, in
+    /// key order, at most `limit` of them (clamped to
+    /// [`limits::HARD_MAX_SCAN_PAGE`]). Follow [`ScanPage::next_key`] for the
+    /// rest. `limit` must be at least 1.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        at: Timestamp,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        if limit == 0 {
+            return Err(StorageError::invalid("scan limit must be at least 1"));
+        }
+        let src = self.read_view(at)?;
+        if end.is_some_and(|end| start >= end) {
+            return Ok(ScanPage::default());
+        }
+        let limit = limit.min(limits::HARD_MAX_SCAN_PAGE);
+        mvcc::scan(&src, start, end, at, limit, mvcc::SCAN_VISIT_BUDGET)
+    }
+
+    /// Up to `limit` (clamped to [`limits::MAX_HISTORY_PAGE`]) stored versions
+    /// of `key`, newest first, tombstones included as `value: None`. Versions
+    /// removed by gc are not shown.
+    pub fn history(&self, key: &[u8], limit: usize) -> Result<Vec<VersionEntry>, StorageError> {
+        self.check_poisoned()?;
+        let src = self.source();
+        mvcc::history(&src, key, limit.min(limits::MAX_HISTORY_PAGE))
+    }
+
+    /// Writes all `records` as one atomic fjall batch (group commit). Does
+    /// not fsync: call [`MvccStore::sync`] before acknowledging.
+    ///
+    /// Records must have strictly increasing timestamps, all above the gc
+    /// horizon, and respect [`MAX_BATCH_RECORDS`], [`MAX_RECORD_OPS`],
+    /// [`MAX_RECORD_BYTES`] and the value and key size ceilings; otherwise
+    /// nothing is written and [`StorageError::InvalidArgument`] is returned.
+    /// A commit failure poisons the store.
+    #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
+    pub fn apply_batch(&self, records: &[WriteRecord]) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        validate_records(records)?;
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        let _write = lock(&self.inner.write_lock);
+        let horizon = self.gc_horizon();
+        if first.ts <= horizon {
+            return Err(StorageError::invalid(format!(
+                "write at {} is at or below the gc horizon {}",
+                first.ts.0, horizon.0
+            )));
+        }
+        let mut batch = self.inner.db.batch();
+        for record in records {
+            // A later op on the same key wins: walk backwards, keep the first.
+            let mut seen = HashSet::with_capacity(record.ops.len());
+            for op in record.ops.iter().rev().filter(|op| seen.insert(op.key())) {
+                let (key, value) = match op {
+                    Op::Put { key, value } => (key, Some(value.as_slice())),
+                    Op::Delete { key } => (key, None),
+                };
+                let encoded = encoding::encode_version_key(key, record.ts);
+                debug_assert!(encoded.len() <= encoding::MAX_ENCODED_KEY_BYTES);
+                batch.insert(&self.inner.data, encoded, encoding::encode_record(value));
+            }
+        }
+        batch.commit().map_err(|err| self.write_failed("apply_batch", err))
+    }
+
+    /// The durability point: per [`FsyncPolicy`], makes every batch applied
+    /// so far survive a process crash (`Never`) or also power loss
+    /// (`Always`). On failure the store is poisoned.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let mode = match self.inner.fsync {
+            FsyncPolicy::Always => PersistMode::SyncAll,
+            FsyncPolicy::Never => PersistMode::Buffer,
+        };
+        let started = Instant::now();
+        self.inner.db.persist(mode).map_err(|err| self.write_failed("sync", err))?;
+        metrics::histogram!("meridian_storage_sync_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Collects versions no read at or above `horizon` can see: for every
+    /// key, all versions above the horizon stay, the newest at or below it
+    /// stays unless it is a tombstone, and older ones go. Removes at most
+    /// `max_versions` (clamped to [`MAX_GC_VERSIONS_PER_CALL`], must be at
+    /// least 1) per call; `more` says whether to call again.
+    ///
+    /// The horizon never moves backwards (a lower `horizon` collects at the
+    /// current one) and is made durable before anything is removed.
+    #[tracing::instrument(level = "debug", skip_all, fields(horizon = horizon.0))]
+    pub fn gc(&self, horizon: Timestamp, max_versions: usize) -> Result<GcStats, StorageError> {
+        self.check_poisoned()?;
+        if max_versions == 0 {
+            return Err(StorageError::invalid("gc max_versions must be at least 1"));
+        }
+        let max_versions = max_versions.min(MAX_GC_VERSIONS_PER_CALL);
+        let mut cursor = lock(&self.inner.gc_cursor);
+        let horizon = self.raise_horizon(horizon)?;
+        let from = cursor.take().filter(|c| c.horizon == horizon).map(|c| c.resume);
+        let plan = mvcc::plan_gc(&self.source(), from, horizon, max_versions, mvcc::GC_VISIT_BUDGET)?;
+        let removed_versions = plan.remove.len();
+        if removed_versions > 0 {
+            let mut batch = self.inner.db.batch();
+            for key in plan.remove {
+                batch.remove(&self.inner.data, key);
+            }
+            // Not fsynced: removals lost in a crash are simply redone.
+            batch.commit().map_err(|err| self.write_failed("gc", err))?;
+        }
+        *cursor = plan.resume.map(|resume| GcCursor { horizon, resume });
+        metrics::counter!("meridian_storage_gc_removed_versions_total")
+            .increment(removed_versions as u64);
+        tracing::debug!(removed_versions, more = cursor.is_some(), "gc step");
+        Ok(GcStats { removed_versions, more: cursor.is_some() })
+    }
+
+    /// The current gc horizon; reads below it fail with `Compacted`.
+    pub fn gc_horizon(&self) -> Timestamp {
+        Timestamp(self.inner.horizon.load(Ordering::Acquire))
+    }
+
+    /// Named metadata written by [`MvccStore::meta_put_durable`].
+    pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.check_poisoned()?;
+        validate_meta_name(name)?;
+        let key = encoding::meta_user_key(name);
+        let Some(raw) = self.inner.meta.get(key).map_err(StorageError::fjall)? else {
+            return Ok(None);
+        };
+        Ok(Some(encoding::decode_meta(&raw)?.to_vec()))
+    }
+
+    /// Writes named metadata and fsyncs it (SyncAll) before returning,
+    /// whatever the [`FsyncPolicy`]. A failure poisons the store.
+    pub fn meta_put_durable(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        validate_meta_name(name)?;
+        if value.len() > MAX_META_VALUE_BYTES {
+            return Err(StorageError::invalid(format!(
+                "metadata value of {} bytes exceeds {MAX_META_VALUE_BYTES}",
+                value.len()
+            )));
+        }
+        let key = encoding::meta_user_key(name);
+        self.put_meta_durable("meta_put_durable", key, encoding::encode_meta(value))
+    }
+
+    /// Approximate number of stored versions (tombstones and not yet
+    /// collected versions included): a cheap gauge for metrics, not a count.
+    pub fn approximate_keys(&self) -> usize {
+        self.inner.data.approximate_len()
+    }
+
+    /// Whether an earlier write or sync failure poisoned the store.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        if self.is_poisoned() {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Poisons the store after a failed write: what reached the disk is
+    /// unknown, so no later call may build on it.
+    fn write_failed(&self, what: &str, err: fjall::Error) -> StorageError {
+        self.inner.poisoned.store(true, Ordering::Release);
+        tracing::error!(error = %err, operation = what, "storage write failed; store poisoned");
+        metrics::counter!("meridian_storage_poisoned_total").increment(1);
+        StorageError::fjall(err)
+    }
+
+    fn source(&self) -> SnapshotSource<'_> {
+        SnapshotSource { snapshot: self.inner.db.snapshot(), data: &self.inner.data }
+    }
+
+    /// A snapshot for reading at `at`, taken *before* the horizon is checked:
+    /// gc removes versions only after raising the horizon, so if `at` is not
+    /// below the horizon seen afterwards, the snapshot still holds every
+    /// version a read at `at` needs.
+    fn read_view(&self, at: Timestamp) -> Result<SnapshotSource<'_>, StorageError> {
+        self.check_poisoned()?;
+        let src = self.source();
+        let horizon = self.gc_horizon();
+        if at < horizon {
+            return Err(StorageError::Compacted { requested: at, horizon });
+        }
+        Ok(src)
+    }
+
+    /// Raises the horizon to `requested` (never lowers it), durably, and
+    /// returns the horizon now in force.
+    fn raise_horizon(&self, requested: Timestamp) -> Result<Timestamp, StorageError> {
+        let _write = lock(&self.inner.write_lock);
+        let current = self.gc_horizon();
+        if requested <= current {
+            return Ok(current);
+        }
+        let key = encoding::META_GC_HORIZON_KEY.to_vec();
+        self.put_meta_durable("gc_horizon", key, encoding::encode_horizon(requested))?;
+        self.inner.horizon.store(requested.0, Ordering::Release);
+        Ok(requested)
+    }
+
+    fn put_meta_durable(&self, what: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.meta.insert(key, value).map_err(|err| self.write_failed(what, err))?;
+        self.inner.db.persist(PersistMode::SyncAll).map_err(|err| self.write_failed(what, err))
+    }
+}
+
+/// Checks the format marker, writing it (durably) into a brand-new store.
+fn check_store_format(db: &Database, data: &Keyspace, meta: &Keyspace) -> Result<(), StorageError> {
+    match meta.get(encoding::META_FORMAT_KEY).map_err(StorageError::fjall)? {
+        Some(raw) => match encoding::decode_store_format(&raw)? {
+            encoding::STORE_FORMAT_V1 => Ok(()),
+            found => Err(StorageError::Corrupt {
+                what: format!(
+                    "store format version {found} (this build reads {})",
+                    encoding::STORE_FORMAT_V1
+                ),
+            }),
+        },
+        None if data.is_empty().map_err(StorageError::fjall)? => {
+            meta.insert(encoding::META_FORMAT_KEY, encoding::encode_store_format())
+                .map_err(StorageError::fjall)?;
+            db.persist(PersistMode::SyncAll).map_err(StorageError::fjall)
+        }
+        None => Err(StorageError::Corrupt {
+            what: "data present but no store format marker".to_string(),
+        }),
+    }
+}
+
+/// Checks the shape and limits of a batch before anything is written.
+fn validate_records(records: &[WriteRecord]) -> Result<(), StorageError> {
+    if records.len() > MAX_BATCH_RECORDS {
+        return Err(StorageError::invalid(format!(
+            "{} records in one batch exceed {MAX_BATCH_RECORDS}",
+            records.len()
+        )));
+    }
+    for pair in records.windows(2) {
+        if pair[0].ts >= pair[1].ts {
+            return Err(StorageError::invalid(format!(
+                "record timestamps must strictly increase, got {} then {}",
+                pair[0].ts.0, pair[1].ts.0
+            )));
+        }
+    }
+    records.iter().try_for_each(validate_record)
+}
+
+fn validate_record(record: &WriteRecord) -> Result<(), StorageError> {
+    if record.ops.len() > MAX_RECORD_OPS {
+        return Err(StorageError::invalid(format!(
+            "{} ops in one record exceed {MAX_RECORD_OPS}",
+            record.ops.len()
+        )));
+    }
+    let mut bytes = 0usize;
+    for op in &record.ops {
+        let key = op.key();
+        if encoding::encoded_key_len(key) > encoding::MAX_ENCODED_KEY_BYTES {
+            return Err(StorageError::invalid(format!(
+                "key of {} bytes does not fit the storage key limit",
+                key.len()
+            )));
+        }
+        let value_len = match op {
+            Op::Put { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+        };
+        if value_len > limits::HARD_MAX_VALUE_BYTES {
+            return Err(StorageError::invalid(format!(
+                "value of {value_len} bytes exceeds {}",
+                limits::HARD_MAX_VALUE_BYTES
+            )));
+        }
+        bytes = bytes.saturating_add(key.len() + value_len);
+    }
+    if bytes > MAX_RECORD_BYTES {
+        return Err(StorageError::invalid(format!(
+            "record of {bytes} bytes exceeds {MAX_RECORD_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_meta_name(name: &str) -> Result<(), StorageError> {
+    if name.is_empty() || name.len() > MAX_META_NAME_BYTES {
+        return Err(StorageError::invalid(format!(
+            "metadata name must be 1..={MAX_META_NAME_BYTES} bytes, got {}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

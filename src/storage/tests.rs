@@ -1,0 +1,227 @@
+//! Unit tests of [`MvccStore`] against a real fjall database in a temp dir.
+//! The randomized comparison against a model lives in `tests/storage_model.rs`.
+
+use super::*;
+
+fn open(dir: &std::path::Path) -> MvccStore {
+    MvccStore::open(StoreOptions {
+        path: dir.to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        cache_bytes: 1 << 20,
+    })
+    .unwrap()
+}
+
+fn put(key: &[u8], value: &[u8]) -> Op {
+    Op::Put { key: key.to_vec(), value: value.to_vec() }
+}
+
+fn record(ts: u64, ops: Vec<Op>) -> WriteRecord {
+    WriteRecord { ts: Timestamp(ts), ops }
+}
+
+fn value_at(store: &MvccStore, key: &[u8], ts: u64) -> Option<Vec<u8>> {
+    store.get(key, Timestamp(ts)).unwrap().map(|kv| kv.value)
+}
+
+#[test]
+fn store_is_clone_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    fn check_clone<T: Clone>() {}
+    check::<MvccStore>();
+    check_clone::<MvccStore>();
+    check::<StorageError>();
+}
+
+#[test]
+fn later_op_on_the_same_key_wins_within_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ops = vec![put(b"k", b"first"), Op::Delete { key: b"k".to_vec() }, put(b"k", b"last")];
+    store.apply_batch(&[record(5, ops)]).unwrap();
+    assert_eq!(value_at(&store, b"k", 5).as_deref(), Some(&b"last"[..]));
+    assert_eq!(store.history(b"k", 10).unwrap().len(), 1, "one version per key and record");
+
+    let ops = vec![put(b"k", b"again"), Op::Delete { key: b"k".to_vec() }];
+    store.apply_batch(&[record(6, ops)]).unwrap();
+    assert_eq!(value_at(&store, b"k", 6), None);
+}
+
+#[test]
+fn records_must_strictly_increase_and_nothing_is_written_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for ts in [[3, 3], [4, 2]] {
+        let records = [record(ts[0], vec![put(b"a", b"1")]), record(ts[1], vec![put(b"b", b"2")])];
+        let err = store.apply_batch(&records).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
+    }
+    assert_eq!(store.scan(b"", None, Timestamp::MAX, 10).unwrap().items, vec![]);
+    assert!(!store.is_poisoned(), "a refused batch is the caller's bug, not a disk failure");
+}
+
+#[test]
+fn writes_at_or_below_the_horizon_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    store.gc(Timestamp(10), 100).unwrap();
+    let err = store.apply_batch(&[record(10, vec![put(b"a", b"2")])]).unwrap_err();
+    assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
+    store.apply_batch(&[record(11, vec![put(b"a", b"3")])]).unwrap();
+    assert_eq!(value_at(&store, b"a", 10).as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn oversized_keys_are_refused_before_fjall_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Every 0x00 doubles under escaping, so this 40 KiB key encodes to 80 KiB.
+    let key = vec![0u8; 40 * 1024];
+    let err = store.apply_batch(&[record(1, vec![put(&key, b"v")])]).unwrap_err();
+    assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
+}
+
+#[test]
+fn reads_below_the_horizon_are_compacted_and_horizon_never_moves_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.gc(Timestamp(100), 10).unwrap();
+    store.gc(Timestamp(50), 10).unwrap();
+    assert_eq!(store.gc_horizon(), Timestamp(100));
+    let err = store.get(b"k", Timestamp(99)).unwrap_err();
+    assert!(
+        matches!(err, StorageError::Compacted { requested: Timestamp(99), horizon: Timestamp(100) }),
+        "{err}"
+    );
+    assert_eq!(err.code(), ErrorCode::Compacted);
+    assert!(matches!(store.scan(b"", None, Timestamp(1), 1), Err(StorageError::Compacted { .. })));
+    assert_eq!(store.get(b"k", Timestamp(100)).unwrap(), None);
+}
+
+#[test]
+fn horizon_and_meta_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.meta_put_durable("hlc", &7i64.to_be_bytes()).unwrap();
+        store.gc(Timestamp(42), 10).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.gc_horizon(), Timestamp(42));
+    assert_eq!(store.meta_get("hlc").unwrap(), Some(7i64.to_be_bytes().to_vec()));
+    assert_eq!(store.meta_get("other").unwrap(), None);
+}
+
+#[test]
+fn meta_names_and_values_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.meta_put_durable("", b"x").is_err());
+    assert!(store.meta_put_durable(&"n".repeat(MAX_META_NAME_BYTES + 1), b"x").is_err());
+    assert!(store.meta_put_durable("big", &vec![0; MAX_META_VALUE_BYTES + 1]).is_err());
+    store.meta_put_durable("ok", &vec![1; MAX_META_VALUE_BYTES]).unwrap();
+}
+
+#[test]
+fn unknown_record_format_is_refused_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let raw_key = encoding::encode_version_key(b"k", Timestamp(3));
+    store.inner.data.insert(raw_key, vec![9u8, 1, 0, b'v']).unwrap();
+    let err = store.get(b"k", Timestamp(5)).unwrap_err();
+    match &err {
+        StorageError::Corrupt { what } => assert!(what.contains("format version 9"), "{what}"),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert_eq!(err.code(), ErrorCode::StorageFailure);
+    assert!(store.scan(b"", None, Timestamp(5), 10).is_err());
+    assert!(store.history(b"k", 10).is_err());
+}
+
+#[test]
+fn unknown_store_format_is_refused_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.inner.meta.insert(encoding::META_FORMAT_KEY, encoding::encode_meta(&[2])).unwrap();
+    }
+    let err = MvccStore::open(StoreOptions {
+        path: dir.path().to_path_buf(),
+        fsync: FsyncPolicy::Always,
+        cache_bytes: 1 << 20,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("store format version 2"), "{err}");
+}
+
+#[test]
+fn a_failed_write_poisons_every_later_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    let injected = fjall::Error::Io(std::io::Error::other("injected fsync failure"));
+    let err = store.write_failed("sync", injected);
+    assert!(matches!(err, StorageError::Fjall(_)));
+    assert!(store.is_poisoned());
+    let clone = store.clone();
+    assert!(matches!(clone.get(b"a", Timestamp(1)), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.scan(b"", None, Timestamp(1), 1), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.history(b"a", 1), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.apply_batch(&[]), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.sync(), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.gc(Timestamp(1), 1), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.meta_get("x"), Err(StorageError::Poisoned)));
+    assert!(matches!(clone.meta_put_durable("x", b""), Err(StorageError::Poisoned)));
+    assert_eq!(StorageError::Poisoned.code(), ErrorCode::StorageFailure);
+}
+
+#[test]
+fn scan_and_gc_arguments_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(matches!(store.scan(b"", None, Timestamp(1), 0), Err(StorageError::InvalidArgument { .. })));
+    assert!(matches!(store.gc(Timestamp(1), 0), Err(StorageError::InvalidArgument { .. })));
+    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    let page = store.scan(b"b", Some(b"a"), Timestamp(1), 10).unwrap();
+    assert_eq!(page, ScanPage::default(), "an inverted range is empty");
+}
+
+#[test]
+fn gc_resumes_where_the_previous_call_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let records: Vec<_> = (1..=4)
+        .map(|ts| record(ts, (0u8..10).map(|k| put(&[k], &[ts as u8])).collect()))
+        .collect();
+    store.apply_batch(&records).unwrap();
+    let mut removed = 0;
+    let mut calls = 0;
+    loop {
+        let stats = store.gc(Timestamp(4), 7).unwrap();
+        assert!(stats.removed_versions <= 7);
+        removed += stats.removed_versions;
+        calls += 1;
+        if !stats.more {
+            break;
+        }
+        assert!(calls < 20, "gc must finish");
+    }
+    assert_eq!(removed, 30, "three shadowed versions of ten keys");
+    assert_eq!(store.history(&[3], 10).unwrap().len(), 1);
+    assert_eq!(value_at(&store, &[3], 4), Some(vec![4]));
+}
+
+#[test]
+fn sync_with_always_policy_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MvccStore::open(StoreOptions {
+        path: dir.path().to_path_buf(),
+        fsync: FsyncPolicy::Always,
+        cache_bytes: 1 << 20,
+    })
+    .unwrap();
+    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    store.sync().unwrap();
+    assert!(store.approximate_keys() >= 1);
+}

@@ -1,0 +1,417 @@
+//! QUIC endpoints with mutual TLS, peer identities, and frames on streams.
+//!
+//! Every connection, client-to-node or node-to-node, is QUIC over TLS 1.3
+//! with ALPN [`ALPN`]. Both sides present a certificate issued by the
+//! cluster CA ([`crate::certs`]); the CA in [`TlsFiles::ca`] is the only
+//! trust anchor. The verified peer certificate yields a [`PeerIdentity`]
+//! (role and name), and [`require_role`] is the one place an API checks it.
+//!
+//! **Architecture Invariant:** a server endpoint never completes a handshake
+//! with a peer that presented no certificate or one not chained to the CA, so
+//! every accepted connection has a [`PeerIdentity`].
+//!
+//! This module owns sockets and TLS but no protocol: a request is a
+//! bidirectional stream carrying length-prefixed frames ([`frame`]), and what
+//! the frames mean belongs to `wire` and `server`.
+//!
+//! Time limits: a handshake is bounded by the idle timeout; reads of frames
+//! are not, so callers wrap them in `tokio::time::timeout`.
+
+pub mod frame;
+mod tls;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use rustls::pki_types::CertificateDer;
+
+use crate::certs::{self, CertError, Role};
+use crate::error_code::ErrorCode;
+use crate::limits::DEFAULT_MAX_STREAMS_PER_CONNECTION;
+
+pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
+
+/// The ALPN protocol id of Meridian's protocol, version 1. A peer offering
+/// anything else fails the handshake.
+pub const ALPN: &[u8] = b"meridian/1";
+
+/// Default for [`EndpointLimits::idle_timeout_ms`]: 30 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Default for [`EndpointLimits::keep_alive_ms`]: 10 s, well inside the idle
+/// timeout so a quiet but healthy connection is never timed out.
+pub const DEFAULT_KEEP_ALIVE_MS: u64 = 10_000;
+/// Ceiling for [`EndpointLimits::idle_timeout_ms`]: 10 minutes. A dead peer
+/// holds its connection's resources for at most this long.
+pub const HARD_MAX_IDLE_TIMEOUT_MS: u64 = 600_000;
+/// Ceiling for [`EndpointLimits::max_streams_per_connection`].
+pub const HARD_MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+
+/// QUIC application close code sent when the server's certificate is not a
+/// node certificate.
+const CLOSE_SERVER_NOT_NODE: u32 = 1;
+
+/// The PEM files an endpoint uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA certificate(s): the only trust anchors for peers.
+    pub ca: PathBuf,
+    /// Our certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Our private key.
+    pub key: PathBuf,
+}
+
+/// Per-connection QUIC limits, applied to both directions of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointLimits {
+    /// Concurrent bidirectional streams (in-flight requests) a peer may open
+    /// on one connection; 1 to [`HARD_MAX_STREAMS_PER_CONNECTION`].
+    pub max_streams_per_connection: u32,
+    /// Milliseconds without any packet after which a connection (or a
+    /// handshake) is dropped; 1 to [`HARD_MAX_IDLE_TIMEOUT_MS`].
+    pub idle_timeout_ms: u64,
+    /// Milliseconds between keep-alive pings on a quiet connection; 0 turns
+    /// them off. Capped at half of `idle_timeout_ms`, so a ping always lands
+    /// before the peer would time the connection out.
+    pub keep_alive_ms: u64,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        EndpointLimits {
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            keep_alive_ms: DEFAULT_KEEP_ALIVE_MS,
+        }
+    }
+}
+
+impl EndpointLimits {
+    /// Checks every field against its documented range.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        let invalid = |field, reason: String| Err(TransportError::InvalidLimits { field, reason });
+        let streams = self.max_streams_per_connection;
+        if !(1..=HARD_MAX_STREAMS_PER_CONNECTION).contains(&streams) {
+            let range = format!("is {streams}; must be 1..={HARD_MAX_STREAMS_PER_CONNECTION}");
+            return invalid("max_streams_per_connection", range);
+        }
+        let idle = self.idle_timeout_ms;
+        if !(1..=HARD_MAX_IDLE_TIMEOUT_MS).contains(&idle) {
+            let range = format!("is {idle}; must be 1..={HARD_MAX_IDLE_TIMEOUT_MS}");
+            return invalid("idle_timeout_ms", range);
+        }
+        Ok(())
+    }
+}
+
+/// Who is on the other end of a connection, from its verified certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The role in the certificate.
+    pub role: Role,
+    /// The certificate's subject common name (the name it was issued for).
+    pub name: String,
+}
+
+/// Why an endpoint could not be built, a connection made, or a peer allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// An [`EndpointLimits`] field is out of range; nothing was bound.
+    #[error("invalid endpoint limit {field}: {reason}")]
+    InvalidLimits {
+        /// The field name.
+        field: &'static str,
+        /// Its value and allowed range.
+        reason: String,
+    },
+    /// A TLS file could not be read or parsed; the message names the file.
+    #[error(transparent)]
+    Files(#[from] CertError),
+    /// A certificate in the CA file is not usable as a trust anchor.
+    #[error("{}: not a usable CA certificate: {source}", path.display())]
+    BadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        #[source]
+        source: rustls::Error,
+    },
+    /// Our own certificate carries no usable Meridian role.
+    #[error("{}: {source}", path.display())]
+    BadCertificate {
+        /// Our certificate file.
+        path: PathBuf,
+        /// What is wrong with its role.
+        #[source]
+        source: CertError,
+    },
+    /// A server endpoint was given a certificate that is not a node
+    /// certificate; nothing was bound. Issue one with role `node`.
+    #[error("{}: a server needs a node certificate, this one has role {role}", path.display())]
+    NotANode {
+        /// Our certificate file.
+        path: PathBuf,
+        /// The role it has.
+        role: Role,
+    },
+    /// The client-certificate verifier could not be built (no CA).
+    #[error("cannot build the client certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rustls refused the configuration, e.g. the key does not match the
+    /// certificate.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The crypto provider lacks the cipher suite QUIC's handshake needs.
+    #[error("TLS configuration: {0}")]
+    NoQuicCipherSuite(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The UDP socket could not be bound (address in use, no permission, or
+    /// no Tokio runtime).
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address we tried.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket operation on a bound endpoint failed (for example reading
+    /// its local address).
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The connection could not be started (bad server name, endpoint
+    /// closing, address family mismatch); nothing was sent.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake or connection failed: unreachable, timed out, or one
+    /// side refused the other's certificate. Retrying with the same
+    /// certificates only helps for the network causes.
+    #[error("connection to {addr} failed: {source}")]
+    Handshake {
+        /// The server address.
+        addr: SocketAddr,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    /// The server's certificate is valid but not a node certificate; the
+    /// connection was closed. The address does not belong to a node.
+    #[error("server at {addr} is not a node (its certificate has role {role})")]
+    ServerNotNode {
+        /// The server address.
+        addr: SocketAddr,
+        /// The role in its certificate.
+        role: Role,
+    },
+    /// The connection carries no peer certificate. Cannot happen on
+    /// endpoints built here; it means a foreign endpoint config.
+    #[error("connection has no peer certificate")]
+    NoPeerCertificate,
+    /// The peer's certificate chains to our CA but has no usable role or
+    /// name; treat the peer as unauthorised.
+    #[error("peer certificate: {0}")]
+    PeerCertificate(#[source] CertError),
+    /// The peer's role may not do what it asked. Answer with `MER-2001`.
+    #[error("permission denied: role {role} may not do this (needs {})", role_list(.needed))]
+    PermissionDenied {
+        /// The peer's role.
+        role: Role,
+        /// The roles that would have been allowed.
+        needed: Vec<Role>,
+    },
+}
+
+impl TransportError {
+    /// The stable user-visible code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            TransportError::PermissionDenied { .. } | TransportError::PeerCertificate(_) => {
+                ErrorCode::PermissionDenied
+            }
+            TransportError::Connect(_)
+            | TransportError::Handshake { .. }
+            | TransportError::ServerNotNode { .. }
+            | TransportError::Bind { .. }
+            | TransportError::Io(_) => ErrorCode::Unavailable,
+            TransportError::NoPeerCertificate => ErrorCode::Internal,
+            _ => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+fn role_list(roles: &[Role]) -> String {
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    names.join(" or ")
+}
+
+/// Binds a node endpoint on `addr`: it accepts connections only from peers
+/// with a certificate chained to the CA, and its default client config
+/// presents the node's own certificate for outgoing peer connections.
+///
+/// Must be called inside a Tokio runtime. Fails before binding if the files
+/// are unusable, the certificate is not a node certificate, or `limits` are
+/// out of range.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: &TlsFiles,
+    limits: &EndpointLimits,
+) -> Result<quinn::Endpoint, TransportError> {
+    let transport = tls::transport_config(limits)?;
+    let id = tls::Identity::load(tls)?;
+    if id.role != Role::Node {
+        return Err(TransportError::NotANode {
+            path: tls.cert.clone(),
+            role: id.role,
+        });
+    }
+    let server = tls::server_config(&id, transport.clone())?;
+    let client = tls::client_config(&id, transport)?;
+    let mut endpoint = quinn::Endpoint::server(server, addr)
+        .map_err(|source| TransportError::Bind { addr, source })?;
+    endpoint.set_default_client_config(client);
+    tracing::info!(local = ?endpoint.local_addr().ok(), "QUIC server endpoint bound");
+    Ok(endpoint)
+}
+
+/// Binds a client-only endpoint presenting the certificate in `tls` (any
+/// role). It binds `[::]:0` dual-stack so one endpoint reaches IPv4 and IPv6
+/// nodes, falling back to `0.0.0.0:0` where IPv6 is unavailable.
+///
+/// Must be called inside a Tokio runtime.
+pub fn client_endpoint(
+    tls: &TlsFiles,
+    limits: &EndpointLimits,
+) -> Result<quinn::Endpoint, TransportError> {
+    let transport = tls::transport_config(limits)?;
+    let id = tls::Identity::load(tls)?;
+    let client = tls::client_config(&id, transport)?;
+    let mut endpoint = bind_client()?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+fn bind_client() -> Result<quinn::Endpoint, TransportError> {
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
+    match quinn::Endpoint::client(v6) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(e) => {
+            tracing::debug!(error = %e, "no IPv6 client socket; using IPv4 only");
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+            quinn::Endpoint::client(v4).map_err(|source| TransportError::Bind { addr: v4, source })
+        }
+    }
+}
+
+/// Connects to the node at `addr` with the endpoint's default client config
+/// and checks that the server holds a node certificate.
+///
+/// `server_name` is the name checked against the server certificate; by
+/// default the IP address of `addr` (our certificates carry IP SANs). The
+/// handshake is bounded by the idle timeout. With TLS 1.3 the server checks
+/// our certificate after we consider the handshake done, so a refused client
+/// certificate may only show up as an error on the first stream operation.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: Option<&str>,
+) -> Result<quinn::Connection, TransportError> {
+    let ip_name = addr.ip().to_string();
+    let name = server_name.unwrap_or(&ip_name);
+    let conn = endpoint
+        .connect(addr, name)?
+        .await
+        .map_err(|source| TransportError::Handshake { addr, source })?;
+    let server = peer_identity(&conn)?;
+    if server.role != Role::Node {
+        conn.close(CLOSE_SERVER_NOT_NODE.into(), b"server is not a node");
+        return Err(TransportError::ServerNotNode {
+            addr,
+            role: server.role,
+        });
+    }
+    tracing::debug!(%addr, server = %server.name, "connected");
+    Ok(conn)
+}
+
+/// The role and name in the peer's verified certificate.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, TransportError> {
+    let chain = conn
+        .peer_identity()
+        .ok_or(TransportError::NoPeerCertificate)?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TransportError::NoPeerCertificate)?;
+    let leaf = chain.first().ok_or(TransportError::NoPeerCertificate)?;
+    let role = certs::role_of(leaf).map_err(TransportError::PeerCertificate)?;
+    let name = certs::common_name_of(leaf).map_err(TransportError::PeerCertificate)?;
+    Ok(PeerIdentity { role, name })
+}
+
+/// Allows the peer if its role is one of `allowed`, otherwise
+/// [`TransportError::PermissionDenied`].
+pub fn require_role(id: &PeerIdentity, allowed: &[Role]) -> Result<(), TransportError> {
+    if allowed.contains(&id.role) {
+        return Ok(());
+    }
+    tracing::debug!(peer = %id.name, role = %id.role, "permission denied");
+    Err(TransportError::PermissionDenied {
+        role: id.role,
+        needed: allowed.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn identity(role: Role) -> PeerIdentity {
+        PeerIdentity {
+            role,
+            name: "x".to_owned(),
+        }
+    }
+
+    #[test]
+    fn require_role_allows_listed_roles_only() {
+        require_role(&identity(Role::Admin), &[Role::Node, Role::Admin]).expect("admin allowed");
+        let err = require_role(&identity(Role::Client), &[Role::Node, Role::Admin])
+            .expect_err("client denied");
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            "permission denied: role client may not do this (needs node or admin)"
+        );
+        assert!(require_role(&identity(Role::Node), &[]).is_err());
+    }
+
+    #[test]
+    fn default_limits_are_valid() {
+        EndpointLimits::default().validate().expect("defaults");
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_field() {
+        let base = EndpointLimits::default();
+        let cases = [
+            (EndpointLimits { max_streams_per_connection: 0, ..base.clone() }, "max_streams_per_connection"),
+            (EndpointLimits { max_streams_per_connection: 10_001, ..base.clone() }, "max_streams_per_connection"),
+            (EndpointLimits { idle_timeout_ms: 0, ..base.clone() }, "idle_timeout_ms"),
+            (EndpointLimits { idle_timeout_ms: 600_001, ..base.clone() }, "idle_timeout_ms"),
+        ];
+        for (limits, field) in cases {
+            match limits.validate() {
+                Err(TransportError::InvalidLimits { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{limits:?}: {other:?}"),
+            }
+        }
+        // A short idle timeout with the default keep-alive is valid: the
+        // keep-alive is capped instead (see `keep_alive_interval`).
+        let short_idle = EndpointLimits { idle_timeout_ms: 1_000, ..base };
+        short_idle.validate().expect("keep-alive is capped, not refused");
+        assert_eq!(tls::keep_alive_interval(&short_idle), Some(Duration::from_millis(500)));
+        let off = EndpointLimits { keep_alive_ms: 0, ..short_idle };
+        assert_eq!(tls::keep_alive_interval(&off), None);
+    }
+}

@@ -1,0 +1,546 @@
+//! The client protocol's wire format, version 1.
+//!
+//! A request or response travels as one length-prefixed frame on its own QUIC
+//! bidirectional stream (framing: [`crate::transport`]). The frame payload is
+//!
+//! ```text
+//! +----------------+---------------------------------------+
+//! | version: u16 BE| postcard(RequestV1) / postcard(ResponseV1) |
+//! +----------------+---------------------------------------+
+//! ```
+//!
+//! These types are the wire's own: domain types ([`crate::types`]) convert to
+//! and from them explicitly, so refactoring the domain never changes bytes.
+//! Frozen-bytes tests below pin the encoding; a change that breaks them breaks
+//! compatibility with deployed nodes and clients and needs a new version.
+//! **Architecture Invariant:** variants and fields are only ever appended.
+//!
+//! A node answers a frame it cannot use with an error response (never by
+//! closing the connection): an unknown version gets `MER-1006`, undecodable
+//! bytes get `MER-1005`, and an oversized frame gets `MER-1003` without the
+//! frame being read.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::{ApiError, ErrorCode};
+use crate::types::{Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A request, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestV1 {
+    /// Read one key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Snapshot timestamp; `None` reads the latest committed state.
+        at: Option<u64>,
+    },
+    /// Write one key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete one key.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Scan live keys in `[start, end)` in key order.
+    Range {
+        /// First key (inclusive).
+        start: Vec<u8>,
+        /// End key (exclusive); `None` means to the end of the keyspace.
+        end: Option<Vec<u8>>,
+        /// Page size; 0 means the server default.
+        limit: u32,
+        /// Snapshot timestamp; `None` reads the latest committed state. Pass a
+        /// previous page's `served_at` to page through one consistent snapshot.
+        at: Option<u64>,
+    },
+    /// An atomic compare / then / else transaction.
+    Txn(TxnV1),
+    /// Version history of one key, newest first.
+    History {
+        /// The key.
+        key: Vec<u8>,
+        /// Maximum entries; 0 means the server default.
+        limit: u32,
+    },
+    /// Node identity and state (any role).
+    Status,
+    /// A peer liveness probe: accepted only from `node` certificates.
+    PeerPing,
+}
+
+/// A transaction, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnV1 {
+    /// Guards.
+    pub compares: Vec<CompareV1>,
+    /// Ops when every guard holds.
+    pub success: Vec<OpV1>,
+    /// Ops otherwise.
+    pub failure: Vec<OpV1>,
+}
+
+/// A transaction guard, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompareV1 {
+    /// The key.
+    pub key: Vec<u8>,
+    /// 0 equal, 1 not equal, 2 less, 3 greater.
+    pub op: CompareOpV1,
+    /// What is compared.
+    pub target: CompareTargetV1,
+}
+
+/// Comparison operator, version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOpV1 {
+    /// ==
+    Equal,
+    /// !=
+    NotEqual,
+    /// <
+    Less,
+    /// >
+    Greater,
+}
+
+/// Compare target, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTargetV1 {
+    /// The value.
+    Value(Vec<u8>),
+    /// The version (HLC of the last write; 0 when absent).
+    Version(u64),
+    /// Existence.
+    Exists(bool),
+}
+
+/// A mutation, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpV1 {
+    /// Put.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// A key-value pair, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValueV1 {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// HLC of the write that produced it.
+    pub version: u64,
+}
+
+/// A history entry, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntryV1 {
+    /// HLC of the write.
+    pub version: u64,
+    /// Value, or `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A response, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseV1 {
+    /// Success: `served_at` is the HLC timestamp the request was served at.
+    Ok {
+        /// HLC at which the read snapshot was taken or the write committed.
+        served_at: u64,
+        /// The result.
+        body: ResponseBodyV1,
+    },
+    /// Failure; nothing was written.
+    Err {
+        /// Stable numeric code (see [`ErrorCode::as_u16`]).
+        code: u16,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+/// Successful results, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBodyV1 {
+    /// Get result.
+    Value(Option<KeyValueV1>),
+    /// Put or delete result: the commit version and, for delete, whether the key existed.
+    Written {
+        /// HLC version of the write.
+        version: u64,
+        /// Whether the key existed before (always true for put).
+        existed: bool,
+    },
+    /// Range page.
+    Page {
+        /// Live pairs in key order.
+        kvs: Vec<KeyValueV1>,
+        /// Where the next page starts, if there may be more.
+        next: Option<Vec<u8>>,
+    },
+    /// Transaction result.
+    Txn {
+        /// Whether the success branch ran.
+        succeeded: bool,
+        /// HLC of the commit (the read timestamp when the branch wrote nothing).
+        version: u64,
+    },
+    /// History, newest first.
+    History(Vec<VersionEntryV1>),
+    /// Node status.
+    Status(StatusV1),
+    /// Peer ping answer.
+    Pong,
+}
+
+/// Node status, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusV1 {
+    /// Node name.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Software version.
+    pub version: String,
+    /// Approximate live + historical entries stored.
+    pub approximate_keys: u64,
+    /// Garbage-collection horizon (reads below fail with MER-1008).
+    pub gc_horizon: u64,
+}
+
+/// Why a frame could not be decoded. Converts into a user-facing [`ApiError`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer than two bytes: no version header.
+    #[error("frame of {0} bytes has no version header")]
+    Short(usize),
+    /// A version this build does not speak.
+    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+    /// The body is not a valid postcard encoding of the expected type.
+    #[error("malformed frame body: {0}")]
+    Malformed(String),
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> ApiError {
+        let code = match e {
+            DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            DecodeError::Short(_) | DecodeError::Malformed(_) => ErrorCode::MalformedRequest,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let out = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    // postcard only fails on writer errors, which a Vec never has; an
+    // unencodable value is a programmer error, so fall back to an empty body
+    // that the peer will refuse as malformed rather than panic in the server.
+    match postcard::to_extend(msg, out) {
+        Ok(v) => v,
+        Err(_) => PROTOCOL_VERSION.to_be_bytes().to_vec(),
+    }
+}
+
+fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
+    let (header, body) = frame.split_at_checked(2).ok_or(DecodeError::Short(frame.len()))?;
+    let version = u16::from_be_bytes([header[0], header[1]]);
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(msg)
+}
+
+/// Encodes a request frame payload.
+pub fn encode_request(req: &RequestV1) -> Vec<u8> {
+    encode(req)
+}
+
+/// Decodes a request frame payload.
+pub fn decode_request(frame: &[u8]) -> Result<RequestV1, DecodeError> {
+    decode(frame)
+}
+
+/// Encodes a response frame payload.
+pub fn encode_response(resp: &ResponseV1) -> Vec<u8> {
+    encode(resp)
+}
+
+/// Decodes a response frame payload.
+pub fn decode_response(frame: &[u8]) -> Result<ResponseV1, DecodeError> {
+    decode(frame)
+}
+
+/// Builds the error response for `err`.
+pub fn error_response(err: &ApiError) -> ResponseV1 {
+    ResponseV1::Err {
+        code: err.code.as_u16(),
+        message: err.message.clone(),
+    }
+}
+
+/// Turns a wire error back into an [`ApiError`]; a code from a newer node maps to `Internal`.
+pub fn api_error(code: u16, message: String) -> ApiError {
+    let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal);
+    ApiError::new(code, message)
+}
+
+// ---- explicit conversions between wire and domain types ----
+
+impl From<&KeyValue> for KeyValueV1 {
+    fn from(kv: &KeyValue) -> Self {
+        KeyValueV1 {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            version: kv.version.0,
+        }
+    }
+}
+
+impl From<KeyValueV1> for KeyValue {
+    fn from(kv: KeyValueV1) -> Self {
+        KeyValue {
+            key: kv.key,
+            value: kv.value,
+            version: Timestamp(kv.version),
+        }
+    }
+}
+
+impl From<&VersionEntry> for VersionEntryV1 {
+    fn from(v: &VersionEntry) -> Self {
+        VersionEntryV1 {
+            version: v.version.0,
+            value: v.value.clone(),
+        }
+    }
+}
+
+impl From<VersionEntryV1> for VersionEntry {
+    fn from(v: VersionEntryV1) -> Self {
+        VersionEntry {
+            version: Timestamp(v.version),
+            value: v.value,
+        }
+    }
+}
+
+impl From<&Op> for OpV1 {
+    fn from(op: &Op) -> Self {
+        match op {
+            Op::Put { key, value } => OpV1::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            Op::Delete { key } => OpV1::Delete { key: key.clone() },
+        }
+    }
+}
+
+impl From<OpV1> for Op {
+    fn from(op: OpV1) -> Self {
+        match op {
+            OpV1::Put { key, value } => Op::Put { key, value },
+            OpV1::Delete { key } => Op::Delete { key },
+        }
+    }
+}
+
+impl From<CompareOp> for CompareOpV1 {
+    fn from(op: CompareOp) -> Self {
+        match op {
+            CompareOp::Equal => CompareOpV1::Equal,
+            CompareOp::NotEqual => CompareOpV1::NotEqual,
+            CompareOp::Less => CompareOpV1::Less,
+            CompareOp::Greater => CompareOpV1::Greater,
+        }
+    }
+}
+
+impl From<CompareOpV1> for CompareOp {
+    fn from(op: CompareOpV1) -> Self {
+        match op {
+            CompareOpV1::Equal => CompareOp::Equal,
+            CompareOpV1::NotEqual => CompareOp::NotEqual,
+            CompareOpV1::Less => CompareOp::Less,
+            CompareOpV1::Greater => CompareOp::Greater,
+        }
+    }
+}
+
+impl From<&Txn> for TxnV1 {
+    fn from(t: &Txn) -> Self {
+        let compares = t
+            .compares
+            .iter()
+            .map(|c| CompareV1 {
+                key: c.key.clone(),
+                op: c.op.into(),
+                target: match &c.target {
+                    CompareTarget::Value(v) => CompareTargetV1::Value(v.clone()),
+                    CompareTarget::Version(v) => CompareTargetV1::Version(v.0),
+                    CompareTarget::Exists(b) => CompareTargetV1::Exists(*b),
+                },
+            })
+            .collect();
+        TxnV1 {
+            compares,
+            success: t.success.iter().map(OpV1::from).collect(),
+            failure: t.failure.iter().map(OpV1::from).collect(),
+        }
+    }
+}
+
+impl From<TxnV1> for Txn {
+    fn from(t: TxnV1) -> Self {
+        let compares = t
+            .compares
+            .into_iter()
+            .map(|c| Compare {
+                key: c.key,
+                op: c.op.into(),
+                target: match c.target {
+                    CompareTargetV1::Value(v) => CompareTarget::Value(v),
+                    CompareTargetV1::Version(v) => CompareTarget::Version(Timestamp(v)),
+                    CompareTargetV1::Exists(b) => CompareTarget::Exists(b),
+                },
+            })
+            .collect();
+        Txn {
+            compares,
+            success: t.success.into_iter().map(Op::from).collect(),
+            failure: t.failure.into_iter().map(Op::from).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Frozen bytes: these exact encodings are what deployed v1 peers send.
+    // If one of these fails, you changed the wire format: add a new variant
+    // (append-only) or a new protocol version instead.
+
+    #[test]
+    fn frozen_get_request() {
+        let req = RequestV1::Get {
+            key: b"k".to_vec(),
+            at: Some(300),
+        };
+        let bytes = encode_request(&req);
+        assert_eq!(bytes, vec![0, 1, 0, 1, b'k', 1, 0xac, 0x02]);
+        assert_eq!(decode_request(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn frozen_put_request() {
+        let req = RequestV1::Put {
+            key: b"ab".to_vec(),
+            value: b"xyz".to_vec(),
+        };
+        assert_eq!(
+            encode_request(&req),
+            vec![0, 1, 1, 2, b'a', b'b', 3, b'x', b'y', b'z']
+        );
+    }
+
+    #[test]
+    fn frozen_txn_request() {
+        let req = RequestV1::Txn(TxnV1 {
+            compares: vec![CompareV1 {
+                key: b"a".to_vec(),
+                op: CompareOpV1::Equal,
+                target: CompareTargetV1::Exists(false),
+            }],
+            success: vec![OpV1::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            }],
+            failure: vec![OpV1::Delete { key: b"a".to_vec() }],
+        });
+        assert_eq!(
+            encode_request(&req),
+            vec![0, 1, 4, 1, 1, b'a', 0, 2, 0, 1, 0, 1, b'a', 1, b'1', 1, 1, 1, b'a']
+        );
+    }
+
+    #[test]
+    fn frozen_ok_and_err_responses() {
+        let ok = ResponseV1::Ok {
+            served_at: 1,
+            body: ResponseBodyV1::Written {
+                version: 2,
+                existed: true,
+            },
+        };
+        assert_eq!(encode_response(&ok), vec![0, 1, 0, 1, 1, 2, 1]);
+        let err = ResponseV1::Err {
+            code: 1001,
+            message: "k".into(),
+        };
+        // 1001 as a varint is 0xe9 0x07.
+        assert_eq!(encode_response(&err), vec![0, 1, 1, 0xe9, 0x07, 1, b'k']);
+    }
+
+    #[test]
+    fn unknown_version_is_refused_clearly() {
+        let mut bytes = encode_request(&RequestV1::Status);
+        bytes[1] = 9;
+        let err = decode_request(&bytes).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(9));
+        assert_eq!(ApiError::from(err).code, ErrorCode::UnsupportedVersion);
+    }
+
+    #[test]
+    fn malformed_and_short_frames_are_refused() {
+        assert_eq!(decode_request(&[0]).unwrap_err(), DecodeError::Short(1));
+        let err = decode_request(&[0, 1, 200]).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)));
+        let mut trailing = encode_request(&RequestV1::Status);
+        trailing.push(0);
+        assert!(matches!(decode_request(&trailing), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn txn_round_trips_through_domain() {
+        let txn = Txn {
+            compares: vec![Compare {
+                key: b"k".to_vec(),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(Timestamp(7)),
+            }],
+            success: vec![Op::Delete { key: b"k".to_vec() }],
+            failure: vec![],
+        };
+        assert_eq!(Txn::from(TxnV1::from(&txn)), txn);
+    }
+}
