@@ -110,8 +110,8 @@ pub struct ConnArgs {
     #[arg(long, env = "MERIDIAN_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[arg(long, env = "MERIDIAN_KEY", global = true)]
-    pub key: Option<PathBuf>,
+    #[arg(long = "key", id = "key_file", env = "MERIDIAN_KEY", global = true)]
+    pub key_file: Option<PathBuf>,
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000, global = true)]
     pub timeout_ms: u64,
@@ -129,7 +129,7 @@ impl ConnArgs {
             tls: TlsFiles {
                 ca: self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
                 cert: self.cert.clone().unwrap_or_else(|| dir.join("client.pem")),
-                key: self.key.clone().unwrap_or_else(|| dir.join("client.key")),
+                key: self.key_file.clone().unwrap_or_else(|| dir.join("client.key")),
             },
             request_timeout: std::time::Duration::from_millis(self.timeout_ms),
         })
@@ -299,4 +299,23 @@ async fn dev_demo(node: &crate::server::Node, certs_dir: &std::path::Path) -> an
     println!("demo: ls demo/                     -> {} keys", kvs.len());
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kv_put_parses_with_and_without_value() {
+        let cli = Cli::try_parse_from(["meridian", "kv", "put", "k", "v", "--key", "c.key"]).unwrap();
+        assert!(matches!(cli.command, Command::Kv(kv::KvCommand::Put { value: Some(_), .. })));
+        let cli = Cli::try_parse_from(["meridian", "kv", "put", "k"]).unwrap();
+        assert!(matches!(cli.command, Command::Kv(kv::KvCommand::Put { value: None, .. })));
+    }
 }

@@ -90,7 +90,7 @@ pub fn parse_endpoints(s: &str) -> Result<Vec<SocketAddr>, ClientError> {
 #[non_exhaustive]
 pub enum ClientError {
     /// The node refused the request with a stable code; nothing was written.
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
     /// Bad client settings (endpoints, certificate files).
     #[error("client config: {0}")]

@@ -494,8 +494,10 @@ impl Writer {
         let (succeeded, ops) = match kind {
             WriteKind::Put { key, value } => (true, vec![Op::Put { key, value }]),
             WriteKind::Delete { key } => {
+                // Deleting an absent key writes nothing (no tombstone, no new
+                // version), as etcd: history only records real changes.
                 let existed = self.current(&key, overlay)?.is_some();
-                (existed, vec![Op::Delete { key }])
+                (existed, if existed { vec![Op::Delete { key }] } else { vec![] })
             }
             WriteKind::Txn(txn) => {
                 let ok = self.guards_hold(&txn, overlay)?;
