@@ -46,3 +46,7 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Versions removed per garbage-collection pass, so GC never stalls writes for long.
 pub const GC_BATCH_VERSIONS: usize = 10_000;
+
+/// Longest a node waits for a request frame on an opened stream before
+/// answering `MER-1005` and dropping it (bounds slow or stalled senders).
+pub const REQUEST_READ_TIMEOUT_MS: u64 = 30_000;

@@ -108,7 +108,7 @@ fn parse_compare(line: &str) -> anyhow::Result<Compare> {
     let target = &line[..open];
     let rest = &line[open + 2..];
     let close = rest.find("\")").ok_or_else(|| anyhow!("missing `\")` after the key"))?;
-    let key = rest[..close].as_bytes().to_vec();
+    let key = rest.as_bytes()[..close].to_vec();
     let w = words(&rest[close + 2..])?;
     let [op, operand] = w.as_slice() else {
         bail!("expected an operator and an operand after the key");

@@ -111,7 +111,16 @@ async fn handle_stream(
     peer: Arc<PeerIdentity>,
     limited: bool,
 ) {
-    let response = match transport::read_frame(&mut recv, ctx.max_request_bytes).await {
+    let read_timeout = Duration::from_millis(crate::limits::REQUEST_READ_TIMEOUT_MS);
+    let read = tokio::time::timeout(read_timeout, transport::read_frame(&mut recv, ctx.max_request_bytes));
+    let Ok(read) = read.await else {
+        let _ = recv.stop(0u32.into());
+        let e = ApiError::new(ErrorCode::MalformedRequest, "request frame not received in time");
+        let _ = transport::write_frame(&mut send, &wire::encode_response(&error(e))).await;
+        let _ = send.finish();
+        return;
+    };
+    let response = match read {
         Ok(_) if limited => error(ApiError::new(ErrorCode::RateLimited, "per-connection request rate exceeded")),
         Ok(frame) => process_frame(&frame, &ctx, &peer).await,
         Err(FrameError::TooLarge { len, max }) => {
