@@ -1,6 +1,67 @@
-//! HTTP/JSON gateway (being written).
+//! HTTP/JSON gateway: the engine's API over plain HTTP/1.1, for tools and
+//! languages without a Meridian SDK. Reference: `docs/http-api.md`; the
+//! OpenAPI document is served at `/openapi.json`.
+//!
+//! Request path: accept (at most [`MAX_HTTP_CONNECTIONS`], idle ones closed
+//! after [`HTTP_IDLE_TIMEOUT`]) → axum router (bodies capped at
+//! `limits.max_request_bytes`) → handler inside `observe` (span, metric,
+//! [`HTTP_REQUEST_TIMEOUT`]) → [`Engine`](crate::engine::Engine) → JSON.
+//!
+//! **Architecture Invariant:** the gateway holds no state of its own beyond
+//! [`GatewayState`]; every read and write goes through the same `Engine`
+//! calls as the QUIC server, so both front ends share limits, validation and
+//! consistency (docs/consistency.md).
+//!
+//! **Architecture Invariant:** every failure leaves as `{"error": {code,
+//! message, remedy}}` with a status derived from the code (see `error.rs`);
+//! axum's plain-text rejections never reach a client.
+//!
+//! There is no TLS and no authentication here in this version, which is why
+//! the default `server.http_addr` is loopback (`127.0.0.1:7380`).
+
+mod dto;
+mod error;
+mod handlers;
+mod openapi;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use crate::error_code::ErrorCode;
+use error::GatewayError;
+
+/// Most HTTP connections served at once; further connections wait in the
+/// kernel's accept backlog. Requests per connection are sequential (HTTP/1.1),
+/// so this also bounds requests in flight.
+pub const MAX_HTTP_CONNECTIONS: usize = 1_024;
+/// A connection that neither reads nor writes for this long is closed, so idle
+/// or stalled clients cannot hold the connection slots forever.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a handler may run; then the client gets MER-3003 (a write may still
+/// commit). Shorter than [`HTTP_IDLE_TIMEOUT`] so a slow request is never cut
+/// off as idle.
+pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Back-off after an accept error such as running out of file descriptors.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Metric: gateway requests by route (`op`) and HTTP `status`.
+pub const METRIC_HTTP_REQUESTS: &str = "meridian_http_requests_total";
+/// Metric: gateway request latency by route (`op`).
+pub const METRIC_HTTP_SECONDS: &str = "meridian_http_request_duration_seconds";
 
 /// Shared state of the gateway.
 #[derive(Clone)]
@@ -16,6 +77,332 @@ pub struct GatewayState {
 }
 
 /// Serves the gateway on `listener` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, state: GatewayState) {
-    let _ = (listener, state);
+///
+/// Aborting it stops accepting and asks open connections to close once their
+/// current request is answered (hyper's graceful shutdown), so keep-alive
+/// connections do not outlive the node.
+pub async fn serve(listener: TcpListener, state: GatewayState) {
+    describe_metrics();
+    let local = listener.local_addr().ok();
+    let app = router(state);
+    let listener = LimitedListener::new(listener, MAX_HTTP_CONNECTIONS, HTTP_IDLE_TIMEOUT);
+    tracing::info!(addr = ?local, "HTTP gateway serving (plain HTTP, no TLS)");
+    // axum's connection tasks watch a channel whose receiver lives in this
+    // future: dropping it on abort starts their graceful shutdown. Pinned by
+    // tests/gateway.rs `stopping_the_node_closes_keep_alive_connections`.
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP gateway stopped");
+    }
+}
+
+fn router(state: GatewayState) -> Router {
+    use handlers as h;
+    let max_body = state.engine.limits().max_request_bytes;
+    Router::new()
+        .route("/v1/kv", get(h::range))
+        .route(
+            "/v1/kv/",
+            get(h::empty_key_route)
+                .put(h::empty_key_route)
+                .delete(h::empty_key_route),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(h::get_key).put(h::put_key).delete(h::delete_key),
+        )
+        .route("/v1/txn", post(h::txn))
+        .route("/v1/history/", get(h::empty_key_route))
+        .route("/v1/history/{*key}", get(h::history))
+        .route("/v1/status", get(h::status))
+        .route("/health", get(h::health))
+        .route("/ready", get(h::ready))
+        .route("/metrics", get(h::metrics))
+        .route("/openapi.json", get(h::openapi))
+        .fallback(h::not_found)
+        .method_not_allowed_fallback(h::method_not_allowed)
+        // Bodies past the limit fail the Bytes extractor with 413, which
+        // `handlers::body` turns into MER-1003.
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        METRIC_HTTP_REQUESTS,
+        "HTTP gateway requests by route and status"
+    );
+    metrics::describe_histogram!(
+        METRIC_HTTP_SECONDS,
+        metrics::Unit::Seconds,
+        "HTTP gateway request latency by route"
+    );
+}
+
+/// Runs one handler body: its span (`op`, `region`, `status`), the request
+/// timeout, error rendering, and the request counter and latency histogram.
+async fn observe<F>(state: &GatewayState, op: &'static str, work: F) -> Response
+where
+    F: Future<Output = Result<Response, GatewayError>>,
+{
+    let span = tracing::info_span!("http", op, region = %state.info.region, status = tracing::field::Empty);
+    let started = Instant::now();
+    let result =
+        match tokio::time::timeout(HTTP_REQUEST_TIMEOUT, work.instrument(span.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(GatewayError::api(
+                ErrorCode::Unavailable,
+                format!(
+                    "no answer within {}s; a write may still commit, so read before retrying",
+                    HTTP_REQUEST_TIMEOUT.as_secs()
+                ),
+            )),
+        };
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            span.in_scope(|| {
+                if e.status().is_server_error() {
+                    tracing::warn!(error = ?e, "request failed");
+                } else {
+                    tracing::debug!(error = ?e, "request refused");
+                }
+            });
+            e.into_response()
+        }
+    };
+    let status = response.status().as_u16();
+    span.record("status", status);
+    metrics::counter!(METRIC_HTTP_REQUESTS, "op" => op, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(METRIC_HTTP_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A listener that holds a slot per open connection and wraps each stream in
+/// an idle timeout. The bounds are parameters so tests can make them small.
+struct LimitedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl LimitedListener {
+    fn new(inner: TcpListener, max_connections: usize, idle_timeout: Duration) -> Self {
+        LimitedListener {
+            inner,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            idle_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = IdleTimeoutStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed, so this is always `Some`; holding an
+        // `Option` avoids an unwrap on a case that cannot happen.
+        let slot = self.slots.clone().acquire_owned().await.ok();
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    // Small JSON replies: do not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        IdleTimeoutStream::new(stream, slot, self.idle_timeout),
+                        addr,
+                    );
+                }
+                Err(e) if is_per_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "HTTP accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Errors that concern only the connection being accepted, not the listener.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A TCP stream that fails with `TimedOut` once it has made no progress for
+/// its idle timeout, and releases its connection slot when dropped.
+struct IdleTimeoutStream {
+    stream: TcpStream,
+    idle_timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl IdleTimeoutStream {
+    fn new(stream: TcpStream, slot: Option<OwnedSemaphorePermit>, idle_timeout: Duration) -> Self {
+        IdleTimeoutStream {
+            stream,
+            idle_timeout,
+            deadline: Box::pin(tokio::time::sleep(idle_timeout)),
+            _slot: slot,
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle_timeout);
+    }
+
+    /// Maps a pending operation to `TimedOut` once the deadline has passed.
+    fn pending_or_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "idle HTTP connection",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for IdleTimeoutStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.pending_or_timed_out(cx),
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeoutStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, data) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    this.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.pending_or_timed_out(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    this.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.pending_or_timed_out(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    async fn loopback(max_connections: usize, idle: Duration) -> (LimitedListener, SocketAddr) {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        (LimitedListener::new(inner, max_connections, idle), addr)
+    }
+
+    #[tokio::test]
+    async fn accept_waits_for_a_free_connection_slot() {
+        let (mut listener, addr) = loopback(1, BOUND).await;
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let (first, _) = tokio::time::timeout(BOUND, listener.accept())
+            .await
+            .unwrap();
+        // The kernel completes the second handshake, but we do not accept it
+        // while the only slot is held.
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let held = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(held.is_err(), "accepted past the connection limit");
+        drop(first);
+        tokio::time::timeout(BOUND, listener.accept())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_time_out_and_busy_ones_do_not() {
+        let idle = Duration::from_millis(150);
+        let (mut listener, addr) = loopback(4, idle).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = tokio::time::timeout(BOUND, listener.accept())
+            .await
+            .unwrap();
+        // Traffic every 50 ms keeps the connection alive well past the timeout.
+        let mut got = [0u8; 1];
+        for _ in 0..8 {
+            client.write_all(b"x").await.unwrap();
+            tokio::time::timeout(BOUND, server.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Then silence: the read fails with TimedOut after about `idle`.
+        let started = Instant::now();
+        let err = tokio::time::timeout(BOUND, server.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "timed out early"
+        );
+    }
 }

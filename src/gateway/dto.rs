@@ -1,0 +1,629 @@
+//! The gateway's JSON request and response types and their conversions to and
+//! from the domain types in [`crate::types`].
+//!
+//! These are the HTTP API's wire format, kept apart from the domain types
+//! (as [`crate::wire`] is for QUIC) so that a change in the engine never
+//! silently changes the JSON. Everything here is pure: no IO, no engine.
+//!
+//! Bytes appear twice in replies: as a UTF-8 string (`null` when the bytes
+//! are not valid UTF-8) and as standard base64 (`*_b64`). HLC timestamps are
+//! `u64`s; `served_at_str` repeats the reply's timestamp in the
+//! `unix_ms.logical` form, which `at=` also accepts.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error_code::{ApiError, ErrorCode};
+use crate::types::{Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
+
+/// Decodes page tokens with or without `=` padding (clients differ).
+const TOKEN_DECODER: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, message)
+}
+
+/// `bytes` as a string, or `None` when they are not valid UTF-8.
+pub(crate) fn utf8(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// `bytes` in standard base64.
+pub(crate) fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Parses a snapshot timestamp: the packed `u64`, or `unix_ms.logical` as
+/// printed by [`Timestamp`]'s `Display` (and in `served_at_str`).
+pub(crate) fn parse_timestamp(s: &str) -> Result<Timestamp, ApiError> {
+    let bad = || {
+        invalid(format!(
+            "at={s:?} is not a timestamp (a u64, or unix_ms.logical)"
+        ))
+    };
+    match s.split_once('.') {
+        None => s.parse::<u64>().map(Timestamp).map_err(|_| bad()),
+        Some((ms, logical)) => {
+            let ms = ms.parse::<i64>().map_err(|_| bad())?;
+            let logical = logical.parse::<u64>().map_err(|_| bad())?;
+            Timestamp::from_parts(ms, logical).ok_or_else(bad)
+        }
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix`, or
+/// `None` when no such key exists (empty or all-`0xff` prefix: scan to the end).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Encodes the engine's `next` key as an opaque page token (base64url, no padding).
+pub(crate) fn encode_page_token(next: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(next)
+}
+
+/// Query of `GET /v1/kv/{key}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct GetQuery {
+    /// Snapshot timestamp: a u64 HLC value or `unix_ms.logical`. Default: latest.
+    pub(crate) at: Option<String>,
+}
+
+/// Query of `GET /v1/kv` (a range scan).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RangeQuery {
+    /// List the keys starting with this prefix (not with `start`/`end`).
+    pub(crate) prefix: Option<String>,
+    /// First key of the range, inclusive. Default: the first key.
+    pub(crate) start: Option<String>,
+    /// End of the range, exclusive. Default: no end.
+    pub(crate) end: Option<String>,
+    /// Page size; 0 or absent means the default (1000), at most `max_scan_page`.
+    pub(crate) limit: Option<usize>,
+    /// Snapshot timestamp, as for `GET /v1/kv/{key}`. Keep it equal across pages
+    /// (use the first page's `served_at`) for a consistent listing.
+    pub(crate) at: Option<String>,
+    /// `next_page_token` of the previous page.
+    pub(crate) page_token: Option<String>,
+}
+
+/// A resolved range scan: `[start, end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RangeBounds {
+    /// First key, inclusive.
+    pub(crate) start: Vec<u8>,
+    /// End, exclusive; `None` scans to the last key.
+    pub(crate) end: Option<Vec<u8>>,
+}
+
+impl RangeQuery {
+    /// Turns `prefix` or `start`/`end`, plus a page token, into scan bounds.
+    pub(crate) fn bounds(&self) -> Result<RangeBounds, ApiError> {
+        let (start, end) = match (&self.prefix, &self.start, &self.end) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(invalid("give either prefix or start/end, not both"));
+            }
+            (Some(p), None, None) => (p.as_bytes().to_vec(), prefix_end(p.as_bytes())),
+            (None, s, e) => (
+                s.as_deref().unwrap_or_default().as_bytes().to_vec(),
+                e.as_ref().map(|e| e.as_bytes().to_vec()),
+            ),
+        };
+        let Some(token) = &self.page_token else {
+            return Ok(RangeBounds { start, end });
+        };
+        let resume = TOKEN_DECODER
+            .decode(token)
+            .map_err(|e| invalid(format!("page_token is not base64url: {e}")))?;
+        // A token from another listing would silently read outside this one.
+        let inside = resume >= start && end.as_ref().is_none_or(|e| resume < *e);
+        if !inside {
+            return Err(invalid("page_token lies outside the requested range"));
+        }
+        Ok(RangeBounds { start: resume, end })
+    }
+}
+
+/// Query of `GET /v1/history/{key}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryQuery {
+    /// Most versions to return, newest first; 0 or absent means the maximum (1000).
+    pub(crate) limit: Option<usize>,
+}
+
+/// Reply of `GET /v1/kv/{key}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GetResponse {
+    /// The key.
+    pub(crate) key: String,
+    /// The value as UTF-8, or null when it is not valid UTF-8.
+    pub(crate) value: Option<String>,
+    /// The value in standard base64.
+    pub(crate) value_b64: String,
+    /// HLC timestamp of the write that produced the value.
+    pub(crate) version: u64,
+    /// HLC timestamp of the snapshot read.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+impl GetResponse {
+    pub(crate) fn new(key: String, kv: &KeyValue, served_at: Timestamp) -> Self {
+        GetResponse {
+            key,
+            value: utf8(&kv.value),
+            value_b64: b64(&kv.value),
+            version: kv.version.0,
+            served_at: served_at.0,
+            served_at_str: served_at.to_string(),
+        }
+    }
+}
+
+/// The body of `PUT /v1/kv/{key}`: the value's raw bytes. Only documents the
+/// body in the OpenAPI document (as `type: string, format: binary`, not an
+/// array of integers); the handler reads the bytes directly.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct RawValue(Vec<u8>);
+
+/// Reply of `PUT /v1/kv/{key}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PutResponse {
+    /// HLC timestamp the write committed at.
+    pub(crate) version: u64,
+    /// Same as `version`.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// Reply of `DELETE /v1/kv/{key}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeleteResponse {
+    /// HLC timestamp of the tombstone.
+    pub(crate) version: u64,
+    /// Whether the key was live before the delete.
+    pub(crate) existed: bool,
+    /// Same as `version`.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// One pair of a range page.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KvItem {
+    /// The key as UTF-8, or null when it is not valid UTF-8.
+    pub(crate) key: Option<String>,
+    /// The key in standard base64.
+    pub(crate) key_b64: String,
+    /// The value as UTF-8, or null when it is not valid UTF-8.
+    pub(crate) value: Option<String>,
+    /// The value in standard base64.
+    pub(crate) value_b64: String,
+    /// HLC timestamp of the write that produced the value.
+    pub(crate) version: u64,
+}
+
+impl From<&KeyValue> for KvItem {
+    fn from(kv: &KeyValue) -> Self {
+        KvItem {
+            key: utf8(&kv.key),
+            key_b64: b64(&kv.key),
+            value: utf8(&kv.value),
+            value_b64: b64(&kv.value),
+            version: kv.version.0,
+        }
+    }
+}
+
+/// Reply of `GET /v1/kv` (range scan).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RangeResponse {
+    /// Live pairs in key order.
+    pub(crate) kvs: Vec<KvItem>,
+    /// Pass as `page_token` for the next page; null when the range is done.
+    /// A page may be short, even empty, while a token is still returned.
+    pub(crate) next_page_token: Option<String>,
+    /// HLC timestamp of the snapshot read.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// Relation of a transaction compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CompareOpJson {
+    /// Stored == operand.
+    Equal,
+    /// Stored != operand.
+    NotEqual,
+    /// Stored < operand.
+    Less,
+    /// Stored > operand.
+    Greater,
+}
+
+impl From<CompareOpJson> for CompareOp {
+    fn from(op: CompareOpJson) -> Self {
+        match op {
+            CompareOpJson::Equal => CompareOp::Equal,
+            CompareOpJson::NotEqual => CompareOp::NotEqual,
+            CompareOpJson::Less => CompareOp::Less,
+            CompareOpJson::Greater => CompareOp::Greater,
+        }
+    }
+}
+
+/// One guard of a transaction: exactly one of `value`, `version`, `exists`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompareJson {
+    /// The key compared.
+    pub(crate) key: String,
+    /// The relation of the stored state to the operand.
+    pub(crate) op: CompareOpJson,
+    /// Compare the current value (a missing key never matches).
+    #[serde(default)]
+    pub(crate) value: Option<String>,
+    /// Compare the current version; a missing key has version 0.
+    #[serde(default)]
+    pub(crate) version: Option<u64>,
+    /// Compare existence (use `equal` / `not_equal`).
+    #[serde(default)]
+    pub(crate) exists: Option<bool>,
+}
+
+impl CompareJson {
+    fn into_compare(self, index: usize) -> Result<Compare, ApiError> {
+        let target = match (self.value, self.version, self.exists) {
+            (Some(v), None, None) => CompareTarget::Value(v.into_bytes()),
+            (None, Some(v), None) => CompareTarget::Version(Timestamp(v)),
+            (None, None, Some(e)) => CompareTarget::Exists(e),
+            (None, None, None) => {
+                return Err(invalid(format!(
+                    "compares[{index}] has no target: give one of value, version, exists"
+                )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                "compares[{index}] has several targets: give exactly one of value, version, exists"
+            )))
+            }
+        };
+        Ok(Compare {
+            key: self.key.into_bytes(),
+            op: self.op.into(),
+            target,
+        })
+    }
+}
+
+/// Body of a `put` operation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutOpJson {
+    /// The key.
+    pub(crate) key: String,
+    /// The value (UTF-8).
+    pub(crate) value: String,
+}
+
+/// Body of a `delete` operation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteOpJson {
+    /// The key.
+    pub(crate) key: String,
+}
+
+/// One operation of a transaction branch: `{"put": {...}}` or `{"delete": {...}}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum OpJson {
+    /// Set a key.
+    Put(PutOpJson),
+    /// Delete a key.
+    Delete(DeleteOpJson),
+}
+
+impl From<OpJson> for Op {
+    fn from(op: OpJson) -> Self {
+        match op {
+            OpJson::Put(p) => Op::Put {
+                key: p.key.into_bytes(),
+                value: p.value.into_bytes(),
+            },
+            OpJson::Delete(d) => Op::Delete {
+                key: d.key.into_bytes(),
+            },
+        }
+    }
+}
+
+/// Body of `POST /v1/txn`: if every compare holds, `success` runs, else `failure`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TxnRequest {
+    /// Guards; all must hold. Empty means "always succeed".
+    #[serde(default)]
+    pub(crate) compares: Vec<CompareJson>,
+    /// Operations applied when every compare holds.
+    #[serde(default)]
+    pub(crate) success: Vec<OpJson>,
+    /// Operations applied otherwise.
+    #[serde(default)]
+    pub(crate) failure: Vec<OpJson>,
+}
+
+impl TxnRequest {
+    /// Parses a request body; syntax and unknown fields are `MalformedRequest`.
+    pub(crate) fn parse(body: &[u8]) -> Result<TxnRequest, ApiError> {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("transaction body is not valid: {e}"),
+            )
+        })
+    }
+
+    /// Converts to the engine's transaction, checking each compare has one target.
+    pub(crate) fn into_txn(self) -> Result<Txn, ApiError> {
+        let compares = self
+            .compares
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.into_compare(i))
+            .collect::<Result<_, _>>()?;
+        Ok(Txn {
+            compares,
+            success: self.success.into_iter().map(Op::from).collect(),
+            failure: self.failure.into_iter().map(Op::from).collect(),
+        })
+    }
+}
+
+/// Reply of `POST /v1/txn`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TxnResponse {
+    /// Whether every compare held (and `success` ran).
+    pub(crate) succeeded: bool,
+    /// Commit timestamp (the evaluation timestamp when the branch was empty).
+    pub(crate) version: u64,
+    /// Same as `version`.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// One version of a key.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HistoryEntryJson {
+    /// HLC timestamp of the write.
+    pub(crate) version: u64,
+    /// The value as UTF-8; null for a delete or a non-UTF-8 value.
+    pub(crate) value: Option<String>,
+    /// The value in standard base64; null for a delete.
+    pub(crate) value_b64: Option<String>,
+    /// Whether this version is a delete (tombstone).
+    pub(crate) deleted: bool,
+}
+
+impl From<&VersionEntry> for HistoryEntryJson {
+    fn from(e: &VersionEntry) -> Self {
+        HistoryEntryJson {
+            version: e.version.0,
+            value: e.value.as_deref().and_then(utf8),
+            value_b64: e.value.as_deref().map(b64),
+            deleted: e.value.is_none(),
+        }
+    }
+}
+
+/// Reply of `GET /v1/history/{key}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HistoryResponse {
+    /// Versions, newest first, up to the closed timestamp.
+    pub(crate) entries: Vec<HistoryEntryJson>,
+    /// The closed timestamp the history was cut at.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// Reply of `GET /v1/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatusResponse {
+    /// Node name.
+    pub(crate) node_id: String,
+    /// Region.
+    pub(crate) region: String,
+    /// Zone.
+    pub(crate) zone: String,
+    /// Meridian version of the node.
+    pub(crate) version: String,
+    /// Approximate stored versions (tombstones included): a gauge, not a count.
+    pub(crate) approximate_keys: u64,
+    /// Reads below this HLC timestamp fail with MER-1008.
+    pub(crate) gc_horizon: u64,
+    /// Closed timestamp: every write at or below it is applied.
+    pub(crate) closed_ts: u64,
+    /// Seconds since the gateway started.
+    pub(crate) uptime_secs: u64,
+    /// Same as `closed_ts`.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+/// Reply of `GET /health` and `GET /ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HealthResponse {
+    /// `ok` (health) or `ready` (readiness).
+    pub(crate) status: String,
+    /// The node's closed timestamp.
+    pub(crate) served_at: u64,
+    /// `served_at` as `unix_ms.logical`.
+    pub(crate) served_at_str: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(json: &str) -> Result<Txn, ApiError> {
+        TxnRequest::parse(json.as_bytes())?.into_txn()
+    }
+
+    #[test]
+    fn txn_json_converts_every_target_and_op() {
+        let t = txn(r#"{"compares":[{"key":"a","op":"equal","value":"x"},
+                            {"key":"b","op":"less","version":7},
+                            {"key":"c","op":"not_equal","exists":true}],
+                "success":[{"put":{"key":"a","value":"y"}}],
+                "failure":[{"delete":{"key":"a"}}]}"#)
+        .unwrap();
+        assert_eq!(t.compares[0].target, CompareTarget::Value(b"x".to_vec()));
+        assert_eq!(t.compares[1].target, CompareTarget::Version(Timestamp(7)));
+        assert_eq!(t.compares[1].op, CompareOp::Less);
+        assert_eq!(t.compares[2].target, CompareTarget::Exists(true));
+        assert_eq!(
+            t.success,
+            vec![Op::Put {
+                key: b"a".to_vec(),
+                value: b"y".to_vec()
+            }]
+        );
+        assert_eq!(t.failure, vec![Op::Delete { key: b"a".to_vec() }]);
+        assert_eq!(txn("{}").unwrap(), Txn::default());
+    }
+
+    #[test]
+    fn txn_json_refuses_ambiguous_or_unknown_input() {
+        let none = txn(r#"{"compares":[{"key":"a","op":"equal"}]}"#).unwrap_err();
+        assert_eq!(none.code, ErrorCode::InvalidArgument);
+        assert!(none.message.contains("no target"), "{}", none.message);
+        let two = txn(r#"{"compares":[{"key":"a","op":"equal","value":"x","exists":true}]}"#)
+            .unwrap_err();
+        assert!(two.message.contains("several targets"), "{}", two.message);
+        for bad in [
+            r#"{"compare":[]}"#,
+            r#"{"success":[{"put":{"key":"a","value":"b","ttl":1}}]}"#,
+            r#"{"success":[{"upsert":{"key":"a"}}]}"#,
+            r#"{"compares":[{"key":"a","op":"like","value":"x"}]}"#,
+            r#"{"compares":"#,
+        ] {
+            assert_eq!(
+                txn(bad).unwrap_err().code,
+                ErrorCode::MalformedRequest,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_in_both_forms() {
+        let ts = Timestamp::from_parts(1_750_000_000_123, 5).unwrap();
+        assert_eq!(parse_timestamp(&ts.0.to_string()).unwrap(), ts);
+        assert_eq!(parse_timestamp(&ts.to_string()).unwrap(), ts);
+        for bad in ["", "x", "1.2.3", "-1", "1000.1"] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn range_bounds_honour_prefix_range_and_token() {
+        let q = RangeQuery {
+            prefix: Some("ab".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            q.bounds().unwrap(),
+            RangeBounds {
+                start: b"ab".to_vec(),
+                end: Some(b"ac".to_vec())
+            }
+        );
+        let q = RangeQuery {
+            start: Some("b".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            q.bounds().unwrap(),
+            RangeBounds {
+                start: b"b".to_vec(),
+                end: None
+            }
+        );
+        let both = RangeQuery {
+            prefix: Some("a".into()),
+            end: Some("b".into()),
+            ..Default::default()
+        };
+        assert!(both.bounds().is_err());
+        let token = encode_page_token(b"abc");
+        let q = RangeQuery {
+            prefix: Some("ab".into()),
+            page_token: Some(token.clone()),
+            ..Default::default()
+        };
+        assert_eq!(q.bounds().unwrap().start, b"abc".to_vec());
+        let outside = RangeQuery {
+            prefix: Some("x".into()),
+            page_token: Some(token),
+            ..Default::default()
+        };
+        assert!(outside.bounds().is_err());
+        let garbage = RangeQuery {
+            page_token: Some("***".into()),
+            ..Default::default()
+        };
+        assert!(garbage.bounds().is_err());
+    }
+
+    #[test]
+    fn history_entries_mark_tombstones() {
+        let del = HistoryEntryJson::from(&VersionEntry {
+            version: Timestamp(9),
+            value: None,
+        });
+        assert!(del.deleted && del.value.is_none() && del.value_b64.is_none());
+        let bin = HistoryEntryJson::from(&VersionEntry {
+            version: Timestamp(8),
+            value: Some(vec![0xff]),
+        });
+        assert!(!bin.deleted);
+        assert_eq!((bin.value, bin.value_b64.as_deref()), (None, Some("/w==")));
+    }
+}

@@ -1,0 +1,335 @@
+//! Route handlers: extract, validate, call the [`Engine`](crate::engine::Engine),
+//! render. Each runs inside [`observe`], which gives it its span, metric,
+//! timeout and error rendering.
+//!
+//! Extractor rejections are taken as `Result`s so that every failure, even a
+//! malformed query string or an oversized body, leaves in our error shape and
+//! is counted.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::dto::{
+    encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
+    HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, PutResponse, RangeQuery,
+    RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+};
+use super::error::{ErrorBody, GatewayError};
+use super::{observe, GatewayState};
+use crate::error_code::ErrorCode;
+use crate::types::Timestamp;
+
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, GatewayError> {
+    let Path(key) = path.map_err(|e| {
+        GatewayError::api(ErrorCode::InvalidArgument, format!("bad key in path: {e}"))
+    })?;
+    Ok(key)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, GatewayError> {
+    let Query(q) = q.map_err(|e| GatewayError::api(ErrorCode::InvalidArgument, e.body_text()))?;
+    Ok(q)
+}
+
+fn body(b: Result<Bytes, BytesRejection>, state: &GatewayState) -> Result<Bytes, GatewayError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let max = state.engine.limits().max_request_bytes;
+            GatewayError::api(
+                ErrorCode::RequestTooLarge,
+                format!("request body is larger than {max} bytes (max_request_bytes)"),
+            )
+        } else {
+            GatewayError::api(
+                ErrorCode::MalformedRequest,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+fn at(raw: Option<&str>) -> Result<Option<Timestamp>, GatewayError> {
+    Ok(raw.map(parse_timestamp).transpose()?)
+}
+
+fn empty_key() -> GatewayError {
+    GatewayError::api(
+        ErrorCode::KeyTooLarge,
+        "the key is empty; give it after the route's trailing '/'",
+    )
+}
+
+/// Reads one key.
+#[utoipa::path(get, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key, percent-encoded; may contain '/'"), GetQuery),
+    responses(
+        (status = 200, description = "The live value", body = GetResponse),
+        (status = 404, description = "No live value at the snapshot (code not_found)", body = ErrorBody),
+        (status = 410, description = "Snapshot below the GC horizon (MER-1008)", body = ErrorBody),
+    ))]
+pub(crate) async fn get_key(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<GetQuery>, QueryRejection>,
+) -> Response {
+    observe(&state, "get", async {
+        let key = path_key(path)?;
+        let at = at(query(q)?.at.as_deref())?;
+        let served = state.engine.get(key.clone().into_bytes(), at).await?;
+        match served.value {
+            Some(kv) => Ok(Json(GetResponse::new(key, &kv, served.served_at)).into_response()),
+            None => Err(GatewayError::NotFound(format!(
+                "key {key:?} has no live value at {}",
+                served.served_at
+            ))),
+        }
+    })
+    .await
+}
+
+/// Writes the raw request body as the value of a key.
+#[utoipa::path(put, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key, percent-encoded; may contain '/'")),
+    request_body(content = RawValue, content_type = "application/octet-stream", description = "The value, as raw bytes"),
+    responses(
+        (status = 200, description = "Written", body = PutResponse),
+        (status = 413, description = "Key (MER-1001), value (MER-1002) or body (MER-1003) too large", body = ErrorBody),
+    ))]
+pub(crate) async fn put_key(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+    value: Result<Bytes, BytesRejection>,
+) -> Response {
+    observe(&state, "put", async {
+        let key = path_key(path)?;
+        let value = body(value, &state)?;
+        let w = state.engine.put(key.into_bytes(), value.to_vec()).await?;
+        Ok(Json(PutResponse {
+            version: w.version.0,
+            served_at: w.version.0,
+            served_at_str: w.version.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Deletes a key (writes a tombstone; history keeps older versions).
+#[utoipa::path(delete, path = "/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key, percent-encoded; may contain '/'")),
+    responses((status = 200, description = "Deleted, or already absent (existed = false)", body = DeleteResponse)))]
+pub(crate) async fn delete_key(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    observe(&state, "delete", async {
+        let key = path_key(path)?;
+        let w = state.engine.delete(key.into_bytes()).await?;
+        Ok(Json(DeleteResponse {
+            version: w.version.0,
+            existed: w.existed,
+            served_at: w.version.0,
+            served_at_str: w.version.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Answers `/v1/kv/` and `/v1/history/` (no key) with MER-1001, as the engine would.
+pub(crate) async fn empty_key_route(State(state): State<GatewayState>) -> Response {
+    observe(&state, "empty_key", async { Err(empty_key()) }).await
+}
+
+/// Lists live keys by prefix or range, one page at a time.
+#[utoipa::path(get, path = "/v1/kv", tag = "kv", params(RangeQuery),
+    responses(
+        (status = 200, description = "One page of live pairs in key order", body = RangeResponse),
+        (status = 400, description = "Bad bounds, limit or page token (MER-1007)", body = ErrorBody),
+    ))]
+pub(crate) async fn range(
+    State(state): State<GatewayState>,
+    q: Result<Query<RangeQuery>, QueryRejection>,
+) -> Response {
+    observe(&state, "range", async {
+        let q = query(q)?;
+        let bounds = q.bounds()?;
+        let at = at(q.at.as_deref())?;
+        let served = state
+            .engine
+            .range(bounds.start, bounds.end, q.limit.unwrap_or(0), at)
+            .await?;
+        Ok(Json(RangeResponse {
+            kvs: served.value.kvs.iter().map(KvItem::from).collect(),
+            next_page_token: served.value.next.as_deref().map(encode_page_token),
+            served_at: served.served_at.0,
+            served_at_str: served.served_at.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Runs an atomic compare / then / else transaction.
+#[utoipa::path(post, path = "/v1/txn", tag = "kv", request_body = TxnRequest,
+    responses(
+        (status = 200, description = "Committed; `succeeded` says which branch ran", body = TxnResponse),
+        (status = 400, description = "Malformed JSON (MER-1005), bad compare (MER-1007), too many ops (MER-1004)", body = ErrorBody),
+        (status = 413, description = "Body, key or value too large", body = ErrorBody),
+    ))]
+pub(crate) async fn txn(
+    State(state): State<GatewayState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    observe(&state, "txn", async {
+        // Parsed by hand rather than with axum's Json so that syntax errors and
+        // a missing content type both answer 400 in our error shape.
+        let txn = TxnRequest::parse(&body(raw, &state)?)?.into_txn()?;
+        let out = state.engine.txn(txn).await?;
+        Ok(Json(TxnResponse {
+            succeeded: out.succeeded,
+            version: out.version.0,
+            served_at: out.version.0,
+            served_at_str: out.version.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Lists a key's versions, newest first, deletes included.
+#[utoipa::path(get, path = "/v1/history/{key}", tag = "kv",
+    params(("key" = String, Path, description = "The key, percent-encoded; may contain '/'"), HistoryQuery),
+    responses((status = 200, description = "Versions newest first (empty when the key never existed)", body = HistoryResponse)))]
+pub(crate) async fn history(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    observe(&state, "history", async {
+        let key = path_key(path)?;
+        let limit = query(q)?.limit.unwrap_or(0);
+        let served = state.engine.history(key.into_bytes(), limit).await?;
+        Ok(Json(HistoryResponse {
+            entries: served.value.iter().map(HistoryEntryJson::from).collect(),
+            served_at: served.served_at.0,
+            served_at_str: served.served_at.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Node identity and storage gauges.
+#[utoipa::path(get, path = "/v1/status", tag = "node",
+    responses((status = 200, description = "Node status", body = StatusResponse)))]
+pub(crate) async fn status(State(state): State<GatewayState>) -> Response {
+    observe(&state, "status", async {
+        let closed = state.engine.closed_ts();
+        let store = state.engine.store();
+        Ok(Json(StatusResponse {
+            node_id: state.info.node_id.clone(),
+            region: state.info.region.clone(),
+            zone: state.info.zone.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            approximate_keys: u64::try_from(store.approximate_keys()).unwrap_or(u64::MAX),
+            gc_horizon: store.gc_horizon().0,
+            closed_ts: closed.0,
+            uptime_secs: state.started.elapsed().as_secs(),
+            served_at: closed.0,
+            served_at_str: closed.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+fn health_body(status: &str, state: &GatewayState) -> HealthResponse {
+    let closed = state.engine.closed_ts();
+    HealthResponse {
+        status: status.to_owned(),
+        served_at: closed.0,
+        served_at_str: closed.to_string(),
+    }
+}
+
+/// Liveness: 200 whenever the process answers.
+#[utoipa::path(get, path = "/health", tag = "node",
+    responses((status = 200, description = "The process serves", body = HealthResponse)))]
+pub(crate) async fn health(State(state): State<GatewayState>) -> Response {
+    observe(&state, "health", async {
+        Ok(Json(health_body("ok", &state)).into_response())
+    })
+    .await
+}
+
+/// Readiness: 200 unless a storage failure poisoned the store.
+#[utoipa::path(get, path = "/ready", tag = "node",
+    responses(
+        (status = 200, description = "The store accepts reads and writes", body = HealthResponse),
+        (status = 503, description = "The store is poisoned (MER-3001); restart the node", body = ErrorBody),
+    ))]
+pub(crate) async fn ready(State(state): State<GatewayState>) -> Response {
+    observe(&state, "ready", async {
+        if state.engine.store().is_poisoned() {
+            // A readiness probe wants 503 here, not the 500 that MER-3001 maps
+            // to on data routes: the node is alive but must not get traffic.
+            let e = GatewayError::api(
+                ErrorCode::StorageFailure,
+                "a storage write or sync failed; the store is poisoned",
+            );
+            let mut response = e.into_response();
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(response);
+        }
+        Ok(Json(health_body("ready", &state)).into_response())
+    })
+    .await
+}
+
+/// Process metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<GatewayState>) -> Response {
+    observe(&state, "metrics", async {
+        let text = state.metrics.render();
+        Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response())
+    })
+    .await
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "node",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+pub(crate) async fn openapi(State(state): State<GatewayState>) -> Response {
+    observe(&state, "openapi", async {
+        Ok(Json(super::openapi::document()).into_response())
+    })
+    .await
+}
+
+/// Unknown routes: 404 in our error shape.
+pub(crate) async fn not_found(State(state): State<GatewayState>, uri: axum::http::Uri) -> Response {
+    observe(&state, "unknown_route", async move {
+        Err(GatewayError::NotFound(format!(
+            "no route for {}",
+            uri.path()
+        )))
+    })
+    .await
+}
+
+/// Known routes with a method they do not serve: 405 in our error shape.
+pub(crate) async fn method_not_allowed(State(state): State<GatewayState>) -> Response {
+    observe(&state, "method_not_allowed", async {
+        Err(GatewayError::MethodNotAllowed)
+    })
+    .await
+}

@@ -1,0 +1,648 @@
+//! Integration tests of the HTTP/JSON gateway against a real in-process node
+//! on loopback, through a deliberately tiny HTTP/1.1 client (one request per
+//! connection, `Connection: close`), so the tests see exactly the bytes a
+//! curl user would.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use common::TestNode;
+
+/// Bound on one HTTP exchange.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on starting or stopping a node.
+const NODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the pages a listing test follows.
+const MAX_PAGES: usize = 100;
+
+/// A parsed HTTP response.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status and the error code of an error reply, and that it
+    /// has the gateway's error shape.
+    fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "body: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "body: {v}"
+        );
+        assert!(
+            v["error"]["remedy"].as_str().is_some_and(|m| !m.is_empty()),
+            "body: {v}"
+        );
+        v
+    }
+}
+
+/// Sends one request and reads the whole reply, within [`REQUEST_TIMEOUT`].
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    timeout(REQUEST_TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect to the gateway");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // The server may answer (413) and close before it has read a large
+        // body; then these writes fail, and the reply is what the test checks.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // A reset after the reply (unread request body) ends the read.
+                Err(e) if !raw.is_empty() => {
+                    eprintln!("read ended with {e} after {} bytes", raw.len());
+                    break;
+                }
+                Err(e) => panic!("{method} {path}: read failed: {e}"),
+            }
+        }
+        parse_reply(&raw)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{method} {path}: no reply within {REQUEST_TIMEOUT:?}"))
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..split]).expect("headers are ASCII");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = std::str::from_utf8(&data[..line_end]).expect("chunk size is ASCII");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, b"").await
+}
+
+async fn put(addr: SocketAddr, key: &str, value: &[u8]) -> Value {
+    let r = request(addr, "PUT", &format!("/v1/kv/{key}"), value).await;
+    assert_eq!(r.status, 200, "PUT {key}: {}", r.text());
+    r.json()
+}
+
+async fn post_txn(addr: SocketAddr, body: &Value) -> Reply {
+    request(addr, "POST", "/v1/txn", body.to_string().as_bytes()).await
+}
+
+async fn start() -> TestNode {
+    timeout(NODE_TIMEOUT, TestNode::start())
+        .await
+        .expect("node start timed out")
+}
+
+/// A node with small limits, so the size tests send kilobytes, not megabytes.
+async fn start_small_limits() -> TestNode {
+    let node = TestNode::start_with(|cfg| {
+        cfg.limits.max_value_bytes = 1024;
+        cfg.limits.max_request_bytes = 4096;
+    });
+    timeout(NODE_TIMEOUT, node)
+        .await
+        .expect("node start timed out")
+}
+
+async fn stop(node: TestNode) {
+    timeout(NODE_TIMEOUT, node.stop())
+        .await
+        .expect("node stop timed out");
+}
+
+fn u64_field(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a u64 in {v}"))
+}
+
+fn assert_served_at(v: &Value) {
+    assert!(u64_field(v, "served_at") > 0, "{v}");
+    assert!(
+        v["served_at_str"].as_str().is_some_and(|s| s.contains('.')),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn kv_put_get_delete_round_trip_with_slash_in_key() {
+    let node = start().await;
+    let addr = node.http_addr();
+
+    let written = put(addr, "app/config/db", b"postgres://x").await;
+    let version = u64_field(&written, "version");
+    assert_eq!(u64_field(&written, "served_at"), version);
+    assert_served_at(&written);
+
+    let r = get(addr, "/v1/kv/app/config/db").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["key"], "app/config/db");
+    assert_eq!(v["value"], "postgres://x");
+    assert_eq!(
+        v["value_b64"],
+        base64::engine::general_purpose::STANDARD.encode("postgres://x")
+    );
+    assert_eq!(u64_field(&v, "version"), version);
+    assert!(
+        u64_field(&v, "served_at") >= version,
+        "a read after the write must see it: {v}"
+    );
+    assert_served_at(&v);
+
+    // Percent-encoded keys are decoded: "a b/c" and "a%20b%2Fc" name one key.
+    put(addr, "a%20b%2Fc", b"spaced").await;
+    assert_eq!(get(addr, "/v1/kv/a%20b/c").await.json()["value"], "spaced");
+
+    let r = request(addr, "DELETE", "/v1/kv/app/config/db", b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = r.json();
+    assert_eq!(d["existed"], true);
+    assert!(u64_field(&d, "version") > version);
+    assert_served_at(&d);
+
+    get(addr, "/v1/kv/app/config/db")
+        .await
+        .assert_error(404, "not_found");
+    let again = request(addr, "DELETE", "/v1/kv/app/config/db", b"")
+        .await
+        .json();
+    assert_eq!(again["existed"], false);
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn kv_binary_values_and_snapshot_reads() {
+    let node = start().await;
+    let addr = node.http_addr();
+
+    let first = u64_field(&put(addr, "bin", &[0xff, 0x00, 0x80]).await, "version");
+    let v = get(addr, "/v1/kv/bin").await.json();
+    assert_eq!(
+        v["value"],
+        Value::Null,
+        "non-UTF-8 values are null as strings"
+    );
+    assert_eq!(v["value_b64"], "/wCA");
+
+    put(addr, "bin", b"second").await;
+    assert_eq!(get(addr, "/v1/kv/bin").await.json()["value"], "second");
+    // A snapshot read at the first version sees the first value, in both timestamp forms.
+    let old = get(addr, &format!("/v1/kv/bin?at={first}")).await.json();
+    assert_eq!(old["value_b64"], "/wCA");
+    assert_eq!(u64_field(&old, "served_at"), first);
+    let first_str = old["served_at_str"]
+        .as_str()
+        .expect("served_at_str")
+        .to_owned();
+    assert_eq!(
+        get(addr, &format!("/v1/kv/bin?at={first_str}"))
+            .await
+            .json()["value_b64"],
+        "/wCA"
+    );
+
+    get(addr, "/v1/kv/bin?at=yesterday")
+        .await
+        .assert_error(400, "MER-1007");
+    get(addr, "/v1/kv/bin?bogus=1")
+        .await
+        .assert_error(400, "MER-1007");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn kv_empty_key_unknown_route_and_wrong_method() {
+    let node = start().await;
+    let addr = node.http_addr();
+    request(addr, "PUT", "/v1/kv/", b"v")
+        .await
+        .assert_error(413, "MER-1001");
+    get(addr, "/v1/kv/").await.assert_error(413, "MER-1001");
+    get(addr, "/v1/history/")
+        .await
+        .assert_error(413, "MER-1001");
+    get(addr, "/v2/nothing")
+        .await
+        .assert_error(404, "not_found");
+    request(addr, "POST", "/v1/kv/k", b"v")
+        .await
+        .assert_error(405, "method_not_allowed");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn range_prefix_listing_pages_with_page_token() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let keys: Vec<String> = (0..5).map(|i| format!("list/{i}")).collect();
+    for k in &keys {
+        put(addr, k, k.as_bytes()).await;
+    }
+    put(addr, "lisu", b"outside, just after the prefix").await;
+    put(addr, "lisa", b"outside, just before the prefix").await;
+
+    let mut listed = Vec::new();
+    let mut token: Option<String> = None;
+    let mut snapshot: Option<u64> = None;
+    for _ in 0..MAX_PAGES {
+        let mut path = "/v1/kv?prefix=list/&limit=2".to_owned();
+        if let Some(at) = snapshot {
+            path.push_str(&format!("&at={at}"));
+        }
+        if let Some(t) = &token {
+            path.push_str(&format!("&page_token={t}"));
+        }
+        let r = get(addr, &path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        assert_served_at(&page);
+        snapshot = Some(u64_field(&page, "served_at"));
+        let kvs = page["kvs"].as_array().expect("kvs");
+        assert!(kvs.len() <= 2, "limit honoured: {page}");
+        for kv in kvs {
+            let key = kv["key"].as_str().expect("key").to_owned();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(kv["key_b64"].as_str().expect("key_b64"));
+            assert_eq!(raw.expect("key_b64 decodes"), key.as_bytes());
+            assert_eq!(kv["value"], key.as_str());
+            listed.push(key);
+        }
+        token = page["next_page_token"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert!(
+        token.is_none(),
+        "listing did not finish within {MAX_PAGES} pages"
+    );
+    assert_eq!(listed, keys, "every key under the prefix, in order, once");
+
+    // start/end is half-open.
+    let page = get(addr, "/v1/kv?start=list/1&end=list/3").await.json();
+    let got: Vec<&str> = page["kvs"]
+        .as_array()
+        .expect("kvs")
+        .iter()
+        .filter_map(|kv| kv["key"].as_str())
+        .collect();
+    assert_eq!(got, ["list/1", "list/2"]);
+
+    get(addr, "/v1/kv?prefix=a&start=b")
+        .await
+        .assert_error(400, "MER-1007");
+    get(addr, "/v1/kv?prefix=list/&page_token=***")
+        .await
+        .assert_error(400, "MER-1007");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn txn_runs_success_then_failure_branch() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let v1 = u64_field(&put(addr, "cfg", b"v1").await, "version");
+
+    let cas = json!({
+        "compares": [{"key": "cfg", "op": "equal", "value": "v1"},
+                     {"key": "cfg", "op": "equal", "version": v1},
+                     {"key": "cfg", "op": "equal", "exists": true}],
+        "success": [{"put": {"key": "cfg", "value": "v2"}}, {"put": {"key": "audit", "value": "changed"}}],
+        "failure": [{"put": {"key": "conflict", "value": "yes"}}]
+    });
+    let r = post_txn(addr, &cas).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    assert_eq!(out["succeeded"], true, "{out}");
+    assert!(u64_field(&out, "version") > v1);
+    assert_served_at(&out);
+    assert_eq!(get(addr, "/v1/kv/cfg").await.json()["value"], "v2");
+    assert_eq!(get(addr, "/v1/kv/audit").await.json()["value"], "changed");
+    get(addr, "/v1/kv/conflict")
+        .await
+        .assert_error(404, "not_found");
+
+    // The same guards now fail: the failure branch runs, the success branch does not.
+    let cas = json!({
+        "compares": [{"key": "cfg", "op": "equal", "value": "v1"}],
+        "success": [{"delete": {"key": "cfg"}}],
+        "failure": [{"put": {"key": "conflict", "value": "yes"}}]
+    });
+    let out = post_txn(addr, &cas).await.json();
+    assert_eq!(out["succeeded"], false, "{out}");
+    assert_eq!(get(addr, "/v1/kv/conflict").await.json()["value"], "yes");
+    assert_eq!(get(addr, "/v1/kv/cfg").await.json()["value"], "v2");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn txn_rejects_malformed_json_and_ambiguous_compares() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let syntax = request(addr, "POST", "/v1/txn", br#"{"compares": [ "#).await;
+    syntax.assert_error(400, "MER-1005");
+    assert!(syntax
+        .header("content-type")
+        .is_some_and(|c| c.contains("application/json")));
+
+    let unknown = json!({"compares": [], "sucess": []});
+    post_txn(addr, &unknown).await.assert_error(400, "MER-1005");
+
+    let none = json!({"compares": [{"key": "k", "op": "equal"}], "success": [{"put": {"key": "k", "value": "x"}}]});
+    let v = post_txn(addr, &none).await.assert_error(400, "MER-1007");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("compares[0]"),
+        "{v}"
+    );
+
+    let several = json!({"compares": [{"key": "k", "op": "equal", "value": "x", "version": 1}],
+                         "success": [{"put": {"key": "k", "value": "x"}}]});
+    post_txn(addr, &several).await.assert_error(400, "MER-1007");
+
+    // None of the refused transactions wrote anything.
+    get(addr, "/v1/kv/k").await.assert_error(404, "not_found");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn history_lists_versions_newest_first_with_delete() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let a = u64_field(&put(addr, "h/k", b"one").await, "version");
+    let b = u64_field(&put(addr, "h/k", b"two").await, "version");
+    let d = request(addr, "DELETE", "/v1/kv/h/k", b"").await.json();
+    let c = u64_field(&d, "version");
+
+    let r = get(addr, "/v1/history/h/k").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.json();
+    assert_served_at(&h);
+    let entries = h["entries"].as_array().expect("entries");
+    let versions: Vec<u64> = entries.iter().map(|e| u64_field(e, "version")).collect();
+    assert_eq!(versions, [c, b, a], "newest first: {h}");
+    assert_eq!(entries[0]["deleted"], true);
+    assert_eq!(entries[0]["value"], Value::Null);
+    assert_eq!(
+        (&entries[1]["value"], &entries[1]["deleted"]),
+        (&json!("two"), &json!(false))
+    );
+    assert_eq!(entries[2]["value_b64"], "b25l");
+
+    let one = get(addr, "/v1/history/h/k?limit=1").await.json();
+    assert_eq!(one["entries"].as_array().map(Vec::len), Some(1));
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn oversized_value_is_refused_and_not_written() {
+    let node = start_small_limits().await;
+    let addr = node.http_addr();
+    // Under the 4096-byte body limit, over the 1024-byte value limit.
+    let r = request(addr, "PUT", "/v1/kv/big", &[b'x'; 1025]).await;
+    r.assert_error(413, "MER-1002");
+    get(addr, "/v1/kv/big").await.assert_error(404, "not_found");
+
+    let v = json!({"success": [{"put": {"key": "big", "value": "x".repeat(1025)}}]});
+    post_txn(addr, &v).await.assert_error(413, "MER-1002");
+    get(addr, "/v1/kv/big").await.assert_error(404, "not_found");
+
+    // Exactly at the limit is fine.
+    put(addr, "big", &[b'x'; 1024]).await;
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused_with_mer_1003() {
+    let node = start_small_limits().await;
+    let addr = node.http_addr();
+    let r = request(addr, "PUT", "/v1/kv/huge", &[b'x'; 5000]).await;
+    let v = r.assert_error(413, "MER-1003");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4096"),
+        "{v}"
+    );
+    get(addr, "/v1/kv/huge")
+        .await
+        .assert_error(404, "not_found");
+
+    let huge_txn = json!({"success": [{"put": {"key": "huge", "value": "x".repeat(5000)}}]});
+    post_txn(addr, &huge_txn)
+        .await
+        .assert_error(413, "MER-1003");
+    get(addr, "/v1/kv/huge")
+        .await
+        .assert_error(404, "not_found");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn health_ready_status_and_metrics() {
+    let node = start().await;
+    let addr = node.http_addr();
+
+    let h = get(addr, "/health").await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert_eq!(h.json()["status"], "ok");
+    let r = get(addr, "/ready").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+
+    put(addr, "m", b"1").await;
+    get(addr, "/v1/kv/m").await;
+    get(addr, "/v1/kv/missing").await;
+
+    let s = get(addr, "/v1/status").await.json();
+    assert_eq!(s["region"].as_str().map(str::is_empty), Some(false), "{s}");
+    assert!(s["node_id"].is_string() && s["zone"].is_string(), "{s}");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    for field in ["approximate_keys", "gc_horizon", "closed_ts", "uptime_secs"] {
+        assert!(s[field].is_u64(), "{field} in {s}");
+    }
+    assert!(u64_field(&s, "closed_ts") > 0);
+    assert_served_at(&s);
+
+    let m = get(addr, "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4"));
+    let text = m.text();
+    assert!(text.contains("meridian_http_requests_total"), "{text}");
+    assert!(
+        text.contains(r#"op="get""#) && text.contains(r#"status="404""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("meridian_http_request_duration_seconds"),
+        "{text}"
+    );
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn openapi_document_lists_kv_paths() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let r = get(addr, "/openapi.json").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/v1/kv",
+        "/v1/kv/{key}",
+        "/v1/txn",
+        "/v1/history/{key}",
+        "/v1/status",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "missing {p} in {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(paths["/v1/kv/{key}"]["put"].is_object());
+    assert!(paths["/v1/kv/{key}"]["delete"].is_object());
+    stop(node).await;
+}
+
+/// Reads one response with a Content-Length body from a keep-alive connection.
+async fn read_one_response(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let reply = parse_reply(&raw);
+            let len: usize = reply
+                .header("content-length")
+                .and_then(|l| l.parse().ok())
+                .expect("content-length");
+            if raw.len() >= split + 4 + len {
+                return reply;
+            }
+        }
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed mid-response");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn stopping_the_node_closes_keep_alive_connections() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let mut stream = timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    for _ in 0..2 {
+        let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let reply = timeout(REQUEST_TIMEOUT, read_one_response(&mut stream))
+            .await
+            .expect("reply timed out");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    stop(node).await;
+    // The idle keep-alive connection is closed by the server, not left serving.
+    let mut buf = [0u8; 64];
+    let read = timeout(REQUEST_TIMEOUT, stream.read(&mut buf))
+        .await
+        .expect("connection still open after stop");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "unexpected bytes after stop: {read:?}"
+    );
+}
