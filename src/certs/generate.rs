@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose, PublicKeyData, SanType,
 };
 
 use super::{CertError, Role};
@@ -27,13 +27,20 @@ pub const MAX_EXTRA_SANS: usize = 32;
 
 /// Subject organisation of every certificate we make.
 const ORGANIZATION: &str = "Meridian";
-/// Subject common name of the development CA.
+/// Subject common name of the development CA, before its key tag.
 const CA_COMMON_NAME: &str = "Meridian development CA";
 
-/// Parameters of a self-signed development CA made at `now`.
-pub(super) fn ca_params(now: SystemTime) -> Result<CertificateParams, CertError> {
+/// Parameters of a self-signed development CA made at `now` for `key`.
+pub(super) fn ca_params(
+    now: SystemTime,
+    key: &impl PublicKeyData,
+) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = subject(CA_COMMON_NAME);
+    // Every development CA would otherwise have the same name, and a
+    // certificate from another cluster's CA would then fail as "bad
+    // signature" instead of the clearer "unknown CA". The tag comes from the
+    // (random) public key, so no extra randomness is needed.
+    params.distinguished_name = subject(&format!("{CA_COMMON_NAME} {}", key_tag(key)));
     // Path length 0: the CA signs leaves directly. An intermediate it signed
     // by mistake could not issue certificates that we would accept.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -155,6 +162,14 @@ fn ia5(text: &str) -> Result<Ia5String, CertError> {
     })
 }
 
+/// Eight hex digits from the end of the public key (the random part of an
+/// EC point), to tell CAs apart by name.
+fn key_tag(key: &impl PublicKeyData) -> String {
+    let raw = key.der_bytes();
+    let tail = &raw[raw.len().saturating_sub(4)..];
+    tail.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn subject(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, ORGANIZATION);
@@ -182,7 +197,9 @@ fn set_validity(
     Ok(())
 }
 
+// Tests may panic on unexpected results; that is how they fail.
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -206,7 +223,11 @@ mod tests {
 
     #[test]
     fn sans_cover_name_loopback_and_extras_once() {
-        let extras = ["10.0.0.7".to_owned(), "db.example".to_owned(), "::1".to_owned()];
+        let extras = [
+            "10.0.0.7".to_owned(),
+            "db.example".to_owned(),
+            "::1".to_owned(),
+        ];
         let sans = subject_alt_names(Role::Node, "n1", &extras).expect("sans");
         let ip = |s: &str| SanType::IpAddress(s.parse().expect("ip"));
         let dns = |s: &str| SanType::DnsName(ia5(s).expect("ia5"));
@@ -232,12 +253,19 @@ mod tests {
     fn too_many_extra_sans_are_refused() {
         let extras: Vec<String> = (0..=MAX_EXTRA_SANS).map(|i| format!("h{i}")).collect();
         let err = subject_alt_names(Role::Client, "c1", &extras);
-        assert!(matches!(err, Err(CertError::TooManySans { count: 33, max: 32 })));
+        assert!(matches!(
+            err,
+            Err(CertError::TooManySans { count: 33, max: 32 })
+        ));
     }
 
     #[test]
     fn clock_before_epoch_is_an_error() {
         let before = UNIX_EPOCH - Duration::from_secs(1);
-        assert!(matches!(ca_params(before), Err(CertError::Clock { .. })));
+        let key = rcgen::KeyPair::generate().expect("key");
+        assert!(matches!(
+            ca_params(before, &key),
+            Err(CertError::Clock { .. })
+        ));
     }
 }

@@ -210,7 +210,7 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<CaPaths, CertError> {
         files::ensure_absent(&[&paths.cert, &paths.key])?;
     }
     let key = generate_key()?;
-    let cert = generate::ca_params(SystemTime::now())?
+    let cert = generate::ca_params(SystemTime::now(), &key)?
         .self_signed(&key)
         .map_err(|source| CertError::Generate {
             action: "self-sign the CA certificate",
@@ -219,7 +219,11 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<CaPaths, CertError> {
     files::create_dir(dir)?;
     // Key first: a crash in between leaves a key without a certificate,
     // which `issue` reports, rather than a certificate nobody can sign with.
-    files::write_atomic(&paths.key, key.serialize_pem().as_bytes(), files::KEY_FILE_MODE)?;
+    files::write_atomic(
+        &paths.key,
+        key.serialize_pem().as_bytes(),
+        files::KEY_FILE_MODE,
+    )?;
     files::write_atomic(&paths.cert, cert.pem().as_bytes(), files::CERT_FILE_MODE)?;
     tracing::info!(cert = %paths.cert.display(), "created development CA");
     Ok(paths)
@@ -259,7 +263,11 @@ pub fn issue(
         })?;
     // Paired check: what we will write must read back as the role asked for.
     debug_assert!(matches!(role_of(cert.der()), Ok(r) if r == role));
-    files::write_atomic(&paths.key, key.serialize_pem().as_bytes(), files::KEY_FILE_MODE)?;
+    files::write_atomic(
+        &paths.key,
+        key.serialize_pem().as_bytes(),
+        files::KEY_FILE_MODE,
+    )?;
     files::write_atomic(&paths.cert, cert.pem().as_bytes(), files::CERT_FILE_MODE)?;
     tracing::info!(%role, name, cert = %paths.cert.display(), "issued certificate");
     Ok(paths)
@@ -290,7 +298,14 @@ fn generate_key() -> Result<KeyPair, CertError> {
 
 /// Loads the CA certificate and key and checks that they belong together.
 fn load_issuer(paths: &CaPaths) -> Result<Issuer<'static, KeyPair>, CertError> {
-    let ca_der = load_certs(&paths.cert)?.swap_remove(0);
+    // The CA file may be a bundle; the first certificate is the signing CA.
+    let ca_der =
+        load_certs(&paths.cert)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CertError::NoCertificate {
+                path: paths.cert.clone(),
+            })?;
     let key_pem = files::read_text(&paths.key)?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::Pem {
         path: paths.key.clone(),
@@ -335,5 +350,7 @@ fn refuse_ca_overwrite(ca: &CaPaths, out: &IssuedPaths) -> Result<(), CertError>
     Ok(())
 }
 
+// Tests may panic on unexpected results; that is how they fail.
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests;

@@ -103,10 +103,14 @@ pub(super) fn role_in(cert: &X509Certificate<'_>) -> Result<Role, CertError> {
             reason: format!("subject alternative names: {e}"),
         })?
         .ok_or(CertError::NoRole)?;
-    let mut role_names = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
-        _ => None,
-    });
+    let mut role_names = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
+            _ => None,
+        });
     let first = role_names.next().ok_or(CertError::NoRole)?;
     let others = role_names.count();
     if others > 0 {
@@ -132,7 +136,9 @@ pub(super) fn common_name_in(cert: &X509Certificate<'_>) -> Result<String, CertE
     Ok(text.to_owned())
 }
 
+// Tests may panic on unexpected results; that is how they fail.
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -24,7 +24,11 @@ fn first_cert(path: &Path) -> Vec<u8> {
 #[cfg(unix)]
 fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// A self-signed certificate with the given SAN URIs, for role parsing.
@@ -50,7 +54,10 @@ fn init_ca_writes_a_ten_year_ca_with_a_private_key() {
     assert!(cert.is_ca());
     let validity = cert.validity();
     let lifetime = validity.not_after.timestamp() - now_secs();
-    assert!((3649 * DAY_SECS..=3650 * DAY_SECS).contains(&lifetime), "{lifetime}");
+    assert!(
+        (3649 * DAY_SECS..=3650 * DAY_SECS).contains(&lifetime),
+        "{lifetime}"
+    );
     assert!(validity.not_before.timestamp() < now_secs());
     #[cfg(unix)]
     assert_eq!(mode_of(&paths.key), 0o600);
@@ -98,7 +105,10 @@ fn issue_encodes_each_role_name_and_usage() {
         assert!(eku.value.client_auth);
         assert_eq!(eku.value.server_auth, role == Role::Node);
         let lifetime = cert.validity().not_after.timestamp() - now_secs();
-        assert!((364 * DAY_SECS..=365 * DAY_SECS).contains(&lifetime), "{lifetime}");
+        assert!(
+            (364 * DAY_SECS..=365 * DAY_SECS).contains(&lifetime),
+            "{lifetime}"
+        );
         #[cfg(unix)]
         assert_eq!(mode_of(&paths.key), 0o600);
     }
@@ -112,7 +122,10 @@ fn issue_adds_extra_sans_as_ip_or_dns() {
     let paths = issue(dir.path(), Role::Node, "n1", dir.path(), &extras).expect("issue");
     let der = first_cert(&paths.cert);
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
-    let san = cert.subject_alternative_name().expect("san").expect("present");
+    let san = cert
+        .subject_alternative_name()
+        .expect("san")
+        .expect("present");
     let names = &san.value.general_names;
     assert!(names.contains(&GeneralName::IPAddress(&[192, 0, 2, 10])));
     assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
@@ -164,20 +177,32 @@ fn issue_rejects_a_bad_name_before_writing() {
 
 #[test]
 fn role_of_requires_exactly_one_known_role() {
-    assert!(matches!(role_of(&cert_with_uris(&[])), Err(CertError::NoRole)));
+    assert!(matches!(
+        role_of(&cert_with_uris(&[])),
+        Err(CertError::NoRole)
+    ));
     let unrelated = cert_with_uris(&["https://example.com/"]);
     assert!(matches!(role_of(&unrelated), Err(CertError::NoRole)));
     let two = cert_with_uris(&["urn:meridian:role:node", "urn:meridian:role:admin"]);
-    assert!(matches!(role_of(&two), Err(CertError::MultipleRoles { count: 2 })));
+    assert!(matches!(
+        role_of(&two),
+        Err(CertError::MultipleRoles { count: 2 })
+    ));
     let unknown = cert_with_uris(&["urn:meridian:role:root"]);
-    assert!(matches!(role_of(&unknown), Err(CertError::UnknownRole { .. })));
+    assert!(matches!(
+        role_of(&unknown),
+        Err(CertError::UnknownRole { .. })
+    ));
     let one = cert_with_uris(&["https://example.com/", "urn:meridian:role:admin"]);
     assert_eq!(role_of(&one).expect("role"), Role::Admin);
 }
 
 #[test]
 fn role_of_rejects_garbage_and_trailing_bytes() {
-    assert!(matches!(role_of(b"not a cert"), Err(CertError::Malformed { .. })));
+    assert!(matches!(
+        role_of(b"not a cert"),
+        Err(CertError::Malformed { .. })
+    ));
     let mut der = cert_with_uris(&["urn:meridian:role:node"]);
     der.push(0);
     assert!(matches!(role_of(&der), Err(CertError::Malformed { .. })));
@@ -203,4 +228,15 @@ fn loaders_refuse_oversized_files() {
     let size = usize::try_from(MAX_PEM_FILE_BYTES).expect("fits") + 1;
     std::fs::write(&big, vec![b'A'; size]).expect("write");
     assert!(matches!(load_certs(&big), Err(CertError::Pem { .. })));
+}
+
+#[test]
+fn each_ca_gets_a_distinct_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = init_ca(&dir.path().join("a"), false).expect("ca a");
+    let b = init_ca(&dir.path().join("b"), false).expect("ca b");
+    let name_a = common_name_of(&first_cert(&a.cert)).expect("cn a");
+    let name_b = common_name_of(&first_cert(&b.cert)).expect("cn b");
+    assert!(name_a.starts_with("Meridian development CA "), "{name_a}");
+    assert_ne!(name_a, name_b);
 }

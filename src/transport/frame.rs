@@ -146,7 +146,9 @@ async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, FrameEr
     Ok(body)
 }
 
+// Tests may panic on unexpected results; that is how they fail.
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -154,14 +156,20 @@ mod tests {
     fn header_is_big_endian_length() {
         assert_eq!(encode_header(0).expect("empty"), [0, 0, 0, 0]);
         assert_eq!(encode_header(0x0102_0304).expect("len"), [1, 2, 3, 4]);
-        assert_eq!(decode_header([1, 2, 3, 4], usize::MAX).expect("len"), 0x0102_0304);
+        assert_eq!(
+            decode_header([1, 2, 3, 4], usize::MAX).expect("len"),
+            0x0102_0304
+        );
     }
 
     #[test]
     fn decode_refuses_lengths_over_max() {
         assert_eq!(decode_header([0, 0, 4, 0], 1024).expect("at limit"), 1024);
         match decode_header([0, 0, 4, 1], 1024) {
-            Err(FrameError::TooLarge { len: 1025, max: 1024 }) => {}
+            Err(FrameError::TooLarge {
+                len: 1025,
+                max: 1024,
+            }) => {}
             other => panic!("{other:?}"),
         }
         match decode_header([0xff; 4], usize::MAX) {

@@ -160,8 +160,20 @@ pub enum TransportError {
     /// The client-certificate verifier could not be built (no CA).
     #[error("cannot build the client certificate verifier: {0}")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
-    /// rustls refused the configuration, e.g. the key does not match the
-    /// certificate.
+    /// rustls refused our certificate and key, most often because the key
+    /// file belongs to another certificate; nothing was bound.
+    #[error("{} with key {}: {source}", cert.display(), key.display())]
+    CertAndKey {
+        /// Our certificate file.
+        cert: PathBuf,
+        /// Our key file.
+        key: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused the protocol configuration (the crypto provider lacks
+    /// TLS 1.3); a build problem, not a file problem.
     #[error("TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
     /// The crypto provider lacks the cipher suite QUIC's handshake needs.
@@ -361,7 +373,9 @@ pub fn require_role(id: &PeerIdentity, allowed: &[Role]) -> Result<(), Transport
     })
 }
 
+// Tests may panic on unexpected results; that is how they fail.
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -395,10 +409,34 @@ mod tests {
     fn limits_out_of_range_name_the_field() {
         let base = EndpointLimits::default();
         let cases = [
-            (EndpointLimits { max_streams_per_connection: 0, ..base.clone() }, "max_streams_per_connection"),
-            (EndpointLimits { max_streams_per_connection: 10_001, ..base.clone() }, "max_streams_per_connection"),
-            (EndpointLimits { idle_timeout_ms: 0, ..base.clone() }, "idle_timeout_ms"),
-            (EndpointLimits { idle_timeout_ms: 600_001, ..base.clone() }, "idle_timeout_ms"),
+            (
+                EndpointLimits {
+                    max_streams_per_connection: 0,
+                    ..base.clone()
+                },
+                "max_streams_per_connection",
+            ),
+            (
+                EndpointLimits {
+                    max_streams_per_connection: 10_001,
+                    ..base.clone()
+                },
+                "max_streams_per_connection",
+            ),
+            (
+                EndpointLimits {
+                    idle_timeout_ms: 0,
+                    ..base.clone()
+                },
+                "idle_timeout_ms",
+            ),
+            (
+                EndpointLimits {
+                    idle_timeout_ms: 600_001,
+                    ..base.clone()
+                },
+                "idle_timeout_ms",
+            ),
         ];
         for (limits, field) in cases {
             match limits.validate() {
@@ -408,10 +446,21 @@ mod tests {
         }
         // A short idle timeout with the default keep-alive is valid: the
         // keep-alive is capped instead (see `keep_alive_interval`).
-        let short_idle = EndpointLimits { idle_timeout_ms: 1_000, ..base };
-        short_idle.validate().expect("keep-alive is capped, not refused");
-        assert_eq!(tls::keep_alive_interval(&short_idle), Some(Duration::from_millis(500)));
-        let off = EndpointLimits { keep_alive_ms: 0, ..short_idle };
+        let short_idle = EndpointLimits {
+            idle_timeout_ms: 1_000,
+            ..base
+        };
+        short_idle
+            .validate()
+            .expect("keep-alive is capped, not refused");
+        assert_eq!(
+            tls::keep_alive_interval(&short_idle),
+            Some(Duration::from_millis(500))
+        );
+        let off = EndpointLimits {
+            keep_alive_ms: 0,
+            ..short_idle
+        };
         assert_eq!(tls::keep_alive_interval(&off), None);
     }
 }

@@ -12,7 +12,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
 use super::{EndpointLimits, TlsFiles, TransportError, ALPN};
-use crate::certs::{self, Role};
+use crate::certs::{self, CertError, Role};
 
 /// Our certificate chain, key and trust roots, loaded once per endpoint.
 pub(super) struct Identity {
@@ -21,6 +21,8 @@ pub(super) struct Identity {
     key: PrivateKeyDer<'static>,
     /// The role in our own leaf certificate.
     pub(super) role: Role,
+    /// Where the chain and key came from, for error messages.
+    files: TlsFiles,
 }
 
 impl Identity {
@@ -34,7 +36,10 @@ impl Identity {
             })?;
         }
         let chain = certs::load_certs(&files.cert)?;
-        let role = certs::role_of(&chain[0]).map_err(|source| TransportError::BadCertificate {
+        let leaf = chain.first().ok_or_else(|| CertError::NoCertificate {
+            path: files.cert.clone(),
+        })?;
+        let role = certs::role_of(leaf).map_err(|source| TransportError::BadCertificate {
             path: files.cert.clone(),
             source,
         })?;
@@ -44,7 +49,16 @@ impl Identity {
             chain,
             key,
             role,
+            files: files.clone(),
         })
+    }
+
+    fn cert_and_key_error(&self, source: rustls::Error) -> TransportError {
+        TransportError::CertAndKey {
+            cert: self.files.cert.clone(),
+            key: self.files.key.clone(),
+            source,
+        }
     }
 }
 
@@ -69,7 +83,7 @@ pub(super) fn server_config(
         .map_err(TransportError::Tls)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(TransportError::Tls)?;
+        .map_err(|source| id.cert_and_key_error(source))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT stays off (rustls' default max_early_data_size of 0): early data
     // can be replayed, and our requests include writes.
@@ -90,7 +104,7 @@ pub(super) fn client_config(
         .map_err(TransportError::Tls)?
         .with_root_certificates(id.roots.clone())
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(TransportError::Tls)?;
+        .map_err(|source| id.cert_and_key_error(source))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(TransportError::NoQuicCipherSuite)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -103,12 +117,13 @@ pub(super) fn transport_config(
     limits: &EndpointLimits,
 ) -> Result<Arc<TransportConfig>, TransportError> {
     limits.validate()?;
-    let idle = IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms)).map_err(
-        |_| TransportError::InvalidLimits {
-            field: "idle_timeout_ms",
-            reason: "does not fit a QUIC varint".to_owned(),
-        },
-    )?;
+    let idle =
+        IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms)).map_err(|_| {
+            TransportError::InvalidLimits {
+                field: "idle_timeout_ms",
+                reason: "does not fit a QUIC varint".to_owned(),
+            }
+        })?;
     let mut config = TransportConfig::default();
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_connection))
