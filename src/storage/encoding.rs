@@ -104,7 +104,10 @@ pub(crate) enum DecodeError {
 
 fn bad_key(key: &[u8], why: &'static str) -> DecodeError {
     let shown = key.get(..64).unwrap_or(key);
-    DecodeError::BadKey { key: shown.to_vec(), why }
+    DecodeError::BadKey {
+        key: shown.to_vec(),
+        why,
+    }
 }
 
 /// Appends `escape(user_key) ++ TERMINATOR`: the prefix shared by every
@@ -188,7 +191,11 @@ pub(crate) fn decode_version_key(key: &[u8]) -> Result<(Vec<u8>, Timestamp), Dec
 pub(crate) fn encode_record(value: Option<&[u8]>) -> Vec<u8> {
     let payload = value.unwrap_or_default();
     let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
-    let kind = if value.is_some() { KIND_PUT } else { KIND_TOMBSTONE };
+    let kind = if value.is_some() {
+        KIND_PUT
+    } else {
+        KIND_TOMBSTONE
+    };
     out.extend_from_slice(&[DATA_FORMAT_V1, kind, 0]);
     out.extend_from_slice(payload);
     out
@@ -197,16 +204,22 @@ pub(crate) fn encode_record(value: Option<&[u8]>) -> Vec<u8> {
 /// Decodes a data record: `Some(value)` for a put, `None` for a tombstone.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
     let Some((&format, rest)) = bytes.split_first() else {
-        return Err(DecodeError::BadRecord { why: "empty record".into() });
+        return Err(DecodeError::BadRecord {
+            why: "empty record".into(),
+        });
     };
     if format != DATA_FORMAT_V1 {
         return Err(DecodeError::UnknownDataFormat { found: format });
     }
     let [kind, flags, payload @ ..] = rest else {
-        return Err(DecodeError::BadRecord { why: format!("{} byte record", bytes.len()) });
+        return Err(DecodeError::BadRecord {
+            why: format!("{} byte record", bytes.len()),
+        });
     };
     if *flags != 0 {
-        return Err(DecodeError::BadRecord { why: format!("unknown flags {flags:#04x}") });
+        return Err(DecodeError::BadRecord {
+            why: format!("unknown flags {flags:#04x}"),
+        });
     }
     match *kind {
         KIND_PUT => Ok(Some(payload)),
@@ -214,7 +227,9 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Option<&[u8]>, DecodeError> 
         KIND_TOMBSTONE => Err(DecodeError::BadRecord {
             why: format!("tombstone with {} payload bytes", payload.len()),
         }),
-        other => Err(DecodeError::BadRecord { why: format!("unknown kind {other}") }),
+        other => Err(DecodeError::BadRecord {
+            why: format!("unknown kind {other}"),
+        }),
     }
 }
 
@@ -239,7 +254,9 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     match bytes.split_first() {
         Some((&META_FORMAT_V1, payload)) => Ok(payload),
         Some((&found, _)) => Err(DecodeError::UnknownMetaFormat { found }),
-        None => Err(DecodeError::BadMeta { why: "empty value".into() }),
+        None => Err(DecodeError::BadMeta {
+            why: "empty value".into(),
+        }),
     }
 }
 
@@ -294,12 +311,18 @@ mod tests {
     #[test]
     fn frozen_empty_key_at_zero() {
         let key = encode_version_key(b"", Timestamp::ZERO);
-        assert_eq!(key, [0x00, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(
+            key,
+            [0x00, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+        );
     }
 
     #[test]
     fn frozen_put_record() {
-        assert_eq!(encode_record(Some(b"xyz")), [0x01, 0x01, 0x00, b'x', b'y', b'z']);
+        assert_eq!(
+            encode_record(Some(b"xyz")),
+            [0x01, 0x01, 0x00, b'x', b'y', b'z']
+        );
         assert_eq!(encode_record(Some(b"")), [0x01, 0x01, 0x00]);
     }
 
@@ -310,7 +333,10 @@ mod tests {
 
     #[test]
     fn frozen_meta_values() {
-        assert_eq!(encode_horizon(Timestamp(258)), [0x01, 0, 0, 0, 0, 0, 0, 0x01, 0x02]);
+        assert_eq!(
+            encode_horizon(Timestamp(258)),
+            [0x01, 0, 0, 0, 0, 0, 0, 0x01, 0x02]
+        );
         assert_eq!(encode_store_format(), [0x01, 0x01]);
         assert_eq!(encode_meta(b"hi"), [0x01, b'h', b'i']);
         assert_eq!(meta_user_key("hlc"), b"user/hlc");
@@ -325,7 +351,10 @@ mod tests {
 
     #[test]
     fn unknown_meta_format_is_refused() {
-        assert_eq!(decode_meta(&[9, 1]), Err(DecodeError::UnknownMetaFormat { found: 9 }));
+        assert_eq!(
+            decode_meta(&[9, 1]),
+            Err(DecodeError::UnknownMetaFormat { found: 9 })
+        );
         assert!(decode_horizon(&[9, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
     }
 
@@ -335,7 +364,10 @@ mod tests {
         assert!(decode_record(&[0x01, 0x01]).is_err());
         assert!(decode_record(&[0x01, 0x01, 0x80]).is_err(), "unknown flags");
         assert!(decode_record(&[0x01, 0x07, 0x00]).is_err(), "unknown kind");
-        assert!(decode_record(&[0x01, 0x02, 0x00, 1]).is_err(), "tombstone payload");
+        assert!(
+            decode_record(&[0x01, 0x02, 0x00, 1]).is_err(),
+            "tombstone payload"
+        );
     }
 
     #[test]
@@ -344,19 +376,28 @@ mod tests {
         assert!(decode_version_key(&[b'a', 0x00, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         let mut unescaped = vec![0x00, 0x05, 0x00, 0x01];
         unescaped.extend_from_slice(&[0; 8]);
-        assert!(decode_version_key(&unescaped).is_err(), "0x00 0x05 inside the key");
+        assert!(
+            decode_version_key(&unescaped).is_err(),
+            "0x00 0x05 inside the key"
+        );
     }
 
     #[test]
     fn encoded_key_len_matches_encoding() {
         for key in [&b""[..], b"\x00", b"\x00\x00\xff", b"abc"] {
-            assert_eq!(encoded_key_len(key), encode_version_key(key, Timestamp(7)).len());
+            assert_eq!(
+                encoded_key_len(key),
+                encode_version_key(key, Timestamp(7)).len()
+            );
         }
     }
 
     fn small_key() -> impl Strategy<Value = Vec<u8>> {
         // A small alphabet with 0x00, 0x01 and 0xFF makes prefixes and escapes common.
-        proptest::collection::vec(prop_oneof![Just(0x00u8), Just(0x01), Just(0xFF), Just(b'a')], 0..5)
+        proptest::collection::vec(
+            prop_oneof![Just(0x00u8), Just(0x01), Just(0xFF), Just(b'a')],
+            0..5,
+        )
     }
 
     proptest! {

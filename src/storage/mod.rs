@@ -132,7 +132,9 @@ impl StorageError {
     }
 
     fn invalid(reason: impl Into<String>) -> Self {
-        StorageError::InvalidArgument { reason: reason.into() }
+        StorageError::InvalidArgument {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -252,12 +254,17 @@ impl MvccStore {
             .cache_size(opts.cache_bytes)
             .open()
             .map_err(StorageError::fjall)?;
-        let data =
-            db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default).map_err(StorageError::fjall)?;
-        let meta =
-            db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default).map_err(StorageError::fjall)?;
+        let data = db
+            .keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(StorageError::fjall)?;
+        let meta = db
+            .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(StorageError::fjall)?;
         check_store_format(&db, &data, &meta)?;
-        let horizon = match meta.get(encoding::META_GC_HORIZON_KEY).map_err(StorageError::fjall)? {
+        let horizon = match meta
+            .get(encoding::META_GC_HORIZON_KEY)
+            .map_err(StorageError::fjall)?
+        {
             Some(raw) => encoding::decode_horizon(&raw)?,
             None => Timestamp::ZERO,
         };
@@ -272,7 +279,9 @@ impl MvccStore {
             write_lock: Mutex::new(()),
             gc_cursor: Mutex::new(None),
         };
-        Ok(MvccStore { inner: Arc::new(inner) })
+        Ok(MvccStore {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The newest version of `key` at or below `at`; `None` if there is none
@@ -283,7 +292,11 @@ impl MvccStore {
         let Some(entry) = mvcc::newest_at(&src, key, at)? else {
             return Ok(None);
         };
-        Ok(entry.value.map(|value| KeyValue { key: key.to_vec(), value, version: entry.version }))
+        Ok(entry.value.map(|value| KeyValue {
+            key: key.to_vec(),
+            value,
+            version: entry.version,
+        }))
     }
 
     /// Live keys in `[start, end)` (`end: None` is unbounded) as of `at`, in
@@ -350,11 +363,19 @@ impl MvccStore {
                     Op::Delete { key } => (key, None),
                 };
                 let encoded = encoding::encode_version_key(key, record.ts);
+                // Checked by validate_records; re-checked in debug builds
+                // together with the round trip the readers rely on.
                 debug_assert!(encoded.len() <= encoding::MAX_ENCODED_KEY_BYTES);
+                debug_assert_eq!(
+                    encoding::decode_version_key(&encoded).ok(),
+                    Some((key.clone(), record.ts))
+                );
                 batch.insert(&self.inner.data, encoded, encoding::encode_record(value));
             }
         }
-        batch.commit().map_err(|err| self.write_failed("apply_batch", err))
+        batch
+            .commit()
+            .map_err(|err| self.write_failed("apply_batch", err))
     }
 
     /// The durability point: per [`FsyncPolicy`], makes every batch applied
@@ -368,8 +389,12 @@ impl MvccStore {
             FsyncPolicy::Never => PersistMode::Buffer,
         };
         let started = Instant::now();
-        self.inner.db.persist(mode).map_err(|err| self.write_failed("sync", err))?;
-        metrics::histogram!("meridian_storage_sync_seconds").record(started.elapsed().as_secs_f64());
+        self.inner
+            .db
+            .persist(mode)
+            .map_err(|err| self.write_failed("sync", err))?;
+        metrics::histogram!("meridian_storage_sync_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -390,8 +415,17 @@ impl MvccStore {
         let max_versions = max_versions.min(MAX_GC_VERSIONS_PER_CALL);
         let mut cursor = lock(&self.inner.gc_cursor);
         let horizon = self.raise_horizon(horizon)?;
-        let from = cursor.take().filter(|c| c.horizon == horizon).map(|c| c.resume);
-        let plan = mvcc::plan_gc(&self.source(), from, horizon, max_versions, mvcc::GC_VISIT_BUDGET)?;
+        let from = cursor
+            .take()
+            .filter(|c| c.horizon == horizon)
+            .map(|c| c.resume);
+        let plan = mvcc::plan_gc(
+            &self.source(),
+            from,
+            horizon,
+            max_versions,
+            mvcc::GC_VISIT_BUDGET,
+        )?;
         let removed_versions = plan.remove.len();
         if removed_versions > 0 {
             let mut batch = self.inner.db.batch();
@@ -405,7 +439,10 @@ impl MvccStore {
         metrics::counter!("meridian_storage_gc_removed_versions_total")
             .increment(removed_versions as u64);
         tracing::debug!(removed_versions, more = cursor.is_some(), "gc step");
-        Ok(GcStats { removed_versions, more: cursor.is_some() })
+        Ok(GcStats {
+            removed_versions,
+            more: cursor.is_some(),
+        })
     }
 
     /// The current gc horizon; reads below it fail with `Compacted`.
@@ -467,7 +504,10 @@ impl MvccStore {
     }
 
     fn source(&self) -> SnapshotSource<'_> {
-        SnapshotSource { snapshot: self.inner.db.snapshot(), data: &self.inner.data }
+        SnapshotSource {
+            snapshot: self.inner.db.snapshot(),
+            data: &self.inner.data,
+        }
     }
 
     /// A snapshot for reading at `at`, taken *before* the horizon is checked:
@@ -479,7 +519,10 @@ impl MvccStore {
         let src = self.source();
         let horizon = self.gc_horizon();
         if at < horizon {
-            return Err(StorageError::Compacted { requested: at, horizon });
+            return Err(StorageError::Compacted {
+                requested: at,
+                horizon,
+            });
         }
         Ok(src)
     }
@@ -498,15 +541,29 @@ impl MvccStore {
         Ok(requested)
     }
 
-    fn put_meta_durable(&self, what: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
-        self.inner.meta.insert(key, value).map_err(|err| self.write_failed(what, err))?;
-        self.inner.db.persist(PersistMode::SyncAll).map_err(|err| self.write_failed(what, err))
+    fn put_meta_durable(
+        &self,
+        what: &str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .meta
+            .insert(key, value)
+            .map_err(|err| self.write_failed(what, err))?;
+        self.inner
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(|err| self.write_failed(what, err))
     }
 }
 
 /// Checks the format marker, writing it (durably) into a brand-new store.
 fn check_store_format(db: &Database, data: &Keyspace, meta: &Keyspace) -> Result<(), StorageError> {
-    match meta.get(encoding::META_FORMAT_KEY).map_err(StorageError::fjall)? {
+    match meta
+        .get(encoding::META_FORMAT_KEY)
+        .map_err(StorageError::fjall)?
+    {
         Some(raw) => match encoding::decode_store_format(&raw)? {
             encoding::STORE_FORMAT_V1 => Ok(()),
             found => Err(StorageError::Corrupt {
@@ -519,7 +576,8 @@ fn check_store_format(db: &Database, data: &Keyspace, meta: &Keyspace) -> Result
         None if data.is_empty().map_err(StorageError::fjall)? => {
             meta.insert(encoding::META_FORMAT_KEY, encoding::encode_store_format())
                 .map_err(StorageError::fjall)?;
-            db.persist(PersistMode::SyncAll).map_err(StorageError::fjall)
+            db.persist(PersistMode::SyncAll)
+                .map_err(StorageError::fjall)
         }
         None => Err(StorageError::Corrupt {
             what: "data present but no store format marker".to_string(),

@@ -13,11 +13,17 @@ fn open(dir: &std::path::Path) -> MvccStore {
 }
 
 fn put(key: &[u8], value: &[u8]) -> Op {
-    Op::Put { key: key.to_vec(), value: value.to_vec() }
+    Op::Put {
+        key: key.to_vec(),
+        value: value.to_vec(),
+    }
 }
 
 fn record(ts: u64, ops: Vec<Op>) -> WriteRecord {
-    WriteRecord { ts: Timestamp(ts), ops }
+    WriteRecord {
+        ts: Timestamp(ts),
+        ops,
+    }
 }
 
 fn value_at(store: &MvccStore, key: &[u8], ts: u64) -> Option<Vec<u8>> {
@@ -37,10 +43,18 @@ fn store_is_clone_send_sync() {
 fn later_op_on_the_same_key_wins_within_a_record() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let ops = vec![put(b"k", b"first"), Op::Delete { key: b"k".to_vec() }, put(b"k", b"last")];
+    let ops = vec![
+        put(b"k", b"first"),
+        Op::Delete { key: b"k".to_vec() },
+        put(b"k", b"last"),
+    ];
     store.apply_batch(&[record(5, ops)]).unwrap();
     assert_eq!(value_at(&store, b"k", 5).as_deref(), Some(&b"last"[..]));
-    assert_eq!(store.history(b"k", 10).unwrap().len(), 1, "one version per key and record");
+    assert_eq!(
+        store.history(b"k", 10).unwrap().len(),
+        1,
+        "one version per key and record"
+    );
 
     let ops = vec![put(b"k", b"again"), Op::Delete { key: b"k".to_vec() }];
     store.apply_batch(&[record(6, ops)]).unwrap();
@@ -52,23 +66,38 @@ fn records_must_strictly_increase_and_nothing_is_written_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for ts in [[3, 3], [4, 2]] {
-        let records = [record(ts[0], vec![put(b"a", b"1")]), record(ts[1], vec![put(b"b", b"2")])];
+        let records = [
+            record(ts[0], vec![put(b"a", b"1")]),
+            record(ts[1], vec![put(b"b", b"2")]),
+        ];
         let err = store.apply_batch(&records).unwrap_err();
         assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
     }
-    assert_eq!(store.scan(b"", None, Timestamp::MAX, 10).unwrap().items, vec![]);
-    assert!(!store.is_poisoned(), "a refused batch is the caller's bug, not a disk failure");
+    assert_eq!(
+        store.scan(b"", None, Timestamp::MAX, 10).unwrap().items,
+        vec![]
+    );
+    assert!(
+        !store.is_poisoned(),
+        "a refused batch is the caller's bug, not a disk failure"
+    );
 }
 
 #[test]
 fn writes_at_or_below_the_horizon_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    store
+        .apply_batch(&[record(1, vec![put(b"a", b"1")])])
+        .unwrap();
     store.gc(Timestamp(10), 100).unwrap();
-    let err = store.apply_batch(&[record(10, vec![put(b"a", b"2")])]).unwrap_err();
+    let err = store
+        .apply_batch(&[record(10, vec![put(b"a", b"2")])])
+        .unwrap_err();
     assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
-    store.apply_batch(&[record(11, vec![put(b"a", b"3")])]).unwrap();
+    store
+        .apply_batch(&[record(11, vec![put(b"a", b"3")])])
+        .unwrap();
     assert_eq!(value_at(&store, b"a", 10).as_deref(), Some(&b"1"[..]));
 }
 
@@ -78,7 +107,9 @@ fn oversized_keys_are_refused_before_fjall_sees_them() {
     let store = open(dir.path());
     // Every 0x00 doubles under escaping, so this 40 KiB key encodes to 80 KiB.
     let key = vec![0u8; 40 * 1024];
-    let err = store.apply_batch(&[record(1, vec![put(&key, b"v")])]).unwrap_err();
+    let err = store
+        .apply_batch(&[record(1, vec![put(&key, b"v")])])
+        .unwrap_err();
     assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
 }
 
@@ -91,11 +122,20 @@ fn reads_below_the_horizon_are_compacted_and_horizon_never_moves_back() {
     assert_eq!(store.gc_horizon(), Timestamp(100));
     let err = store.get(b"k", Timestamp(99)).unwrap_err();
     assert!(
-        matches!(err, StorageError::Compacted { requested: Timestamp(99), horizon: Timestamp(100) }),
+        matches!(
+            err,
+            StorageError::Compacted {
+                requested: Timestamp(99),
+                horizon: Timestamp(100)
+            }
+        ),
         "{err}"
     );
     assert_eq!(err.code(), ErrorCode::Compacted);
-    assert!(matches!(store.scan(b"", None, Timestamp(1), 1), Err(StorageError::Compacted { .. })));
+    assert!(matches!(
+        store.scan(b"", None, Timestamp(1), 1),
+        Err(StorageError::Compacted { .. })
+    ));
     assert_eq!(store.get(b"k", Timestamp(100)).unwrap(), None);
 }
 
@@ -109,7 +149,10 @@ fn horizon_and_meta_survive_reopen() {
     }
     let store = open(dir.path());
     assert_eq!(store.gc_horizon(), Timestamp(42));
-    assert_eq!(store.meta_get("hlc").unwrap(), Some(7i64.to_be_bytes().to_vec()));
+    assert_eq!(
+        store.meta_get("hlc").unwrap(),
+        Some(7i64.to_be_bytes().to_vec())
+    );
     assert_eq!(store.meta_get("other").unwrap(), None);
 }
 
@@ -118,9 +161,15 @@ fn meta_names_and_values_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     assert!(store.meta_put_durable("", b"x").is_err());
-    assert!(store.meta_put_durable(&"n".repeat(MAX_META_NAME_BYTES + 1), b"x").is_err());
-    assert!(store.meta_put_durable("big", &vec![0; MAX_META_VALUE_BYTES + 1]).is_err());
-    store.meta_put_durable("ok", &vec![1; MAX_META_VALUE_BYTES]).unwrap();
+    assert!(store
+        .meta_put_durable(&"n".repeat(MAX_META_NAME_BYTES + 1), b"x")
+        .is_err());
+    assert!(store
+        .meta_put_durable("big", &vec![0; MAX_META_VALUE_BYTES + 1])
+        .is_err());
+    store
+        .meta_put_durable("ok", &vec![1; MAX_META_VALUE_BYTES])
+        .unwrap();
 }
 
 #[test]
@@ -128,7 +177,11 @@ fn unknown_record_format_is_refused_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let raw_key = encoding::encode_version_key(b"k", Timestamp(3));
-    store.inner.data.insert(raw_key, vec![9u8, 1, 0, b'v']).unwrap();
+    store
+        .inner
+        .data
+        .insert(raw_key, vec![9u8, 1, 0, b'v'])
+        .unwrap();
     let err = store.get(b"k", Timestamp(5)).unwrap_err();
     match &err {
         StorageError::Corrupt { what } => assert!(what.contains("format version 9"), "{what}"),
@@ -144,7 +197,11 @@ fn unknown_store_format_is_refused_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.inner.meta.insert(encoding::META_FORMAT_KEY, encoding::encode_meta(&[2])).unwrap();
+        store
+            .inner
+            .meta
+            .insert(encoding::META_FORMAT_KEY, encoding::encode_meta(&[2]))
+            .unwrap();
     }
     let err = MvccStore::open(StoreOptions {
         path: dir.path().to_path_buf(),
@@ -159,20 +216,40 @@ fn unknown_store_format_is_refused_on_open() {
 fn a_failed_write_poisons_every_later_call() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    store
+        .apply_batch(&[record(1, vec![put(b"a", b"1")])])
+        .unwrap();
     let injected = fjall::Error::Io(std::io::Error::other("injected fsync failure"));
     let err = store.write_failed("sync", injected);
     assert!(matches!(err, StorageError::Fjall(_)));
     assert!(store.is_poisoned());
     let clone = store.clone();
-    assert!(matches!(clone.get(b"a", Timestamp(1)), Err(StorageError::Poisoned)));
-    assert!(matches!(clone.scan(b"", None, Timestamp(1), 1), Err(StorageError::Poisoned)));
-    assert!(matches!(clone.history(b"a", 1), Err(StorageError::Poisoned)));
-    assert!(matches!(clone.apply_batch(&[]), Err(StorageError::Poisoned)));
+    assert!(matches!(
+        clone.get(b"a", Timestamp(1)),
+        Err(StorageError::Poisoned)
+    ));
+    assert!(matches!(
+        clone.scan(b"", None, Timestamp(1), 1),
+        Err(StorageError::Poisoned)
+    ));
+    assert!(matches!(
+        clone.history(b"a", 1),
+        Err(StorageError::Poisoned)
+    ));
+    assert!(matches!(
+        clone.apply_batch(&[]),
+        Err(StorageError::Poisoned)
+    ));
     assert!(matches!(clone.sync(), Err(StorageError::Poisoned)));
-    assert!(matches!(clone.gc(Timestamp(1), 1), Err(StorageError::Poisoned)));
+    assert!(matches!(
+        clone.gc(Timestamp(1), 1),
+        Err(StorageError::Poisoned)
+    ));
     assert!(matches!(clone.meta_get("x"), Err(StorageError::Poisoned)));
-    assert!(matches!(clone.meta_put_durable("x", b""), Err(StorageError::Poisoned)));
+    assert!(matches!(
+        clone.meta_put_durable("x", b""),
+        Err(StorageError::Poisoned)
+    ));
     assert_eq!(StorageError::Poisoned.code(), ErrorCode::StorageFailure);
 }
 
@@ -180,9 +257,17 @@ fn a_failed_write_poisons_every_later_call() {
 fn scan_and_gc_arguments_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    assert!(matches!(store.scan(b"", None, Timestamp(1), 0), Err(StorageError::InvalidArgument { .. })));
-    assert!(matches!(store.gc(Timestamp(1), 0), Err(StorageError::InvalidArgument { .. })));
-    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    assert!(matches!(
+        store.scan(b"", None, Timestamp(1), 0),
+        Err(StorageError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        store.gc(Timestamp(1), 0),
+        Err(StorageError::InvalidArgument { .. })
+    ));
+    store
+        .apply_batch(&[record(1, vec![put(b"a", b"1")])])
+        .unwrap();
     let page = store.scan(b"b", Some(b"a"), Timestamp(1), 10).unwrap();
     assert_eq!(page, ScanPage::default(), "an inverted range is empty");
 }
@@ -221,7 +306,59 @@ fn sync_with_always_policy_succeeds() {
         cache_bytes: 1 << 20,
     })
     .unwrap();
-    store.apply_batch(&[record(1, vec![put(b"a", b"1")])]).unwrap();
+    store
+        .apply_batch(&[record(1, vec![put(b"a", b"1")])])
+        .unwrap();
     store.sync().unwrap();
     assert!(store.approximate_keys() >= 1);
+}
+
+#[test]
+fn concurrent_writes_gc_and_reads_agree() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const WRITES: u64 = 600;
+    const KEYS: u64 = 5;
+    /// Versions kept behind the newest write by the gc thread.
+    const WINDOW: u64 = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Write i puts key i % KEYS = i, so the value of key j at T is known.
+    let expected = |j: u64, at: u64| (1..=at).rev().find(|i| i % KEYS == j);
+    let written = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=WRITES {
+                let op = put(&[(i % KEYS) as u8], &i.to_be_bytes());
+                store.apply_batch(&[record(i, vec![op])]).unwrap();
+                written.store(i, Ordering::Release);
+            }
+        });
+        s.spawn(|| {
+            while written.load(Ordering::Acquire) < WRITES {
+                let horizon = written.load(Ordering::Acquire).saturating_sub(WINDOW);
+                store.gc(Timestamp(horizon), 3).unwrap();
+            }
+        });
+        let mut reads = 0;
+        while written.load(Ordering::Acquire) < WRITES {
+            let at = written.load(Ordering::Acquire).max(store.gc_horizon().0);
+            for j in 0..KEYS {
+                match store.get(&[j as u8], Timestamp(at)) {
+                    Ok(kv) => {
+                        let got = kv.map(|kv| u64::from_be_bytes(kv.value.try_into().unwrap()));
+                        assert_eq!(got, expected(j, at), "key {j} at {at}");
+                        reads += 1;
+                    }
+                    // The horizon may pass `at` between choosing it and reading.
+                    Err(StorageError::Compacted { .. }) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+        assert!(reads > 0 || written.load(Ordering::Acquire) == WRITES);
+    });
+    let versions: usize = (0..KEYS)
+        .map(|j| store.history(&[j as u8], 1000).unwrap().len())
+        .sum();
+    assert!(versions < WRITES as usize, "gc ran alongside the writer");
 }
