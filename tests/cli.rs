@@ -17,13 +17,22 @@ fn run(args: &[&str], envs: &[(&str, String)], stdin: Option<&[u8]>) -> Output {
 }
 
 /// Runs the CLI in `dir` (or here) with a hard time limit, returning its output.
-fn run_in(dir: Option<&std::path::Path>, args: &[&str], envs: &[(&str, String)], stdin: Option<&[u8]>) -> Output {
+fn run_in(
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+    envs: &[(&str, String)],
+    stdin: Option<&[u8]>,
+) -> Output {
     let mut cmd = Command::new(BIN);
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in envs {
@@ -86,7 +95,10 @@ async fn kv_commands_round_trip_through_the_binary() {
         assert_eq!(stdout(&t).trim(), "SUCCESS", "{t:?}");
         let t = run(&["kv", "txn"], &e, Some(txn));
         assert_eq!(stdout(&t).trim(), "FAILURE");
-        assert_eq!(stdout(&run(&["kv", "get", "cfg/failed"], &e, None)), "yes\n");
+        assert_eq!(
+            stdout(&run(&["kv", "get", "cfg/failed"], &e, None)),
+            "yes\n"
+        );
         let del = run(&["kv", "del", "cfg/a"], &e, None);
         assert_eq!(stdout(&del).trim(), "1");
         let missing = run(&["kv", "get", "cfg/a"], &e, None);
@@ -112,13 +124,29 @@ async fn errors_go_to_stderr_with_a_code_and_nonzero_status() {
         assert!(err.contains("MER-1002"), "{err}");
         assert!(big.stdout.is_empty());
         // Flags override the environment: a wrong endpoint fails clearly.
-        let unreachable = run(&["kv", "get", "k", "--endpoints", "127.0.0.1:9", "--timeout-ms", "500"], &env, None);
+        let unreachable = run(
+            &[
+                "kv",
+                "get",
+                "k",
+                "--endpoints",
+                "127.0.0.1:9",
+                "--timeout-ms",
+                "500",
+            ],
+            &env,
+            None,
+        );
         assert!(!unreachable.status.success());
         assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect"));
         let bad_txn = run(&["kv", "txn"], &env, Some(b"frob(\"k\") = 1\n"));
         assert!(!bad_txn.status.success());
         assert!(String::from_utf8_lossy(&bad_txn.stderr).contains("line 1"));
-        let bad_cfg = run(&["serve", "--config", "/nonexistent/meridian.toml"], &[], None);
+        let bad_cfg = run(
+            &["serve", "--config", "/nonexistent/meridian.toml"],
+            &[],
+            None,
+        );
         assert!(!bad_cfg.status.success());
         assert!(String::from_utf8_lossy(&bad_cfg.stderr).contains("does not exist"));
     })
@@ -144,10 +172,21 @@ fn dev_demo_runs_and_writes_an_env_file() {
     let dir = tempfile::tempdir().unwrap();
     let (quic, http) = (free_port(), free_port());
     let (quic_s, http_s) = (quic.to_string(), http.to_string());
-    let args = ["dev", "--demo-only", "--port", &quic_s, "--http-port", &http_s];
+    let args = [
+        "dev",
+        "--demo-only",
+        "--port",
+        &quic_s,
+        "--http-port",
+        &http_s,
+    ];
     let out = run_in(Some(dir.path()), &args, &[], None);
     let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("\"hello from meridian\""), "{text}");
     assert!(text.contains("succeeded=true"));
     assert!(text.contains("succeeded=false"));

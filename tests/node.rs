@@ -18,7 +18,9 @@ use meridian::wire::{self, RequestV1, ResponseV1};
 const T: Duration = Duration::from_secs(20);
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(T, f).await.expect("test step timed out")
+    tokio::time::timeout(T, f)
+        .await
+        .expect("test step timed out")
 }
 
 #[tokio::test]
@@ -33,7 +35,10 @@ async fn put_get_delete_and_history_carry_timestamps() {
         let kv = g.kv.unwrap();
         assert_eq!(kv.value, b"2");
         assert_eq!(kv.version, w2.version);
-        assert!(g.served_at >= w2.version, "a read after an ack is served at or after it");
+        assert!(
+            g.served_at >= w2.version,
+            "a read after an ack is served at or after it"
+        );
         // Snapshot read at the first version sees the old value.
         let old = c.get_at("a", w1.version).await.unwrap();
         assert_eq!(old.kv.unwrap().value, b"1");
@@ -69,13 +74,19 @@ async fn range_pages_through_one_snapshot() {
         let mut next = first.next.clone();
         let mut pages = 1;
         while let Some(start) = next {
-            let page = c.range(&start, Some(b"p0"), 10, Some(first.served_at)).await.unwrap();
+            let page = c
+                .range(&start, Some(b"p0"), 10, Some(first.served_at))
+                .await
+                .unwrap();
             all.extend(page.kvs);
             next = page.next;
             pages += 1;
             assert!(pages < 10, "paging must terminate");
         }
-        let keys: Vec<String> = all.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        let keys: Vec<String> = all
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect();
         let want: Vec<String> = (0..25).map(|i| format!("p/{i:02}")).collect();
         assert_eq!(keys, want);
         let (listed, truncated) = c.list_prefix("p/", 1000).await.unwrap();
@@ -139,7 +150,9 @@ async fn txn_compares_value_version_and_existence_atomically() {
                 op: CompareOp::Equal,
                 target: CompareTarget::Value(b"you".to_vec()),
             }],
-            success: vec![Op::Delete { key: b"lock".to_vec() }],
+            success: vec![Op::Delete {
+                key: b"lock".to_vec(),
+            }],
             failure: vec![],
         };
         assert!(c.txn(&by_value).await.unwrap().succeeded);
@@ -210,7 +223,10 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
         assert_eq!(e.code(), Some(ErrorCode::KeyTooLarge), "{e}");
         let e = c.put("big", vec![0u8; 1025]).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::ValueTooLarge), "{e}");
-        assert!(e.to_string().contains("1025"), "message names the size: {e}");
+        assert!(
+            e.to_string().contains("1025"),
+            "message names the size: {e}"
+        );
         let e = c.put("", "v").await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::KeyTooLarge));
         let too_many = Txn {
@@ -226,7 +242,10 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
             success: vec![put("ok1", "x"), put("ok2", &"y".repeat(2000))],
             failure: vec![],
         };
-        assert_eq!(c.txn(&mixed).await.unwrap_err().code(), Some(ErrorCode::ValueTooLarge));
+        assert_eq!(
+            c.txn(&mixed).await.unwrap_err().code(),
+            Some(ErrorCode::ValueTooLarge)
+        );
 
         // Raw frames: oversized request, malformed body, unknown version, short frame.
         let huge = wire::encode_request(&RequestV1::Put {
@@ -274,7 +293,10 @@ async fn peer_rpcs_need_a_node_certificate() {
         let e = client.peer_ping().await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
         let admin = Client::connect(node.client_config("admin")).await.unwrap();
-        assert_eq!(admin.peer_ping().await.unwrap_err().code(), Some(ErrorCode::PermissionDenied));
+        assert_eq!(
+            admin.peer_ping().await.unwrap_err().code(),
+            Some(ErrorCode::PermissionDenied)
+        );
         let peer = Client::connect(node.client_config("node1")).await.unwrap();
         assert!(peer.peer_ping().await.is_ok());
         // Data operations are open to clients.
@@ -308,7 +330,10 @@ async fn certificates_from_another_ca_are_refused() {
         }
     })
     .await;
-    assert!(outcome.is_err(), "a foreign certificate must not be able to write");
+    assert!(
+        outcome.is_err(),
+        "a foreign certificate must not be able to write"
+    );
     let c = node.client().await;
     assert!(c.get("intruder").await.unwrap().kv.is_none());
     c.close().await;
@@ -369,7 +394,11 @@ fn wait_listening(child: &mut ChildGuard) -> std::net::SocketAddr {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("meridian node listening: quic ") {
-                let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let _ = tx.send(addr);
             }
         }
@@ -430,7 +459,11 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
         let _ = bounded(w).await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the load must have produced acknowledged writes ({})", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the load must have produced acknowledged writes ({})",
+        acked.len()
+    );
     drop(client);
 
     let mut server = spawn_server(&config);
@@ -444,7 +477,9 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
     .unwrap();
     for (key, version) in &acked {
         let got = bounded(c.get(key)).await.unwrap();
-        let kv = got.kv.unwrap_or_else(|| panic!("acknowledged write {key} lost"));
+        let kv = got
+            .kv
+            .unwrap_or_else(|| panic!("acknowledged write {key} lost"));
         assert_eq!(kv.version, *version, "{key}");
     }
     c.close().await;

@@ -81,7 +81,9 @@ fn kv_json(kv: &KeyValue) -> serde_json::Value {
 
 fn read_stdin_value() -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    std::io::stdin().take(MAX_STDIN_VALUE_BYTES + 1).read_to_end(&mut buf)?;
+    std::io::stdin()
+        .take(MAX_STDIN_VALUE_BYTES + 1)
+        .read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_STDIN_VALUE_BYTES {
         anyhow::bail!("standard input is larger than {MAX_STDIN_VALUE_BYTES} bytes");
     }
@@ -98,7 +100,10 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             let client = conn.connect().await?;
             let w = client.put(&key, &value).await?;
             if conn.json {
-                println!("{}", json!({"key": key, "version": w.version.0, "version_str": w.version.to_string()}));
+                println!(
+                    "{}",
+                    json!({"key": key, "version": w.version.0, "version_str": w.version.to_string()})
+                );
             } else {
                 println!("OK {}", w.version);
             }
@@ -113,7 +118,10 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             client.close().await;
             let Some(kv) = r.kv else {
                 if conn.json {
-                    println!("{}", json!({"key": key, "found": false, "served_at": r.served_at.0}));
+                    println!(
+                        "{}",
+                        json!({"key": key, "found": false, "served_at": r.served_at.0})
+                    );
                 }
                 eprintln!("key not found: {key}");
                 return Ok(ExitCode::from(1));
@@ -134,12 +142,19 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             let w = client.delete(&key).await?;
             client.close().await;
             if conn.json {
-                println!("{}", json!({"key": key, "deleted": w.existed, "version": w.version.0}));
+                println!(
+                    "{}",
+                    json!({"key": key, "deleted": w.existed, "version": w.version.0})
+                );
             } else {
                 println!("{}", if w.existed { 1 } else { 0 });
             }
         }
-        KvCommand::Ls { prefix, limit, conn } => {
+        KvCommand::Ls {
+            prefix,
+            limit,
+            conn,
+        } => {
             let client = conn.connect().await?;
             let (kvs, truncated) = client.list_prefix(&prefix, limit).await?;
             client.close().await;
@@ -148,7 +163,11 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", json!({"kvs": items, "truncated": truncated}));
             } else {
                 for kv in &kvs {
-                    println!("{}\t{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                    println!(
+                        "{}\t{}",
+                        String::from_utf8_lossy(&kv.key),
+                        String::from_utf8_lossy(&kv.value)
+                    );
                 }
                 if truncated {
                     eprintln!("(more keys; raise --limit)");
@@ -157,13 +176,18 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
         }
         KvCommand::Txn { conn } => {
             let mut text = String::new();
-            std::io::stdin().take(MAX_STDIN_VALUE_BYTES).read_to_string(&mut text)?;
+            std::io::stdin()
+                .take(MAX_STDIN_VALUE_BYTES)
+                .read_to_string(&mut text)?;
             let txn = super::txn_parse::parse(&text)?;
             let client = conn.connect().await?;
             let r = client.txn(&txn).await?;
             client.close().await;
             if conn.json {
-                println!("{}", json!({"succeeded": r.succeeded, "version": r.version.0}));
+                println!(
+                    "{}",
+                    json!({"succeeded": r.succeeded, "version": r.version.0})
+                );
             } else {
                 println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
             }
@@ -173,11 +197,21 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             let h = client.history(&key, limit).await?;
             client.close().await;
             for e in &h.entries {
-                let value = e.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+                let value = e
+                    .value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
                 if conn.json {
-                    println!("{}", json!({"version": e.version.0, "value": value, "deleted": value.is_none()}));
+                    println!(
+                        "{}",
+                        json!({"version": e.version.0, "value": value, "deleted": value.is_none()})
+                    );
                 } else {
-                    println!("{}\t{}", e.version, value.unwrap_or_else(|| "(deleted)".into()));
+                    println!(
+                        "{}\t{}",
+                        e.version,
+                        value.unwrap_or_else(|| "(deleted)".into())
+                    );
                 }
             }
         }
@@ -196,8 +230,15 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<ExitCode> {
                    "approximate_keys": s.approximate_keys, "gc_horizon": s.gc_horizon})
         );
     } else {
-        println!("node {} region {} zone {} version {}", s.node_id, s.region, s.zone, s.version);
-        println!("approximate keys {}  gc horizon {}", s.approximate_keys, Timestamp(s.gc_horizon));
+        println!(
+            "node {} region {} zone {} version {}",
+            s.node_id, s.region, s.zone, s.version
+        );
+        println!(
+            "approximate keys {}  gc horizon {}",
+            s.approximate_keys,
+            Timestamp(s.gc_horizon)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

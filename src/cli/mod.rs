@@ -129,7 +129,10 @@ impl ConnArgs {
             tls: TlsFiles {
                 ca: self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
                 cert: self.cert.clone().unwrap_or_else(|| dir.join("client.pem")),
-                key: self.key_file.clone().unwrap_or_else(|| dir.join("client.key")),
+                key: self
+                    .key_file
+                    .clone()
+                    .unwrap_or_else(|| dir.join("client.key")),
             },
             request_timeout: std::time::Duration::from_millis(self.timeout_ms),
         })
@@ -144,7 +147,10 @@ impl ConnArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -177,7 +183,11 @@ pub fn ensure_dev_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     if !dir.join("ca.pem").exists() {
         certs::init_ca(dir, false)?;
     }
-    for (role, name) in [(Role::Node, "node1"), (Role::Client, "client"), (Role::Admin, "admin")] {
+    for (role, name) in [
+        (Role::Node, "node1"),
+        (Role::Client, "client"),
+        (Role::Admin, "admin"),
+    ] {
         if !dir.join(format!("{name}.pem")).exists() {
             certs::issue(dir, role, name, dir, &[])?;
         }
@@ -215,7 +225,10 @@ fn certs_cmd(cmd: CertsCommand) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| dir.clone());
             std::fs::create_dir_all(&out)?;
             let paths = certs::issue(&dir, role, &name, &out, &sans)?;
-            println!("issued {role} certificate {:?} (key {:?})", paths.cert, paths.key);
+            println!(
+                "issued {role} certificate {:?} (key {:?})",
+                paths.cert, paths.key
+            );
         }
     }
     Ok(())
@@ -245,11 +258,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         abs(certs_dir.join("client.key")).display(),
     );
     std::fs::write(&env_file, env)?;
-    println!("meridian dev: node1 (region local) pid {} quic {} http {}",
+    println!(
+        "meridian dev: node1 (region local) pid {} quic {} http {}",
         std::process::id(),
         node.quic_addr(),
-        node.http_addr().map_or("-".into(), |a| a.to_string()));
-    println!("meridian dev: in another shell: source {} && meridian kv get demo/greeting", env_file.display());
+        node.http_addr().map_or("-".into(), |a| a.to_string())
+    );
+    println!(
+        "meridian dev: in another shell: source {} && meridian kv get demo/greeting",
+        env_file.display()
+    );
     let demo = dev_demo(&node, &certs_dir).await;
     if let Err(e) = &demo {
         eprintln!("demo failed: {e:#}");
@@ -275,10 +293,18 @@ async fn dev_demo(node: &crate::server::Node, certs_dir: &std::path::Path) -> an
     })
     .await?;
     let w = client.put("demo/greeting", "hello from meridian").await?;
-    println!("demo: put demo/greeting            -> version {}", w.version);
+    println!(
+        "demo: put demo/greeting            -> version {}",
+        w.version
+    );
     let g = client.get("demo/greeting").await?;
-    let value = g.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).unwrap_or_default();
-    println!("demo: get demo/greeting            -> {value:?} (served at {})", g.served_at);
+    let value =
+        g.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .unwrap_or_default();
+    println!(
+        "demo: get demo/greeting            -> {value:?} (served at {})",
+        g.served_at
+    );
     let txn = Txn {
         compares: vec![Compare {
             key: b"demo/leader".to_vec(),
@@ -292,9 +318,15 @@ async fn dev_demo(node: &crate::server::Node, certs_dir: &std::path::Path) -> an
         failure: vec![],
     };
     let t = client.txn(&txn).await?;
-    println!("demo: txn create-if-absent leader  -> succeeded={} version {}", t.succeeded, t.version);
+    println!(
+        "demo: txn create-if-absent leader  -> succeeded={} version {}",
+        t.succeeded, t.version
+    );
     let t2 = client.txn(&txn).await?;
-    println!("demo: same txn again               -> succeeded={} (key exists now)", t2.succeeded);
+    println!(
+        "demo: same txn again               -> succeeded={} (key exists now)",
+        t2.succeeded
+    );
     let (kvs, _) = client.list_prefix("demo/", 100).await?;
     println!("demo: ls demo/                     -> {} keys", kvs.len());
     client.close().await;
@@ -313,9 +345,16 @@ mod tests {
 
     #[test]
     fn kv_put_parses_with_and_without_value() {
-        let cli = Cli::try_parse_from(["meridian", "kv", "put", "k", "v", "--key", "c.key"]).unwrap();
-        assert!(matches!(cli.command, Command::Kv(kv::KvCommand::Put { value: Some(_), .. })));
+        let cli =
+            Cli::try_parse_from(["meridian", "kv", "put", "k", "v", "--key", "c.key"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Kv(kv::KvCommand::Put { value: Some(_), .. })
+        ));
         let cli = Cli::try_parse_from(["meridian", "kv", "put", "k"]).unwrap();
-        assert!(matches!(cli.command, Command::Kv(kv::KvCommand::Put { value: None, .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Kv(kv::KvCommand::Put { value: None, .. })
+        ));
     }
 }

@@ -33,9 +33,12 @@ pub(crate) fn parse(text: &str) -> anyhow::Result<Txn> {
             continue;
         }
         prev_blank = false;
-        let section = sections
-            .get_mut(idx)
-            .ok_or_else(|| anyhow!("line {}: a transaction has at most three sections (compares, success, failure)", i + 1))?;
+        let section = sections.get_mut(idx).ok_or_else(|| {
+            anyhow!(
+                "line {}: a transaction has at most three sections (compares, success, failure)",
+                i + 1
+            )
+        })?;
         section.push((i + 1, line));
     }
     let compares = sections[0]
@@ -70,7 +73,9 @@ fn words(line: &str) -> anyhow::Result<Vec<String>> {
             loop {
                 match chars.next() {
                     Some('"') => break,
-                    Some('\\') => word.push(chars.next().ok_or_else(|| anyhow!("dangling escape"))?),
+                    Some('\\') => {
+                        word.push(chars.next().ok_or_else(|| anyhow!("dangling escape"))?)
+                    }
                     Some(ch) => word.push(ch),
                     None => bail!("unterminated quote"),
                 }
@@ -104,10 +109,14 @@ fn parse_op(line: &str) -> anyhow::Result<Op> {
 }
 
 fn parse_compare(line: &str) -> anyhow::Result<Compare> {
-    let open = line.find("(\"").ok_or_else(|| anyhow!("expected TARGET(\"KEY\") OP OPERAND"))?;
+    let open = line
+        .find("(\"")
+        .ok_or_else(|| anyhow!("expected TARGET(\"KEY\") OP OPERAND"))?;
     let target = &line[..open];
     let rest = &line[open + 2..];
-    let close = rest.find("\")").ok_or_else(|| anyhow!("missing `\")` after the key"))?;
+    let close = rest
+        .find("\")")
+        .ok_or_else(|| anyhow!("missing `\")` after the key"))?;
     let key = rest.as_bytes()[..close].to_vec();
     let w = words(&rest[close + 2..])?;
     let [op, operand] = w.as_slice() else {
@@ -123,7 +132,9 @@ fn parse_compare(line: &str) -> anyhow::Result<Compare> {
     let target = match target.trim() {
         "value" => CompareTarget::Value(operand.clone().into_bytes()),
         "version" => CompareTarget::Version(Timestamp(
-            operand.parse().map_err(|_| anyhow!("version operand must be an integer"))?,
+            operand
+                .parse()
+                .map_err(|_| anyhow!("version operand must be an integer"))?,
         )),
         "exists" => CompareTarget::Exists(match operand.as_str() {
             "true" => true,
@@ -141,7 +152,10 @@ mod tests {
 
     #[test]
     fn parses_three_sections() {
-        let t = parse("value(\"a\") = \"x y\"\nexists(\"b\") = false\n\nput a \"z w\"\ndel b\n\nput c 1\n").unwrap();
+        let t = parse(
+            "value(\"a\") = \"x y\"\nexists(\"b\") = false\n\nput a \"z w\"\ndel b\n\nput c 1\n",
+        )
+        .unwrap();
         assert_eq!(t.compares.len(), 2);
         assert_eq!(t.compares[0].target, CompareTarget::Value(b"x y".to_vec()));
         assert_eq!(t.success.len(), 2);

@@ -193,7 +193,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("endpoints", &self.cfg.endpoints).finish()
+        f.debug_struct("Client")
+            .field("endpoints", &self.cfg.endpoints)
+            .finish()
     }
 }
 
@@ -233,7 +235,10 @@ impl Client {
         for k in 0..n {
             let i = (start + k) % n;
             let addr = self.cfg.endpoints[i];
-            let attempt = tokio::time::timeout(self.cfg.request_timeout, transport::connect(&self.endpoint, addr, None));
+            let attempt = tokio::time::timeout(
+                self.cfg.request_timeout,
+                transport::connect(&self.endpoint, addr, None),
+            );
             match attempt.await {
                 Ok(Ok(c)) => {
                     *guard = Some((i, c.clone()));
@@ -244,7 +249,13 @@ impl Client {
             }
         }
         Err(ClientError::Connect {
-            endpoints: self.cfg.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            endpoints: self
+                .cfg
+                .endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             last,
         })
     }
@@ -258,7 +269,9 @@ impl Client {
             .map_err(|_| ClientError::Timeout(timeout))??;
         match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
             ResponseV1::Ok { served_at, body } => Ok((Timestamp(served_at), body)),
-            ResponseV1::Err { code, message } => Err(ClientError::Api(wire::api_error(code, message))),
+            ResponseV1::Err { code, message } => {
+                Err(ClientError::Api(wire::api_error(code, message)))
+            }
         }
     }
 
@@ -296,11 +309,19 @@ impl Client {
     }
 
     /// Reads `key` at snapshot timestamp `at`.
-    pub async fn get_at(&self, key: impl AsRef<[u8]>, at: Timestamp) -> Result<GetResponse, ClientError> {
+    pub async fn get_at(
+        &self,
+        key: impl AsRef<[u8]>,
+        at: Timestamp,
+    ) -> Result<GetResponse, ClientError> {
         self.get_at_opt(key.as_ref(), Some(at)).await
     }
 
-    async fn get_at_opt(&self, key: &[u8], at: Option<Timestamp>) -> Result<GetResponse, ClientError> {
+    async fn get_at_opt(
+        &self,
+        key: &[u8],
+        at: Option<Timestamp>,
+    ) -> Result<GetResponse, ClientError> {
         let req = RequestV1::Get {
             key: key.to_vec(),
             at: at.map(|t| t.0),
@@ -315,7 +336,11 @@ impl Client {
     }
 
     /// Writes `value` at `key`; returns once durable per the node's fsync policy.
-    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<WriteResponse, ClientError> {
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<WriteResponse, ClientError> {
         let req = RequestV1::Put {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
@@ -368,14 +393,22 @@ impl Client {
 
     /// Every live key starting with `prefix`, following pages on one snapshot,
     /// up to `max_keys` (an error is never silently truncated: `truncated` says so).
-    pub async fn list_prefix(&self, prefix: impl AsRef<[u8]>, max_keys: usize) -> Result<(Vec<KeyValue>, bool), ClientError> {
+    pub async fn list_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        max_keys: usize,
+    ) -> Result<(Vec<KeyValue>, bool), ClientError> {
         let end = prefix_end(prefix.as_ref());
         let mut start = prefix.as_ref().to_vec();
         let mut at = None;
         let mut out = Vec::new();
         loop {
-            let page_limit = u32::try_from((max_keys - out.len()).min(crate::limits::DEFAULT_SCAN_PAGE)).unwrap_or(1000);
-            let page = self.range(&start, end.as_deref(), page_limit.max(1), at).await?;
+            let page_limit =
+                u32::try_from((max_keys - out.len()).min(crate::limits::DEFAULT_SCAN_PAGE))
+                    .unwrap_or(1000);
+            let page = self
+                .range(&start, end.as_deref(), page_limit.max(1), at)
+                .await?;
             at = Some(page.served_at);
             out.extend(page.kvs);
             match page.next {
@@ -398,7 +431,11 @@ impl Client {
     }
 
     /// Version history of `key`, newest first (within the history window).
-    pub async fn history(&self, key: impl AsRef<[u8]>, limit: u32) -> Result<HistoryResponse, ClientError> {
+    pub async fn history(
+        &self,
+        key: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Result<HistoryResponse, ClientError> {
         let req = RequestV1::History {
             key: key.as_ref().to_vec(),
             limit,

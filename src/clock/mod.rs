@@ -93,7 +93,10 @@ impl HighWaterStore for MvccStore {
             None => Ok(None),
             Some(bytes) => {
                 let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                    ClockError::Persist(format!("high-water mark has {} bytes, want 8", bytes.len()))
+                    ClockError::Persist(format!(
+                        "high-water mark has {} bytes, want 8",
+                        bytes.len()
+                    ))
                 })?;
                 Ok(Some(i64::from_be_bytes(arr)))
             }
@@ -154,7 +157,8 @@ impl std::fmt::Debug for Hlc {
 }
 
 fn to_hlc(ts: Timestamp) -> Result<HlcTimestamp, ClockError> {
-    HlcTimestamp::from_parts(ts.physical_unix_ms(), ts.logical()).map_err(|_| ClockError::OutOfRange)
+    HlcTimestamp::from_parts(ts.physical_unix_ms(), ts.logical())
+        .map_err(|_| ClockError::OutOfRange)
 }
 
 fn from_hlc(ts: HlcTimestamp) -> Result<Timestamp, ClockError> {
@@ -176,8 +180,11 @@ impl Hlc {
         if mark != i64::MIN {
             // Every timestamp issued before the restart has physical part <= mark,
             // so starting at (mark + 1, 0) puts us strictly above all of them.
-            let floor = HlcTimestamp::from_parts(mark + 1, 0).map_err(|_| ClockError::OutOfRange)?;
-            generator.update(&floor).map_err(|_| ClockError::OutOfRange)?;
+            let floor =
+                HlcTimestamp::from_parts(mark + 1, 0).map_err(|_| ClockError::OutOfRange)?;
+            generator
+                .update(&floor)
+                .map_err(|_| ClockError::OutOfRange)?;
         }
         Ok(Hlc {
             generator,
@@ -192,8 +199,12 @@ impl Hlc {
 
     /// Issues a new timestamp, strictly greater than every one issued before.
     pub fn now(&self) -> Result<Timestamp, ClockError> {
-        self.generator.set_current_timestamp(self.wall.now_unix_ms());
-        let ts = self.generator.next_timestamp().ok_or(ClockError::OutOfRange)?;
+        self.generator
+            .set_current_timestamp(self.wall.now_unix_ms());
+        let ts = self
+            .generator
+            .next_timestamp()
+            .ok_or(ClockError::OutOfRange)?;
         let ts = from_hlc(ts)?;
         self.ensure_mark(ts)?;
         Ok(ts)
@@ -335,7 +346,10 @@ mod tests {
         let before = hlc.now().unwrap();
         let far = Timestamp::from_parts(T0 + 501, 0).unwrap();
         let err = hlc.update(far).unwrap_err();
-        assert!(matches!(err, ClockError::OffsetTooLarge { ahead_ms: 501, .. }), "{err}");
+        assert!(
+            matches!(err, ClockError::OffsetTooLarge { ahead_ms: 501, .. }),
+            "{err}"
+        );
         assert!(hlc.last() < far);
         // Within the bound it is merged: the next local timestamp is above it.
         let near = Timestamp::from_parts(T0 + 400, 3).unwrap();

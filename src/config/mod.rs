@@ -370,7 +370,11 @@ fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if value.is_empty() || value.len() > 64 || !ok_chars {
-        return Err(invalid(field, "1..=64 characters from [A-Za-z0-9._-]", value));
+        return Err(invalid(
+            field,
+            "1..=64 characters from [A-Za-z0-9._-]",
+            value,
+        ));
     }
     Ok(())
 }
@@ -382,7 +386,11 @@ fn check_range<T: PartialOrd + ToString>(
     max: T,
 ) -> Result<T, ConfigError> {
     if value < min || value > max {
-        let rule = format!("must be between {} and {}", min.to_string(), max.to_string());
+        let rule = format!(
+            "must be between {} and {}",
+            min.to_string(),
+            max.to_string()
+        );
         return Err(invalid(field, rule, value.to_string()));
     }
     Ok(value)
@@ -415,21 +423,37 @@ impl RawConfig {
             a => Some(parse_addr("server.http_addr", a)?),
         };
         let max_connections = check_range("server.max_connections", s.max_connections, 1, 65_536)?;
-        let max_streams =
-            check_range("server.max_streams_per_connection", s.max_streams_per_connection, 1, 10_000)?;
+        let max_streams = check_range(
+            "server.max_streams_per_connection",
+            s.max_streams_per_connection,
+            1,
+            10_000,
+        )?;
         let idle_ms = check_range("server.idle_timeout_ms", s.idle_timeout_ms, 1_000, 600_000)?;
         let fsync = match self.storage.fsync.as_str() {
             "always" => FsyncPolicy::Always,
             "never" => FsyncPolicy::Never,
-            other => return Err(invalid("storage.fsync", "must be `always` or `never`", other)),
+            other => {
+                return Err(invalid(
+                    "storage.fsync",
+                    "must be `always` or `never`",
+                    other,
+                ))
+            }
         };
         let st = &self.storage;
-        let history = check_range("storage.history_window_secs", st.history_window_secs, 0, 2_592_000)?;
+        let history = check_range(
+            "storage.history_window_secs",
+            st.history_window_secs,
+            0,
+            2_592_000,
+        )?;
         let gc_ms = check_range("storage.gc_interval_ms", st.gc_interval_ms, 100, 3_600_000)?;
         let cache_mib = check_range("storage.cache_mib", st.cache_mib, 1, 65_536)?;
         let c = &self.clock;
         let max_offset_ms = check_range("clock.max_offset_ms", c.max_offset_ms, 1, 60_000)?;
-        let persist_window_ms = check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
+        let persist_window_ms =
+            check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
         let limits = self.limits.validate()?;
         let log_format = match self.log.format.as_str() {
             "human" => LogFormat::Human,
@@ -465,9 +489,18 @@ impl RawConfig {
 
 impl RawLimits {
     fn validate(&self) -> Result<Limits, ConfigError> {
-        let key = check_range("limits.max_key_bytes", self.max_key_bytes, 1, limits::HARD_MAX_KEY_BYTES)?;
-        let value =
-            check_range("limits.max_value_bytes", self.max_value_bytes, 0, limits::HARD_MAX_VALUE_BYTES)?;
+        let key = check_range(
+            "limits.max_key_bytes",
+            self.max_key_bytes,
+            1,
+            limits::HARD_MAX_KEY_BYTES,
+        )?;
+        let value = check_range(
+            "limits.max_value_bytes",
+            self.max_value_bytes,
+            0,
+            limits::HARD_MAX_VALUE_BYTES,
+        )?;
         let request = check_range(
             "limits.max_request_bytes",
             self.max_request_bytes,
@@ -477,12 +510,25 @@ impl RawLimits {
         if request < key + value {
             return Err(invalid(
                 "limits.max_request_bytes",
-                format!("must be at least max_key_bytes + max_value_bytes ({})", key + value),
+                format!(
+                    "must be at least max_key_bytes + max_value_bytes ({})",
+                    key + value
+                ),
                 request,
             ));
         }
-        let ops = check_range("limits.max_txn_ops", self.max_txn_ops, 1, limits::HARD_MAX_TXN_OPS)?;
-        let page = check_range("limits.max_scan_page", self.max_scan_page, 1, limits::HARD_MAX_SCAN_PAGE)?;
+        let ops = check_range(
+            "limits.max_txn_ops",
+            self.max_txn_ops,
+            1,
+            limits::HARD_MAX_TXN_OPS,
+        )?;
+        let page = check_range(
+            "limits.max_scan_page",
+            self.max_scan_page,
+            1,
+            limits::HARD_MAX_SCAN_PAGE,
+        )?;
         Ok(Limits {
             max_key_bytes: key,
             max_value_bytes: value,

@@ -122,7 +122,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("closed", &self.closed_ts()).finish()
+        f.debug_struct("Engine")
+            .field("closed", &self.closed_ts())
+            .finish()
     }
 }
 
@@ -222,7 +224,11 @@ impl Engine {
         if key.is_empty() || key.len() > self.limits.max_key_bytes {
             return Err(ApiError::new(
                 ErrorCode::KeyTooLarge,
-                format!("key is {} bytes; keys must be 1..={} bytes", key.len(), self.limits.max_key_bytes),
+                format!(
+                    "key is {} bytes; keys must be 1..={} bytes",
+                    key.len(),
+                    self.limits.max_key_bytes
+                ),
             ));
         }
         Ok(())
@@ -232,7 +238,11 @@ impl Engine {
         if value.len() > self.limits.max_value_bytes {
             return Err(ApiError::new(
                 ErrorCode::ValueTooLarge,
-                format!("value is {} bytes; limit is {}", value.len(), self.limits.max_value_bytes),
+                format!(
+                    "value is {} bytes; limit is {}",
+                    value.len(),
+                    self.limits.max_value_bytes
+                ),
             ));
         }
         Ok(())
@@ -251,7 +261,10 @@ impl Engine {
         if count > self.limits.max_txn_ops {
             return Err(ApiError::new(
                 ErrorCode::TooManyOps,
-                format!("transaction has {count} compares and operations; limit is {}", self.limits.max_txn_ops),
+                format!(
+                    "transaction has {count} compares and operations; limit is {}",
+                    self.limits.max_txn_ops
+                ),
             ));
         }
         for c in &txn.compares {
@@ -260,7 +273,10 @@ impl Engine {
                 self.check_value(v)?;
             }
         }
-        txn.success.iter().chain(&txn.failure).try_for_each(|op| self.check_op(op))
+        txn.success
+            .iter()
+            .chain(&txn.failure)
+            .try_for_each(|op| self.check_op(op))
     }
 
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
@@ -309,23 +325,39 @@ impl Engine {
         if at > self.hlc.last() {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
-                format!("snapshot timestamp {at} is in the future (clock is at {})", self.hlc.last()),
+                format!(
+                    "snapshot timestamp {at} is in the future (clock is at {})",
+                    self.hlc.last()
+                ),
             ));
         }
         // Writes stamped below `at` may still be in the queue: wait for them.
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Barrier(reply)).await.map_err(|_| unavailable())?;
+        self.tx
+            .send(Cmd::Barrier(reply))
+            .await
+            .map_err(|_| unavailable())?;
         let closed = rx.await.map_err(|_| unavailable())?;
-        debug_assert!(closed >= at, "barrier must close past every issued timestamp");
+        debug_assert!(
+            closed >= at,
+            "barrier must close past every issued timestamp"
+        );
         Ok(at)
     }
 
     /// Reads `key` at the latest state or at snapshot `at`.
-    pub async fn get(&self, key: Vec<u8>, at: Option<Timestamp>) -> Result<Served<Option<KeyValue>>, ApiError> {
+    pub async fn get(
+        &self,
+        key: Vec<u8>,
+        at: Option<Timestamp>,
+    ) -> Result<Served<Option<KeyValue>>, ApiError> {
         self.check_key(&key)?;
         let ts = self.read_ts(at).await?;
         let value = self.store.get(&key, ts).map_err(storage_error)?;
-        Ok(Served { value, served_at: ts })
+        Ok(Served {
+            value,
+            served_at: ts,
+        })
     }
 
     /// Scans live keys in `[start, end)`; `limit` 0 means the default page size.
@@ -341,16 +373,29 @@ impl Engine {
             n if n > self.limits.max_scan_page => {
                 return Err(ApiError::new(
                     ErrorCode::InvalidArgument,
-                    format!("limit {n} exceeds max_scan_page {}", self.limits.max_scan_page),
+                    format!(
+                        "limit {n} exceeds max_scan_page {}",
+                        self.limits.max_scan_page
+                    ),
                 ))
             }
             n => n,
         };
-        if start.len() > self.limits.max_key_bytes || end.as_ref().is_some_and(|e| e.len() > self.limits.max_key_bytes) {
-            return Err(ApiError::new(ErrorCode::KeyTooLarge, "range bound longer than max_key_bytes"));
+        if start.len() > self.limits.max_key_bytes
+            || end
+                .as_ref()
+                .is_some_and(|e| e.len() > self.limits.max_key_bytes)
+        {
+            return Err(ApiError::new(
+                ErrorCode::KeyTooLarge,
+                "range bound longer than max_key_bytes",
+            ));
         }
         let ts = self.read_ts(at).await?;
-        let page = self.store.scan(&start, end.as_deref(), ts, limit).map_err(storage_error)?;
+        let page = self
+            .store
+            .scan(&start, end.as_deref(), ts, limit)
+            .map_err(storage_error)?;
         Ok(Served {
             value: RangePage {
                 kvs: page.items,
@@ -361,7 +406,11 @@ impl Engine {
     }
 
     /// Version history of `key`, newest first; `limit` 0 means the maximum page.
-    pub async fn history(&self, key: Vec<u8>, limit: usize) -> Result<Served<Vec<VersionEntry>>, ApiError> {
+    pub async fn history(
+        &self,
+        key: Vec<u8>,
+        limit: usize,
+    ) -> Result<Served<Vec<VersionEntry>>, ApiError> {
         self.check_key(&key)?;
         if limit > MAX_HISTORY_PAGE {
             return Err(ApiError::new(
@@ -374,7 +423,10 @@ impl Engine {
         let entries = self.store.history(&key, limit).map_err(storage_error)?;
         // Versions above the closed timestamp are not acknowledged yet: hide them.
         let entries = entries.into_iter().filter(|e| e.version <= ts).collect();
-        Ok(Served { value: entries, served_at: ts })
+        Ok(Served {
+            value: entries,
+            served_at: ts,
+        })
     }
 }
 
@@ -481,7 +533,11 @@ impl Writer {
     }
 
     /// Current state of `key` for guard evaluation: this group's overlay first.
-    fn current(&self, key: &[u8], overlay: &Overlay) -> Result<Option<(Vec<u8>, Timestamp)>, ApiError> {
+    fn current(
+        &self,
+        key: &[u8],
+        overlay: &Overlay,
+    ) -> Result<Option<(Vec<u8>, Timestamp)>, ApiError> {
         if let Some(pending) = overlay.get(key) {
             return Ok(pending.clone());
         }
@@ -489,7 +545,12 @@ impl Writer {
         Ok(kv.map(|kv| (kv.value, kv.version)))
     }
 
-    fn stage(&self, kind: WriteKind, overlay: &mut Overlay, records: &mut Vec<WriteRecord>) -> Result<TxnOutcome, ApiError> {
+    fn stage(
+        &self,
+        kind: WriteKind,
+        overlay: &mut Overlay,
+        records: &mut Vec<WriteRecord>,
+    ) -> Result<TxnOutcome, ApiError> {
         let ts = self.hlc.now().map_err(clock_error)?;
         let (succeeded, ops) = match kind {
             WriteKind::Put { key, value } => (true, vec![Op::Put { key, value }]),
@@ -497,7 +558,14 @@ impl Writer {
                 // Deleting an absent key writes nothing (no tombstone, no new
                 // version), as etcd: history only records real changes.
                 let existed = self.current(&key, overlay)?.is_some();
-                (existed, if existed { vec![Op::Delete { key }] } else { vec![] })
+                (
+                    existed,
+                    if existed {
+                        vec![Op::Delete { key }]
+                    } else {
+                        vec![]
+                    },
+                )
             }
             WriteKind::Txn(txn) => {
                 let ok = self.guards_hold(&txn, overlay)?;
@@ -514,7 +582,10 @@ impl Writer {
             }
             records.push(WriteRecord { ts, ops });
         }
-        Ok(TxnOutcome { succeeded, version: ts })
+        Ok(TxnOutcome {
+            succeeded,
+            version: ts,
+        })
     }
 
     fn guards_hold(&self, txn: &Txn, overlay: &Overlay) -> Result<bool, ApiError> {
@@ -534,7 +605,9 @@ impl Writer {
         self.last_gc = Instant::now();
         let now = Timestamp(self.closed.load(Ordering::Acquire));
         let window_ms = i64::try_from(self.history_window.as_millis()).unwrap_or(i64::MAX);
-        let Some(horizon) = Timestamp::from_parts(now.physical_unix_ms().saturating_sub(window_ms), 0) else {
+        let Some(horizon) =
+            Timestamp::from_parts(now.physical_unix_ms().saturating_sub(window_ms), 0)
+        else {
             return; // the window reaches before the HLC epoch: nothing is old enough
         };
         match self.store.gc(horizon, GC_BATCH_VERSIONS) {
@@ -551,7 +624,11 @@ impl Writer {
 }
 
 /// Evaluates one guard against a key's current state (`None` = absent).
-pub fn compare_holds(op: CompareOp, target: &CompareTarget, state: Option<&(Vec<u8>, Timestamp)>) -> bool {
+pub fn compare_holds(
+    op: CompareOp,
+    target: &CompareTarget,
+    state: Option<&(Vec<u8>, Timestamp)>,
+) -> bool {
     use std::cmp::Ordering as O;
     let ord = match target {
         // A missing key never satisfies a value compare (as etcd).
@@ -578,16 +655,60 @@ mod tests {
     fn compare_semantics() {
         let present = (b"b".to_vec(), Timestamp(10));
         let s = Some(&present);
-        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Value(b"b".to_vec()), s));
-        assert!(compare_holds(CompareOp::Less, &CompareTarget::Value(b"c".to_vec()), s));
-        assert!(compare_holds(CompareOp::Greater, &CompareTarget::Value(b"a".to_vec()), s));
-        assert!(!compare_holds(CompareOp::NotEqual, &CompareTarget::Value(b"b".to_vec()), s));
-        assert!(!compare_holds(CompareOp::NotEqual, &CompareTarget::Value(b"b".to_vec()), None));
-        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Version(Timestamp(10)), s));
-        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Version(Timestamp::ZERO), None));
-        assert!(compare_holds(CompareOp::Greater, &CompareTarget::Version(Timestamp(9)), s));
-        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Exists(true), s));
-        assert!(compare_holds(CompareOp::Equal, &CompareTarget::Exists(false), None));
-        assert!(!compare_holds(CompareOp::Equal, &CompareTarget::Exists(true), None));
+        assert!(compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Value(b"b".to_vec()),
+            s
+        ));
+        assert!(compare_holds(
+            CompareOp::Less,
+            &CompareTarget::Value(b"c".to_vec()),
+            s
+        ));
+        assert!(compare_holds(
+            CompareOp::Greater,
+            &CompareTarget::Value(b"a".to_vec()),
+            s
+        ));
+        assert!(!compare_holds(
+            CompareOp::NotEqual,
+            &CompareTarget::Value(b"b".to_vec()),
+            s
+        ));
+        assert!(!compare_holds(
+            CompareOp::NotEqual,
+            &CompareTarget::Value(b"b".to_vec()),
+            None
+        ));
+        assert!(compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Version(Timestamp(10)),
+            s
+        ));
+        assert!(compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Version(Timestamp::ZERO),
+            None
+        ));
+        assert!(compare_holds(
+            CompareOp::Greater,
+            &CompareTarget::Version(Timestamp(9)),
+            s
+        ));
+        assert!(compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Exists(true),
+            s
+        ));
+        assert!(compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Exists(false),
+            None
+        ));
+        assert!(!compare_holds(
+            CompareOp::Equal,
+            &CompareTarget::Exists(true),
+            None
+        ));
     }
 }

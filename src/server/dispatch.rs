@@ -11,7 +11,9 @@ use crate::engine::Engine;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, FrameError, PeerIdentity};
 use crate::types::Timestamp;
-use crate::wire::{self, KeyValueV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1, VersionEntryV1};
+use crate::wire::{
+    self, KeyValueV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1, VersionEntryV1,
+};
 
 /// Identity of this node, shown by status and the gateway.
 #[derive(Clone, Debug)]
@@ -71,7 +73,8 @@ pub(crate) async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context
         Err(e) => {
             // Handshake failures include clients without a valid certificate.
             tracing::debug!(%remote, error = %e, "handshake failed");
-            metrics::counter!("meridian_connections_refused_total", "reason" => "handshake").increment(1);
+            metrics::counter!("meridian_connections_refused_total", "reason" => "handshake")
+                .increment(1);
             return;
         }
     };
@@ -112,16 +115,25 @@ async fn handle_stream(
     limited: bool,
 ) {
     let read_timeout = Duration::from_millis(crate::limits::REQUEST_READ_TIMEOUT_MS);
-    let read = tokio::time::timeout(read_timeout, transport::read_frame(&mut recv, ctx.max_request_bytes));
+    let read = tokio::time::timeout(
+        read_timeout,
+        transport::read_frame(&mut recv, ctx.max_request_bytes),
+    );
     let Ok(read) = read.await else {
         let _ = recv.stop(0u32.into());
-        let e = ApiError::new(ErrorCode::MalformedRequest, "request frame not received in time");
+        let e = ApiError::new(
+            ErrorCode::MalformedRequest,
+            "request frame not received in time",
+        );
         let _ = transport::write_frame(&mut send, &wire::encode_response(&error(e))).await;
         let _ = send.finish();
         return;
     };
     let response = match read {
-        Ok(_) if limited => error(ApiError::new(ErrorCode::RateLimited, "per-connection request rate exceeded")),
+        Ok(_) if limited => error(ApiError::new(
+            ErrorCode::RateLimited,
+            "per-connection request rate exceeded",
+        )),
         Ok(frame) => process_frame(&frame, &ctx, &peer).await,
         Err(FrameError::TooLarge { len, max }) => {
             // Tell the peer to stop sending the body we will not read.
@@ -131,7 +143,10 @@ async fn handle_stream(
                 format!("request frame is {len} bytes; limit is {max} (max_request_bytes)"),
             ))
         }
-        Err(e) => error(ApiError::new(ErrorCode::MalformedRequest, format!("bad frame: {e}"))),
+        Err(e) => error(ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("bad frame: {e}"),
+        )),
     };
     let bytes = wire::encode_response(&response);
     if transport::write_frame(&mut send, &bytes).await.is_ok() {
@@ -142,7 +157,8 @@ async fn handle_stream(
 }
 
 fn error(e: ApiError) -> ResponseV1 {
-    metrics::counter!("meridian_requests_total", "op" => "invalid", "code" => e.code.as_str()).increment(1);
+    metrics::counter!("meridian_requests_total", "op" => "invalid", "code" => e.code.as_str())
+        .increment(1);
     wire::error_response(&e)
 }
 
@@ -157,7 +173,8 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
     let result = handle(request, ctx, peer).instrument(span).await;
     let code = result.as_ref().err().map_or("ok", |e| e.code.as_str());
     metrics::counter!("meridian_requests_total", "op" => op, "code" => code).increment(1);
-    metrics::histogram!("meridian_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("meridian_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
     match result {
         Ok((served_at, body)) => ResponseV1::Ok {
             served_at: served_at.0,
@@ -181,13 +198,18 @@ fn op_name(r: &RequestV1) -> &'static str {
 }
 
 fn role_check(peer: &PeerIdentity, allowed: &[Role]) -> Result<(), ApiError> {
-    transport::require_role(peer, allowed).map_err(|e| ApiError::new(ErrorCode::PermissionDenied, e.to_string()))
+    transport::require_role(peer, allowed)
+        .map_err(|e| ApiError::new(ErrorCode::PermissionDenied, e.to_string()))
 }
 
 /// Client data operations are open to every role; peer RPCs only to nodes.
 const DATA_ROLES: &[Role] = &[Role::Client, Role::Admin, Role::Node];
 
-async fn handle(req: RequestV1, ctx: &Context, peer: &PeerIdentity) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
+async fn handle(
+    req: RequestV1,
+    ctx: &Context,
+    peer: &PeerIdentity,
+) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
     let engine = &ctx.engine;
     match req {
         RequestV1::PeerPing => {
@@ -202,29 +224,64 @@ async fn handle(req: RequestV1, ctx: &Context, peer: &PeerIdentity) -> Result<(T
     }
 }
 
-async fn handle_data(req: RequestV1, engine: &Engine) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
+async fn handle_data(
+    req: RequestV1,
+    engine: &Engine,
+) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
     match req {
         RequestV1::Get { key, at } => {
             let r = engine.get(key, at.map(Timestamp)).await?;
-            Ok((r.served_at, ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from))))
+            Ok((
+                r.served_at,
+                ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from)),
+            ))
         }
         RequestV1::Put { key, value } => {
             let w = engine.put(key, value).await?;
-            Ok((w.version, ResponseBodyV1::Written { version: w.version.0, existed: w.existed }))
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
         }
         RequestV1::Delete { key } => {
             let w = engine.delete(key).await?;
-            Ok((w.version, ResponseBodyV1::Written { version: w.version.0, existed: w.existed }))
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
         }
-        RequestV1::Range { start, end, limit, at } => {
+        RequestV1::Range {
+            start,
+            end,
+            limit,
+            at,
+        } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let r = engine.range(start, end, limit, at.map(Timestamp)).await?;
             let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
-            Ok((r.served_at, ResponseBodyV1::Page { kvs, next: r.value.next }))
+            Ok((
+                r.served_at,
+                ResponseBodyV1::Page {
+                    kvs,
+                    next: r.value.next,
+                },
+            ))
         }
         RequestV1::Txn(t) => {
             let out = engine.txn(t.into()).await?;
-            Ok((out.version, ResponseBodyV1::Txn { succeeded: out.succeeded, version: out.version.0 }))
+            Ok((
+                out.version,
+                ResponseBodyV1::Txn {
+                    succeeded: out.succeeded,
+                    version: out.version.0,
+                },
+            ))
         }
         RequestV1::History { key, limit } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -232,7 +289,10 @@ async fn handle_data(req: RequestV1, engine: &Engine) -> Result<(Timestamp, Resp
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
         }
-        RequestV1::Status | RequestV1::PeerPing => Err(ApiError::new(ErrorCode::Internal, "routed to the wrong handler")),
+        RequestV1::Status | RequestV1::PeerPing => Err(ApiError::new(
+            ErrorCode::Internal,
+            "routed to the wrong handler",
+        )),
     }
 }
 

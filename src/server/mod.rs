@@ -84,7 +84,12 @@ impl Node {
             fsync: cfg.fsync,
             cache_bytes: cfg.cache_bytes,
         })?;
-        let hlc = Arc::new(Hlc::open(SystemClock, store.clone(), cfg.max_offset_ms, cfg.persist_window_ms)?);
+        let hlc = Arc::new(Hlc::open(
+            SystemClock,
+            store.clone(),
+            cfg.max_offset_ms,
+            cfg.persist_window_ms,
+        )?);
         let engine = Arc::new(Engine::start(
             store,
             hlc,
@@ -105,9 +110,9 @@ impl Node {
             ..EndpointLimits::default()
         };
         let endpoint = transport::server_endpoint(cfg.listen_addr, &tls, &endpoint_limits)?;
-        let quic_addr = endpoint.local_addr().map_err(|e| {
-            StartError::Transport(crate::transport::TransportError::Io(e))
-        })?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|e| StartError::Transport(crate::transport::TransportError::Io(e)))?;
         let info = Arc::new(NodeInfo {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),
@@ -128,7 +133,9 @@ impl Node {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Http { addr, source })?;
-                let bound = listener.local_addr().map_err(|source| StartError::Http { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Http { addr, source })?;
                 let state = crate::gateway::GatewayState {
                     engine: engine.clone(),
                     info: info.clone(),
@@ -175,17 +182,23 @@ impl Node {
         }
         self.engine.shutdown().await;
         // Give quinn a moment to send CONNECTION_CLOSE frames; bounded.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
         tracing::info!("node stopped");
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<dispatch::Context>, conn_limit: Arc<Semaphore>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<dispatch::Context>,
+    conn_limit: Arc<Semaphore>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
             // Over max_connections: refuse before the handshake costs anything.
             incoming.refuse();
-            metrics::counter!("meridian_connections_refused_total", "reason" => "limit").increment(1);
+            metrics::counter!("meridian_connections_refused_total", "reason" => "limit")
+                .increment(1);
             continue;
         };
         let ctx = ctx.clone();
@@ -202,7 +215,8 @@ pub async fn run_until_signal(cfg: NodeConfig) -> anyhow::Result<()> {
     eprintln!(
         "meridian node listening: quic {} http {}",
         node.quic_addr(),
-        node.http_addr().map_or("disabled".to_string(), |a| a.to_string())
+        node.http_addr()
+            .map_or("disabled".to_string(), |a| a.to_string())
     );
     wait_for_signal().await;
     tracing::info!("signal received, shutting down");

@@ -267,14 +267,20 @@ fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
-    let (header, body) = frame.split_at_checked(2).ok_or(DecodeError::Short(frame.len()))?;
+    let (header, body) = frame
+        .split_at_checked(2)
+        .ok_or(DecodeError::Short(frame.len()))?;
     let version = u16::from_be_bytes([header[0], header[1]]);
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (msg, rest) =
+        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(msg)
 }
@@ -527,7 +533,10 @@ mod tests {
         assert!(matches!(err, DecodeError::Malformed(_)));
         let mut trailing = encode_request(&RequestV1::Status);
         trailing.push(0);
-        assert!(matches!(decode_request(&trailing), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_request(&trailing),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -67,7 +67,11 @@ impl TestNode {
         let mut cfg = node_config(dir.path());
         tweak(&mut cfg);
         let node = Node::start(cfg).await.unwrap();
-        TestNode { dir, certs, node: Some(node) }
+        TestNode {
+            dir,
+            certs,
+            node: Some(node),
+        }
     }
 
     pub fn quic_addr(&self) -> SocketAddr {
