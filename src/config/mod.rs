@@ -604,6 +604,22 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file_and_cli_variables_are_ignored() {
+        // Only this test sets these variables; other tests do not read log.level
+        // or server.rate_limit_rps, so running in parallel is safe.
+        std::env::set_var("MERIDIAN_LOG__LEVEL", "debug");
+        std::env::set_var("MERIDIAN_SERVER__RATE_LIMIT_RPS", "77");
+        std::env::set_var("MERIDIAN_ENDPOINTS", "127.0.0.1:1"); // a CLI variable, not config
+        let cfg = parse("[log]\nlevel = \"warn\"\n");
+        std::env::remove_var("MERIDIAN_LOG__LEVEL");
+        std::env::remove_var("MERIDIAN_SERVER__RATE_LIMIT_RPS");
+        std::env::remove_var("MERIDIAN_ENDPOINTS");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.log_level, "debug");
+        assert_eq!(cfg.rate_limit_rps, Some(77));
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err = load_and_validate(Some(Path::new("/nonexistent/meridian.toml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
