@@ -500,3 +500,36 @@ async fn client_reports_unreachable_endpoints_clearly() {
         other => panic!("expected a connect error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn garbage_collection_removes_shadowed_versions_in_the_background() {
+    let node = TestNode::start_with(|cfg| {
+        cfg.history_window = Duration::ZERO;
+        cfg.gc_interval = Duration::from_millis(100);
+    })
+    .await;
+    let c = node.client().await;
+    let first = c.put("gc/k", "1").await.unwrap();
+    c.put("gc/k", "2").await.unwrap();
+    c.put("gc/gone", "x").await.unwrap();
+    c.delete("gc/gone").await.unwrap();
+    // Bounded wait for a sweep to pass the writes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = c.history("gc/k", 10).await.unwrap();
+        let gone = c.history("gc/gone", 10).await.unwrap();
+        if h.entries.len() == 1 && gone.entries.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gc did not collect: {h:?} {gone:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.get("gc/k").await.unwrap().kv.unwrap().value, b"2");
+    let e = c.get_at("gc/k", first.version).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Compacted), "{e}");
+    c.close().await;
+    node.stop().await;
+}

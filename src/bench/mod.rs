@@ -5,7 +5,7 @@
 //! Each of `--clients` workers issues one request at a time for
 //! `--duration-secs`; latencies go into per-worker HDR histograms (merged at
 //! the end). The get workload first loads `--keys` keys. Results print as a
-//! table and, with `--json FILE`, as JSON lines appended to FILE.
+//! table and, with `--json-out FILE`, as JSON lines appended to FILE.
 
 mod target;
 
@@ -73,9 +73,10 @@ pub struct BenchArgs {
     /// etcd endpoints (for --system etcd).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: String,
-    /// Append one JSON object per run to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    /// Append one JSON object per run to this file. (Named `--json-out`
+    /// because the connection flags already carry the global `--json` switch.)
+    #[arg(long = "json-out", value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
     /// Free-form label recorded with the results (e.g. "fsync=always").
     #[arg(long, default_value = "")]
     pub label: String,
@@ -132,7 +133,11 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.clients.iter().any(|&c| c == 0 || c > MAX_BENCH_CLIENTS) {
+    if args
+        .clients
+        .iter()
+        .any(|&c| c == 0 || c > MAX_BENCH_CLIENTS)
+    {
         anyhow::bail!("--clients values must be 1..={MAX_BENCH_CLIENTS}");
     }
     if args.duration_secs == 0 || args.duration_secs > MAX_BENCH_SECS {
@@ -142,7 +147,10 @@ fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--keys must be >= 1 and --conns 1..=64");
     }
     if args.value_size > crate::limits::HARD_MAX_VALUE_BYTES {
-        anyhow::bail!("--value-size must be at most {}", crate::limits::HARD_MAX_VALUE_BYTES);
+        anyhow::bail!(
+            "--value-size must be at most {}",
+            crate::limits::HARD_MAX_VALUE_BYTES
+        );
     }
     Ok(())
 }
@@ -174,9 +182,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 r.p99_us,
                 r.p999_us
             );
-            if let Some(path) = &args.json {
+            if let Some(path) = &args.json_out {
                 use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
                 writeln!(f, "{}", serde_json::to_string(&r)?)?;
             }
         }
@@ -287,6 +298,32 @@ mod tests {
         assert_eq!(xs, ys);
         let distinct: std::collections::HashSet<_> = xs.iter().collect();
         assert!(distinct.len() >= 8);
+    }
+
+    /// `meridian bench` as the CLI mounts it (a flattened `BenchArgs`).
+    #[derive(Debug, clap::Parser)]
+    struct BenchCli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    #[test]
+    fn json_file_flag_parses_next_to_connection_flags() {
+        use clap::CommandFactory;
+        BenchCli::command().debug_assert();
+        let cli = <BenchCli as clap::Parser>::try_parse_from([
+            "bench",
+            "--json-out",
+            "out.jsonl",
+            "--clients",
+            "1,16",
+            "--endpoints",
+            "127.0.0.1:1",
+        ])
+        .expect("bench flags parse");
+        assert_eq!(cli.args.json_out, Some(PathBuf::from("out.jsonl")));
+        assert_eq!(cli.args.clients, vec![1, 16]);
+        assert_eq!(cli.args.conn.endpoints, "127.0.0.1:1");
     }
 
     #[test]

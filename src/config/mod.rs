@@ -136,7 +136,7 @@ pub struct RawStorage {
     /// How long old versions are kept for snapshot reads and history, in seconds
     /// (0..=2592000). Default 3600.
     pub history_window_secs: u64,
-    /// Interval between garbage-collection passes, in milliseconds (100..=3600000). Default 10000.
+    /// Interval between garbage-collection sweeps, in milliseconds (100..=3600000). Default 60000.
     pub gc_interval_ms: u64,
     /// Block cache size in MiB (1..=65536). Default 64.
     pub cache_mib: u64,
@@ -147,7 +147,7 @@ impl Default for RawStorage {
         RawStorage {
             fsync: "always".into(),
             history_window_secs: 3600,
-            gc_interval_ms: 10_000,
+            gc_interval_ms: 60_000,
             cache_mib: 64,
         }
     }

@@ -91,7 +91,7 @@ enum Cmd {
     },
     /// Advance the closed timestamp and reply with it.
     Barrier(oneshot::Sender<Timestamp>),
-    /// Periodic: advance the closed timestamp, maybe collect garbage.
+    /// Periodic: advance the closed timestamp.
     Tick,
     /// Finish the current batch, then stop; queued commands after it are dropped
     /// (their callers see `Unavailable`, nothing of theirs was written).
@@ -117,8 +117,12 @@ pub struct Engine {
     tx: mpsc::Sender<Cmd>,
     closed: Arc<AtomicU64>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    gc: std::sync::Mutex<Option<GcHandle>>,
     ticker: tokio::task::JoinHandle<()>,
 }
+
+/// Stop signal and join handle of the garbage-collection thread.
+type GcHandle = (std::sync::mpsc::Sender<()>, JoinHandle<()>);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,14 +162,22 @@ impl Engine {
             store: store.clone(),
             hlc: hlc.clone(),
             closed: closed.clone(),
-            history_window: opts.history_window,
-            gc_interval: opts.gc_interval,
-            last_gc: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("meridian-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn writer: {e}")))?;
+        let (gc_stop, gc_stop_rx) = std::sync::mpsc::channel();
+        let collector = Collector {
+            store: store.clone(),
+            closed: closed.clone(),
+            history_window: opts.history_window,
+            interval: opts.gc_interval,
+        };
+        let gc = std::thread::Builder::new()
+            .name("meridian-gc".into())
+            .spawn(move || collector.run(gc_stop_rx))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn gc: {e}")))?;
         let tick_tx = tx.clone();
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK_INTERVAL);
@@ -185,6 +197,7 @@ impl Engine {
             tx,
             closed,
             writer: std::sync::Mutex::new(Some(handle)),
+            gc: std::sync::Mutex::new(Some((gc_stop, gc))),
             ticker,
         })
     }
@@ -216,6 +229,11 @@ impl Engine {
         let _ = self.tx.send(Cmd::Stop).await;
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let gc = self.gc.lock().ok().and_then(|mut g| g.take());
+        if let Some((stop, h)) = gc {
+            let _ = stop.send(());
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
@@ -441,9 +459,6 @@ struct Writer {
     store: MvccStore,
     hlc: Arc<Hlc>,
     closed: Arc<AtomicU64>,
-    history_window: Duration,
-    gc_interval: Duration,
-    last_gc: Instant,
 }
 
 type Reply = oneshot::Sender<Result<TxnOutcome, ApiError>>;
@@ -475,7 +490,6 @@ impl Writer {
         let mut replies: Vec<(Reply, Result<TxnOutcome, ApiError>)> = Vec::new();
         let mut barriers = Vec::new();
         let mut overlay = Overlay::new();
-        let mut tick = false;
         let mut stop = false;
         for cmd in batch.drain(..) {
             if stop {
@@ -487,7 +501,7 @@ impl Writer {
                     replies.push((reply, outcome));
                 }
                 Cmd::Barrier(reply) => barriers.push(reply),
-                Cmd::Tick => tick = true,
+                Cmd::Tick => {} // publishing the closed timestamp below is the point
                 Cmd::Stop => stop = true,
             }
         }
@@ -507,9 +521,6 @@ impl Writer {
         let closed = Timestamp(self.closed.load(Ordering::Acquire));
         for reply in barriers {
             let _ = reply.send(closed);
-        }
-        if tick && !stop {
-            self.maybe_gc();
         }
         stop
     }
@@ -597,28 +608,57 @@ impl Writer {
         }
         Ok(true)
     }
+}
 
-    fn maybe_gc(&mut self) {
-        if self.last_gc.elapsed() < self.gc_interval {
-            return;
+/// Garbage collection on its own thread, off the write path: it only removes
+/// versions no read at or above the horizon can see, while the writer only
+/// adds versions above the closed timestamp, so the two never conflict
+/// (storage serialises the horizon change with writes).
+struct Collector {
+    store: MvccStore,
+    closed: Arc<AtomicU64>,
+    history_window: Duration,
+    interval: Duration,
+}
+
+/// Pause between steps of an unfinished sweep, so a sweep over a large store
+/// is spread out instead of monopolising a core.
+const GC_STEP_PAUSE: Duration = Duration::from_millis(20);
+
+impl Collector {
+    fn run(self, stop: std::sync::mpsc::Receiver<()>) {
+        let mut wait = self.interval;
+        loop {
+            match stop.recv_timeout(wait) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => break, // asked to stop, or the engine is gone
+            }
+            wait = if self.step() {
+                GC_STEP_PAUSE
+            } else {
+                self.interval
+            };
         }
-        self.last_gc = Instant::now();
+    }
+
+    /// One bounded gc step; returns whether the sweep has more to do.
+    fn step(&self) -> bool {
         let now = Timestamp(self.closed.load(Ordering::Acquire));
         let window_ms = i64::try_from(self.history_window.as_millis()).unwrap_or(i64::MAX);
         let Some(horizon) =
             Timestamp::from_parts(now.physical_unix_ms().saturating_sub(window_ms), 0)
         else {
-            return; // the window reaches before the HLC epoch: nothing is old enough
+            return false; // the window reaches before the HLC epoch: nothing is old enough
         };
         match self.store.gc(horizon, GC_BATCH_VERSIONS) {
             Ok(stats) => {
                 metrics::counter!(METRIC_GC_REMOVED).increment(stats.removed_versions as u64);
-                if stats.more {
-                    // Run again on the next tick rather than stall writes now.
-                    self.last_gc = Instant::now() - self.gc_interval;
-                }
+                stats.more
             }
-            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "garbage collection failed");
+                false
+            }
         }
     }
 }

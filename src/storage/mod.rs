@@ -405,7 +405,9 @@ impl MvccStore {
     /// least 1) per call; `more` says whether to call again.
     ///
     /// The horizon never moves backwards (a lower `horizon` collects at the
-    /// current one) and is made durable before anything is removed.
+    /// current one) and is made durable before anything is removed. While a
+    /// sweep is unfinished (`more` was true), later calls continue it at its
+    /// own horizon and ignore the requested one, so every sweep completes.
     #[tracing::instrument(level = "debug", skip_all, fields(horizon = horizon.0))]
     pub fn gc(&self, horizon: Timestamp, max_versions: usize) -> Result<GcStats, StorageError> {
         self.check_poisoned()?;
@@ -414,11 +416,14 @@ impl MvccStore {
         }
         let max_versions = max_versions.min(MAX_GC_VERSIONS_PER_CALL);
         let mut cursor = lock(&self.inner.gc_cursor);
-        let horizon = self.raise_horizon(horizon)?;
-        let from = cursor
-            .take()
-            .filter(|c| c.horizon == horizon)
-            .map(|c| c.resume);
+        // A sweep in progress finishes at the horizon it started with; only a
+        // new sweep raises the horizon. Restarting whenever the requested
+        // horizon moved (it moves on every call) would never finish a sweep
+        // over a store larger than one step's visit budget.
+        let (horizon, from) = match cursor.take() {
+            Some(c) => (c.horizon, Some(c.resume)),
+            None => (self.raise_horizon(horizon)?, None),
+        };
         let plan = mvcc::plan_gc(
             &self.source(),
             from,

@@ -362,3 +362,42 @@ fn concurrent_writes_gc_and_reads_agree() {
         .sum();
     assert!(versions < WRITES as usize, "gc ran alongside the writer");
 }
+
+#[test]
+fn a_sweep_over_more_than_one_step_finishes_while_the_horizon_keeps_moving() {
+    // Regression: the engine asks for a higher horizon on every call. A sweep
+    // larger than one step's visit budget used to restart from the first key
+    // each time and never finish, re-scanning the whole store forever.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let total = 3 * mvcc::GC_VISIT_BUDGET as u64 + 17;
+    let mut ts = 1;
+    let mut key = 0u64;
+    while key < total {
+        let records: Vec<WriteRecord> = (0..MAX_BATCH_RECORDS as u64)
+            .take_while(|i| key + i < total)
+            .map(|i| {
+                ts += 1;
+                record(ts, vec![put(format!("k{:08}", key + i).as_bytes(), b"v")])
+            })
+            .collect();
+        key += records.len() as u64;
+        store.apply_batch(&records).unwrap();
+    }
+    let mut calls = 0;
+    let mut requested = ts + 1;
+    loop {
+        let stats = store.gc(Timestamp(requested), 1).unwrap();
+        calls += 1;
+        requested += 1_000;
+        if !stats.more {
+            break;
+        }
+        assert!(calls <= 10, "sweep did not finish after {calls} calls");
+    }
+    // Nothing was removable (one live version per key), and every key is still there.
+    assert_eq!(
+        value_at(&store, b"k00000000", u64::MAX),
+        Some(b"v".to_vec())
+    );
+}
