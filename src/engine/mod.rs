@@ -628,11 +628,8 @@ const GC_STEP_PAUSE: Duration = Duration::from_millis(20);
 impl Collector {
     fn run(self, stop: std::sync::mpsc::Receiver<()>) {
         let mut wait = self.interval;
-        loop {
-            match stop.recv_timeout(wait) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                _ => break, // asked to stop, or the engine is gone
-            }
+        // A message or a closed channel both mean stop; only a timeout means work.
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
             wait = if self.step() {
                 GC_STEP_PAUSE
             } else {
