@@ -27,6 +27,9 @@ use crate::types::Timestamp;
 /// Metric: remote timestamps refused for being too far ahead.
 pub const METRIC_OFFSET_REJECTIONS: &str = "meridian_clock_offset_rejections_total";
 
+/// Metric: committed timestamps applied that were beyond `max_offset_ms` ahead.
+pub const METRIC_OFFSET_OBSERVED: &str = "meridian_clock_offset_observed_total";
+
 /// The meta key under which the high-water mark is stored.
 const HWM_META_KEY: &str = "hlc_high_water_unix_ms";
 
@@ -237,6 +240,35 @@ impl Hlc {
         let merged = from_hlc(merged)?;
         self.ensure_mark(merged)?;
         Ok(merged)
+    }
+
+    /// Merges a timestamp that is already committed (a replicated log entry
+    /// applied here): unlike [`Hlc::update`] it is never refused, because the
+    /// write happened whatever our clock says; a large offset is logged and
+    /// counted so operators see the skew.
+    pub fn observe(&self, ts: Timestamp) {
+        let wall = self.wall.now_unix_ms();
+        let ahead_ms = ts.physical_unix_ms().saturating_sub(wall);
+        if ahead_ms > i64::try_from(self.max_offset_ms).unwrap_or(i64::MAX) {
+            metrics::counter!(METRIC_OFFSET_OBSERVED).increment(1);
+            tracing::warn!(%ts, ahead_ms, "applied a committed timestamp far ahead of the local clock");
+        }
+        self.generator.set_current_timestamp(wall);
+        let merged = to_hlc(ts)
+            .and_then(|h| {
+                self.generator
+                    .update(&h)
+                    .map_err(|_| ClockError::OutOfRange)
+            })
+            .and_then(from_hlc);
+        match merged {
+            Ok(m) => {
+                if let Err(e) = self.ensure_mark(m) {
+                    tracing::error!(error = %e, "cannot persist the clock mark after observing a timestamp");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, %ts, "cannot merge an observed timestamp"),
+        }
     }
 
     /// The persisted high-water mark in Unix milliseconds (`i64::MIN` if none yet).

@@ -17,13 +17,17 @@
 //! Readers never block the writer: they read fjall directly at a timestamp.
 //! Callers (QUIC server, HTTP gateway) share one `Engine` behind an `Arc`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+
+pub mod decide;
+
+pub use decide::WriteKind;
+use decide::{decide, record_in_overlay, Overlay};
 
 use crate::clock::{ClockError, Hlc};
 use crate::config::Limits;
@@ -76,12 +80,6 @@ pub struct RangePage {
     pub kvs: Vec<KeyValue>,
     /// Where the next page starts, if there may be more.
     pub next: Option<Vec<u8>>,
-}
-
-enum WriteKind {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Txn(Txn),
 }
 
 enum Cmd {
@@ -463,9 +461,6 @@ struct Writer {
 
 type Reply = oneshot::Sender<Result<TxnOutcome, ApiError>>;
 
-/// Pending state of keys written earlier in the current group: value or tombstone.
-type Overlay = HashMap<Vec<u8>, Option<(Vec<u8>, Timestamp)>>;
-
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
@@ -563,50 +558,15 @@ impl Writer {
         records: &mut Vec<WriteRecord>,
     ) -> Result<TxnOutcome, ApiError> {
         let ts = self.hlc.now().map_err(clock_error)?;
-        let (succeeded, ops) = match kind {
-            WriteKind::Put { key, value } => (true, vec![Op::Put { key, value }]),
-            WriteKind::Delete { key } => {
-                // Deleting an absent key writes nothing (no tombstone, no new
-                // version), as etcd: history only records real changes.
-                let existed = self.current(&key, overlay)?.is_some();
-                (
-                    existed,
-                    if existed {
-                        vec![Op::Delete { key }]
-                    } else {
-                        vec![]
-                    },
-                )
-            }
-            WriteKind::Txn(txn) => {
-                let ok = self.guards_hold(&txn, overlay)?;
-                (ok, if ok { txn.success } else { txn.failure })
-            }
-        };
+        let (succeeded, ops) = decide(kind, |key| self.current(key, overlay))?;
         if !ops.is_empty() {
-            for op in &ops {
-                let state = match op {
-                    Op::Put { value, .. } => Some((value.clone(), ts)),
-                    Op::Delete { .. } => None,
-                };
-                overlay.insert(op.key().to_vec(), state);
-            }
+            record_in_overlay(overlay, &ops, ts);
             records.push(WriteRecord { ts, ops });
         }
         Ok(TxnOutcome {
             succeeded,
             version: ts,
         })
-    }
-
-    fn guards_hold(&self, txn: &Txn, overlay: &Overlay) -> Result<bool, ApiError> {
-        for c in &txn.compares {
-            let state = self.current(&c.key, overlay)?;
-            if !compare_holds(c.op, &c.target, state.as_ref()) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 }
 

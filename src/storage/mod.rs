@@ -175,6 +175,39 @@ struct GcCursor {
     resume: Vec<u8>,
 }
 
+/// One stored version, as [`MvccStore::dump_range`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawVersion {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// The HLC version.
+    pub version: Timestamp,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Encoded-key bounds covering every version of the user keys in
+/// `[start, end)`: the encoding is order-preserving and prefix-free, so
+/// `key_prefix(k)` sorts before all of `k`'s versions and after every smaller key's.
+fn encoded_bounds(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lower = Bound::Included(encoding::key_prefix(start));
+    let upper = end.map_or(Bound::Unbounded, |e| {
+        Bound::Excluded(encoding::key_prefix(e))
+    });
+    (lower, upper)
+}
+
+fn validate_meta(name: &str, value: &[u8]) -> Result<(), StorageError> {
+    validate_meta_name(name)?;
+    if value.len() > MAX_META_VALUE_BYTES {
+        return Err(StorageError::invalid(format!(
+            "metadata value of {} bytes exceeds {MAX_META_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 struct Inner {
     db: Database,
     data: Keyspace,
@@ -340,20 +373,41 @@ impl MvccStore {
     /// A commit failure poisons the store.
     #[tracing::instrument(level = "debug", skip_all, fields(records = records.len()))]
     pub fn apply_batch(&self, records: &[WriteRecord]) -> Result<(), StorageError> {
+        self.apply_batch_with_meta(records, &[])
+    }
+
+    /// [`MvccStore::apply_batch`] plus named metadata written in the same
+    /// atomic fjall batch: a Raft state machine records its applied log id
+    /// with the data it applied, so a crash never separates the two.
+    pub fn apply_batch_with_meta(
+        &self,
+        records: &[WriteRecord],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StorageError> {
         self.check_poisoned()?;
+        for (name, value) in meta {
+            validate_meta(name, value)?;
+        }
         validate_records(records)?;
-        let Some(first) = records.first() else {
+        if records.is_empty() && meta.is_empty() {
             return Ok(());
-        };
+        }
         let _write = lock(&self.inner.write_lock);
         let horizon = self.gc_horizon();
-        if first.ts <= horizon {
+        if let Some(first) = records.first().filter(|r| r.ts <= horizon) {
             return Err(StorageError::invalid(format!(
                 "write at {} is at or below the gc horizon {}",
                 first.ts.0, horizon.0
             )));
         }
         let mut batch = self.inner.db.batch();
+        for (name, value) in meta {
+            batch.insert(
+                &self.inner.meta,
+                encoding::meta_user_key(name),
+                encoding::encode_meta(value),
+            );
+        }
         for record in records {
             // A later op on the same key wins: walk backwards, keep the first.
             let mut seen = HashSet::with_capacity(record.ops.len());
@@ -479,6 +533,101 @@ impl MvccStore {
         }
         let key = encoding::meta_user_key(name);
         self.put_meta_durable("meta_put_durable", key, encoding::encode_meta(value))
+    }
+
+    /// Every stored version (tombstones included) of the user keys in
+    /// `[start, end)`, in key order and newest first per key. Refuses with
+    /// `InvalidArgument` rather than return more than `max_versions`: a Raft
+    /// snapshot of a range is built from this and must be complete.
+    pub fn dump_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_versions: usize,
+    ) -> Result<Vec<RawVersion>, StorageError> {
+        self.check_poisoned()?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.inner.db.snapshot();
+        let mut out = Vec::new();
+        for guard in snapshot.range(&self.inner.data, encoded_bounds(start, end)) {
+            let (key, value) = guard.into_inner().map_err(StorageError::fjall)?;
+            let (user_key, version) = encoding::decode_version_key(&key)?;
+            let value = encoding::decode_record(&value)?.map(<[u8]>::to_vec);
+            if out.len() == max_versions {
+                return Err(StorageError::invalid(format!(
+                    "range holds more than {max_versions} versions"
+                )));
+            }
+            out.push(RawVersion {
+                key: user_key,
+                version,
+                value,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Atomically replaces every version of the user keys in `[start, end)`
+    /// with `versions` (which must lie in that span) and writes `meta` in the
+    /// same batch: how a Raft snapshot is installed. Not fsynced; call
+    /// [`MvccStore::sync`] when it must be durable.
+    pub fn replace_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        versions: &[RawVersion],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        for (name, value) in meta {
+            validate_meta(name, value)?;
+        }
+        if end.is_some_and(|e| e <= start) {
+            return Err(StorageError::invalid(
+                "replace_range: end must be above start",
+            ));
+        }
+        let in_span = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
+        if let Some(v) = versions.iter().find(|v| !in_span(&v.key)) {
+            return Err(StorageError::invalid(format!(
+                "snapshot version of key {:?} lies outside the range",
+                String::from_utf8_lossy(&v.key)
+            )));
+        }
+        let _write = lock(&self.inner.write_lock);
+        let snapshot = self.inner.db.snapshot();
+        let mut batch = self.inner.db.batch();
+        for guard in snapshot.range(&self.inner.data, encoded_bounds(start, end)) {
+            let key = guard.key().map_err(StorageError::fjall)?;
+            batch.remove(&self.inner.data, key);
+        }
+        for v in versions {
+            let encoded = encoding::encode_version_key(&v.key, v.version);
+            batch.insert(
+                &self.inner.data,
+                encoded,
+                encoding::encode_record(v.value.as_deref()),
+            );
+        }
+        for (name, value) in meta {
+            batch.insert(
+                &self.inner.meta,
+                encoding::meta_user_key(name),
+                encoding::encode_meta(value),
+            );
+        }
+        batch
+            .commit()
+            .map_err(|err| self.write_failed("replace_range", err))
+    }
+
+    /// The fjall database, for other keyspaces of the same node (the Raft
+    /// log) that must share its journal and its durability point.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the Raft host (next step) and tests
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
     }
 
     /// Approximate number of stored versions (tombstones and not yet

@@ -1,0 +1,263 @@
+//! The Raft log and vote of every range group, in two fjall keyspaces of the
+//! node's database (so they share its ordered journal with the MVCC data).
+//!
+//! Disk format, version 1:
+//! - `raft_log`: key `be64(range) ++ be64(index)`, value `[1] ++ postcard(Entry)`.
+//! - `raft_state`: key `be64(range) ++ tag` (`v` vote, `c` committed,
+//!   `p` last purged), value `[1] ++ postcard(..)`.
+//!
+//! Rules from openraft's storage contract (`RaftLogStorage` docs): writes
+//! take effect in call order (one ordered journal gives that); `save_vote`
+//! is durable before it returns; appended entries are readable when
+//! `append` returns and the flush callback fires only once they are durable;
+//! `truncate_after` removes from the tail so no hole can appear; `purge`
+//! records the last purged id with the removal in one batch.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::{OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{RangeId, RangeTypes};
+
+/// Format byte of every value in the Raft keyspaces.
+const FORMAT_V1: u8 = 1;
+const LOG_KEYSPACE: &str = "raft_log";
+const STATE_KEYSPACE: &str = "raft_state";
+const TAG_VOTE: u8 = b'v';
+const TAG_COMMITTED: u8 = b'c';
+const TAG_PURGED: u8 = b'p';
+
+type Entry = EntryOf<RangeTypes>;
+type LogId = LogIdOf<RangeTypes>;
+type Vote = VoteOf<RangeTypes>;
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("raft log store: {what}: {e}"))
+}
+
+fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    let mut out = vec![FORMAT_V1];
+    out.extend(postcard::to_allocvec(v).map_err(|e| io_err("encode", e))?);
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| io_err("decode", e)),
+        Some((v, _)) => Err(io_err("decode", format!("unknown record format {v}"))),
+        None => Err(io_err("decode", "empty record")),
+    }
+}
+
+fn log_key(range: RangeId, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&range.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn state_key(range: RangeId, tag: u8) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&range.to_be_bytes());
+    k[8] = tag;
+    k
+}
+
+/// The log of one range group. Cheap to clone (readers are clones).
+#[derive(Clone)]
+pub struct RangeLogStore {
+    range: RangeId,
+    db: Database,
+    log: Keyspace,
+    state: Keyspace,
+}
+
+impl RangeLogStore {
+    /// Opens the log of `range` in `db`.
+    pub fn open(db: &Database, range: RangeId) -> io::Result<RangeLogStore> {
+        let log = db
+            .keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err("open log keyspace", e))?;
+        let state = db
+            .keyspace(STATE_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err("open state keyspace", e))?;
+        Ok(RangeLogStore {
+            range,
+            db: db.clone(),
+            log,
+            state,
+        })
+    }
+
+    fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
+        let raw = self
+            .state
+            .get(state_key(self.range, tag))
+            .map_err(|e| io_err("read state", e))?;
+        raw.map(|r| decode(&r)).transpose()
+    }
+
+    fn index_bounds<RB: RangeBounds<u64>>(&self, range: &RB) -> (Bound<[u8; 16]>, Bound<[u8; 16]>) {
+        let lower = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(log_key(self.range, *i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(self.range, *i)),
+            Bound::Unbounded => Bound::Included(log_key(self.range, 0)),
+        };
+        let upper = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(log_key(self.range, *i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(self.range, *i)),
+            Bound::Unbounded => Bound::Included(log_key(self.range, u64::MAX)),
+        };
+        (lower, upper)
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        let (lower, upper) = self.index_bounds(&(..));
+        match self.log.range((lower, upper)).next_back() {
+            None => Ok(None),
+            Some(guard) => {
+                let (_, value) = guard.into_inner().map_err(|e| io_err("read last", e))?;
+                decode(&value).map(Some)
+            }
+        }
+    }
+
+    fn persist(&self) -> io::Result<()> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| io_err("fsync", e))
+    }
+}
+
+/// openraft asks for ranges like `start..end`; a reversed range is empty.
+fn is_empty_range<RB: RangeBounds<u64>>(range: &RB) -> bool {
+    match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(s), Bound::Excluded(e)) => s >= e,
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Excluded(s), Bound::Excluded(e)) => s.saturating_add(1) >= *e,
+        (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        _ => false,
+    }
+}
+
+impl RaftLogReader<RangeTypes> for RangeLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        if is_empty_range(&range) {
+            return Ok(Vec::new());
+        }
+        let bounds = self.index_bounds(&range);
+        let mut out = Vec::new();
+        for guard in self.log.range(bounds) {
+            let (_, value) = guard.into_inner().map_err(|e| io_err("read entries", e))?;
+            out.push(decode(&value)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_state(TAG_VOTE)
+    }
+}
+
+impl RaftLogStorage<RangeTypes> for RangeLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<RangeTypes>, io::Error> {
+        let last_purged: Option<LogId> = self.get_state(TAG_PURGED)?;
+        let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.state
+            .insert(state_key(self.range, TAG_VOTE), encode(vote)?)
+            .map_err(|e| io_err("save vote", e))?;
+        // Durable before returning: a vote must never be forgotten after a crash.
+        self.persist()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not fsynced: losing it only means re-applying from an earlier point.
+        self.state
+            .insert(state_key(self.range, TAG_COMMITTED), encode(&committed)?)
+            .map_err(|e| io_err("save committed", e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_state::<Option<LogId>>(TAG_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<RangeTypes>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.db.batch();
+        for entry in entries {
+            batch.insert(
+                &self.log,
+                log_key(self.range, entry.log_id.index),
+                encode(&entry)?,
+            );
+        }
+        batch.commit().map_err(|e| io_err("append", e))?;
+        // Readable now; durable after the fsync, and only then acknowledged.
+        let flushed = self.persist();
+        let result = match &flushed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        callback.io_completed(result);
+        flushed
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        let bounds = self.index_bounds(&(from..));
+        let mut keys = Vec::new();
+        for guard in self.log.range(bounds) {
+            keys.push(guard.key().map_err(|e| io_err("truncate scan", e))?);
+        }
+        let mut batch = self.db.batch();
+        // Newest first, so a partial removal could only shorten the tail.
+        for key in keys.into_iter().rev() {
+            batch.remove(&self.log, key);
+        }
+        batch.commit().map_err(|e| io_err("truncate", e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let bounds = self.index_bounds(&(..=log_id.index));
+        let mut batch = self.db.batch();
+        for guard in self.log.range(bounds) {
+            batch.remove(&self.log, guard.key().map_err(|e| io_err("purge scan", e))?);
+        }
+        batch.insert(
+            &self.state,
+            state_key(self.range, TAG_PURGED),
+            encode(&log_id)?,
+        );
+        batch.commit().map_err(|e| io_err("purge", e))
+    }
+}

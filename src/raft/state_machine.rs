@@ -1,0 +1,320 @@
+//! A range's state machine: the MVCC store, restricted to the range's span.
+//!
+//! Apply runs the same deterministic decision as the single-node writer
+//! ([`crate::engine::decide`]) and writes the results, the applied log id,
+//! the membership and the last applied timestamp in one atomic batch.
+//! Snapshots are a complete dump of the range's versions (history included,
+//! so snapshot reads agree across replicas), bounded by
+//! [`MAX_SNAPSHOT_VERSIONS`].
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::types::{RangeDescriptor, RangeId, RangeReply, RangeTypes};
+use crate::clock::Hlc;
+use crate::engine::decide::{decide, record_in_overlay, KeyState, Overlay};
+use crate::storage::{MvccStore, RawVersion, WriteRecord};
+use crate::types::Timestamp;
+
+/// Largest number of versions a range snapshot may hold. A range that grows
+/// past it must be split (range splitting is future work); building a
+/// snapshot then fails loudly instead of truncating.
+pub const MAX_SNAPSHOT_VERSIONS: usize = 2_000_000;
+
+/// Format byte of a snapshot body.
+const SNAPSHOT_FORMAT_V1: u8 = 1;
+
+type LogId = LogIdOf<RangeTypes>;
+type Membership = StoredMembershipOf<RangeTypes>;
+type Snapshot = SnapshotOf<RangeTypes, Vec<u8>>;
+type SnapshotMeta = SnapshotMetaOf<RangeTypes>;
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("range state machine: {what}: {e}"))
+}
+
+/// The persisted applied state of a range, written with every apply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AppliedState {
+    applied: Option<LogId>,
+    membership: Membership,
+    last_ts: u64,
+}
+
+/// The body of a snapshot: the range and every version in it.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    range: RangeId,
+    last_ts: u64,
+    versions: Vec<(Vec<u8>, u64, Option<Vec<u8>>)>,
+}
+
+fn meta_name(range: RangeId) -> String {
+    format!("raft/{range}/applied")
+}
+
+/// The state machine of one range group.
+pub struct RangeStateMachine {
+    range: RangeDescriptor,
+    store: MvccStore,
+    hlc: Arc<Hlc>,
+    state: AppliedState,
+    /// Highest timestamp applied, shared with readers: a read at it sees a
+    /// consistent snapshot of the range (everything applied so far).
+    applied_ts: Arc<AtomicU64>,
+    /// The latest snapshot, shared with builders that finish it.
+    current: Arc<Mutex<Option<Snapshot>>>,
+}
+
+/// Builds a snapshot from a dump taken while the state machine was not
+/// applying (in `get_snapshot_builder`), so data and meta agree exactly.
+pub struct RangeSnapshotBuilder {
+    store: MvccStore,
+    meta: SnapshotMeta,
+    body: Vec<u8>,
+    current: Arc<Mutex<Option<Snapshot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RangeStateMachine {
+    /// Opens the state machine of `range`, restoring its applied state.
+    pub fn open(range: RangeDescriptor, store: MvccStore, hlc: Arc<Hlc>) -> io::Result<Self> {
+        let raw = store
+            .meta_get(&meta_name(range.id))
+            .map_err(|e| io_err("load applied state", e))?;
+        let state: AppliedState = match raw {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|e| io_err("decode applied state", e))?
+            }
+            None => AppliedState::default(),
+        };
+        let applied_ts = Arc::new(AtomicU64::new(state.last_ts));
+        Ok(RangeStateMachine {
+            range,
+            store,
+            hlc,
+            state,
+            applied_ts,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The shared highest-applied timestamp.
+    pub fn applied_ts(&self) -> Arc<AtomicU64> {
+        self.applied_ts.clone()
+    }
+
+    fn current_state(&self, key: &[u8], overlay: &Overlay) -> io::Result<KeyState> {
+        if let Some(pending) = overlay.get(key) {
+            return Ok(pending.clone());
+        }
+        let kv = self
+            .store
+            .get(key, Timestamp::MAX)
+            .map_err(|e| io_err("read for apply", e))?;
+        Ok(kv.map(|kv| (kv.value, kv.version)))
+    }
+
+    fn persist_meta(&self) -> io::Result<Vec<(String, Vec<u8>)>> {
+        let bytes =
+            postcard::to_allocvec(&self.state).map_err(|e| io_err("encode applied state", e))?;
+        Ok(vec![(meta_name(self.range.id), bytes)])
+    }
+
+    /// Applies one normal entry's command to the batch being built.
+    fn apply_command(
+        &mut self,
+        cmd: super::types::RangeCommand,
+        overlay: &mut Overlay,
+        records: &mut Vec<WriteRecord>,
+    ) -> io::Result<RangeReply> {
+        // Deterministic version: never below the proposer's clock, always
+        // above the previous applied version (see the module invariant).
+        let ts = Timestamp(cmd.proposed_at.max(self.state.last_ts.saturating_add(1)));
+        self.state.last_ts = ts.0;
+        let (succeeded, ops) = decide(cmd.op.into(), |key| self.current_state(key, overlay))?;
+        if !ops.is_empty() {
+            record_in_overlay(overlay, &ops, ts);
+            records.push(WriteRecord { ts, ops });
+        }
+        Ok(RangeReply {
+            succeeded,
+            version: ts.0,
+        })
+    }
+}
+
+impl RangeStateMachine {
+    /// Dumps the range now, consistently with the applied state.
+    fn snapshot_body(&self) -> io::Result<Vec<u8>> {
+        let r = &self.range;
+        let versions = self
+            .store
+            .dump_range(&r.start, r.end.as_deref(), MAX_SNAPSHOT_VERSIONS)
+            .map_err(|e| io_err("dump range", e))?;
+        let body = SnapshotBody {
+            range: r.id,
+            last_ts: self.state.last_ts,
+            versions: versions
+                .into_iter()
+                .map(|v| (v.key, v.version.0, v.value))
+                .collect(),
+        };
+        let mut bytes = vec![SNAPSHOT_FORMAT_V1];
+        bytes.extend(postcard::to_allocvec(&body).map_err(|e| io_err("encode snapshot", e))?);
+        Ok(bytes)
+    }
+}
+
+impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // openraft purges the log up to this snapshot: what it covers must be durable.
+        self.store
+            .sync()
+            .map_err(|e| io_err("sync before snapshot", e))?;
+        let snapshot = Snapshot {
+            meta: self.meta.clone(),
+            snapshot: std::mem::take(&mut self.body),
+        };
+        *lock(&self.current) = Some(snapshot.clone());
+        metrics::counter!("meridian_raft_snapshots_built_total").increment(1);
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<RangeTypes> for RangeStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = RangeSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        Ok((self.state.applied, self.state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<RangeTypes>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut records = Vec::new();
+        let mut overlay = Overlay::new();
+        let mut replies = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let reply = match entry.payload {
+                EntryPayload::Blank => RangeReply::default(),
+                EntryPayload::Membership(m) => {
+                    self.state.membership = Membership::new(Some(entry.log_id), m);
+                    RangeReply::default()
+                }
+                EntryPayload::Normal(cmd) => self.apply_command(cmd, &mut overlay, &mut records)?,
+            };
+            self.state.applied = Some(entry.log_id);
+            replies.push((responder, reply));
+        }
+        let meta = self.persist_meta()?;
+        let meta_refs: Vec<(&str, Vec<u8>)> =
+            meta.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        self.store
+            .apply_batch_with_meta(&records, &meta_refs)
+            .map_err(|e| io_err("apply batch", e))?;
+        let last = Timestamp(self.state.last_ts);
+        // Keep the local clock above every applied version, so this node
+        // (if it becomes leader) proposes above them.
+        self.hlc.observe(last);
+        self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
+        for (responder, reply) in replies {
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The trait gives no way to fail here; a failed dump yields an empty
+        // body that install_snapshot refuses as malformed, and is logged.
+        let body = self.snapshot_body().unwrap_or_else(|e| {
+            tracing::error!(range = self.range.id, error = %e, "cannot dump range for a snapshot");
+            Vec::new()
+        });
+        RangeSnapshotBuilder {
+            store: self.store.clone(),
+            meta: SnapshotMeta {
+                last_log_id: self.state.applied,
+                last_membership: self.state.membership.clone(),
+            },
+            body,
+            current: self.current.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let body: SnapshotBody = match snapshot.split_first() {
+            Some((&SNAPSHOT_FORMAT_V1, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| io_err("decode snapshot", e))?
+            }
+            _ => return Err(io_err("install snapshot", "unknown snapshot format")),
+        };
+        if body.range != self.range.id {
+            return Err(io_err(
+                "install snapshot",
+                format!(
+                    "snapshot of range {} offered to range {}",
+                    body.range, self.range.id
+                ),
+            ));
+        }
+        let versions: Vec<RawVersion> = body
+            .versions
+            .into_iter()
+            .map(|(key, version, value)| RawVersion {
+                key,
+                version: Timestamp(version),
+                value,
+            })
+            .collect();
+        self.state = AppliedState {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            last_ts: body.last_ts,
+        };
+        let meta_kv = self.persist_meta()?;
+        let meta_refs: Vec<(&str, Vec<u8>)> = meta_kv
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        let r = &self.range;
+        self.store
+            .replace_range(&r.start, r.end.as_deref(), &versions, &meta_refs)
+            .map_err(|e| io_err("install snapshot", e))?;
+        self.store
+            .sync()
+            .map_err(|e| io_err("sync installed snapshot", e))?;
+        self.hlc.observe(Timestamp(body.last_ts));
+        self.applied_ts.fetch_max(body.last_ts, Ordering::AcqRel);
+        *lock(&self.current) = Some(Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
+        metrics::counter!("meridian_raft_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(lock(&self.current).clone())
+    }
+}

@@ -1,0 +1,171 @@
+//! Raft type configuration and the replicated command format.
+//!
+//! The command and reply are a disk format (they sit in the Raft log) and a
+//! wire format (they travel in AppendEntries): versioned, postcard-encoded,
+//! append-only, pinned by frozen-bytes tests. openraft's own types (entries,
+//! votes, log ids) are encoded with postcard too; their layout is openraft's,
+//! which is why the openraft version is pinned exactly on every node.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::WriteKind;
+use crate::types::Txn;
+use crate::wire::TxnV1;
+
+/// Identifies a range (and its Raft group) cluster-wide.
+pub type RangeId = u64;
+
+/// A Raft node id: unique per node in the cluster, never reused.
+pub type NodeId = u64;
+
+/// A node as Raft membership records it. Only stable identity and the peer
+/// address live here; liveness comes from gossip.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftNode {
+    /// Node name (as in `node.id`).
+    pub name: String,
+    /// QUIC address for peer traffic.
+    pub addr: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+}
+
+/// A replicated write, as proposed by the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeCommand {
+    /// The proposer's HLC when it proposed (the floor of the applied version).
+    pub proposed_at: u64,
+    /// What to do.
+    pub op: CommandV1,
+}
+
+/// The operation of a [`RangeCommand`], version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// Put.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Delete.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Transaction (same layout as the client protocol's).
+    Txn(TxnV1),
+}
+
+impl From<WriteKind> for CommandV1 {
+    fn from(k: WriteKind) -> Self {
+        match k {
+            WriteKind::Put { key, value } => CommandV1::Put { key, value },
+            WriteKind::Delete { key } => CommandV1::Delete { key },
+            WriteKind::Txn(t) => CommandV1::Txn(TxnV1::from(&t)),
+        }
+    }
+}
+
+impl From<CommandV1> for WriteKind {
+    fn from(c: CommandV1) -> Self {
+        match c {
+            CommandV1::Put { key, value } => WriteKind::Put { key, value },
+            CommandV1::Delete { key } => WriteKind::Delete { key },
+            CommandV1::Txn(t) => WriteKind::Txn(Txn::from(t)),
+        }
+    }
+}
+
+impl fmt::Display for RangeCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys and values are user data: log their sizes, not their bytes.
+        match &self.op {
+            CommandV1::Put { key, value } => write!(f, "put({}B, {}B)", key.len(), value.len()),
+            CommandV1::Delete { key } => write!(f, "delete({}B)", key.len()),
+            CommandV1::Txn(t) => write!(f, "txn({} compares)", t.compares.len()),
+        }
+    }
+}
+
+/// What applying a command produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeReply {
+    /// Put: true; delete: whether the key existed; txn: whether the guards held.
+    pub succeeded: bool,
+    /// The HLC version the command was applied at.
+    pub version: u64,
+}
+
+openraft::declare_raft_types!(
+    /// Raft types of a range group.
+    pub RangeTypes:
+        D = RangeCommand,
+        R = RangeReply,
+        NodeId = NodeId,
+        Node = RaftNode,
+);
+
+/// A range: a contiguous key span `[start, end)` with its own Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDescriptor {
+    /// Range id.
+    pub id: RangeId,
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// End key (exclusive); `None` = end of the keyspace.
+    pub end: Option<Vec<u8>>,
+}
+
+impl RangeDescriptor {
+    /// Whether `key` belongs to this range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_command_bytes() {
+        let cmd = RangeCommand {
+            proposed_at: 300,
+            op: CommandV1::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        };
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(bytes, vec![0xac, 0x02, 0, 1, b'k', 1, b'v']);
+        let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, cmd);
+        let reply = RangeReply {
+            succeeded: true,
+            version: 5,
+        };
+        assert_eq!(postcard::to_allocvec(&reply).unwrap(), vec![1, 5]);
+    }
+
+    #[test]
+    fn ranges_contain_their_span() {
+        let r = RangeDescriptor {
+            id: 1,
+            start: b"b".to_vec(),
+            end: Some(b"d".to_vec()),
+        };
+        assert!(r.contains(b"b") && r.contains(b"c\xff") && !r.contains(b"d") && !r.contains(b"a"));
+        let rest = RangeDescriptor {
+            id: 2,
+            start: b"d".to_vec(),
+            end: None,
+        };
+        assert!(rest.contains(b"zzz"));
+    }
+}
