@@ -11,9 +11,9 @@
 //!   the same deterministic logic as the single-node writer
 //!   ([`crate::engine::decide`]), records the applied log id in the same
 //!   atomic batch, and builds / installs snapshots of the range.
-//! - `network`: Raft RPCs over the node's QUIC endpoint, one connection per
+//! - [`network`]: Raft RPCs over the node's QUIC endpoint, one connection per
 //!   peer shared by every group (openraft-multi's `GroupRouter`).
-//! - `host`: the groups a node runs, and the receiving side of the RPCs.
+//! - [`host`]: the groups a node runs, and the receiving side of the RPCs.
 //!
 //! **Architecture Invariant:** apply is deterministic. The leader stamps a
 //! command with its HLC when it proposes it; every replica applies it at
@@ -25,10 +25,13 @@
 //! membership and last timestamp in the same fjall batch as the data it
 //! applied, so a restart never re-applies an entry over its own effects.
 
+pub mod host;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 
+pub use host::{RaftHost, RaftTiming, RangeGroup, RangeRaft};
 pub use types::{RaftNode, RangeCommand, RangeDescriptor, RangeId, RangeReply, RangeTypes};
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub(crate) struct Context {
     pub(crate) info: Arc<NodeInfo>,
     pub(crate) max_request_bytes: usize,
     pub(crate) rate_limit_rps: Option<u32>,
+    /// The node's Raft groups, when it is part of a replicated region.
+    pub(crate) raft: Option<Arc<crate::raft::RaftHost>>,
 }
 
 /// A per-connection token bucket (only when `rate_limit_rps` is set).
@@ -194,6 +196,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::History { .. } => "history",
         RequestV1::Status => "status",
         RequestV1::PeerPing => "peer_ping",
+        RequestV1::Raft(_) => "raft",
     }
 }
 
@@ -215,6 +218,14 @@ async fn handle(
         RequestV1::PeerPing => {
             role_check(peer, &[Role::Node])?;
             Ok((engine.closed_ts(), ResponseBodyV1::Pong))
+        }
+        RequestV1::Raft(rpc) => {
+            role_check(peer, &[Role::Node])?;
+            let host = ctx.raft.as_ref().ok_or_else(|| {
+                ApiError::new(ErrorCode::Unavailable, "this node runs no Raft groups")
+            })?;
+            let reply = host.handle_rpc(rpc).await?;
+            Ok((engine.closed_ts(), ResponseBodyV1::Raft(reply)))
         }
         RequestV1::Status => Ok((engine.closed_ts(), ResponseBodyV1::Status(status(ctx)))),
         other => {
@@ -289,7 +300,7 @@ async fn handle_data(
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
         }
-        RequestV1::Status | RequestV1::PeerPing => Err(ApiError::new(
+        RequestV1::Status | RequestV1::PeerPing | RequestV1::Raft(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",
         )),

@@ -124,6 +124,7 @@ impl Node {
             info: info.clone(),
             max_request_bytes: cfg.limits.max_request_bytes,
             rate_limit_rps: cfg.rate_limit_rps,
+            raft: None,
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));

@@ -75,6 +75,37 @@ pub enum RequestV1 {
     Status,
     /// A peer liveness probe: accepted only from `node` certificates.
     PeerPing,
+    /// A Raft RPC for one range group: accepted only from `node` certificates.
+    Raft(RaftRpcV1),
+}
+
+/// A Raft RPC between nodes, version 1. The payload is the postcard encoding
+/// of the openraft request type named by `kind` (openraft is pinned exactly,
+/// so both ends agree on that layout); the reply body is
+/// [`ResponseBodyV1::Raft`] holding the postcard encoding of the result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftRpcV1 {
+    /// The range (Raft group) addressed.
+    pub range: u64,
+    /// Which RPC.
+    pub kind: RaftRpcKindV1,
+    /// postcard of the request.
+    pub payload: Vec<u8>,
+}
+
+/// Raft RPC kinds, version 1 (append-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpcKindV1 {
+    /// AppendEntries (also heartbeats).
+    AppendEntries,
+    /// RequestVote.
+    Vote,
+    /// Pre-vote.
+    PreVote,
+    /// A whole snapshot: payload is postcard of (vote, snapshot meta, data).
+    FullSnapshot,
+    /// Leadership transfer.
+    TransferLeader,
 }
 
 /// A transaction, version 1.
@@ -211,6 +242,8 @@ pub enum ResponseBodyV1 {
     Status(StatusV1),
     /// Peer ping answer.
     Pong,
+    /// A Raft RPC result (postcard of openraft's result type).
+    Raft(Vec<u8>),
 }
 
 /// Node status, version 1.
@@ -515,6 +548,16 @@ mod tests {
         };
         // 1001 as a varint is 0xe9 0x07.
         assert_eq!(encode_response(&err), vec![0, 1, 1, 0xe9, 0x07, 1, b'k']);
+    }
+
+    #[test]
+    fn frozen_raft_rpc_envelope() {
+        let req = RequestV1::Raft(RaftRpcV1 {
+            range: 7,
+            kind: RaftRpcKindV1::Vote,
+            payload: vec![9],
+        });
+        assert_eq!(encode_request(&req), vec![0, 1, 8, 7, 1, 1, 9]);
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! The Raft groups a node runs, and the receiving side of Raft RPCs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::errors::{Fatal, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{Config, Raft, SnapshotPolicy};
+use openraft_multi::GroupNetworkFactory;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::log_store::RangeLogStore;
+use super::network::PeerRouter;
+use super::state_machine::RangeStateMachine;
+use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
+use crate::clock::Hlc;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::storage::MvccStore;
+use crate::types::Timestamp;
+use crate::wire::{RaftRpcKindV1, RaftRpcV1};
+
+/// A Raft group of one range.
+pub type RangeRaft = Raft<RangeTypes, RangeStateMachine>;
+
+/// Raft timing of the region's range groups, in milliseconds.
+///
+/// The leader lease of openraft equals `election_timeout_max_ms`, and
+/// openraft abandons a heartbeat after `heartbeat_interval_ms`: the
+/// heartbeat interval must exceed the round trip between the region's
+/// nodes plus their processing time, or the lease never renews.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval (also the append RPC deadline).
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout; also the leader lease.
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot (followers that lag less catch up from the log).
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    /// Region-local defaults: nodes of one region are a few ms apart.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// One running range group.
+pub struct RangeGroup {
+    /// The range.
+    pub desc: RangeDescriptor,
+    /// Its Raft instance on this node.
+    pub raft: RangeRaft,
+    applied_ts: Arc<AtomicU64>,
+}
+
+impl RangeGroup {
+    /// The highest version applied on this node: a read at it is a
+    /// consistent snapshot of the range as far as this replica has applied.
+    pub fn applied_ts(&self) -> Timestamp {
+        Timestamp(self.applied_ts.load(Ordering::Acquire))
+    }
+}
+
+/// Errors of the host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// Opening the group's storage failed.
+    #[error("range {range}: storage: {source}")]
+    Storage {
+        /// The range.
+        range: RangeId,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The Raft configuration is invalid (names the problem).
+    #[error("raft config: {0}")]
+    Config(String),
+    /// openraft could not start the group.
+    #[error("range {range}: raft: {message}")]
+    Raft {
+        /// The range.
+        range: RangeId,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The groups of this node.
+pub struct RaftHost {
+    node_id: NodeId,
+    store: MvccStore,
+    hlc: Arc<Hlc>,
+    router: PeerRouter,
+    config: Arc<Config>,
+    groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RaftHost {
+    /// A host for node `node_id`, sending RPCs from `endpoint` (node certificate).
+    pub fn new(
+        node_id: NodeId,
+        endpoint: quinn::Endpoint,
+        store: MvccStore,
+        hlc: Arc<Hlc>,
+        timing: &RaftTiming,
+    ) -> Result<RaftHost, HostError> {
+        let config = Config {
+            cluster_name: "meridian".into(),
+            heartbeat_interval: timing.heartbeat_interval_ms,
+            election_timeout_min: timing.election_timeout_min_ms,
+            election_timeout_max: timing.election_timeout_max_ms,
+            // Snapshots of a range travel whole; give them time.
+            install_snapshot_timeout: timing.election_timeout_max_ms.max(10_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: timing.logs_kept_after_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        let config = config
+            .validate()
+            .map_err(|e| HostError::Config(e.to_string()))?;
+        Ok(RaftHost {
+            node_id,
+            store,
+            hlc,
+            router: PeerRouter::new(endpoint),
+            config: Arc::new(config),
+            groups: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The shared peer router (to record peer addresses).
+    pub fn router(&self) -> &PeerRouter {
+        &self.router
+    }
+
+    /// Starts (or returns) the group of `desc` on this node.
+    pub async fn open_range(&self, desc: RangeDescriptor) -> Result<Arc<RangeGroup>, HostError> {
+        if let Some(g) = self.group(desc.id) {
+            return Ok(g);
+        }
+        let range = desc.id;
+        let storage = |source| HostError::Storage { range, source };
+        let log = RangeLogStore::open(self.store.database(), range).map_err(storage)?;
+        let sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
+            .map_err(storage)?;
+        let applied_ts = sm.applied_ts();
+        let network = GroupNetworkFactory::new(self.router.clone(), range);
+        let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
+            .await
+            .map_err(|e| HostError::Raft {
+                range,
+                message: e.to_string(),
+            })?;
+        let group = Arc::new(RangeGroup {
+            desc,
+            raft,
+            applied_ts,
+        });
+        write(&self.groups).insert(range, group.clone());
+        Ok(group)
+    }
+
+    /// The group of `range`, if this node runs it.
+    pub fn group(&self, range: RangeId) -> Option<Arc<RangeGroup>> {
+        read(&self.groups).get(&range).cloned()
+    }
+
+    /// Every group on this node.
+    pub fn groups(&self) -> Vec<Arc<RangeGroup>> {
+        read(&self.groups).values().cloned().collect()
+    }
+
+    /// Serves one incoming Raft RPC and returns the encoded result.
+    pub async fn handle_rpc(&self, rpc: RaftRpcV1) -> Result<Vec<u8>, ApiError> {
+        let group = self.group(rpc.range).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} runs no group for range {}",
+                    self.node_id, rpc.range
+                ),
+            )
+        })?;
+        let raft = &group.raft;
+        let p = &rpc.payload;
+        match rpc.kind {
+            RaftRpcKindV1::AppendEntries => {
+                let req: AppendEntriesRequest<RangeTypes> = decode(p)?;
+                let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
+                    raft.append_entries(req).await;
+                encode(&res)
+            }
+            RaftRpcKindV1::Vote => {
+                let req: VoteRequest<RangeTypes> = decode(p)?;
+                let res: Result<VoteResponse<RangeTypes>, RaftError<RangeTypes>> =
+                    raft.vote(req).await;
+                encode(&res)
+            }
+            RaftRpcKindV1::PreVote => {
+                let req: VoteRequest<RangeTypes> = decode(p)?;
+                let res: Result<VoteResponse<RangeTypes>, RaftError<RangeTypes>> =
+                    raft.pre_vote(req).await;
+                encode(&res)
+            }
+            RaftRpcKindV1::FullSnapshot => {
+                type Payload = (VoteOf<RangeTypes>, SnapshotMetaOf<RangeTypes>, Vec<u8>);
+                let (vote, meta, data): Payload = decode(p)?;
+                let snapshot = SnapshotOf::<RangeTypes, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                };
+                let res: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =
+                    raft.install_full_snapshot(vote, snapshot).await;
+                encode(&res)
+            }
+            RaftRpcKindV1::TransferLeader => {
+                let req: TransferLeaderRequest<RangeTypes> = decode(p)?;
+                let res: Result<TransferLeaderResponse<RangeTypes>, Fatal<RangeTypes>> =
+                    raft.handle_transfer_leader(req).await;
+                encode(&res)
+            }
+        }
+    }
+
+    /// Stops every group (bounded by openraft's own shutdown).
+    pub async fn shutdown(&self) {
+        let groups: Vec<_> = write(&self.groups).drain().map(|(_, g)| g).collect();
+        for g in groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(range = g.desc.id, error = %e, "raft group did not shut down cleanly");
+            }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("raft payload: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    postcard::to_allocvec(v)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encode raft reply: {e}")))
+}
