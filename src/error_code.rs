@@ -34,6 +34,8 @@ pub enum ErrorCode {
     ClockOffset,
     /// MER-3003: the node is shutting down or overloaded.
     Unavailable,
+    /// MER-3004: this node does not lead the key's range; the reply names the leader if known.
+    NotLeader,
     /// MER-9999: an internal error; report it.
     Internal,
 }
@@ -53,6 +55,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::StorageFailure,
     ErrorCode::ClockOffset,
     ErrorCode::Unavailable,
+    ErrorCode::NotLeader,
     ErrorCode::Internal,
 ];
 
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::StorageFailure => "MER-3001",
             ErrorCode::ClockOffset => "MER-3002",
             ErrorCode::Unavailable => "MER-3003",
+            ErrorCode::NotLeader => "MER-3004",
             ErrorCode::Internal => "MER-9999",
         }
     }
@@ -104,6 +108,9 @@ impl ErrorCode {
             ErrorCode::StorageFailure => "check the node's disk and logs, then restart it",
             ErrorCode::ClockOffset => "fix clock synchronisation (NTP) on the nodes",
             ErrorCode::Unavailable => "retry on another node or later",
+            ErrorCode::NotLeader => {
+                "send the request to the leader named in the reply (the SDK does)"
+            }
             ErrorCode::Internal => "report a bug with the node's logs",
         }
     }
@@ -125,6 +132,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, naming the offending field or limit.
     pub message: String,
+    /// For `NotLeader`: the QUIC address of the range's leader, if known.
+    pub leader_hint: Option<String>,
 }
 
 impl ApiError {
@@ -133,6 +142,16 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            leader_hint: None,
+        }
+    }
+
+    /// A `NotLeader` error pointing at `leader` (a QUIC address), if known.
+    pub fn not_leader(message: impl Into<String>, leader: Option<String>) -> ApiError {
+        ApiError {
+            code: ErrorCode::NotLeader,
+            message: message.into(),
+            leader_hint: leader,
         }
     }
 }

@@ -188,8 +188,15 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct Client {
     endpoint: quinn::Endpoint,
     cfg: ClientConfig,
-    conn: RwLock<Option<(usize, quinn::Connection)>>,
+    /// The current connection and the address it goes to.
+    conn: RwLock<Option<(SocketAddr, quinn::Connection)>>,
 }
+
+/// Most times one request follows a `NotLeader` reply before giving up
+/// (the request timeout bounds the whole attempt as well).
+const MAX_REDIRECTS: usize = 50;
+/// Pause before retrying when the reply named no leader (an election is on).
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,29 +236,24 @@ impl Client {
             }
         }
         // Start after the endpoint that failed, so a dead node is skipped.
-        let start = guard.as_ref().map_or(0, |(i, _)| i + 1);
-        let n = self.cfg.endpoints.len();
+        let eps = &self.cfg.endpoints;
+        let failed = guard
+            .as_ref()
+            .and_then(|(a, _)| eps.iter().position(|e| e == a));
+        let start = failed.map_or(0, |i| i + 1);
         let mut last = String::new();
-        for k in 0..n {
-            let i = (start + k) % n;
-            let addr = self.cfg.endpoints[i];
-            let attempt = tokio::time::timeout(
-                self.cfg.request_timeout,
-                transport::connect(&self.endpoint, addr, None),
-            );
-            match attempt.await {
-                Ok(Ok(c)) => {
-                    *guard = Some((i, c.clone()));
+        for k in 0..eps.len() {
+            let addr = eps[(start + k) % eps.len()];
+            match self.dial(addr).await {
+                Ok(c) => {
+                    *guard = Some((addr, c.clone()));
                     return Ok(c);
                 }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: timed out"),
+                Err(e) => last = e,
             }
         }
         Err(ClientError::Connect {
-            endpoints: self
-                .cfg
-                .endpoints
+            endpoints: eps
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -260,19 +262,66 @@ impl Client {
         })
     }
 
-    /// Sends one request and returns `(served_at, body)`.
+    async fn dial(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let attempt = transport::connect(&self.endpoint, addr, None);
+        match tokio::time::timeout(self.cfg.request_timeout, attempt).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("{addr}: {e}")),
+            Err(_) => Err(format!("{addr}: timed out")),
+        }
+    }
+
+    /// Points the client at the leader a node named (or, with no name, at the
+    /// next endpoint after a short pause while the election settles).
+    async fn follow_redirect(&self, leader: Option<String>) {
+        let addr = leader.and_then(|l| l.parse::<SocketAddr>().ok());
+        if let Some(addr) = addr {
+            if let Ok(conn) = self.dial(addr).await {
+                let mut guard = self.conn.write().await;
+                if let Some((_, old)) = guard.replace((addr, conn)) {
+                    old.close(0u32.into(), b"redirected to the leader");
+                }
+                return;
+            }
+            // The named leader is unreachable (a stale hint while an election
+            // runs): fall through and try the next endpoint after a pause.
+        }
+        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+        let guard = self.conn.write().await;
+        if let Some((_, c)) = guard.as_ref() {
+            // Closing makes `connection()` move on to the next endpoint.
+            c.close(0u32.into(), b"looking for the leader");
+        }
+    }
+
+    /// Sends one request and returns `(served_at, body)`, following
+    /// `NotLeader` replies (nothing was written when a node sends one, so
+    /// retrying elsewhere is safe) up to [`MAX_REDIRECTS`] times.
     async fn call(&self, req: &RequestV1) -> Result<(Timestamp, ResponseBodyV1), ClientError> {
         let frame = wire::encode_request(req);
         let timeout = self.cfg.request_timeout;
-        let raw = tokio::time::timeout(timeout, self.exchange(&frame))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
-        match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
-            ResponseV1::Ok { served_at, body } => Ok((Timestamp(served_at), body)),
-            ResponseV1::Err { code, message } => {
-                Err(ClientError::Api(wire::api_error(code, message)))
+        let deadline = tokio::time::Instant::now() + timeout;
+        for _ in 0..MAX_REDIRECTS {
+            let raw = tokio::time::timeout_at(deadline, self.exchange(&frame))
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))??;
+            match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
+                ResponseV1::Ok { served_at, body } => return Ok((Timestamp(served_at), body)),
+                ResponseV1::Err { code, message } => {
+                    return Err(ClientError::Api(wire::api_error(code, message)))
+                }
+                ResponseV1::NotLeader { leader, message } => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClientError::Api(ApiError::not_leader(message, leader)));
+                    }
+                    self.follow_redirect(leader).await;
+                }
             }
         }
+        Err(ClientError::Api(ApiError::not_leader(
+            format!("no leader found after {MAX_REDIRECTS} redirects"),
+            None,
+        )))
     }
 
     /// Sends a raw frame payload and returns the raw reply payload. Retries on

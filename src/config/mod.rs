@@ -18,7 +18,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
+
+pub mod raft;
+
 use crate::storage::FsyncPolicy;
+pub use raft::RaftConfig;
 
 /// A configuration error; the message names the field and the rule it broke.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +43,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, rule: impl Into<String>, got: impl ToString) -> ConfigError {
+pub(crate) fn invalid(
+    field: &'static str,
+    rule: impl Into<String>,
+    got: impl ToString,
+) -> ConfigError {
     ConfigError::Invalid {
         field,
         rule: rule.into(),
@@ -240,6 +248,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[log]`
     pub log: RawLog,
+    /// `[raft]`
+    pub raft: raft::RawRaft,
 }
 
 /// Log output format.
@@ -325,6 +335,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// The node's Raft region membership; `None` = single node without Raft.
+    pub raft: Option<RaftConfig>,
 }
 
 /// Loads `path` (if given) plus `MERIDIAN_<SECTION>__<FIELD>` overrides, without validating.
@@ -365,7 +377,7 @@ fn env_overrides() -> config::Environment {
         .source(Some(vars))
 }
 
-fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let ok_chars = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -379,7 +391,7 @@ fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_range<T: PartialOrd + ToString>(
+pub(crate) fn check_range<T: PartialOrd + ToString>(
     field: &'static str,
     value: T,
     min: T,
@@ -396,7 +408,7 @@ fn check_range<T: PartialOrd + ToString>(
     Ok(value)
 }
 
-fn parse_addr(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn parse_addr(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| invalid(field, "must be an IP:port socket address", value))
@@ -455,6 +467,7 @@ impl RawConfig {
         let persist_window_ms =
             check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
         let limits = self.limits.validate()?;
+        let raft = self.raft.validate(&self.node.region)?;
         let log_format = match self.log.format.as_str() {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -483,6 +496,7 @@ impl RawConfig {
             limits,
             log_format,
             log_level: self.log.level,
+            raft,
         })
     }
 }

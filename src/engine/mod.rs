@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod decide;
+pub mod replicated;
+
+pub use replicated::Replicated;
 
 pub use decide::WriteKind;
 use decide::{decide, record_in_overlay, Overlay};
@@ -109,6 +112,9 @@ pub struct EngineOptions {
 
 /// The KV engine. Cheap to share behind an `Arc`.
 pub struct Engine {
+    /// Set when the node is part of a replicated region: writes and reads go
+    /// through the key's range group instead of the single writer.
+    replicated: Option<Replicated>,
     store: MvccStore,
     hlc: Arc<Hlc>,
     limits: Limits,
@@ -153,7 +159,12 @@ fn unavailable() -> ApiError {
 
 impl Engine {
     /// Starts the writer thread and the tick task. Must be called inside a tokio runtime.
-    pub fn start(store: MvccStore, hlc: Arc<Hlc>, opts: EngineOptions) -> Result<Engine, ApiError> {
+    pub fn start(
+        store: MvccStore,
+        hlc: Arc<Hlc>,
+        opts: EngineOptions,
+        replicated: Option<Replicated>,
+    ) -> Result<Engine, ApiError> {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let closed = Arc::new(AtomicU64::new(hlc.now().map_err(clock_error)?.0));
         let writer = Writer {
@@ -189,6 +200,7 @@ impl Engine {
             }
         });
         Ok(Engine {
+            replicated,
             store,
             hlc,
             limits: opts.limits,
@@ -203,6 +215,11 @@ impl Engine {
     /// The request limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The replicated routing, when the node is part of a region's groups.
+    pub fn replicated(&self) -> Option<&Replicated> {
+        self.replicated.as_ref()
     }
 
     /// The store (for status and metrics).
@@ -296,6 +313,9 @@ impl Engine {
     }
 
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
+        if let Some(r) = &self.replicated {
+            return r.write(&self.hlc, kind).await;
+        }
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Write { kind, reply };
         self.tx.send(cmd).await.map_err(|_| unavailable())?;
@@ -368,7 +388,10 @@ impl Engine {
         at: Option<Timestamp>,
     ) -> Result<Served<Option<KeyValue>>, ApiError> {
         self.check_key(&key)?;
-        let ts = self.read_ts(at).await?;
+        let ts = match &self.replicated {
+            Some(r) => r.read_ts(&self.hlc, r.range_of(&key)?, at).await?,
+            None => self.read_ts(at).await?,
+        };
         let value = self.store.get(&key, ts).map_err(storage_error)?;
         Ok(Served {
             value,
@@ -407,7 +430,33 @@ impl Engine {
                 "range bound longer than max_key_bytes",
             ));
         }
-        let ts = self.read_ts(at).await?;
+        let (ts, end, range_end) = match &self.replicated {
+            None => (self.read_ts(at).await?, end, None),
+            Some(r) => {
+                // One page never crosses a range boundary: each range has its
+                // own applied timestamp. Paging continues in the next range.
+                let range = r.range_of(&start)?;
+                // A scan's first page is read at a fresh timestamp, closed in
+                // this range by a barrier if needed, so that later pages in
+                // *other* ranges read at the same timestamp see every write
+                // acknowledged before the scan began (a range's own applied
+                // timestamp can be far behind when it is idle).
+                let at = match at {
+                    Some(t) => t,
+                    None => self.hlc.now().map_err(clock_error)?,
+                };
+                let ts = r.read_ts(&self.hlc, range, Some(at)).await?;
+                let clip = match (&end, &range.end) {
+                    (Some(e), Some(re)) if re < e => Some(re.clone()),
+                    (None, Some(re)) => Some(re.clone()),
+                    _ => None,
+                };
+                match clip {
+                    Some(re) => (ts, Some(re.clone()), Some(re)),
+                    None => (ts, end, None),
+                }
+            }
+        };
         let page = self
             .store
             .scan(&start, end.as_deref(), ts, limit)
@@ -415,7 +464,7 @@ impl Engine {
         Ok(Served {
             value: RangePage {
                 kvs: page.items,
-                next: page.next_key,
+                next: page.next_key.or(range_end),
             },
             served_at: ts,
         })
@@ -435,7 +484,10 @@ impl Engine {
             ));
         }
         let limit = if limit == 0 { MAX_HISTORY_PAGE } else { limit };
-        let ts = self.closed_ts();
+        let ts = match &self.replicated {
+            Some(r) => r.read_ts(&self.hlc, r.range_of(&key)?, None).await?,
+            None => self.closed_ts(),
+        };
         let entries = self.store.history(&key, limit).map_err(storage_error)?;
         // Versions above the closed timestamp are not acknowledged yet: hide them.
         let entries = entries.into_iter().filter(|e| e.version <= ts).collect();

@@ -116,6 +116,7 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::StorageFailure | ErrorCode::ClockOffset | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -150,6 +150,9 @@ impl PeerRouter {
             ResponseV1::Err { code, message } => {
                 Err(NetError(format!("node {target} refused: {code} {message}")))
             }
+            ResponseV1::NotLeader { message, .. } => {
+                Err(NetError(format!("node {target}: {message}")))
+            }
         }
     }
 

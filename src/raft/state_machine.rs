@@ -142,7 +142,14 @@ impl RangeStateMachine {
         // above the previous applied version (see the module invariant).
         let ts = Timestamp(cmd.proposed_at.max(self.state.last_ts.saturating_add(1)));
         self.state.last_ts = ts.0;
-        let (succeeded, ops) = decide(cmd.op.into(), |key| self.current_state(key, overlay))?;
+        let Some(write) = cmd.op.into_write() else {
+            // A barrier: nothing to write, the timestamp above is its effect.
+            return Ok(RangeReply {
+                succeeded: true,
+                version: ts.0,
+            });
+        };
+        let (succeeded, ops) = decide(write, |key| self.current_state(key, overlay))?;
         if !ops.is_empty() {
             record_in_overlay(overlay, &ops, ts);
             records.push(WriteRecord { ts, ops });

@@ -60,6 +60,9 @@ pub enum CommandV1 {
     },
     /// Transaction (same layout as the client protocol's).
     Txn(TxnV1),
+    /// Writes nothing; advances the range's applied timestamp to at least
+    /// `proposed_at`, so a snapshot read at that time can be served.
+    Barrier,
 }
 
 impl From<WriteKind> for CommandV1 {
@@ -72,12 +75,14 @@ impl From<WriteKind> for CommandV1 {
     }
 }
 
-impl From<CommandV1> for WriteKind {
-    fn from(c: CommandV1) -> Self {
-        match c {
-            CommandV1::Put { key, value } => WriteKind::Put { key, value },
-            CommandV1::Delete { key } => WriteKind::Delete { key },
-            CommandV1::Txn(t) => WriteKind::Txn(Txn::from(t)),
+impl CommandV1 {
+    /// The write this command performs; `None` for a barrier.
+    pub fn into_write(self) -> Option<WriteKind> {
+        match self {
+            CommandV1::Put { key, value } => Some(WriteKind::Put { key, value }),
+            CommandV1::Delete { key } => Some(WriteKind::Delete { key }),
+            CommandV1::Txn(t) => Some(WriteKind::Txn(Txn::from(t))),
+            CommandV1::Barrier => None,
         }
     }
 }
@@ -89,6 +94,7 @@ impl fmt::Display for RangeCommand {
             CommandV1::Put { key, value } => write!(f, "put({}B, {}B)", key.len(), value.len()),
             CommandV1::Delete { key } => write!(f, "delete({}B)", key.len()),
             CommandV1::Txn(t) => write!(f, "txn({} compares)", t.compares.len()),
+            CommandV1::Barrier => write!(f, "barrier"),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! writer, and never writes anything.
 
 mod dispatch;
+mod region;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// TLS material or the QUIC socket could not be set up.
     #[error("transport: {0}")]
     Transport(#[from] crate::transport::TransportError),
+    /// The node's Raft groups could not start.
+    #[error("raft: {0}")]
+    Raft(#[from] crate::raft::host::HostError),
     /// The HTTP gateway could not bind.
     #[error("http gateway on {addr}: {source}")]
     Http {
@@ -90,15 +94,6 @@ impl Node {
             cfg.max_offset_ms,
             cfg.persist_window_ms,
         )?);
-        let engine = Arc::new(Engine::start(
-            store,
-            hlc,
-            EngineOptions {
-                limits: cfg.limits,
-                history_window: cfg.history_window,
-                gc_interval: cfg.gc_interval,
-            },
-        )?);
         let tls = TlsFiles {
             ca: cfg.ca_cert.clone(),
             cert: cfg.cert.clone(),
@@ -113,6 +108,21 @@ impl Node {
         let quic_addr = endpoint
             .local_addr()
             .map_err(|e| StartError::Transport(crate::transport::TransportError::Io(e)))?;
+        let raft = match &cfg.raft {
+            None => None,
+            Some(rc) => Some(region::start_groups(rc, &endpoint, &store, &hlc).await?),
+        };
+        let replicated = raft.as_ref().map(|(host, rc)| region::routing(host, rc));
+        let engine = Arc::new(Engine::start(
+            store,
+            hlc,
+            EngineOptions {
+                limits: cfg.limits,
+                history_window: cfg.history_window,
+                gc_interval: cfg.gc_interval,
+            },
+            replicated,
+        )?);
         let info = Arc::new(NodeInfo {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),
@@ -124,10 +134,13 @@ impl Node {
             info: info.clone(),
             max_request_bytes: cfg.limits.max_request_bytes,
             rate_limit_rps: cfg.rate_limit_rps,
-            raft: None,
+            raft: raft.as_ref().map(|(host, _)| host.clone()),
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
+        if let Some((host, rc)) = &raft {
+            region::bootstrap(host, rc).await?;
+        }
         let (http_addr, http_task) = match cfg.http_addr {
             None => (None, None),
             Some(addr) => {
@@ -180,6 +193,9 @@ impl Node {
         self.accept_task.abort();
         if let Some(t) = self.http_task {
             t.abort();
+        }
+        if let Some(r) = self.engine.replicated() {
+            r.host().shutdown().await;
         }
         self.engine.shutdown().await;
         // Give quinn a moment to send CONNECTION_CLOSE frames; bounded.

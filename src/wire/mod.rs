@@ -208,6 +208,14 @@ pub enum ResponseV1 {
         /// Human-readable message.
         message: String,
     },
+    /// This node does not lead the range (`MER-3004`); nothing was written.
+    /// `leader` is the leader's QUIC address when known: send it there.
+    NotLeader {
+        /// Leader address, if known.
+        leader: Option<String>,
+        /// Human-readable message.
+        message: String,
+    },
 }
 
 /// Successful results, version 1.
@@ -340,6 +348,12 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseV1, DecodeError> {
 
 /// Builds the error response for `err`.
 pub fn error_response(err: &ApiError) -> ResponseV1 {
+    if err.code == ErrorCode::NotLeader {
+        return ResponseV1::NotLeader {
+            leader: err.leader_hint.clone(),
+            message: err.message.clone(),
+        };
+    }
     ResponseV1::Err {
         code: err.code.as_u16(),
         message: err.message.clone(),

@@ -1,0 +1,209 @@
+//! The engine's path when the node is part of a replicated region: writes
+//! are proposed to the key's range group, reads are made linearizable by the
+//! group's leader.
+//!
+//! Reads: the leader confirms it still leads with openraft's leader lease
+//! (`ReadPolicy::LeaseRead`: no network round trip) and falls back to
+//! `ReadIndex` (a quorum heartbeat) when the lease is stale. Either way it
+//! then waits until it has applied everything committed before the read
+//! began, and reads the range at its applied timestamp. The lease assumes
+//! the nodes' clocks advance at nearly the same *rate* over one lease
+//! (`election_timeout_max_ms`); it does not depend on clock *offsets*.
+//! ReadIndex needs no clock assumption at all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::ReadPolicy;
+
+use super::decide::WriteKind;
+use super::TxnOutcome;
+use crate::clock::Hlc;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::raft::types::{CommandV1, NodeId};
+use crate::raft::{RaftHost, RangeCommand, RangeDescriptor, RangeGroup, RangeTypes};
+use crate::types::{Op, Timestamp};
+
+/// Longest a write waits for its proposal to commit and apply. Past it the
+/// outcome is unknown (the entry may still commit), and the error says so.
+pub const REPLICATED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a linearizable read waits for leadership confirmation and apply.
+pub const REPLICATED_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The region's ranges and this node's groups.
+pub struct Replicated {
+    host: Arc<RaftHost>,
+    ranges: Vec<RangeDescriptor>,
+    /// Peer QUIC addresses by Raft id, to name the leader in redirects.
+    addrs: HashMap<NodeId, String>,
+}
+
+fn unavailable(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, msg)
+}
+
+impl Replicated {
+    /// Routing over `ranges` (which cover the keyspace) through `host`.
+    pub fn new(
+        host: Arc<RaftHost>,
+        ranges: Vec<RangeDescriptor>,
+        addrs: HashMap<NodeId, String>,
+    ) -> Self {
+        Replicated {
+            host,
+            ranges,
+            addrs,
+        }
+    }
+
+    /// The host (for status and metrics).
+    pub fn host(&self) -> &Arc<RaftHost> {
+        &self.host
+    }
+
+    /// The range that owns `key`.
+    pub fn range_of(&self, key: &[u8]) -> Result<&RangeDescriptor, ApiError> {
+        self.ranges.iter().find(|r| r.contains(key)).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "no range owns the key (range table has a gap)",
+            )
+        })
+    }
+
+    fn group(&self, range: &RangeDescriptor) -> Result<Arc<RangeGroup>, ApiError> {
+        self.host
+            .group(range.id)
+            .ok_or_else(|| unavailable(format!("range {} is not running on this node", range.id)))
+    }
+
+    fn not_leader(&self, f: &ForwardToLeader<RangeTypes>, range: u64) -> ApiError {
+        let addr = f
+            .leader_node
+            .as_ref()
+            .map(|n| n.addr.clone())
+            .or_else(|| f.leader_id.and_then(|id| self.addrs.get(&id).cloned()));
+        ApiError::not_leader(format!("this node does not lead range {range}"), addr)
+    }
+
+    /// The single range every key of `kind` lies in.
+    fn range_of_write(&self, kind: &WriteKind) -> Result<&RangeDescriptor, ApiError> {
+        let keys: Vec<&[u8]> = match kind {
+            WriteKind::Put { key, .. } | WriteKind::Delete { key } => vec![key],
+            WriteKind::Txn(t) => {
+                let ops = t.success.iter().chain(&t.failure).map(Op::key);
+                t.compares
+                    .iter()
+                    .map(|c| c.key.as_slice())
+                    .chain(ops)
+                    .collect()
+            }
+        };
+        let first = keys
+            .first()
+            .map_or(Ok(&self.ranges[0]), |k| self.range_of(k))?;
+        if let Some(k) = keys.iter().find(|k| !first.contains(k)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "a transaction must stay in one range: key {:?} is outside range {} (cross-range transactions are not supported yet)",
+                    String::from_utf8_lossy(k),
+                    first.id
+                ),
+            ));
+        }
+        Ok(first)
+    }
+
+    /// Proposes `kind` to its range's group and waits for it to apply.
+    pub async fn write(&self, hlc: &Hlc, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
+        let range = self.range_of_write(&kind)?.clone();
+        let now = hlc
+            .now()
+            .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
+        self.propose(&range, now, kind.into()).await
+    }
+
+    async fn propose(
+        &self,
+        range: &RangeDescriptor,
+        now: Timestamp,
+        op: CommandV1,
+    ) -> Result<TxnOutcome, ApiError> {
+        let group = self.group(range)?;
+        let cmd = RangeCommand {
+            proposed_at: now.0,
+            op,
+        };
+        let result =
+            tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, group.raft.client_write(cmd)).await;
+        let reply = match result {
+            Err(_) => {
+                return Err(unavailable(
+                    "write timed out waiting for commit; its outcome is unknown",
+                ))
+            }
+            Ok(Ok(resp)) => resp.data,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return Err(self.not_leader(&f, range.id));
+            }
+            Ok(Err(e)) => return Err(unavailable(format!("write outcome unknown: {e}"))),
+        };
+        Ok(TxnOutcome {
+            succeeded: reply.succeeded,
+            version: Timestamp(reply.version),
+        })
+    }
+
+    /// Makes a read of `range` linearizable and returns the timestamp to read
+    /// at: the latest applied (for `at = None`) or `at` once it is applied.
+    pub async fn read_ts(
+        &self,
+        hlc: &Hlc,
+        range: &RangeDescriptor,
+        at: Option<Timestamp>,
+    ) -> Result<Timestamp, ApiError> {
+        let group = self.group(range)?;
+        let confirmed = tokio::time::timeout(REPLICATED_READ_TIMEOUT, async {
+            match group.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+                Ok(_) => Ok(()),
+                Err(_) => group
+                    .raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .map(|_| ()),
+            }
+        })
+        .await
+        .map_err(|_| unavailable("timed out confirming leadership for a linearizable read"))?;
+        if let Err(e) = confirmed {
+            return Err(match e.forward_to_leader() {
+                Some(f) => self.not_leader(f, range.id),
+                None => unavailable(format!("cannot serve a linearizable read: {e}")),
+            });
+        }
+        let applied = group.applied_ts();
+        let Some(at) = at else { return Ok(applied) };
+        if at <= applied {
+            return Ok(at);
+        }
+        if at > hlc.last() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "snapshot timestamp {at} is in the future (clock is at {})",
+                    hlc.last()
+                ),
+            ));
+        }
+        // Entries still in flight may apply below `at`: commit a barrier
+        // above it first, so everything at or below `at` is applied.
+        let now = hlc
+            .now()
+            .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
+        self.propose(range, now, CommandV1::Barrier).await?;
+        Ok(at)
+    }
+}

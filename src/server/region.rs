@@ -1,0 +1,74 @@
+//! Starting a node's Raft groups from `[raft]`: one group per configured
+//! range, peers from the config, and the one-time bootstrap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::clock::Hlc;
+use crate::config::RaftConfig;
+use crate::engine::Replicated;
+use crate::raft::host::HostError;
+use crate::raft::{RaftHost, RaftNode};
+use crate::storage::MvccStore;
+
+/// Creates the host, records every peer's address and opens every range.
+pub(crate) async fn start_groups(
+    rc: &RaftConfig,
+    endpoint: &quinn::Endpoint,
+    store: &MvccStore,
+    hlc: &Arc<Hlc>,
+) -> Result<(Arc<RaftHost>, RaftConfig), HostError> {
+    let host = RaftHost::new(
+        rc.node_id,
+        endpoint.clone(),
+        store.clone(),
+        hlc.clone(),
+        &rc.timing,
+    )?;
+    for p in &rc.peers {
+        host.router().set_peer(p.id, p.addr);
+    }
+    for range in &rc.ranges {
+        host.open_range(range.clone()).await?;
+    }
+    Ok((Arc::new(host), rc.clone()))
+}
+
+/// The engine's routing over the configured ranges.
+pub(crate) fn routing(host: &Arc<RaftHost>, rc: &RaftConfig) -> Replicated {
+    let addrs: HashMap<u64, String> = rc
+        .peers
+        .iter()
+        .map(|p| (p.id, p.addr.to_string()))
+        .collect();
+    Replicated::new(host.clone(), rc.ranges.clone(), addrs)
+}
+
+/// With `bootstrap = true`, initialises every group that is not yet
+/// initialised with all peers as voters. Idempotent across restarts.
+pub(crate) async fn bootstrap(host: &Arc<RaftHost>, rc: &RaftConfig) -> Result<(), HostError> {
+    if !rc.bootstrap {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, RaftNode> =
+        rc.peers.iter().map(|p| (p.id, p.node.clone())).collect();
+    for group in host.groups() {
+        let range = group.desc.id;
+        let raft_err = |e: String| HostError::Raft { range, message: e };
+        if group
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| raft_err(e.to_string()))?
+        {
+            continue;
+        }
+        group
+            .raft
+            .initialize(members.clone())
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
+        tracing::info!(range, voters = members.len(), "bootstrapped range group");
+    }
+    Ok(())
+}
