@@ -168,18 +168,11 @@ fn free_port() -> u16 {
 }
 
 #[test]
-fn dev_demo_runs_and_writes_an_env_file() {
+fn dev_starts_a_three_node_region_runs_the_demo_and_stops_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let (quic, http) = (free_port(), free_port());
-    let (quic_s, http_s) = (quic.to_string(), http.to_string());
-    let args = [
-        "dev",
-        "--demo-only",
-        "--port",
-        &quic_s,
-        "--http-port",
-        &http_s,
-    ];
+    // Shift the topology's ports (7379..=7384) next to a port that was free.
+    let offset = (free_port().saturating_sub(7379) / 2 * 2).to_string();
+    let args = ["dev", "--demo-only", "--port-offset", &offset];
     let out = run_in(Some(dir.path()), &args, &[], None);
     let text = stdout(&out);
     assert!(
@@ -187,10 +180,34 @@ fn dev_demo_runs_and_writes_an_env_file() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for node in ["node1", "node2", "node3"] {
+        assert!(
+            text.contains(&format!("meridian dev: {node} (region local) pid")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("meridian dev: stopped {node}")),
+            "{text}"
+        );
+    }
     assert!(text.contains("\"hello from meridian\""), "{text}");
     assert!(text.contains("succeeded=true"));
     assert!(text.contains("succeeded=false"));
     let env = std::fs::read_to_string(dir.path().join("meridian-dev/env")).unwrap();
-    assert!(env.contains(&format!("MERIDIAN_ENDPOINTS=127.0.0.1:{quic}")));
+    assert_eq!(env.matches("127.0.0.1:").count(), 3, "{env}");
     assert!(env.contains("MERIDIAN_CERT="));
+    // Every child was stopped: no process still has the node configs open.
+    let pids: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.split(" pid ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    for pid in pids {
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z");
+        assert!(!alive, "node process {pid} still running");
+    }
 }

@@ -3,6 +3,7 @@
 //! Binaries and glue may use `anyhow`; every error reaches standard error
 //! with a non-zero exit status. Human output by default, `--json` for scripts.
 
+mod dev;
 mod kv;
 mod txn_parse;
 
@@ -32,9 +33,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Start a local development node with embedded defaults, run a short
-    /// demo against it, and keep serving until Ctrl-C.
-    Dev(DevArgs),
+    /// Start a local cluster on loopback (default: one region of three
+    /// nodes, each its own process), run a short demo against it, and keep
+    /// serving until Ctrl-C.
+    Dev(dev::DevArgs),
     /// Manage development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -48,22 +50,6 @@ enum Command {
     },
     /// Load generator against Meridian or etcd.
     Bench(crate::bench::BenchArgs),
-}
-
-#[derive(Debug, Args)]
-struct DevArgs {
-    /// Directory for the development node's data, certificates and env file.
-    #[arg(long, default_value = "meridian-dev")]
-    dir: PathBuf,
-    /// QUIC port of the node.
-    #[arg(long, default_value_t = 7379)]
-    port: u16,
-    /// HTTP gateway port.
-    #[arg(long, default_value_t = 7380)]
-    http_port: u16,
-    /// Run the demo and exit instead of serving until Ctrl-C.
-    #[arg(long)]
-    demo_only: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +155,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(config).await.map(|_| ExitCode::SUCCESS),
-        Command::Dev(args) => crate::cli::dev(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Dev(args) => dev::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Certs(c) => certs_cmd(c).map(|_| ExitCode::SUCCESS),
         Command::Kv(c) => kv::run(c).await,
         Command::Status { conn } => kv::status(&conn).await,
@@ -234,64 +220,9 @@ fn certs_cmd(cmd: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let certs_dir = args.dir.join("certs");
-    ensure_dev_certs(&certs_dir)?;
-    let mut raw = crate::config::RawConfig::default();
-    raw.node.data_dir = args.dir.join("node1");
-    raw.server.listen_addr = format!("127.0.0.1:{}", args.port);
-    raw.server.http_addr = format!("127.0.0.1:{}", args.http_port);
-    raw.tls.ca_cert = certs_dir.join("ca.pem");
-    raw.tls.cert = certs_dir.join("node1.pem");
-    raw.tls.key = certs_dir.join("node1.key");
-    raw.log.level = "warn".into();
-    let cfg = raw.validate(std::path::Path::new("."))?;
-    crate::telemetry::init_logging(cfg.log_format, &cfg.log_level);
-    let node = crate::server::Node::start(cfg).await?;
-    let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-    let env_file = args.dir.join("env");
-    let env = format!(
-        "export MERIDIAN_ENDPOINTS={}\nexport MERIDIAN_CA={}\nexport MERIDIAN_CERT={}\nexport MERIDIAN_KEY={}\n",
-        node.quic_addr(),
-        abs(certs_dir.join("ca.pem")).display(),
-        abs(certs_dir.join("client.pem")).display(),
-        abs(certs_dir.join("client.key")).display(),
-    );
-    std::fs::write(&env_file, env)?;
-    println!(
-        "meridian dev: node1 (region local) pid {} quic {} http {}",
-        std::process::id(),
-        node.quic_addr(),
-        node.http_addr().map_or("-".into(), |a| a.to_string())
-    );
-    println!(
-        "meridian dev: in another shell: source {} && meridian kv get demo/greeting",
-        env_file.display()
-    );
-    let demo = dev_demo(&node, &certs_dir).await;
-    if let Err(e) = &demo {
-        eprintln!("demo failed: {e:#}");
-    }
-    if !args.demo_only {
-        println!("meridian dev: serving until Ctrl-C");
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    node.shutdown().await;
-    demo
-}
-
-async fn dev_demo(node: &crate::server::Node, certs_dir: &std::path::Path) -> anyhow::Result<()> {
+/// The demo `meridian dev` runs against a fresh cluster.
+async fn dev_demo(client: &Client) -> anyhow::Result<()> {
     use crate::types::{Compare, CompareOp, CompareTarget, Op, Txn};
-    let client = Client::connect(ClientConfig {
-        endpoints: vec![node.quic_addr()],
-        tls: TlsFiles {
-            ca: certs_dir.join("ca.pem"),
-            cert: certs_dir.join("client.pem"),
-            key: certs_dir.join("client.key"),
-        },
-        request_timeout: std::time::Duration::from_secs(5),
-    })
-    .await?;
     let w = client.put("demo/greeting", "hello from meridian").await?;
     println!(
         "demo: put demo/greeting            -> version {}",
@@ -329,7 +260,6 @@ async fn dev_demo(node: &crate::server::Node, certs_dir: &std::path::Path) -> an
     );
     let (kvs, _) = client.list_prefix("demo/", 100).await?;
     println!("demo: ls demo/                     -> {} keys", kvs.len());
-    client.close().await;
     Ok(())
 }
 
