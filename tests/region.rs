@@ -31,42 +31,55 @@ struct Region {
     nodes: Vec<Option<Node>>,
 }
 
+fn node_config(
+    dir: &std::path::Path,
+    certs: &common::TestCerts,
+    i: u64,
+    addr: SocketAddr,
+    peers: &[RawPeer],
+    bootstrap: bool,
+) -> meridian::config::NodeConfig {
+    let mut raw = RawConfig::default();
+    raw.node.id = format!("node{i}");
+    raw.node.zone = format!("zone{i}");
+    raw.node.data_dir = dir.join(format!("node{i}"));
+    raw.server.listen_addr = addr.to_string();
+    raw.server.http_addr = String::new();
+    raw.tls.ca_cert = certs.dir.join("ca.pem");
+    raw.tls.cert = certs.dir.join(format!("node{i}.pem"));
+    raw.tls.key = certs.dir.join(format!("node{i}.key"));
+    raw.raft.node_id = i;
+    raw.raft.bootstrap = bootstrap;
+    raw.raft.peers = peers.to_vec();
+    raw.raft.range_prefixes = vec!["locks/".into()];
+    raw.raft.heartbeat_interval_ms = 100;
+    raw.raft.election_timeout_min_ms = 400;
+    raw.raft.election_timeout_max_ms = 800;
+    raw.validate(dir).unwrap()
+}
+
+fn peer(i: u64, addr: SocketAddr) -> RawPeer {
+    RawPeer {
+        id: i,
+        name: format!("node{i}"),
+        addr: addr.to_string(),
+        zone: format!("zone{i}"),
+    }
+}
+
 async fn start_region() -> Region {
     let dir = tempfile::tempdir().unwrap();
     let certs = common::TestCerts::new(dir.path());
-    for i in 2..=3 {
+    for i in 2..=4 {
         certs::issue(&certs.dir, Role::Node, &format!("node{i}"), &certs.dir, &[]).unwrap();
     }
     let addrs: Vec<SocketAddr> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_udp_port()).parse().unwrap())
         .collect();
-    let peers: Vec<RawPeer> = (1..=3u64)
-        .map(|i| RawPeer {
-            id: i,
-            name: format!("node{i}"),
-            addr: addrs[i as usize - 1].to_string(),
-            zone: format!("zone{i}"),
-        })
-        .collect();
+    let peers: Vec<RawPeer> = (1..=3u64).map(|i| peer(i, addrs[i as usize - 1])).collect();
     let mut nodes = Vec::new();
     for i in 1..=3u64 {
-        let mut raw = RawConfig::default();
-        raw.node.id = format!("node{i}");
-        raw.node.zone = format!("zone{i}");
-        raw.node.data_dir = dir.path().join(format!("node{i}"));
-        raw.server.listen_addr = addrs[i as usize - 1].to_string();
-        raw.server.http_addr = String::new();
-        raw.tls.ca_cert = certs.dir.join("ca.pem");
-        raw.tls.cert = certs.dir.join(format!("node{i}.pem"));
-        raw.tls.key = certs.dir.join(format!("node{i}.key"));
-        raw.raft.node_id = i;
-        raw.raft.bootstrap = i == 1;
-        raw.raft.peers = peers.clone();
-        raw.raft.range_prefixes = vec!["locks/".into()];
-        raw.raft.heartbeat_interval_ms = 100;
-        raw.raft.election_timeout_min_ms = 400;
-        raw.raft.election_timeout_max_ms = 800;
-        let cfg = raw.validate(dir.path()).unwrap();
+        let cfg = node_config(dir.path(), &certs, i, addrs[i as usize - 1], &peers, i == 1);
         nodes.push(Some(Node::start(cfg).await.unwrap()));
     }
     Region {
@@ -171,5 +184,121 @@ async fn region_redirects_to_leaders_and_survives_losing_one() {
         b"held"
     );
     c.close().await;
+    region.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_added_and_removed_under_write_load() {
+    use meridian::wire::MembershipChangeV1;
+    use std::sync::Arc;
+
+    let region = start_region().await;
+    let c = Arc::new(region.client(&region.addrs).await);
+    put_eventually(&c, "config/seed", "1").await;
+
+    // A fourth node starts empty, knowing only the peer list.
+    let addr4: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let mut peers: Vec<RawPeer> = (1..=3u64)
+        .map(|i| peer(i, region.addrs[i as usize - 1]))
+        .collect();
+    peers.push(peer(4, addr4));
+    let dir4 = region._dir.path().to_path_buf();
+    let node4 = Node::start(node_config(&dir4, &region.certs, 4, addr4, &peers, false))
+        .await
+        .unwrap();
+
+    // Background writers; every acknowledged key must survive the changes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 100_000 {
+                let key = if i % 2 == 0 {
+                    format!("config/w{w}-{i}")
+                } else {
+                    format!("locks/w{w}-{i}")
+                };
+                if c.put(&key, "v").await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+
+    let admin = Client::connect(ClientConfig {
+        endpoints: region.addrs.clone(),
+        tls: region.certs.files("admin"),
+        request_timeout: Duration::from_secs(60),
+    })
+    .await
+    .unwrap();
+    // A client certificate may not change membership.
+    let denied = c
+        .region_change(1, MembershipChangeV1::RemoveNode { id: 2 })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied), "{denied}");
+    let ranges = admin.region_status().await.unwrap();
+    assert_eq!(
+        ranges.len(),
+        3,
+        "ranges from the prefix: before, locks/, after"
+    );
+    for r in &ranges {
+        let add = MembershipChangeV1::AddNode {
+            id: 4,
+            name: "node4".into(),
+            addr: addr4.to_string(),
+            zone: "zone4".into(),
+        };
+        let voters = admin.region_change(r.range, add).await.unwrap();
+        assert!(voters.contains(&4), "{voters:?}");
+        let voters = admin
+            .region_change(r.range, MembershipChangeV1::RemoveNode { id: 2 })
+            .await
+            .unwrap();
+        assert_eq!(voters, vec![1, 3, 4]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(tokio::time::timeout(BOUND, w).await.unwrap().unwrap());
+    }
+    assert!(
+        acked.len() > 10,
+        "writes continued during the changes ({})",
+        acked.len()
+    );
+    for key in &acked {
+        assert!(
+            c.get(key).await.unwrap().kv.is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+    // The new node holds the data: its own view of every range shows it applied.
+    let via4 = Client::connect(ClientConfig {
+        endpoints: vec![addr4],
+        tls: region.certs.files("client"),
+        request_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    for s in via4.region_status().await.unwrap() {
+        assert_eq!(s.voters, vec![1, 3, 4], "range {}", s.range);
+        assert!(
+            s.applied_index.is_some(),
+            "node4 applied nothing in range {}",
+            s.range
+        );
+    }
+    via4.close().await;
+    admin.close().await;
+    c.close().await;
+    node4.shutdown().await;
     region.stop_all().await;
 }

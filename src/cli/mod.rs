@@ -5,6 +5,7 @@
 
 mod dev;
 mod kv;
+mod region;
 mod txn_parse;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Key-value operations.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// The region's range groups: status and membership changes.
+    #[command(subcommand)]
+    Region(region::RegionCommand),
     /// Show the node's status.
     Status {
         #[command(flatten)]
@@ -158,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Certs(c) => certs_cmd(c).map(|_| ExitCode::SUCCESS),
         Command::Kv(c) => kv::run(c).await,
+        Command::Region(c) => region::run(c).await,
         Command::Status { conn } => kv::status(&conn).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ExitCode::SUCCESS),
     }

@@ -506,6 +506,28 @@ impl Client {
         }
     }
 
+    /// Every range group as the connected node sees it.
+    pub async fn region_status(&self) -> Result<Vec<crate::wire::RangeStatusV1>, ClientError> {
+        match self.call(&RequestV1::RegionStatus).await? {
+            (_, ResponseBodyV1::RegionStatus(s)) => Ok(s),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Changes one range group's voters (admin certificate); follows the
+    /// redirect to the range's leader. Returns the voters afterwards.
+    pub async fn region_change(
+        &self,
+        range: u64,
+        change: crate::wire::MembershipChangeV1,
+    ) -> Result<Vec<u64>, ClientError> {
+        let req = RequestV1::RegionChange(crate::wire::RegionChangeV1 { range, change });
+        match self.call(&req).await? {
+            (_, ResponseBodyV1::RegionChanged { voters, .. }) => Ok(voters),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
     /// A peer liveness probe; only node certificates may send it.
     pub async fn peer_ping(&self) -> Result<Timestamp, ClientError> {
         match self.call(&RequestV1::PeerPing).await? {

@@ -207,3 +207,91 @@ impl Replicated {
         Ok(at)
     }
 }
+
+/// Longest a membership change may take (a new node catches up first).
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Replicated {
+    fn write_error(
+        &self,
+        e: RaftError<RangeTypes, ClientWriteError<RangeTypes>>,
+        range: u64,
+    ) -> ApiError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(&f, range),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("membership change refused: {c}"),
+            ),
+            other => unavailable(format!("membership change outcome unknown: {other}")),
+        }
+    }
+
+    /// Applies a membership change to one range's group (joint consensus) on
+    /// its leader and returns the voters afterwards.
+    pub async fn change_membership(
+        &self,
+        region: &str,
+        range_id: u64,
+        change: crate::wire::MembershipChangeV1,
+    ) -> Result<Vec<u64>, ApiError> {
+        use std::collections::BTreeSet;
+
+        use openraft::ChangeMembers;
+
+        use crate::wire::MembershipChangeV1;
+        let range = self
+            .ranges
+            .iter()
+            .find(|r| r.id == range_id)
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidArgument, format!("no range {range_id}"))
+            })?
+            .clone();
+        let group = self.group(&range)?;
+        let raft = &group.raft;
+        let work = async {
+            let resp = match change {
+                MembershipChangeV1::AddNode {
+                    id,
+                    name,
+                    addr,
+                    zone,
+                } => {
+                    if addr.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidArgument,
+                            format!("addr `{addr}` is not IP:port"),
+                        ));
+                    }
+                    let node = crate::raft::RaftNode {
+                        name,
+                        addr,
+                        region: region.to_string(),
+                        zone,
+                    };
+                    // Learner first (blocks until it has caught up), then voter.
+                    raft.add_learner(id, node, true)
+                        .await
+                        .map_err(|e| self.write_error(e, range_id))?;
+                    let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                    raft.change_membership(voters, false).await
+                }
+                MembershipChangeV1::RemoveNode { id } => {
+                    let voters = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+                    raft.change_membership(voters, false).await
+                }
+            };
+            let resp = resp.map_err(|e| self.write_error(e, range_id))?;
+            Ok(resp
+                .membership
+                .map(|m| m.voter_ids().collect())
+                .unwrap_or_default())
+        };
+        tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, work)
+            .await
+            .map_err(|_| {
+                unavailable("membership change timed out; check `meridian region status`")
+            })?
+    }
+}

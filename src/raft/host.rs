@@ -274,3 +274,61 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
     postcard::to_allocvec(v)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encode raft reply: {e}")))
 }
+
+impl RaftHost {
+    /// Every group on this node, as the status API reports it.
+    pub fn status(&self) -> Vec<crate::wire::RangeStatusV1> {
+        use openraft::async_runtime::WatchReceiver;
+        let mut out: Vec<_> = self
+            .groups()
+            .iter()
+            .map(|g| {
+                let m = g.raft.metrics().borrow_watched().clone();
+                let membership = m.membership_config.membership();
+                crate::wire::RangeStatusV1 {
+                    range: g.desc.id,
+                    start: g.desc.start.clone(),
+                    end: g.desc.end.clone(),
+                    node: self.node_id,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    last_log_index: m.last_log_index,
+                    applied_index: m.last_applied.map(|l| l.index),
+                    voters: membership.voter_ids().collect(),
+                    learners: membership.learner_ids().collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.range);
+        out
+    }
+
+    /// Publishes each group's Raft metrics as Prometheus gauges until the
+    /// group stops (one watcher task per group).
+    pub fn spawn_metrics(&self) {
+        use openraft::async_runtime::WatchReceiver;
+        for g in self.groups() {
+            let mut rx = g.raft.metrics();
+            let range = g.desc.id.to_string();
+            let me = self.node_id;
+            tokio::spawn(async move {
+                loop {
+                    {
+                        let m = rx.borrow_watched();
+                        let labels = [("range", range.clone())];
+                        let leader = f64::from(u8::from(m.current_leader == Some(me)));
+                        metrics::gauge!("meridian_raft_is_leader", &labels).set(leader);
+                        metrics::gauge!("meridian_raft_term", &labels).set(m.current_term as f64);
+                        let commit = m.cluster_committed.map_or(0, |l| l.index);
+                        metrics::gauge!("meridian_raft_commit_index", &labels).set(commit as f64);
+                        let applied = m.last_applied.map_or(0, |l| l.index);
+                        metrics::gauge!("meridian_raft_applied_index", &labels).set(applied as f64);
+                    }
+                    if rx.changed().await.is_err() {
+                        break; // the group shut down
+                    }
+                }
+            });
+        }
+    }
+}

@@ -298,7 +298,12 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
 impl RaftNetworkFactory<RangeTypes> for GroupNetworkFactory<PeerRouter, RangeId> {
     type Network = GroupNetworkAdapter<RangeTypes, RangeId, PeerRouter>;
 
-    async fn new_client(&mut self, target: NodeId, _node: &RaftNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, node: &RaftNode) -> Self::Network {
+        // Membership carries each node's address: learning it here means a
+        // node added at run time is reachable by every future leader.
+        if let Ok(addr) = node.addr.parse() {
+            self.factory.set_peer(target, addr);
+        }
         GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
     }
 }

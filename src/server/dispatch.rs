@@ -197,6 +197,8 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::Status => "status",
         RequestV1::PeerPing => "peer_ping",
         RequestV1::Raft(_) => "raft",
+        RequestV1::RegionStatus => "region_status",
+        RequestV1::RegionChange(_) => "region_change",
     }
 }
 
@@ -226,6 +228,25 @@ async fn handle(
             })?;
             let reply = host.handle_rpc(rpc).await?;
             Ok((engine.closed_ts(), ResponseBodyV1::Raft(reply)))
+        }
+        RequestV1::RegionStatus => {
+            let host = ctx.raft.as_ref().ok_or_else(no_region)?;
+            Ok((
+                engine.closed_ts(),
+                ResponseBodyV1::RegionStatus(host.status()),
+            ))
+        }
+        RequestV1::RegionChange(change) => {
+            role_check(peer, &[Role::Admin])?;
+            let r = engine.replicated().ok_or_else(no_region)?;
+            let range = change.range;
+            let voters = r
+                .change_membership(&ctx.info.region, range, change.change)
+                .await?;
+            Ok((
+                engine.closed_ts(),
+                ResponseBodyV1::RegionChanged { range, voters },
+            ))
         }
         RequestV1::Status => Ok((engine.closed_ts(), ResponseBodyV1::Status(status(ctx)))),
         other => {
@@ -300,11 +321,22 @@ async fn handle_data(
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
         }
-        RequestV1::Status | RequestV1::PeerPing | RequestV1::Raft(_) => Err(ApiError::new(
+        RequestV1::Status
+        | RequestV1::PeerPing
+        | RequestV1::Raft(_)
+        | RequestV1::RegionStatus
+        | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",
         )),
     }
+}
+
+fn no_region() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidArgument,
+        "this node is not part of a replicated region (no [raft] section)",
+    )
 }
 
 fn status(ctx: &Context) -> StatusV1 {

@@ -31,6 +31,7 @@ pub(crate) async fn start_groups(
     for range in &rc.ranges {
         host.open_range(range.clone()).await?;
     }
+    host.spawn_metrics();
     Ok((Arc::new(host), rc.clone()))
 }
 

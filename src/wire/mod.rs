@@ -77,6 +77,67 @@ pub enum RequestV1 {
     PeerPing,
     /// A Raft RPC for one range group: accepted only from `node` certificates.
     Raft(RaftRpcV1),
+    /// Every range group on the node: leader, term, indexes, members (any role).
+    RegionStatus,
+    /// Change a range group's voters (admin certificates only); sent to the
+    /// range's leader (others answer NotLeader).
+    RegionChange(RegionChangeV1),
+}
+
+/// A membership change of one range group, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionChangeV1 {
+    /// The range.
+    pub range: u64,
+    /// What to change.
+    pub change: MembershipChangeV1,
+}
+
+/// Membership changes, version 1 (append-only). Both go through openraft's
+/// joint consensus.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChangeV1 {
+    /// Add a voter: it joins as a learner, catches up, then becomes a voter.
+    AddNode {
+        /// Raft id (new, never used before).
+        id: u64,
+        /// Node name.
+        name: String,
+        /// QUIC address.
+        addr: String,
+        /// Zone.
+        zone: String,
+    },
+    /// Remove a voter (it stops receiving the range).
+    RemoveNode {
+        /// Raft id.
+        id: u64,
+    },
+}
+
+/// One range group as a node sees it, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeStatusV1 {
+    /// Range id.
+    pub range: u64,
+    /// First key.
+    pub start: Vec<u8>,
+    /// End key (exclusive), or none.
+    pub end: Option<Vec<u8>>,
+    /// The reporting node's Raft id.
+    pub node: u64,
+    /// Current leader, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index on this node.
+    pub last_log_index: Option<u64>,
+    /// Last applied index on this node.
+    pub applied_index: Option<u64>,
+    /// Voter ids.
+    pub voters: Vec<u64>,
+    /// Learner ids.
+    pub learners: Vec<u64>,
 }
 
 /// A Raft RPC between nodes, version 1. The payload is the postcard encoding
@@ -252,6 +313,15 @@ pub enum ResponseBodyV1 {
     Pong,
     /// A Raft RPC result (postcard of openraft's result type).
     Raft(Vec<u8>),
+    /// Region status.
+    RegionStatus(Vec<RangeStatusV1>),
+    /// A membership change committed; the range's voters now.
+    RegionChanged {
+        /// Range id.
+        range: u64,
+        /// Voter ids after the change.
+        voters: Vec<u64>,
+    },
 }
 
 /// Node status, version 1.
