@@ -153,3 +153,16 @@ pub struct Txn {
     /// Operations applied when any compare fails.
     pub failure: Vec<Op>,
 }
+
+/// How fresh a read must be (chosen per call).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Sees every write acknowledged before the read began: served by the
+    /// range's leader after it confirms its leadership.
+    #[default]
+    Linearizable,
+    /// Served by whichever replica receives it, from what that replica has
+    /// applied: consistent (a snapshot of the range), possibly stale; the
+    /// reply's `served_at` says how stale.
+    Serializable,
+}

@@ -16,6 +16,7 @@ use meridian::config::RawConfig;
 use meridian::error_code::ErrorCode;
 use meridian::server::Node;
 use meridian::types::{Op, Txn};
+use meridian::wire::{self, ReadConsistencyV1, RequestV1, ResponseBodyV1, ResponseV1};
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -149,6 +150,36 @@ async fn region_redirects_to_leaders_and_survives_losing_one() {
     for i in 0..3 {
         assert!(keys.contains(&format!("config/from-{i}")), "{keys:?}");
         assert!(keys.contains(&format!("locks/from-{i}")), "{keys:?}");
+    }
+    // Serializable reads are answered by whichever node receives them (no
+    // redirect), from what that replica has applied.
+    for addr in &region.addrs {
+        let one = region.client(&[*addr]).await;
+        let req = wire::encode_request(&RequestV1::GetWith {
+            key: b"config/from-0".to_vec(),
+            at: None,
+            consistency: ReadConsistencyV1::Serializable,
+        });
+        let deadline = Instant::now() + BOUND;
+        loop {
+            match wire::decode_response(&one.exchange(&req).await.unwrap()).unwrap() {
+                ResponseV1::Ok {
+                    body: ResponseBodyV1::Value(Some(kv)),
+                    ..
+                } => {
+                    assert_eq!(kv.value, b"v");
+                    break;
+                }
+                ResponseV1::Ok { .. } => {} // this replica has not applied it yet
+                other => panic!("serializable read through {addr} answered {other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {addr} never applied the write"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        one.close().await;
     }
     // A transaction must stay inside one range.
     let cross = Txn {

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::ConnArgs;
-use crate::types::{KeyValue, Timestamp};
+use crate::types::{KeyValue, ReadConsistency, Timestamp};
 
 /// Largest value read from standard input (the node enforces its own limit too).
 const MAX_STDIN_VALUE_BYTES: u64 = crate::limits::HARD_MAX_VALUE_BYTES as u64;
@@ -30,6 +30,10 @@ pub(crate) enum KvCommand {
         /// Read at this HLC snapshot timestamp (as printed in --json output).
         #[arg(long)]
         at: Option<u64>,
+        /// Serve from whichever node answers, from what it has applied
+        /// (cheaper, possibly stale) instead of linearizably at the leader.
+        #[arg(long)]
+        serializable: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -109,12 +113,21 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             }
             client.close().await;
         }
-        KvCommand::Get { key, at, conn } => {
+        KvCommand::Get {
+            key,
+            at,
+            serializable,
+            conn,
+        } => {
             let client = conn.connect().await?;
-            let r = match at {
-                Some(at) => client.get_at(&key, Timestamp(at)).await?,
-                None => client.get(&key).await?,
+            let consistency = if serializable {
+                ReadConsistency::Serializable
+            } else {
+                ReadConsistency::Linearizable
             };
+            let r = client
+                .get_with(&key, at.map(Timestamp), consistency)
+                .await?;
             client.close().await;
             let Some(kv) = r.kv else {
                 if conn.json {

@@ -25,7 +25,7 @@ use tokio::sync::RwLock;
 
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, EndpointLimits, TlsFiles};
-use crate::types::{KeyValue, Timestamp, Txn, VersionEntry};
+use crate::types::{KeyValue, ReadConsistency, Timestamp, Txn, VersionEntry};
 use crate::wire::{self, RequestV1, ResponseBodyV1, ResponseV1, StatusV1};
 
 /// Default request timeout.
@@ -378,6 +378,55 @@ impl Client {
         match self.call(&req).await? {
             (served_at, ResponseBodyV1::Value(kv)) => Ok(GetResponse {
                 kv: kv.map(KeyValue::from),
+                served_at,
+            }),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Reads `key` with a chosen consistency: `Serializable` is answered by
+    /// whichever node receives it, from what it has applied (cheaper, maybe
+    /// stale: `served_at` tells how stale); `Linearizable` is the default.
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        at: Option<Timestamp>,
+        consistency: ReadConsistency,
+    ) -> Result<GetResponse, ClientError> {
+        let req = RequestV1::GetWith {
+            key: key.as_ref().to_vec(),
+            at: at.map(|t| t.0),
+            consistency: consistency.into(),
+        };
+        match self.call(&req).await? {
+            (served_at, ResponseBodyV1::Value(kv)) => Ok(GetResponse {
+                kv: kv.map(KeyValue::from),
+                served_at,
+            }),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// One range page with a chosen consistency (see [`Client::get_with`]).
+    pub async fn range_with(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        at: Option<Timestamp>,
+        consistency: ReadConsistency,
+    ) -> Result<RangeResponse, ClientError> {
+        let req = RequestV1::RangeWith {
+            start: start.as_ref().to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+            at: at.map(|t| t.0),
+            consistency: consistency.into(),
+        };
+        match self.call(&req).await? {
+            (served_at, ResponseBodyV1::Page { kvs, next }) => Ok(RangeResponse {
+                kvs: kvs.into_iter().map(KeyValue::from).collect(),
+                next,
                 served_at,
             }),
             (_, other) => Err(Self::unexpected(other)),

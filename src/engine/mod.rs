@@ -37,7 +37,9 @@ use crate::config::Limits;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_GROUP_COMMIT, MAX_HISTORY_PAGE, WRITE_QUEUE_CAPACITY};
 use crate::storage::{MvccStore, StorageError, WriteRecord};
-use crate::types::{CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
+use crate::types::{
+    CompareOp, CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry,
+};
 
 /// Metric: writes per group commit (histogram, unitless count).
 pub const METRIC_GROUP_COMMIT_SIZE: &str = "meridian_group_commit_writes";
@@ -387,10 +389,23 @@ impl Engine {
         key: Vec<u8>,
         at: Option<Timestamp>,
     ) -> Result<Served<Option<KeyValue>>, ApiError> {
+        self.get_with(key, at, ReadConsistency::Linearizable).await
+    }
+
+    /// Reads `key` with the chosen consistency (see [`ReadConsistency`]).
+    pub async fn get_with(
+        &self,
+        key: Vec<u8>,
+        at: Option<Timestamp>,
+        consistency: ReadConsistency,
+    ) -> Result<Served<Option<KeyValue>>, ApiError> {
         self.check_key(&key)?;
-        let ts = match &self.replicated {
-            Some(r) => r.read_ts(&self.hlc, r.range_of(&key)?, at).await?,
-            None => self.read_ts(at).await?,
+        let ts = match (&self.replicated, consistency) {
+            (Some(r), ReadConsistency::Linearizable) => {
+                r.read_ts(&self.hlc, r.range_of(&key)?, at).await?
+            }
+            (Some(r), ReadConsistency::Serializable) => r.local_ts(r.range_of(&key)?, at)?,
+            (None, _) => self.read_ts(at).await?,
         };
         let value = self.store.get(&key, ts).map_err(storage_error)?;
         Ok(Served {
@@ -406,6 +421,19 @@ impl Engine {
         end: Option<Vec<u8>>,
         limit: usize,
         at: Option<Timestamp>,
+    ) -> Result<Served<RangePage>, ApiError> {
+        self.range_with(start, end, limit, at, ReadConsistency::Linearizable)
+            .await
+    }
+
+    /// [`Engine::range`] with the chosen consistency.
+    pub async fn range_with(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        at: Option<Timestamp>,
+        consistency: ReadConsistency,
     ) -> Result<Served<RangePage>, ApiError> {
         let limit = match limit {
             0 => crate::limits::DEFAULT_SCAN_PAGE.min(self.limits.max_scan_page),
@@ -441,11 +469,16 @@ impl Engine {
                 // *other* ranges read at the same timestamp see every write
                 // acknowledged before the scan began (a range's own applied
                 // timestamp can be far behind when it is idle).
-                let at = match at {
-                    Some(t) => t,
-                    None => self.hlc.now().map_err(clock_error)?,
+                let ts = match consistency {
+                    ReadConsistency::Serializable => r.local_ts(range, at)?,
+                    ReadConsistency::Linearizable => {
+                        let at = match at {
+                            Some(t) => t,
+                            None => self.hlc.now().map_err(clock_error)?,
+                        };
+                        r.read_ts(&self.hlc, range, Some(at)).await?
+                    }
                 };
-                let ts = r.read_ts(&self.hlc, range, Some(at)).await?;
                 let clip = match (&end, &range.end) {
                     (Some(e), Some(re)) if re < e => Some(re.clone()),
                     (None, Some(re)) => Some(re.clone()),

@@ -295,3 +295,24 @@ impl Replicated {
             })?
     }
 }
+
+impl Replicated {
+    /// The timestamp a serializable read of `range` is served at on this
+    /// replica: what it has applied (no leader involved), or `at` if it has
+    /// applied that far.
+    pub fn local_ts(
+        &self,
+        range: &RangeDescriptor,
+        at: Option<Timestamp>,
+    ) -> Result<Timestamp, ApiError> {
+        let applied = self.group(range)?.applied_ts();
+        match at {
+            None => Ok(applied),
+            Some(t) if t <= applied => Ok(t),
+            Some(t) => Err(unavailable(format!(
+                "this replica has applied range {} only up to {applied}, below {t}; retry or read linearizably",
+                range.id
+            ))),
+        }
+    }
+}

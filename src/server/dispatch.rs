@@ -197,6 +197,8 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::Status => "status",
         RequestV1::PeerPing => "peer_ping",
         RequestV1::Raft(_) => "raft",
+        RequestV1::GetWith { .. } => "get",
+        RequestV1::RangeWith { .. } => "range",
         RequestV1::RegionStatus => "region_status",
         RequestV1::RegionChange(_) => "region_change",
     }
@@ -256,13 +258,44 @@ async fn handle(
     }
 }
 
+/// The v1 forms without a consistency field mean linearizable.
+fn with_default_consistency(req: RequestV1) -> RequestV1 {
+    let consistency = crate::wire::ReadConsistencyV1::Linearizable;
+    match req {
+        RequestV1::Get { key, at } => RequestV1::GetWith {
+            key,
+            at,
+            consistency,
+        },
+        RequestV1::Range {
+            start,
+            end,
+            limit,
+            at,
+        } => RequestV1::RangeWith {
+            start,
+            end,
+            limit,
+            at,
+            consistency,
+        },
+        other => other,
+    }
+}
+
 async fn handle_data(
     req: RequestV1,
     engine: &Engine,
 ) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
-    match req {
-        RequestV1::Get { key, at } => {
-            let r = engine.get(key, at.map(Timestamp)).await?;
+    match with_default_consistency(req) {
+        RequestV1::GetWith {
+            key,
+            at,
+            consistency,
+        } => {
+            let r = engine
+                .get_with(key, at.map(Timestamp), consistency.into())
+                .await?;
             Ok((
                 r.served_at,
                 ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from)),
@@ -288,14 +321,17 @@ async fn handle_data(
                 },
             ))
         }
-        RequestV1::Range {
+        RequestV1::RangeWith {
             start,
             end,
             limit,
             at,
+            consistency,
         } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let r = engine.range(start, end, limit, at.map(Timestamp)).await?;
+            let r = engine
+                .range_with(start, end, limit, at.map(Timestamp), consistency.into())
+                .await?;
             let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
             Ok((
                 r.served_at,
@@ -321,6 +357,10 @@ async fn handle_data(
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
         }
+        RequestV1::Get { .. } | RequestV1::Range { .. } => Err(ApiError::new(
+            ErrorCode::Internal,
+            "unnormalised read reached the data handler",
+        )),
         RequestV1::Status
         | RequestV1::PeerPing
         | RequestV1::Raft(_)

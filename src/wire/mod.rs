@@ -82,6 +82,55 @@ pub enum RequestV1 {
     /// Change a range group's voters (admin certificates only); sent to the
     /// range's leader (others answer NotLeader).
     RegionChange(RegionChangeV1),
+    /// `Get` with a chosen read consistency.
+    GetWith {
+        /// The key.
+        key: Vec<u8>,
+        /// Snapshot timestamp; `None` = latest.
+        at: Option<u64>,
+        /// Read consistency.
+        consistency: ReadConsistencyV1,
+    },
+    /// `Range` with a chosen read consistency.
+    RangeWith {
+        /// First key (inclusive).
+        start: Vec<u8>,
+        /// End key (exclusive).
+        end: Option<Vec<u8>>,
+        /// Page size; 0 = default.
+        limit: u32,
+        /// Snapshot timestamp; `None` = latest.
+        at: Option<u64>,
+        /// Read consistency.
+        consistency: ReadConsistencyV1,
+    },
+}
+
+/// Read consistency, version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistencyV1 {
+    /// At the range's leader, after confirming leadership.
+    Linearizable,
+    /// At whichever replica receives it, from what it has applied.
+    Serializable,
+}
+
+impl From<ReadConsistencyV1> for crate::types::ReadConsistency {
+    fn from(c: ReadConsistencyV1) -> Self {
+        match c {
+            ReadConsistencyV1::Linearizable => crate::types::ReadConsistency::Linearizable,
+            ReadConsistencyV1::Serializable => crate::types::ReadConsistency::Serializable,
+        }
+    }
+}
+
+impl From<crate::types::ReadConsistency> for ReadConsistencyV1 {
+    fn from(c: crate::types::ReadConsistency) -> Self {
+        match c {
+            crate::types::ReadConsistency::Linearizable => ReadConsistencyV1::Linearizable,
+            crate::types::ReadConsistency::Serializable => ReadConsistencyV1::Serializable,
+        }
+    }
 }
 
 /// A membership change of one range group, version 1.
