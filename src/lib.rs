@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error_code;
 pub mod gateway;
 pub mod limits;
+pub mod membership;
 pub mod raft;
 pub mod server;
 pub mod storage;
