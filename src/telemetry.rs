@@ -27,6 +27,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
             describe_metrics();
+            crate::membership::describe_metrics();
             handle
         })
         .clone()

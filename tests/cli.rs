@@ -193,6 +193,10 @@ fn dev_starts_a_three_node_region_runs_the_demo_and_stops_every_node() {
     assert!(text.contains("\"hello from meridian\""), "{text}");
     assert!(text.contains("succeeded=true"));
     assert!(text.contains("succeeded=false"));
+    assert!(
+        text.contains("node1 alive, node2 alive, node3 alive"),
+        "gossip must show every node alive: {text}"
+    );
     let env = std::fs::read_to_string(dir.path().join("meridian-dev/env")).unwrap();
     assert_eq!(env.matches("127.0.0.1:").count(), 3, "{env}");
     assert!(env.contains("MERIDIAN_CERT="));

@@ -533,3 +533,39 @@ async fn garbage_collection_removes_shadowed_versions_in_the_background() {
     c.close().await;
     node.stop().await;
 }
+
+#[tokio::test]
+async fn gossip_view_is_served_over_quic_and_http() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("cluster.key");
+    meridian::membership::generate_cluster_key(&key, false).unwrap();
+    let node = TestNode::start_with(|cfg| {
+        cfg.gossip = Some(meridian::config::gossip::GossipConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            seeds: vec![],
+            cluster_key: key.clone(),
+            timers: meridian::membership::GossipTimers::for_max_rtt(Duration::from_millis(10)),
+        });
+    })
+    .await;
+    let c = node.client().await;
+    let members = bounded(c.members()).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].node_id, "node1");
+    assert_eq!(members[0].state, "alive");
+    assert!(members[0].generation >= 1);
+    // The same over the HTTP gateway.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(node.http_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /v1/members HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    bounded(tcp.read_to_string(&mut body)).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\"state\":\"alive\""), "{body}");
+    c.close().await;
+    node.stop().await;
+}

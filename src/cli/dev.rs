@@ -30,8 +30,15 @@ const MAX_DEV_NODES: usize = 15;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// Worst round trip between any two nodes, ms (sizes the gossip timers).
+    #[serde(default = "default_rtt")]
+    pub max_rtt_ms: u64,
     /// Regions; `meridian dev` runs the first (multi-region comes with replication).
     pub regions: Vec<TopologyRegion>,
+}
+
+fn default_rtt() -> u64 {
+    300
 }
 
 /// A region of a topology.
@@ -59,6 +66,8 @@ pub struct TopologyNode {
     pub quic_port: u16,
     /// Loopback HTTP port.
     pub http_port: u16,
+    /// Loopback UDP port for gossip.
+    pub gossip_port: u16,
 }
 
 /// `meridian dev` arguments.
@@ -119,10 +128,11 @@ impl Drop for ChildNode {
 
 fn write_node_config(
     dir: &Path,
-    region: &TopologyRegion,
+    topo: &Topology,
     idx: usize,
     offset: u16,
 ) -> anyhow::Result<PathBuf> {
+    let region = &topo.regions[0];
     let node = &region.nodes[idx];
     let port = |p: u16| p.checked_add(offset).context("port offset overflows");
     let mut text = format!(
@@ -147,6 +157,19 @@ fn write_node_config(
             .collect::<Vec<_>>()
             .join(", "),
     );
+    let seeds = region
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != idx)
+        .map(|(_, n)| port(n.gossip_port).map(|p| format!("\"127.0.0.1:{p}\"")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    text.push_str(&format!(
+        "\n[gossip]\nlisten_addr = \"127.0.0.1:{}\"\nseeds = [{}]\ncluster_key = \"certs/cluster.key\"\nmax_rtt_ms = {}\n",
+        port(node.gossip_port)?,
+        seeds.join(", "),
+        topo.max_rtt_ms,
+    ));
     for (i, peer) in region.nodes.iter().enumerate() {
         text.push_str(&format!(
             "\n[[raft.peers]]\nid = {}\nname = \"{}\"\naddr = \"127.0.0.1:{}\"\nzone = \"{}\"\n",
@@ -167,6 +190,10 @@ fn ensure_certs(dir: &Path, region: &TopologyRegion) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     if !dir.join("ca.pem").exists() {
         certs::init_ca(dir, false)?;
+    }
+    let key = dir.join(super::CLUSTER_KEY_FILE);
+    if !key.exists() {
+        crate::membership::generate_cluster_key(&key, false)?;
     }
     let mut wanted: Vec<(Role, &str)> = region
         .nodes
@@ -212,7 +239,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ensure_certs(&certs_dir, region)?;
     let mut nodes = Vec::new();
     for (i, n) in region.nodes.iter().enumerate() {
-        let cfg = write_node_config(&dir, region, i, args.port_offset)?;
+        let cfg = write_node_config(&dir, &topo, i, args.port_offset)?;
         let quic = format!("127.0.0.1:{}", n.quic_port + args.port_offset);
         nodes.push(spawn_node(&dir, &n.name, &cfg, quic)?);
     }

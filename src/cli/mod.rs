@@ -47,6 +47,11 @@ enum Command {
     /// The region's range groups: status and membership changes.
     #[command(subcommand)]
     Region(region::RegionCommand),
+    /// The cluster's members (node, region, zone, state, incarnation, RTT).
+    Members {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Show the node's status.
     Status {
         #[command(flatten)]
@@ -134,6 +139,9 @@ impl ConnArgs {
     }
 }
 
+/// File name of the gossip cluster key, beside the CA.
+pub const CLUSTER_KEY_FILE: &str = "cluster.key";
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -163,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(c) => certs_cmd(c).map(|_| ExitCode::SUCCESS),
         Command::Kv(c) => kv::run(c).await,
         Command::Region(c) => region::run(c).await,
+        Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ExitCode::SUCCESS),
     }
@@ -173,6 +182,9 @@ pub fn ensure_dev_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     if !dir.join("ca.pem").exists() {
         certs::init_ca(dir, false)?;
+    }
+    if !dir.join(CLUSTER_KEY_FILE).exists() {
+        crate::membership::generate_cluster_key(&dir.join(CLUSTER_KEY_FILE), false)?;
     }
     for (role, name) in [
         (Role::Node, "node1"),
@@ -205,6 +217,9 @@ fn certs_cmd(cmd: CertsCommand) -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir)?;
             let paths = certs::init_ca(&dir, force)?;
             println!("created CA {:?} (key {:?})", paths.cert, paths.key);
+            let key = dir.join(CLUSTER_KEY_FILE);
+            crate::membership::generate_cluster_key(&key, force)?;
+            println!("created gossip cluster key {key:?} (copy it to every node, mode 0600)");
         }
         CertsCommand::Issue {
             role,
@@ -265,6 +280,21 @@ async fn dev_demo(client: &Client) -> anyhow::Result<()> {
     );
     let (kvs, _) = client.list_prefix("demo/", 100).await?;
     println!("demo: ls demo/                     -> {} keys", kvs.len());
+    // Gossip: wait (bounded) until every node is seen alive, then show them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let members = client.members().await?;
+        let alive = members.iter().filter(|m| m.state == "alive").count();
+        if alive >= 3 || std::time::Instant::now() > deadline {
+            let list: Vec<String> = members
+                .iter()
+                .map(|m| format!("{} {}", m.node_id, m.state))
+                .collect();
+            println!("demo: members (gossip)             -> {}", list.join(", "));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 

@@ -180,3 +180,39 @@ pub(crate) async fn run(cmd: RegionCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub(crate) async fn members(conn: &ConnArgs) -> anyhow::Result<ExitCode> {
+    let client = conn.connect().await?;
+    let all = client.members().await?;
+    client.close().await;
+    if conn.json {
+        let items: Vec<_> = all
+            .iter()
+            .map(|m| {
+                json!({
+                    "node": m.node_id, "region": m.region, "zone": m.zone, "addr": m.peer_addr,
+                    "state": m.state, "generation": m.generation, "rejoin": m.rejoin,
+                    "refutation": m.refutation,
+                    "rtt_ms": m.rtt_us.map(|us| us as f64 / 1000.0),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "members": items }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<12} {:<10} {:<8} {:<8} {:>12} {:>9}",
+        "node", "region", "zone", "state", "incarnation", "rtt_ms"
+    );
+    for m in &all {
+        let inc = format!("{}.{}.{}", m.generation, m.rejoin, m.refutation);
+        let rtt = m
+            .rtt_us
+            .map_or("-".to_string(), |us| format!("{:.2}", us as f64 / 1000.0));
+        println!(
+            "{:<12} {:<10} {:<8} {:<8} {:>12} {:>9}",
+            m.node_id, m.region, m.zone, m.state, inc, rtt
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

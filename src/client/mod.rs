@@ -577,6 +577,14 @@ impl Client {
         }
     }
 
+    /// The cluster's members as the connected node's gossip sees them.
+    pub async fn members(&self) -> Result<Vec<crate::wire::MemberV1>, ClientError> {
+        match self.call(&RequestV1::Members).await? {
+            (_, ResponseBodyV1::Members(m)) => Ok(m),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
     /// A peer liveness probe; only node certificates may send it.
     pub async fn peer_ping(&self) -> Result<Timestamp, ClientError> {
         match self.call(&RequestV1::PeerPing).await? {

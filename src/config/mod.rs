@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
+pub mod gossip;
 pub mod raft;
 
 use crate::storage::FsyncPolicy;
@@ -250,6 +251,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[raft]`
     pub raft: raft::RawRaft,
+    /// `[gossip]`
+    pub gossip: gossip::RawGossip,
 }
 
 /// Log output format.
@@ -337,6 +340,8 @@ pub struct NodeConfig {
     pub log_level: String,
     /// The node's Raft region membership; `None` = single node without Raft.
     pub raft: Option<RaftConfig>,
+    /// Gossip membership; `None` = off.
+    pub gossip: Option<gossip::GossipConfig>,
 }
 
 /// Loads `path` (if given) plus `MERIDIAN_<SECTION>__<FIELD>` overrides, without validating.
@@ -468,6 +473,7 @@ impl RawConfig {
             check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
         let limits = self.limits.validate()?;
         let raft = self.raft.validate(&self.node.region)?;
+        let gossip = self.gossip.validate(base)?;
         let log_format = match self.log.format.as_str() {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -497,6 +503,7 @@ impl RawConfig {
             log_format,
             log_level: self.log.level,
             raft,
+            gossip,
         })
     }
 }

@@ -627,3 +627,33 @@ mod tests {
         assert_eq!((bin.value, bin.value_b64.as_deref()), (None, Some("/w==")));
     }
 }
+
+/// One member in `GET /v1/members`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MemberJson {
+    /// Node name.
+    pub node: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// QUIC address.
+    pub addr: String,
+    /// alive, suspect, down or left.
+    pub state: String,
+    /// Process generation.
+    pub generation: u64,
+    /// Rejoins after a false Down.
+    pub rejoin: u32,
+    /// SWIM incarnation.
+    pub refutation: u16,
+    /// Smoothed RTT measured by this node, ms.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Reply of `GET /v1/members`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MembersResponse {
+    /// Every member this node's gossip knows, itself included.
+    pub members: Vec<MemberJson>,
+}

@@ -15,8 +15,8 @@ use axum::Json;
 
 use super::dto::{
     encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, PutResponse, RangeQuery,
-    RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+    HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, MemberJson, MembersResponse,
+    PutResponse, RangeQuery, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
 use super::{observe, GatewayState};
@@ -330,6 +330,39 @@ pub(crate) async fn not_found(State(state): State<GatewayState>, uri: axum::http
 pub(crate) async fn method_not_allowed(State(state): State<GatewayState>) -> Response {
     observe(&state, "method_not_allowed", async {
         Err(GatewayError::MethodNotAllowed)
+    })
+    .await
+}
+
+/// `GET /v1/members`: the gossip view of this node.
+#[utoipa::path(get, path = "/v1/members", tag = "node",
+    responses(
+        (status = 200, description = "Members as this node's gossip sees them", body = MembersResponse),
+        (status = 400, description = "Gossip is not configured on this node (MER-1007)", body = ErrorBody),
+    ))]
+pub(crate) async fn members(State(state): State<GatewayState>) -> Response {
+    observe(&state, "members", async {
+        let m = state.membership.as_ref().ok_or_else(|| {
+            GatewayError::api(
+                ErrorCode::InvalidArgument,
+                "gossip is not configured on this node ([gossip])",
+            )
+        })?;
+        let members = crate::server::members_v1(m)
+            .into_iter()
+            .map(|m| MemberJson {
+                node: m.node_id,
+                region: m.region,
+                zone: m.zone,
+                addr: m.peer_addr,
+                state: m.state,
+                generation: m.generation,
+                rejoin: m.rejoin,
+                refutation: m.refutation,
+                rtt_ms: m.rtt_us.map(|us| us as f64 / 1000.0),
+            })
+            .collect();
+        Ok(Json(MembersResponse { members }).into_response())
     })
     .await
 }

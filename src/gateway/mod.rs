@@ -74,6 +74,8 @@ pub struct GatewayState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Start time, for uptime.
     pub started: Instant,
+    /// Gossip membership, when configured (for `/v1/members`).
+    pub membership: Option<crate::membership::Membership>,
 }
 
 /// Serves the gateway on `listener` until the task is aborted.
@@ -114,6 +116,7 @@ fn router(state: GatewayState) -> Router {
         .route("/v1/history/", get(h::empty_key_route))
         .route("/v1/history/{*key}", get(h::history))
         .route("/v1/status", get(h::status))
+        .route("/v1/members", get(h::members))
         .route("/health", get(h::health))
         .route("/ready", get(h::ready))
         .route("/metrics", get(h::metrics))

@@ -6,8 +6,8 @@ use utoipa::OpenApi;
 
 use super::dto::{
     CompareJson, CompareOpJson, DeleteOpJson, DeleteResponse, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryResponse, KvItem, OpJson, PutOpJson, PutResponse, RangeResponse,
-    RawValue, StatusResponse, TxnRequest, TxnResponse,
+    HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse, OpJson, PutOpJson,
+    PutResponse, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
@@ -27,6 +27,7 @@ use super::handlers;
         handlers::txn,
         handlers::history,
         handlers::status,
+        handlers::members,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -35,7 +36,7 @@ use super::handlers;
     components(schemas(
         ErrorBody, ErrorDetail, RawValue, GetResponse, PutResponse, DeleteResponse, KvItem, RangeResponse, TxnRequest,
         CompareJson, CompareOpJson, OpJson, PutOpJson, DeleteOpJson, TxnResponse, HistoryEntryJson,
-        HistoryResponse, StatusResponse, HealthResponse,
+        HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
     )),
     tags(
         (name = "kv", description = "Keys, values, transactions and history"),

@@ -36,6 +36,8 @@ pub(crate) struct Context {
     pub(crate) rate_limit_rps: Option<u32>,
     /// The node's Raft groups, when it is part of a replicated region.
     pub(crate) raft: Option<Arc<crate::raft::RaftHost>>,
+    /// Gossip membership, when configured.
+    pub(crate) membership: Option<crate::membership::Membership>,
 }
 
 /// A per-connection token bucket (only when `rate_limit_rps` is set).
@@ -198,6 +200,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::PeerPing => "peer_ping",
         RequestV1::Raft(_) => "raft",
         RequestV1::GetWith { .. } => "get",
+        RequestV1::Members => "members",
         RequestV1::RangeWith { .. } => "range",
         RequestV1::RegionStatus => "region_status",
         RequestV1::RegionChange(_) => "region_change",
@@ -230,6 +233,15 @@ async fn handle(
             })?;
             let reply = host.handle_rpc(rpc).await?;
             Ok((engine.closed_ts(), ResponseBodyV1::Raft(reply)))
+        }
+        RequestV1::Members => {
+            let m = ctx.membership.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "gossip is not configured on this node ([gossip])",
+                )
+            })?;
+            Ok((engine.closed_ts(), ResponseBodyV1::Members(members_v1(m))))
         }
         RequestV1::RegionStatus => {
             let host = ctx.raft.as_ref().ok_or_else(no_region)?;
@@ -365,11 +377,40 @@ async fn handle_data(
         | RequestV1::PeerPing
         | RequestV1::Raft(_)
         | RequestV1::RegionStatus
+        | RequestV1::Members
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",
         )),
     }
+}
+
+/// The gossip view as wire records, sorted by region then node.
+pub(crate) fn members_v1(m: &crate::membership::Membership) -> Vec<crate::wire::MemberV1> {
+    use crate::membership::MemberState;
+    let mut out: Vec<_> = m
+        .members()
+        .into_iter()
+        .map(|v| crate::wire::MemberV1 {
+            node_id: v.identity.node_id,
+            region: v.identity.region,
+            zone: v.identity.zone,
+            peer_addr: v.identity.peer_addr.to_string(),
+            state: match v.state {
+                MemberState::Alive => "alive",
+                MemberState::Suspect => "suspect",
+                MemberState::Down => "down",
+                MemberState::Left => "left",
+            }
+            .to_string(),
+            generation: v.incarnation.generation,
+            rejoin: v.incarnation.rejoin,
+            refutation: v.incarnation.refutation,
+            rtt_us: v.rtt_ms.map(|ms| (ms * 1000.0).round() as u64),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.region, &a.node_id).cmp(&(&b.region, &b.node_id)));
+    out
 }
 
 fn no_region() -> ApiError {

@@ -28,6 +28,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::storage::{MvccStore, StoreOptions};
 use crate::transport::{self, EndpointLimits, TlsFiles};
 
+pub(crate) use dispatch::members_v1;
 pub use dispatch::NodeInfo;
 
 /// Why a node could not start.
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The node's Raft groups could not start.
     #[error("raft: {0}")]
     Raft(#[from] crate::raft::host::HostError),
+    /// Gossip membership could not start.
+    #[error("gossip: {0}")]
+    Gossip(String),
     /// The HTTP gateway could not bind.
     #[error("http gateway on {addr}: {source}")]
     Http {
@@ -62,6 +66,7 @@ pub enum StartError {
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     engine: Arc<Engine>,
+    membership: Option<crate::membership::Membership>,
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
@@ -108,6 +113,10 @@ impl Node {
         let quic_addr = endpoint
             .local_addr()
             .map_err(|e| StartError::Transport(crate::transport::TransportError::Io(e)))?;
+        let membership = match &cfg.gossip {
+            None => None,
+            Some(g) => Some(start_membership(&cfg, g, quic_addr, &store).await?),
+        };
         let raft = match &cfg.raft {
             None => None,
             Some(rc) => Some(region::start_groups(rc, &endpoint, &store, &hlc).await?),
@@ -135,6 +144,7 @@ impl Node {
             max_request_bytes: cfg.limits.max_request_bytes,
             rate_limit_rps: cfg.rate_limit_rps,
             raft: raft.as_ref().map(|(host, _)| host.clone()),
+            membership: membership.clone(),
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
@@ -155,6 +165,7 @@ impl Node {
                     info: info.clone(),
                     metrics,
                     started: Instant::now(),
+                    membership: membership.clone(),
                 };
                 let task = tokio::spawn(crate::gateway::serve(listener, state));
                 (Some(bound), Some(task))
@@ -163,6 +174,7 @@ impl Node {
         tracing::info!(node = %cfg.node_id, region = %cfg.region, %quic_addr, ?http_addr, "node started");
         Ok(Node {
             engine,
+            membership,
             endpoint,
             quic_addr,
             http_addr,
@@ -194,6 +206,10 @@ impl Node {
         if let Some(t) = self.http_task {
             t.abort();
         }
+        if let Some(m) = self.membership {
+            // Leave gracefully so peers see Left at once, not Down after a timeout.
+            m.leave().await;
+        }
         if let Some(r) = self.engine.replicated() {
             r.host().shutdown().await;
         }
@@ -204,6 +220,47 @@ impl Node {
         tracing::info!("node stopped");
     }
 }
+
+/// Starts gossip: the identity carries a generation persisted (and bumped)
+/// at every start, so a restarted node rejoins as itself with a higher one.
+async fn start_membership(
+    cfg: &NodeConfig,
+    g: &crate::config::gossip::GossipConfig,
+    quic_addr: SocketAddr,
+    store: &MvccStore,
+) -> Result<crate::membership::Membership, StartError> {
+    use crate::membership::{load_cluster_key, Membership, MembershipConfig, NodeIdentity};
+    let gossip_err = |e: String| StartError::Gossip(e);
+    let cluster_key = load_cluster_key(&g.cluster_key).map_err(|e| gossip_err(e.to_string()))?;
+    let previous = store
+        .meta_get(GENERATION_META_KEY)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let generation = previous + 1;
+    store.meta_put_durable(GENERATION_META_KEY, &generation.to_be_bytes())?;
+    let identity = NodeIdentity {
+        node_id: cfg.node_id.clone(),
+        region: cfg.region.clone(),
+        zone: cfg.zone.clone(),
+        peer_addr: quic_addr,
+        client_addr: quic_addr,
+        gossip_addr: g.listen_addr,
+        generation,
+    };
+    let mcfg = MembershipConfig {
+        identity,
+        bind: g.listen_addr,
+        seeds: g.seeds.clone(),
+        cluster_key,
+        timers: g.timers.clone(),
+    };
+    Membership::start(mcfg)
+        .await
+        .map_err(|e| gossip_err(e.to_string()))
+}
+
+/// Store metadata holding the gossip generation of the last start.
+const GENERATION_META_KEY: &str = "gossip_generation";
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,

@@ -91,6 +91,8 @@ pub enum RequestV1 {
         /// Read consistency.
         consistency: ReadConsistencyV1,
     },
+    /// The cluster's members as this node's gossip sees them (any role).
+    Members,
     /// `Range` with a chosen read consistency.
     RangeWith {
         /// First key (inclusive).
@@ -104,6 +106,29 @@ pub enum RequestV1 {
         /// Read consistency.
         consistency: ReadConsistencyV1,
     },
+}
+
+/// A cluster member as gossip sees it, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberV1 {
+    /// Node name.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// QUIC address.
+    pub peer_addr: String,
+    /// Liveness: alive, suspect, down or left.
+    pub state: String,
+    /// Process generation (grows with every restart).
+    pub generation: u64,
+    /// Rejoins of this generation after a false Down.
+    pub rejoin: u32,
+    /// SWIM incarnation (refuted suspicions).
+    pub refutation: u16,
+    /// Smoothed RTT measured by the answering node, in microseconds.
+    pub rtt_us: Option<u64>,
 }
 
 /// Read consistency, version 1.
@@ -364,6 +389,8 @@ pub enum ResponseBodyV1 {
     Raft(Vec<u8>),
     /// Region status.
     RegionStatus(Vec<RangeStatusV1>),
+    /// Cluster members.
+    Members(Vec<MemberV1>),
     /// A membership change committed; the range's voters now.
     RegionChanged {
         /// Range id.
