@@ -197,6 +197,16 @@ fn dev_starts_a_three_node_region_runs_the_demo_and_stops_every_node() {
         text.contains("node1 alive, node2 alive, node3 alive"),
         "gossip must show every node alive: {text}"
     );
+    let leaders = text
+        .lines()
+        .find(|l| l.starts_with("demo: range leaders (gossip)"))
+        .unwrap();
+    for range in 1..=5 {
+        assert!(
+            leaders.contains(&format!("range {range} node")),
+            "every range's leader is gossiped: {leaders}"
+        );
+    }
     let env = std::fs::read_to_string(dir.path().join("meridian-dev/env")).unwrap();
     assert_eq!(env.matches("127.0.0.1:").count(), 3, "{env}");
     assert!(env.contains("MERIDIAN_CERT="));

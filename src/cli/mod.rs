@@ -295,6 +295,21 @@ async fn dev_demo(client: &Client) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Range leaders gossiped by the Raft groups (one per range of the region).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let ranges = client.region_status().await?.len();
+    loop {
+        let hints = client.leader_hints().await?;
+        if hints.len() >= ranges || std::time::Instant::now() > deadline {
+            let list: Vec<String> = hints
+                .iter()
+                .map(|h| format!("range {} {}", h.range, h.leader))
+                .collect();
+            println!("demo: range leaders (gossip)       -> {}", list.join(", "));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 

@@ -585,6 +585,14 @@ impl Client {
         }
     }
 
+    /// Range-leader hints the connected node heard through gossip.
+    pub async fn leader_hints(&self) -> Result<Vec<crate::wire::LeaderHintV1>, ClientError> {
+        match self.call(&RequestV1::LeaderHints).await? {
+            (_, ResponseBodyV1::LeaderHints(h)) => Ok(h),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
     /// A peer liveness probe; only node certificates may send it.
     pub async fn peer_ping(&self) -> Result<Timestamp, ClientError> {
         match self.call(&RequestV1::PeerPing).await? {

@@ -304,17 +304,32 @@ impl RaftHost {
     }
 
     /// Publishes each group's Raft metrics as Prometheus gauges until the
-    /// group stops (one watcher task per group).
-    pub fn spawn_metrics(&self) {
+    /// group stops (one watcher task per group), and, with `hints`
+    /// (membership and this node's name), gossips a range-leader hint
+    /// whenever this node becomes a range's leader in a new term.
+    pub fn spawn_metrics(&self, hints: Option<(crate::membership::Membership, String)>) {
         use openraft::async_runtime::WatchReceiver;
         for g in self.groups() {
             let mut rx = g.raft.metrics();
             let range = g.desc.id.to_string();
             let me = self.node_id;
+            let hints = hints.clone();
+            let range_id = g.desc.id;
             tokio::spawn(async move {
+                let mut hinted_term = None;
                 loop {
                     {
                         let m = rx.borrow_watched();
+                        if let Some((membership, name)) = &hints {
+                            if m.current_leader == Some(me) && hinted_term != Some(m.current_term) {
+                                hinted_term = Some(m.current_term);
+                                if let Err(e) =
+                                    membership.publish_leader_hint(range_id, name, m.current_term)
+                                {
+                                    tracing::warn!(range = range_id, error = %e, "cannot gossip the leader hint");
+                                }
+                            }
+                        }
                         let labels = [("range", range.clone())];
                         let leader = f64::from(u8::from(m.current_leader == Some(me)));
                         metrics::gauge!("meridian_raft_is_leader", &labels).set(leader);

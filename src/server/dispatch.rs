@@ -201,6 +201,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::Raft(_) => "raft",
         RequestV1::GetWith { .. } => "get",
         RequestV1::Members => "members",
+        RequestV1::LeaderHints => "leader_hints",
         RequestV1::RangeWith { .. } => "range",
         RequestV1::RegionStatus => "region_status",
         RequestV1::RegionChange(_) => "region_change",
@@ -242,6 +243,25 @@ async fn handle(
                 )
             })?;
             Ok((engine.closed_ts(), ResponseBodyV1::Members(members_v1(m))))
+        }
+        RequestV1::LeaderHints => {
+            let m = ctx.membership.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "gossip is not configured on this node ([gossip])",
+                )
+            })?;
+            let hints = m
+                .leader_hints()
+                .into_values()
+                .map(|h| crate::wire::LeaderHintV1 {
+                    range: h.range,
+                    region: h.region,
+                    leader: h.leader_node,
+                    term: h.term,
+                })
+                .collect();
+            Ok((engine.closed_ts(), ResponseBodyV1::LeaderHints(hints)))
         }
         RequestV1::RegionStatus => {
             let host = ctx.raft.as_ref().ok_or_else(no_region)?;
@@ -378,6 +398,7 @@ async fn handle_data(
         | RequestV1::Raft(_)
         | RequestV1::RegionStatus
         | RequestV1::Members
+        | RequestV1::LeaderHints
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",

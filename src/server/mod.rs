@@ -119,7 +119,10 @@ impl Node {
         };
         let raft = match &cfg.raft {
             None => None,
-            Some(rc) => Some(region::start_groups(rc, &endpoint, &store, &hlc).await?),
+            Some(rc) => {
+                let hints = membership.clone().map(|m| (m, cfg.node_id.clone()));
+                Some(region::start_groups(rc, &endpoint, &store, &hlc, hints).await?)
+            }
         };
         let replicated = raft.as_ref().map(|(host, rc)| region::routing(host, rc));
         let engine = Arc::new(Engine::start(

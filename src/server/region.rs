@@ -17,6 +17,7 @@ pub(crate) async fn start_groups(
     endpoint: &quinn::Endpoint,
     store: &MvccStore,
     hlc: &Arc<Hlc>,
+    hints: Option<(crate::membership::Membership, String)>,
 ) -> Result<(Arc<RaftHost>, RaftConfig), HostError> {
     let host = RaftHost::new(
         rc.node_id,
@@ -31,7 +32,7 @@ pub(crate) async fn start_groups(
     for range in &rc.ranges {
         host.open_range(range.clone()).await?;
     }
-    host.spawn_metrics();
+    host.spawn_metrics(hints);
     Ok((Arc::new(host), rc.clone()))
 }
 

@@ -93,6 +93,8 @@ pub enum RequestV1 {
     },
     /// The cluster's members as this node's gossip sees them (any role).
     Members,
+    /// Range-leader hints this node has heard through gossip (any role).
+    LeaderHints,
     /// `Range` with a chosen read consistency.
     RangeWith {
         /// First key (inclusive).
@@ -129,6 +131,19 @@ pub struct MemberV1 {
     pub refutation: u16,
     /// Smoothed RTT measured by the answering node, in microseconds.
     pub rtt_us: Option<u64>,
+}
+
+/// A range-leader hint heard through gossip, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHintV1 {
+    /// Range id.
+    pub range: u64,
+    /// Region whose group it is.
+    pub region: String,
+    /// Leader's node name.
+    pub leader: String,
+    /// Raft term of that leadership.
+    pub term: u64,
 }
 
 /// Read consistency, version 1.
@@ -391,6 +406,8 @@ pub enum ResponseBodyV1 {
     RegionStatus(Vec<RangeStatusV1>),
     /// Cluster members.
     Members(Vec<MemberV1>),
+    /// Range-leader hints.
+    LeaderHints(Vec<LeaderHintV1>),
     /// A membership change committed; the range's voters now.
     RegionChanged {
         /// Range id.
