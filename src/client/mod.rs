@@ -28,6 +28,11 @@ use crate::transport::{self, EndpointLimits, TlsFiles};
 use crate::types::{KeyValue, ReadConsistency, Timestamp, Txn, VersionEntry};
 use crate::wire::{self, RequestV1, ResponseBodyV1, ResponseV1, StatusV1};
 
+/// Client-side QUIC idle timeout: a node silent this long is considered gone.
+pub const CLIENT_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// Client keep-alive interval (keeps live connections from idling out).
+pub const CLIENT_KEEP_ALIVE_MS: u64 = 1_000;
+
 /// Default request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default endpoint: the single-node `meridian serve` default.
@@ -212,7 +217,15 @@ impl Client {
         if cfg.endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));
         }
-        let endpoint = transport::client_endpoint(&cfg.tls, &EndpointLimits::default())
+        // A short idle timeout with frequent keep-alives lets the client
+        // notice a dead node (kill -9, lost host) within seconds and move on
+        // to the next endpoint, instead of waiting out a 30 s idle timeout.
+        let limits = EndpointLimits {
+            idle_timeout_ms: CLIENT_IDLE_TIMEOUT_MS,
+            keep_alive_ms: CLIENT_KEEP_ALIVE_MS,
+            ..EndpointLimits::default()
+        };
+        let endpoint = transport::client_endpoint(&cfg.tls, &limits)
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let client = Client {
             endpoint,
