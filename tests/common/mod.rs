@@ -2,6 +2,8 @@
 //! with its own temporary data directory and development certificates.
 #![allow(dead_code)]
 
+pub mod dev;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

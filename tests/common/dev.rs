@@ -1,0 +1,155 @@
+//! A `meridian dev` cluster (three `meridian serve` processes) for tests,
+//! stopped with SIGTERM on drop (SIGKILL after a bounded wait), and node
+//! processes the test restarts itself, killed on drop.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use meridian::client::{parse_endpoints, ClientConfig};
+use meridian::transport::TlsFiles;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+const START_BOUND: Duration = Duration::from_secs(60);
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `meridian dev`.
+pub struct DevCluster {
+    pub dir: tempfile::TempDir,
+    /// Node name -> pid of the process `meridian dev` started.
+    pub pids: HashMap<String, u32>,
+    dev: Child,
+    /// Nodes the test restarted itself.
+    restarted: Vec<Child>,
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for c in self.restarted.iter_mut() {
+            terminate(c);
+        }
+        terminate(&mut self.dev);
+    }
+}
+
+fn free_offset() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    (port.saturating_sub(7379) / 10) * 10
+}
+
+impl DevCluster {
+    /// Starts `meridian dev` and waits (bounded) until it serves.
+    pub fn start() -> DevCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let offset = free_offset().to_string();
+        let mut dev = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["dev", "--port-offset", &offset])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = dev.stdout.take().unwrap();
+        let mut cluster = DevCluster {
+            dir,
+            pids: HashMap::new(),
+            dev,
+            restarted: Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("meridian dev did not come up");
+            let Some(rest) = line.strip_prefix("meridian dev: ") else {
+                continue;
+            };
+            if let (Some(name), Some(pid)) =
+                (rest.split_whitespace().next(), rest.split(" pid ").nth(1))
+            {
+                if let Some(pid) = pid.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                    cluster.pids.insert(name.to_string(), pid);
+                }
+            }
+            if rest.starts_with("serving until Ctrl-C") {
+                return cluster;
+            }
+        }
+    }
+
+    fn env_var(&self, name: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.path().join("meridian-dev/env")).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap()
+            .to_string()
+    }
+
+    /// A client config reaching every node.
+    pub fn client_config(&self, timeout: Duration) -> ClientConfig {
+        ClientConfig {
+            endpoints: parse_endpoints(&self.env_var("MERIDIAN_ENDPOINTS")).unwrap(),
+            tls: TlsFiles {
+                ca: self.env_var("MERIDIAN_CA").into(),
+                cert: self.env_var("MERIDIAN_CERT").into(),
+                key: self.env_var("MERIDIAN_KEY").into(),
+            },
+            request_timeout: timeout,
+        }
+    }
+
+    /// SIGKILLs node `name`'s current process.
+    pub fn kill9(&mut self, name: &str) {
+        let pid = self.pids[name];
+        assert!(Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+        // Reap it if it is one of ours (the dev process reaps its own).
+        for c in self.restarted.iter_mut().filter(|c| c.id() == pid) {
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `name` again from its config (same data directory).
+    pub fn restart(&mut self, name: &str) {
+        let dir: PathBuf = self.dir.path().join("meridian-dev");
+        let child = Command::new(BIN)
+            .current_dir(&dir)
+            .args(["serve", "--config", &format!("{name}.toml")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.pids.insert(name.to_string(), child.id());
+        self.restarted.push(child);
+    }
+}
