@@ -14,6 +14,12 @@ use meridian::client::Client;
 
 const BOUND: Duration = Duration::from_secs(60);
 
+/// `name` as the gossip of whichever node answers sees it (None on errors).
+async fn member(client: &Client, name: &str) -> Option<meridian::wire::MemberV1> {
+    let members = client.members().await.ok()?;
+    members.into_iter().find(|m| m.node_id == name)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
     let mut cluster = DevCluster::start();
@@ -77,7 +83,38 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
         range.range,
         resumed - killed_at
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Gossip declares the SIGKILLed node down (bounded wait; time printed).
+    let generation_before = member(&client, &victim).await.map(|m| m.generation);
+    let down_after = loop {
+        if member(&client, &victim)
+            .await
+            .is_some_and(|m| m.state == "down")
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < BOUND,
+            "gossip never declared {victim} down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("gossip declared {victim} down {down_after:?} after SIGKILL");
+    // Restarted, it rejoins as itself with a higher generation, alive again.
+    cluster.restart(&victim);
+    let rejoined = loop {
+        if let Some(m) = member(&client, &victim)
+            .await
+            .filter(|m| m.state == "alive")
+        {
+            break m;
+        }
+        assert!(killed_at.elapsed() < 2 * BOUND, "{victim} never rejoined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        Some(rejoined.generation) > generation_before,
+        "{rejoined:?} vs {generation_before:?}"
+    );
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         tokio::time::timeout(BOUND, w).await.unwrap().unwrap();

@@ -72,7 +72,9 @@ impl SequentialSpec for CasRegister {
 
 type Testers = Mutex<BTreeMap<usize, LinearizabilityTester<u64, CasRegister>>>;
 
-const KEYS: usize = 3;
+const KEYS: usize = 8;
+/// Stack for the checker thread (it recurses once per operation of a key).
+const CHECKER_STACK_BYTES: usize = 1 << 30;
 
 fn key(k: usize) -> String {
     format!("lin/k{k}")
@@ -211,7 +213,7 @@ async fn history_under_leader_kills_is_linearizable() {
             }
         }
         let status = status.expect("no node answered region status");
-        // lin/ keys live in the range after "locks0".
+        // lin/ keys live in the last range (after "locks0").
         let range = status.iter().find(|s| s.end.is_none()).unwrap();
         let Some(leader) = range.leader else { continue };
         let victim = format!("node{leader}");
@@ -220,7 +222,8 @@ async fn history_under_leader_kills_is_linearizable() {
             range.range
         );
         cluster.kill9(&victim);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Stay down past an election timeout, so another node takes over.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         cluster.restart(&victim);
     }
     tokio::time::sleep(between).await;
@@ -238,17 +241,28 @@ async fn history_under_leader_kills_is_linearizable() {
         done > 50,
         "too few operations completed to say anything ({done})"
     );
+    // The checker recurses once per operation: give it a deep stack.
+    let testers = std::mem::take(&mut *testers.lock().unwrap());
     let started = Instant::now();
-    let testers = testers.lock().unwrap();
-    for (k, tester) in testers.iter() {
+    let verdicts = std::thread::Builder::new()
+        .stack_size(CHECKER_STACK_BYTES)
+        .spawn(move || {
+            testers
+                .iter()
+                .map(|(k, t)| (*k, t.len(), t.is_consistent()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    for (k, ops, consistent) in &verdicts {
         assert!(
-            tester.is_consistent(),
-            "history of {} is not linearizable ({} operations)",
-            key(*k),
-            tester.len()
+            consistent,
+            "history of {} is not linearizable ({ops} operations)",
+            key(*k)
         );
     }
-    println!("checked {} keys in {:?}", testers.len(), started.elapsed());
+    println!("checked {} keys in {:?}", verdicts.len(), started.elapsed());
     drop(cluster);
 }
 
