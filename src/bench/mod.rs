@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -120,6 +121,9 @@ pub struct RunResult {
     pub p999_us: u64,
     /// Maximum latency, microseconds.
     pub max_us: u64,
+    /// The first error a client saw, if any (so failed runs can be diagnosed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 /// A tiny xorshift generator: the load shape needs speed, not quality.
@@ -173,11 +177,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "system", "op", "clients", "ops", "errors", "ops/s", "p50_us", "p99_us", "p999_us"
     );
     for &workload in &args.workload {
+        for t in targets.iter() {
+            t.settle(&key_name(0))
+                .await
+                .context("finding the leader before the run")?;
+        }
         if matches!(workload, Workload::Get | Workload::Serializable) {
             preload(&targets, args.keys, &value).await?;
         }
         for &clients in &args.clients {
-            let r = run_one(&args, &targets, workload, clients, &value).await?;
+            let r = if workload == Workload::Serializable {
+                // Fresh connections, spread over the endpoints and left where
+                // they start (a serializable read is served by any node), not
+                // the ones that followed redirects to the leader.
+                let fresh = Arc::new(target::connect_all(&args).await?);
+                let r = run_one(&args, &fresh, workload, clients, &value).await;
+                for t in fresh.iter() {
+                    t.close().await;
+                }
+                r?
+            } else {
+                run_one(&args, &targets, workload, clients, &value).await?
+            };
             println!(
                 "{:<9} {:<5} {:>7} {:>10} {:>8} {:>12.0} {:>9} {:>9} {:>9}",
                 format!("{:?}", r.system).to_lowercase(),
@@ -190,6 +211,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 r.p99_us,
                 r.p999_us
             );
+            if let Some(e) = &r.first_error {
+                eprintln!("  {} error(s); the first: {e}", r.errors);
+            }
             if let Some(path) = &args.json_out {
                 use std::io::Write;
                 let mut f = std::fs::OpenOptions::new()
@@ -217,7 +241,9 @@ async fn preload(targets: &Arc<Vec<Target>>, keys: u64, value: &[u8]) -> anyhow:
             let t = &targets[usize::try_from(w).unwrap_or(0) % targets.len()];
             let mut k = w;
             while k < keys {
-                t.put(&key_name(k), &value).await?;
+                t.put(&key_name(k), &value)
+                    .await
+                    .with_context(|| format!("preloading key {k} of {keys}"))?;
                 k += workers;
             }
             anyhow::Ok(())
@@ -252,30 +278,35 @@ async fn run_one(
             let mut hist = new_histogram()?;
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1));
             let mut errors = 0u64;
+            let mut first_error = None;
             while Instant::now() < deadline {
                 let key = key_name(rng.next() % keys);
                 let t0 = Instant::now();
-                let ok = match workload {
-                    Workload::Put => target.put(&key, &value).await.is_ok(),
-                    Workload::Get => target.get(&key).await.is_ok(),
-                    Workload::Serializable => target.get_serializable(&key).await.is_ok(),
+                let result = match workload {
+                    Workload::Put => target.put(&key, &value).await,
+                    Workload::Get => target.get(&key).await,
+                    Workload::Serializable => target.get_serializable(&key).await,
                 };
                 let micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                if ok {
-                    hist.saturating_record(micros.max(1));
-                } else {
-                    errors += 1;
+                match result {
+                    Ok(()) => hist.saturating_record(micros.max(1)),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
-            anyhow::Ok((hist, errors))
+            anyhow::Ok((hist, errors, first_error))
         }));
     }
     let mut hist = new_histogram()?;
     let mut errors = 0;
+    let mut first_error = None;
     for task in tasks {
-        let (h, e) = task.await??;
+        let (h, e, first) = task.await??;
         hist.add(&h)?;
         errors += e;
+        first_error = first_error.or(first);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(RunResult {
@@ -291,6 +322,7 @@ async fn run_one(
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        first_error,
     })
 }
 

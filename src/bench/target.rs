@@ -84,6 +84,19 @@ impl Target {
         Ok(())
     }
 
+    /// Points a Meridian connection at the leader of `key`'s range before
+    /// load starts, with one linearizable get: a connection that starts at a
+    /// follower then follows one redirect, instead of every client on it
+    /// following one at once (the client closes the old connection on a
+    /// redirect, which fails the other requests in flight on it). No-op for etcd.
+    #[allow(irrefutable_let_patterns)] // only Meridian without the etcd feature
+    pub async fn settle(&self, key: &[u8]) -> anyhow::Result<()> {
+        if let Target::Meridian(c) = self {
+            c.get(key).await?;
+        }
+        Ok(())
+    }
+
     /// One serializable get: answered by the node that receives it, from
     /// what it has applied (no leader round trip; possibly stale).
     pub async fn get_serializable(&self, key: &[u8]) -> anyhow::Result<()> {
