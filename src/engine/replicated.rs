@@ -137,8 +137,11 @@ impl Replicated {
             proposed_at: now.0,
             op,
         };
+        let started = std::time::Instant::now();
         let result =
             tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, group.raft.client_write(cmd)).await;
+        metrics::histogram!("meridian_raft_proposal_duration_seconds", "range" => range.id.to_string())
+            .record(started.elapsed().as_secs_f64());
         let reply = match result {
             Err(_) => {
                 return Err(unavailable(
