@@ -285,7 +285,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         eprintln!("meridian dev: {e:#}");
     } else if !args.demo_only {
         println!("meridian dev: serving until Ctrl-C");
-        wait_for_stop_signal().await;
+        crate::server::wait_for_signal().await;
     }
     stop_all(nodes).await;
     result
@@ -325,21 +325,6 @@ async fn wait_ready(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-}
-
-async fn wait_for_stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// SIGTERM every node (they shut down cleanly), then SIGKILL stragglers.

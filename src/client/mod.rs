@@ -384,17 +384,7 @@ impl Client {
         key: &[u8],
         at: Option<Timestamp>,
     ) -> Result<GetResponse, ClientError> {
-        let req = RequestV1::Get {
-            key: key.to_vec(),
-            at: at.map(|t| t.0),
-        };
-        match self.call(&req).await? {
-            (served_at, ResponseBodyV1::Value(kv)) => Ok(GetResponse {
-                kv: kv.map(KeyValue::from),
-                served_at,
-            }),
-            (_, other) => Err(Self::unexpected(other)),
-        }
+        self.get_with(key, at, ReadConsistency::Linearizable).await
     }
 
     /// Reads `key` with a chosen consistency: `Serializable` is answered by
@@ -486,20 +476,8 @@ impl Client {
         limit: u32,
         at: Option<Timestamp>,
     ) -> Result<RangeResponse, ClientError> {
-        let req = RequestV1::Range {
-            start: start.as_ref().to_vec(),
-            end: end.map(<[u8]>::to_vec),
-            limit,
-            at: at.map(|t| t.0),
-        };
-        match self.call(&req).await? {
-            (served_at, ResponseBodyV1::Page { kvs, next }) => Ok(RangeResponse {
-                kvs: kvs.into_iter().map(KeyValue::from).collect(),
-                next,
-                served_at,
-            }),
-            (_, other) => Err(Self::unexpected(other)),
-        }
+        self.range_with(start, end, limit, at, ReadConsistency::Linearizable)
+            .await
     }
 
     /// Every live key starting with `prefix`, following pages on one snapshot,
