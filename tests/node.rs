@@ -268,6 +268,18 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
         }
         c.put("after", "fine").await.unwrap();
         assert_eq!(c.get("after").await.unwrap().kv.unwrap().value, b"fine");
+        // The v1 Get frame (no consistency field) is still served, linearizably.
+        let v1_get = wire::encode_request(&RequestV1::Get {
+            key: b"after".to_vec(),
+            at: None,
+        });
+        match wire::decode_response(&c.exchange(&v1_get).await.unwrap()).unwrap() {
+            ResponseV1::Ok {
+                body: meridian::wire::ResponseBodyV1::Value(Some(kv)),
+                ..
+            } => assert_eq!(kv.value, b"fine"),
+            other => panic!("v1 get answered {other:?}"),
+        }
     })
     .await;
     c.close().await;
