@@ -41,8 +41,9 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) && i < 1_000_000 {
                 let key = format!("config/w{w}/{i}");
+                let sent = Instant::now();
                 if let Ok(r) = client.put(&key, "v").await {
-                    acked.lock().unwrap().push((key, r.version, Instant::now()));
+                    acked.lock().unwrap().push((key, r.version, sent, Instant::now()));
                 }
                 i += 1;
             }
@@ -60,14 +61,17 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
     let killed_at = Instant::now();
     cluster.kill9(&victim);
 
-    // Writes must resume (bounded), then run a little longer.
+    // Writes must resume (bounded), then run a little longer. Only a write
+    // sent after the kill counts: an ack already on its way when the signal
+    // landed says nothing about the new leader.
     let resumed = loop {
         let resumed = acked
             .lock()
             .unwrap()
             .iter()
-            .find(|(_, _, t)| *t > killed_at)
-            .map(|(_, _, t)| *t);
+            .filter(|(_, _, sent, _)| *sent > killed_at)
+            .map(|(_, _, _, t)| *t)
+            .min();
         if let Some(t) = resumed {
             break t;
         }
@@ -121,7 +125,7 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > before, "writes continued after the kill");
-    for (key, version, _) in &acked {
+    for (key, version, _, _) in &acked {
         let got = client.get(key).await.unwrap();
         let kv = got
             .kv

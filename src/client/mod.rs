@@ -10,18 +10,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One QUIC connection per client, one bidirectional stream per request, so
-//! requests are multiplexed without head-of-line blocking. On a broken
-//! connection the client reconnects to the next endpoint. A request is retried
-//! on another endpoint only when it provably never reached a node (the stream
-//! could not be opened); otherwise the error is returned, because a write may
+//! One QUIC connection per node the client talks to, one bidirectional
+//! stream per request, so requests are multiplexed without head-of-line
+//! blocking. Requests that need a range's leader go to the leader the client
+//! has cached for that range (see [`routes`]): a `NotLeader` reply updates the
+//! cache and the request is retried, so a stale cache heals itself. A
+//! request is retried on another node only when it provably never reached
+//! one (no connection, or the stream could not be opened) or was refused
+//! with `NotLeader`; otherwise the error is returned, because a write may
 //! have committed.
 
+pub mod routes;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use tokio::sync::RwLock;
+use routes::Routes;
+pub use routes::{RouteRange, Target};
 
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, EndpointLimits, TlsFiles};
@@ -193,15 +201,21 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct Client {
     endpoint: quinn::Endpoint,
     cfg: ClientConfig,
-    /// The current connection and the address it goes to.
-    conn: RwLock<Option<(SocketAddr, quinn::Connection)>>,
+    /// One QUIC connection per node address, shared by every request to it.
+    pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// The leader cache (see [`routes`]).
+    routes: Mutex<Routes>,
+    /// Serialises learning the range table (one region-status call at a time).
+    learning: tokio::sync::Mutex<()>,
 }
 
-/// Most times one request follows a `NotLeader` reply before giving up
-/// (the request timeout bounds the whole attempt as well).
-const MAX_REDIRECTS: usize = 50;
-/// Pause before retrying when the reply named no leader (an election is on).
-const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
+/// Most times one request is retried (after `NotLeader` or an unreachable
+/// node) before giving up; the request timeout bounds the whole attempt too.
+const MAX_ATTEMPTS: usize = 50;
+/// Pause before retrying when no leader is known (an election is on).
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest a connection attempt to one node may take.
+const DIAL_TIMEOUT: Duration = Duration::from_millis(CLIENT_IDLE_TIMEOUT_MS);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +223,18 @@ impl std::fmt::Debug for Client {
             .field("endpoints", &self.cfg.endpoints)
             .finish()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a request could not be exchanged with one node.
+enum SendFailure {
+    /// The node could not be reached; the request provably was not sent.
+    NotSent(String),
+    /// The request was sent and then the connection broke (outcome unknown).
+    Lost(ClientError),
 }
 
 impl Client {
@@ -229,93 +255,154 @@ impl Client {
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let client = Client {
             endpoint,
+            routes: Mutex::new(Routes::new(cfg.endpoints.clone(), 0)),
             cfg,
-            conn: RwLock::new(None),
+            pool: Mutex::new(HashMap::new()),
+            learning: tokio::sync::Mutex::new(()),
         };
-        client.connection().await?;
-        Ok(client)
+        // Fail fast on bad certificates or no reachable node: find a home.
+        let mut last = String::new();
+        for _ in 0..client.cfg.endpoints.len() {
+            let home = lock(&client.routes).home();
+            match client.connection(home).await {
+                Ok(_) => return Ok(client),
+                Err(e) => {
+                    last = e;
+                    lock(&client.routes).unreachable(home, Instant::now());
+                }
+            }
+        }
+        Err(client.connect_error(last))
     }
 
-    async fn connection(&self) -> Result<quinn::Connection, ClientError> {
-        if let Some((_, c)) = self.conn.read().await.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let mut guard = self.conn.write().await;
-        if let Some((_, c)) = guard.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        // Start after the endpoint that failed, so a dead node is skipped.
-        let eps = &self.cfg.endpoints;
-        let failed = guard
-            .as_ref()
-            .and_then(|(a, _)| eps.iter().position(|e| e == a));
-        let start = failed.map_or(0, |i| i + 1);
-        let mut last = String::new();
-        for k in 0..eps.len() {
-            let addr = eps[(start + k) % eps.len()];
-            match self.dial(addr).await {
-                Ok(c) => {
-                    *guard = Some((addr, c.clone()));
-                    return Ok(c);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(ClientError::Connect {
-            endpoints: eps
+    fn connect_error(&self, last: String) -> ClientError {
+        ClientError::Connect {
+            endpoints: self
+                .cfg
+                .endpoints
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
             last,
-        })
-    }
-
-    async fn dial(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        let attempt = transport::connect(&self.endpoint, addr, None);
-        match tokio::time::timeout(self.cfg.request_timeout, attempt).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(format!("{addr}: {e}")),
-            Err(_) => Err(format!("{addr}: timed out")),
         }
     }
 
-    /// Points the client at the leader a node named (or, with no name, at the
-    /// next endpoint after a short pause while the election settles).
-    async fn follow_redirect(&self, leader: Option<String>) {
-        let addr = leader.and_then(|l| l.parse::<SocketAddr>().ok());
-        if let Some(addr) = addr {
-            if let Ok(conn) = self.dial(addr).await {
-                let mut guard = self.conn.write().await;
-                if let Some((_, old)) = guard.replace((addr, conn)) {
-                    old.close(0u32.into(), b"redirected to the leader");
+    /// The pooled connection to `addr`, dialled if there is none alive.
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        if let Some(c) = lock(&self.pool).get(&addr) {
+            match c.close_reason() {
+                None => return Ok(c.clone()),
+                // Keep-alives went unanswered: the node is gone (or cut
+                // off); do not wait for a dial to time out as well.
+                Some(e @ (quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset)) => {
+                    return Err(format!("{addr}: connection lost: {e}"))
                 }
+                Some(_) => {} // closed on purpose (e.g. a restart): dial again
+            }
+        }
+        let timeout = DIAL_TIMEOUT.min(self.cfg.request_timeout);
+        let conn =
+            match tokio::time::timeout(timeout, transport::connect(&self.endpoint, addr, None))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(format!("{addr}: {e}")),
+                Err(_) => return Err(format!("{addr}: timed out")),
+            };
+        let mut pool = lock(&self.pool);
+        // Another request may have dialled meanwhile: keep one connection.
+        if let Some(c) = pool.get(&addr) {
+            if c.close_reason().is_none() {
+                conn.close(0u32.into(), b"duplicate connection");
+                return Ok(c.clone());
+            }
+        }
+        pool.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `frame` to `addr` on a new stream and reads the reply.
+    async fn exchange_at(&self, addr: SocketAddr, frame: &[u8]) -> Result<Vec<u8>, SendFailure> {
+        let conn = self.connection(addr).await.map_err(SendFailure::NotSent)?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| SendFailure::NotSent(format!("{addr}: {e}")))?;
+        let lost = |e: String| SendFailure::Lost(ClientError::Transport(e));
+        transport::write_frame(&mut send, frame)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let _ = send.finish();
+        transport::read_frame(&mut recv, crate::limits::HARD_MAX_REQUEST_BYTES)
+            .await
+            .map_err(|e| lost(e.to_string()))
+    }
+
+    /// Sends `frame` to where `target` routes, moving on to other nodes while
+    /// none can be reached (the request was then provably not sent).
+    async fn send_routed(
+        &self,
+        target: &Target,
+        frame: &[u8],
+    ) -> Result<(SocketAddr, Vec<u8>), ClientError> {
+        let mut last = String::new();
+        // Every endpoint once, plus a cached leader that may not be one of them.
+        for _ in 0..=self.cfg.endpoints.len() {
+            let addr = lock(&self.routes).pick(target, Instant::now());
+            match self.exchange_at(addr, frame).await {
+                Ok(raw) => return Ok((addr, raw)),
+                Err(SendFailure::Lost(e)) => return Err(e),
+                Err(SendFailure::NotSent(e)) => {
+                    tracing::debug!(error = %e, "node unreachable; trying another");
+                    lock(&self.pool).remove(&addr);
+                    lock(&self.routes).unreachable(addr, Instant::now());
+                    last = e;
+                }
+            }
+        }
+        Err(self.connect_error(last))
+    }
+
+    /// Learns the range table from a node, once (a node without a region
+    /// answers an error: then the table is empty and leaders are cached
+    /// for the whole keyspace).
+    async fn learn_ranges(&self) {
+        let _one = self.learning.lock().await;
+        if lock(&self.routes).knows_ranges() {
+            return;
+        }
+        let frame = wire::encode_request(&RequestV1::RegionStatus);
+        let table = match self.send_routed(&Target::Any, &frame).await {
+            Ok((_, raw)) => match wire::decode_response(&raw) {
+                Ok(ResponseV1::Ok {
+                    body: ResponseBodyV1::RegionStatus(ranges),
+                    ..
+                }) => ranges
+                    .into_iter()
+                    .map(|r| (r.range, r.start, r.end))
+                    .collect(),
+                Ok(ResponseV1::Err { .. }) => Vec::new(),
+                _ => return, // try again at the next NotLeader
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot learn the range table");
                 return;
             }
-            // The named leader is unreachable (a stale hint while an election
-            // runs): fall through and try the next endpoint after a pause.
-        }
-        tokio::time::sleep(NO_LEADER_BACKOFF).await;
-        let guard = self.conn.write().await;
-        if let Some((_, c)) = guard.as_ref() {
-            // Closing makes `connection()` move on to the next endpoint.
-            c.close(0u32.into(), b"looking for the leader");
-        }
+        };
+        lock(&self.routes).set_ranges(table);
     }
 
     /// Sends one request and returns `(served_at, body)`, following
     /// `NotLeader` replies (nothing was written when a node sends one, so
-    /// retrying elsewhere is safe) up to [`MAX_REDIRECTS`] times.
+    /// retrying elsewhere is safe) up to [`MAX_ATTEMPTS`] times.
     async fn call(&self, req: &RequestV1) -> Result<(Timestamp, ResponseBodyV1), ClientError> {
         let frame = wire::encode_request(req);
+        let target = Target::of(req);
         let timeout = self.cfg.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        for _ in 0..MAX_REDIRECTS {
-            let raw = tokio::time::timeout_at(deadline, self.exchange(&frame))
+        for _ in 0..MAX_ATTEMPTS {
+            let (asked, raw) = tokio::time::timeout_at(deadline, self.send_routed(&target, &frame))
                 .await
                 .map_err(|_| ClientError::Timeout(timeout))??;
             match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
@@ -327,38 +414,44 @@ impl Client {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(ClientError::Api(ApiError::not_leader(message, leader)));
                     }
-                    self.follow_redirect(leader).await;
+                    if !lock(&self.routes).knows_ranges() {
+                        let _ = tokio::time::timeout_at(deadline, self.learn_ranges()).await;
+                    }
+                    let named = leader.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
+                    let cached =
+                        lock(&self.routes).not_leader(&target, asked, named, Instant::now());
+                    if !cached {
+                        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                    }
                 }
             }
         }
         Err(ClientError::Api(ApiError::not_leader(
-            format!("no leader found after {MAX_REDIRECTS} redirects"),
+            format!("no leader found after {MAX_ATTEMPTS} attempts"),
             None,
         )))
     }
 
-    /// Sends a raw frame payload and returns the raw reply payload. Retries on
-    /// another endpoint only if the stream could not even be opened.
+    /// Sends a raw frame payload to the home node and returns the raw reply
+    /// payload. Moves on to another node only if the request could not be
+    /// sent at all.
     pub async fn exchange(&self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let mut attempts = 0;
-        let (mut send, mut recv) = loop {
-            let conn = self.connection().await?;
-            match conn.open_bi().await {
-                Ok(s) => break s,
-                Err(e) if attempts + 1 < self.cfg.endpoints.len().max(2) => {
-                    attempts += 1;
-                    tracing::debug!(error = %e, "stream open failed; reconnecting");
-                }
-                Err(e) => return Err(ClientError::Transport(e.to_string())),
-            }
-        };
-        transport::write_frame(&mut send, frame)
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let _ = send.finish();
-        transport::read_frame(&mut recv, crate::limits::HARD_MAX_REQUEST_BYTES)
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))
+        tokio::time::timeout(
+            self.cfg.request_timeout,
+            self.send_routed(&Target::Any, frame),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(self.cfg.request_timeout))?
+        .map(|(_, raw)| raw)
+    }
+
+    /// The range table and cached leaders (empty until a node first
+    /// answered `NotLeader`).
+    pub fn cached_routes(&self) -> Vec<RouteRange> {
+        lock(&self.routes)
+            .ranges()
+            .map(<[RouteRange]>::to_vec)
+            .unwrap_or_default()
     }
 
     fn unexpected(body: ResponseBodyV1) -> ClientError {
@@ -592,9 +685,10 @@ impl Client {
         }
     }
 
-    /// Closes the connection gracefully.
+    /// Closes every connection gracefully.
     pub async fn close(&self) {
-        if let Some((_, c)) = self.conn.write().await.take() {
+        let conns: Vec<_> = lock(&self.pool).drain().map(|(_, c)| c).collect();
+        for c in conns {
             c.close(0u32.into(), b"client closed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

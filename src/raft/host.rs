@@ -15,7 +15,7 @@ use openraft_multi::GroupNetworkFactory;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::log_store::RangeLogStore;
+use super::log_store::{LogSyncer, RangeLogStore};
 use super::network::PeerRouter;
 use super::state_machine::RangeStateMachine;
 use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
@@ -90,6 +90,9 @@ pub enum HostError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The log syncer thread could not start.
+    #[error("raft log syncer: {0}")]
+    Syncer(std::io::Error),
     /// The Raft configuration is invalid (names the problem).
     #[error("raft config: {0}")]
     Config(String),
@@ -110,6 +113,7 @@ pub struct RaftHost {
     hlc: Arc<Hlc>,
     router: PeerRouter,
     config: Arc<Config>,
+    syncer: LogSyncer,
     groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
 }
 
@@ -145,8 +149,10 @@ impl RaftHost {
         let config = config
             .validate()
             .map_err(|e| HostError::Config(e.to_string()))?;
+        let syncer = LogSyncer::start(store.database()).map_err(HostError::Syncer)?;
         Ok(RaftHost {
             node_id,
+            syncer,
             store,
             hlc,
             router: PeerRouter::new(endpoint),
@@ -172,7 +178,8 @@ impl RaftHost {
         }
         let range = desc.id;
         let storage = |source| HostError::Storage { range, source };
-        let log = RangeLogStore::open(self.store.database(), range).map_err(storage)?;
+        let log = RangeLogStore::open(self.store.database(), range, self.syncer.clone())
+            .map_err(storage)?;
         let sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
             .map_err(storage)?;
         let applied_ts = sm.applied_ts();

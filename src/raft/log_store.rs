@@ -12,10 +12,21 @@
 //! `append` returns and the flush callback fires only once they are durable;
 //! `truncate_after` removes from the tail so no hole can appear; `purge`
 //! records the last purged id with the removal in one batch.
+//!
+//! Appends are made durable off the Raft tasks by one [`LogSyncer`] thread
+//! per node: `append` commits its batch to the journal (readable at once) and
+//! hands the flush callback to the syncer, which fsyncs once for every
+//! callback queued since its last fsync, across all range groups, and only
+//! then completes them in the order they were queued. So a leader can send
+//! entries to its followers while its own fsync runs, and concurrent groups
+//! share fsyncs.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+
+use std::sync::mpsc;
+use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -70,6 +81,60 @@ fn state_key(range: RangeId, tag: u8) -> [u8; 9] {
     k
 }
 
+/// Makes appended log entries durable on a thread of its own (see the
+/// module docs). Cheap to clone; the thread ends when the last clone (and so
+/// every log store using it) is dropped.
+#[derive(Clone)]
+pub struct LogSyncer {
+    tx: mpsc::Sender<IOFlushed<RangeTypes>>,
+}
+
+impl LogSyncer {
+    /// Starts the syncer thread of `db`.
+    pub fn start(db: &Database) -> io::Result<LogSyncer> {
+        let (tx, rx) = mpsc::channel::<IOFlushed<RangeTypes>>();
+        let db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(&db, &rx))?;
+        Ok(LogSyncer { tx })
+    }
+
+    /// Queues `callback` to complete after the next fsync. If the thread is
+    /// gone (it only stops when every sender is dropped, so never while a log
+    /// store uses it), the callback fails rather than vanish.
+    fn queue(&self, callback: IOFlushed<RangeTypes>) {
+        if let Err(mpsc::SendError(cb)) = self.tx.send(callback) {
+            cb.io_completed(Err(io_err("fsync", "log syncer thread stopped")));
+        }
+    }
+}
+
+fn sync_loop(db: &Database, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
+    // Blocks for the first callback; takes every other one already queued:
+    // they were all committed to the journal before being queued, so one
+    // fsync covers them.
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        pending.extend(rx.try_iter());
+        let started = Instant::now();
+        let result = db.persist(PersistMode::SyncAll);
+        metrics::histogram!("meridian_raft_log_sync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("meridian_raft_log_sync_appends").record(pending.len() as f64);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log fsync failed");
+        }
+        for cb in pending {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io_err("fsync", e)),
+            };
+            cb.io_completed(r);
+        }
+    }
+}
+
 /// The log of one range group. Cheap to clone (readers are clones).
 #[derive(Clone)]
 pub struct RangeLogStore {
@@ -77,11 +142,13 @@ pub struct RangeLogStore {
     db: Database,
     log: Keyspace,
     state: Keyspace,
+    syncer: LogSyncer,
 }
 
 impl RangeLogStore {
-    /// Opens the log of `range` in `db`.
-    pub fn open(db: &Database, range: RangeId) -> io::Result<RangeLogStore> {
+    /// Opens the log of `range` in `db`; `syncer` (one per node, started on
+    /// the same `db`) makes its appends durable.
+    pub fn open(db: &Database, range: RangeId, syncer: LogSyncer) -> io::Result<RangeLogStore> {
         let log = db
             .keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(|e| io_err("open log keyspace", e))?;
@@ -93,6 +160,7 @@ impl RangeLogStore {
             db: db.clone(),
             log,
             state,
+            syncer,
         })
     }
 
@@ -222,14 +290,9 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
             );
         }
         batch.commit().map_err(|e| io_err("append", e))?;
-        // Readable now; durable after the fsync, and only then acknowledged.
-        let flushed = self.persist();
-        let result = match &flushed {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::other(e.to_string())),
-        };
-        callback.io_completed(result);
-        flushed
+        // Readable now; acknowledged once the syncer's fsync made it durable.
+        self.syncer.queue(callback);
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -43,7 +43,7 @@ mod storage_suite {
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError;
 
-    use super::log_store::RangeLogStore;
+    use super::log_store::{LogSyncer, RangeLogStore};
     use super::state_machine::RangeStateMachine;
     use super::types::{RangeDescriptor, RangeTypes};
     use crate::clock::{Hlc, SystemClock};
@@ -64,7 +64,8 @@ mod storage_suite {
             })
             .unwrap();
             let hlc = Arc::new(Hlc::open(SystemClock, store.clone(), 500, 1000).unwrap());
-            let log = RangeLogStore::open(store.database(), 1).unwrap();
+            let syncer = LogSyncer::start(store.database()).unwrap();
+            let log = RangeLogStore::open(store.database(), 1, syncer).unwrap();
             let range = RangeDescriptor {
                 id: 1,
                 start: Vec::new(),

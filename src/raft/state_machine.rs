@@ -5,7 +5,9 @@
 //! the membership and the last applied timestamp in one atomic batch.
 //! Snapshots are a complete dump of the range's versions (history included,
 //! so snapshot reads agree across replicas), bounded by
-//! [`MAX_SNAPSHOT_VERSIONS`].
+//! [`MAX_SNAPSHOT_VERSIONS`]. The state machine task only takes a frozen
+//! view of the store (no copy) together with the applied state; the dump is
+//! built from that view on a blocking thread, so apply never waits for it.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::types::{RangeDescriptor, RangeId, RangeReply, RangeTypes};
 use crate::clock::Hlc;
 use crate::engine::decide::{decide, record_in_overlay, KeyState, Overlay};
-use crate::storage::{MvccStore, RawVersion, WriteRecord};
+use crate::storage::{FrozenView, MvccStore, RawVersion, WriteRecord};
 use crate::types::Timestamp;
 
 /// Largest number of versions a range snapshot may hold. A range that grows
@@ -73,12 +75,14 @@ pub struct RangeStateMachine {
     current: Arc<Mutex<Option<Snapshot>>>,
 }
 
-/// Builds a snapshot from a dump taken while the state machine was not
-/// applying (in `get_snapshot_builder`), so data and meta agree exactly.
+/// Builds a snapshot from a frozen view taken while the state machine was
+/// not applying (in `get_snapshot_builder`), so data and meta agree exactly.
 pub struct RangeSnapshotBuilder {
     store: MvccStore,
+    range: RangeDescriptor,
     meta: SnapshotMeta,
-    body: Vec<u8>,
+    last_ts: u64,
+    view: Option<Result<FrozenView, String>>,
     current: Arc<Mutex<Option<Snapshot>>>,
 }
 
@@ -161,41 +165,61 @@ impl RangeStateMachine {
     }
 }
 
-impl RangeStateMachine {
-    /// Dumps the range now, consistently with the applied state.
-    fn snapshot_body(&self) -> io::Result<Vec<u8>> {
-        let r = &self.range;
-        let versions = self
-            .store
-            .dump_range(&r.start, r.end.as_deref(), MAX_SNAPSHOT_VERSIONS)
-            .map_err(|e| io_err("dump range", e))?;
-        let body = SnapshotBody {
-            range: r.id,
-            last_ts: self.state.last_ts,
-            versions: versions
-                .into_iter()
-                .map(|v| (v.key, v.version.0, v.value))
-                .collect(),
-        };
-        let mut bytes = vec![SNAPSHOT_FORMAT_V1];
-        bytes.extend(postcard::to_allocvec(&body).map_err(|e| io_err("encode snapshot", e))?);
-        Ok(bytes)
-    }
+/// Encodes the snapshot body of `range` from `view`.
+fn snapshot_body(view: &FrozenView, range: &RangeDescriptor, last_ts: u64) -> io::Result<Vec<u8>> {
+    let versions = view
+        .dump_range(&range.start, range.end.as_deref(), MAX_SNAPSHOT_VERSIONS)
+        .map_err(|e| io_err("dump range", e))?;
+    let body = SnapshotBody {
+        range: range.id,
+        last_ts,
+        versions: versions
+            .into_iter()
+            .map(|v| (v.key, v.version.0, v.value))
+            .collect(),
+    };
+    let mut bytes = vec![SNAPSHOT_FORMAT_V1];
+    bytes.extend(postcard::to_allocvec(&body).map_err(|e| io_err("encode snapshot", e))?);
+    Ok(bytes)
 }
 
 impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // openraft purges the log up to this snapshot: what it covers must be durable.
-        self.store
-            .sync()
-            .map_err(|e| io_err("sync before snapshot", e))?;
+        let view = match self.view.take() {
+            Some(Ok(view)) => view,
+            Some(Err(e)) => return Err(io_err("frozen view for a snapshot", e)),
+            None => return Err(io_err("build snapshot", "builder already used")),
+        };
+        let store = self.store.clone();
+        let range = self.range.clone();
+        let last_ts = self.last_ts;
+        // Dumping a range is disk and CPU work: keep it off the async workers.
+        let body = tokio::task::spawn_blocking(move || {
+            // openraft purges the log up to this snapshot: what it covers must be durable.
+            store
+                .sync()
+                .map_err(|e| io_err("sync before snapshot", e))?;
+            snapshot_body(&view, &range, last_ts)
+        })
+        .await
+        .map_err(|e| io_err("snapshot task", e))??;
         let snapshot = Snapshot {
             meta: self.meta.clone(),
-            snapshot: std::mem::take(&mut self.body),
+            snapshot: body,
         };
-        *lock(&self.current) = Some(snapshot.clone());
+        {
+            // Built off the apply path: a snapshot installed meanwhile may be
+            // newer, and must not be replaced by this older one.
+            let mut current = lock(&self.current);
+            let newer = current
+                .as_ref()
+                .is_some_and(|c| c.meta.last_log_id > snapshot.meta.last_log_id);
+            if !newer {
+                *current = Some(snapshot.clone());
+            }
+        }
         metrics::counter!("meridian_raft_snapshots_built_total").increment(1);
         Ok(snapshot)
     }
@@ -248,19 +272,19 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The trait gives no way to fail here; a failed dump yields an empty
-        // body that install_snapshot refuses as malformed, and is logged.
-        let body = self.snapshot_body().unwrap_or_else(|e| {
-            tracing::error!(range = self.range.id, error = %e, "cannot dump range for a snapshot");
-            Vec::new()
-        });
+        // Nothing is applying now, so the view and the applied state agree.
+        // The trait gives no way to fail here; a failure surfaces from
+        // build_snapshot.
+        let view = self.store.frozen_view().map_err(|e| e.to_string());
         RangeSnapshotBuilder {
             store: self.store.clone(),
+            range: self.range.clone(),
             meta: SnapshotMeta {
                 last_log_id: self.state.applied,
                 last_membership: self.state.membership.clone(),
             },
-            body,
+            last_ts: self.state.last_ts,
+            view: Some(view),
             current: self.current.clone(),
         }
     }

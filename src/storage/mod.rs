@@ -240,6 +240,48 @@ impl std::fmt::Debug for MvccStore {
     }
 }
 
+/// A point-in-time view of the store, from [`MvccStore::frozen_view`]:
+/// how a Raft snapshot is built off the apply path.
+pub struct FrozenView {
+    snapshot: fjall::Snapshot,
+    data: Keyspace,
+}
+
+impl FrozenView {
+    /// Every stored version (tombstones included) of the user keys in
+    /// `[start, end)` as of the view, in key order and newest first per key.
+    /// Refuses with `InvalidArgument` rather than return more than
+    /// `max_versions`: a Raft snapshot of a range is built from this and
+    /// must be complete.
+    pub fn dump_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_versions: usize,
+    ) -> Result<Vec<RawVersion>, StorageError> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for guard in self.snapshot.range(&self.data, encoded_bounds(start, end)) {
+            let (key, value) = guard.into_inner().map_err(StorageError::fjall)?;
+            let (user_key, version) = encoding::decode_version_key(&key)?;
+            let value = encoding::decode_record(&value)?.map(<[u8]>::to_vec);
+            if out.len() == max_versions {
+                return Err(StorageError::invalid(format!(
+                    "range holds more than {max_versions} versions"
+                )));
+            }
+            out.push(RawVersion {
+                key: user_key,
+                version,
+                value,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// A consistent fjall snapshot of the data keyspace, as mvcc's source.
 struct SnapshotSource<'a> {
     snapshot: fjall::Snapshot,
@@ -536,37 +578,26 @@ impl MvccStore {
     }
 
     /// Every stored version (tombstones included) of the user keys in
-    /// `[start, end)`, in key order and newest first per key. Refuses with
-    /// `InvalidArgument` rather than return more than `max_versions`: a Raft
-    /// snapshot of a range is built from this and must be complete.
+    /// `[start, end)`, in key order and newest first per key, as of now.
+    /// See [`FrozenView::dump_range`].
     pub fn dump_range(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         max_versions: usize,
     ) -> Result<Vec<RawVersion>, StorageError> {
+        self.frozen_view()?.dump_range(start, end, max_versions)
+    }
+
+    /// A read-only view of the data and metadata as of this instant, cheap
+    /// to take (no copy). Later writes and gc do not change what it shows;
+    /// it pins the files it needs until dropped, so drop it soon.
+    pub fn frozen_view(&self) -> Result<FrozenView, StorageError> {
         self.check_poisoned()?;
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
-        let snapshot = self.inner.db.snapshot();
-        let mut out = Vec::new();
-        for guard in snapshot.range(&self.inner.data, encoded_bounds(start, end)) {
-            let (key, value) = guard.into_inner().map_err(StorageError::fjall)?;
-            let (user_key, version) = encoding::decode_version_key(&key)?;
-            let value = encoding::decode_record(&value)?.map(<[u8]>::to_vec);
-            if out.len() == max_versions {
-                return Err(StorageError::invalid(format!(
-                    "range holds more than {max_versions} versions"
-                )));
-            }
-            out.push(RawVersion {
-                key: user_key,
-                version,
-                value,
-            });
-        }
-        Ok(out)
+        Ok(FrozenView {
+            snapshot: self.inner.db.snapshot(),
+            data: self.inner.data.clone(),
+        })
     }
 
     /// Atomically replaces every version of the user keys in `[start, end)`
