@@ -43,7 +43,10 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
                 let key = format!("config/w{w}/{i}");
                 let sent = Instant::now();
                 if let Ok(r) = client.put(&key, "v").await {
-                    acked.lock().unwrap().push((key, r.version, sent, Instant::now()));
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((key, r.version, sent, Instant::now()));
                 }
                 i += 1;
             }

@@ -140,7 +140,27 @@ async fn region_redirects_to_leaders_and_survives_losing_one() {
         assert_eq!(got.kv.unwrap().value, b"v");
         c.close().await;
     }
+    // A client entering through a follower caches each range's leader from
+    // the redirect, and sends later requests straight to it.
     let c = region.client(&region.addrs).await;
+    let leader_addr = |status: &[meridian::wire::RangeStatusV1], start: &[u8]| {
+        let s = status.iter().find(|s| s.start == start).unwrap();
+        region.addrs[s.leader.expect("range has a leader") as usize - 1]
+    };
+    let status = c.region_status().await.unwrap();
+    let locks_leader = leader_addr(&status, b"locks/");
+    let follower = *region.addrs.iter().find(|a| **a != locks_leader).unwrap();
+    let f = region.client(&[follower]).await;
+    f.put("locks/via-follower", "v").await.unwrap();
+    let cached = f.cached_routes();
+    let route = cached.iter().find(|r| r.start == b"locks/").unwrap();
+    assert_eq!(route.leader, Some(locks_leader), "{cached:?}");
+    assert_eq!(
+        cached.len(),
+        status.len(),
+        "the whole range table is learned"
+    );
+
     // Reads through any node see every acknowledged write (linearizable).
     let (all, _) = c.list_prefix("", 100).await.unwrap();
     let keys: Vec<String> = all
@@ -199,15 +219,35 @@ async fn region_redirects_to_leaders_and_survives_losing_one() {
     let e = c.txn(&cross).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
 
-    // Stop node 1 (it bootstrapped and most likely leads); writes go on.
-    let first = region.nodes[0].take().unwrap();
-    first.shutdown().await;
+    // Stop the leader of locks/; writes go on, also through `f`, whose
+    // cache now names a stopped node.
+    let idx = region
+        .addrs
+        .iter()
+        .position(|a| *a == locks_leader)
+        .unwrap();
+    let stopped = region.nodes[idx].take().unwrap();
+    stopped.shutdown().await;
     let started = Instant::now();
     put_eventually(&c, "config/after-failover", "ok").await;
     println!(
-        "first write after stopping node1 took {:?}",
+        "first write after stopping node{} took {:?}",
+        idx + 1,
         started.elapsed()
     );
+    put_eventually(&f, "locks/after-failover-f", "ok").await;
+    let status = f.region_status().await.unwrap();
+    let cached = f.cached_routes();
+    let route = cached.iter().find(|r| r.start == b"locks/").unwrap();
+    assert_ne!(
+        route.leader,
+        Some(locks_leader),
+        "stale entry kept: {cached:?}"
+    );
+    if let Some(l) = route.leader {
+        assert_eq!(l, leader_addr(&status, b"locks/"), "{cached:?}");
+    }
+    f.close().await;
     let got = c.get("config/after-failover").await.unwrap();
     assert_eq!(got.kv.unwrap().value, b"ok");
     assert_eq!(

@@ -54,9 +54,9 @@ pub struct RawRaft {
     pub election_timeout_min_ms: u64,
     /// Maximum election timeout and leader lease, ms (> min). Default 1000.
     pub election_timeout_max_ms: u64,
-    /// Snapshot a range after this many log entries (10..=10000000). Default 10000.
+    /// Snapshot a range after this many log entries (10..=10000000). Default 100000.
     pub snapshot_after_logs: u64,
-    /// Log entries kept behind a snapshot (0..=10000000). Default 1000.
+    /// Log entries kept behind a snapshot (0..=10000000). Default 5000.
     pub logs_kept_after_snapshot: u64,
 }
 
