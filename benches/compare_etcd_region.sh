@@ -21,9 +21,9 @@
 #
 # Durability is the same on both sides: a write is acknowledged only once a
 # majority of the members has it in an fsynced Raft log. Meridian fsyncs its
-# Raft log on every append (leader and followers, `persist(SyncAll)`; fsync
-# is `always` by default); etcd fdatasyncs its WAL before a member reports an
-# entry as stored (no --unsafe-no-fsync).
+# Raft log (leader and followers, `persist(SyncAll)` on the log syncer
+# thread) before a node reports appended entries as stored; etcd fdatasyncs
+# its WAL before a member reports an entry as stored (no --unsafe-no-fsync).
 #
 # Usage: benches/compare_etcd_region.sh [--duration-secs N] [--conns N]
 #                                        [--clients LIST] [--workloads LIST]
@@ -481,6 +481,10 @@ for c in sorted({c for (w, c, _) in runs if w == "put"}):
                 if dn > 0:
                     lat = f"{ds / dn * 1e3:.3f} ms"
                 entries = f"{committed / puts:.2f}" if puts else "n/a"
+                ds, _ = delta(prefix, leader, "meridian_raft_log_sync_seconds_sum")
+                dn, _ = delta(prefix, leader, "meridian_raft_log_sync_seconds_count")
+                if dn > 0:
+                    fs_mean = f"{ds / dn * 1e3:.3f} ms"
                 sn = sum(delta(prefix, s, "meridian_raft_snapshots_built_total")[0] for s in (1, 2, 3))
                 snaps = f"{sn:.0f} (3 nodes)"
         else:
@@ -542,8 +546,9 @@ for w, c in rows:
 print()
 
 print()
-print("Meridian has no fsync-duration metric on its Raft log path; etcd's server-side put latency")
-print("is not exported as a metric. fsync calls are counted over each whole bench call.")
+print("Log fsync: meridian_raft_log_sync_seconds / etcd_disk_wal_fsync_duration_seconds on the leader.")
+print("etcd's server-side put latency is not exported as a metric. fsync calls are counted over each")
+print("whole bench call.")
 PY
 if (( ${#failed[@]} > 0 )); then
     echo "FAILED bench calls (no row for them above): ${failed[*]}" >&2

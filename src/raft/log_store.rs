@@ -11,7 +11,11 @@
 //! is durable before it returns; appended entries are readable when
 //! `append` returns and the flush callback fires only once they are durable;
 //! `truncate_after` removes from the tail so no hole can appear; `purge`
-//! records the last purged id with the removal in one batch.
+//! records the last purged id, and from then on readers see the log start
+//! after it (so no hole can appear either) while a blocking task deletes the
+//! purged entries, lowest first, in bounded batches. The marker is committed
+//! to the journal before any of those deletions, so after a crash the marker
+//! never lags the deleted entries.
 //!
 //! Appends are made durable off the Raft tasks by one [`LogSyncer`] thread
 //! per node: `append` commits its batch to the journal (readable at once) and
@@ -25,7 +29,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -44,6 +49,8 @@ const STATE_KEYSPACE: &str = "raft_state";
 const TAG_VOTE: u8 = b'v';
 const TAG_COMMITTED: u8 = b'c';
 const TAG_PURGED: u8 = b'p';
+/// Purged entries deleted per batch by the background deletion.
+const PURGE_BATCH: usize = 10_000;
 
 type Entry = EntryOf<RangeTypes>;
 type LogId = LogIdOf<RangeTypes>;
@@ -143,6 +150,8 @@ pub struct RangeLogStore {
     log: Keyspace,
     state: Keyspace,
     syncer: LogSyncer,
+    /// First index not purged (0: nothing purged); shared by the clones.
+    first_kept: Arc<AtomicU64>,
 }
 
 impl RangeLogStore {
@@ -155,13 +164,59 @@ impl RangeLogStore {
         let state = db
             .keyspace(STATE_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(|e| io_err("open state keyspace", e))?;
-        Ok(RangeLogStore {
+        let mut store = RangeLogStore {
             range,
             db: db.clone(),
             log,
             state,
             syncer,
-        })
+            first_kept: Arc::new(AtomicU64::new(0)),
+        };
+        let purged: Option<LogId> = store.get_state(TAG_PURGED)?;
+        if let Some(p) = purged {
+            store.first_kept = Arc::new(AtomicU64::new(p.index + 1));
+            // Finish a deletion a restart interrupted.
+            store.delete_purged(p.index);
+        }
+        Ok(store)
+    }
+
+    /// Deletes the entries up to `index` on a blocking thread (see the
+    /// module docs). Entries left behind by a failure are invisible to
+    /// readers and retried at the next purge or restart.
+    fn delete_purged(&self, index: u64) {
+        let this = self.clone();
+        let work = move || {
+            if let Err(e) = this.delete_up_to(index) {
+                tracing::warn!(range = this.range, error = %e, "deleting purged raft log entries failed; retried at the next purge");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(work);
+            }
+            Err(_) => work(),
+        }
+    }
+
+    fn delete_up_to(&self, index: u64) -> io::Result<()> {
+        let bounds = self.index_bounds(&(..=index));
+        loop {
+            let mut batch = self.db.batch();
+            let mut n = 0;
+            for guard in self.log.range(bounds).take(PURGE_BATCH) {
+                batch.remove(&self.log, guard.key().map_err(|e| io_err("purge scan", e))?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            batch.commit().map_err(|e| io_err("purge", e))?;
+        }
+    }
+
+    fn first_kept(&self) -> u64 {
+        self.first_kept.load(Ordering::Acquire)
     }
 
     fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
@@ -223,11 +278,22 @@ impl RaftLogReader<RangeTypes> for RangeLogStore {
         if is_empty_range(&range) {
             return Ok(Vec::new());
         }
-        let bounds = self.index_bounds(&range);
+        let first_kept = self.first_kept();
+        let (mut lower, upper) = self.index_bounds(&range);
+        let floor = log_key(self.range, first_kept);
+        if let Bound::Included(k) | Bound::Excluded(k) = &lower {
+            if *k < floor {
+                lower = Bound::Included(floor);
+            }
+        }
         let mut out = Vec::new();
-        for guard in self.log.range(bounds) {
+        for guard in self.log.range((lower, upper)) {
             let (_, value) = guard.into_inner().map_err(|e| io_err("read entries", e))?;
-            out.push(decode(&value)?);
+            let entry: Entry = decode(&value)?;
+            // Purged entries awaiting deletion are not part of the log.
+            if entry.log_id.index >= first_kept {
+                out.push(entry);
+            }
         }
         Ok(out)
     }
@@ -242,7 +308,12 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<RangeTypes>, io::Error> {
         let last_purged: Option<LogId> = self.get_state(TAG_PURGED)?;
-        let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+        let first_kept = self.first_kept();
+        let last = self
+            .last_entry()?
+            .map(|e| e.log_id)
+            .filter(|id| id.index >= first_kept)
+            .or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -311,16 +382,84 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let bounds = self.index_bounds(&(..=log_id.index));
-        let mut batch = self.db.batch();
-        for guard in self.log.range(bounds) {
-            batch.remove(&self.log, guard.key().map_err(|e| io_err("purge scan", e))?);
+        // Deleting a snapshot's worth of entries (100,000 by default) here
+        // would stall this group's Raft task: record the marker, hide the
+        // entries, and delete them in the background.
+        self.state
+            .insert(state_key(self.range, TAG_PURGED), encode(&log_id)?)
+            .map_err(|e| io_err("purge", e))?;
+        self.first_kept
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        self.delete_purged(log_id.index);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use openraft::testing::{blank_ent, log_id};
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+
+    async fn append_flushed(store: &mut RangeLogStore, entries: Vec<Entry>) {
+        let (tx, rx) = RangeTypes::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    fn stored_keys(store: &RangeLogStore) -> usize {
+        store.log.range(store.index_bounds(&(..))).count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purged_entries_vanish_at_once_and_are_deleted_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let syncer = LogSyncer::start(&db).unwrap();
+        let mut store = RangeLogStore::open(&db, 7, syncer.clone()).unwrap();
+        let entries: Vec<Entry> = (1..=25_000)
+            .map(|i| blank_ent::<RangeTypes>(1, 1, i))
+            .collect();
+        append_flushed(&mut store, entries).await;
+
+        store
+            .purge(log_id::<RangeTypes>(1, 1, 20_000))
+            .await
+            .unwrap();
+        // Readers see the log start right after the purge point, with no hole.
+        let got = store.try_get_log_entries(0..25_001).await.unwrap();
+        assert_eq!(got.first().map(|e| e.log_id.index), Some(20_001));
+        assert_eq!(got.len(), 5_000);
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20_000));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(25_000));
+
+        // The purged entries are deleted in the background (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stored_keys(&store) > 5_000 {
+            assert!(
+                Instant::now() < deadline,
+                "purged entries were never deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        batch.insert(
-            &self.state,
-            state_key(self.range, TAG_PURGED),
-            encode(&log_id)?,
-        );
-        batch.commit().map_err(|e| io_err("purge", e))
+
+        // Purging everything leaves the purge point as the last log id, and a
+        // reopened store agrees.
+        store
+            .purge(log_id::<RangeTypes>(1, 1, 25_000))
+            .await
+            .unwrap();
+        let mut reopened = RangeLogStore::open(&db, 7, syncer).unwrap();
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(25_000));
+        assert!(reopened
+            .try_get_log_entries(0..25_001)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }
