@@ -165,22 +165,71 @@ impl RangeStateMachine {
     }
 }
 
-/// Encodes the snapshot body of `range` from `view`.
+/// Encodes the snapshot body of `range` from `view`, straight from the
+/// store's bytes into the postcard layout of [`SnapshotBody`] (a struct is
+/// its fields in order; a `Vec` is a varint count then its elements), so no
+/// copy of the range is held besides the encoded body.
 fn snapshot_body(view: &FrozenView, range: &RangeDescriptor, last_ts: u64) -> io::Result<Vec<u8>> {
-    let versions = view
-        .dump_range(&range.start, range.end.as_deref(), MAX_SNAPSHOT_VERSIONS)
-        .map_err(|e| io_err("dump range", e))?;
-    let body = SnapshotBody {
-        range: range.id,
-        last_ts,
-        versions: versions
-            .into_iter()
-            .map(|v| (v.key, v.version.0, v.value))
-            .collect(),
+    let encode = |e: postcard::Error| crate::storage::StorageError::InvalidArgument {
+        reason: format!("encode snapshot: {e}"),
     };
+    let mut versions = Vec::new();
+    let count = view
+        .for_each_version(
+            &range.start,
+            range.end.as_deref(),
+            MAX_SNAPSHOT_VERSIONS,
+            |key, version, value| {
+                versions =
+                    postcard::to_extend(&(key, version.0, value), std::mem::take(&mut versions))
+                        .map_err(encode)?;
+                Ok(())
+            },
+        )
+        .map_err(|e| io_err("dump range", e))?;
     let mut bytes = vec![SNAPSHOT_FORMAT_V1];
-    bytes.extend(postcard::to_allocvec(&body).map_err(|e| io_err("encode snapshot", e))?);
+    let header = (range.id, last_ts, count);
+    bytes = postcard::to_extend(&header, bytes).map_err(|e| io_err("encode snapshot", e))?;
+    bytes.extend_from_slice(&versions);
     Ok(bytes)
+}
+
+/// Runs `work` on a thread of its own at a lower OS priority (Linux: nice
+/// +10 for that thread only), so dumping a range yields the CPU to requests
+/// and Raft traffic when the machine is busy.
+async fn in_background<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_thread_priority();
+            let _ = tx.send(work());
+        })?;
+    rx.await
+        .map_err(|_| io_err("background work", "thread ended without a result"))?
+}
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    use thread_priority::{set_current_thread_priority, ThreadPriority, ThreadPriorityValue};
+    // Crossplatform 22 of 0..=99 maps to nice +10 for a normal thread. On
+    // Linux a nice value belongs to the calling thread only.
+    let result = ThreadPriorityValue::try_from(22u8)
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            set_current_thread_priority(ThreadPriority::Crossplatform(v)).map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {
+    // Elsewhere a nice value is per process: leave it alone.
 }
 
 impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
@@ -195,16 +244,16 @@ impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
         let store = self.store.clone();
         let range = self.range.clone();
         let last_ts = self.last_ts;
-        // Dumping a range is disk and CPU work: keep it off the async workers.
-        let body = tokio::task::spawn_blocking(move || {
+        // Dumping a range is disk and CPU work: keep it off the async
+        // workers, at a priority below theirs.
+        let body = in_background("range-snapshot", move || {
             // openraft purges the log up to this snapshot: what it covers must be durable.
             store
                 .sync()
                 .map_err(|e| io_err("sync before snapshot", e))?;
             snapshot_body(&view, &range, last_ts)
         })
-        .await
-        .map_err(|e| io_err("snapshot task", e))??;
+        .await?;
         let snapshot = Snapshot {
             meta: self.meta.clone(),
             snapshot: body,
@@ -347,5 +396,78 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         Ok(lock(&self.current).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FsyncPolicy, StoreOptions};
+    use crate::types::Op;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_work_runs_at_nice_ten() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let nice = rt
+            .block_on(in_background("nice-test", || {
+                let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+                // Fields after the parenthesised command name; nice is field 19.
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+                let nice = rest.split_whitespace().nth(16).unwrap_or_default();
+                nice.parse::<i32>().map_err(io::Error::other)
+            }))
+            .unwrap();
+        assert_eq!(nice, 10);
+    }
+
+    #[test]
+    fn streamed_snapshot_body_is_the_postcard_of_snapshot_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(StoreOptions {
+            path: dir.path().to_path_buf(),
+            fsync: FsyncPolicy::Never,
+            cache_bytes: 1 << 20,
+        })
+        .unwrap();
+        let put = |k: &str, v: &str| Op::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        let records = vec![
+            WriteRecord {
+                ts: Timestamp(10),
+                ops: vec![put("a", "1"), put("b", "2"), put("z", "out of range")],
+            },
+            WriteRecord {
+                ts: Timestamp(11),
+                ops: vec![put("a", "3"), Op::Delete { key: b"b".to_vec() }],
+            },
+        ];
+        store.apply_batch_with_meta(&records, &[]).unwrap();
+        let range = RangeDescriptor {
+            id: 4,
+            start: b"a".to_vec(),
+            end: Some(b"m".to_vec()),
+        };
+        let view = store.frozen_view().unwrap();
+        let streamed = snapshot_body(&view, &range, 11).unwrap();
+        let versions = view.dump_range(b"a", Some(b"m"), 100).unwrap();
+        assert_eq!(versions.len(), 4, "a@11, a@10, b@11 (tombstone), b@10");
+        let body = SnapshotBody {
+            range: 4,
+            last_ts: 11,
+            versions: versions
+                .into_iter()
+                .map(|v| (v.key, v.version.0, v.value))
+                .collect(),
+        };
+        let mut expected = vec![SNAPSHOT_FORMAT_V1];
+        expected.extend(postcard::to_allocvec(&body).unwrap());
+        assert_eq!(streamed, expected);
+        let decoded: SnapshotBody = postcard::from_bytes(&streamed[1..]).unwrap();
+        assert_eq!(decoded.versions.len(), 4);
     }
 }

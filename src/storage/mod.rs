@@ -259,26 +259,45 @@ impl FrozenView {
         end: Option<&[u8]>,
         max_versions: usize,
     ) -> Result<Vec<RawVersion>, StorageError> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(Vec::new());
-        }
         let mut out = Vec::new();
+        self.for_each_version(start, end, max_versions, |key, version, value| {
+            out.push(RawVersion {
+                key: key.to_vec(),
+                version,
+                value: value.map(<[u8]>::to_vec),
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with every version [`FrozenView::dump_range`] would
+    /// return, without copying them; stops at the first error of `visit`.
+    /// Returns how many versions were visited.
+    pub fn for_each_version(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_versions: usize,
+        mut visit: impl FnMut(&[u8], Timestamp, Option<&[u8]>) -> Result<(), StorageError>,
+    ) -> Result<usize, StorageError> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(0);
+        }
+        let mut n = 0;
         for guard in self.snapshot.range(&self.data, encoded_bounds(start, end)) {
             let (key, value) = guard.into_inner().map_err(StorageError::fjall)?;
             let (user_key, version) = encoding::decode_version_key(&key)?;
-            let value = encoding::decode_record(&value)?.map(<[u8]>::to_vec);
-            if out.len() == max_versions {
+            let value = encoding::decode_record(&value)?;
+            if n == max_versions {
                 return Err(StorageError::invalid(format!(
                     "range holds more than {max_versions} versions"
                 )));
             }
-            out.push(RawVersion {
-                key: user_key,
-                version,
-                value,
-            });
+            visit(&user_key, version, value)?;
+            n += 1;
         }
-        Ok(out)
+        Ok(n)
     }
 }
 
