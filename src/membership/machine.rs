@@ -390,10 +390,11 @@ impl GossipCore {
             rejoin: me.rejoin,
         };
         self.add_broadcast(wire::ITEM_LEAVE, "leave", &leave);
+        // Set first: foca notifies the leave as `Defunct`.
+        self.left = true;
         if let Err(e) = self.foca.leave_cluster(&mut self.outbox) {
             tracing::warn!(error = %e, "leaving the cluster failed; peers will detect us as down");
         }
-        self.left = true;
         self.members_dirty = true;
         self.after(now);
     }
@@ -680,6 +681,11 @@ impl GossipCore {
             OwnedNotification::Idle => {
                 self.joined = false;
                 tracing::warn!("no live gossip peers left; contacting seeds");
+            }
+            OwnedNotification::Defunct if self.left => {
+                // foca reports our own graceful leave this way too.
+                self.joined = false;
+                tracing::info!("left the gossip cluster");
             }
             OwnedNotification::Defunct => {
                 self.joined = false;

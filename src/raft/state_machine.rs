@@ -246,6 +246,7 @@ impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
         let last_ts = self.last_ts;
         // Dumping a range is disk and CPU work: keep it off the async
         // workers, at a priority below theirs.
+        let started = std::time::Instant::now();
         let body = in_background("range-snapshot", move || {
             // openraft purges the log up to this snapshot: what it covers must be durable.
             store
@@ -270,6 +271,15 @@ impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
             }
         }
         metrics::counter!("meridian_raft_snapshots_built_total").increment(1);
+        metrics::histogram!("meridian_raft_snapshot_build_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            range = self.range.id,
+            index = ?self.meta.last_log_id.map(|l| l.index),
+            bytes = snapshot.snapshot.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built a range snapshot"
+        );
         Ok(snapshot)
     }
 }
