@@ -129,28 +129,32 @@ impl Routes {
         self.down_until.get(&addr).is_some_and(|t| now < *t)
     }
 
+    /// The index of the range `target` names, if the table is known and
+    /// has it.
+    fn range_of(&self, target: &Target) -> Option<usize> {
+        let ranges = self.ranges.as_ref()?;
+        match target {
+            Target::Key(k) => ranges.iter().position(|r| r.contains(k)),
+            Target::Range(id) => ranges.iter().position(|r| r.id == *id),
+            Target::Any => None,
+        }
+    }
+
+    /// The cached-leader entry of `target`: its range's, or the fallback.
     fn slot(&mut self, target: &Target) -> &mut Option<SocketAddr> {
-        let found = match (target, self.ranges.as_mut()) {
-            (Target::Key(k), Some(ranges)) => ranges.iter_mut().find(|r| r.contains(k)),
-            (Target::Range(id), Some(ranges)) => ranges.iter_mut().find(|r| r.id == *id),
-            _ => None,
-        };
-        match found {
-            Some(r) => &mut r.leader,
-            None => &mut self.fallback_leader,
+        match (self.range_of(target), self.ranges.as_mut()) {
+            (Some(i), Some(ranges)) => &mut ranges[i].leader,
+            _ => &mut self.fallback_leader,
         }
     }
 
     fn cached(&self, target: &Target) -> Option<SocketAddr> {
-        let found = match (target, self.ranges.as_ref()) {
-            (Target::Any, _) => return None,
-            (Target::Key(k), Some(ranges)) => ranges.iter().find(|r| r.contains(k)),
-            (Target::Range(id), Some(ranges)) => ranges.iter().find(|r| r.id == *id),
-            (_, None) => None,
-        };
-        match found {
-            Some(r) => r.leader,
-            None => self.fallback_leader,
+        if *target == Target::Any {
+            return None;
+        }
+        match (self.range_of(target), self.ranges.as_ref()) {
+            (Some(i), Some(ranges)) => ranges[i].leader,
+            _ => self.fallback_leader,
         }
     }
 

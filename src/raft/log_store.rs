@@ -278,9 +278,9 @@ impl RaftLogReader<RangeTypes> for RangeLogStore {
         if is_empty_range(&range) {
             return Ok(Vec::new());
         }
-        let first_kept = self.first_kept();
+        // Purged entries awaiting deletion are not part of the log.
         let (mut lower, upper) = self.index_bounds(&range);
-        let floor = log_key(self.range, first_kept);
+        let floor = log_key(self.range, self.first_kept());
         if let Bound::Included(k) | Bound::Excluded(k) = &lower {
             if *k < floor {
                 lower = Bound::Included(floor);
@@ -289,11 +289,7 @@ impl RaftLogReader<RangeTypes> for RangeLogStore {
         let mut out = Vec::new();
         for guard in self.log.range((lower, upper)) {
             let (_, value) = guard.into_inner().map_err(|e| io_err("read entries", e))?;
-            let entry: Entry = decode(&value)?;
-            // Purged entries awaiting deletion are not part of the log.
-            if entry.log_id.index >= first_kept {
-                out.push(entry);
-            }
+            out.push(decode(&value)?);
         }
         Ok(out)
     }

@@ -7,7 +7,8 @@
 //! so snapshot reads agree across replicas), bounded by
 //! [`MAX_SNAPSHOT_VERSIONS`]. The state machine task only takes a frozen
 //! view of the store (no copy) together with the applied state; the dump is
-//! built from that view on a blocking thread, so apply never waits for it.
+//! encoded from that view on a thread of its own at a lower OS priority, so
+//! apply never waits for it.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -401,3 +401,27 @@ fn a_sweep_over_more_than_one_step_finishes_while_the_horizon_keeps_moving() {
         Some(b"v".to_vec())
     );
 }
+
+#[test]
+fn frozen_view_keeps_its_instant_and_refuses_past_the_version_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .apply_batch(&[record(10, vec![put(b"a", b"1"), put(b"b", b"1")])])
+        .unwrap();
+    let view = store.frozen_view().unwrap();
+    store
+        .apply_batch(&[record(11, vec![put(b"a", b"2"), put(b"c", b"1")])])
+        .unwrap();
+    // The view still shows the two versions it was taken with.
+    let dumped = view.dump_range(b"", None, 10).unwrap();
+    let seen: Vec<(&[u8], u64)> = dumped.iter().map(|v| (&v.key[..], v.version.0)).collect();
+    assert_eq!(seen, vec![(&b"a"[..], 10), (&b"b"[..], 10)]);
+    // Exactly at the limit is fine; one more version is refused, not truncated.
+    assert_eq!(store.dump_range(b"", None, 4).unwrap().len(), 4);
+    let err = store.dump_range(b"", None, 3).unwrap_err();
+    assert!(
+        matches!(err, StorageError::InvalidArgument { .. }),
+        "{err:?}"
+    );
+}
