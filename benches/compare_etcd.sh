@@ -52,7 +52,8 @@ conns="${BENCH_CONNS:-1}"
 out=""
 meridian_env=()
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# shellcheck source=benches/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -70,37 +71,13 @@ done
 [[ "$secs" =~ ^[1-9][0-9]*$ ]] || { echo "--duration-secs must be a positive integer" >&2; exit 2; }
 [[ "$conns" =~ ^[1-9][0-9]*$ ]] || { echo "--conns must be a positive integer" >&2; exit 2; }
 
-for tool in cargo etcd curl python3 ss timeout; do
-    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+require_tools cargo etcd curl python3 ss timeout
+setup_output compare_etcd
+scrub_env
+build_meridian
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-out="${out:-$repo/bench-results/compare_etcd-$stamp.jsonl}"
-mkdir -p "$(dirname "$out")"
-out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
-metrics_dir="${out%.jsonl}.metrics"
-
-# Environment that would change either server's or the client's settings.
-while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(MERIDIAN_|ETCD_|ETCDCTL_)' || true)
-
-echo "== building (cargo build --release --features etcd)"
-(cd "$repo" && cargo build --release --features etcd)
-target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-bin="$target_dir/release/meridian"
-[[ -x "$bin" ]] || { echo "no binary at $bin" >&2; exit 1; }
-
-port_in_use() { # proto port
-    local flag; [[ "$1" == udp ]] && flag=-lun || flag=-ltn
-    [[ -n "$(ss -H "$flag" "sport = :$2")" ]]
-}
-for p in tcp:$MERIDIAN_HTTP_PORT udp:$MERIDIAN_QUIC_PORT tcp:$ETCD_CLIENT_PORT tcp:$ETCD_PEER_PORT; do
-    if port_in_use "${p%%:*}" "${p##*:}"; then
-        echo "port ${p##*:}/${p%%:*} is already in use; stop whatever listens there first" >&2
-        exit 1
-    fi
-done
+require_free_ports "stop whatever listens there first" \
+    "tcp:$MERIDIAN_HTTP_PORT" "udp:$MERIDIAN_QUIC_PORT" "tcp:$ETCD_CLIENT_PORT" "tcp:$ETCD_PEER_PORT"
 
 work="$(mktemp -d -t meridian-vs-etcd.XXXXXX)"
 meridian_pid=""

@@ -79,7 +79,8 @@ out=""
 port_offset=1000
 meridian_env=()
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# shellcheck source=benches/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -107,26 +108,10 @@ done
 IFS=, read -r -a CLIENTS <<<"$clients_list"
 IFS=, read -r -a WORKLOADS <<<"$workloads_list"
 
-for tool in cargo etcd curl python3 ss timeout; do
-    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
-
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-out="${out:-$repo/bench-results/compare_etcd_region-$stamp.jsonl}"
-mkdir -p "$(dirname "$out")"
-out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
-metrics_dir="${out%.jsonl}.metrics"
-
-# Environment that would change either server's or the client's settings.
-while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(MERIDIAN_|ETCD_|ETCDCTL_)' || true)
-
-echo "== building (cargo build --release --features etcd)"
-(cd "$repo" && cargo build --release --features etcd)
-target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-bin="$target_dir/release/meridian"
-[[ -x "$bin" ]] || { echo "no binary at $bin" >&2; exit 1; }
+require_tools cargo etcd curl python3 ss timeout
+setup_output compare_etcd_region
+scrub_env
+build_meridian
 
 meridian_http_ports=()
 ports_to_check=()
@@ -137,16 +122,7 @@ for i in 0 1 2; do
         "udp:$((MERIDIAN_GOSSIP_PORTS[i] + port_offset))"
         "tcp:${ETCD_CLIENT_PORTS[i]}" "tcp:${ETCD_PEER_PORTS[i]}")
 done
-port_in_use() { # proto port
-    local flag; [[ "$1" == udp ]] && flag=-lun || flag=-ltn
-    [[ -n "$(ss -H "$flag" "sport = :$2")" ]]
-}
-for p in "${ports_to_check[@]}"; do
-    if port_in_use "${p%%:*}" "${p##*:}"; then
-        echo "port ${p##*:}/${p%%:*} is already in use; stop whatever listens there or pick another --port-offset" >&2
-        exit 1
-    fi
-done
+require_free_ports "stop whatever listens there or pick another --port-offset" "${ports_to_check[@]}"
 
 work="$(mktemp -d -t meridian-region-vs-etcd.XXXXXX)"
 dev_pid=""
