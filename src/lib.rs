@@ -24,6 +24,7 @@ pub mod error_code;
 pub mod gateway;
 pub mod limits;
 pub mod membership;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod storage;

@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Ceiling for `limits.max_request_bytes`; also the largest frame a client accepts.
 pub const HARD_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// The largest frame any node reads or writes, client or peer: a request of
+/// [`HARD_MAX_REQUEST_BYTES`] plus room for the framing of a peer message
+/// (a Raft log entry carrying such a request).
+pub const HARD_MAX_FRAME_BYTES: usize = HARD_MAX_REQUEST_BYTES + 1024 * 1024;
+
 /// Default maximum number of operations (compares + success + failure) in a transaction.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// Ceiling for `limits.max_txn_ops`.
@@ -41,6 +46,10 @@ pub const MAX_GROUP_COMMIT: usize = 1_024;
 
 /// Maximum concurrent client connections per node (config `server.max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+/// Most QUIC handshakes a node runs at once (client and peer); more are
+/// refused before they cost anything. Completed connections are then bounded
+/// per protocol (`server.max_connections` for clients).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 /// Maximum concurrent bidirectional streams (in-flight requests) per connection.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
 

@@ -15,7 +15,6 @@ use meridian::raft::{RaftHost, RaftNode, RaftTiming, RangeCommand, RangeDescript
 use meridian::storage::{FsyncPolicy, MvccStore, StoreOptions};
 use meridian::transport::{self, EndpointLimits, TlsFiles};
 use meridian::types::Timestamp;
-use meridian::wire::{self, RequestV1, ResponseBodyV1, ResponseV1};
 use openraft::async_runtime::WatchReceiver;
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -72,9 +71,24 @@ async fn start_peer(id: u64, dir: &Path, certs: &Path, addr: std::net::SocketAdd
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let host =
-        Arc::new(RaftHost::new(id, endpoint.clone(), store.clone(), hlc, &timing()).unwrap());
-    let accept = tokio::spawn(accept_loop(endpoint.clone(), host.clone()));
+    let tls = tls(certs, &format!("n{id}"));
+    let peer_config = transport::peer_client_config(&tls, &EndpointLimits::default()).unwrap();
+    let host = Arc::new(
+        RaftHost::new(
+            id,
+            endpoint.clone(),
+            peer_config,
+            store.clone(),
+            hlc,
+            &timing(),
+        )
+        .unwrap(),
+    );
+    // The real peer dispatcher, without the client protocol.
+    let accept = tokio::spawn(meridian::server::serve_peers(
+        endpoint.clone(),
+        host.clone(),
+    ));
     Peer {
         id,
         dir: dir.to_path_buf(),
@@ -83,43 +97,6 @@ async fn start_peer(id: u64, dir: &Path, certs: &Path, addr: std::net::SocketAdd
         host,
         endpoint,
         accept,
-    }
-}
-
-/// The test's stand-in for the node server: Raft RPCs only, node role only.
-async fn accept_loop(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
-    while let Some(incoming) = endpoint.accept().await {
-        let host = host.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            let Ok(peer) = transport::peer_identity(&conn) else {
-                return;
-            };
-            if transport::require_role(&peer, &[Role::Node]).is_err() {
-                return;
-            }
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let host = host.clone();
-                tokio::spawn(async move {
-                    let Ok(frame) = transport::read_frame(&mut recv, 64 << 20).await else {
-                        return;
-                    };
-                    let reply = match wire::decode_request(&frame) {
-                        Ok(RequestV1::Raft(rpc)) => match host.handle_rpc(rpc).await {
-                            Ok(bytes) => ResponseV1::Ok {
-                                served_at: 0,
-                                body: ResponseBodyV1::Raft(bytes),
-                            },
-                            Err(e) => wire::error_response(&e),
-                        },
-                        _ => return,
-                    };
-                    let _ = transport::write_frame(&mut send, &wire::encode_response(&reply)).await;
-                    let _ = send.finish();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-                });
-            }
-        });
     }
 }
 

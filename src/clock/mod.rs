@@ -221,8 +221,28 @@ impl Hlc {
     /// Merges a timestamp received from another node (HLC receive rule) and
     /// returns our new clock value, or refuses it when it is too far ahead.
     pub fn update(&self, remote: Timestamp) -> Result<Timestamp, ClockError> {
+        self.check_remote(remote)?;
         let wall = self.wall.now_unix_ms();
         self.generator.set_current_timestamp(wall);
+        let merged = self
+            .generator
+            .update(&to_hlc(remote)?)
+            .map_err(|_| ClockError::OutOfRange)?;
+        let merged = from_hlc(merged)?;
+        self.ensure_mark(merged)?;
+        Ok(merged)
+    }
+
+    /// Refuses (logged, counted in `meridian_clock_offset_rejections_total`)
+    /// a timestamp from another node whose physical part is more than
+    /// `max_offset_ms` ahead of our wall clock, without merging anything:
+    /// the check every peer path runs on timestamps it is about to accept
+    /// (proposed log entries, snapshots) before they can become committed
+    /// state here. design.md, Clocks: "A node refuses a message whose
+    /// physical time is more than `max_offset` ahead of its own clock, and
+    /// logs and counts it."
+    pub fn check_remote(&self, remote: Timestamp) -> Result<(), ClockError> {
+        let wall = self.wall.now_unix_ms();
         let ahead_ms = remote.physical_unix_ms().saturating_sub(wall);
         if ahead_ms > i64::try_from(self.max_offset_ms).unwrap_or(i64::MAX) {
             metrics::counter!(METRIC_OFFSET_REJECTIONS).increment(1);
@@ -233,13 +253,7 @@ impl Hlc {
                 max_offset_ms: self.max_offset_ms,
             });
         }
-        let merged = self
-            .generator
-            .update(&to_hlc(remote)?)
-            .map_err(|_| ClockError::OutOfRange)?;
-        let merged = from_hlc(merged)?;
-        self.ensure_mark(merged)?;
-        Ok(merged)
+        Ok(())
     }
 
     /// Merges a timestamp that is already committed (a replicated log entry

@@ -9,7 +9,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::type_config::alias::SnapshotOf;
 use openraft::{Config, Raft, SnapshotPolicy};
 use openraft_multi::GroupNetworkFactory;
 use serde::de::DeserializeOwned;
@@ -17,13 +17,15 @@ use serde::Serialize;
 
 use super::log_store::{LogSyncer, RangeLogStore};
 use super::network::PeerRouter;
-use super::state_machine::RangeStateMachine;
+use super::snapshot::SnapshotFile;
+use super::state_machine::{snapshot_dir, RangeStateMachine};
+use super::transfer::{self, Offer};
 use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
 use crate::clock::Hlc;
 use crate::error_code::{ApiError, ErrorCode};
+use crate::peer::{PeerResponseV1, RaftKindV1};
 use crate::storage::MvccStore;
 use crate::types::Timestamp;
-use crate::wire::{RaftRpcKindV1, RaftRpcV1};
 
 /// A Raft group of one range.
 pub type RangeRaft = Raft<RangeTypes, RangeStateMachine>;
@@ -130,10 +132,12 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl RaftHost {
-    /// A host for node `node_id`, sending RPCs from `endpoint` (node certificate).
+    /// A host for node `node_id`, sending RPCs from `endpoint` with
+    /// `peer_config` (node certificate, peer ALPN).
     pub fn new(
         node_id: NodeId,
         endpoint: quinn::Endpoint,
+        peer_config: quinn::ClientConfig,
         store: MvccStore,
         hlc: Arc<Hlc>,
         timing: &RaftTiming,
@@ -143,7 +147,8 @@ impl RaftHost {
             heartbeat_interval: timing.heartbeat_interval_ms,
             election_timeout_min: timing.election_timeout_min_ms,
             election_timeout_max: timing.election_timeout_max_ms,
-            // Snapshots of a range travel whole; give them time.
+            // Snapshots stream in chunks whose reads have their own
+            // deadline (peer::PEER_READ_TIMEOUT_MS); this bounds one call.
             install_snapshot_timeout: timing.election_timeout_max_ms.max(10_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_after_logs),
             max_in_snapshot_log_to_keep: timing.logs_kept_after_snapshot,
@@ -159,7 +164,7 @@ impl RaftHost {
             syncer,
             store,
             hlc,
-            router: PeerRouter::new(endpoint),
+            router: PeerRouter::new(endpoint, peer_config),
             config: Arc::new(config),
             groups: RwLock::new(HashMap::new()),
         })
@@ -213,56 +218,128 @@ impl RaftHost {
         read(&self.groups).values().cloned().collect()
     }
 
-    /// Serves one incoming Raft RPC and returns the encoded result.
-    pub async fn handle_rpc(&self, rpc: RaftRpcV1) -> Result<Vec<u8>, ApiError> {
-        let group = self.group(rpc.range).ok_or_else(|| {
+    fn group_or_err(&self, range: RangeId) -> Result<Arc<RangeGroup>, ApiError> {
+        self.group(range).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unavailable,
-                format!(
-                    "node {} runs no group for range {}",
-                    self.node_id, rpc.range
-                ),
+                format!("node {} runs no group for range {range}", self.node_id),
             )
-        })?;
+        })
+    }
+
+    /// Serves one incoming Raft RPC and returns the encoded result.
+    pub async fn handle_rpc(
+        &self,
+        range: RangeId,
+        kind: RaftKindV1,
+        p: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        let group = self.group_or_err(range)?;
         let raft = &group.raft;
-        let p = &rpc.payload;
-        match rpc.kind {
-            RaftRpcKindV1::AppendEntries => {
+        match kind {
+            RaftKindV1::AppendEntries => {
                 let req: AppendEntriesRequest<RangeTypes> = decode(p)?;
+                self.check_entry_clocks(&req)?;
                 let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.append_entries(req).await;
                 encode(&res)
             }
-            RaftRpcKindV1::Vote => {
+            RaftKindV1::Vote => {
                 let req: VoteRequest<RangeTypes> = decode(p)?;
                 let res: Result<VoteResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.vote(req).await;
                 encode(&res)
             }
-            RaftRpcKindV1::PreVote => {
+            RaftKindV1::PreVote => {
                 let req: VoteRequest<RangeTypes> = decode(p)?;
                 let res: Result<VoteResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.pre_vote(req).await;
                 encode(&res)
             }
-            RaftRpcKindV1::FullSnapshot => {
-                type Payload = (VoteOf<RangeTypes>, SnapshotMetaOf<RangeTypes>, Vec<u8>);
-                let (vote, meta, data): Payload = decode(p)?;
-                let snapshot = SnapshotOf::<RangeTypes, Vec<u8>> {
-                    meta,
-                    snapshot: data,
-                };
-                let res: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =
-                    raft.install_full_snapshot(vote, snapshot).await;
-                encode(&res)
-            }
-            RaftRpcKindV1::TransferLeader => {
+            RaftKindV1::TransferLeader => {
                 let req: TransferLeaderRequest<RangeTypes> = decode(p)?;
                 let res: Result<TransferLeaderResponse<RangeTypes>, Fatal<RangeTypes>> =
                     raft.handle_transfer_leader(req).await;
                 encode(&res)
             }
         }
+    }
+
+    /// Refuses entries stamped more than `max_offset_ms` ahead of our clock
+    /// before they reach the log (design.md, Clocks). Once accepted an entry
+    /// may commit, and a committed one is applied whatever the clock says.
+    fn check_entry_clocks(&self, req: &AppendEntriesRequest<RangeTypes>) -> Result<(), ApiError> {
+        let newest = req
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                openraft::EntryPayload::Normal(cmd) => Some(cmd.proposed_at),
+                _ => None,
+            })
+            .max();
+        match newest {
+            Some(ts) => self
+                .hlc
+                .check_remote(Timestamp(ts))
+                .map_err(|e| ApiError::new(ErrorCode::ClockOffset, format!("append refused: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Receives a snapshot offered on a peer stream (resuming an earlier
+    /// partial transfer of the same file), installs it, and returns the
+    /// final reply of the exchange.
+    pub async fn receive_snapshot(
+        &self,
+        offer: Offer,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> PeerResponseV1 {
+        match self.receive_and_install(offer, send, recv).await {
+            Ok(bytes) => PeerResponseV1::SnapshotInstalled(bytes),
+            Err(e) => PeerResponseV1::error(&e),
+        }
+    }
+
+    async fn receive_and_install(
+        &self,
+        offer: Offer,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Vec<u8>, ApiError> {
+        let range = offer.range;
+        let group = self.group_or_err(range)?;
+        let dir = snapshot_dir(&self.store);
+        let unavailable = |what: &str, e: std::io::Error| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("range {range}: {what}: {e}"),
+            )
+        };
+        let started = std::time::Instant::now();
+        let got = transfer::receive_snapshot(offer, &dir, send, recv)
+            .await
+            .map_err(|e| unavailable("receive snapshot", e))?;
+        if let Err(e) = self.hlc.check_remote(Timestamp(got.header.last_ts)) {
+            got.file.remove();
+            return Err(ApiError::new(
+                ErrorCode::ClockOffset,
+                format!("range {range}: snapshot refused: {e}"),
+            ));
+        }
+        tracing::info!(
+            range,
+            bytes = got.file.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "received a range snapshot"
+        );
+        let snapshot = SnapshotOf::<RangeTypes, SnapshotFile> {
+            meta: got.meta,
+            snapshot: got.file,
+        };
+        let res: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =
+            group.raft.install_full_snapshot(got.vote, snapshot).await;
+        encode(&res)
     }
 
     /// Stops every group (bounded by openraft's own shutdown).

@@ -11,8 +11,12 @@
 //!   the same deterministic logic as the single-node writer
 //!   ([`crate::engine::decide`]), records the applied log id in the same
 //!   atomic batch, and builds / installs snapshots of the range.
-//! - [`network`]: Raft RPCs over the node's QUIC endpoint, one connection per
-//!   peer shared by every group (openraft-multi's `GroupRouter`).
+//! - [`network`]: Raft RPCs over the peer protocol ([`crate::peer`]), one
+//!   connection per peer shared by every group (openraft-multi's
+//!   `GroupRouter`), AppendEntries capped in bytes.
+//! - [`snapshot`]: the snapshot file format (written, shipped and installed
+//!   in bounded memory) and [`transfer`]: streaming it to a peer in
+//!   resumable chunks.
 //! - [`host`]: the groups a node runs, and the receiving side of the RPCs.
 //!
 //! **Architecture Invariant:** apply is deterministic. The leader stamps a
@@ -28,7 +32,9 @@
 pub mod host;
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
+pub mod transfer;
 pub mod types;
 
 pub use host::{RaftHost, RaftTiming, RangeGroup, RangeRaft};

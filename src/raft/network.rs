@@ -1,9 +1,15 @@
-//! Raft RPCs over the node's QUIC endpoint.
+//! Raft RPCs over the peer protocol ([`crate::peer`]).
 //!
 //! [`PeerRouter`] implements openraft-multi's `GroupRouter`: every group on
 //! this node sends through it, and it keeps **one QUIC connection per peer**
-//! (mutual TLS with node certificates), opening one bidirectional stream per
-//! RPC. The group (range) id travels in the frame ([`crate::wire::RaftRpcV1`]).
+//! (mutual TLS with node certificates, ALPN `meridian-peer/1`), opening one
+//! bidirectional stream per RPC. The group (range) id travels in the frame.
+//!
+//! AppendEntries are capped in bytes ([`crate::peer::MAX_APPEND_BYTES`]):
+//! when openraft hands over more, the router sends the prefix that fits
+//! (always at least one entry) and reports `PartialSuccess` up to its last
+//! entry, so openraft sends the rest next. Snapshots stream from their file
+//! in chunks ([`super::transfer`]), resumable after a dropped connection.
 //!
 //! Failures map onto openraft's error kinds: no connection or a broken
 //! stream is `Unreachable` (openraft backs off), an expired deadline is
@@ -31,21 +37,17 @@ use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::snapshot::SnapshotFile;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
+use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
 use crate::transport;
-use crate::wire::{self, RaftRpcKindV1, RaftRpcV1, RequestV1, ResponseBodyV1, ResponseV1};
-
-/// Largest Raft RPC reply a node reads (a vote or append result is tiny; a
-/// snapshot reply too). Requests (appends, snapshots) are bounded by the
-/// receiver's `max_request_bytes`.
-const MAX_RAFT_REPLY_BYTES: usize = 1024 * 1024;
 
 /// A network failure, as openraft's error constructors want an `Error`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct NetError(String);
+pub struct NetError(pub(crate) String);
 
-type Snapshot = SnapshotOf<RangeTypes, Vec<u8>>;
+type Snapshot = SnapshotOf<RangeTypes, SnapshotFile>;
 
 /// Sends Raft RPCs for every group of this node. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +57,8 @@ pub struct PeerRouter {
 
 struct Inner {
     endpoint: quinn::Endpoint,
+    /// Client config with the node certificate and the peer ALPN.
+    config: quinn::ClientConfig,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     conns: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
 }
@@ -68,11 +72,13 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, NetError> {
 }
 
 impl PeerRouter {
-    /// A router sending from `endpoint` (which must present a node certificate).
-    pub fn new(endpoint: quinn::Endpoint) -> PeerRouter {
+    /// A router sending from `endpoint` with `config` (from
+    /// [`transport::peer_client_config`]: node certificate, peer ALPN).
+    pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> PeerRouter {
         PeerRouter {
             inner: Arc::new(Inner {
                 endpoint,
+                config,
                 peers: RwLock::new(HashMap::new()),
                 conns: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -109,7 +115,7 @@ impl PeerRouter {
         // must not stall RPCs (heartbeats!) to live peers. Two concurrent
         // connects to one peer are harmless; the later one is kept.
         let addr = self.peer_addr(target)?;
-        let conn = transport::connect(&self.inner.endpoint, addr, None)
+        let conn = transport::connect_peer(&self.inner.endpoint, &self.inner.config, addr)
             .await
             .map_err(|e| NetError(format!("connect to node {target} at {addr}: {e}")))?;
         self.inner.conns.lock().await.insert(target, conn.clone());
@@ -121,7 +127,7 @@ impl PeerRouter {
         &self,
         target: NodeId,
         range: RangeId,
-        kind: RaftRpcKindV1,
+        kind: RaftKindV1,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, NetError> {
         let conn = self.connection(target).await?;
@@ -129,11 +135,11 @@ impl PeerRouter {
             .open_bi()
             .await
             .map_err(|e| NetError(format!("open stream to node {target}: {e}")))?;
-        let frame = wire::encode_request(&RequestV1::Raft(RaftRpcV1 {
+        let frame = peer::encode(&PeerRequestV1::Raft {
             range,
             kind,
             payload,
-        }));
+        });
         transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to node {target}: {e}")))?;
@@ -141,18 +147,12 @@ impl PeerRouter {
         let reply = transport::read_frame(&mut recv, MAX_RAFT_REPLY_BYTES)
             .await
             .map_err(|e| NetError(format!("reply from node {target}: {e}")))?;
-        match wire::decode_response(&reply).map_err(|e| NetError(e.to_string()))? {
-            ResponseV1::Ok {
-                body: ResponseBodyV1::Raft(bytes),
-                ..
-            } => Ok(bytes),
-            ResponseV1::Ok { body, .. } => Err(NetError(format!("unexpected reply {body:?}"))),
-            ResponseV1::Err { code, message } => {
+        match peer::decode(&reply).map_err(|e| NetError(e.to_string()))? {
+            PeerResponseV1::Raft(bytes) => Ok(bytes),
+            PeerResponseV1::Err { code, message } => {
                 Err(NetError(format!("node {target} refused: {code} {message}")))
             }
-            ResponseV1::NotLeader { message, .. } => {
-                Err(NetError(format!("node {target}: {message}")))
-            }
+            other => Err(NetError(format!("unexpected reply {other:?}"))),
         }
     }
 
@@ -166,7 +166,7 @@ impl PeerRouter {
         &self,
         target: NodeId,
         range: RangeId,
-        kind: RaftRpcKindV1,
+        kind: RaftKindV1,
         rpc_type: RPCTypes,
         req: &Req,
         option: &RPCOption,
@@ -193,25 +193,30 @@ fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<RangeType
 }
 
 impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &self,
         target: NodeId,
         group_id: RangeId,
-        rpc: AppendEntriesRequest<RangeTypes>,
+        mut rpc: AppendEntriesRequest<RangeTypes>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RangeTypes>, RPCError<RangeTypes>> {
-        let kind = RaftRpcKindV1::AppendEntries;
-        self.unary::<_, _, RaftError<RangeTypes>>(
-            target,
-            group_id,
-            kind,
-            RPCTypes::AppendEntries,
-            &rpc,
-            &option,
-        )
-        .await
+        let fits = entries_within(&rpc.entries, peer::MAX_APPEND_BYTES);
+        let last_sent = (fits < rpc.entries.len()).then(|| rpc.entries[fits - 1].log_id);
+        rpc.entries.truncate(fits);
+        let kind = RaftKindV1::AppendEntries;
+        let reply = self
+            .unary::<_, _, RaftError<RangeTypes>>(
+                target,
+                group_id,
+                kind,
+                RPCTypes::AppendEntries,
+                &rpc,
+                &option,
+            )
+            .await?;
+        Ok(partial(reply, last_sent))
     }
 
     async fn vote(
@@ -221,7 +226,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         rpc: VoteRequest<RangeTypes>,
         option: RPCOption,
     ) -> Result<VoteResponse<RangeTypes>, RPCError<RangeTypes>> {
-        let kind = RaftRpcKindV1::Vote;
+        let kind = RaftKindV1::Vote;
         self.unary::<_, _, RaftError<RangeTypes>>(
             target,
             group_id,
@@ -240,7 +245,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         rpc: VoteRequest<RangeTypes>,
         option: RPCOption,
     ) -> Result<VoteResponse<RangeTypes>, RPCError<RangeTypes>> {
-        let kind = RaftRpcKindV1::PreVote;
+        let kind = RaftKindV1::PreVote;
         self.unary::<_, _, RaftError<RangeTypes>>(
             target,
             group_id,
@@ -262,12 +267,13 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<RangeTypes>, StreamingError<RangeTypes>> {
         let unreachable = |e: NetError| StreamingError::Unreachable(Unreachable::new(&e));
-        let payload = encode(&(vote, snapshot.meta, snapshot.snapshot)).map_err(unreachable)?;
-        let kind = RaftRpcKindV1::FullSnapshot;
-        // No deadline of our own: a snapshot takes as long as its size needs;
-        // replication cancels it through `cancel` when it is no longer wanted.
+        let conn = self.connection(target).await.map_err(unreachable)?;
+        // No deadline of our own: a snapshot takes as long as its size needs
+        // (each frame is bounded by the receiver's read timeout); replication
+        // cancels it through `cancel` when it is no longer wanted.
+        let send = super::transfer::send_snapshot(&conn, group_id, &vote, &snapshot);
         let bytes = tokio::select! {
-            r = self.call(target, group_id, kind, payload) => r.map_err(unreachable)?,
+            r = send => r.map_err(unreachable)?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let result: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =
@@ -282,7 +288,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         req: TransferLeaderRequest<RangeTypes>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<RangeTypes>, RPCError<RangeTypes>> {
-        let kind = RaftRpcKindV1::TransferLeader;
+        let kind = RaftKindV1::TransferLeader;
         self.unary::<_, _, Fatal<RangeTypes>>(
             target,
             group_id,
@@ -292,6 +298,51 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             &option,
         )
         .await
+    }
+}
+
+/// How many of `entries`, from the first, fit in `max_bytes` (by
+/// [`super::RangeCommand::approx_bytes`]); at least one, so an entry larger
+/// than the budget still travels, alone.
+pub fn entries_within(
+    entries: &[openraft::type_config::alias::EntryOf<RangeTypes>],
+    max_bytes: usize,
+) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for e in entries {
+        bytes = bytes.saturating_add(entry_bytes(e));
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn entry_bytes(e: &openraft::type_config::alias::EntryOf<RangeTypes>) -> usize {
+    const ENTRY_OVERHEAD: usize = 32;
+    ENTRY_OVERHEAD
+        + match &e.payload {
+            openraft::EntryPayload::Normal(cmd) => cmd.approx_bytes(),
+            openraft::EntryPayload::Membership(m) => 64 * m.nodes().count(),
+            openraft::EntryPayload::Blank => 0,
+        }
+}
+
+/// The reply to report for an append that sent only the entries up to
+/// `last_sent` (when it was cut): a full success becomes a partial one up to
+/// there; every other reply stands. (openraft: the returned matching log id
+/// is at or after the request's `prev_log_id`, as it must be.)
+fn partial(
+    reply: AppendEntriesResponse<RangeTypes>,
+    last_sent: Option<openraft::type_config::alias::LogIdOf<RangeTypes>>,
+) -> AppendEntriesResponse<RangeTypes> {
+    match (reply, last_sent) {
+        (AppendEntriesResponse::Success, Some(last)) => {
+            AppendEntriesResponse::PartialSuccess(Some(last))
+        }
+        (reply, _) => reply,
     }
 }
 

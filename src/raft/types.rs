@@ -87,6 +87,24 @@ impl CommandV1 {
     }
 }
 
+impl RangeCommand {
+    /// About how many bytes this command occupies in a log entry or an
+    /// AppendEntries frame: its keys and values plus a fixed allowance for
+    /// framing. Used to cap AppendEntries batches in bytes.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 32;
+        OVERHEAD
+            + match &self.op {
+                CommandV1::Put { key, value } => key.len() + value.len(),
+                CommandV1::Delete { key } => key.len(),
+                // Transactions mix keys, values and compare operands: size
+                // them exactly (they are small and rare next to puts).
+                CommandV1::Txn(t) => postcard::to_allocvec(t).map_or(0, |b| b.len()),
+                CommandV1::Barrier => 0,
+            }
+    }
+}
+
 impl fmt::Display for RangeCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keys and values are user data: log their sizes, not their bytes.

@@ -70,26 +70,14 @@ impl RateLimiter {
     }
 }
 
-pub(crate) async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context>) {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            // Handshake failures include clients without a valid certificate.
-            tracing::debug!(%remote, error = %e, "handshake failed");
-            metrics::counter!("meridian_connections_refused_total", "reason" => "handshake")
-                .increment(1);
-            return;
-        }
-    };
-    let peer = match transport::peer_identity(&conn) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            tracing::warn!(%remote, error = %e, "refusing connection without a usable identity");
-            conn.close(1u32.into(), b"no usable certificate identity");
-            return;
-        }
-    };
+/// Serves one client-protocol connection (handshake done) until it closes.
+pub(crate) async fn serve_connection(
+    conn: quinn::Connection,
+    peer: PeerIdentity,
+    ctx: Arc<Context>,
+) {
+    let remote = conn.remote_address();
+    let peer = Arc::new(peer);
     let span = tracing::info_span!("conn", %remote, peer = %peer.name, role = %peer.role);
     let mut limiter = ctx.rate_limit_rps.map(RateLimiter::new);
     async move {
@@ -227,13 +215,14 @@ async fn handle(
             role_check(peer, &[Role::Node])?;
             Ok((engine.closed_ts(), ResponseBodyV1::Pong))
         }
-        RequestV1::Raft(rpc) => {
+        RequestV1::Raft(_) => {
+            // Kept in the enum (formats are append-only) but no longer
+            // served here: peer traffic has its own protocol and dispatcher.
             role_check(peer, &[Role::Node])?;
-            let host = ctx.raft.as_ref().ok_or_else(|| {
-                ApiError::new(ErrorCode::Unavailable, "this node runs no Raft groups")
-            })?;
-            let reply = host.handle_rpc(rpc).await?;
-            Ok((engine.closed_ts(), ResponseBodyV1::Raft(reply)))
+            Err(ApiError::new(
+                ErrorCode::UnsupportedVersion,
+                "Raft RPCs travel on the peer protocol (ALPN meridian-peer/1), not the client protocol; run the same Meridian build on every node",
+            ))
         }
         RequestV1::Members => {
             let m = ctx.membership.as_ref().ok_or_else(|| {

@@ -14,6 +14,7 @@
 //! writer, and never writes anything.
 
 mod dispatch;
+mod peer;
 mod region;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::transport::{self, EndpointLimits, TlsFiles};
 
 pub(crate) use dispatch::members_v1;
 pub use dispatch::NodeInfo;
+pub use peer::serve_peers;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,8 @@ impl Node {
             None => None,
             Some(rc) => {
                 let hints = membership.clone().map(|m| (m, cfg.node_id.clone()));
-                Some(region::start_groups(rc, &endpoint, &store, &hlc, hints).await?)
+                let peer_config = transport::peer_client_config(&tls, &endpoint_limits)?;
+                Some(region::start_groups(rc, &endpoint, peer_config, &store, &hlc, hints).await?)
             }
         };
         let replicated = raft.as_ref().map(|(host, rc)| region::routing(host, rc));
@@ -270,19 +273,64 @@ async fn accept_loop(
     ctx: Arc<dispatch::Context>,
     conn_limit: Arc<Semaphore>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(crate::limits::MAX_PENDING_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
-            // Over max_connections: refuse before the handshake costs anything.
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            // Too many handshakes in flight: refuse before they cost anything.
             incoming.refuse();
-            metrics::counter!("meridian_connections_refused_total", "reason" => "limit")
+            metrics::counter!("meridian_connections_refused_total", "reason" => "handshakes")
                 .increment(1);
             continue;
         };
         let ctx = ctx.clone();
+        let conn_limit = conn_limit.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            dispatch::serve_connection(incoming, ctx).await;
+            let Some((conn, identity)) = accept(incoming).await else {
+                return;
+            };
+            drop(handshake);
+            if transport::protocol_of(&conn) == Some(transport::Protocol::Peer) {
+                // Peer traffic: its own dispatcher, never counted against
+                // the client connection limit.
+                peer::serve_peer_connection(conn, identity, ctx.raft.clone()).await;
+                return;
+            }
+            let Ok(_permit) = conn_limit.try_acquire_owned() else {
+                // Over max_connections: refuse the client connection.
+                conn.close(CLOSE_TOO_MANY_CONNECTIONS.into(), b"too many connections");
+                metrics::counter!("meridian_connections_refused_total", "reason" => "limit")
+                    .increment(1);
+                return;
+            };
+            dispatch::serve_connection(conn, identity, ctx).await;
         });
+    }
+}
+
+/// QUIC close code when `server.max_connections` client connections are open.
+const CLOSE_TOO_MANY_CONNECTIONS: u32 = 3;
+
+/// Completes the handshake and reads the peer's identity; `None` (logged and
+/// counted) when either fails.
+async fn accept(incoming: quinn::Incoming) -> Option<(quinn::Connection, transport::PeerIdentity)> {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Handshake failures include clients without a valid certificate.
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            metrics::counter!("meridian_connections_refused_total", "reason" => "handshake")
+                .increment(1);
+            return None;
+        }
+    };
+    match transport::peer_identity(&conn) {
+        Ok(p) => Some((conn, p)),
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refusing connection without a usable identity");
+            conn.close(1u32.into(), b"no usable certificate identity");
+            None
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::storage::MvccStore;
 pub(crate) async fn start_groups(
     rc: &RaftConfig,
     endpoint: &quinn::Endpoint,
+    peer_config: quinn::ClientConfig,
     store: &MvccStore,
     hlc: &Arc<Hlc>,
     hints: Option<(crate::membership::Membership, String)>,
@@ -22,6 +23,7 @@ pub(crate) async fn start_groups(
     let host = RaftHost::new(
         rc.node_id,
         endpoint.clone(),
+        peer_config,
         store.clone(),
         hlc.clone(),
         &rc.timing,

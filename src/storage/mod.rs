@@ -209,6 +209,7 @@ fn validate_meta(name: &str, value: &[u8]) -> Result<(), StorageError> {
 }
 
 struct Inner {
+    path: PathBuf,
     db: Database,
     data: Keyspace,
     meta: Keyspace,
@@ -364,6 +365,7 @@ impl MvccStore {
         };
         tracing::info!(gc_horizon = horizon.0, "storage opened");
         let inner = Inner {
+            path: opts.path.clone(),
             db,
             data,
             meta,
@@ -619,26 +621,55 @@ impl MvccStore {
         })
     }
 
-    /// Atomically replaces every version of the user keys in `[start, end)`
-    /// with `versions` (which must lie in that span) and writes `meta` in the
-    /// same batch: how a Raft snapshot is installed. Not fsynced; call
-    /// [`MvccStore::sync`] when it must be durable.
-    pub fn replace_range(
+    /// Removes up to `max_versions` stored versions (tombstones included)
+    /// of the user keys in `[start, end)` in one atomic batch, and says
+    /// whether any remain: the first step of installing a Raft snapshot,
+    /// taken in bounded batches so a large range never sits in one batch.
+    /// Not fsynced.
+    pub fn clear_range_step(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_versions: usize,
+    ) -> Result<bool, StorageError> {
+        self.check_poisoned()?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok(false);
+        }
+        if max_versions == 0 {
+            return Err(StorageError::invalid(
+                "clear_range_step: max_versions must be at least 1",
+            ));
+        }
+        let _write = lock(&self.inner.write_lock);
+        let snapshot = self.inner.db.snapshot();
+        let mut batch = self.inner.db.batch();
+        let mut removed = 0;
+        for guard in snapshot.range(&self.inner.data, encoded_bounds(start, end)) {
+            if removed == max_versions {
+                break;
+            }
+            let key = guard.key().map_err(StorageError::fjall)?;
+            batch.remove(&self.inner.data, key);
+            removed += 1;
+        }
+        batch
+            .commit()
+            .map_err(|err| self.write_failed("clear_range_step", err))?;
+        Ok(removed == max_versions)
+    }
+
+    /// Writes `versions` (which must lie in `[start, end)`) as they are, in
+    /// one atomic batch: how a Raft snapshot's versions are installed, a
+    /// bounded batch at a time after [`MvccStore::clear_range_step`]. Not
+    /// fsynced.
+    pub fn insert_versions(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         versions: &[RawVersion],
-        meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StorageError> {
         self.check_poisoned()?;
-        for (name, value) in meta {
-            validate_meta(name, value)?;
-        }
-        if end.is_some_and(|e| e <= start) {
-            return Err(StorageError::invalid(
-                "replace_range: end must be above start",
-            ));
-        }
         let in_span = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
         if let Some(v) = versions.iter().find(|v| !in_span(&v.key)) {
             return Err(StorageError::invalid(format!(
@@ -646,13 +677,17 @@ impl MvccStore {
                 String::from_utf8_lossy(&v.key)
             )));
         }
-        let _write = lock(&self.inner.write_lock);
-        let snapshot = self.inner.db.snapshot();
-        let mut batch = self.inner.db.batch();
-        for guard in snapshot.range(&self.inner.data, encoded_bounds(start, end)) {
-            let key = guard.key().map_err(StorageError::fjall)?;
-            batch.remove(&self.inner.data, key);
+        if let Some(v) = versions
+            .iter()
+            .find(|v| encoding::encoded_key_len(&v.key) > encoding::MAX_ENCODED_KEY_BYTES)
+        {
+            return Err(StorageError::invalid(format!(
+                "snapshot key of {} bytes is too long to store",
+                v.key.len()
+            )));
         }
+        let _write = lock(&self.inner.write_lock);
+        let mut batch = self.inner.db.batch();
         for v in versions {
             let encoded = encoding::encode_version_key(&v.key, v.version);
             batch.insert(
@@ -661,16 +696,15 @@ impl MvccStore {
                 encoding::encode_record(v.value.as_deref()),
             );
         }
-        for (name, value) in meta {
-            batch.insert(
-                &self.inner.meta,
-                encoding::meta_user_key(name),
-                encoding::encode_meta(value),
-            );
-        }
         batch
             .commit()
-            .map_err(|err| self.write_failed("replace_range", err))
+            .map_err(|err| self.write_failed("insert_versions", err))
+    }
+
+    /// The directory of the store. Files that belong with the node's data
+    /// (Raft snapshot files) live in subdirectories of it.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.path
     }
 
     /// The fjall database, for other keyspaces of the same node (the Raft

@@ -5,14 +5,14 @@
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 
 use crate::error_code::ErrorCode;
-use crate::limits::HARD_MAX_REQUEST_BYTES;
+use crate::limits::HARD_MAX_FRAME_BYTES;
 
 /// Bytes in a frame header.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// The largest frame anyone may send or receive, whatever `max_len` a
 /// reader passes: no configuration can make a node accept a bigger one.
-pub const MAX_FRAME_BYTES: usize = HARD_MAX_REQUEST_BYTES;
+pub const MAX_FRAME_BYTES: usize = HARD_MAX_FRAME_BYTES;
 
 /// Most bytes taken from the stream per read while filling a frame body, so
 /// memory grows with bytes actually received, not with what a header claims.

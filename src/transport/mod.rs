@@ -32,9 +32,38 @@ use crate::limits::DEFAULT_MAX_STREAMS_PER_CONNECTION;
 
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
 
-/// The ALPN protocol id of Meridian's protocol, version 1. A peer offering
-/// anything else fails the handshake.
+/// The ALPN protocol id of Meridian's client protocol, version 1
+/// ([`crate::wire`]). A client offering anything but this or [`ALPN_PEER`]
+/// fails the handshake.
 pub const ALPN: &[u8] = b"meridian/1";
+
+/// The ALPN protocol id of the peer protocol, version 1 ([`crate::peer`]):
+/// node-to-node traffic, served by its own dispatcher with its own limits,
+/// and only for node certificates.
+pub const ALPN_PEER: &[u8] = b"meridian-peer/1";
+
+/// Which protocol a connection speaks, from its negotiated ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// The client protocol ([`ALPN`]).
+    Client,
+    /// The peer protocol ([`ALPN_PEER`]).
+    Peer,
+}
+
+/// The protocol negotiated on `conn`; `None` if the handshake chose none
+/// (cannot happen with our server config, which requires one).
+pub fn protocol_of(conn: &quinn::Connection) -> Option<Protocol> {
+    let data = conn
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    match data.protocol.as_deref() {
+        Some(p) if p == ALPN => Some(Protocol::Client),
+        Some(p) if p == ALPN_PEER => Some(Protocol::Peer),
+        _ => None,
+    }
+}
 
 /// Default for [`EndpointLimits::idle_timeout_ms`]: 30 s.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
@@ -279,7 +308,7 @@ pub fn server_endpoint(
         });
     }
     let server = tls::server_config(&id, transport.clone())?;
-    let client = tls::client_config(&id, transport)?;
+    let client = tls::client_config(&id, transport, ALPN)?;
     let mut endpoint = quinn::Endpoint::server(server, addr)
         .map_err(|source| TransportError::Bind { addr, source })?;
     endpoint.set_default_client_config(client);
@@ -298,10 +327,27 @@ pub fn client_endpoint(
 ) -> Result<quinn::Endpoint, TransportError> {
     let transport = tls::transport_config(limits)?;
     let id = tls::Identity::load(tls)?;
-    let client = tls::client_config(&id, transport)?;
+    let client = tls::client_config(&id, transport, ALPN)?;
     let mut endpoint = bind_client()?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// The client config a node dials its peers with: its node certificate
+/// (which must be one) and the peer protocol's ALPN [`ALPN_PEER`].
+pub fn peer_client_config(
+    tls: &TlsFiles,
+    limits: &EndpointLimits,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let transport = tls::transport_config(limits)?;
+    let id = tls::Identity::load(tls)?;
+    if id.role != Role::Node {
+        return Err(TransportError::NotANode {
+            path: tls.cert.clone(),
+            role: id.role,
+        });
+    }
+    tls::client_config(&id, transport, ALPN_PEER)
 }
 
 fn bind_client() -> Result<quinn::Endpoint, TransportError> {
@@ -331,8 +377,27 @@ pub async fn connect(
 ) -> Result<quinn::Connection, TransportError> {
     let ip_name = addr.ip().to_string();
     let name = server_name.unwrap_or(&ip_name);
-    let conn = endpoint
-        .connect(addr, name)?
+    let connecting = endpoint.connect(addr, name)?;
+    finish_connect(connecting, addr).await
+}
+
+/// Connects to the peer node at `addr` with `config` (from
+/// [`peer_client_config`]): the peer protocol, checked like [`connect`].
+pub async fn connect_peer(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, TransportError> {
+    let name = addr.ip().to_string();
+    let connecting = endpoint.connect_with(config.clone(), addr, &name)?;
+    finish_connect(connecting, addr).await
+}
+
+async fn finish_connect(
+    connecting: quinn::Connecting,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, TransportError> {
+    let conn = connecting
         .await
         .map_err(|source| TransportError::Handshake { addr, source })?;
     let server = peer_identity(&conn)?;

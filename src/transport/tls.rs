@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-use super::{EndpointLimits, TlsFiles, TransportError, ALPN};
+use super::{EndpointLimits, TlsFiles, TransportError, ALPN, ALPN_PEER};
 use crate::certs::{self, CertError, Role};
 
 /// Our certificate chain, key and trust roots, loaded once per endpoint.
@@ -69,7 +69,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Server side: TLS 1.3 only (QUIC requires it), a client certificate chained
-/// to our CA is mandatory, and the peer must speak [`ALPN`].
+/// to our CA is mandatory, and the peer must speak [`ALPN`] (clients) or
+/// [`ALPN_PEER`] (nodes); the negotiated one picks the dispatcher.
 pub(super) fn server_config(
     id: &Identity,
     transport: Arc<TransportConfig>,
@@ -84,7 +85,7 @@ pub(super) fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|source| id.cert_and_key_error(source))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_PEER.to_vec()];
     // 0-RTT stays off (rustls' default max_early_data_size of 0): early data
     // can be replayed, and our requests include writes.
     let crypto = QuicServerConfig::try_from(tls).map_err(TransportError::NoQuicCipherSuite)?;
@@ -93,11 +94,12 @@ pub(super) fn server_config(
     Ok(config)
 }
 
-/// Client side: verifies the server against our CA only and presents our
-/// certificate.
+/// Client side: verifies the server against our CA only, presents our
+/// certificate and offers `alpn` ([`ALPN`] or [`ALPN_PEER`]).
 pub(super) fn client_config(
     id: &Identity,
     transport: Arc<TransportConfig>,
+    alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TransportError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -105,7 +107,7 @@ pub(super) fn client_config(
         .with_root_certificates(id.roots.clone())
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|source| id.cert_and_key_error(source))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(TransportError::NoQuicCipherSuite)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);

@@ -1,0 +1,252 @@
+//! The peer protocol, version 1: what nodes say to each other.
+//!
+//! Peer traffic (Raft RPCs, streamed snapshots, later cross-region
+//! replication and forwarding) is a protocol of its own beside the client
+//! protocol ([`crate::wire`]): it is negotiated with its own ALPN
+//! ([`crate::transport::ALPN_PEER`]), served by its own dispatcher
+//! (`server::peer`) that admits only `node` certificates, and has its own
+//! limits ([`PEER_MAX_FRAME_BYTES`], [`MAX_APPEND_BYTES`],
+//! [`SNAPSHOT_CHUNK_BYTES`]). Client limits and rate limits never apply to it.
+//!
+//! A peer exchange is one bidirectional stream of length-prefixed frames
+//! ([`crate::transport::frame`]); each message frame is a `u16` big-endian
+//! version ([`PEER_PROTOCOL_VERSION`]) and a postcard body.
+//!
+//! - Raft RPC: one [`PeerRequestV1::Raft`] frame, one [`PeerResponseV1::Raft`]
+//!   (or [`PeerResponseV1::Err`]) frame.
+//! - Snapshot: [`PeerRequestV1::SnapshotOffer`] → [`PeerResponseV1::SnapshotResumeAt`]
+//!   (the bytes the receiver already holds of that snapshot, from an earlier
+//!   interrupted transfer) → raw chunk frames of at most
+//!   [`SNAPSHOT_CHUNK_BYTES`] until `total_bytes` → [`PeerResponseV1::SnapshotInstalled`].
+//!
+//! Enums are only ever appended to; frozen-bytes tests pin the layout.
+//! This module holds types and their encoding only, no logic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::{ApiError, ErrorCode};
+
+/// The peer protocol version this build speaks.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// Largest peer frame a node reads or writes: one log entry is bounded by
+/// the proposer's `limits.max_request_bytes` (at most
+/// [`crate::limits::HARD_MAX_REQUEST_BYTES`]), and an AppendEntries frame
+/// carries more than one entry only while it stays under
+/// [`MAX_APPEND_BYTES`]; the rest is framing.
+pub const PEER_MAX_FRAME_BYTES: usize = crate::limits::HARD_MAX_FRAME_BYTES;
+
+/// Byte budget of one AppendEntries RPC (sum of its entries' sizes, as
+/// estimated by `RangeCommand::approx_bytes`). A batch always carries at
+/// least one entry, so an entry larger than the budget travels alone.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Largest chunk of a snapshot file in one frame. The receiver holds at most
+/// one chunk in memory; QUIC flow control bounds what is in flight.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Longest a receiver waits for the next frame of a peer exchange.
+pub const PEER_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// Largest reply frame to a Raft RPC (a vote or append result is tiny).
+pub const MAX_RAFT_REPLY_BYTES: usize = 1024 * 1024;
+
+/// Raft RPC kinds, version 1 (append-only). The payload of each is the
+/// postcard encoding of the openraft request type it names (openraft is
+/// pinned exactly, so both ends agree on that layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKindV1 {
+    /// AppendEntries (also heartbeats).
+    AppendEntries,
+    /// RequestVote.
+    Vote,
+    /// Pre-vote.
+    PreVote,
+    /// Leadership transfer.
+    TransferLeader,
+}
+
+/// A request that opens a peer exchange, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequestV1 {
+    /// A Raft RPC for one range group.
+    Raft {
+        /// The range (Raft group) addressed.
+        range: u64,
+        /// Which RPC.
+        kind: RaftKindV1,
+        /// postcard of the openraft request.
+        payload: Vec<u8>,
+    },
+    /// Offers a snapshot of a range; chunk frames follow the receiver's
+    /// [`PeerResponseV1::SnapshotResumeAt`].
+    SnapshotOffer {
+        /// The range (Raft group) addressed.
+        range: u64,
+        /// Identifies the snapshot file's exact bytes (a digest prefix), so
+        /// a receiver resumes only a transfer of the same file.
+        snapshot_id: Vec<u8>,
+        /// Size of the snapshot file in bytes.
+        total_bytes: u64,
+        /// postcard of the leader's vote (openraft `Vote`).
+        vote: Vec<u8>,
+        /// postcard of the snapshot's openraft `SnapshotMeta`.
+        meta: Vec<u8>,
+    },
+}
+
+/// A reply in a peer exchange, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponseV1 {
+    /// postcard of the openraft result of a Raft RPC.
+    Raft(Vec<u8>),
+    /// The receiver already holds the first `offset` bytes of the offered
+    /// snapshot: the sender continues from there.
+    SnapshotResumeAt {
+        /// Bytes already held.
+        offset: u64,
+    },
+    /// postcard of the openraft result of installing the snapshot.
+    SnapshotInstalled(Vec<u8>),
+    /// The exchange was refused; nothing was changed by it.
+    Err {
+        /// Stable error code (`MER-…`).
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl PeerResponseV1 {
+    /// The error reply for `e`.
+    pub fn error(e: &ApiError) -> PeerResponseV1 {
+        PeerResponseV1::Err {
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// Why a peer frame could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerDecodeError {
+    /// Fewer than two bytes: no version header.
+    #[error("peer frame of {0} bytes has no version header")]
+    Short(usize),
+    /// A version this build does not speak: the nodes run incompatible builds.
+    #[error(
+        "peer protocol version {0} is not supported (this node speaks {PEER_PROTOCOL_VERSION})"
+    )]
+    UnsupportedVersion(u16),
+    /// The body is not a valid encoding of the expected message.
+    #[error("malformed peer frame: {0}")]
+    Malformed(String),
+}
+
+impl From<PeerDecodeError> for ApiError {
+    fn from(e: PeerDecodeError) -> ApiError {
+        let code = match e {
+            PeerDecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            PeerDecodeError::Short(_) | PeerDecodeError::Malformed(_) => {
+                ErrorCode::MalformedRequest
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// Encodes a peer message with its version header.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let out = PEER_PROTOCOL_VERSION.to_be_bytes().to_vec();
+    // Writing into a Vec cannot fail; an unencodable value is a programmer
+    // error, answered with an empty body the peer refuses as malformed.
+    postcard::to_extend(msg, out).unwrap_or_else(|_| PEER_PROTOCOL_VERSION.to_be_bytes().to_vec())
+}
+
+/// Decodes a peer message, refusing unknown versions and trailing bytes.
+pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, PeerDecodeError> {
+    let (header, body) = frame
+        .split_at_checked(2)
+        .ok_or(PeerDecodeError::Short(frame.len()))?;
+    let version = u16::from_be_bytes([header[0], header[1]]);
+    if version != PEER_PROTOCOL_VERSION {
+        return Err(PeerDecodeError::UnsupportedVersion(version));
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes(body).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(PeerDecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_raft_request_bytes() {
+        let req = PeerRequestV1::Raft {
+            range: 3,
+            kind: RaftKindV1::Vote,
+            payload: vec![7, 8],
+        };
+        let bytes = encode(&req);
+        assert_eq!(bytes, vec![0, 1, 0, 3, 1, 2, 7, 8]);
+        assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
+    }
+
+    #[test]
+    fn frozen_snapshot_offer_and_replies() {
+        let offer = PeerRequestV1::SnapshotOffer {
+            range: 1,
+            snapshot_id: vec![0xab],
+            total_bytes: 300,
+            vote: vec![5],
+            meta: vec![6],
+        };
+        assert_eq!(
+            encode(&offer),
+            vec![0, 1, 1, 1, 1, 0xab, 0xac, 0x02, 1, 5, 1, 6]
+        );
+        let resume = PeerResponseV1::SnapshotResumeAt { offset: 2 };
+        assert_eq!(encode(&resume), vec![0, 1, 1, 2]);
+        assert_eq!(
+            encode(&PeerResponseV1::SnapshotInstalled(vec![9])),
+            vec![0, 1, 2, 1, 9]
+        );
+        let err = PeerResponseV1::Err {
+            code: "MER-1".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            encode(&err),
+            vec![0, 1, 3, 5, b'M', b'E', b'R', b'-', b'1', 1, b'm']
+        );
+        assert_eq!(decode::<PeerResponseV1>(&encode(&err)), Ok(err));
+    }
+
+    #[test]
+    fn unknown_versions_and_trailing_bytes_are_refused() {
+        assert_eq!(
+            decode::<PeerRequestV1>(&[0, 2, 0]),
+            Err(PeerDecodeError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            decode::<PeerRequestV1>(&[0]),
+            Err(PeerDecodeError::Short(1))
+        );
+        let mut bytes = encode(&PeerResponseV1::SnapshotResumeAt { offset: 0 });
+        bytes.push(0);
+        assert!(matches!(
+            decode::<PeerResponseV1>(&bytes),
+            Err(PeerDecodeError::Malformed(_))
+        ));
+        let client_frame = crate::wire::encode_request(&crate::wire::RequestV1::Status);
+        assert!(decode::<PeerRequestV1>(&client_frame).is_err());
+    }
+}

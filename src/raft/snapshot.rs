@@ -1,0 +1,490 @@
+//! Range snapshot files: how a range's versions are dumped, shipped and
+//! installed without ever holding the range in memory.
+//!
+//! A snapshot is a file under `<data dir>/snapshots/`, written once, fsynced,
+//! then renamed into place, never changed after. Format v2 (v1 was an
+//! in-memory postcard blob and is no longer read):
+//!
+//! ```text
+//! magic "MRSN" | format u8 = 2 | header_len u32 LE | header (postcard SnapshotHeaderV2)
+//! records:  len u32 LE (1..=MAX_SNAPSHOT_RECORD_BYTES) | postcard (key, version u64, Option<value>)
+//! end:      u32 LE 0 | count u64 LE | SHA-256 of every byte before it (32 bytes)
+//! ```
+//!
+//! Records are in key order, newest version first per key (the store's
+//! order). The digest makes a file self-verifying: a receiver checks it
+//! before installing, so a torn transfer or a flipped bit is refused, never
+//! installed. Its first 16 bytes are the snapshot's id in the peer protocol.
+//!
+//! **Invariant:** memory while writing, sending, receiving or installing a
+//! snapshot is bounded by one record plus one install batch
+//! ([`INSTALL_BATCH_BYTES`]), whatever the range's size.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+use super::types::{RangeDescriptor, RangeId};
+use crate::storage::{FrozenView, RawVersion, StorageError};
+use crate::types::Timestamp;
+
+/// File magic of a snapshot file.
+const MAGIC: &[u8; 4] = b"MRSN";
+/// The snapshot file format this build writes and reads.
+pub const SNAPSHOT_FORMAT_V2: u8 = 2;
+/// Bytes of the SHA-256 trailer.
+const DIGEST_BYTES: usize = 32;
+/// Bytes of a snapshot id (a prefix of the file's digest).
+pub const SNAPSHOT_ID_BYTES: usize = 16;
+/// Largest header a reader accepts.
+const MAX_HEADER_BYTES: usize = 4 * 1024;
+/// Largest record a reader accepts: a key and a value at their ceilings plus framing.
+pub const MAX_SNAPSHOT_RECORD_BYTES: usize =
+    crate::limits::HARD_MAX_KEY_BYTES + crate::limits::HARD_MAX_VALUE_BYTES + 64;
+/// An install writes versions in batches of about this many bytes.
+pub const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// ... and at most this many versions per batch.
+pub const INSTALL_BATCH_VERSIONS: usize = 10_000;
+/// Write buffer of a snapshot file being built.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot file {}: {what}", path.display()),
+    )
+}
+
+/// The header of a snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeaderV2 {
+    /// The range dumped.
+    pub range: RangeId,
+    /// The range's last applied timestamp at the snapshot.
+    pub last_ts: u64,
+}
+
+/// A finished snapshot file. Cheap to clone: clones share one open handle,
+/// so a sender keeps reading a file even after a newer snapshot replaced
+/// (and unlinked) it.
+#[derive(Clone, Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+    id: [u8; SNAPSHOT_ID_BYTES],
+}
+
+impl SnapshotFile {
+    /// Opens a finished snapshot file and checks its digest (reads it whole,
+    /// in bounded chunks). Returns the file and its header.
+    pub fn open_verified(path: &Path) -> io::Result<(SnapshotFile, SnapshotHeaderV2)> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let body_len = len
+            .checked_sub(DIGEST_BYTES as u64)
+            .ok_or_else(|| corrupt(path, "shorter than its digest"))?;
+        let mut reader = BufReader::new(&file);
+        let mut ctx = Context::new(&SHA256);
+        let mut remaining = body_len;
+        let mut buf = vec![0u8; 64 * 1024];
+        while remaining > 0 {
+            let want = usize::try_from(remaining.min(buf.len() as u64)).unwrap_or(buf.len());
+            reader.read_exact(&mut buf[..want])?;
+            ctx.update(&buf[..want]);
+            remaining -= want as u64;
+        }
+        let mut trailer = [0u8; DIGEST_BYTES];
+        reader.read_exact(&mut trailer)?;
+        let digest = ctx.finish();
+        if digest.as_ref() != trailer {
+            return Err(corrupt(path, "digest mismatch"));
+        }
+        let mut id = [0u8; SNAPSHOT_ID_BYTES];
+        id.copy_from_slice(&trailer[..SNAPSHOT_ID_BYTES]);
+        let snap = SnapshotFile {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            len,
+            id,
+        };
+        let header = snap.reader()?.header;
+        Ok((snap, header))
+    }
+
+    /// The same file after it was renamed to `path` (the open handle follows it).
+    pub fn renamed(mut self, path: PathBuf) -> SnapshotFile {
+        self.path = path;
+        self
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty (never, for a valid file).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its id: a prefix of its digest.
+    pub fn id(&self) -> [u8; SNAPSHOT_ID_BYTES] {
+        self.id
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` (positional: clones may
+    /// read concurrently).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_at(buf, offset)
+    }
+
+    /// A reader over its records, from the start.
+    pub fn reader(&self) -> io::Result<SnapshotReader> {
+        let file = self.file.try_clone()?;
+        SnapshotReader::new(BufReader::new(ReadFrom { file, pos: 0 }), &self.path)
+    }
+
+    /// Deletes the file (open handles keep working until dropped).
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove an old snapshot file");
+            }
+        }
+    }
+}
+
+/// A `Read` over a shared file from a position of its own.
+struct ReadFrom {
+    file: File,
+    pos: u64,
+}
+
+impl Read for ReadFrom {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    ctx: Context,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the snapshot of `range` as of `view` into a new file in `dir`
+/// (written as `*.tmp`, fsynced, then renamed): one record at a time, so
+/// memory does not grow with the range.
+pub fn write_snapshot(
+    view: &FrozenView,
+    range: &RangeDescriptor,
+    last_ts: u64,
+    dir: &Path,
+) -> io::Result<SnapshotFile> {
+    std::fs::create_dir_all(dir)?;
+    let unique = format!(
+        "range-{}-{}-{}",
+        range.id,
+        last_ts,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let tmp = dir.join(format!("{unique}.tmp"));
+    let file = File::create(&tmp)?;
+    let mut w = HashingWriter {
+        inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+        ctx: Context::new(&SHA256),
+    };
+    let header = SnapshotHeaderV2 {
+        range: range.id,
+        last_ts,
+    };
+    write_header(&mut w, &header)?;
+    let mut record = Vec::new();
+    let count = view
+        .for_each_version(
+            &range.start,
+            range.end.as_deref(),
+            usize::MAX,
+            |key, version, value| {
+                record.clear();
+                record = postcard::to_extend(&(key, version.0, value), std::mem::take(&mut record))
+                    .map_err(|e| StorageError::InvalidArgument {
+                        reason: format!("encode snapshot record: {e}"),
+                    })?;
+                write_record(&mut w, &record).map_err(|e| StorageError::InvalidArgument {
+                    reason: e.to_string(),
+                })
+            },
+        )
+        .map_err(|e| io::Error::other(format!("dump range {}: {e}", range.id)))?;
+    w.write_all(&0u32.to_le_bytes())?;
+    w.write_all(&(count as u64).to_le_bytes())?;
+    let HashingWriter { mut inner, ctx } = w;
+    let digest = ctx.finish();
+    inner.write_all(digest.as_ref())?;
+    let file = inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    let path = dir.join(format!("{unique}.snap"));
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    let file = File::open(&path)?;
+    let len = file.metadata()?.len();
+    let mut id = [0u8; SNAPSHOT_ID_BYTES];
+    id.copy_from_slice(&digest.as_ref()[..SNAPSHOT_ID_BYTES]);
+    Ok(SnapshotFile {
+        path,
+        file: Arc::new(file),
+        len,
+        id,
+    })
+}
+
+/// Makes a rename in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn write_header(w: &mut impl Write, header: &SnapshotHeaderV2) -> io::Result<()> {
+    let bytes = postcard::to_allocvec(header).map_err(io::Error::other)?;
+    w.write_all(MAGIC)?;
+    w.write_all(&[SNAPSHOT_FORMAT_V2])?;
+    w.write_all(
+        &u32::try_from(bytes.len())
+            .map_err(io::Error::other)?
+            .to_le_bytes(),
+    )?;
+    w.write_all(&bytes)
+}
+
+fn write_record(w: &mut impl Write, record: &[u8]) -> io::Result<()> {
+    // Positive and negative space: the reader refuses these, so never write them.
+    if record.is_empty() || record.len() > MAX_SNAPSHOT_RECORD_BYTES {
+        return Err(io::Error::other(format!(
+            "snapshot record of {} bytes outside 1..={MAX_SNAPSHOT_RECORD_BYTES}",
+            record.len()
+        )));
+    }
+    let len = u32::try_from(record.len()).map_err(io::Error::other)?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(record)
+}
+
+/// Reads the records of a snapshot file in order.
+pub struct SnapshotReader {
+    inner: BufReader<ReadFrom>,
+    path: PathBuf,
+    /// The file's header.
+    pub header: SnapshotHeaderV2,
+    read: u64,
+    done: bool,
+}
+
+impl SnapshotReader {
+    fn new(mut inner: BufReader<ReadFrom>, path: &Path) -> io::Result<SnapshotReader> {
+        let mut head = [0u8; 9];
+        inner.read_exact(&mut head)?;
+        if &head[..4] != MAGIC {
+            return Err(corrupt(path, "not a snapshot file"));
+        }
+        if head[4] != SNAPSHOT_FORMAT_V2 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "snapshot format {} (this build reads {SNAPSHOT_FORMAT_V2})",
+                    head[4]
+                ),
+            ));
+        }
+        let len = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        if len > MAX_HEADER_BYTES {
+            return Err(corrupt(path, "header too large"));
+        }
+        let mut bytes = vec![0u8; len];
+        inner.read_exact(&mut bytes)?;
+        let header = postcard::from_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+        Ok(SnapshotReader {
+            inner,
+            path: path.to_path_buf(),
+            header,
+            read: 0,
+            done: false,
+        })
+    }
+
+    /// The next version, or `None` after the last (whose count is checked).
+    pub fn next_version(&mut self) -> io::Result<Option<RawVersion>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut len = [0u8; 4];
+        self.inner.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            let mut count = [0u8; 8];
+            self.inner.read_exact(&mut count)?;
+            if u64::from_le_bytes(count) != self.read {
+                return Err(corrupt(&self.path, "record count mismatch"));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        if len > MAX_SNAPSHOT_RECORD_BYTES {
+            return Err(corrupt(&self.path, format!("record of {len} bytes")));
+        }
+        let mut bytes = vec![0u8; len];
+        self.inner.read_exact(&mut bytes)?;
+        let (key, version, value): (Vec<u8>, u64, Option<Vec<u8>>) =
+            postcard::from_bytes(&bytes).map_err(|e| corrupt(&self.path, e))?;
+        self.read += 1;
+        Ok(Some(RawVersion {
+            key,
+            version: Timestamp(version),
+            value,
+        }))
+    }
+
+    /// The next batch of at most [`INSTALL_BATCH_VERSIONS`] versions and
+    /// about [`INSTALL_BATCH_BYTES`]; empty after the last.
+    pub fn next_batch(&mut self) -> io::Result<Vec<RawVersion>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < INSTALL_BATCH_VERSIONS && bytes < INSTALL_BATCH_BYTES {
+            match self.next_version()? {
+                Some(v) => {
+                    bytes += v.key.len() + v.value.as_ref().map_or(0, Vec::len) + 16;
+                    batch.push(v);
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FsyncPolicy, MvccStore, StoreOptions, WriteRecord};
+    use crate::types::Op;
+
+    fn store(dir: &Path) -> MvccStore {
+        MvccStore::open(StoreOptions {
+            path: dir.to_path_buf(),
+            fsync: FsyncPolicy::Never,
+            cache_bytes: 1 << 20,
+        })
+        .unwrap()
+    }
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn frozen_snapshot_file_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir.path().join("db"));
+        let records = vec![WriteRecord {
+            ts: Timestamp(7),
+            ops: vec![put("a", "v"), Op::Delete { key: b"b".to_vec() }],
+        }];
+        s.apply_batch_with_meta(&records, &[]).unwrap();
+        let range = RangeDescriptor {
+            id: 2,
+            start: Vec::new(),
+            end: None,
+        };
+        let snap = write_snapshot(&s.frozen_view().unwrap(), &range, 7, dir.path()).unwrap();
+        let bytes = std::fs::read(snap.path()).unwrap();
+        let body: Vec<u8> = [
+            b"MRSN".as_slice(),
+            &[2, 2, 0, 0, 0, 2, 7], // format, header len 2, header (range 2, last_ts 7)
+            &[6, 0, 0, 0, 1, b'a', 7, 1, 1, b'v'], // ("a", 7, Some("v"))
+            &[4, 0, 0, 0, 1, b'b', 7, 0], // ("b", 7, None)
+            &[0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], // end, count 2
+        ]
+        .concat();
+        assert_eq!(&bytes[..body.len()], body.as_slice());
+        let digest = ring::digest::digest(&SHA256, &body);
+        assert_eq!(&bytes[body.len()..], digest.as_ref());
+        assert_eq!(snap.id(), digest.as_ref()[..SNAPSHOT_ID_BYTES]);
+    }
+
+    #[test]
+    fn round_trip_and_tamper_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir.path().join("db"));
+        let records: Vec<_> = (1..=50)
+            .map(|i| WriteRecord {
+                ts: Timestamp(i),
+                ops: vec![put(&format!("k{:03}", i % 20), &"x".repeat(i as usize))],
+            })
+            .collect();
+        s.apply_batch_with_meta(&records, &[]).unwrap();
+        let range = RangeDescriptor {
+            id: 9,
+            start: b"k005".to_vec(),
+            end: Some(b"k015".to_vec()),
+        };
+        let view = s.frozen_view().unwrap();
+        let snap = write_snapshot(&view, &range, 50, dir.path()).unwrap();
+        let (opened, header) = SnapshotFile::open_verified(snap.path()).unwrap();
+        assert_eq!(header.range, 9);
+        assert_eq!(header.last_ts, 50);
+        let mut reader = opened.reader().unwrap();
+        let mut got = Vec::new();
+        loop {
+            let batch = reader.next_batch().unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch);
+        }
+        let expected = view.dump_range(b"k005", Some(b"k015"), 1000).unwrap();
+        assert_eq!(got, expected);
+        assert!(!got.is_empty());
+
+        let mut bytes = std::fs::read(snap.path()).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        let bad = dir.path().join("bad.snap");
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = SnapshotFile::open_verified(&bad).unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        bytes.truncate(20);
+        std::fs::write(&bad, &bytes).unwrap();
+        assert!(SnapshotFile::open_verified(&bad).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The peer protocol's dispatcher: connections that negotiated ALPN
+//! `meridian-peer/1` ([`crate::peer`]).
+//!
+//! Only `node` certificates are admitted, checked once per connection; a
+//! connection with another role is closed before any stream is read. Peer
+//! streams have their own limits ([`PEER_MAX_FRAME_BYTES`],
+//! [`PEER_READ_TIMEOUT_MS`]); the client protocol's `max_request_bytes` and
+//! `rate_limit_rps` never apply here, so client load or a client limit can
+//! never starve or wedge replication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::certs::Role;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::peer::{
+    self, PeerRequestV1, PeerResponseV1, PEER_MAX_FRAME_BYTES, PEER_READ_TIMEOUT_MS,
+};
+use crate::raft::transfer::Offer;
+use crate::raft::RaftHost;
+use crate::transport::{self, PeerIdentity};
+
+/// QUIC close code for a peer connection whose certificate is not a node's.
+const CLOSE_NOT_A_NODE: u32 = 2;
+
+/// Accepts only peer-protocol connections on `endpoint` and serves them
+/// with `host` until the endpoint closes: a node reduced to its Raft groups,
+/// for tests and tools that run groups without the client protocol.
+pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let Some((conn, identity)) = super::accept(incoming).await else {
+                return;
+            };
+            if transport::protocol_of(&conn) != Some(transport::Protocol::Peer) {
+                conn.close(CLOSE_NOT_A_NODE.into(), b"this endpoint serves peers only");
+                return;
+            }
+            serve_peer_connection(conn, identity, Some(host)).await;
+        });
+    }
+}
+
+/// Serves one peer connection until it closes.
+pub(crate) async fn serve_peer_connection(
+    conn: quinn::Connection,
+    peer: PeerIdentity,
+    raft: Option<Arc<RaftHost>>,
+) {
+    let remote = conn.remote_address();
+    if let Err(e) = transport::require_role(&peer, &[Role::Node]) {
+        tracing::warn!(%remote, peer = %peer.name, error = %e, "refusing a peer connection");
+        metrics::counter!("meridian_connections_refused_total", "reason" => "peer_role")
+            .increment(1);
+        conn.close(
+            CLOSE_NOT_A_NODE.into(),
+            b"peer protocol needs a node certificate",
+        );
+        return;
+    }
+    let span = tracing::info_span!("peer_conn", %remote, peer = %peer.name);
+    async move {
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer connection closed");
+                    return;
+                }
+            };
+            tokio::spawn(handle_peer_stream(send, recv, raft.clone()).in_current_span());
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn handle_peer_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    raft: Option<Arc<RaftHost>>,
+) {
+    let read = tokio::time::timeout(
+        Duration::from_millis(PEER_READ_TIMEOUT_MS),
+        transport::read_frame(&mut recv, PEER_MAX_FRAME_BYTES),
+    )
+    .await;
+    let request = match read {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::MalformedRequest,
+            "peer frame not received in time",
+        )),
+        Ok(Err(e)) => Err(ApiError::new(e.code(), format!("peer frame: {e}"))),
+        Ok(Ok(frame)) => peer::decode::<PeerRequestV1>(&frame).map_err(ApiError::from),
+    };
+    let reply = match (request, raft) {
+        (Err(e), _) => PeerResponseV1::error(&e),
+        (Ok(_), None) => PeerResponseV1::error(&ApiError::new(
+            ErrorCode::Unavailable,
+            "this node runs no Raft groups",
+        )),
+        (Ok(req), Some(host)) => serve(req, &host, &mut send, &mut recv).await,
+    };
+    if transport::write_frame(&mut send, &peer::encode(&reply))
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        // Wait (bounded) until the peer has the reply, so it is not cut off.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+async fn serve(
+    req: PeerRequestV1,
+    host: &RaftHost,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> PeerResponseV1 {
+    match req {
+        PeerRequestV1::Raft {
+            range,
+            kind,
+            payload,
+        } => {
+            let span = tracing::trace_span!("raft_rpc", range, ?kind);
+            match host
+                .handle_rpc(range, kind, &payload)
+                .instrument(span)
+                .await
+            {
+                Ok(bytes) => PeerResponseV1::Raft(bytes),
+                Err(e) => PeerResponseV1::error(&e),
+            }
+        }
+        PeerRequestV1::SnapshotOffer {
+            range,
+            snapshot_id,
+            total_bytes,
+            vote,
+            meta,
+        } => {
+            let span = tracing::info_span!("snapshot_receive", range, total_bytes);
+            match Offer::decode(range, &snapshot_id, total_bytes, &vote, &meta) {
+                Ok(offer) => {
+                    host.receive_snapshot(offer, send, recv)
+                        .instrument(span)
+                        .await
+                }
+                Err(e) => PeerResponseV1::error(&ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    e.to_string(),
+                )),
+            }
+        }
+    }
+}
