@@ -41,6 +41,13 @@ pub const PEER_MAX_FRAME_BYTES: usize = crate::limits::HARD_MAX_FRAME_BYTES;
 /// least one entry, so an entry larger than the budget travels alone.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
+/// The slowest peer link a deadline allows for: an AppendEntries RPC gets
+/// openraft's deadline (three quarters of the heartbeat interval) plus its
+/// bytes at this rate, so a batch of large entries is not timed out (and
+/// resent, forever) on a link or disk that is merely slower than a
+/// heartbeat. 4 MiB/s: a 1 MiB batch gets 250 ms more.
+pub const PEER_MIN_BYTES_PER_SEC: usize = 4 * 1024 * 1024;
+
 /// Largest chunk of a snapshot file in one frame. The receiver holds at most
 /// one chunk in memory; QUIC flow control bounds what is in flight.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -75,7 +82,9 @@ pub enum PeerRequestV1 {
         range: u64,
         /// Which RPC.
         kind: RaftKindV1,
-        /// postcard of the openraft request.
+        /// postcard of the openraft request (`serde_bytes`: the same layout
+        /// as a `Vec<u8>`, decoded in one copy).
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Offers a snapshot of a range; chunk frames follow the receiver's
@@ -99,7 +108,7 @@ pub enum PeerRequestV1 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponseV1 {
     /// postcard of the openraft result of a Raft RPC.
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The receiver already holds the first `offset` bytes of the offered
     /// snapshot: the sender continues from there.
     SnapshotResumeAt {

@@ -170,10 +170,11 @@ impl PeerRouter {
         rpc_type: RPCTypes,
         req: &Req,
         option: &RPCOption,
+        extra: Duration,
     ) -> Result<Resp, RPCError<RangeTypes>> {
         let unreachable = |e: NetError| RPCError::Unreachable(Unreachable::new(&e));
         let payload = encode(req).map_err(unreachable)?;
-        let ttl = option.soft_ttl();
+        let ttl = option.soft_ttl() + extra;
         let bytes = match tokio::time::timeout(ttl, self.call(target, range, kind, payload)).await {
             Ok(r) => r.map_err(unreachable)?,
             Err(_) => return Err(RPCError::Timeout(timeout(rpc_type, target, ttl))),
@@ -202,9 +203,13 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         mut rpc: AppendEntriesRequest<RangeTypes>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RangeTypes>, RPCError<RangeTypes>> {
-        let fits = entries_within(&rpc.entries, peer::MAX_APPEND_BYTES);
+        let (fits, bytes) = entries_within(&rpc.entries, peer::MAX_APPEND_BYTES);
         let last_sent = (fits < rpc.entries.len()).then(|| rpc.entries[fits - 1].log_id);
         rpc.entries.truncate(fits);
+        // openraft gives every append the heartbeat interval; a batch of
+        // large entries needs time to cross the link and reach the
+        // follower's disk, or it times out and is resent forever.
+        let extra = transfer_allowance(bytes);
         let kind = RaftKindV1::AppendEntries;
         let reply = self
             .unary::<_, _, RaftError<RangeTypes>>(
@@ -214,6 +219,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
                 RPCTypes::AppendEntries,
                 &rpc,
                 &option,
+                extra,
             )
             .await?;
         Ok(partial(reply, last_sent))
@@ -234,6 +240,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             RPCTypes::Vote,
             &rpc,
             &option,
+            Duration::ZERO,
         )
         .await
     }
@@ -253,6 +260,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             RPCTypes::Vote,
             &rpc,
             &option,
+            Duration::ZERO,
         )
         .await
     }
@@ -296,28 +304,36 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             RPCTypes::TransferLeader,
             &req,
             &option,
+            Duration::ZERO,
         )
         .await
     }
 }
 
 /// How many of `entries`, from the first, fit in `max_bytes` (by
-/// [`super::RangeCommand::approx_bytes`]); at least one, so an entry larger
-/// than the budget still travels, alone.
+/// [`super::RangeCommand::approx_bytes`]), and their bytes; at least one, so
+/// an entry larger than the budget still travels, alone.
 pub fn entries_within(
     entries: &[openraft::type_config::alias::EntryOf<RangeTypes>],
     max_bytes: usize,
-) -> usize {
+) -> (usize, usize) {
     let mut bytes = 0usize;
     let mut n = 0;
     for e in entries {
-        bytes = bytes.saturating_add(entry_bytes(e));
-        if n > 0 && bytes > max_bytes {
+        let next = bytes.saturating_add(entry_bytes(e));
+        if n > 0 && next > max_bytes {
             break;
         }
+        bytes = next;
         n += 1;
     }
-    n
+    (n, bytes)
+}
+
+/// Time added to an append's deadline for its payload: `bytes` at
+/// [`peer::PEER_MIN_BYTES_PER_SEC`].
+pub fn transfer_allowance(bytes: usize) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / peer::PEER_MIN_BYTES_PER_SEC as f64)
 }
 
 fn entry_bytes(e: &openraft::type_config::alias::EntryOf<RangeTypes>) -> usize {

@@ -50,7 +50,9 @@ pub enum CommandV1 {
     Put {
         /// Key.
         key: Vec<u8>,
-        /// Value.
+        /// Value. (`serde_bytes`: same postcard layout as a `Vec<u8>`, a
+        /// length then the bytes, but decoded in one copy, not per byte.)
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete.

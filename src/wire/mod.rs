@@ -43,6 +43,7 @@ pub enum RequestV1 {
         /// The key.
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete one key.
@@ -312,6 +313,7 @@ pub enum OpV1 {
         /// The key.
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete.
@@ -327,6 +329,7 @@ pub struct KeyValueV1 {
     /// The key.
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// HLC of the write that produced it.
     pub version: u64,

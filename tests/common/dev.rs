@@ -39,6 +39,8 @@ pub struct DevCluster {
     dev: Child,
     /// Nodes the test restarted itself.
     restarted: Vec<Child>,
+    /// Extra environment of every node (kept for restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Drop for DevCluster {
@@ -59,10 +61,17 @@ fn free_offset() -> u16 {
 impl DevCluster {
     /// Starts `meridian dev` and waits (bounded) until it serves.
     pub fn start() -> DevCluster {
+        Self::start_with_env(&[])
+    }
+
+    /// [`DevCluster::start`] with extra environment for every node (config
+    /// overrides such as `MERIDIAN_RAFT__SNAPSHOT_AFTER_LOGS`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> DevCluster {
         let dir = tempfile::tempdir().unwrap();
         let offset = free_offset().to_string();
         let mut dev = Command::new(BIN)
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .args(["dev", "--port-offset", &offset])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -75,6 +84,10 @@ impl DevCluster {
             pids: HashMap::new(),
             dev,
             restarted: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -123,6 +136,14 @@ impl DevCluster {
         }
     }
 
+    /// Stops every node (SIGTERM, bounded), keeping the data directories.
+    pub fn stop_all(&mut self) {
+        for c in self.restarted.iter_mut() {
+            terminate(c);
+        }
+        terminate(&mut self.dev);
+    }
+
     /// SIGKILLs node `name`'s current process.
     pub fn kill9(&mut self, name: &str) {
         let pid = self.pids[name];
@@ -143,6 +164,7 @@ impl DevCluster {
         let dir: PathBuf = self.dir.path().join("meridian-dev");
         let child = Command::new(BIN)
             .current_dir(&dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["serve", "--config", &format!("{name}.toml")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
