@@ -169,12 +169,10 @@ impl PeerRouter {
         kind: RaftKindV1,
         rpc_type: RPCTypes,
         req: &Req,
-        option: &RPCOption,
-        extra: Duration,
+        ttl: Duration,
     ) -> Result<Resp, RPCError<RangeTypes>> {
         let unreachable = |e: NetError| RPCError::Unreachable(Unreachable::new(&e));
         let payload = encode(req).map_err(unreachable)?;
-        let ttl = option.soft_ttl() + extra;
         let bytes = match tokio::time::timeout(ttl, self.call(target, range, kind, payload)).await {
             Ok(r) => r.map_err(unreachable)?,
             Err(_) => return Err(RPCError::Timeout(timeout(rpc_type, target, ttl))),
@@ -218,8 +216,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
                 kind,
                 RPCTypes::AppendEntries,
                 &rpc,
-                &option,
-                extra,
+                option.soft_ttl() + extra,
             )
             .await?;
         Ok(partial(reply, last_sent))
@@ -239,8 +236,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             kind,
             RPCTypes::Vote,
             &rpc,
-            &option,
-            Duration::ZERO,
+            option.soft_ttl(),
         )
         .await
     }
@@ -259,8 +255,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             kind,
             RPCTypes::Vote,
             &rpc,
-            &option,
-            Duration::ZERO,
+            option.soft_ttl(),
         )
         .await
     }
@@ -303,8 +298,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             kind,
             RPCTypes::TransferLeader,
             &req,
-            &option,
-            Duration::ZERO,
+            option.soft_ttl(),
         )
         .await
     }
