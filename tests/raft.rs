@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use meridian::certs::{self, Role};
 use meridian::clock::{Hlc, SystemClock};
+use meridian::peer::{self, PeerRequestV1, PeerResponseV1};
+use meridian::raft::snapshot;
 use meridian::raft::types::CommandV1;
 use meridian::raft::{RaftHost, RaftNode, RaftTiming, RangeCommand, RangeDescriptor};
 use meridian::storage::{FsyncPolicy, MvccStore, StoreOptions};
@@ -302,4 +304,179 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     for p in peers {
         p.stop().await;
     }
+}
+
+/// One peer with range 1 open (not initialised), for the receiving side of
+/// peer-protocol exchanges, and a second node's identity to send with.
+async fn receiver_and_sender(root: &Path) -> (Peer, quinn::Endpoint, quinn::ClientConfig) {
+    let certs = make_certs(root);
+    let any = "127.0.0.1:0".parse().unwrap();
+    let receiver = start_peer(1, &root.join("n1"), &certs, any).await;
+    receiver.host.open_range(whole_keyspace()).await.unwrap();
+    let tls = tls(&certs, "n2");
+    let endpoint = transport::server_endpoint(any, &tls, &EndpointLimits::default()).unwrap();
+    let config = transport::peer_client_config(&tls, &EndpointLimits::default()).unwrap();
+    (receiver, endpoint, config)
+}
+
+async fn exchange(
+    conn: &quinn::Connection,
+    req: &PeerRequestV1,
+) -> (quinn::SendStream, quinn::RecvStream, PeerResponseV1) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    transport::write_frame(&mut send, &peer::encode(req))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(BOUND, transport::read_frame(&mut recv, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    (send, recv, peer::decode(&reply).unwrap())
+}
+
+/// Issue 8: snapshots stream in bounded chunks and a transfer cut off by a
+/// dropped connection resumes where the receiver's partial file ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_resumes_after_a_dropped_connection() {
+    use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
+    let root = tempfile::tempdir().unwrap();
+    let (receiver, endpoint, config) = receiver_and_sender(root.path()).await;
+
+    // A snapshot file of about 5 MB, built from a store of its own.
+    let source = MvccStore::open(StoreOptions {
+        path: root.path().join("source"),
+        fsync: FsyncPolicy::Never,
+        cache_bytes: 8 << 20,
+    })
+    .unwrap();
+    let records: Vec<_> = (0..40u64)
+        .map(|i| meridian::storage::WriteRecord {
+            ts: Timestamp(i + 1),
+            ops: vec![meridian::types::Op::Put {
+                key: format!("k{i:03}").into_bytes(),
+                value: vec![b'a' + (i % 26) as u8; 128 * 1024],
+            }],
+        })
+        .collect();
+    source.apply_batch(&records).unwrap();
+    let file = snapshot::write_snapshot(
+        &source.frozen_view().unwrap(),
+        &whole_keyspace(),
+        40,
+        &root.path().join("snaps"),
+    )
+    .unwrap();
+    assert!(file.len() > 4 * peer::SNAPSHOT_CHUNK_BYTES as u64);
+    let vote: VoteOf<meridian::raft::RangeTypes> = openraft::Vote::new_committed(1, 2);
+    let meta = SnapshotMetaOf::<meridian::raft::RangeTypes> {
+        last_log_id: Some(openraft::testing::log_id::<meridian::raft::RangeTypes>(
+            1, 2, 40,
+        )),
+        last_membership: Default::default(),
+    };
+    let offer = PeerRequestV1::SnapshotOffer {
+        range: 1,
+        snapshot_id: file.id().to_vec(),
+        total_bytes: file.len(),
+        vote: postcard::to_allocvec(&vote).unwrap(),
+        meta: postcard::to_allocvec(&meta).unwrap(),
+    };
+    let chunk = |offset: u64| {
+        let mut buf = vec![0u8; peer::SNAPSHOT_CHUNK_BYTES];
+        let n = file.read_at(&mut buf, offset).unwrap();
+        buf.truncate(n);
+        buf
+    };
+
+    // First attempt: two chunks, then the connection drops.
+    let conn = transport::connect_peer(&endpoint, &config, receiver.addr)
+        .await
+        .unwrap();
+    let (mut send, _recv, reply) = exchange(&conn, &offer).await;
+    assert_eq!(reply, PeerResponseV1::SnapshotResumeAt { offset: 0 });
+    for i in 0..2 {
+        let bytes = chunk(i * peer::SNAPSHOT_CHUNK_BYTES as u64);
+        transport::write_frame(&mut send, &bytes).await.unwrap();
+    }
+    // Let the chunks land before the connection goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"dropped");
+
+    // Second attempt resumes after the two chunks and completes.
+    let conn = transport::connect_peer(&endpoint, &config, receiver.addr)
+        .await
+        .unwrap();
+    let (mut send, mut recv, reply) = exchange(&conn, &offer).await;
+    let resumed = 2 * peer::SNAPSHOT_CHUNK_BYTES as u64;
+    assert_eq!(reply, PeerResponseV1::SnapshotResumeAt { offset: resumed });
+    let mut offset = resumed;
+    while offset < file.len() {
+        let bytes = chunk(offset);
+        offset += bytes.len() as u64;
+        transport::write_frame(&mut send, &bytes).await.unwrap();
+    }
+    let reply = tokio::time::timeout(BOUND, transport::read_frame(&mut recv, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    match peer::decode::<PeerResponseV1>(&reply).unwrap() {
+        PeerResponseV1::SnapshotInstalled(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let installed = receiver.digest();
+    let expected: Vec<_> = source
+        .dump_range(b"", None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.key, v.version, v.value))
+        .collect();
+    assert!(
+        installed == expected,
+        "the receiver holds {} versions, the snapshot {}",
+        installed.len(),
+        expected.len()
+    );
+    receiver.stop().await;
+}
+
+/// Issue 8 item 8: entries stamped more than max_offset_ms (500 ms here)
+/// ahead of the receiver's clock are refused before they reach its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_stamped_beyond_max_offset_are_refused() {
+    use openraft::entry::RaftEntry;
+    let root = tempfile::tempdir().unwrap();
+    let (receiver, endpoint, _config) = receiver_and_sender(root.path()).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ahead = Timestamp::from_parts(now_ms + 60_000, 0).unwrap();
+    let mut cmd = put("future", "v");
+    cmd.proposed_at = ahead.0;
+    let entry = RaftEntry::new(
+        openraft::testing::log_id::<meridian::raft::RangeTypes>(1, 2, 1),
+        openraft::EntryPayload::Normal(cmd),
+    );
+    let req = openraft::raft::AppendEntriesRequest::<meridian::raft::RangeTypes> {
+        vote: openraft::Vote::new_committed(1, 2),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![entry],
+    };
+    let payload = postcard::to_allocvec(&req).unwrap();
+    let err = receiver
+        .host
+        .handle_rpc(1, peer::RaftKindV1::AppendEntries, &payload)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code,
+        meridian::error_code::ErrorCode::ClockOffset,
+        "{err:?}"
+    );
+    let group = receiver.host.group(1).unwrap();
+    let log = group.raft.metrics().borrow_watched().last_log_index;
+    assert_eq!(log, None, "nothing was appended");
+    drop(endpoint);
+    receiver.stop().await;
 }

@@ -121,6 +121,10 @@ pub struct RaftHost {
     config: Arc<Config>,
     syncer: LogSyncer,
     groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
+    /// One snapshot receive per range at a time: a sender that gave up and
+    /// offers again must not race the abandoned receive on the same
+    /// partial file.
+    receiving: std::sync::Mutex<HashMap<RangeId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -167,6 +171,7 @@ impl RaftHost {
             router: PeerRouter::new(endpoint, peer_config),
             config: Arc::new(config),
             groups: RwLock::new(HashMap::new()),
+            receiving: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -309,6 +314,14 @@ impl RaftHost {
     ) -> Result<Vec<u8>, ApiError> {
         let range = offer.range;
         let group = self.group_or_err(range)?;
+        let lock = self
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(range)
+            .or_default()
+            .clone();
+        let _receiving = lock.lock().await;
         let dir = snapshot_dir(&self.store);
         let unavailable = |what: &str, e: std::io::Error| {
             ApiError::new(

@@ -368,3 +368,65 @@ impl RaftNetworkFactory<RangeTypes> for GroupNetworkFactory<PeerRouter, RangeId>
         GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::raft::types::{CommandV1, RangeCommand};
+
+    fn entry(index: u64, value_bytes: usize) -> openraft::type_config::alias::EntryOf<RangeTypes> {
+        let cmd = RangeCommand {
+            proposed_at: 0,
+            op: CommandV1::Put {
+                key: b"k".to_vec(),
+                value: vec![0; value_bytes],
+            },
+        };
+        RaftEntry::new(
+            log_id::<RangeTypes>(1, 1, index),
+            openraft::EntryPayload::Normal(cmd),
+        )
+    }
+
+    #[test]
+    fn appends_are_cut_at_the_byte_budget_but_carry_at_least_one_entry() {
+        let small: Vec<_> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_within(&small, peer::MAX_APPEND_BYTES).0, 10);
+        let big: Vec<_> = (1..=8).map(|i| entry(i, 1_000_000)).collect();
+        let (n, bytes) = entries_within(&big, peer::MAX_APPEND_BYTES);
+        assert_eq!(n, 1, "two 1 MB entries exceed the 1 MiB budget");
+        assert!(bytes > 1_000_000);
+        let huge = vec![entry(1, 3 * peer::MAX_APPEND_BYTES)];
+        assert_eq!(entries_within(&huge, peer::MAX_APPEND_BYTES).0, 1);
+        assert_eq!(entries_within(&[], peer::MAX_APPEND_BYTES), (0, 0));
+    }
+
+    #[test]
+    fn a_cut_append_reports_partial_success_up_to_its_last_entry() {
+        let last = log_id::<RangeTypes>(1, 1, 4);
+        assert_eq!(
+            partial(AppendEntriesResponse::Success, Some(last)),
+            AppendEntriesResponse::PartialSuccess(Some(last))
+        );
+        assert_eq!(
+            partial(AppendEntriesResponse::Success, None),
+            AppendEntriesResponse::Success
+        );
+        assert_eq!(
+            partial(AppendEntriesResponse::Conflict, Some(last)),
+            AppendEntriesResponse::Conflict
+        );
+    }
+
+    #[test]
+    fn large_appends_get_time_for_their_bytes() {
+        assert_eq!(transfer_allowance(0), Duration::ZERO);
+        assert_eq!(
+            transfer_allowance(peer::PEER_MIN_BYTES_PER_SEC),
+            Duration::from_secs(1)
+        );
+    }
+}
