@@ -162,7 +162,7 @@ impl RaftHost {
         let config = config
             .validate()
             .map_err(|e| HostError::Config(e.to_string()))?;
-        let syncer = LogSyncer::start(store.database()).map_err(HostError::Syncer)?;
+        let syncer = LogSyncer::start(&store).map_err(HostError::Syncer)?;
         Ok(RaftHost {
             node_id,
             syncer,
@@ -192,8 +192,7 @@ impl RaftHost {
         }
         let range = desc.id;
         let storage = |source| HostError::Storage { range, source };
-        let log = RangeLogStore::open(self.store.database(), range, self.syncer.clone())
-            .map_err(storage)?;
+        let log = RangeLogStore::open(&self.store, range, self.syncer.clone()).map_err(storage)?;
         let sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
             .map_err(storage)?;
         let applied_ts = sm.applied_ts();

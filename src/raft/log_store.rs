@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader};
@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{RangeId, RangeTypes};
+use crate::storage::MvccStore;
 
 /// Format byte of every value in the Raft keyspaces.
 const FORMAT_V1: u8 = 1;
@@ -97,13 +98,13 @@ pub struct LogSyncer {
 }
 
 impl LogSyncer {
-    /// Starts the syncer thread of `db`.
-    pub fn start(db: &Database) -> io::Result<LogSyncer> {
+    /// Starts the syncer thread of `store`'s database.
+    pub fn start(store: &MvccStore) -> io::Result<LogSyncer> {
         let (tx, rx) = mpsc::channel::<IOFlushed<RangeTypes>>();
-        let db = db.clone();
+        let store = store.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_loop(&db, &rx))?;
+            .spawn(move || sync_loop(&store, &rx))?;
         Ok(LogSyncer { tx })
     }
 
@@ -117,7 +118,7 @@ impl LogSyncer {
     }
 }
 
-fn sync_loop(db: &Database, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
+fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
     // Blocks for the first callback; takes every other one already queued:
     // they were all committed to the journal before being queued, so one
     // fsync covers them.
@@ -125,7 +126,10 @@ fn sync_loop(db: &Database, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
         let mut pending = vec![first];
         pending.extend(rx.try_iter());
         let started = Instant::now();
-        let result = db.persist(PersistMode::SyncAll);
+        // Through storage, which poisons the store (and so turns /ready to
+        // 503) when the fsync fails: a node that cannot make its log durable
+        // must stop acknowledging anything.
+        let result = store.sync_durable();
         metrics::histogram!("meridian_raft_log_sync_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("meridian_raft_log_sync_appends").record(pending.len() as f64);
@@ -146,6 +150,7 @@ fn sync_loop(db: &Database, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
 #[derive(Clone)]
 pub struct RangeLogStore {
     range: RangeId,
+    store: MvccStore,
     db: Database,
     log: Keyspace,
     state: Keyspace,
@@ -155,9 +160,11 @@ pub struct RangeLogStore {
 }
 
 impl RangeLogStore {
-    /// Opens the log of `range` in `db`; `syncer` (one per node, started on
-    /// the same `db`) makes its appends durable.
-    pub fn open(db: &Database, range: RangeId, syncer: LogSyncer) -> io::Result<RangeLogStore> {
+    /// Opens the log of `range` in the keyspaces of `mvcc`'s database;
+    /// `syncer` (one per node, started on the same store) makes its appends
+    /// durable, through the store, which owns the poison flag.
+    pub fn open(mvcc: &MvccStore, range: RangeId, syncer: LogSyncer) -> io::Result<RangeLogStore> {
+        let db = mvcc.database();
         let log = db
             .keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(|e| io_err("open log keyspace", e))?;
@@ -166,6 +173,7 @@ impl RangeLogStore {
             .map_err(|e| io_err("open state keyspace", e))?;
         let mut store = RangeLogStore {
             range,
+            store: mvcc.clone(),
             db: db.clone(),
             log,
             state,
@@ -253,9 +261,7 @@ impl RangeLogStore {
     }
 
     fn persist(&self) -> io::Result<()> {
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| io_err("fsync", e))
+        self.store.sync_durable().map_err(|e| io_err("fsync", e))
     }
 }
 
@@ -406,6 +412,52 @@ mod tests {
         rx.await.unwrap().unwrap();
     }
 
+    fn test_store(dir: &std::path::Path) -> MvccStore {
+        MvccStore::open(crate::storage::StoreOptions {
+            path: dir.to_path_buf(),
+            fsync: crate::storage::FsyncPolicy::Always,
+            cache_bytes: 1 << 20,
+        })
+        .unwrap()
+    }
+
+    /// Issue 8 item 10: a failed log fsync fails the appends it covered and
+    /// poisons the store, which is what /ready reports (503) and every later
+    /// storage call refuses with MER-3001.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_fsync_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 3, syncer).unwrap();
+        append_flushed(&mut store, vec![blank_ent::<RangeTypes>(1, 1, 1)]).await;
+        assert!(!mvcc.is_poisoned());
+        mvcc.fail_syncs(true);
+        let (tx, rx) = RangeTypes::oneshot();
+        store
+            .append(
+                vec![blank_ent::<RangeTypes>(1, 1, 2)],
+                IOFlushed::signal(tx),
+            )
+            .await
+            .unwrap();
+        let flushed = rx.await.unwrap();
+        assert!(flushed.is_err(), "the append is not reported durable");
+        assert!(mvcc.is_poisoned(), "the store is poisoned");
+        mvcc.fail_syncs(false);
+        let vote = openraft::Vote::new(2, 1);
+        assert!(
+            store.save_vote(&vote).await.is_err(),
+            "a poisoned store syncs nothing"
+        );
+        assert_eq!(
+            mvcc.get(b"k", crate::types::Timestamp::MAX)
+                .unwrap_err()
+                .code(),
+            crate::error_code::ErrorCode::StorageFailure
+        );
+    }
+
     fn stored_keys(store: &RangeLogStore) -> usize {
         store.log.range(store.index_bounds(&(..))).count()
     }
@@ -413,9 +465,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purged_entries_vanish_at_once_and_are_deleted_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
-        let syncer = LogSyncer::start(&db).unwrap();
-        let mut store = RangeLogStore::open(&db, 7, syncer.clone()).unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 7, syncer.clone()).unwrap();
         let entries: Vec<Entry> = (1..=25_000)
             .map(|i| blank_ent::<RangeTypes>(1, 1, i))
             .collect();
@@ -449,7 +501,7 @@ mod tests {
             .purge(log_id::<RangeTypes>(1, 1, 25_000))
             .await
             .unwrap();
-        let mut reopened = RangeLogStore::open(&db, 7, syncer).unwrap();
+        let mut reopened = RangeLogStore::open(&mvcc, 7, syncer).unwrap();
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(25_000));
         assert!(reopened

@@ -70,8 +70,8 @@ mod storage_suite {
             })
             .unwrap();
             let hlc = Arc::new(Hlc::open(SystemClock, store.clone(), 500, 1000).unwrap());
-            let syncer = LogSyncer::start(store.database()).unwrap();
-            let log = RangeLogStore::open(store.database(), 1, syncer).unwrap();
+            let syncer = LogSyncer::start(&store).unwrap();
+            let log = RangeLogStore::open(&store, 1, syncer).unwrap();
             let range = RangeDescriptor {
                 id: 1,
                 start: Vec::new(),

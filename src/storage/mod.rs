@@ -210,6 +210,8 @@ fn validate_meta(name: &str, value: &[u8]) -> Result<(), StorageError> {
 
 struct Inner {
     path: PathBuf,
+    /// Fault injection for tests: every sync fails while set.
+    fail_syncs: AtomicBool,
     db: Database,
     data: Keyspace,
     meta: Keyspace,
@@ -366,6 +368,7 @@ impl MvccStore {
         tracing::info!(gc_horizon = horizon.0, "storage opened");
         let inner = Inner {
             path: opts.path.clone(),
+            fail_syncs: AtomicBool::new(false),
             db,
             data,
             meta,
@@ -513,6 +516,28 @@ impl MvccStore {
         metrics::histogram!("meridian_storage_sync_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Makes everything committed so far survive power loss (an fsync,
+    /// whatever [`FsyncPolicy`] says): the durability point of the Raft log
+    /// and vote, whose entries count only once fsynced. On failure the store
+    /// is poisoned, like any failed write or sync.
+    pub fn sync_durable(&self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected sync failure",
+            )))
+        } else {
+            self.inner.db.persist(PersistMode::SyncAll)
+        };
+        result.map_err(|err| self.write_failed("sync_durable", err))
+    }
+
+    /// Fault injection: while `on`, every sync fails (and so poisons the store).
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&self, on: bool) {
+        self.inner.fail_syncs.store(on, Ordering::Release);
     }
 
     /// Collects versions no read at or above `horizon` can see: for every
