@@ -480,3 +480,78 @@ async fn appends_stamped_beyond_max_offset_are_refused() {
     drop(endpoint);
     receiver.stop().await;
 }
+
+/// Issue 8 item 7: a replica that voted before a restart grants no vote
+/// until a whole leader lease (election_timeout_max_ms) has passed since it
+/// started, so it cannot help elect a new leader while the leader it may
+/// have acknowledged still serves lease reads. A replica that never voted
+/// answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_waits_out_the_lease_before_voting() {
+    let root = tempfile::tempdir().unwrap();
+    let certs = make_certs(root.path());
+    let any = "127.0.0.1:0".parse().unwrap();
+    let dir = root.path().join("n1");
+    let vote_rpc = |term: u64| {
+        let req = openraft::raft::VoteRequest::<meridian::raft::RangeTypes> {
+            vote: openraft::Vote::new(term, 2),
+            last_log_id: None,
+            leadership_transfer: false,
+        };
+        postcard::to_allocvec(&req).unwrap()
+    };
+
+    let never_voted = start_peer(3, &root.path().join("n3"), &certs, any).await;
+    never_voted.host.open_range(whole_keyspace()).await.unwrap();
+    let answered = never_voted
+        .host
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(1))
+        .await;
+    assert!(
+        answered.is_ok(),
+        "a replica that never voted answers: {answered:?}"
+    );
+    never_voted.stop().await;
+
+    let fresh = start_peer(1, &dir, &certs, any).await;
+    fresh.host.open_range(whole_keyspace()).await.unwrap();
+    // Leads a one-voter group, so it has voted and acknowledged a leader.
+    let refs = [&fresh];
+    fresh
+        .host
+        .group(1)
+        .unwrap()
+        .raft
+        .initialize(members(&refs))
+        .await
+        .unwrap();
+    leader_of(&refs).await;
+    let (_, dir, _) = fresh.stop().await;
+
+    let restarted = start_peer(1, &dir, &certs, any).await;
+    restarted.host.open_range(whole_keyspace()).await.unwrap();
+    let started = Instant::now();
+    let err = restarted
+        .host
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, meridian::error_code::ErrorCode::Unavailable);
+    assert!(err.message.contains("grants no vote"), "{}", err.message);
+    let pre = restarted
+        .host
+        .handle_rpc(1, peer::RaftKindV1::PreVote, &vote_rpc(50))
+        .await;
+    assert!(pre.is_err(), "pre-votes wait too");
+    let lease = Duration::from_millis(timing().election_timeout_max_ms);
+    tokio::time::sleep(lease.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
+    let answered = restarted
+        .host
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(60))
+        .await;
+    assert!(
+        answered.is_ok(),
+        "votes again after the lease: {answered:?}"
+    );
+    restarted.stop().await;
+}

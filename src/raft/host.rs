@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use openraft::errors::{Fatal, RaftError};
 use openraft::raft::{
@@ -74,6 +75,8 @@ pub struct RangeGroup {
     /// Its Raft instance on this node.
     pub raft: RangeRaft,
     applied_ts: Arc<AtomicU64>,
+    /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
+    votes_from: std::time::Instant,
 }
 
 impl RangeGroup {
@@ -120,6 +123,8 @@ pub struct RaftHost {
     router: PeerRouter,
     config: Arc<Config>,
     syncer: LogSyncer,
+    /// The leader lease (election_timeout_max_ms) a restarted replica waits out before voting.
+    lease: std::time::Duration,
     groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
     /// One snapshot receive per range at a time: a sender that gave up and
     /// offers again must not race the abandoned receive on the same
@@ -170,6 +175,7 @@ impl RaftHost {
             hlc,
             router: PeerRouter::new(endpoint, peer_config),
             config: Arc::new(config),
+            lease: std::time::Duration::from_millis(timing.election_timeout_max_ms),
             groups: RwLock::new(HashMap::new()),
             receiving: std::sync::Mutex::new(HashMap::new()),
         })
@@ -192,7 +198,24 @@ impl RaftHost {
         }
         let range = desc.id;
         let storage = |source| HostError::Storage { range, source };
-        let log = RangeLogStore::open(&self.store, range, self.syncer.clone()).map_err(storage)?;
+        let mut log =
+            RangeLogStore::open(&self.store, range, self.syncer.clone()).map_err(storage)?;
+        // A replica that voted before may have acknowledged a leader whose
+        // lease (election_timeout_max_ms, openraft's leader lease) is still
+        // running, and a restart forgot when it last heard from it: granting
+        // a vote now could elect a second leader while the first still
+        // serves lease reads. So a restarted replica grants no vote until a
+        // whole lease has passed since it started (Raft thesis §6.4's lease
+        // reads assume voters remember their leader; this is the bound that
+        // survives a restart). A replica that never voted had no leader.
+        use openraft::RaftLogReader;
+        let voted_before = log.read_vote().await.map_err(storage)?.is_some();
+        let votes_from = std::time::Instant::now()
+            + if voted_before {
+                self.lease
+            } else {
+                std::time::Duration::ZERO
+            };
         let sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
             .map_err(storage)?;
         let applied_ts = sm.applied_ts();
@@ -207,6 +230,7 @@ impl RaftHost {
             desc,
             raft,
             applied_ts,
+            votes_from,
         });
         write(&self.groups).insert(range, group.clone());
         Ok(group)
@@ -247,6 +271,14 @@ impl RaftHost {
                 let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.append_entries(req).await;
                 encode(&res)
+            }
+            RaftKindV1::Vote | RaftKindV1::PreVote if Instant::now() < group.votes_from => {
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "range {range}: restarted replica grants no vote until the leader lease it may have acknowledged has run out"
+                    ),
+                ))
             }
             RaftKindV1::Vote => {
                 let req: VoteRequest<RangeTypes> = decode(p)?;
