@@ -11,8 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::WriteKind;
-use crate::types::Txn;
-use crate::wire::TxnV1;
+use crate::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
 
 /// Identifies a range (and its Raft group) cluster-wide.
 pub type RangeId = u64;
@@ -60,8 +59,9 @@ pub enum CommandV1 {
         /// Key.
         key: Vec<u8>,
     },
-    /// Transaction (same layout as the client protocol's).
-    Txn(TxnV1),
+    /// Transaction (the log's own type; its layout happens to equal the
+    /// client protocol's `TxnV1` of the same era, and is pinned separately).
+    Txn(LogTxnV1),
     /// Writes nothing; advances the range's applied timestamp to at least
     /// `proposed_at`, so a snapshot read at that time can be served.
     Barrier,
@@ -72,7 +72,7 @@ impl From<WriteKind> for CommandV1 {
         match k {
             WriteKind::Put { key, value } => CommandV1::Put { key, value },
             WriteKind::Delete { key } => CommandV1::Delete { key },
-            WriteKind::Txn(t) => CommandV1::Txn(TxnV1::from(&t)),
+            WriteKind::Txn(t) => CommandV1::Txn(LogTxnV1::from(t)),
         }
     }
 }
@@ -115,6 +115,145 @@ impl fmt::Display for RangeCommand {
             CommandV1::Delete { key } => write!(f, "delete({}B)", key.len()),
             CommandV1::Txn(t) => write!(f, "txn({} compares)", t.compares.len()),
             CommandV1::Barrier => write!(f, "barrier"),
+        }
+    }
+}
+
+/// A transaction in the Raft log, version 1 (append-only): the log's disk
+/// format, independent of the client protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTxnV1 {
+    /// Guards.
+    pub compares: Vec<LogCompareV1>,
+    /// Ops when every guard holds.
+    pub success: Vec<LogOpV1>,
+    /// Ops otherwise.
+    pub failure: Vec<LogOpV1>,
+}
+
+/// A transaction guard in the log, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCompareV1 {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The relation.
+    pub op: LogCompareOpV1,
+    /// The operand.
+    pub target: LogCompareTargetV1,
+}
+
+/// A comparison operator in the log, version 1 (append-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCompareOpV1 {
+    /// ==
+    Equal,
+    /// !=
+    NotEqual,
+    /// <
+    Less,
+    /// >
+    Greater,
+}
+
+/// A compare operand in the log, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCompareTargetV1 {
+    /// The value.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The version (HLC; 0 when absent).
+    Version(u64),
+    /// Existence.
+    Exists(bool),
+}
+
+/// A mutation in the log, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogOpV1 {
+    /// Put.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Delete.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+}
+
+impl From<Op> for LogOpV1 {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Put { key, value } => LogOpV1::Put { key, value },
+            Op::Delete { key } => LogOpV1::Delete { key },
+        }
+    }
+}
+
+impl From<LogOpV1> for Op {
+    fn from(op: LogOpV1) -> Self {
+        match op {
+            LogOpV1::Put { key, value } => Op::Put { key, value },
+            LogOpV1::Delete { key } => Op::Delete { key },
+        }
+    }
+}
+
+impl From<Txn> for LogTxnV1 {
+    fn from(t: Txn) -> Self {
+        let compares = t
+            .compares
+            .into_iter()
+            .map(|c| LogCompareV1 {
+                key: c.key,
+                op: match c.op {
+                    CompareOp::Equal => LogCompareOpV1::Equal,
+                    CompareOp::NotEqual => LogCompareOpV1::NotEqual,
+                    CompareOp::Less => LogCompareOpV1::Less,
+                    CompareOp::Greater => LogCompareOpV1::Greater,
+                },
+                target: match c.target {
+                    CompareTarget::Value(v) => LogCompareTargetV1::Value(v),
+                    CompareTarget::Version(v) => LogCompareTargetV1::Version(v.0),
+                    CompareTarget::Exists(b) => LogCompareTargetV1::Exists(b),
+                },
+            })
+            .collect();
+        LogTxnV1 {
+            compares,
+            success: t.success.into_iter().map(LogOpV1::from).collect(),
+            failure: t.failure.into_iter().map(LogOpV1::from).collect(),
+        }
+    }
+}
+
+impl From<LogTxnV1> for Txn {
+    fn from(t: LogTxnV1) -> Self {
+        let compares = t
+            .compares
+            .into_iter()
+            .map(|c| Compare {
+                key: c.key,
+                op: match c.op {
+                    LogCompareOpV1::Equal => CompareOp::Equal,
+                    LogCompareOpV1::NotEqual => CompareOp::NotEqual,
+                    LogCompareOpV1::Less => CompareOp::Less,
+                    LogCompareOpV1::Greater => CompareOp::Greater,
+                },
+                target: match c.target {
+                    LogCompareTargetV1::Value(v) => CompareTarget::Value(v),
+                    LogCompareTargetV1::Version(v) => CompareTarget::Version(Timestamp(v)),
+                    LogCompareTargetV1::Exists(b) => CompareTarget::Exists(b),
+                },
+            })
+            .collect();
+        Txn {
+            compares,
+            success: t.success.into_iter().map(Op::from).collect(),
+            failure: t.failure.into_iter().map(Op::from).collect(),
         }
     }
 }
@@ -177,6 +316,43 @@ mod tests {
             version: 5,
         };
         assert_eq!(postcard::to_allocvec(&reply).unwrap(), vec![1, 5]);
+    }
+
+    /// The log's transaction layout, pinned: a log written by an earlier
+    /// build (when the log reused the client's `TxnV1`) must read back.
+    #[test]
+    fn frozen_txn_command_bytes() {
+        let txn = Txn {
+            compares: vec![Compare {
+                key: b"k".to_vec(),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(Timestamp(5)),
+            }],
+            success: vec![Op::Put {
+                key: b"a".to_vec(),
+                value: b"b".to_vec(),
+            }],
+            failure: vec![Op::Delete { key: b"c".to_vec() }],
+        };
+        let cmd = RangeCommand {
+            proposed_at: 1,
+            op: CommandV1::Txn(LogTxnV1::from(txn.clone())),
+        };
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(
+            bytes,
+            vec![1, 2, 1, 1, b'k', 3, 1, 5, 1, 0, 1, b'a', 1, b'b', 1, 1, 1, b'c']
+        );
+        // The same bytes as the client protocol's TxnV1 produced before.
+        let client = crate::wire::TxnV1::from(&txn);
+        let mut expected = vec![1, 2];
+        expected.extend(postcard::to_allocvec(&client).unwrap());
+        assert_eq!(bytes, expected);
+        let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
+        match back.op {
+            CommandV1::Txn(t) => assert_eq!(Txn::from(t), txn),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
