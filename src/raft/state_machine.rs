@@ -659,19 +659,23 @@ mod tests {
         store.apply_batch(&records).unwrap();
     }
 
+    /// A snapshot of `store` as if `index` were applied at `last_ts`.
+    async fn snapshot_of(store: &MvccStore, index: u64, last_ts: u64) -> Snapshot {
+        let mut sm = open_sm(store);
+        sm.state.last_ts = last_ts;
+        sm.state.applied = Some(openraft::testing::log_id::<RangeTypes>(1, 1, index));
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     async fn snapshot_round_trip(versions: usize) {
         let dir = tempfile::tempdir().unwrap();
         let a = open_store(&dir.path().join("a"));
         fill(&a, versions);
-        let mut sm = open_sm(&a);
-        sm.state.last_ts = 1_000_000;
-        sm.state.applied = Some(openraft::testing::log_id::<RangeTypes>(1, 1, 9));
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&a, 9, 1_000_000).await;
         let b = open_store(&dir.path().join("b"));
         fill(&b, 10); // stale contents the install must replace
         let mut target = open_sm(&b);
@@ -715,15 +719,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = open_store(&dir.path().join("a"));
         fill(&a, 500);
-        let mut sm = open_sm(&a);
-        sm.state.last_ts = 77;
-        sm.state.applied = Some(openraft::testing::log_id::<RangeTypes>(2, 1, 40));
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&a, 40, 77).await;
         let b = open_store(&dir.path().join("b"));
         fill(&b, 3);
         // What install_snapshot leaves behind if the node dies right after

@@ -300,13 +300,7 @@ pub fn server_endpoint(
     limits: &EndpointLimits,
 ) -> Result<quinn::Endpoint, TransportError> {
     let transport = tls::transport_config(limits)?;
-    let id = tls::Identity::load(tls)?;
-    if id.role != Role::Node {
-        return Err(TransportError::NotANode {
-            path: tls.cert.clone(),
-            role: id.role,
-        });
-    }
+    let id = load_node_identity(tls)?;
     let server = tls::server_config(&id, transport.clone())?;
     let client = tls::client_config(&id, transport, ALPN)?;
     let mut endpoint = quinn::Endpoint::server(server, addr)
@@ -314,6 +308,18 @@ pub fn server_endpoint(
     endpoint.set_default_client_config(client);
     tracing::info!(local = ?endpoint.local_addr().ok(), "QUIC server endpoint bound");
     Ok(endpoint)
+}
+
+/// Loads `tls`, refusing a certificate whose role is not `node`.
+fn load_node_identity(tls: &TlsFiles) -> Result<tls::Identity, TransportError> {
+    let id = tls::Identity::load(tls)?;
+    if id.role != Role::Node {
+        return Err(TransportError::NotANode {
+            path: tls.cert.clone(),
+            role: id.role,
+        });
+    }
+    Ok(id)
 }
 
 /// Binds a client-only endpoint presenting the certificate in `tls` (any
@@ -340,13 +346,7 @@ pub fn peer_client_config(
     limits: &EndpointLimits,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let transport = tls::transport_config(limits)?;
-    let id = tls::Identity::load(tls)?;
-    if id.role != Role::Node {
-        return Err(TransportError::NotANode {
-            path: tls.cert.clone(),
-            role: id.role,
-        });
-    }
+    let id = load_node_identity(tls)?;
     tls::client_config(&id, transport, ALPN_PEER)
 }
 
