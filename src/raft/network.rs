@@ -45,7 +45,7 @@ use crate::transport;
 /// A network failure, as openraft's error constructors want an `Error`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct NetError(pub(crate) String);
+pub struct NetError(String);
 
 type Snapshot = SnapshotOf<RangeTypes, SnapshotFile>;
 
@@ -276,7 +276,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         // cancels it through `cancel` when it is no longer wanted.
         let send = super::transfer::send_snapshot(&conn, group_id, &vote, &snapshot);
         let bytes = tokio::select! {
-            r = send => r.map_err(unreachable)?,
+            r = send => r.map_err(|e| unreachable(NetError(e.to_string())))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let result: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =

@@ -17,7 +17,6 @@ use std::time::Duration;
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use tokio::io::AsyncWriteExt;
 
-use super::network::NetError;
 use super::snapshot::{SnapshotFile, SnapshotHeaderV2, SNAPSHOT_ID_BYTES};
 use super::types::{RangeId, RangeTypes};
 use crate::peer::{
@@ -32,8 +31,14 @@ pub const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 600_000;
 
 type Snapshot = SnapshotOf<RangeTypes, SnapshotFile>;
 
-fn net(what: &str, e: impl std::fmt::Display) -> NetError {
-    NetError(format!("snapshot transfer: {what}: {e}"))
+/// Why sending a snapshot failed; the receiver keeps what arrived, so the
+/// next offer of the same file resumes.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot transfer: {0}")]
+pub struct SendError(String);
+
+fn net(what: &str, e: impl std::fmt::Display) -> SendError {
+    SendError(format!("{what}: {e}"))
 }
 
 /// Sends `snapshot` of `range` on a new stream of `conn` and returns the
@@ -43,7 +48,7 @@ pub async fn send_snapshot(
     range: RangeId,
     vote: &VoteOf<RangeTypes>,
     snapshot: &Snapshot,
-) -> Result<Vec<u8>, NetError> {
+) -> Result<Vec<u8>, SendError> {
     let file = &snapshot.snapshot;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| net("open stream", e))?;
     let offer = PeerRequestV1::SnapshotOffer {
@@ -96,7 +101,7 @@ pub async fn send_snapshot(
 async fn read_reply(
     recv: &mut quinn::RecvStream,
     timeout_ms: u64,
-) -> Result<PeerResponseV1, NetError> {
+) -> Result<PeerResponseV1, SendError> {
     let frame = tokio::time::timeout(
         Duration::from_millis(timeout_ms),
         transport::read_frame(recv, MAX_RAFT_REPLY_BYTES),
