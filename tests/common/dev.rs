@@ -13,6 +13,12 @@ use meridian::client::{parse_endpoints, ClientConfig};
 use meridian::transport::TlsFiles;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// The `meridian` binary the cluster runs: this build's, or the one named
+/// by `MERIDIAN_TEST_BIN` (for measuring runs against a release build).
+fn bin() -> String {
+    std::env::var("MERIDIAN_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const START_BOUND: Duration = Duration::from_secs(60);
 
 fn terminate(child: &mut Child) {
@@ -69,7 +75,7 @@ impl DevCluster {
     pub fn start_with_env(env: &[(&str, &str)]) -> DevCluster {
         let dir = tempfile::tempdir().unwrap();
         let offset = free_offset().to_string();
-        let mut dev = Command::new(BIN)
+        let mut dev = Command::new(bin())
             .current_dir(dir.path())
             .envs(env.iter().copied())
             .args(["dev", "--port-offset", &offset])
@@ -162,7 +168,7 @@ impl DevCluster {
     /// Starts node `name` again from its config (same data directory).
     pub fn restart(&mut self, name: &str) {
         let dir: PathBuf = self.dir.path().join("meridian-dev");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .current_dir(&dir)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["serve", "--config", &format!("{name}.toml")])
