@@ -115,6 +115,19 @@ impl Routes {
         self.endpoints[self.home]
     }
 
+    /// Makes `addr` home if it is one of the endpoints (the client reached
+    /// it first).
+    pub fn prefer(&mut self, addr: SocketAddr) {
+        if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
+            self.home = i;
+        }
+    }
+
+    /// `addr` completed a handshake: stop avoiding it.
+    pub fn reachable(&mut self, addr: SocketAddr) {
+        self.down_until.remove(&addr);
+    }
+
     /// Whether the range table has been learned.
     pub fn knows_ranges(&self) -> bool {
         self.ranges.is_some()
@@ -332,6 +345,22 @@ mod tests {
         let later = now + DOWN_FOR + Duration::from_millis(1);
         assert!(r.not_leader(&key("a"), addr(3), Some(addr(2)), later));
         assert_eq!(r.pick(&key("a"), later), addr(2));
+    }
+
+    #[test]
+    fn the_first_endpoint_to_answer_becomes_home() {
+        let now = Instant::now();
+        let mut r = Routes::new(vec![addr(1), addr(2), addr(3)], 0);
+        r.prefer(addr(3));
+        assert_eq!(r.pick(&key("a"), now), addr(3));
+        r.prefer(addr(9)); // not an endpoint: ignored
+        assert_eq!(r.home(), addr(3));
+        // Avoided while its handshake was pending, then reachable again.
+        r.unreachable(addr(1), now);
+        assert!(!r.not_leader(&key("a"), addr(3), Some(addr(1)), now));
+        r.reachable(addr(1));
+        assert!(r.not_leader(&key("a"), addr(2), Some(addr(1)), now));
+        assert_eq!(r.pick(&key("a"), now), addr(1));
     }
 
     #[test]
