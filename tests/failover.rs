@@ -18,11 +18,16 @@ use meridian::client::{Client, ClientError, OutcomeUnknown, CLIENT_IDLE_TIMEOUT_
 use meridian::error_code::ErrorCode;
 
 const BOUND: Duration = Duration::from_secs(60);
-/// Writes must resume this soon after the SIGKILL: well under the SDK's
-/// 3 s idle timeout, so a pass means liveness did not come from it. (The
-/// target is 1.5 s; measured figures go in the docs, not in an assertion
-/// a loaded CI machine could miss.)
-const RESUME_BOUND: Duration = Duration::from_millis(2_000);
+/// The SDK must notice the dead leader this soon after the SIGKILL (its
+/// in-flight writes fail as unresponsive): half the 3 s idle timeout it
+/// used to wait out. Measured: about 0.5 s (docs/consistency.md, R1b).
+const NOTICE_BOUND: Duration = Duration::from_millis(1_500);
+/// Writes must resume this soon after the SIGKILL: under the 3 s idle
+/// timeout the SDK used to wait out (resume took 3.07-4.08 s then). The
+/// election is most of it (1.5-1.9 s measured on a loaded 2-core host);
+/// measured figures go in the docs, not in an assertion a loaded CI
+/// machine could miss.
+const RESUME_BOUND: Duration = Duration::from_millis(2_500);
 
 /// `name` as the gossip of whichever node answers sees it (None on errors).
 async fn member(client: &Client, name: &str) -> Option<meridian::wire::MemberV1> {
@@ -138,7 +143,7 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
         for (e, at) in &unresponsive {
             assert_eq!(e.code(), Some(ErrorCode::OutcomeUnknown));
             assert!(
-                *at - killed_at < RESUME_BOUND,
+                *at - killed_at < NOTICE_BOUND,
                 "{e} noticed {:?} after the kill",
                 *at - killed_at
             );
