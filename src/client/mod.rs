@@ -38,11 +38,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use error::{ClientError, OutcomeUnknown};
 use liveness::{Liveness, Verdict};
+use tokio::sync::watch;
 use routes::Routes;
 pub use routes::{RouteRange, Target};
 
@@ -175,23 +176,24 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// A pooled connection and what is known about its node's liveness.
+/// A pooled connection and the task that watches its node's liveness.
 struct Pooled {
     conn: quinn::Connection,
-    /// Shared by every request on the connection, so they agree on when
-    /// the node was last heard from.
-    liveness: Arc<Mutex<Liveness>>,
+    /// Becomes `Some(silent_for)` when the watcher gives the node up.
+    dead: watch::Receiver<Option<Duration>>,
+    watcher: tokio::task::AbortHandle,
 }
 
-impl Pooled {
-    fn new(conn: quinn::Connection) -> Pooled {
-        let rx = conn.stats().udp_rx.datagrams;
-        let liveness = Arc::new(Mutex::new(Liveness::new(Instant::now(), rx)));
-        Pooled { conn, liveness }
+impl Drop for Pooled {
+    /// A connection no longer pooled needs no watching.
+    fn drop(&mut self) {
+        self.watcher.abort();
     }
 }
 
 type Pool = Arc<Mutex<HashMap<SocketAddr, Pooled>>>;
+/// A usable connection and its watcher's verdict.
+type Connected = (quinn::Connection, watch::Receiver<Option<Duration>>);
 
 /// An async Meridian client. Clone-free: share it behind an `Arc`.
 pub struct Client {
@@ -262,18 +264,93 @@ async fn dial(
     }
 }
 
-/// Pools `conn` for `addr` unless a live one is there already; returns the
-/// pooled connection.
-fn pool_insert(pool: &Pool, addr: SocketAddr, conn: quinn::Connection) -> quinn::Connection {
-    let mut pool = lock(pool);
-    if let Some(p) = pool.get(&addr) {
+/// Pools `conn` for `addr` unless a live one is there already, with a task
+/// watching its liveness; returns the pooled connection and its verdict.
+fn pool_insert(
+    pool: &Pool,
+    routes: &Arc<Mutex<Routes>>,
+    addr: SocketAddr,
+    conn: quinn::Connection,
+) -> (quinn::Connection, watch::Receiver<Option<Duration>>) {
+    let mut pooled = lock(pool);
+    if let Some(p) = pooled.get(&addr) {
         if p.conn.close_reason().is_none() {
             conn.close(0u32.into(), b"duplicate connection");
-            return p.conn.clone();
+            return (p.conn.clone(), p.dead.clone());
         }
     }
-    pool.insert(addr, Pooled::new(conn.clone()));
-    conn
+    let (tell, dead) = watch::channel(None);
+    let watcher = tokio::spawn(watch_liveness(
+        addr,
+        conn.clone(),
+        tell,
+        Arc::downgrade(pool),
+        Arc::downgrade(routes),
+    ));
+    let entry = Pooled {
+        conn: conn.clone(),
+        dead: dead.clone(),
+        watcher: watcher.abort_handle(),
+    };
+    pooled.insert(addr, entry);
+    (conn, dead)
+}
+
+/// Owns one connection's [`Liveness`]: looks at quinn's count of received
+/// datagrams when the rule asks, and when the node has been silent past its
+/// bound says so on `tell`, avoids the node and forgets the connection.
+/// Holds the pool and routes weakly, so a dropped client drops its pool and
+/// with it (see [`Pooled`]'s `Drop`) this task.
+async fn watch_liveness(
+    addr: SocketAddr,
+    conn: quinn::Connection,
+    tell: watch::Sender<Option<Duration>>,
+    pool: Weak<Mutex<HashMap<SocketAddr, Pooled>>>,
+    routes: Weak<Mutex<Routes>>,
+) {
+    let mut live = Liveness::new(Instant::now(), conn.stats().udp_rx.datagrams);
+    let silent_for = loop {
+        if conn.close_reason().is_some() {
+            return; // requests on it fail by themselves
+        }
+        let rx = conn.stats().udp_rx.datagrams;
+        match live.observe(Instant::now(), rx, conn.rtt()) {
+            Verdict::Alive { check_at } | Verdict::Suspect { check_at } => {
+                tokio::time::sleep_until(check_at.into()).await;
+            }
+            Verdict::Dead { silent_for } => break silent_for,
+        }
+    };
+    tracing::info!(%addr, ?silent_for, "node stopped answering; avoiding it");
+    let _ = tell.send(Some(silent_for));
+    if let Some(routes) = routes.upgrade() {
+        lock(&routes).unreachable(addr, Instant::now());
+    }
+    // Forgotten, not closed: requests still on it end with their own
+    // "unresponsive" verdict, and it closes when the last lets go of it.
+    // (Removing the entry aborts this task, which ends here anyway.)
+    if let Some(pool) = pool.upgrade() {
+        let mut pool = lock(&pool);
+        if pool
+            .get(&addr)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            pool.remove(&addr);
+        }
+    }
+}
+
+/// Resolves with how long the node was silent once its watcher gives it up;
+/// never resolves while it answers (or once the watcher is gone).
+async fn until_dead(mut dead: watch::Receiver<Option<Duration>>) -> Duration {
+    loop {
+        if let Some(silent_for) = *dead.borrow_and_update() {
+            return silent_for;
+        }
+        if dead.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 type Dials = tokio::task::JoinSet<(SocketAddr, Result<quinn::Connection, String>)>;
@@ -312,7 +389,7 @@ async fn finish_dials(
         pending.retain(|a| *a != addr);
         match result {
             Ok(conn) => {
-                pool_insert(&pool, addr, conn);
+                pool_insert(&pool, &routes, addr, conn);
                 lock(&routes).reachable(addr);
             }
             Err(e) => {
@@ -380,7 +457,7 @@ impl Client {
             pending.retain(|a| *a != addr);
             match result {
                 Ok(conn) => {
-                    pool_insert(&self.pool, addr, conn);
+                    pool_insert(&self.pool, &self.routes, addr, conn);
                     lock(&self.routes).prefer(addr);
                     let grace = liveness::dial_grace(started.elapsed(), timeout);
                     let (pool, routes) = (self.pool.clone(), self.routes.clone());
@@ -412,11 +489,7 @@ impl Client {
 
     /// `addr`'s pooled connection if it is usable; `Ok(None)` if there is
     /// none (or it was closed on purpose), an error if its node is gone.
-    #[allow(clippy::type_complexity)]
-    fn pooled(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<Option<(quinn::Connection, Arc<Mutex<Liveness>>)>, String> {
+    fn pooled(&self, addr: SocketAddr) -> Result<Option<Connected>, String> {
         let mut pool = lock(&self.pool);
         let Some(p) = pool.get(&addr) else {
             return Ok(None);
@@ -434,70 +507,24 @@ impl Client {
                 return Ok(None);
             }
         }
-        // Silent past the bound before anything is sent: do not send.
-        let (conn, live) = (p.conn.clone(), p.liveness.clone());
-        let rx = conn.stats().udp_rx.datagrams;
-        let verdict = lock(&live).observe(Instant::now(), rx, conn.rtt());
-        if let Verdict::Dead { silent_for } = verdict {
-            // Forgotten, not closed: requests still on it get their own
-            // verdict from the shared liveness (see `exchange_at`).
+        let verdict = *p.dead.borrow();
+        if let Some(silent_for) = verdict {
             pool.remove(&addr);
             return Err(format!("{addr}: silent for {silent_for:?}"));
         }
-        Ok(Some((conn, live)))
+        Ok(Some((p.conn.clone(), p.dead.clone())))
     }
 
     /// The pooled connection to `addr`, dialled if there is none alive.
-    async fn connection(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<(quinn::Connection, Arc<Mutex<Liveness>>), String> {
-        if let Some(pooled) = self.pooled(addr)? {
-            return Ok(pooled);
+    async fn connection(&self, addr: SocketAddr) -> Result<Connected, String> {
+        if let Some(connected) = self.pooled(addr)? {
+            return Ok(connected);
         }
         let timeout = DIAL_TIMEOUT.min(self.cfg.request_timeout);
         let conn = dial(&self.endpoint, addr, timeout).await?;
-        let conn = pool_insert(&self.pool, addr, conn);
+        let connected = pool_insert(&self.pool, &self.routes, addr, conn);
         lock(&self.routes).reachable(addr);
-        let pooled = lock(&self.pool).get(&addr).map(|p| p.liveness.clone());
-        let live = pooled.unwrap_or_else(|| {
-            let rx = conn.stats().udp_rx.datagrams;
-            Arc::new(Mutex::new(Liveness::new(Instant::now(), rx)))
-        });
-        Ok((conn, live))
-    }
-
-    /// Resolves when `conn`'s node has been silent past its bound (see
-    /// [`liveness`]), forgetting the connection and avoiding the node;
-    /// returns how long it was silent. Never resolves while it answers.
-    async fn until_silent(
-        &self,
-        addr: SocketAddr,
-        conn: &quinn::Connection,
-        live: &Mutex<Liveness>,
-    ) -> Duration {
-        loop {
-            let rx = conn.stats().udp_rx.datagrams;
-            let verdict = lock(live).observe(Instant::now(), rx, conn.rtt());
-            match verdict {
-                Verdict::Alive { check_at } | Verdict::Suspect { check_at } => {
-                    tokio::time::sleep_until(check_at.into()).await;
-                }
-                Verdict::Dead { silent_for } => {
-                    tracing::info!(%addr, ?silent_for, "node stopped answering; avoiding it");
-                    let mut pool = lock(&self.pool);
-                    if pool
-                        .get(&addr)
-                        .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
-                    {
-                        pool.remove(&addr);
-                    }
-                    drop(pool);
-                    lock(&self.routes).unreachable(addr, Instant::now());
-                    return silent_for;
-                }
-            }
-        }
+        Ok(connected)
     }
 
     /// Sends `frame` to `addr` on a new stream and reads the reply, while
@@ -509,7 +536,7 @@ impl Client {
         frame: &[u8],
         sent: &AtomicBool,
     ) -> Result<Vec<u8>, SendFailure> {
-        let (conn, live) = self.connection(addr).await.map_err(SendFailure::NotSent)?;
+        let (conn, dead) = self.connection(addr).await.map_err(SendFailure::NotSent)?;
         let exchange = async {
             let (mut send, mut recv) = conn
                 .open_bi()
@@ -520,10 +547,7 @@ impl Client {
         };
         tokio::select! {
             result = exchange => result,
-            // The connection is left to close when its last request lets go
-            // of it: closing it here would turn the other requests' verdicts
-            // into "connection lost".
-            silent_for = self.until_silent(addr, &conn, &live) => {
+            silent_for = until_dead(dead) => {
                 if sent.load(Ordering::Relaxed) {
                     Err(SendFailure::Final(
                         OutcomeUnknown::Unresponsive { addr, silent_for }.into(),
@@ -899,7 +923,7 @@ impl Client {
         if let Some(dialing) = lock(&self.dialing).take() {
             dialing.abort();
         }
-        let conns: Vec<_> = lock(&self.pool).drain().map(|(_, p)| p.conn).collect();
+        let conns: Vec<_> = lock(&self.pool).drain().map(|(_, p)| p.conn.clone()).collect();
         let max_rtt = conns.iter().map(quinn::Connection::rtt).max();
         for c in &conns {
             c.close(0u32.into(), b"client closed");
