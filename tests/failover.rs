@@ -70,6 +70,20 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
             }
         }));
     }
+    // Two readers of the same range: a read changes nothing, so one cut off
+    // by the dead leader is resent elsewhere, never "outcome unknown".
+    let read_errors = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (client, stop, errors) = (client.clone(), stop.clone(), read_errors.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = client.get("config/w0/0").await {
+                    errors.lock().unwrap().push(e);
+                }
+            }
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Find the leader of the config/ range and SIGKILL its process.
@@ -188,9 +202,14 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
         "{rejoined:?} vs {generation_before:?}"
     );
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
+    for w in writers.into_iter().chain(readers) {
         tokio::time::timeout(BOUND, w).await.unwrap().unwrap();
     }
+    let read_errors = read_errors.lock().unwrap();
+    assert!(
+        !read_errors.iter().any(ClientError::is_outcome_unknown),
+        "a read was reported as outcome unknown: {read_errors:?}"
+    );
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > before, "writes continued after the kill");
     for (key, version, _, _) in &acked {

@@ -27,12 +27,14 @@ pub enum ClientError {
         /// The last error.
         last: String,
     },
-    /// The request timeout passed while no attempt was in flight (every
-    /// attempt so far was refused or could not be sent): nothing was written.
+    /// The request timeout passed while no attempt that may write was in
+    /// flight (every attempt so far was refused or could not be sent, or
+    /// the request only reads): nothing was written.
     #[error("request timed out after {0:?} before any node accepted it (nothing was written)")]
     Timeout(Duration),
-    /// The request was sent and no definite answer came back: a write may or
-    /// may not have been applied. Read before retrying a write that is not
+    /// A request that may write was sent and no definite answer came back:
+    /// it may or may not have been applied. (Reads cut off by a dead node
+    /// are resent to another node instead.) Read before retrying a write that is not
     /// idempotent. Its code is `MER-3005`.
     #[error("{0}")]
     OutcomeUnknown(#[from] OutcomeUnknown),

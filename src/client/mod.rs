@@ -24,8 +24,9 @@
 //! [`ClientError::OutcomeUnknown`] and the next goes elsewhere.
 //!
 //! A request is retried on another node only when it provably never reached
-//! one (no connection, or the stream could not be opened) or was refused
-//! with `NotLeader`; otherwise the error is returned. Errors say what they
+//! one (no connection, or the stream could not be opened), was refused with
+//! `NotLeader`, or only reads and its node died under it; otherwise the
+//! error is returned. Errors say what they
 //! mean for the data: [`ClientError::Api`] is a refusal (nothing written),
 //! [`ClientError::OutcomeUnknown`] (`MER-3005`) means a write may or may not
 //! have been applied.
@@ -43,9 +44,9 @@ use std::time::{Duration, Instant};
 
 pub use error::{ClientError, OutcomeUnknown};
 use liveness::{Liveness, Verdict};
-use tokio::sync::watch;
 use routes::Routes;
 pub use routes::{RouteRange, Target};
+use tokio::sync::watch;
 
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, EndpointLimits, FrameError, TlsFiles};
@@ -560,11 +561,13 @@ impl Client {
     }
 
     /// Sends `frame` to where `target` routes, moving on to other nodes while
-    /// none can be reached (the request was then provably not sent).
+    /// none can be reached (the request was then provably not sent) or, for
+    /// a `read_only` request, while the node it reached died under it.
     async fn send_routed(
         &self,
         target: &Target,
         frame: &[u8],
+        read_only: bool,
         sent: &AtomicBool,
     ) -> Result<(SocketAddr, Vec<u8>), ClientError> {
         let mut last = String::new();
@@ -573,6 +576,14 @@ impl Client {
             let addr = lock(&self.routes).pick(target, Instant::now());
             match self.exchange_at(addr, frame, sent).await {
                 Ok(raw) => return Ok((addr, raw)),
+                // A read changes nothing: send it to another node instead.
+                Err(SendFailure::Final(ClientError::OutcomeUnknown(
+                    e @ (OutcomeUnknown::Unresponsive { .. } | OutcomeUnknown::ConnectionLost(_)),
+                ))) if read_only => {
+                    tracing::debug!(error = %e, "read cut off; sending it to another node");
+                    lock(&self.routes).unreachable(addr, Instant::now());
+                    last = e.to_string();
+                }
                 Err(SendFailure::Final(e)) => return Err(e),
                 Err(SendFailure::NotSent(e)) => {
                     tracing::debug!(error = %e, "node unreachable; trying another");
@@ -586,19 +597,23 @@ impl Client {
     }
 
     /// [`Client::send_routed`] within the request timeout, which ends as
-    /// [`OutcomeUnknown::Timeout`] if an attempt was in flight then, and as
-    /// [`ClientError::Timeout`] (nothing written) if none was.
+    /// [`OutcomeUnknown::Timeout`] if a request that may write was in flight
+    /// then, and as [`ClientError::Timeout`] (nothing written) otherwise.
     async fn send_routed_by(
         &self,
         deadline: tokio::time::Instant,
         target: &Target,
         frame: &[u8],
+        read_only: bool,
     ) -> Result<(SocketAddr, Vec<u8>), ClientError> {
         let sent = AtomicBool::new(false);
         let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout_at(deadline, self.send_routed(target, frame, &sent)).await {
+        let routed = self.send_routed(target, frame, read_only, &sent);
+        match tokio::time::timeout_at(deadline, routed).await {
             Ok(result) => result,
-            Err(_) if sent.load(Ordering::Relaxed) => Err(OutcomeUnknown::Timeout(timeout).into()),
+            Err(_) if sent.load(Ordering::Relaxed) && !read_only => {
+                Err(OutcomeUnknown::Timeout(timeout).into())
+            }
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }
@@ -612,7 +627,10 @@ impl Client {
             return;
         }
         let frame = wire::encode_request(&RequestV1::RegionStatus);
-        let table = match self.send_routed_by(deadline, &Target::Any, &frame).await {
+        let table = match self
+            .send_routed_by(deadline, &Target::Any, &frame, true)
+            .await
+        {
             Ok((_, raw)) => match wire::decode_response(&raw) {
                 Ok(ResponseV1::Ok {
                     body: ResponseBodyV1::RegionStatus(ranges),
@@ -638,9 +656,12 @@ impl Client {
     async fn call(&self, req: &RequestV1) -> Result<(Timestamp, ResponseBodyV1), ClientError> {
         let frame = wire::encode_request(req);
         let target = Target::of(req);
+        let read_only = routes::is_read_only(req);
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         for _ in 0..MAX_ATTEMPTS {
-            let (asked, raw) = self.send_routed_by(deadline, &target, &frame).await?;
+            let (asked, raw) = self
+                .send_routed_by(deadline, &target, &frame, read_only)
+                .await?;
             match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
                 ResponseV1::Ok { served_at, body } => return Ok((Timestamp(served_at), body)),
                 ResponseV1::Err { code, message } => {
@@ -673,7 +694,8 @@ impl Client {
     /// sent at all.
     pub async fn exchange(&self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
-        self.send_routed_by(deadline, &Target::Any, frame)
+        // Raw frames may write: never resent after they may have arrived.
+        self.send_routed_by(deadline, &Target::Any, frame, false)
             .await
             .map(|(_, raw)| raw)
     }
@@ -923,7 +945,10 @@ impl Client {
         if let Some(dialing) = lock(&self.dialing).take() {
             dialing.abort();
         }
-        let conns: Vec<_> = lock(&self.pool).drain().map(|(_, p)| p.conn.clone()).collect();
+        let conns: Vec<_> = lock(&self.pool)
+            .drain()
+            .map(|(_, p)| p.conn.clone())
+            .collect();
         let max_rtt = conns.iter().map(quinn::Connection::rtt).max();
         for c in &conns {
             c.close(0u32.into(), b"client closed");

@@ -65,6 +65,29 @@ impl Target {
     }
 }
 
+/// Whether `req` only reads: it changes nothing wherever and however often
+/// it runs, so the SDK may resend it to another node when its outcome is
+/// unknown. Exhaustive on purpose: a new request kind must be classified.
+pub fn is_read_only(req: &RequestV1) -> bool {
+    match req {
+        RequestV1::Get { .. }
+        | RequestV1::GetWith { .. }
+        | RequestV1::Range { .. }
+        | RequestV1::RangeWith { .. }
+        | RequestV1::History { .. }
+        | RequestV1::Status
+        | RequestV1::PeerPing
+        | RequestV1::RegionStatus
+        | RequestV1::Members
+        | RequestV1::LeaderHints => true,
+        RequestV1::Put { .. }
+        | RequestV1::Delete { .. }
+        | RequestV1::Txn(_)
+        | RequestV1::RegionChange(_)
+        | RequestV1::Raft(_) => false,
+    }
+}
+
 /// One range of the table, with its cached leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteRange {
@@ -294,6 +317,28 @@ mod tests {
         });
         assert_eq!(Target::of(&txn), key("d"));
         assert_eq!(Target::of(&RequestV1::Status), Target::Any);
+    }
+
+    #[test]
+    fn only_reads_are_read_only() {
+        let get = RequestV1::GetWith {
+            key: b"k".to_vec(),
+            at: None,
+            consistency: ReadConsistencyV1::Linearizable,
+        };
+        assert!(is_read_only(&get));
+        assert!(is_read_only(&RequestV1::RegionStatus));
+        let put = RequestV1::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        assert!(!is_read_only(&put));
+        let txn = RequestV1::Txn(crate::wire::TxnV1 {
+            compares: vec![],
+            success: vec![],
+            failure: vec![],
+        });
+        assert!(!is_read_only(&txn), "a transaction may write");
     }
 
     #[test]
