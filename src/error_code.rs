@@ -32,12 +32,18 @@ pub enum ErrorCode {
     StorageFailure,
     /// MER-3002: a remote clock is too far ahead of ours.
     ClockOffset,
-    /// MER-3003: the node is shutting down or overloaded.
+    /// MER-3003: the node is shutting down, overloaded or cannot serve the
+    /// request now; the request was not applied.
     Unavailable,
     /// MER-3004: this node does not lead the key's range; the reply names the leader if known.
     NotLeader,
     /// MER-9999: an internal error; report it.
     Internal,
+    /// MER-3005: the request was sent but its outcome is unknown: a write may
+    /// or may not have been applied (a commit timed out, a Raft entry was
+    /// discarded, or the connection was lost after sending). Unlike every
+    /// other code, this is not a refusal.
+    OutcomeUnknown,
 }
 
 /// Every code, for lookups and tests.
@@ -57,6 +63,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::Unavailable,
     ErrorCode::NotLeader,
     ErrorCode::Internal,
+    ErrorCode::OutcomeUnknown,
 ];
 
 impl ErrorCode {
@@ -78,6 +85,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "MER-3003",
             ErrorCode::NotLeader => "MER-3004",
             ErrorCode::Internal => "MER-9999",
+            ErrorCode::OutcomeUnknown => "MER-3005",
         }
     }
 
@@ -112,6 +120,9 @@ impl ErrorCode {
                 "send the request to the leader named in the reply (the SDK does)"
             }
             ErrorCode::Internal => "report a bug with the node's logs",
+            ErrorCode::OutcomeUnknown => {
+                "the write may or may not have been applied: read the key (or guard a retry with a transaction compare) before retrying"
+            }
         }
     }
 }
@@ -169,5 +180,10 @@ mod tests {
         }
         assert_eq!(ErrorCode::KeyTooLarge.as_u16(), 1001);
         assert_eq!(ErrorCode::from_u16(4242), None);
+        // Released numbers never move; new codes are appended.
+        assert_eq!(ErrorCode::Unavailable.as_u16(), 3003);
+        assert_eq!(ErrorCode::NotLeader.as_u16(), 3004);
+        assert_eq!(ErrorCode::OutcomeUnknown.as_u16(), 3005);
+        assert_eq!(ALL.last(), Some(&ErrorCode::OutcomeUnknown));
     }
 }

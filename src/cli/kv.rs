@@ -137,7 +137,7 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
                 eprintln!("key not found: {key}");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(super::EXIT_FAILED));
             };
             if conn.json {
                 let mut v = kv_json(&kv);

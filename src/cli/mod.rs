@@ -14,12 +14,28 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::certs::{self, Role};
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, ClientError};
 use crate::transport::TlsFiles;
+
+/// Exit status of a command that failed without changing anything (the
+/// node refused the request, or it was never sent), and of `kv get` when
+/// the key does not exist.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status when a request was sent but no definite answer came back
+/// (`MER-3005`: a commit timed out, the node died or the connection broke):
+/// a write may or may not have been applied. (2 is clap's usage error.)
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
 /// Meridian: a geo-distributed, multi-region metadata service.
 #[derive(Debug, Parser)]
-#[command(name = "meridian", version, about)]
+#[command(
+    name = "meridian",
+    version,
+    about,
+    after_help = "Exit status: 0 success; 1 failed and nothing was changed (for `kv get`: \
+                  the key does not exist); 2 usage error; 3 outcome unknown (MER-3005): \
+                  a write may or may not have been applied, read before retrying."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -159,8 +175,16 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The exit status for a failed command: outcome-unknown errors get their own.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<ClientError>() {
+        Some(c) if c.is_outcome_unknown() => EXIT_OUTCOME_UNKNOWN,
+        _ => EXIT_FAILED,
     }
 }
 
@@ -321,6 +345,24 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn outcome_unknown_has_its_own_exit_status() {
+        use crate::client::OutcomeUnknown;
+        use crate::error_code::{ApiError, ErrorCode};
+        let lost = anyhow::Error::from(ClientError::from(OutcomeUnknown::ConnectionLost(
+            "reset".into(),
+        )));
+        assert_eq!(exit_status(&lost), EXIT_OUTCOME_UNKNOWN);
+        let node = ClientError::from(ApiError::new(ErrorCode::OutcomeUnknown, "commit timed out"));
+        assert_eq!(
+            exit_status(&anyhow::Error::from(node)),
+            EXIT_OUTCOME_UNKNOWN
+        );
+        let refused = ClientError::from(ApiError::new(ErrorCode::ValueTooLarge, "big"));
+        assert_eq!(exit_status(&anyhow::Error::from(refused)), EXIT_FAILED);
+        assert_eq!(exit_status(&anyhow::anyhow!("bad flag")), EXIT_FAILED);
     }
 
     #[test]

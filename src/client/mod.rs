@@ -12,34 +12,53 @@
 //!
 //! One QUIC connection per node the client talks to, one bidirectional
 //! stream per request, so requests are multiplexed without head-of-line
-//! blocking. Requests that need a range's leader go to the leader the client
-//! has cached for that range (see [`routes`]): a `NotLeader` reply updates the
-//! cache and the request is retried, so a stale cache heals itself. A
-//! request is retried on another node only when it provably never reached
-//! one (no connection, or the stream could not be opened) or was refused
-//! with `NotLeader`; otherwise the error is returned, because a write may
-//! have committed.
+//! blocking. [`Client::connect`] dials every endpoint at once and starts
+//! with the first completed handshake: a dead endpoint costs no timeout.
+//! Requests that need a range's leader go to the leader the client has
+//! cached for that range (see [`routes`]): a `NotLeader` reply updates the
+//! cache and the request is retried, so a stale cache heals itself.
+//!
+//! A node that stops answering is noticed from silence measured against the
+//! connection's round trip, with keep-alives (see [`liveness`]), not from
+//! QUIC's idle timeout: a request in flight to it fails at once with
+//! [`ClientError::OutcomeUnknown`] and the next goes elsewhere.
+//!
+//! A request is retried on another node only when it provably never reached
+//! one (no connection, or the stream could not be opened), was refused with
+//! `NotLeader`, or only reads and its node died under it; otherwise the
+//! error is returned. Errors say what they
+//! mean for the data: [`ClientError::Api`] is a refusal (nothing written),
+//! [`ClientError::OutcomeUnknown`] (`MER-3005`) means a write may or may not
+//! have been applied.
 
+mod error;
+pub mod liveness;
 pub mod routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+pub use error::{ClientError, OutcomeUnknown};
+use liveness::{Liveness, Verdict};
 use routes::Routes;
 pub use routes::{RouteRange, Target};
+use tokio::sync::watch;
 
 use crate::error_code::{ApiError, ErrorCode};
-use crate::transport::{self, EndpointLimits, TlsFiles};
+use crate::transport::{self, EndpointLimits, FrameError, TlsFiles};
 use crate::types::{KeyValue, ReadConsistency, Timestamp, Txn, VersionEntry};
 use crate::wire::{self, RequestV1, ResponseBodyV1, ResponseV1, StatusV1};
 
-/// Client-side QUIC idle timeout: a node silent this long is considered gone.
+/// Client-side QUIC idle timeout: the backstop that frees a connection
+/// nobody uses any more. Dead nodes are noticed sooner, by [`liveness`].
 pub const CLIENT_IDLE_TIMEOUT_MS: u64 = 3_000;
-/// Client keep-alive interval (keeps live connections from idling out).
-pub const CLIENT_KEEP_ALIVE_MS: u64 = 1_000;
+/// Client keep-alive interval ([`liveness::KEEP_ALIVE`]): a quiet
+/// connection pings its node this often, so silence means a dead node.
+pub const CLIENT_KEEP_ALIVE_MS: u64 = liveness::KEEP_ALIVE.as_millis() as u64;
 
 /// Default request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +70,7 @@ pub const DEFAULT_CERT_DIR: &str = "meridian-data/certs";
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Nodes to try, in order.
+    /// Nodes to try; all are dialled at once, the first to answer is home.
     pub endpoints: Vec<SocketAddr>,
     /// CA, certificate and key (role client or admin).
     pub tls: TlsFiles,
@@ -96,45 +115,6 @@ pub fn parse_endpoints(s: &str) -> Result<Vec<SocketAddr>, ClientError> {
         return Err(ClientError::Config("no endpoints given".into()));
     }
     Ok(out)
-}
-
-/// Errors of the SDK.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The node refused the request with a stable code; nothing was written.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// Bad client settings (endpoints, certificate files).
-    #[error("client config: {0}")]
-    Config(String),
-    /// No endpoint could be reached; the request was not sent.
-    #[error("cannot connect to any of {endpoints}: {last}")]
-    Connect {
-        /// Endpoints tried.
-        endpoints: String,
-        /// The last error.
-        last: String,
-    },
-    /// The connection broke mid-request: the request may or may not have been applied.
-    #[error("connection lost during request (outcome unknown): {0}")]
-    Transport(String),
-    /// No answer within the request timeout: the outcome is unknown.
-    #[error("request timed out after {0:?} (outcome unknown)")]
-    Timeout(Duration),
-    /// The node answered something this SDK does not understand.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl ClientError {
-    /// The stable code, if the node refused the request.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Api(e) => Some(e.code),
-            _ => None,
-        }
-    }
 }
 
 /// A get result.
@@ -197,16 +177,37 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A pooled connection and the task that watches its node's liveness.
+struct Pooled {
+    conn: quinn::Connection,
+    /// Becomes `Some(silent_for)` when the watcher gives the node up.
+    dead: watch::Receiver<Option<Duration>>,
+    watcher: tokio::task::AbortHandle,
+}
+
+impl Drop for Pooled {
+    /// A connection no longer pooled needs no watching.
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+type Pool = Arc<Mutex<HashMap<SocketAddr, Pooled>>>;
+/// A usable connection and its watcher's verdict.
+type Connected = (quinn::Connection, watch::Receiver<Option<Duration>>);
+
 /// An async Meridian client. Clone-free: share it behind an `Arc`.
 pub struct Client {
     endpoint: quinn::Endpoint,
     cfg: ClientConfig,
     /// One QUIC connection per node address, shared by every request to it.
-    pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    pool: Pool,
     /// The leader cache (see [`routes`]).
-    routes: Mutex<Routes>,
+    routes: Arc<Mutex<Routes>>,
     /// Serialises learning the range table (one region-status call at a time).
     learning: tokio::sync::Mutex<()>,
+    /// The task finishing the handshakes [`Client::connect`] did not wait for.
+    dialing: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Most times one request is retried (after `NotLeader` or an unreachable
@@ -216,6 +217,8 @@ const MAX_ATTEMPTS: usize = 50;
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest a connection attempt to one node may take.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(CLIENT_IDLE_TIMEOUT_MS);
+/// Longest [`Client::close`] waits for its connections to drain.
+const CLOSE_DRAIN_MAX: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,27 +228,190 @@ impl std::fmt::Debug for Client {
     }
 }
 
+impl Drop for Client {
+    /// Stops the background handshakes (they would end by their own
+    /// timeout, but need not outlive the client).
+    fn drop(&mut self) {
+        if let Some(dialing) = lock(&self.dialing).take() {
+            dialing.abort();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why a request could not be exchanged with one node.
 enum SendFailure {
-    /// The node could not be reached; the request provably was not sent.
+    /// The node could not be reached; the request provably was not sent,
+    /// so another node may be tried.
     NotSent(String),
-    /// The request was sent and then the connection broke (outcome unknown).
-    Lost(ClientError),
+    /// A final answer for the caller (a refusal before sending, or an
+    /// unknown outcome after); not retried.
+    Final(ClientError),
+}
+
+/// One handshake, bounded by `timeout`.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, String> {
+    match tokio::time::timeout(timeout, transport::connect(endpoint, addr, None)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("{addr}: {e}")),
+        Err(_) => Err(format!("{addr}: no handshake within {timeout:?}")),
+    }
+}
+
+/// Pools `conn` for `addr` unless a live one is there already, with a task
+/// watching its liveness; returns the pooled connection and its verdict.
+fn pool_insert(
+    pool: &Pool,
+    routes: &Arc<Mutex<Routes>>,
+    addr: SocketAddr,
+    conn: quinn::Connection,
+) -> (quinn::Connection, watch::Receiver<Option<Duration>>) {
+    let mut pooled = lock(pool);
+    if let Some(p) = pooled.get(&addr) {
+        if p.conn.close_reason().is_none() {
+            conn.close(0u32.into(), b"duplicate connection");
+            return (p.conn.clone(), p.dead.clone());
+        }
+    }
+    let (tell, dead) = watch::channel(None);
+    let watcher = tokio::spawn(watch_liveness(
+        addr,
+        conn.clone(),
+        tell,
+        Arc::downgrade(pool),
+        Arc::downgrade(routes),
+    ));
+    let entry = Pooled {
+        conn: conn.clone(),
+        dead: dead.clone(),
+        watcher: watcher.abort_handle(),
+    };
+    pooled.insert(addr, entry);
+    (conn, dead)
+}
+
+/// Owns one connection's [`Liveness`]: looks at quinn's count of received
+/// datagrams when the rule asks, and when the node has been silent past its
+/// bound says so on `tell`, avoids the node and forgets the connection.
+/// Holds the pool and routes weakly, so a dropped client drops its pool and
+/// with it (see [`Pooled`]'s `Drop`) this task.
+async fn watch_liveness(
+    addr: SocketAddr,
+    conn: quinn::Connection,
+    tell: watch::Sender<Option<Duration>>,
+    pool: Weak<Mutex<HashMap<SocketAddr, Pooled>>>,
+    routes: Weak<Mutex<Routes>>,
+) {
+    let mut live = Liveness::new(Instant::now(), conn.stats().udp_rx.datagrams);
+    let silent_for = loop {
+        if conn.close_reason().is_some() {
+            return; // requests on it fail by themselves
+        }
+        let rx = conn.stats().udp_rx.datagrams;
+        match live.observe(Instant::now(), rx, conn.rtt()) {
+            Verdict::Alive { check_at } | Verdict::Suspect { check_at } => {
+                tokio::time::sleep_until(check_at.into()).await;
+            }
+            Verdict::Dead { silent_for } => break silent_for,
+        }
+    };
+    tracing::info!(%addr, ?silent_for, "node stopped answering; avoiding it");
+    let _ = tell.send(Some(silent_for));
+    if let Some(routes) = routes.upgrade() {
+        lock(&routes).unreachable(addr, Instant::now());
+    }
+    // Forgotten, not closed: requests still on it end with their own
+    // "unresponsive" verdict, and it closes when the last lets go of it.
+    // (Removing the entry aborts this task, which ends here anyway.)
+    if let Some(pool) = pool.upgrade() {
+        let mut pool = lock(&pool);
+        if pool
+            .get(&addr)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            pool.remove(&addr);
+        }
+    }
+}
+
+/// Resolves with how long the node was silent once its watcher gives it up;
+/// never resolves while it answers (or once the watcher is gone).
+async fn until_dead(mut dead: watch::Receiver<Option<Duration>>) -> Duration {
+    loop {
+        if let Some(silent_for) = *dead.borrow_and_update() {
+            return silent_for;
+        }
+        if dead.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+type Dials = tokio::task::JoinSet<(SocketAddr, Result<quinn::Connection, String>)>;
+
+/// Completes the handshakes [`Client::connect`] did not wait for, pooling
+/// the connections. Endpoints still handshaking `grace` from now are avoided
+/// until their handshake completes (a dead endpoint never completes).
+async fn finish_dials(
+    mut dials: Dials,
+    mut pending: Vec<SocketAddr>,
+    grace: Duration,
+    pool: Pool,
+    routes: Arc<Mutex<Routes>>,
+) {
+    let grace_end = tokio::time::Instant::now() + grace;
+    let mut in_grace = true;
+    loop {
+        let joined = if in_grace {
+            match tokio::time::timeout_at(grace_end, dials.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    in_grace = false;
+                    let mut routes = lock(&routes);
+                    for addr in &pending {
+                        tracing::debug!(%addr, ?grace, "no handshake yet; avoiding the endpoint");
+                        routes.unreachable(*addr, Instant::now());
+                    }
+                    continue;
+                }
+            }
+        } else {
+            dials.join_next().await
+        };
+        let Some(joined) = joined else { return };
+        let Ok((addr, result)) = joined else { continue };
+        pending.retain(|a| *a != addr);
+        match result {
+            Ok(conn) => {
+                pool_insert(&pool, &routes, addr, conn);
+                lock(&routes).reachable(addr);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "endpoint unreachable");
+                lock(&routes).unreachable(addr, Instant::now());
+            }
+        }
+    }
 }
 
 impl Client {
-    /// Loads the certificates and connects to the first reachable endpoint.
+    /// Loads the certificates, dials every endpoint at once and returns as
+    /// soon as one handshake completes (that endpoint becomes home); the
+    /// other handshakes finish in the background.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
         if cfg.endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));
         }
-        // A short idle timeout with frequent keep-alives lets the client
-        // notice a dead node (kill -9, lost host) within seconds and move on
-        // to the next endpoint, instead of waiting out a 30 s idle timeout.
+        // Frequent keep-alives make a dead node's silence visible within a
+        // few round trips (see `liveness`); the idle timeout only frees
+        // connections nobody uses.
         let limits = EndpointLimits {
             idle_timeout_ms: CLIENT_IDLE_TIMEOUT_MS,
             keep_alive_ms: CLIENT_KEEP_ALIVE_MS,
@@ -255,24 +421,58 @@ impl Client {
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let client = Client {
             endpoint,
-            routes: Mutex::new(Routes::new(cfg.endpoints.clone(), 0)),
+            routes: Arc::new(Mutex::new(Routes::new(cfg.endpoints.clone(), 0))),
             cfg,
-            pool: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(HashMap::new())),
             learning: tokio::sync::Mutex::new(()),
+            dialing: Mutex::new(None),
         };
         // Fail fast on bad certificates or no reachable node: find a home.
-        let mut last = String::new();
-        for _ in 0..client.cfg.endpoints.len() {
-            let home = lock(&client.routes).home();
-            match client.connection(home).await {
-                Ok(_) => return Ok(client),
+        client
+            .dial_all()
+            .await
+            .map_err(|last| client.connect_error(last))?;
+        Ok(client)
+    }
+
+    /// Dials every endpoint concurrently; returns when the first handshake
+    /// completes, or with the last error when none does.
+    async fn dial_all(&self) -> Result<(), String> {
+        let timeout = DIAL_TIMEOUT.min(self.cfg.request_timeout);
+        let started = Instant::now();
+        let mut dials = Dials::new();
+        for &addr in &self.cfg.endpoints {
+            let endpoint = self.endpoint.clone();
+            dials.spawn(async move { (addr, dial(&endpoint, addr, timeout).await) });
+        }
+        let mut pending = self.cfg.endpoints.clone();
+        let mut last = String::from("no endpoint answered");
+        while let Some(joined) = dials.join_next().await {
+            let (addr, result) = match joined {
+                Ok(done) => done,
                 Err(e) => {
+                    last = format!("dial task failed: {e}");
+                    continue;
+                }
+            };
+            pending.retain(|a| *a != addr);
+            match result {
+                Ok(conn) => {
+                    pool_insert(&self.pool, &self.routes, addr, conn);
+                    lock(&self.routes).prefer(addr);
+                    let grace = liveness::dial_grace(started.elapsed(), timeout);
+                    let (pool, routes) = (self.pool.clone(), self.routes.clone());
+                    let rest = tokio::spawn(finish_dials(dials, pending, grace, pool, routes));
+                    *lock(&self.dialing) = Some(rest.abort_handle());
+                    return Ok(());
+                }
+                Err(e) => {
+                    lock(&self.routes).unreachable(addr, Instant::now());
                     last = e;
-                    lock(&client.routes).unreachable(home, Instant::now());
                 }
             }
         }
-        Err(client.connect_error(last))
+        Err(last)
     }
 
     fn connect_error(&self, last: String) -> ClientError {
@@ -288,71 +488,103 @@ impl Client {
         }
     }
 
-    /// The pooled connection to `addr`, dialled if there is none alive.
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        if let Some(c) = lock(&self.pool).get(&addr) {
-            match c.close_reason() {
-                None => return Ok(c.clone()),
-                // Keep-alives went unanswered: the node is gone (or cut
-                // off); do not wait for a dial to time out as well.
-                Some(e @ (quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset)) => {
-                    return Err(format!("{addr}: connection lost: {e}"))
-                }
-                Some(_) => {} // closed on purpose (e.g. a restart): dial again
-            }
-        }
-        let timeout = DIAL_TIMEOUT.min(self.cfg.request_timeout);
-        let conn =
-            match tokio::time::timeout(timeout, transport::connect(&self.endpoint, addr, None))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(format!("{addr}: {e}")),
-                Err(_) => return Err(format!("{addr}: timed out")),
-            };
+    /// `addr`'s pooled connection if it is usable; `Ok(None)` if there is
+    /// none (or it was closed on purpose), an error if its node is gone.
+    fn pooled(&self, addr: SocketAddr) -> Result<Option<Connected>, String> {
         let mut pool = lock(&self.pool);
-        // Another request may have dialled meanwhile: keep one connection.
-        if let Some(c) = pool.get(&addr) {
-            if c.close_reason().is_none() {
-                conn.close(0u32.into(), b"duplicate connection");
-                return Ok(c.clone());
+        let Some(p) = pool.get(&addr) else {
+            return Ok(None);
+        };
+        match p.conn.close_reason() {
+            None => {}
+            // Keep-alives went unanswered: the node is gone (or cut off).
+            Some(e @ (quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset)) => {
+                pool.remove(&addr);
+                return Err(format!("{addr}: connection lost: {e}"));
+            }
+            // Closed on purpose (e.g. a restart): dial again.
+            Some(_) => {
+                pool.remove(&addr);
+                return Ok(None);
             }
         }
-        pool.insert(addr, conn.clone());
-        Ok(conn)
+        let verdict = *p.dead.borrow();
+        if let Some(silent_for) = verdict {
+            pool.remove(&addr);
+            return Err(format!("{addr}: silent for {silent_for:?}"));
+        }
+        Ok(Some((p.conn.clone(), p.dead.clone())))
     }
 
-    /// Sends `frame` to `addr` on a new stream and reads the reply.
-    async fn exchange_at(&self, addr: SocketAddr, frame: &[u8]) -> Result<Vec<u8>, SendFailure> {
-        let conn = self.connection(addr).await.map_err(SendFailure::NotSent)?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| SendFailure::NotSent(format!("{addr}: {e}")))?;
-        let lost = |e: String| SendFailure::Lost(ClientError::Transport(e));
-        transport::write_frame(&mut send, frame)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        let _ = send.finish();
-        transport::read_frame(&mut recv, crate::limits::HARD_MAX_REQUEST_BYTES)
-            .await
-            .map_err(|e| lost(e.to_string()))
+    /// The pooled connection to `addr`, dialled if there is none alive.
+    async fn connection(&self, addr: SocketAddr) -> Result<Connected, String> {
+        if let Some(connected) = self.pooled(addr)? {
+            return Ok(connected);
+        }
+        let timeout = DIAL_TIMEOUT.min(self.cfg.request_timeout);
+        let conn = dial(&self.endpoint, addr, timeout).await?;
+        let connected = pool_insert(&self.pool, &self.routes, addr, conn);
+        lock(&self.routes).reachable(addr);
+        Ok(connected)
+    }
+
+    /// Sends `frame` to `addr` on a new stream and reads the reply, while
+    /// watching that the node still answers. Sets `sent` once the request
+    /// may have reached the node.
+    async fn exchange_at(
+        &self,
+        addr: SocketAddr,
+        frame: &[u8],
+        sent: &AtomicBool,
+    ) -> Result<Vec<u8>, SendFailure> {
+        let (conn, dead) = self.connection(addr).await.map_err(SendFailure::NotSent)?;
+        let exchange = async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| SendFailure::NotSent(format!("{addr}: {e}")))?;
+            sent.store(true, Ordering::Relaxed);
+            write_and_read(&mut send, &mut recv, frame).await
+        };
+        tokio::select! {
+            result = exchange => result,
+            silent_for = until_dead(dead) => {
+                if sent.load(Ordering::Relaxed) {
+                    Err(SendFailure::Final(
+                        OutcomeUnknown::Unresponsive { addr, silent_for }.into(),
+                    ))
+                } else {
+                    Err(SendFailure::NotSent(format!("{addr}: silent for {silent_for:?}")))
+                }
+            }
+        }
     }
 
     /// Sends `frame` to where `target` routes, moving on to other nodes while
-    /// none can be reached (the request was then provably not sent).
+    /// none can be reached (the request was then provably not sent) or, for
+    /// a `read_only` request, while the node it reached died under it.
     async fn send_routed(
         &self,
         target: &Target,
         frame: &[u8],
+        read_only: bool,
+        sent: &AtomicBool,
     ) -> Result<(SocketAddr, Vec<u8>), ClientError> {
         let mut last = String::new();
         // Every endpoint once, plus a cached leader that may not be one of them.
         for _ in 0..=self.cfg.endpoints.len() {
             let addr = lock(&self.routes).pick(target, Instant::now());
-            match self.exchange_at(addr, frame).await {
+            match self.exchange_at(addr, frame, sent).await {
                 Ok(raw) => return Ok((addr, raw)),
-                Err(SendFailure::Lost(e)) => return Err(e),
+                // A read changes nothing: send it to another node instead.
+                Err(SendFailure::Final(ClientError::OutcomeUnknown(
+                    e @ (OutcomeUnknown::Unresponsive { .. } | OutcomeUnknown::ConnectionLost(_)),
+                ))) if read_only => {
+                    tracing::debug!(error = %e, "read cut off; sending it to another node");
+                    lock(&self.routes).unreachable(addr, Instant::now());
+                    last = e.to_string();
+                }
+                Err(SendFailure::Final(e)) => return Err(e),
                 Err(SendFailure::NotSent(e)) => {
                     tracing::debug!(error = %e, "node unreachable; trying another");
                     lock(&self.pool).remove(&addr);
@@ -364,16 +596,41 @@ impl Client {
         Err(self.connect_error(last))
     }
 
+    /// [`Client::send_routed`] within the request timeout, which ends as
+    /// [`OutcomeUnknown::Timeout`] if a request that may write was in flight
+    /// then, and as [`ClientError::Timeout`] (nothing written) otherwise.
+    async fn send_routed_by(
+        &self,
+        deadline: tokio::time::Instant,
+        target: &Target,
+        frame: &[u8],
+        read_only: bool,
+    ) -> Result<(SocketAddr, Vec<u8>), ClientError> {
+        let sent = AtomicBool::new(false);
+        let timeout = self.cfg.request_timeout;
+        let routed = self.send_routed(target, frame, read_only, &sent);
+        match tokio::time::timeout_at(deadline, routed).await {
+            Ok(result) => result,
+            Err(_) if sent.load(Ordering::Relaxed) && !read_only => {
+                Err(OutcomeUnknown::Timeout(timeout).into())
+            }
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
     /// Learns the range table from a node, once (a node without a region
     /// answers an error: then the table is empty and leaders are cached
     /// for the whole keyspace).
-    async fn learn_ranges(&self) {
+    async fn learn_ranges(&self, deadline: tokio::time::Instant) {
         let _one = self.learning.lock().await;
         if lock(&self.routes).knows_ranges() {
             return;
         }
         let frame = wire::encode_request(&RequestV1::RegionStatus);
-        let table = match self.send_routed(&Target::Any, &frame).await {
+        let table = match self
+            .send_routed_by(deadline, &Target::Any, &frame, true)
+            .await
+        {
             Ok((_, raw)) => match wire::decode_response(&raw) {
                 Ok(ResponseV1::Ok {
                     body: ResponseBodyV1::RegionStatus(ranges),
@@ -399,23 +656,23 @@ impl Client {
     async fn call(&self, req: &RequestV1) -> Result<(Timestamp, ResponseBodyV1), ClientError> {
         let frame = wire::encode_request(req);
         let target = Target::of(req);
-        let timeout = self.cfg.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let read_only = routes::is_read_only(req);
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         for _ in 0..MAX_ATTEMPTS {
-            let (asked, raw) = tokio::time::timeout_at(deadline, self.send_routed(&target, &frame))
-                .await
-                .map_err(|_| ClientError::Timeout(timeout))??;
+            let (asked, raw) = self
+                .send_routed_by(deadline, &target, &frame, read_only)
+                .await?;
             match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
                 ResponseV1::Ok { served_at, body } => return Ok((Timestamp(served_at), body)),
                 ResponseV1::Err { code, message } => {
-                    return Err(ClientError::Api(wire::api_error(code, message)))
+                    return Err(wire::api_error(code, message).into())
                 }
                 ResponseV1::NotLeader { leader, message } => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(ClientError::Api(ApiError::not_leader(message, leader)));
                     }
                     if !lock(&self.routes).knows_ranges() {
-                        let _ = tokio::time::timeout_at(deadline, self.learn_ranges()).await;
+                        self.learn_ranges(deadline).await;
                     }
                     let named = leader.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
                     let cached =
@@ -436,13 +693,11 @@ impl Client {
     /// payload. Moves on to another node only if the request could not be
     /// sent at all.
     pub async fn exchange(&self, frame: &[u8]) -> Result<Vec<u8>, ClientError> {
-        tokio::time::timeout(
-            self.cfg.request_timeout,
-            self.send_routed(&Target::Any, frame),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout(self.cfg.request_timeout))?
-        .map(|(_, raw)| raw)
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        // Raw frames may write: never resent after they may have arrived.
+        self.send_routed_by(deadline, &Target::Any, frame, false)
+            .await
+            .map(|(_, raw)| raw)
     }
 
     /// The range table and cached leaders (empty until a node first
@@ -685,14 +940,62 @@ impl Client {
         }
     }
 
-    /// Closes every connection gracefully.
+    /// Closes every connection gracefully and stops dialling.
     pub async fn close(&self) {
-        let conns: Vec<_> = lock(&self.pool).drain().map(|(_, c)| c).collect();
-        for c in conns {
+        if let Some(dialing) = lock(&self.dialing).take() {
+            dialing.abort();
+        }
+        let conns: Vec<_> = lock(&self.pool)
+            .drain()
+            .map(|(_, p)| p.conn.clone())
+            .collect();
+        let max_rtt = conns.iter().map(quinn::Connection::rtt).max();
+        for c in &conns {
             c.close(0u32.into(), b"client closed");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // Wait while established connections drain, not for handshakes to
+        // dead endpoints that were abandoned (they would hold the endpoint
+        // for seconds without anything to deliver).
+        let drain = max_rtt.map_or(Duration::ZERO, |rtt| {
+            liveness::close_drain_bound(rtt).min(CLOSE_DRAIN_MAX)
+        });
+        let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
     }
+}
+
+/// Writes one request frame and reads the reply frame.
+///
+/// A node that will not read a request (its frame is over the node's
+/// `max_request_bytes`) stops our send side and still answers on the
+/// receive side, so a stopped send is not a lost connection: the reply,
+/// usually `MER-1003`, is read and returned.
+async fn write_and_read(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    frame: &[u8],
+) -> Result<Vec<u8>, SendFailure> {
+    let lost =
+        |e: FrameError| SendFailure::Final(OutcomeUnknown::ConnectionLost(e.to_string()).into());
+    match transport::write_frame(send, frame).await {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        // Over the largest frame any node accepts: nothing was sent.
+        Err(FrameError::TooLarge { len, max }) => {
+            let e = ApiError::new(
+                ErrorCode::RequestTooLarge,
+                format!("request is {len} bytes; no node accepts more than {max}"),
+            );
+            return Err(SendFailure::Final(ClientError::Api(e)));
+        }
+        Err(FrameError::Write(quinn::WriteError::Stopped(code))) => {
+            tracing::debug!(%code, "node stopped reading the request; reading its answer");
+        }
+        Err(e) => return Err(lost(e)),
+    }
+    transport::read_frame(recv, crate::limits::HARD_MAX_REQUEST_BYTES)
+        .await
+        .map_err(lost)
 }
 
 #[cfg(test)]

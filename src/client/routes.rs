@@ -65,6 +65,29 @@ impl Target {
     }
 }
 
+/// Whether `req` only reads: it changes nothing wherever and however often
+/// it runs, so the SDK may resend it to another node when its outcome is
+/// unknown. Exhaustive on purpose: a new request kind must be classified.
+pub fn is_read_only(req: &RequestV1) -> bool {
+    match req {
+        RequestV1::Get { .. }
+        | RequestV1::GetWith { .. }
+        | RequestV1::Range { .. }
+        | RequestV1::RangeWith { .. }
+        | RequestV1::History { .. }
+        | RequestV1::Status
+        | RequestV1::PeerPing
+        | RequestV1::RegionStatus
+        | RequestV1::Members
+        | RequestV1::LeaderHints => true,
+        RequestV1::Put { .. }
+        | RequestV1::Delete { .. }
+        | RequestV1::Txn(_)
+        | RequestV1::RegionChange(_)
+        | RequestV1::Raft(_) => false,
+    }
+}
+
 /// One range of the table, with its cached leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteRange {
@@ -113,6 +136,19 @@ impl Routes {
     /// The endpoint requests without a cached leader go to.
     pub fn home(&self) -> SocketAddr {
         self.endpoints[self.home]
+    }
+
+    /// Makes `addr` home if it is one of the endpoints (the client reached
+    /// it first).
+    pub fn prefer(&mut self, addr: SocketAddr) {
+        if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
+            self.home = i;
+        }
+    }
+
+    /// `addr` completed a handshake: stop avoiding it.
+    pub fn reachable(&mut self, addr: SocketAddr) {
+        self.down_until.remove(&addr);
     }
 
     /// Whether the range table has been learned.
@@ -284,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn only_reads_are_read_only() {
+        let get = RequestV1::GetWith {
+            key: b"k".to_vec(),
+            at: None,
+            consistency: ReadConsistencyV1::Linearizable,
+        };
+        assert!(is_read_only(&get));
+        assert!(is_read_only(&RequestV1::RegionStatus));
+        let put = RequestV1::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        assert!(!is_read_only(&put));
+        let txn = RequestV1::Txn(crate::wire::TxnV1 {
+            compares: vec![],
+            success: vec![],
+            failure: vec![],
+        });
+        assert!(!is_read_only(&txn), "a transaction may write");
+    }
+
+    #[test]
     fn leaders_are_cached_per_range() {
         let now = Instant::now();
         let mut r = Routes::new(vec![addr(1), addr(2), addr(3)], 0);
@@ -332,6 +390,22 @@ mod tests {
         let later = now + DOWN_FOR + Duration::from_millis(1);
         assert!(r.not_leader(&key("a"), addr(3), Some(addr(2)), later));
         assert_eq!(r.pick(&key("a"), later), addr(2));
+    }
+
+    #[test]
+    fn the_first_endpoint_to_answer_becomes_home() {
+        let now = Instant::now();
+        let mut r = Routes::new(vec![addr(1), addr(2), addr(3)], 0);
+        r.prefer(addr(3));
+        assert_eq!(r.pick(&key("a"), now), addr(3));
+        r.prefer(addr(9)); // not an endpoint: ignored
+        assert_eq!(r.home(), addr(3));
+        // Avoided while its handshake was pending, then reachable again.
+        r.unreachable(addr(1), now);
+        assert!(!r.not_leader(&key("a"), addr(3), Some(addr(1)), now));
+        r.reachable(addr(1));
+        assert!(r.not_leader(&key("a"), addr(2), Some(addr(1)), now));
+        assert_eq!(r.pick(&key("a"), now), addr(1));
     }
 
     #[test]

@@ -44,6 +44,11 @@ fn unavailable(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
 }
 
+/// A write that may or may not have been applied (MER-3005), not a refusal.
+fn outcome_unknown(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::OutcomeUnknown, msg)
+}
+
 impl Replicated {
     /// Routing over `ranges` (which cover the keyspace) through `host`.
     pub fn new(
@@ -144,7 +149,7 @@ impl Replicated {
             .record(started.elapsed().as_secs_f64());
         let reply = match result {
             Err(_) => {
-                return Err(unavailable(
+                return Err(outcome_unknown(
                     "write timed out waiting for commit; its outcome is unknown",
                 ))
             }
@@ -152,7 +157,7 @@ impl Replicated {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 return Err(self.not_leader(&f, range.id));
             }
-            Ok(Err(e)) => return Err(unavailable(format!("write outcome unknown: {e}"))),
+            Ok(Err(e)) => return Err(outcome_unknown(format!("write outcome unknown: {e}"))),
         };
         Ok(TxnOutcome {
             succeeded: reply.succeeded,
@@ -226,7 +231,7 @@ impl Replicated {
                 ErrorCode::InvalidArgument,
                 format!("membership change refused: {c}"),
             ),
-            other => unavailable(format!("membership change outcome unknown: {other}")),
+            other => outcome_unknown(format!("membership change outcome unknown: {other}")),
         }
     }
 
@@ -294,7 +299,7 @@ impl Replicated {
         tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, work)
             .await
             .map_err(|_| {
-                unavailable("membership change timed out; check `meridian region status`")
+                outcome_unknown("membership change timed out; check `meridian region status`")
             })?
     }
 }

@@ -117,6 +117,9 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
+        // Not a refusal: the write may have been applied. 504 says "no
+        // definite answer from upstream", and the body's code says the rest.
+        ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::StorageFailure | ErrorCode::ClockOffset | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -142,6 +145,10 @@ mod tests {
         assert_eq!(
             http_status(ErrorCode::Unavailable),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            http_status(ErrorCode::OutcomeUnknown),
+            StatusCode::GATEWAY_TIMEOUT
         );
         assert_eq!(
             http_status(ErrorCode::ClockOffset),

@@ -153,7 +153,7 @@ where
         match tokio::time::timeout(HTTP_REQUEST_TIMEOUT, work.instrument(span.clone())).await {
             Ok(result) => result,
             Err(_) => Err(GatewayError::api(
-                ErrorCode::Unavailable,
+                ErrorCode::OutcomeUnknown,
                 format!(
                     "no answer within {}s; a write may still commit, so read before retrying",
                     HTTP_REQUEST_TIMEOUT.as_secs()

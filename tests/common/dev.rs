@@ -129,6 +129,41 @@ impl DevCluster {
             .to_string()
     }
 
+    /// The `MERIDIAN_*` variables `meridian dev` wrote, for running the CLI
+    /// against the cluster.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        [
+            "MERIDIAN_ENDPOINTS",
+            "MERIDIAN_CA",
+            "MERIDIAN_CERT",
+            "MERIDIAN_KEY",
+        ]
+        .into_iter()
+        .map(|name| (name, self.env_var(name)))
+        .collect()
+    }
+
+    /// An address from node `name`'s config (`listen_addr` or `http_addr`).
+    fn config_addr(&self, name: &str, field: &str) -> String {
+        let path = self.dir.path().join(format!("meridian-dev/{name}.toml"));
+        let toml = std::fs::read_to_string(path).unwrap();
+        toml.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field} = ")))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// Node `name`'s QUIC address.
+    pub fn quic_addr(&self, name: &str) -> String {
+        self.config_addr(name, "listen_addr")
+    }
+
+    /// Node `name`'s HTTP gateway address.
+    pub fn http_addr(&self, name: &str) -> String {
+        self.config_addr(name, "http_addr")
+    }
+
     /// A client config reaching every node.
     pub fn client_config(&self, timeout: Duration) -> ClientConfig {
         ClientConfig {
