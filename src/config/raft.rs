@@ -48,11 +48,11 @@ pub struct RawRaft {
     /// is covered by the ranges between them (0..=64 prefixes). Default none:
     /// one range for the whole keyspace.
     pub range_prefixes: Vec<String>,
-    /// Leader heartbeat, ms (10..=60000); must exceed the region's RTT. Default 100.
+    /// Leader heartbeat, ms (10..=60000); must exceed the region's RTT. Default 50.
     pub heartbeat_interval_ms: u64,
-    /// Minimum election timeout, ms (> heartbeat). Default 500.
+    /// Minimum election timeout, ms (> heartbeat). Default 250.
     pub election_timeout_min_ms: u64,
-    /// Maximum election timeout and leader lease, ms (> min). Default 1000.
+    /// Maximum election timeout and leader lease, ms (> min). Default 500.
     pub election_timeout_max_ms: u64,
     /// Snapshot a range after this many log entries (10..=10000000). Default 100000.
     pub snapshot_after_logs: u64,

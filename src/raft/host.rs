@@ -52,16 +52,19 @@ pub struct RaftTiming {
 }
 
 impl Default for RaftTiming {
-    /// Region-local defaults: nodes of one region are a few ms apart.
-    /// Snapshots every 100,000 entries with 5,000 kept behind, as etcd's
+    /// Region-local defaults: nodes of one region are a few ms apart, so a
+    /// 50 ms heartbeat leaves room for their round trip, and elections after
+    /// 250-500 ms of silence (the lease is 500 ms) put a new leader in place
+    /// well inside a second of losing one (issue 8: SDK writes resume within
+    /// 1.5 s of a leader's SIGKILL). Snapshots every 100,000 entries with 5,000 kept behind, as etcd's
     /// `--snapshot-count` and catch-up entries do: a snapshot dumps the whole
     /// range, so taking one every few thousand writes costs more CPU than the
     /// writes themselves once a range holds a few hundred thousand versions.
     fn default() -> Self {
         RaftTiming {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_after_logs: 100_000,
             logs_kept_after_snapshot: 5_000,
         }
