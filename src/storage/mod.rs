@@ -34,6 +34,13 @@ use mvcc::{RawEntry, VersionSource};
 
 /// fjall keyspace holding one entry per version (format: `encoding`).
 const DATA_KEYSPACE: &str = "mvcc_data";
+
+/// Memtable size of the data keyspace (fjall's default is 64 MiB). A bulk
+/// write such as a Raft snapshot install fills memtables faster than they
+/// flush, and every sealed one waits in memory: at 16 MiB (fjall recommends
+/// 8-64 MiB) a node streaming in a 300 MB range stays within about 100 MB
+/// of its idle size. Fixed when the keyspace is created.
+pub const DATA_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// fjall keyspace holding the format marker, gc horizon and named metadata.
 const META_KEYSPACE: &str = "mvcc_meta";
 
@@ -352,7 +359,9 @@ impl MvccStore {
             .open()
             .map_err(StorageError::fjall)?;
         let data = db
-            .keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default)
+            .keyspace(DATA_KEYSPACE, || {
+                KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES)
+            })
             .map_err(StorageError::fjall)?;
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
