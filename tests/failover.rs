@@ -205,11 +205,13 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
     for w in writers.into_iter().chain(readers) {
         tokio::time::timeout(BOUND, w).await.unwrap().unwrap();
     }
-    let read_errors = read_errors.lock().unwrap();
-    assert!(
-        !read_errors.iter().any(ClientError::is_outcome_unknown),
-        "a read was reported as outcome unknown: {read_errors:?}"
-    );
+    {
+        let read_errors = read_errors.lock().unwrap();
+        assert!(
+            !read_errors.iter().any(ClientError::is_outcome_unknown),
+            "a read was reported as outcome unknown: {read_errors:?}"
+        );
+    }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > before, "writes continued after the kill");
     for (key, version, _, _) in &acked {
