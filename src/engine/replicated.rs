@@ -63,6 +63,11 @@ impl Replicated {
         &self.host
     }
 
+    /// The region's ranges, in key order; they cover the keyspace.
+    pub fn ranges(&self) -> &[RangeDescriptor] {
+        &self.ranges
+    }
+
     /// The range that owns `key`.
     pub fn range_of(&self, key: &[u8]) -> Result<&RangeDescriptor, ApiError> {
         self.ranges.iter().find(|r| r.contains(key)).ok_or_else(|| {

@@ -389,6 +389,11 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
         let r = &self.range;
+        // The snapshot holds the sender's history only down to the sender's
+        // gc horizon: serve reads of this range from its timestamp on.
+        self.store
+            .raise_gc_horizon(&r.start, r.end.as_deref(), Timestamp(body.last_ts))
+            .map_err(|e| io_err("raise gc horizon for snapshot", e))?;
         self.store
             .replace_range(&r.start, r.end.as_deref(), &versions, &meta_refs)
             .map_err(|e| io_err("install snapshot", e))?;

@@ -59,10 +59,18 @@ fn free_offset() -> u16 {
 impl DevCluster {
     /// Starts `meridian dev` and waits (bounded) until it serves.
     pub fn start() -> DevCluster {
+        Self::start_with_env(&[])
+    }
+
+    /// [`DevCluster::start`] with extra environment variables, which the
+    /// `meridian serve` processes inherit (e.g. `MERIDIAN_STORAGE__…`
+    /// config overrides).
+    pub fn start_with_env(env: &[(&str, &str)]) -> DevCluster {
         let dir = tempfile::tempdir().unwrap();
         let offset = free_offset().to_string();
         let mut dev = Command::new(BIN)
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .args(["dev", "--port-offset", &offset])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
