@@ -475,9 +475,12 @@ impl Engine {
                 let range = r.range_of(&start)?;
                 // A scan's first page is read at a fresh timestamp, closed in
                 // this range by a barrier if needed, so that later pages in
-                // *other* ranges read at the same timestamp see every write
-                // acknowledged before the scan began (a range's own applied
-                // timestamp can be far behind when it is idle).
+                // other ranges read at it are not behind this node's clock (a
+                // range's own applied timestamp can be far behind when it is
+                // idle). Other leaders' clocks may be ahead of ours, so this
+                // alone does not cover writes they acknowledged just before:
+                // the SDK's listing picks a timestamp covering every range
+                // first (docs/consistency.md R3c).
                 let ts = match consistency {
                     ReadConsistency::Serializable => r.local_ts(range, at)?,
                     ReadConsistency::Linearizable => {
