@@ -430,10 +430,13 @@ async fn skewed_region() -> (Region, Client) {
     for r in &ranges {
         let removed: &[u64] = if r.start.is_empty() { &[2, 3] } else { &[1] };
         for id in removed {
-            admin
-                .region_change(r.range, RemoveNode { id: *id })
-                .await
-                .unwrap();
+            // Right after bootstrap the initial membership may not be
+            // committed yet, and a change is refused until it is: retry.
+            let deadline = Instant::now() + BOUND;
+            while let Err(e) = admin.region_change(r.range, RemoveNode { id: *id }).await {
+                assert!(Instant::now() < deadline, "range {}: {e}", r.range);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     (region, admin)
