@@ -494,3 +494,54 @@ async fn a_later_page_on_a_leader_with_a_slower_clock_is_served() {
     admin.close().await;
     region.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_applying_with_a_zero_history_window() {
+    // Regression (issue 8, item 2): with the horizon following each node's
+    // clock, a gc pass that ran while an entry was between commit and apply
+    // put the horizon above the entry's version; apply refused it and the
+    // group stopped. A zero window makes that race frequent. The horizon now
+    // stays below what each replica has applied (docs/consistency.md G8).
+    let region = start_region_with(|_, raw| {
+        raw.storage.history_window_secs = 0;
+        raw.storage.gc_interval_ms = 100;
+    })
+    .await;
+    let c = region.client(&region.addrs).await;
+    put_eventually(&c, "config/first", "0").await;
+    const WRITES: usize = 300;
+    for i in 0..WRITES {
+        let w = tokio::time::timeout(BOUND, c.put(format!("config/{i:03}"), "v"))
+            .await
+            .expect("write timed out");
+        assert!(w.is_ok(), "write {i} failed: {w:?}");
+    }
+    // Every replica applies every write: a serializable read through each
+    // node returns the last one (bounded wait).
+    for addr in &region.addrs {
+        let one = region.client(&[*addr]).await;
+        let req = wire::encode_request(&RequestV1::GetWith {
+            key: format!("config/{:03}", WRITES - 1).into_bytes(),
+            at: None,
+            consistency: ReadConsistencyV1::Serializable,
+        });
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let ResponseV1::Ok {
+                body: ResponseBodyV1::Value(Some(_)),
+                ..
+            } = wire::decode_response(&one.exchange(&req).await.unwrap()).unwrap()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} stopped applying");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        one.close().await;
+    }
+    // Reads at latest pass the horizon, however close behind it follows.
+    let got = c.get("config/first").await.unwrap();
+    assert_eq!(got.kv.unwrap().value, b"0");
+    c.close().await;
+    region.stop_all().await;
+}
