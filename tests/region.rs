@@ -32,6 +32,9 @@ struct Region {
     nodes: Vec<Option<Node>>,
 }
 
+/// Changes node `i`'s raw config before it is validated.
+type Tweak = fn(u64, &mut RawConfig);
+
 fn node_config(
     dir: &std::path::Path,
     certs: &common::TestCerts,
@@ -39,6 +42,18 @@ fn node_config(
     addr: SocketAddr,
     peers: &[RawPeer],
     bootstrap: bool,
+) -> meridian::config::NodeConfig {
+    node_config_with(dir, certs, i, addr, peers, bootstrap, |_, _| {})
+}
+
+fn node_config_with(
+    dir: &std::path::Path,
+    certs: &common::TestCerts,
+    i: u64,
+    addr: SocketAddr,
+    peers: &[RawPeer],
+    bootstrap: bool,
+    tweak: Tweak,
 ) -> meridian::config::NodeConfig {
     let mut raw = RawConfig::default();
     raw.node.id = format!("node{i}");
@@ -56,6 +71,7 @@ fn node_config(
     raw.raft.heartbeat_interval_ms = 100;
     raw.raft.election_timeout_min_ms = 400;
     raw.raft.election_timeout_max_ms = 800;
+    tweak(i, &mut raw);
     raw.validate(dir).unwrap()
 }
 
@@ -69,6 +85,10 @@ fn peer(i: u64, addr: SocketAddr) -> RawPeer {
 }
 
 async fn start_region() -> Region {
+    start_region_with(|_, _| {}).await
+}
+
+async fn start_region_with(tweak: Tweak) -> Region {
     let dir = tempfile::tempdir().unwrap();
     let certs = common::TestCerts::new(dir.path());
     for i in 2..=4 {
@@ -80,7 +100,8 @@ async fn start_region() -> Region {
     let peers: Vec<RawPeer> = (1..=3u64).map(|i| peer(i, addrs[i as usize - 1])).collect();
     let mut nodes = Vec::new();
     for i in 1..=3u64 {
-        let cfg = node_config(dir.path(), &certs, i, addrs[i as usize - 1], &peers, i == 1);
+        let addr = addrs[i as usize - 1];
+        let cfg = node_config_with(dir.path(), &certs, i, addr, &peers, i == 1, tweak);
         nodes.push(Some(Node::start(cfg).await.unwrap()));
     }
     Region {
@@ -371,5 +392,156 @@ async fn nodes_are_added_and_removed_under_write_load() {
     admin.close().await;
     c.close().await;
     node4.shutdown().await;
+    region.stop_all().await;
+}
+
+/// How far nodes 2 and 3 run ahead of node 1 in the skewed region.
+const SKEW_MS: i64 = 3_000;
+/// Their tolerated offset: above the skew, so the skew alone is legal.
+const SKEWED_MAX_OFFSET_MS: u64 = 10_000;
+
+/// A region where node 1's clock is right and nodes 2 and 3 run `SKEW_MS`
+/// ahead (`clock.offset_ms`). The first range (keys before `locks/`) has
+/// node 1 as its only voter, so node 1 leads it; `locks/` and the last range
+/// have nodes 2 and 3 only, so a fast node leads them. Returns the region
+/// and an admin client.
+async fn skewed_region() -> (Region, Client) {
+    let region = start_region_with(|i, raw| {
+        raw.clock.offset_ms = if i == 1 { 0 } else { SKEW_MS };
+        raw.clock.max_offset_ms = SKEWED_MAX_OFFSET_MS;
+    })
+    .await;
+    let admin = Client::connect(ClientConfig {
+        endpoints: region.addrs.clone(),
+        tls: region.certs.files("admin"),
+        request_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    use meridian::wire::MembershipChangeV1::RemoveNode;
+    let deadline = Instant::now() + BOUND;
+    let ranges = loop {
+        match admin.region_status().await {
+            Ok(s) if s.iter().all(|r| r.leader.is_some()) => break s,
+            other => assert!(Instant::now() < deadline, "no leaders: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for r in &ranges {
+        let removed: &[u64] = if r.start.is_empty() { &[2, 3] } else { &[1] };
+        for id in removed {
+            // Right after bootstrap the initial membership may not be
+            // committed yet, and a change is refused until it is: retry.
+            let deadline = Instant::now() + BOUND;
+            while let Err(e) = admin.region_change(r.range, RemoveNode { id: *id }).await {
+                assert!(Instant::now() < deadline, "range {}: {e}", r.range);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    (region, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_sees_a_write_acknowledged_by_a_leader_with_a_faster_clock() {
+    let (region, admin) = skewed_region().await;
+    let c = region.client(&region.addrs).await;
+    put_eventually(&c, "a/first-range", "slow leader").await;
+    // Acknowledged by a fast leader: stamped about SKEW_MS ahead of node 1.
+    put_eventually(&c, "locks/fast", "fast leader").await;
+    // The listing starts on node 1 (the first range's leader) right away,
+    // well inside the skew: every range must still be read at or above the
+    // write (docs/consistency.md R3c).
+    let (all, truncated) = c.list_prefix("", 100).await.unwrap();
+    let keys: Vec<String> = all
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert!(!truncated);
+    assert_eq!(keys, ["a/first-range", "locks/fast"], "{keys:?}");
+    c.close().await;
+    admin.close().await;
+    region.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_page_on_a_leader_with_a_slower_clock_is_served() {
+    let (region, admin) = skewed_region().await;
+    let c = region.client(&region.addrs).await;
+    put_eventually(&c, "a/first-range", "slow leader").await;
+    put_eventually(&c, "locks/fast", "fast leader").await;
+    // A page served by a fast leader carries a timestamp node 1's clock has
+    // not reached yet; the next page, in node 1's range, is read at it.
+    let fast = c.range("locks/", Some(b"locks0"), 10, None).await.unwrap();
+    assert_eq!(fast.kvs.len(), 1);
+    let slow = c
+        .range("", Some(b"locks/"), 10, Some(fast.served_at))
+        .await
+        .unwrap();
+    assert_eq!(slow.served_at, fast.served_at);
+    assert_eq!(slow.kvs.len(), 1, "{:?}", slow.kvs);
+    assert_eq!(slow.kvs[0].value, b"slow leader");
+    // A timestamp beyond clock.max_offset_ms ahead is refused with the clock
+    // offset error (G2), not served and not merged.
+    let far_ms = fast.served_at.physical_unix_ms() + 2 * SKEWED_MAX_OFFSET_MS as i64;
+    let far = meridian::types::Timestamp::from_parts(far_ms, 0).unwrap();
+    let e = c
+        .range("", Some(b"locks/"), 10, Some(far))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ClockOffset), "{e}");
+    c.close().await;
+    admin.close().await;
+    region.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_applying_with_a_zero_history_window() {
+    // Regression (issue 8, item 2): with the horizon following each node's
+    // clock, a gc pass that ran while an entry was between commit and apply
+    // put the horizon above the entry's version; apply refused it and the
+    // group stopped. A zero window makes that race frequent. The horizon now
+    // stays below what each replica has applied (docs/consistency.md G8).
+    let region = start_region_with(|_, raw| {
+        raw.storage.history_window_secs = 0;
+        raw.storage.gc_interval_ms = 100;
+    })
+    .await;
+    let c = region.client(&region.addrs).await;
+    put_eventually(&c, "config/first", "0").await;
+    const WRITES: usize = 300;
+    for i in 0..WRITES {
+        let w = tokio::time::timeout(BOUND, c.put(format!("config/{i:03}"), "v"))
+            .await
+            .expect("write timed out");
+        assert!(w.is_ok(), "write {i} failed: {w:?}");
+    }
+    // Every replica applies every write: a serializable read through each
+    // node returns the last one (bounded wait).
+    for addr in &region.addrs {
+        let one = region.client(&[*addr]).await;
+        let req = wire::encode_request(&RequestV1::GetWith {
+            key: format!("config/{:03}", WRITES - 1).into_bytes(),
+            at: None,
+            consistency: ReadConsistencyV1::Serializable,
+        });
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let ResponseV1::Ok {
+                body: ResponseBodyV1::Value(Some(_)),
+                ..
+            } = wire::decode_response(&one.exchange(&req).await.unwrap()).unwrap()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} stopped applying");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        one.close().await;
+    }
+    // Reads at latest pass the horizon, however close behind it follows.
+    let got = c.get("config/first").await.unwrap();
+    assert_eq!(got.kv.unwrap().value, b"0");
+    c.close().await;
     region.stop_all().await;
 }

@@ -837,7 +837,7 @@ impl Client {
     ) -> Result<(Vec<KeyValue>, bool), ClientError> {
         let end = prefix_end(prefix.as_ref());
         let mut start = prefix.as_ref().to_vec();
-        let mut at = None;
+        let mut at = self.listing_ts(&start, end.as_deref()).await?;
         let mut out = Vec::new();
         loop {
             let page_limit =
@@ -854,6 +854,50 @@ impl Client {
                 None => return Ok((out, false)),
             }
         }
+    }
+
+    /// The timestamp at which a listing of `[start, end)` reads every range,
+    /// when it spans more than one (docs/consistency.md R3c): the highest of
+    /// the ranges' own linearizable read timestamps, each taken after the
+    /// listing began. So no write acknowledged before the listing began is
+    /// missed, whatever the range leaders' clocks say. `None` (the first page
+    /// picks it) when the span lies in one range or there is no range table.
+    async fn listing_ts(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Option<Timestamp>, ClientError> {
+        self.learn_ranges(tokio::time::Instant::now() + self.cfg.request_timeout)
+            .await;
+        let spans: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+            let routes = lock(&self.routes);
+            let Some(ranges) = routes.ranges() else {
+                return Ok(None);
+            };
+            ranges
+                .iter()
+                .filter(|r| {
+                    end.is_none_or(|e| r.start.as_slice() < e)
+                        && r.end.as_deref().is_none_or(|re| start < re)
+                })
+                .map(|r| {
+                    let s = r.start.as_slice().max(start).to_vec();
+                    let e = match (r.end.as_deref(), end) {
+                        (Some(a), Some(b)) => Some(a.min(b).to_vec()),
+                        (a, b) => a.or(b).map(<[u8]>::to_vec),
+                    };
+                    (s, e)
+                })
+                .collect()
+        };
+        if spans.len() < 2 {
+            return Ok(None);
+        }
+        let reads = spans
+            .iter()
+            .map(|(s, e)| self.range(s, e.as_deref(), 1, None));
+        let pages = futures_util::future::try_join_all(reads).await?;
+        Ok(pages.iter().map(|p| p.served_at).max())
     }
 
     /// Runs an atomic transaction.

@@ -73,6 +73,27 @@ impl PhysicalClock for ManualPhysicalClock {
     }
 }
 
+/// A wall clock shifted by a fixed offset: fault injection (`clock.offset_ms`)
+/// for tests and drills of clock skew between real nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct OffsetClock<C> {
+    inner: C,
+    offset_ms: i64,
+}
+
+impl<C: PhysicalClock> OffsetClock<C> {
+    /// `inner` shifted by `offset_ms` (negative = behind).
+    pub fn new(inner: C, offset_ms: i64) -> Self {
+        OffsetClock { inner, offset_ms }
+    }
+}
+
+impl<C: PhysicalClock> PhysicalClock for OffsetClock<C> {
+    fn now_unix_ms(&self) -> i64 {
+        self.inner.now_unix_ms().saturating_add(self.offset_ms)
+    }
+}
+
 impl<T: PhysicalClock> PhysicalClock for Arc<T> {
     fn now_unix_ms(&self) -> i64 {
         (**self).now_unix_ms()
@@ -402,6 +423,16 @@ mod tests {
         let merged = hlc.update(near).unwrap();
         assert!(merged > near && merged > before);
         assert!(hlc.now().unwrap() > near);
+    }
+
+    #[test]
+    fn offset_clock_shifts_the_wall_clock() {
+        let wall = Arc::new(ManualPhysicalClock::new(T0));
+        assert_eq!(
+            OffsetClock::new(wall.clone(), 3_000).now_unix_ms(),
+            T0 + 3_000
+        );
+        assert_eq!(OffsetClock::new(wall, -250).now_unix_ms(), T0 - 250);
     }
 
     #[test]

@@ -173,6 +173,10 @@ pub struct RawClock {
     /// in milliseconds (10..=60000). Larger means fewer fsyncs, and a restarted
     /// node's clock starts up to this far ahead. Default 1000.
     pub persist_window_ms: u64,
+    /// Fault injection for tests and drills: shifts this node's wall clock by
+    /// this many milliseconds (negative = behind), -3600000..=3600000, as if
+    /// NTP were off by that much. Leave 0 in production. Default 0.
+    pub offset_ms: i64,
 }
 
 impl Default for RawClock {
@@ -180,6 +184,7 @@ impl Default for RawClock {
         RawClock {
             max_offset_ms: 500,
             persist_window_ms: 1000,
+            offset_ms: 0,
         }
     }
 }
@@ -332,6 +337,8 @@ pub struct NodeConfig {
     pub max_offset_ms: u64,
     /// HLC persistence window in milliseconds.
     pub persist_window_ms: u64,
+    /// Injected wall-clock offset in milliseconds (fault injection; 0 in production).
+    pub clock_offset_ms: i64,
     /// Request limits.
     pub limits: Limits,
     /// Log format.
@@ -343,6 +350,9 @@ pub struct NodeConfig {
     /// Gossip membership; `None` = off.
     pub gossip: Option<gossip::GossipConfig>,
 }
+
+/// Largest injected clock offset (`clock.offset_ms`), either way: an hour.
+pub const MAX_INJECTED_CLOCK_OFFSET_MS: i64 = 3_600_000;
 
 /// Loads `path` (if given) plus `MERIDIAN_<SECTION>__<FIELD>` overrides, without validating.
 pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
@@ -471,6 +481,12 @@ impl RawConfig {
         let max_offset_ms = check_range("clock.max_offset_ms", c.max_offset_ms, 1, 60_000)?;
         let persist_window_ms =
             check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
+        let clock_offset_ms = check_range(
+            "clock.offset_ms",
+            c.offset_ms,
+            -MAX_INJECTED_CLOCK_OFFSET_MS,
+            MAX_INJECTED_CLOCK_OFFSET_MS,
+        )?;
         let limits = self.limits.validate()?;
         let raft = self.raft.validate(&self.node.region)?;
         let gossip = self.gossip.validate(base)?;
@@ -499,6 +515,7 @@ impl RawConfig {
             cache_bytes: cache_mib * 1024 * 1024,
             max_offset_ms,
             persist_window_ms,
+            clock_offset_ms,
             limits,
             log_format,
             log_level: self.log.level,

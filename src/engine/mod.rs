@@ -36,7 +36,8 @@ use crate::clock::{ClockError, Hlc};
 use crate::config::Limits;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_GROUP_COMMIT, MAX_HISTORY_PAGE, WRITE_QUEUE_CAPACITY};
-use crate::storage::{MvccStore, StorageError, WriteRecord};
+use crate::raft::RangeGroup;
+use crate::storage::{GcSpan, MvccStore, StorageError, WriteRecord};
 use crate::types::{
     CompareOp, CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry,
 };
@@ -179,9 +180,17 @@ impl Engine {
             .spawn(move || writer.run(rx))
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn writer: {e}")))?;
         let (gc_stop, gc_stop_rx) = std::sync::mpsc::channel();
+        let horizons = match &replicated {
+            None => Horizons::Store {
+                closed: closed.clone(),
+            },
+            Some(r) => Horizons::Ranges {
+                groups: register_range_horizons(&store, r)?,
+            },
+        };
         let collector = Collector {
             store: store.clone(),
-            closed: closed.clone(),
+            horizons,
             history_window: opts.history_window,
             interval: opts.gc_interval,
         };
@@ -466,9 +475,12 @@ impl Engine {
                 let range = r.range_of(&start)?;
                 // A scan's first page is read at a fresh timestamp, closed in
                 // this range by a barrier if needed, so that later pages in
-                // *other* ranges read at the same timestamp see every write
-                // acknowledged before the scan began (a range's own applied
-                // timestamp can be far behind when it is idle).
+                // other ranges read at it are not behind this node's clock (a
+                // range's own applied timestamp can be far behind when it is
+                // idle). Other leaders' clocks may be ahead of ours, so this
+                // alone does not cover writes they acknowledged just before:
+                // the SDK's listing picks a timestamp covering every range
+                // first (docs/consistency.md R3c).
                 let ts = match consistency {
                     ReadConsistency::Serializable => r.local_ts(range, at)?,
                     ReadConsistency::Linearizable => {
@@ -655,13 +667,68 @@ impl Writer {
     }
 }
 
+/// Registers one gc horizon per range of the region with storage (which
+/// then collects and checks each range on its own), and returns the groups
+/// whose applied timestamps the collector follows.
+///
+/// A range starts at its persisted horizon, or, the first time, at the
+/// lower of the store-wide horizon (where a node that collected store-wide
+/// before got to) and what the range has applied, so apply never meets it.
+fn register_range_horizons(
+    store: &MvccStore,
+    r: &Replicated,
+) -> Result<Vec<Arc<RangeGroup>>, ApiError> {
+    let floor = store.gc_horizon();
+    let mut groups = Vec::new();
+    let mut spans = Vec::new();
+    for range in r.ranges() {
+        let group = r.host().group(range.id);
+        let initial = group.as_ref().map_or(floor, |g| floor.min(g.applied_ts()));
+        spans.push((
+            GcSpan {
+                id: range.id,
+                start: range.start.clone(),
+                end: range.end.clone(),
+            },
+            initial,
+        ));
+        groups.extend(group);
+    }
+    let horizons = store.set_gc_spans(spans).map_err(storage_error)?;
+    tracing::info!(?horizons, "per-range gc horizons");
+    Ok(groups)
+}
+
+/// The horizon `history_window` below `latest` (milliseconds, logical 0),
+/// or `None` when that reaches before the HLC epoch (nothing is old enough).
+/// Never above `latest`: a read at `latest` always passes it.
+pub fn horizon_below(latest: Timestamp, history_window: Duration) -> Option<Timestamp> {
+    let window_ms = i64::try_from(history_window.as_millis()).unwrap_or(i64::MAX);
+    let horizon = Timestamp::from_parts(latest.physical_unix_ms().saturating_sub(window_ms), 0)?;
+    debug_assert!(horizon <= latest);
+    Some(horizon)
+}
+
+/// Whose timestamp each horizon follows.
+enum Horizons {
+    /// A single node: one store-wide horizon below the closed timestamp,
+    /// which the writer advances with the clock even when idle.
+    Store { closed: Arc<AtomicU64> },
+    /// A region: one horizon per range, below that range's applied timestamp
+    /// on this replica. An idle range's applied timestamp stands still, so
+    /// its latest state stays readable; every entry this replica has still
+    /// to apply lands above its applied timestamp, so apply never meets the
+    /// horizon (docs/consistency.md G8).
+    Ranges { groups: Vec<Arc<RangeGroup>> },
+}
+
 /// Garbage collection on its own thread, off the write path: it only removes
-/// versions no read at or above the horizon can see, while the writer only
-/// adds versions above the closed timestamp, so the two never conflict
-/// (storage serialises the horizon change with writes).
+/// versions no read at or above the horizon can see, while writes only add
+/// versions above it, so the two never conflict (storage serialises the
+/// horizon change with writes).
 struct Collector {
     store: MvccStore,
-    closed: Arc<AtomicU64>,
+    horizons: Horizons,
     history_window: Duration,
     interval: Duration,
 }
@@ -683,22 +750,41 @@ impl Collector {
         }
     }
 
-    /// One bounded gc step; returns whether the sweep has more to do.
+    /// One bounded gc step (per range in a region); returns whether a sweep
+    /// has more to do.
     fn step(&self) -> bool {
-        let now = Timestamp(self.closed.load(Ordering::Acquire));
-        let window_ms = i64::try_from(self.history_window.as_millis()).unwrap_or(i64::MAX);
-        let Some(horizon) =
-            Timestamp::from_parts(now.physical_unix_ms().saturating_sub(window_ms), 0)
-        else {
-            return false; // the window reaches before the HLC epoch: nothing is old enough
-        };
-        match self.store.gc(horizon, GC_BATCH_VERSIONS) {
+        match &self.horizons {
+            Horizons::Store { closed } => {
+                let closed = Timestamp(closed.load(Ordering::Acquire));
+                horizon_below(closed, self.history_window)
+                    .is_some_and(|h| self.record(None, self.store.gc(h, GC_BATCH_VERSIONS)))
+            }
+            Horizons::Ranges { groups } => {
+                let mut more = false;
+                for g in groups {
+                    let Some(h) = horizon_below(g.applied_ts(), self.history_window) else {
+                        continue; // nothing applied long enough ago
+                    };
+                    let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
+                    more |= self.record(Some(g.desc.id), stats);
+                }
+                more
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        range: Option<u64>,
+        stats: Result<crate::storage::GcStats, StorageError>,
+    ) -> bool {
+        match stats {
             Ok(stats) => {
                 metrics::counter!(METRIC_GC_REMOVED).increment(stats.removed_versions as u64);
                 stats.more
             }
             Err(e) => {
-                tracing::error!(error = %e, "garbage collection failed");
+                tracing::error!(error = %e, ?range, "garbage collection failed");
                 false
             }
         }
@@ -732,6 +818,30 @@ pub fn compare_holds(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn an_idle_range_keeps_its_latest_state_above_the_horizon() {
+        // Applied an hour and a half ago, idle since: the horizon is an hour
+        // below *that*, not below the clock, so a read at latest passes it.
+        let applied = Timestamp::from_parts(1_790_000_000_000, 7).unwrap();
+        let h = horizon_below(applied, HOUR).unwrap();
+        assert!(h < applied);
+        assert_eq!(h.physical_unix_ms(), applied.physical_unix_ms() - 3_600_000);
+        assert_eq!(h.logical(), 0);
+        // A window of zero still leaves the latest state readable.
+        assert!(horizon_below(applied, Duration::ZERO).unwrap() <= applied);
+    }
+
+    #[test]
+    fn a_never_written_range_has_no_horizon() {
+        assert_eq!(horizon_below(Timestamp::ZERO, HOUR), None);
+        assert_eq!(
+            horizon_below(Timestamp::ZERO, Duration::ZERO),
+            Some(Timestamp::ZERO)
+        );
+    }
 
     #[test]
     fn compare_semantics() {

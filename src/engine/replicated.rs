@@ -68,6 +68,11 @@ impl Replicated {
         &self.host
     }
 
+    /// The region's ranges, in key order; they cover the keyspace.
+    pub fn ranges(&self) -> &[RangeDescriptor] {
+        &self.ranges
+    }
+
     /// The range that owns `key`.
     pub fn range_of(&self, key: &[u8]) -> Result<&RangeDescriptor, ApiError> {
         self.ranges.iter().find(|r| r.contains(key)).ok_or_else(|| {
@@ -197,22 +202,38 @@ impl Replicated {
         if at <= applied {
             return Ok(at);
         }
-        if at > hlc.last() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "snapshot timestamp {at} is in the future (clock is at {})",
-                    hlc.last()
-                ),
-            ));
-        }
-        // Entries still in flight may apply below `at`: commit a barrier
-        // above it first, so everything at or below `at` is applied.
-        let now = hlc
-            .now()
-            .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
-        self.propose(range, now, CommandV1::Barrier).await?;
+        self.close_range_at(hlc, range, at).await?;
         Ok(at)
+    }
+
+    /// Makes `range` serve a snapshot read at `at` above its applied
+    /// timestamp (docs/consistency.md R3): its clock passes `at`, then a
+    /// barrier commits above it, so every entry at or below `at` is applied
+    /// and every later one is stamped above it.
+    ///
+    /// `at` may come from another leader's clock (a listing's later page is
+    /// read at its first page's timestamp) and be ahead of ours: the HLC
+    /// receive rule merges it, and refuses it (`MER-3002`, G2) when it is
+    /// more than `clock.max_offset_ms` ahead of our wall clock.
+    async fn close_range_at(
+        &self,
+        hlc: &Hlc,
+        range: &RangeDescriptor,
+        at: Timestamp,
+    ) -> Result<(), ApiError> {
+        let clock = |e: crate::clock::ClockError| match e {
+            crate::clock::ClockError::OffsetTooLarge { .. } => {
+                ApiError::new(ErrorCode::ClockOffset, e.to_string())
+            }
+            other => ApiError::new(ErrorCode::StorageFailure, other.to_string()),
+        };
+        if at > hlc.last() {
+            hlc.update(at).map_err(clock)?;
+        }
+        let now = hlc.now().map_err(clock)?;
+        debug_assert!(now > at, "the clock has passed the snapshot timestamp");
+        self.propose(range, now, CommandV1::Barrier).await?;
+        Ok(())
     }
 }
 

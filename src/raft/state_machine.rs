@@ -313,6 +313,11 @@ fn install_from_file(
         ));
     }
     let end = range.end.as_deref();
+    // The snapshot holds the sender's history only down to the sender's gc
+    // horizon: serve reads of this range from its timestamp on.
+    store
+        .raise_gc_horizon(&range.start, end, Timestamp(reader.header.last_ts))
+        .map_err(|e| io_err("raise gc horizon for snapshot", e))?;
     while store
         .clear_range_step(&range.start, end, CLEAR_BATCH_VERSIONS)
         .map_err(|e| io_err("clear range for snapshot", e))?

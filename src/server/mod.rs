@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use crate::clock::{Hlc, SystemClock};
+use crate::clock::{Hlc, OffsetClock, SystemClock};
 use crate::config::NodeConfig;
 use crate::engine::{Engine, EngineOptions};
 use crate::storage::{MvccStore, StoreOptions};
@@ -96,7 +96,7 @@ impl Node {
             cache_bytes: cfg.cache_bytes,
         })?;
         let hlc = Arc::new(Hlc::open(
-            SystemClock,
+            OffsetClock::new(SystemClock, cfg.clock_offset_ms),
             store.clone(),
             cfg.max_offset_ms,
             cfg.persist_window_ms,

@@ -24,9 +24,11 @@
 //!
 //! # Meta keyspace
 //!
-//! Keys are ASCII: `sys/format` (the store format marker), `sys/gc_horizon`,
-//! and `user/<name>` for named metadata. Every value is `[format=1] ++
-//! payload`; the gc horizon payload is `be64(ts)`.
+//! Keys are ASCII: `sys/format` (the store format marker), `sys/gc_horizon`
+//! (the store-wide horizon), `sys/gc_horizon/` ++ `be64(span id)` (the
+//! horizon of one key span, a range of a region), and `user/<name>` for
+//! named metadata. Every value is `[format=1] ++ payload`; a gc horizon
+//! payload is `be64(ts)`.
 
 use crate::types::Timestamp;
 
@@ -60,6 +62,8 @@ pub(crate) const MAX_ENCODED_KEY_BYTES: usize = u16::MAX as usize;
 pub(crate) const META_FORMAT_KEY: &[u8] = b"sys/format";
 /// Meta key of the persisted gc horizon.
 pub(crate) const META_GC_HORIZON_KEY: &[u8] = b"sys/gc_horizon";
+/// Prefix of the meta keys of per-span gc horizons (followed by `be64(id)`).
+const META_SPAN_HORIZON_PREFIX: &[u8] = b"sys/gc_horizon/";
 /// Prefix of named (caller-owned) metadata keys.
 const META_USER_PREFIX: &[u8] = b"user/";
 
@@ -241,6 +245,14 @@ pub(crate) fn meta_user_key(name: &str) -> Vec<u8> {
     out
 }
 
+/// The meta key of the gc horizon of span `id`.
+pub(crate) fn span_horizon_key(id: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(META_SPAN_HORIZON_PREFIX.len() + 8);
+    out.extend_from_slice(META_SPAN_HORIZON_PREFIX);
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
 /// Encodes a meta value.
 pub(crate) fn encode_meta(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + payload.len());
@@ -340,6 +352,10 @@ mod tests {
         assert_eq!(encode_store_format(), [0x01, 0x01]);
         assert_eq!(encode_meta(b"hi"), [0x01, b'h', b'i']);
         assert_eq!(meta_user_key("hlc"), b"user/hlc");
+        assert_eq!(
+            span_horizon_key(258),
+            b"sys/gc_horizon/\x00\x00\x00\x00\x00\x00\x01\x02"
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! **Invariant:** once `sync` returns `Ok`, every batch applied before it
 //! survives a process crash (and, with [`FsyncPolicy::Always`], power loss).
 //! **Invariant:** a read at or above the gc horizon sees exactly what it saw
-//! before gc; a read below it fails with [`StorageError::Compacted`].
+//! before gc; a read below it fails with [`StorageError::Compacted`]. The
+//! horizon is store-wide (a single node), or, once [`MvccStore::set_gc_spans`]
+//! registered a region's ranges, one per range: each range is collected at a
+//! horizon its owner keeps below that range's applied timestamp
+//! (docs/consistency.md G8), so an idle range stays readable.
 //! **Invariant:** after a failed write or sync the store is poisoned and
 //! refuses every further call (fjall `src/poison.rs`; Rebello et al.,
 //! "Can Applications Recover from fsync Failures?", ATC '20).
@@ -18,11 +22,11 @@
 mod encoding;
 mod mvcc;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -174,6 +178,78 @@ pub struct GcStats {
     pub more: bool,
 }
 
+/// A key span with a garbage-collection horizon of its own: one range of a
+/// region. Registered once with [`MvccStore::set_gc_spans`]; the registered
+/// spans tile the keyspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcSpan {
+    /// Stable id (the range id); names the persisted horizon.
+    pub id: u64,
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// End key (exclusive); `None` is the end of the keyspace.
+    pub end: Option<Vec<u8>>,
+}
+
+impl GcSpan {
+    fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
+    }
+
+    /// Whether any key of `[start, end)` lies in this span.
+    fn intersects(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        end.is_none_or(|e| self.start.as_slice() < e)
+            && self.end.as_deref().is_none_or(|se| start < se)
+    }
+}
+
+/// A registered span and its horizon (raised only under `write_lock`, after
+/// it is durable, like the store-wide one).
+struct SpanHorizon {
+    span: GcSpan,
+    horizon: AtomicU64,
+}
+
+/// Which horizon a gc call or a raise works on.
+#[derive(Clone, Copy)]
+enum Slot<'a> {
+    /// The store-wide horizon (no spans registered).
+    Store,
+    /// One registered span's.
+    Span(&'a SpanHorizon),
+}
+
+/// Checks that `spans` tile the keyspace: sorted, contiguous, from the empty
+/// key to the end, ids distinct.
+fn validate_tiling(spans: &[GcSpan]) -> Result<(), StorageError> {
+    let mut ids = HashSet::new();
+    let mut expect_start: Option<&[u8]> = Some(&[]);
+    for s in spans {
+        if !ids.insert(s.id) {
+            return Err(StorageError::invalid(format!(
+                "gc span id {} repeats",
+                s.id
+            )));
+        }
+        if expect_start != Some(s.start.as_slice()) {
+            return Err(StorageError::invalid(format!(
+                "gc span {} does not start where the previous one ends",
+                s.id
+            )));
+        }
+        if s.end.as_deref().is_some_and(|e| e <= s.start.as_slice()) {
+            return Err(StorageError::invalid(format!("gc span {} is empty", s.id)));
+        }
+        expect_start = s.end.as_deref();
+    }
+    if expect_start.is_some() {
+        return Err(StorageError::invalid(
+            "gc spans must cover the keyspace up to its end",
+        ));
+    }
+    Ok(())
+}
+
 /// Where an unfinished gc pass resumes.
 struct GcCursor {
     /// The horizon of the pass; a new horizon starts a new pass.
@@ -229,8 +305,12 @@ struct Inner {
     /// Serializes writes with horizon changes, so that no write at or below
     /// the horizon commits after gc has started removing versions.
     write_lock: Mutex<()>,
-    /// Serializes gc calls and remembers where the last one stopped.
-    gc_cursor: Mutex<Option<GcCursor>>,
+    /// Per-span horizons, once a region's ranges are registered; until then
+    /// (and always on a single node) `horizon` covers every key.
+    spans: OnceLock<Vec<SpanHorizon>>,
+    /// Serializes gc calls and remembers where the last one stopped, per
+    /// span (`None`: the store-wide sweep).
+    gc_cursor: Mutex<HashMap<Option<u64>, GcCursor>>,
 }
 
 /// A multi-version key-value store on fjall. Cheap to clone; all clones share
@@ -385,7 +465,8 @@ impl MvccStore {
             poisoned: AtomicBool::new(false),
             horizon: AtomicU64::new(horizon.0),
             write_lock: Mutex::new(()),
-            gc_cursor: Mutex::new(None),
+            spans: OnceLock::new(),
+            gc_cursor: Mutex::new(HashMap::new()),
         };
         Ok(MvccStore {
             inner: Arc::new(inner),
@@ -396,7 +477,7 @@ impl MvccStore {
     /// or it is a tombstone. Fails with [`StorageError::Compacted`] when `at`
     /// is below the gc horizon.
     pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<KeyValue>, StorageError> {
-        let src = self.read_view(at)?;
+        let src = self.read_view(at, || self.horizon_at(key))?;
         let Some(entry) = mvcc::newest_at(&src, key, at)? else {
             return Ok(None);
         };
@@ -421,7 +502,7 @@ impl MvccStore {
         if limit == 0 {
             return Err(StorageError::invalid("scan limit must be at least 1"));
         }
-        let src = self.read_view(at)?;
+        let src = self.read_view(at, || self.horizon_over(start, end))?;
         if end.is_some_and(|end| start >= end) {
             return Ok(ScanPage::default());
         }
@@ -468,13 +549,10 @@ impl MvccStore {
             return Ok(());
         }
         let _write = lock(&self.inner.write_lock);
-        let horizon = self.gc_horizon();
-        if let Some(first) = records.first().filter(|r| r.ts <= horizon) {
-            return Err(StorageError::invalid(format!(
-                "write at {} is at or below the gc horizon {}",
-                first.ts.0, horizon.0
-            )));
-        }
+        // Paired with the owners' rule (horizon below the applied timestamp):
+        // a version at or below its span's horizon would be invisible to
+        // reads that gc promised to leave unchanged.
+        self.check_above_horizons(records)?;
         let mut batch = self.inner.db.batch();
         for (name, value) in meta {
             batch.insert(
@@ -559,25 +637,65 @@ impl MvccStore {
     /// current one) and is made durable before anything is removed. While a
     /// sweep is unfinished (`more` was true), later calls continue it at its
     /// own horizon and ignore the requested one, so every sweep completes.
+    ///
+    /// This is the store-wide collection of a single node; once spans are
+    /// registered it is refused (`InvalidArgument`): use [`MvccStore::gc_span`].
     #[tracing::instrument(level = "debug", skip_all, fields(horizon = horizon.0))]
     pub fn gc(&self, horizon: Timestamp, max_versions: usize) -> Result<GcStats, StorageError> {
+        if self.inner.spans.get().is_some() {
+            return Err(StorageError::invalid(
+                "per-span gc horizons are registered: collect each span with gc_span",
+            ));
+        }
+        self.gc_step(Slot::Store, horizon, max_versions)
+    }
+
+    /// [`MvccStore::gc`] for the versions of one registered span, at that
+    /// span's own horizon. The caller keeps `horizon` at or below what this
+    /// replica has applied in the span (minus the history window), so apply
+    /// never meets a version below it (docs/consistency.md G8).
+    #[tracing::instrument(level = "debug", skip_all, fields(span = id, horizon = horizon.0))]
+    pub fn gc_span(
+        &self,
+        id: u64,
+        horizon: Timestamp,
+        max_versions: usize,
+    ) -> Result<GcStats, StorageError> {
+        let span = self.span(id)?;
+        self.gc_step(Slot::Span(span), horizon, max_versions)
+    }
+
+    fn gc_step(
+        &self,
+        slot: Slot<'_>,
+        horizon: Timestamp,
+        max_versions: usize,
+    ) -> Result<GcStats, StorageError> {
         self.check_poisoned()?;
         if max_versions == 0 {
             return Err(StorageError::invalid("gc max_versions must be at least 1"));
         }
         let max_versions = max_versions.min(MAX_GC_VERSIONS_PER_CALL);
-        let mut cursor = lock(&self.inner.gc_cursor);
+        let (cursor_key, lower, upper) = match slot {
+            Slot::Store => (None, Bound::Unbounded, Bound::Unbounded),
+            Slot::Span(s) => {
+                let (lower, upper) = encoded_bounds(&s.span.start, s.span.end.as_deref());
+                (Some(s.span.id), lower, upper)
+            }
+        };
+        let mut cursors = lock(&self.inner.gc_cursor);
         // A sweep in progress finishes at the horizon it started with; only a
         // new sweep raises the horizon. Restarting whenever the requested
         // horizon moved (it moves on every call) would never finish a sweep
         // over a store larger than one step's visit budget.
-        let (horizon, from) = match cursor.take() {
-            Some(c) => (c.horizon, Some(c.resume)),
-            None => (self.raise_horizon(horizon)?, None),
+        let (horizon, lower) = match cursors.remove(&cursor_key) {
+            Some(c) => (c.horizon, Bound::Included(c.resume)),
+            None => (self.raise(slot, horizon)?, lower),
         };
         let plan = mvcc::plan_gc(
             &self.source(),
-            from,
+            lower,
+            upper,
             horizon,
             max_versions,
             mvcc::GC_VISIT_BUDGET,
@@ -591,19 +709,111 @@ impl MvccStore {
             // Not fsynced: removals lost in a crash are simply redone.
             batch.commit().map_err(|err| self.write_failed("gc", err))?;
         }
-        *cursor = plan.resume.map(|resume| GcCursor { horizon, resume });
+        let more = plan.resume.is_some();
+        if let Some(resume) = plan.resume {
+            cursors.insert(cursor_key, GcCursor { horizon, resume });
+        }
         metrics::counter!("meridian_storage_gc_removed_versions_total")
             .increment(removed_versions as u64);
-        tracing::debug!(removed_versions, more = cursor.is_some(), "gc step");
+        tracing::debug!(removed_versions, more, "gc step");
         Ok(GcStats {
             removed_versions,
-            more: cursor.is_some(),
+            more,
         })
     }
 
-    /// The current gc horizon; reads below it fail with `Compacted`.
+    /// The store-wide gc horizon: with no spans registered, reads below it
+    /// fail with `Compacted`. With spans registered it is only the floor they
+    /// started from; see [`MvccStore::gc_horizon_at`].
     pub fn gc_horizon(&self) -> Timestamp {
         Timestamp(self.inner.horizon.load(Ordering::Acquire))
+    }
+
+    /// The horizon in force for `key`: its span's, or the store-wide one.
+    pub fn gc_horizon_at(&self, key: &[u8]) -> Timestamp {
+        self.horizon_at(key)
+    }
+
+    /// Registers the spans (a region's ranges, which must tile the keyspace)
+    /// that from now on each have a gc horizon of their own, and returns
+    /// their horizons. A span with no persisted horizon starts at the
+    /// `initial` given with it, made durable here; the caller picks one at or
+    /// below what the span has applied, so apply never meets it (for a store
+    /// collected store-wide before, the lower of that horizon and the applied
+    /// timestamp: gc kept every key's newest version at or below it, so reads
+    /// at or above the span's applied timestamp are unchanged). Can be called
+    /// once per open store.
+    pub fn set_gc_spans(
+        &self,
+        spans: Vec<(GcSpan, Timestamp)>,
+    ) -> Result<Vec<(u64, Timestamp)>, StorageError> {
+        self.check_poisoned()?;
+        let only: Vec<GcSpan> = spans.iter().map(|(s, _)| s.clone()).collect();
+        validate_tiling(&only)?;
+        let _write = lock(&self.inner.write_lock);
+        if self.inner.spans.get().is_some() {
+            return Err(StorageError::invalid("gc spans are already registered"));
+        }
+        let mut batch = self.inner.db.batch();
+        let mut fresh = false;
+        let mut registered = Vec::with_capacity(spans.len());
+        for (span, initial) in spans {
+            let key = encoding::span_horizon_key(span.id);
+            let horizon = match self.inner.meta.get(&key).map_err(StorageError::fjall)? {
+                Some(raw) => encoding::decode_horizon(&raw)?,
+                None => {
+                    batch.insert(&self.inner.meta, key, encoding::encode_horizon(initial));
+                    fresh = true;
+                    initial
+                }
+            };
+            registered.push(SpanHorizon {
+                span,
+                horizon: AtomicU64::new(horizon.0),
+            });
+        }
+        if fresh {
+            batch
+                .commit()
+                .map_err(|err| self.write_failed("set_gc_spans", err))?;
+            self.inner
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(|err| self.write_failed("set_gc_spans", err))?;
+        }
+        let out = registered
+            .iter()
+            .map(|s| (s.span.id, Timestamp(s.horizon.load(Ordering::Acquire))))
+            .collect();
+        // Under `write_lock` and checked above: nobody else sets it.
+        let _ = self.inner.spans.set(registered);
+        Ok(out)
+    }
+
+    /// Raises (durably, never lowers) the horizon of every span holding keys
+    /// of `[start, end)`, or the store-wide one when no spans are registered.
+    /// A Raft snapshot install calls it before replacing a range: the
+    /// snapshot holds the sender's history only down to the sender's own
+    /// horizon, so this replica may serve reads only from the snapshot's
+    /// applied timestamp on.
+    pub fn raise_gc_horizon(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        to: Timestamp,
+    ) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        match self.inner.spans.get() {
+            None => {
+                self.raise(Slot::Store, to)?;
+            }
+            Some(spans) => {
+                for s in spans.iter().filter(|s| s.span.intersects(start, end)) {
+                    self.raise(Slot::Span(s), to)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Named metadata written by [`MvccStore::meta_put_durable`].
@@ -786,10 +996,14 @@ impl MvccStore {
     /// gc removes versions only after raising the horizon, so if `at` is not
     /// below the horizon seen afterwards, the snapshot still holds every
     /// version a read at `at` needs.
-    fn read_view(&self, at: Timestamp) -> Result<SnapshotSource<'_>, StorageError> {
+    fn read_view(
+        &self,
+        at: Timestamp,
+        horizon: impl FnOnce() -> Timestamp,
+    ) -> Result<SnapshotSource<'_>, StorageError> {
         self.check_poisoned()?;
         let src = self.source();
-        let horizon = self.gc_horizon();
+        let horizon = horizon();
         if at < horizon {
             return Err(StorageError::Compacted {
                 requested: at,
@@ -799,17 +1013,70 @@ impl MvccStore {
         Ok(src)
     }
 
-    /// Raises the horizon to `requested` (never lowers it), durably, and
-    /// returns the horizon now in force.
-    fn raise_horizon(&self, requested: Timestamp) -> Result<Timestamp, StorageError> {
+    fn span(&self, id: u64) -> Result<&SpanHorizon, StorageError> {
+        self.inner
+            .spans
+            .get()
+            .and_then(|spans| spans.iter().find(|s| s.span.id == id))
+            .ok_or_else(|| StorageError::invalid(format!("no gc span {id} is registered")))
+    }
+
+    /// The horizon reads of `key` must respect.
+    fn horizon_at(&self, key: &[u8]) -> Timestamp {
+        match self.inner.spans.get() {
+            None => self.gc_horizon(),
+            Some(spans) => spans
+                .iter()
+                .find(|s| s.span.contains(key))
+                .map_or(Timestamp::ZERO, |s| {
+                    Timestamp(s.horizon.load(Ordering::Acquire))
+                }),
+        }
+    }
+
+    /// The highest horizon among the spans holding keys of `[start, end)`.
+    fn horizon_over(&self, start: &[u8], end: Option<&[u8]>) -> Timestamp {
+        match self.inner.spans.get() {
+            None => self.gc_horizon(),
+            Some(spans) => spans
+                .iter()
+                .filter(|s| s.span.intersects(start, end))
+                .map(|s| Timestamp(s.horizon.load(Ordering::Acquire)))
+                .max()
+                .unwrap_or(Timestamp::ZERO),
+        }
+    }
+
+    /// Refuses a batch with a version at or below its key's horizon.
+    fn check_above_horizons(&self, records: &[WriteRecord]) -> Result<(), StorageError> {
+        for record in records {
+            for op in &record.ops {
+                let horizon = self.horizon_at(op.key());
+                if record.ts <= horizon {
+                    return Err(StorageError::invalid(format!(
+                        "write at {} is at or below the gc horizon {}",
+                        record.ts.0, horizon.0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises the horizon of `slot` to `requested` (never lowers it),
+    /// durably, and returns the horizon now in force.
+    fn raise(&self, slot: Slot<'_>, requested: Timestamp) -> Result<Timestamp, StorageError> {
         let _write = lock(&self.inner.write_lock);
-        let current = self.gc_horizon();
+        let (cell, key) = match slot {
+            Slot::Store => (&self.inner.horizon, encoding::META_GC_HORIZON_KEY.to_vec()),
+            Slot::Span(s) => (&s.horizon, encoding::span_horizon_key(s.span.id)),
+        };
+        let current = Timestamp(cell.load(Ordering::Acquire));
         if requested <= current {
             return Ok(current);
         }
-        let key = encoding::META_GC_HORIZON_KEY.to_vec();
         self.put_meta_durable("gc_horizon", key, encoding::encode_horizon(requested))?;
-        self.inner.horizon.store(requested.0, Ordering::Release);
+        cell.store(requested.0, Ordering::Release);
         Ok(requested)
     }
 

@@ -262,7 +262,8 @@ struct GcGroup {
     tombstone: Option<fjall::Slice>,
 }
 
-/// Plans one bounded gc step from `from` (an encoded lower bound) at `horizon`.
+/// Plans one bounded gc step over the encoded keys in `(lower, upper)` (a
+/// resumed sweep's lower bound, or a span's bounds) at `horizon`.
 ///
 /// Rule: every version above the horizon stays; the newest version at or
 /// below it stays unless it is a tombstone; everything older goes. A
@@ -270,17 +271,17 @@ struct GcGroup {
 /// its key, so a partial pass can never resurrect a deleted value.
 pub(crate) fn plan_gc(
     src: &impl VersionSource,
-    from: Option<Vec<u8>>,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
     horizon: Timestamp,
     max_remove: usize,
     budget: usize,
 ) -> Result<GcPlan, StorageError> {
-    let lower = from.map_or(Bound::Unbounded, Bound::Included);
     let mut plan = GcPlan::default();
     let mut group = GcGroup::default();
     // `visits` counts entries seen before this one; the budget is only
     // checked between keys so a key is never half planned.
-    for (visits, entry) in src.range(lower, Bound::Unbounded).enumerate() {
+    for (visits, entry) in src.range(lower, upper).enumerate() {
         let (raw_key, raw_value) = entry?;
         let (prefix, version) = encoding::split_version_key(&raw_key)?;
         if prefix != group.prefix.as_slice() {
@@ -453,7 +454,15 @@ mod tests {
         src.put(b"b", 1, Some(b"b1"));
         src.put(b"b", 3, None);
         src.put(b"c", 3, Some(b"c3"));
-        let plan = plan_gc(&src, None, Timestamp(5), 100, GC_VISIT_BUDGET).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Timestamp(5),
+            100,
+            GC_VISIT_BUDGET,
+        )
+        .unwrap();
         let removed: Vec<_> = plan
             .remove
             .iter()
@@ -477,7 +486,15 @@ mod tests {
             src.put(b"k", ts, Some(b"old"));
         }
         src.put(b"k", 4, None);
-        let plan = plan_gc(&src, None, Timestamp(10), 3, GC_VISIT_BUDGET).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Timestamp(10),
+            3,
+            GC_VISIT_BUDGET,
+        )
+        .unwrap();
         let removed: Vec<_> = plan
             .remove
             .iter()
@@ -485,7 +502,15 @@ mod tests {
             .collect();
         assert_eq!(removed, [3, 2, 1], "tombstone waits for the next call");
         assert_eq!(plan.resume, Some(encoding::key_prefix(b"k")));
-        let plan = plan_gc(&src, None, Timestamp(10), 2, GC_VISIT_BUDGET).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Timestamp(10),
+            2,
+            GC_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(plan.remove.len(), 2);
         assert_eq!(plan.resume, Some(encoding::key_prefix(b"k")));
     }
@@ -498,14 +523,30 @@ mod tests {
         src.put(b"a", 1, None);
         src.put(b"b", 1, None);
         src.put(b"c", 1, Some(b"c"));
-        let plan = plan_gc(&src, None, Timestamp(5), 1, GC_VISIT_BUDGET).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Timestamp(5),
+            1,
+            GC_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(plan.remove.len(), 1);
         assert_eq!(
             plan.resume,
             Some(encoding::key_prefix(b"b")),
             "b's tombstone is still due"
         );
-        let plan = plan_gc(&src, plan.resume, Timestamp(5), 1, GC_VISIT_BUDGET).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Included(plan.resume.unwrap()),
+            Bound::Unbounded,
+            Timestamp(5),
+            1,
+            GC_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(
             encoding::decode_version_key(&plan.remove[0]).unwrap().0,
             b"b"
@@ -519,7 +560,15 @@ mod tests {
             src.put(&[i], 1, Some(b"x"));
             src.put(&[i], 2, Some(b"y"));
         }
-        let plan = plan_gc(&src, None, Timestamp(5), 100, 4).unwrap();
+        let plan = plan_gc(
+            &src,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Timestamp(5),
+            100,
+            4,
+        )
+        .unwrap();
         assert_eq!(plan.remove.len(), 2);
         assert_eq!(plan.resume, Some(encoding::key_prefix(&[2])));
     }

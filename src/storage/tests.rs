@@ -425,3 +425,133 @@ fn frozen_view_keeps_its_instant_and_refuses_past_the_version_limit() {
         "{err:?}"
     );
 }
+
+/// Two spans: keys below "m" (id 1) and from "m" on (id 2).
+fn two_spans(initial: [u64; 2]) -> Vec<(GcSpan, Timestamp)> {
+    vec![
+        (
+            GcSpan {
+                id: 1,
+                start: Vec::new(),
+                end: Some(b"m".to_vec()),
+            },
+            Timestamp(initial[0]),
+        ),
+        (
+            GcSpan {
+                id: 2,
+                start: b"m".to_vec(),
+                end: None,
+            },
+            Timestamp(initial[1]),
+        ),
+    ]
+}
+
+#[test]
+fn span_horizons_are_independent() {
+    // Regression (issue 8, item 2): one clock-driven horizon made an idle
+    // range unreadable and refused a lagging replica's applies. Each span
+    // now has its own horizon; collecting one leaves the other alone.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let old = |ts| record(ts, vec![put(b"a", b"a"), put(b"z", b"z")]);
+    store.apply_batch(&[old(1), old(2), old(3)]).unwrap();
+    store.set_gc_spans(two_spans([0, 0])).unwrap();
+    let stats = store.gc_span(1, Timestamp(10), 100).unwrap();
+    assert_eq!(stats.removed_versions, 2, "a@1 and a@2 go, a@3 stays");
+    assert_eq!(
+        store.history(b"z", 10).unwrap().len(),
+        3,
+        "span 2 untouched"
+    );
+    assert_eq!(store.gc_horizon_at(b"a"), Timestamp(10));
+    assert_eq!(store.gc_horizon_at(b"z"), Timestamp::ZERO);
+    // Reads: below span 1's horizon refused there only.
+    assert!(matches!(
+        store.get(b"a", Timestamp(2)),
+        Err(StorageError::Compacted {
+            horizon: Timestamp(10),
+            ..
+        })
+    ));
+    assert_eq!(value_at(&store, b"z", 2).as_deref(), Some(&b"z"[..]));
+    assert!(store.scan(b"m", None, Timestamp(2), 10).is_ok());
+    assert!(matches!(
+        store.scan(b"", None, Timestamp(2), 10),
+        Err(StorageError::Compacted { .. })
+    ));
+    // Writes: at or below a key's own span horizon refused, elsewhere fine.
+    let err = store
+        .apply_batch(&[record(10, vec![put(b"b", b"late")])])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::InvalidArgument { .. }), "{err}");
+    store
+        .apply_batch(&[record(5, vec![put(b"y", b"lagging replica")])])
+        .unwrap();
+    // The store-wide sweep would ignore the spans: refused.
+    assert!(matches!(
+        store.gc(Timestamp(10), 10),
+        Err(StorageError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        store.gc_span(3, Timestamp(10), 10),
+        Err(StorageError::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn span_horizons_survive_reopen_and_the_initial_value_is_used_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let got = store.set_gc_spans(two_spans([4, 7])).unwrap();
+        assert_eq!(got, [(1, Timestamp(4)), (2, Timestamp(7))]);
+        store.gc_span(2, Timestamp(20), 10).unwrap();
+        assert!(
+            store.set_gc_spans(two_spans([4, 7])).is_err(),
+            "once per open"
+        );
+    }
+    let store = open(dir.path());
+    let got = store.set_gc_spans(two_spans([0, 0])).unwrap();
+    assert_eq!(got, [(1, Timestamp(4)), (2, Timestamp(20))]);
+    // A snapshot install raises the spans it covers, never lowers them.
+    store.raise_gc_horizon(b"m", None, Timestamp(30)).unwrap();
+    store
+        .raise_gc_horizon(b"", Some(b"m"), Timestamp(2))
+        .unwrap();
+    assert_eq!(store.gc_horizon_at(b"zz"), Timestamp(30));
+    assert_eq!(store.gc_horizon_at(b"a"), Timestamp(4));
+}
+
+#[test]
+fn gc_spans_must_tile_the_keyspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let span = |id, start: &[u8], end: Option<&[u8]>| {
+        (
+            GcSpan {
+                id,
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+            },
+            Timestamp::ZERO,
+        )
+    };
+    let bad = [
+        vec![span(1, b"", Some(b"m"))],
+        vec![span(1, b"a", None)],
+        vec![span(1, b"", Some(b"m")), span(2, b"n", None)],
+        vec![span(1, b"", Some(b"m")), span(1, b"m", None)],
+        vec![span(1, b"", Some(b"")), span(2, b"", None)],
+    ];
+    for spans in bad {
+        let err = store.set_gc_spans(spans.clone()).unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidArgument { .. }),
+            "{spans:?}: {err}"
+        );
+    }
+    store.set_gc_spans(vec![span(9, b"", None)]).unwrap();
+}
