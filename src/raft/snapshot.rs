@@ -1,8 +1,9 @@
 //! Range snapshot files: how a range's versions are dumped, shipped and
 //! installed without ever holding the range in memory.
 //!
-//! A snapshot is a file under `<data dir>/snapshots/`, written once, fsynced,
-//! then renamed into place, never changed after. Format v2 (v1 was an
+//! A snapshot is a file under `<data dir>/snapshots/`, written once, renamed
+//! into place, never changed after (fsynced by a receiver before it installs
+//! it; a builder's file lives only as long as its process). Format v2 (v1 was an
 //! in-memory postcard blob and is no longer read):
 //!
 //! ```text
@@ -251,11 +252,14 @@ pub fn write_snapshot(
     let digest = ctx.finish();
     inner.write_all(digest.as_ref())?;
     let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    // Not fsynced: a built snapshot only serves transfers while this process
+    // runs (a restart deletes it, state_machine::remove_stale_snapshot_files),
+    // and an fsync of a whole range would compete with the Raft log's
+    // fsyncs on the same disk. A *received* snapshot is fsynced before it is
+    // installed (transfer::receive_snapshot).
     drop(file);
     let path = dir.join(format!("{unique}.snap"));
     std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
     let file = File::open(&path)?;
     let len = file.metadata()?.len();
     let mut id = [0u8; SNAPSHOT_ID_BYTES];
