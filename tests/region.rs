@@ -348,7 +348,16 @@ async fn nodes_are_added_and_removed_under_write_load() {
             addr: addr4.to_string(),
             zone: "zone4".into(),
         };
-        let voters = admin.region_change(r.range, add).await.unwrap();
+        // Right after bootstrap a range's initial membership may not be
+        // committed yet, and a change is refused until it is: retry.
+        let deadline = Instant::now() + BOUND;
+        let voters = loop {
+            match admin.region_change(r.range, add.clone()).await {
+                Ok(v) => break v,
+                Err(e) => assert!(Instant::now() < deadline, "range {}: {e}", r.range),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert!(voters.contains(&4), "{voters:?}");
         let voters = admin
             .region_change(r.range, MembershipChangeV1::RemoveNode { id: 2 })
