@@ -166,3 +166,17 @@ pub enum ReadConsistency {
     /// reply's `served_at` says how stale.
     Serializable,
 }
+
+/// Identity of this node, shown by status and the gateway (shared by the
+/// server and the gateway, so it lives below both).
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Node name.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Bound QUIC address.
+    pub quic_addr: std::net::SocketAddr,
+}

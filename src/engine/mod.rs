@@ -24,13 +24,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub mod decide;
 pub mod replicated;
 
 pub use replicated::Replicated;
 
-pub use decide::WriteKind;
-use decide::{decide, record_in_overlay, Overlay};
+pub use crate::decide::{compare_holds, WriteKind};
+use crate::decide::{decide, record_in_overlay, Overlay};
 
 use crate::clock::{ClockError, Hlc};
 use crate::config::Limits;
@@ -38,9 +37,7 @@ use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_GROUP_COMMIT, MAX_HISTORY_PAGE, WRITE_QUEUE_CAPACITY};
 use crate::raft::RangeGroup;
 use crate::storage::{GcSpan, MvccStore, StorageError, WriteRecord};
-use crate::types::{
-    CompareOp, CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry,
-};
+use crate::types::{CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry};
 
 /// Metric: writes per group commit (histogram, unitless count).
 pub const METRIC_GROUP_COMMIT_SIZE: &str = "meridian_group_commit_writes";
@@ -791,33 +788,10 @@ impl Collector {
     }
 }
 
-/// Evaluates one guard against a key's current state (`None` = absent).
-pub fn compare_holds(
-    op: CompareOp,
-    target: &CompareTarget,
-    state: Option<&(Vec<u8>, Timestamp)>,
-) -> bool {
-    use std::cmp::Ordering as O;
-    let ord = match target {
-        // A missing key never satisfies a value compare (as etcd).
-        CompareTarget::Value(v) => match state {
-            Some((cur, _)) => cur.as_slice().cmp(v.as_slice()),
-            None => return false,
-        },
-        CompareTarget::Version(v) => state.map_or(Timestamp::ZERO, |(_, ver)| *ver).cmp(v),
-        CompareTarget::Exists(want) => state.is_some().cmp(want),
-    };
-    match op {
-        CompareOp::Equal => ord == O::Equal,
-        CompareOp::NotEqual => ord != O::Equal,
-        CompareOp::Less => ord == O::Less,
-        CompareOp::Greater => ord == O::Greater,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::CompareOp;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

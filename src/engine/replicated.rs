@@ -18,9 +18,9 @@ use std::time::Duration;
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ReadPolicy;
 
-use super::decide::WriteKind;
 use super::TxnOutcome;
 use crate::clock::Hlc;
+use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::raft::types::{CommandV1, NodeId};
 use crate::raft::{RaftHost, RangeCommand, RangeDescriptor, RangeGroup, RangeTypes};

@@ -348,7 +348,7 @@ pub(crate) async fn members(State(state): State<GatewayState>) -> Response {
                 "gossip is not configured on this node ([gossip])",
             )
         })?;
-        let members = crate::server::members_v1(m)
+        let members = crate::wire::members_v1(m)
             .into_iter()
             .map(|m| MemberJson {
                 node: m.node_id,

@@ -69,7 +69,7 @@ pub struct GatewayState {
     /// The engine.
     pub engine: Arc<crate::engine::Engine>,
     /// Node identity.
-    pub info: Arc<crate::server::NodeInfo>,
+    pub info: Arc<crate::types::NodeInfo>,
     /// Prometheus handle for /metrics.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Start time, for uptime.

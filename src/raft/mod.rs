@@ -9,7 +9,7 @@
 //!   node's journal with the MVCC data.
 //! - [`state_machine`]: applies committed commands to the MVCC store with
 //!   the same deterministic logic as the single-node writer
-//!   ([`crate::engine::decide`]), records the applied log id in the same
+//!   ([`crate::decide`]), records the applied log id in the same
 //!   atomic batch, and builds / installs snapshots of the range.
 //! - [`network`]: Raft RPCs over the peer protocol ([`crate::peer`]), one
 //!   connection per peer shared by every group (openraft-multi's

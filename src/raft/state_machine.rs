@@ -1,7 +1,7 @@
 //! A range's state machine: the MVCC store, restricted to the range's span.
 //!
 //! Apply runs the same deterministic decision as the single-node writer
-//! ([`crate::engine::decide`]) and writes the results, the applied log id,
+//! ([`crate::decide`]) and writes the results, the applied log id,
 //! the membership and the last applied timestamp in one atomic batch per
 //! at most [`APPLY_BATCH_RECORDS`] writing entries: openraft does not bound
 //! how many committed entries one apply call carries (a new leader commits
@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::snapshot::{self, SnapshotFile};
 use super::types::{RangeDescriptor, RangeReply, RangeTypes};
 use crate::clock::Hlc;
-use crate::engine::decide::{decide, record_in_overlay, KeyState, Overlay};
+use crate::decide::{decide, record_in_overlay, KeyState, Overlay};
 use crate::storage::{FrozenView, MvccStore, WriteRecord, MAX_BATCH_RECORDS};
 use crate::types::Timestamp;
 

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::WriteKind;
+use crate::decide::WriteKind;
 use crate::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
 
 /// Identifies a range (and its Raft group) cluster-wide.

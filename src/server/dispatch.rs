@@ -1,6 +1,5 @@
 //! Per-connection and per-request handling of the client protocol.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,18 +14,7 @@ use crate::wire::{
     self, KeyValueV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1, VersionEntryV1,
 };
 
-/// Identity of this node, shown by status and the gateway.
-#[derive(Clone, Debug)]
-pub struct NodeInfo {
-    /// Node name.
-    pub node_id: String,
-    /// Region.
-    pub region: String,
-    /// Zone.
-    pub zone: String,
-    /// Bound QUIC address.
-    pub quic_addr: SocketAddr,
-}
+use crate::types::NodeInfo;
 
 /// Shared request context.
 pub(crate) struct Context {
@@ -231,7 +219,10 @@ async fn handle(
                     "gossip is not configured on this node ([gossip])",
                 )
             })?;
-            Ok((engine.closed_ts(), ResponseBodyV1::Members(members_v1(m))))
+            Ok((
+                engine.closed_ts(),
+                ResponseBodyV1::Members(wire::members_v1(m)),
+            ))
         }
         RequestV1::LeaderHints => {
             let m = ctx.membership.as_ref().ok_or_else(|| {
@@ -396,33 +387,6 @@ async fn handle_data(
 }
 
 /// The gossip view as wire records, sorted by region then node.
-pub(crate) fn members_v1(m: &crate::membership::Membership) -> Vec<crate::wire::MemberV1> {
-    use crate::membership::MemberState;
-    let mut out: Vec<_> = m
-        .members()
-        .into_iter()
-        .map(|v| crate::wire::MemberV1 {
-            node_id: v.identity.node_id,
-            region: v.identity.region,
-            zone: v.identity.zone,
-            peer_addr: v.identity.peer_addr.to_string(),
-            state: match v.state {
-                MemberState::Alive => "alive",
-                MemberState::Suspect => "suspect",
-                MemberState::Down => "down",
-                MemberState::Left => "left",
-            }
-            .to_string(),
-            generation: v.incarnation.generation,
-            rejoin: v.incarnation.rejoin,
-            refutation: v.incarnation.refutation,
-            rtt_us: v.rtt_ms.map(|ms| (ms * 1000.0).round() as u64),
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.region, &a.node_id).cmp(&(&b.region, &b.node_id)));
-    out
-}
-
 fn no_region() -> ApiError {
     ApiError::new(
         ErrorCode::InvalidArgument,

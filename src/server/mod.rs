@@ -29,8 +29,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::storage::{MvccStore, StoreOptions};
 use crate::transport::{self, EndpointLimits, TlsFiles};
 
-pub(crate) use dispatch::members_v1;
-pub use dispatch::NodeInfo;
+pub use crate::types::NodeInfo;
 pub use peer::serve_peers;
 
 /// Why a node could not start.

@@ -512,6 +512,35 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseV1, DecodeError> {
     decode(frame)
 }
 
+/// The cluster's members as gossip sees them, in the wire form shared by the
+/// client protocol and the gateway, ordered by region then node.
+pub fn members_v1(m: &crate::membership::Membership) -> Vec<MemberV1> {
+    use crate::membership::MemberState;
+    let mut out: Vec<_> = m
+        .members()
+        .into_iter()
+        .map(|v| MemberV1 {
+            node_id: v.identity.node_id,
+            region: v.identity.region,
+            zone: v.identity.zone,
+            peer_addr: v.identity.peer_addr.to_string(),
+            state: match v.state {
+                MemberState::Alive => "alive",
+                MemberState::Suspect => "suspect",
+                MemberState::Down => "down",
+                MemberState::Left => "left",
+            }
+            .to_string(),
+            generation: v.incarnation.generation,
+            rejoin: v.incarnation.rejoin,
+            refutation: v.incarnation.refutation,
+            rtt_us: v.rtt_ms.map(|ms| (ms * 1000.0).round() as u64),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.region, &a.node_id).cmp(&(&b.region, &b.node_id)));
+    out
+}
+
 /// Builds the error response for `err`.
 pub fn error_response(err: &ApiError) -> ResponseV1 {
     if err.code == ErrorCode::NotLeader {

@@ -1,13 +1,12 @@
-//! The deterministic write logic, shared by the single-node writer and the
-//! Raft state machines: given a write and a way to read the current state of
+//! The deterministic write logic, shared by the single-node writer
+//! (`engine`) and the Raft state machines (`raft`), so it lives below both: given a write and a way to read the current state of
 //! a key, decide which operations to apply. Pure: no clock, no IO of its own,
 //! so every replica that applies the same command to the same state makes
 //! the same decision.
 
 use std::collections::HashMap;
 
-use super::compare_holds;
-use crate::types::{Op, Timestamp, Txn};
+use crate::types::{CompareOp, CompareTarget, Op, Timestamp, Txn};
 
 /// A write as the engine or a state machine receives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +73,30 @@ pub fn record_in_overlay(overlay: &mut Overlay, ops: &[Op], ts: Timestamp) {
             Op::Delete { .. } => None,
         };
         overlay.insert(op.key().to_vec(), state);
+    }
+}
+
+/// Evaluates one guard against a key's current state (`None` = absent).
+pub fn compare_holds(
+    op: CompareOp,
+    target: &CompareTarget,
+    state: Option<&(Vec<u8>, Timestamp)>,
+) -> bool {
+    use std::cmp::Ordering as O;
+    let ord = match target {
+        // A missing key never satisfies a value compare (as etcd).
+        CompareTarget::Value(v) => match state {
+            Some((cur, _)) => cur.as_slice().cmp(v.as_slice()),
+            None => return false,
+        },
+        CompareTarget::Version(v) => state.map_or(Timestamp::ZERO, |(_, ver)| *ver).cmp(v),
+        CompareTarget::Exists(want) => state.is_some().cmp(want),
+    };
+    match op {
+        CompareOp::Equal => ord == O::Equal,
+        CompareOp::NotEqual => ord != O::Equal,
+        CompareOp::Less => ord == O::Less,
+        CompareOp::Greater => ord == O::Greater,
     }
 }
 
