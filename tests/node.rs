@@ -581,3 +581,83 @@ async fn gossip_view_is_served_over_quic_and_http() {
     c.close().await;
     node.stop().await;
 }
+
+/// The peer protocol admits only node certificates (checked once per
+/// connection, before any stream is read), and Raft RPCs sent over the
+/// client protocol are refused: peer traffic has its own dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_protocol_admits_node_certificates_only() {
+    use meridian::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1};
+    use meridian::transport::{self, EndpointLimits, ALPN_PEER};
+    let node = TestNode::start().await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let raft_rpc = peer::encode(&PeerRequestV1::Raft {
+        range: 1,
+        kind: RaftKindV1::Vote,
+        payload: Vec::new(),
+    });
+    let ask = |conn: quinn::Connection| {
+        let raft_rpc = raft_rpc.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            transport::write_frame(&mut send, &raft_rpc).await?;
+            let reply = transport::read_frame(&mut recv, 1 << 20).await?;
+            anyhow::Ok(peer::decode::<PeerResponseV1>(&reply)?)
+        }
+    };
+
+    // A client certificate speaking the peer protocol: the connection is
+    // closed without an answer.
+    let files = node.certs.files("client");
+    let config = common::custom_client(&files.ca, Some(&files), ALPN_PEER).unwrap();
+    let conn = endpoint
+        .connect_with(config, node.quic_addr(), "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), ask(conn))
+        .await
+        .expect("bounded");
+    assert!(refused.is_err(), "a client certificate got {refused:?}");
+
+    // A node certificate reaches the peer dispatcher (this single node runs
+    // no Raft groups, and says so).
+    let config =
+        transport::peer_client_config(&node.certs.files("node1"), &EndpointLimits::default())
+            .unwrap();
+    let conn = transport::connect_peer(&endpoint, &config, node.quic_addr())
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ask(conn)).await {
+        Ok(Ok(PeerResponseV1::Err { code, message })) => {
+            assert_eq!(code, ErrorCode::Unavailable.as_str(), "{message}");
+            assert!(message.contains("no Raft groups"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The same RPC over the client protocol, even from a node certificate,
+    // is refused with a code that names the mismatch.
+    // (The SDK never sends Raft RPCs: send one by hand.)
+    let node_files = node.certs.files("node1");
+    let client_ep = transport::client_endpoint(&node_files, &EndpointLimits::default()).unwrap();
+    let conn = transport::connect(&client_ep, node.quic_addr(), None)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let frame = wire::encode_request(&RequestV1::Raft(wire::RaftRpcV1 {
+        range: 1,
+        kind: wire::RaftRpcKindV1::Vote,
+        payload: Vec::new(),
+    }));
+    transport::write_frame(&mut send, &frame).await.unwrap();
+    let reply = transport::read_frame(&mut recv, 1 << 20).await.unwrap();
+    match wire::decode_response(&reply).unwrap() {
+        ResponseV1::Err { code, message } => {
+            assert_eq!(code, ErrorCode::UnsupportedVersion.as_u16(), "{message}");
+            assert!(message.contains("peer protocol"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    node.stop().await;
+}

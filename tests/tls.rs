@@ -22,9 +22,10 @@ use meridian::transport::{
     self, read_frame, write_frame, EndpointLimits, FrameError, PeerIdentity, TlsFiles,
     TransportError, ALPN,
 };
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tempfile::TempDir;
+
+mod common;
+use common::custom_client;
 
 /// TLS alert `certificate_required` (RFC 8446): the client sent no certificate.
 const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
@@ -240,34 +241,6 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: timed out after {WAIT:?}"))
-}
-
-/// A rustls client config trusting `ca`, with an optional client
-/// certificate and the given ALPN, for clients this crate would never build.
-fn custom_client(
-    ca: &Path,
-    identity: Option<&TlsFiles>,
-    alpn: &[u8],
-) -> anyhow::Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs::load_certs(ca)? {
-        roots.add(cert)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(files) => {
-            let chain: Vec<CertificateDer<'static>> = certs::load_certs(&files.cert)?;
-            let key: PrivateKeyDer<'static> = certs::load_key(&files.key)?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-    };
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = QuicClientConfig::try_from(config)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 async fn exchange_custom(

@@ -74,6 +74,12 @@ fn meta_name(range: u64) -> String {
     format!("raft/{range}/applied")
 }
 
+/// The metadata entry that records `state` as range `range`'s applied state.
+fn applied_meta(range: u64, state: &AppliedState) -> io::Result<(String, Vec<u8>)> {
+    let bytes = postcard::to_allocvec(state).map_err(|e| io_err("encode applied state", e))?;
+    Ok((meta_name(range), bytes))
+}
+
 fn marker_name(range: u64) -> String {
     format!("raft/{range}/installing")
 }
@@ -225,12 +231,6 @@ impl RangeStateMachine {
         Ok(kv.map(|kv| (kv.value, kv.version)))
     }
 
-    fn persist_meta(&self) -> io::Result<Vec<(String, Vec<u8>)>> {
-        let bytes =
-            postcard::to_allocvec(&self.state).map_err(|e| io_err("encode applied state", e))?;
-        Ok(vec![(meta_name(self.range.id), bytes)])
-    }
-
     /// Applies one normal entry's command to the batch being built.
     fn apply_command(
         &mut self,
@@ -263,11 +263,9 @@ impl RangeStateMachine {
     /// Writes the pending records with the applied state reached so far in
     /// one atomic batch, then answers their proposers.
     fn flush(&mut self, pending: &mut PendingApply) -> io::Result<()> {
-        let meta = self.persist_meta()?;
-        let meta_refs: Vec<(&str, Vec<u8>)> =
-            meta.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        let (name, bytes) = applied_meta(self.range.id, &self.state)?;
         self.store
-            .apply_batch_with_meta(&pending.records, &meta_refs)
+            .apply_batch_with_meta(&pending.records, &[(name.as_str(), bytes)])
             .map_err(|e| io_err("apply batch", e))?;
         let last = Timestamp(self.state.last_ts);
         // Keep the local clock above every applied version, so this node
@@ -336,8 +334,7 @@ fn install_from_file(
         membership: meta.last_membership.clone(),
         last_ts: reader.header.last_ts,
     };
-    let bytes = postcard::to_allocvec(&state).map_err(|e| io_err("encode applied state", e))?;
-    let applied = meta_name(range.id);
+    let (applied, bytes) = applied_meta(range.id, &state)?;
     let marker = marker_name(range.id);
     store
         .apply_batch_with_meta(

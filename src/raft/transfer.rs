@@ -288,3 +288,26 @@ async fn discard_other_parts(incoming: &Path, prefix: &str, keep: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offer_with_a_malformed_id_vote_or_meta_is_refused() {
+        let vote: VoteOf<RangeTypes> = openraft::Vote::new_committed(1, 1);
+        let vote = postcard::to_allocvec(&vote).unwrap();
+        let meta = SnapshotMetaOf::<RangeTypes> {
+            last_log_id: None,
+            last_membership: Default::default(),
+        };
+        let meta = postcard::to_allocvec(&meta).unwrap();
+        let id = [7u8; SNAPSHOT_ID_BYTES];
+        let offer = Offer::decode(3, &id, 10, &vote, &meta).unwrap();
+        assert_eq!((offer.range, offer.id, offer.total_bytes), (3, id, 10));
+        let short = Offer::decode(3, &id[..4], 10, &vote, &meta).err().unwrap();
+        assert!(short.to_string().contains("id: 4 bytes"), "{short}");
+        assert!(Offer::decode(3, &id, 10, &[], &meta).is_err());
+        assert!(Offer::decode(3, &id, 10, &vote, &[0xff]).is_err());
+    }
+}

@@ -102,3 +102,33 @@ impl TestNode {
         }
     }
 }
+
+/// A rustls client config trusting `ca`, with an optional client
+/// certificate and the given ALPN, for clients this crate would never build.
+pub fn custom_client(
+    ca: &Path,
+    identity: Option<&TlsFiles>,
+    alpn: &[u8],
+) -> anyhow::Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in meridian::certs::load_certs(ca)? {
+        roots.add(cert)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+                meridian::certs::load_certs(&files.cert)?;
+            let key: rustls::pki_types::PrivateKeyDer<'static> =
+                meridian::certs::load_key(&files.key)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)?;
+    Ok(quinn::ClientConfig::new(std::sync::Arc::new(crypto)))
+}
