@@ -195,6 +195,7 @@ echo
 echo "== summary ($out)"
 python3 - "$out" "$stamp" "$metrics_dir" <<'PY'
 import json
+import re
 import os
 import sys
 
@@ -229,15 +230,15 @@ def counters(file):
     out = {}
     with open(file) as f:
         for line in f:
-            if line.startswith("meridian_") and ("_sum " in line or "_count " in line):
-                name, value = line.split()
+            if line.startswith("meridian_") and re.match(r"^\S+_(sum|count)(\{.*\})? ", line):
+                name, value = line.rsplit(None, 1)
                 out[name] = float(value)
     return out
 
 
 print()
-print("Meridian group commit during its put runs (from /metrics deltas):")
-print("| clients | commits | writes per commit | commit ms (apply+fsync) | fsync ms |")
+print("Meridian log group commit during its put runs (from /metrics deltas):")
+print("| clients | log fsyncs | appends per fsync | fsync ms | propose-to-applied ms |")
 print("|---|---|---|---|---|")
 for c in sorted({c for (w, c, _) in runs if w == "put"}):
     files = [os.path.join(metrics_dir, f"put-c{c}.{when}.prom") for when in ("before", "after")]
@@ -245,12 +246,15 @@ for c in sorted({c for (w, c, _) in runs if w == "put"}):
         continue
     a, b = counters(files[0]), counters(files[1])
     d = lambda k: b.get(k, 0.0) - a.get(k, 0.0)
-    commits = d("meridian_group_commit_writes_count")
-    if commits <= 0:
+    syncs = d("meridian_raft_log_sync_appends_count")
+    if syncs <= 0:
         continue
-    writes = d("meridian_group_commit_writes_sum") / commits
-    commit_ms = d("meridian_commit_duration_seconds_sum") / commits * 1e3
-    sync_n = d("meridian_storage_sync_seconds_count")
-    sync_ms = d("meridian_storage_sync_seconds_sum") / sync_n * 1e3 if sync_n > 0 else float("nan")
-    print(f"| {c} | {commits:.0f} | {writes:.1f} | {commit_ms:.3f} | {sync_ms:.3f} |")
+    appends = d("meridian_raft_log_sync_appends_sum") / syncs
+    sync_ms = d("meridian_raft_log_sync_seconds_sum") / syncs * 1e3
+    proposals = sum(v for k, v in b.items() if k.startswith("meridian_raft_proposal_duration_seconds_count")) - sum(
+        v for k, v in a.items() if k.startswith("meridian_raft_proposal_duration_seconds_count"))
+    propose_s = sum(v for k, v in b.items() if k.startswith("meridian_raft_proposal_duration_seconds_sum")) - sum(
+        v for k, v in a.items() if k.startswith("meridian_raft_proposal_duration_seconds_sum"))
+    propose_ms = propose_s / proposals * 1e3 if proposals > 0 else float("nan")
+    print(f"| {c} | {syncs:.0f} | {appends:.1f} | {sync_ms:.3f} | {propose_ms:.3f} |")
 PY

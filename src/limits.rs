@@ -39,9 +39,10 @@ pub const HARD_MAX_SCAN_PAGE: usize = 100_000;
 /// Maximum versions returned by one history request.
 pub const MAX_HISTORY_PAGE: usize = 1_000;
 
-/// Capacity of the write queue in front of the single writer (requests, not bytes).
-pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
-/// Maximum number of write requests committed by one group commit (one fsync).
+/// Most Raft proposals (writes and read barriers) a node has in flight at
+/// once, over all its ranges; more wait for a slot (backpressure on clients).
+pub const MAX_PENDING_PROPOSALS: usize = 4_096;
+/// Most write records in one storage batch (a state-machine apply step).
 pub const MAX_GROUP_COMMIT: usize = 1_024;
 
 /// Maximum concurrent client connections per node (config `server.max_connections`).

@@ -44,15 +44,6 @@ fn describe_metrics() {
         Unit::Seconds,
         "Client request latency by operation"
     );
-    describe_histogram!(
-        crate::engine::METRIC_COMMIT_SECONDS,
-        Unit::Seconds,
-        "Time to apply and sync one group commit"
-    );
-    describe_histogram!(
-        crate::engine::METRIC_GROUP_COMMIT_SIZE,
-        "Writes per group commit"
-    );
     describe_counter!(
         crate::engine::METRIC_GC_REMOVED,
         "Old versions removed by garbage collection"

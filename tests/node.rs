@@ -57,6 +57,37 @@ async fn put_get_delete_and_history_carry_timestamps() {
     node.stop().await;
 }
 
+/// One write path: a single node is a region of one voter. Its range group
+/// is bootstrapped and led by itself, and every acknowledged write is an
+/// entry of that group's log, applied by the state machine (the engine has
+/// no writer of its own that could bypass the log).
+#[tokio::test]
+async fn a_single_node_is_a_one_voter_region() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    bounded(async {
+        let before = c.region_status().await.unwrap();
+        assert_eq!(before.len(), 1, "one range covers the keyspace");
+        let r = &before[0];
+        assert_eq!(r.voters, vec![r.node], "the node is the only voter");
+        assert_eq!(r.leader, Some(r.node), "and it leads: {r:?}");
+        let applied_before = r.applied_index.unwrap_or(0);
+        for i in 0..5 {
+            c.put(format!("k{i}"), "v").await.unwrap();
+        }
+        let after = c.region_status().await.unwrap();
+        let applied_after = after[0].applied_index.unwrap_or(0);
+        assert!(
+            applied_after >= applied_before + 5,
+            "each write is a log entry: applied {applied_before} -> {applied_after}"
+        );
+        assert!(after[0].last_log_index >= after[0].applied_index);
+    })
+    .await;
+    c.close().await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn range_pages_through_one_snapshot() {
     let node = TestNode::start().await;
@@ -620,8 +651,9 @@ async fn the_peer_protocol_admits_node_certificates_only() {
         .expect("bounded");
     assert!(refused.is_err(), "a client certificate got {refused:?}");
 
-    // A node certificate reaches the peer dispatcher (this single node runs
-    // no Raft groups, and says so).
+    // A node certificate reaches the peer dispatcher, which hands the RPC to
+    // range 1's group (a single node runs one, as the one voter of its
+    // region) and answers that the empty payload is not a Raft message.
     let config =
         transport::peer_client_config(&node.certs.files("node1"), &EndpointLimits::default())
             .unwrap();
@@ -630,8 +662,8 @@ async fn the_peer_protocol_admits_node_certificates_only() {
         .unwrap();
     match tokio::time::timeout(Duration::from_secs(10), ask(conn)).await {
         Ok(Ok(PeerResponseV1::Err { code, message })) => {
-            assert_eq!(code, ErrorCode::Unavailable.as_str(), "{message}");
-            assert!(message.contains("no Raft groups"), "{message}");
+            assert_eq!(code, ErrorCode::MalformedRequest.as_str(), "{message}");
+            assert!(message.contains("raft payload"), "{message}");
         }
         other => panic!("{other:?}"),
     }

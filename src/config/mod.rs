@@ -345,8 +345,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
-    /// The node's Raft region membership; `None` = single node without Raft.
-    pub raft: Option<RaftConfig>,
+    /// The node's Raft groups: its region's voters, or itself alone.
+    pub raft: RaftConfig,
     /// Gossip membership; `None` = off.
     pub gossip: Option<gossip::GossipConfig>,
 }
@@ -488,7 +488,12 @@ impl RawConfig {
             MAX_INJECTED_CLOCK_OFFSET_MS,
         )?;
         let limits = self.limits.validate()?;
-        let raft = self.raft.validate(&self.node.region)?;
+        let raft = self.raft.validate(&raft::SelfNode {
+            name: &self.node.id,
+            region: &self.node.region,
+            zone: &self.node.zone,
+            addr: listen_addr,
+        })?;
         let gossip = self.gossip.validate(base)?;
         let log_format = match self.log.format.as_str() {
             "human" => LogFormat::Human,

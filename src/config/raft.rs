@@ -1,8 +1,10 @@
 //! `[raft]`: the node's place in its region's Raft groups.
 //!
-//! `node_id = 0` (the default) runs a single node without Raft: writes go
-//! through the engine's single writer. Any other id makes the node a voter
-//! of every range group of its region; `peers` lists every voter (this node
+//! `node_id = 0` (the default) runs a single node: a region of one voter,
+//! which bootstraps its own groups (one per range) and leads them. The write
+//! path is the same as in a region of three or five (one write path: Raft
+//! propose, fsynced log, apply). Any other id makes the node a voter of
+//! every range group of its region; `peers` lists every voter (this node
 //! included) and must be identical on all of them, as must `range_prefixes`.
 
 use std::collections::BTreeSet;
@@ -37,7 +39,8 @@ pub struct RawPeer {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRaft {
-    /// This node's Raft id; 0 = single node without Raft. Default 0.
+    /// This node's Raft id; 0 = a single node (a one-voter region with Raft
+    /// id 1; `peers` must then be empty). Default 0.
     pub node_id: u64,
     /// Initialise the groups with `peers` as voters on first start (set on
     /// one node; harmless if the groups already exist). Default false.
@@ -88,11 +91,32 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// Raft id of a single node (`raft.node_id = 0`): the one voter of its groups.
+pub const SINGLE_NODE_RAFT_ID: u64 = 1;
+
+/// Who this node is, as the rest of the config names it: a single node is
+/// the one voter of its region and needs no `[raft]` peers list.
+#[derive(Clone, Debug)]
+pub struct SelfNode<'a> {
+    /// `node.id`.
+    pub name: &'a str,
+    /// `node.region`.
+    pub region: &'a str,
+    /// `node.zone`.
+    pub zone: &'a str,
+    /// `server.listen_addr` (port 0 is replaced by the bound port at start).
+    pub addr: SocketAddr,
+}
+
 /// `[raft]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftConfig {
     /// This node's Raft id (non-zero).
     pub node_id: u64,
+    /// A single node (`raft.node_id = 0`): the one voter of its groups,
+    /// bootstrapped at every start (idempotent). Its address follows the
+    /// bound QUIC port.
+    pub single: bool,
     /// Whether to initialise the groups.
     pub bootstrap: bool,
     /// Every voter.
@@ -104,21 +128,30 @@ pub struct RaftConfig {
 }
 
 impl RawRaft {
-    /// Validates; `None` when Raft is off (`node_id = 0`).
-    pub fn validate(&self, region: &str) -> Result<Option<RaftConfig>, ConfigError> {
-        if self.node_id == 0 {
-            return Ok(None);
-        }
-        let peers = self.validate_peers(region)?;
+    /// Validates. `node_id = 0` gives a single node: a one-voter region of
+    /// `me` that bootstraps itself.
+    pub fn validate(&self, me: &SelfNode<'_>) -> Result<RaftConfig, ConfigError> {
         let timing = self.validate_timing()?;
         let ranges = ranges_from_prefixes(&self.range_prefixes)?;
-        Ok(Some(RaftConfig {
+        if self.node_id == 0 {
+            if !self.peers.is_empty() {
+                return Err(invalid(
+                    "raft.peers",
+                    "needs raft.node_id (non-zero); a single node (node_id = 0) lists no peers",
+                    self.peers.len(),
+                ));
+            }
+            return Ok(RaftConfig::single(me, ranges, timing));
+        }
+        let peers = self.validate_peers(me.region)?;
+        Ok(RaftConfig {
             node_id: self.node_id,
+            single: false,
             bootstrap: self.bootstrap,
             peers,
             ranges,
             timing,
-        }))
+        })
     }
 
     fn validate_peers(&self, region: &str) -> Result<Vec<Peer>, ConfigError> {
@@ -205,6 +238,43 @@ impl RawRaft {
             snapshot_after_logs: snap,
             logs_kept_after_snapshot: keep,
         })
+    }
+}
+
+impl RaftConfig {
+    /// A single node: the one voter of every range group, bootstrapped by
+    /// itself.
+    pub fn single(me: &SelfNode<'_>, ranges: Vec<RangeDescriptor>, timing: RaftTiming) -> Self {
+        let node = RaftNode {
+            name: me.name.to_string(),
+            addr: me.addr.to_string(),
+            region: me.region.to_string(),
+            zone: me.zone.to_string(),
+        };
+        RaftConfig {
+            node_id: SINGLE_NODE_RAFT_ID,
+            single: true,
+            bootstrap: true,
+            peers: vec![Peer {
+                id: SINGLE_NODE_RAFT_ID,
+                node,
+                addr: me.addr,
+            }],
+            ranges,
+            timing,
+        }
+    }
+
+    /// Records the bound QUIC address of a single node (its configured port
+    /// may be 0). A region's peers keep their configured addresses.
+    pub fn bound_to(mut self, addr: SocketAddr) -> Self {
+        if self.single {
+            for p in &mut self.peers {
+                p.addr = addr;
+                p.node.addr = addr.to_string();
+            }
+        }
+        self
     }
 }
 
@@ -306,33 +376,56 @@ mod tests {
             peers: vec![peer(1), peer(2), peer(3)],
             ..RawRaft::default()
         };
-        let cfg = raw.validate("eu").unwrap().unwrap();
+        let cfg = raw.validate(&me()).unwrap();
         assert_eq!(cfg.peers.len(), 3);
         assert_eq!(cfg.peers[0].node.region, "eu");
         raw.node_id = 9;
         assert!(raw
-            .validate("eu")
+            .validate(&me())
             .unwrap_err()
             .to_string()
             .contains("raft.node_id"));
         raw.node_id = 1;
         raw.peers.push(peer(2));
         assert!(raw
-            .validate("eu")
+            .validate(&me())
             .unwrap_err()
             .to_string()
             .contains("raft.peers.id"));
         raw.peers.pop();
         raw.election_timeout_min_ms = 50;
         assert!(raw
-            .validate("eu")
+            .validate(&me())
             .unwrap_err()
             .to_string()
             .contains("election_timeout_min_ms"));
         raw.node_id = 0;
+        raw.election_timeout_min_ms = RawRaft::default().election_timeout_min_ms;
         assert!(
-            raw.validate("eu").unwrap().is_none(),
-            "node_id 0 turns Raft off"
+            raw.validate(&me())
+                .unwrap_err()
+                .to_string()
+                .contains("raft.peers"),
+            "a single node lists no peers"
         );
+        raw.peers.clear();
+        let single = raw.validate(&me()).unwrap();
+        assert!(single.single && single.bootstrap);
+        assert_eq!(single.node_id, SINGLE_NODE_RAFT_ID);
+        assert_eq!(single.peers.len(), 1);
+        assert_eq!(single.peers[0].node.name, "n1");
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let single = single.bound_to(bound);
+        assert_eq!(single.peers[0].addr, bound);
+        assert_eq!(single.peers[0].node.addr, "127.0.0.1:4242");
+    }
+
+    fn me() -> SelfNode<'static> {
+        SelfNode {
+            name: "n1",
+            region: "eu",
+            zone: "zone1",
+            addr: "127.0.0.1:0".parse().unwrap(),
+        }
     }
 }

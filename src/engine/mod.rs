@@ -1,53 +1,40 @@
-//! The node's KV engine: validation, the single-writer group-commit loop,
-//! transactions, snapshot reads and garbage collection.
+//! The node's KV engine: validation, routing every write to its range's
+//! Raft group, linearizable and snapshot reads, and garbage collection.
 //!
-//! **Architecture Invariant:** exactly one thread (the writer) stamps and
-//! applies writes. It takes a batch of queued writes, stamps each with a fresh
-//! HLC timestamp (strictly increasing), evaluates transaction guards against
-//! the state *including earlier writes of the same batch*, applies the whole
-//! batch as one atomic storage batch, makes it durable with one sync (group
-//! commit), then publishes the *closed timestamp* and only then replies.
+//! **Architecture Invariant:** there is one write path. Every write is
+//! proposed to the Raft group of its key's range, stamped with the leader's
+//! HLC, committed in an fsynced log and applied by the range's state machine
+//! (`raft::state_machine`); a single node is a region of one voter and takes
+//! the same path (docs/architecture.md). The engine never writes data itself.
 //!
-//! **Architecture Invariant:** the closed timestamp `C` is published only
-//! after every write stamped `<= C` is applied, and every later write is
-//! stamped `> C` (it is taken from the same clock afterwards). So a read at
-//! `C` is a consistent snapshot that includes every acknowledged write: reads
-//! at "latest" are linearizable on a single node (docs/consistency.md).
+//! **Architecture Invariant:** a read at "latest" is served at its range's
+//! applied timestamp on a replica that has confirmed its leadership (lease
+//! or ReadIndex) and applied everything committed before the read began, so
+//! it includes every acknowledged write (docs/consistency.md R1).
 //!
-//! Readers never block the writer: they read fjall directly at a timestamp.
+//! Readers never block writers: they read fjall directly at a timestamp.
 //! Callers (QUIC server, HTTP gateway) share one `Engine` behind an `Arc`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
 
 pub mod replicated;
 
 pub use replicated::Replicated;
 
 pub use crate::decide::{compare_holds, WriteKind};
-use crate::decide::{decide, record_in_overlay, Overlay};
 
 use crate::clock::{ClockError, Hlc};
 use crate::config::Limits;
 use crate::error_code::{ApiError, ErrorCode};
-use crate::limits::{GC_BATCH_VERSIONS, MAX_GROUP_COMMIT, MAX_HISTORY_PAGE, WRITE_QUEUE_CAPACITY};
+use crate::limits::{GC_BATCH_VERSIONS, MAX_HISTORY_PAGE};
 use crate::raft::RangeGroup;
-use crate::storage::{GcSpan, MvccStore, StorageError, WriteRecord};
+use crate::storage::{GcSpan, MvccStore, StorageError};
 use crate::types::{CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry};
 
-/// Metric: writes per group commit (histogram, unitless count).
-pub const METRIC_GROUP_COMMIT_SIZE: &str = "meridian_group_commit_writes";
-/// Metric: time to apply and sync one group commit.
-pub const METRIC_COMMIT_SECONDS: &str = "meridian_commit_duration_seconds";
 /// Metric: versions removed by garbage collection.
 pub const METRIC_GC_REMOVED: &str = "meridian_gc_removed_versions_total";
-
-/// How often the writer advances the closed timestamp when idle.
-const TICK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Result of a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,20 +72,6 @@ pub struct RangePage {
     pub next: Option<Vec<u8>>,
 }
 
-enum Cmd {
-    Write {
-        kind: WriteKind,
-        reply: oneshot::Sender<Result<TxnOutcome, ApiError>>,
-    },
-    /// Advance the closed timestamp and reply with it.
-    Barrier(oneshot::Sender<Timestamp>),
-    /// Periodic: advance the closed timestamp.
-    Tick,
-    /// Finish the current batch, then stop; queued commands after it are dropped
-    /// (their callers see `Unavailable`, nothing of theirs was written).
-    Stop,
-}
-
 /// Engine settings taken from the node config.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -112,17 +85,13 @@ pub struct EngineOptions {
 
 /// The KV engine. Cheap to share behind an `Arc`.
 pub struct Engine {
-    /// Set when the node is part of a replicated region: writes and reads go
-    /// through the key's range group instead of the single writer.
-    replicated: Option<Replicated>,
+    /// The region's ranges and this node's groups: every write and
+    /// linearizable read goes through the key's range group.
+    region: Replicated,
     store: MvccStore,
     hlc: Arc<Hlc>,
     limits: Limits,
-    tx: mpsc::Sender<Cmd>,
-    closed: Arc<AtomicU64>,
-    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     gc: std::sync::Mutex<Option<GcHandle>>,
-    ticker: tokio::task::JoinHandle<()>,
 }
 
 /// Stop signal and join handle of the garbage-collection thread.
@@ -131,7 +100,7 @@ type GcHandle = (std::sync::mpsc::Sender<()>, JoinHandle<()>);
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("closed", &self.closed_ts())
+            .field("ranges", &self.region.ranges().len())
             .finish()
     }
 }
@@ -153,41 +122,18 @@ fn clock_error(e: ClockError) -> ApiError {
     }
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(ErrorCode::Unavailable, "the node is shutting down")
-}
-
 impl Engine {
-    /// Starts the writer thread and the tick task. Must be called inside a tokio runtime.
+    /// Starts the garbage collector over `region`'s ranges.
     pub fn start(
         store: MvccStore,
         hlc: Arc<Hlc>,
         opts: EngineOptions,
-        replicated: Option<Replicated>,
+        region: Replicated,
     ) -> Result<Engine, ApiError> {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let closed = Arc::new(AtomicU64::new(hlc.now().map_err(clock_error)?.0));
-        let writer = Writer {
-            store: store.clone(),
-            hlc: hlc.clone(),
-            closed: closed.clone(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("meridian-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn writer: {e}")))?;
         let (gc_stop, gc_stop_rx) = std::sync::mpsc::channel();
-        let horizons = match &replicated {
-            None => Horizons::Store {
-                closed: closed.clone(),
-            },
-            Some(r) => Horizons::Ranges {
-                groups: register_range_horizons(&store, r)?,
-            },
-        };
         let collector = Collector {
             store: store.clone(),
-            horizons,
+            groups: register_range_horizons(&store, &region)?,
             history_window: opts.history_window,
             interval: opts.gc_interval,
         };
@@ -195,28 +141,12 @@ impl Engine {
             .name("meridian-gc".into())
             .spawn(move || collector.run(gc_stop_rx))
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn gc: {e}")))?;
-        let tick_tx = tx.clone();
-        let ticker = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK_INTERVAL);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                // A full queue means the writer is busy and advancing anyway.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tick_tx.try_send(Cmd::Tick) {
-                    break;
-                }
-            }
-        });
         Ok(Engine {
-            replicated,
+            region,
             store,
             hlc,
             limits: opts.limits,
-            tx,
-            closed,
-            writer: std::sync::Mutex::new(Some(handle)),
             gc: std::sync::Mutex::new(Some((gc_stop, gc))),
-            ticker,
         })
     }
 
@@ -225,9 +155,9 @@ impl Engine {
         &self.limits
     }
 
-    /// The replicated routing, when the node is part of a region's groups.
-    pub fn replicated(&self) -> Option<&Replicated> {
-        self.replicated.as_ref()
+    /// The region's ranges and this node's groups.
+    pub fn region(&self) -> &Replicated {
+        &self.region
     }
 
     /// The store (for status and metrics).
@@ -240,20 +170,38 @@ impl Engine {
         &self.hlc
     }
 
-    /// The closed timestamp: every write at or below it is applied.
-    pub fn closed_ts(&self) -> Timestamp {
-        Timestamp(self.closed.load(Ordering::Acquire))
+    /// The latest timestamp this node's clock has issued or seen: the
+    /// `served_at` of answers that read no data (status, ping, health).
+    pub fn clock_ts(&self) -> Timestamp {
+        self.hlc.last()
     }
 
-    /// Stops the writer after the writes queued so far; later calls get
-    /// `Unavailable`. Blocks until the writer thread has exited.
+    /// The lowest applied timestamp over this node's ranges: every write at
+    /// or below it, in any range, is applied on this replica (an idle range
+    /// holds it back; it never runs ahead of what was applied).
+    pub fn closed_ts(&self) -> Timestamp {
+        self.region
+            .ranges()
+            .iter()
+            .filter_map(|r| self.region.host().group(r.id))
+            .map(|g| g.applied_ts())
+            .min()
+            .unwrap_or(Timestamp::ZERO)
+    }
+
+    /// The lowest garbage-collection horizon over the ranges: a snapshot
+    /// read at or above it is served in every range.
+    pub fn gc_horizon_floor(&self) -> Timestamp {
+        self.region
+            .ranges()
+            .iter()
+            .map(|r| self.store.gc_horizon_at(&r.start))
+            .min()
+            .unwrap_or(Timestamp::ZERO)
+    }
+
+    /// Stops the garbage collector. Blocks until its thread has exited.
     pub async fn shutdown(&self) {
-        self.ticker.abort();
-        let _ = self.tx.send(Cmd::Stop).await;
-        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
         let gc = self.gc.lock().ok().and_then(|mut g| g.take());
         if let Some((stop, h)) = gc {
             let _ = stop.send(());
@@ -321,13 +269,7 @@ impl Engine {
     }
 
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
-        if let Some(r) = &self.replicated {
-            return r.write(&self.hlc, kind).await;
-        }
-        let (reply, rx) = oneshot::channel();
-        let cmd = Cmd::Write { kind, reply };
-        self.tx.send(cmd).await.map_err(|_| unavailable())?;
-        rx.await.map_err(|_| unavailable())?
+        self.region.write(&self.hlc, kind).await
     }
 
     /// Writes `value` at `key`.
@@ -358,37 +300,6 @@ impl Engine {
         self.submit(WriteKind::Txn(txn)).await
     }
 
-    /// Resolves the snapshot timestamp for a read: latest closed, or `at`
-    /// once the closed timestamp has reached it.
-    async fn read_ts(&self, at: Option<Timestamp>) -> Result<Timestamp, ApiError> {
-        let closed = self.closed_ts();
-        let Some(at) = at else { return Ok(closed) };
-        if at <= closed {
-            return Ok(at);
-        }
-        if at > self.hlc.last() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "snapshot timestamp {at} is in the future (clock is at {})",
-                    self.hlc.last()
-                ),
-            ));
-        }
-        // Writes stamped below `at` may still be in the queue: wait for them.
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Barrier(reply))
-            .await
-            .map_err(|_| unavailable())?;
-        let closed = rx.await.map_err(|_| unavailable())?;
-        debug_assert!(
-            closed >= at,
-            "barrier must close past every issued timestamp"
-        );
-        Ok(at)
-    }
-
     /// Reads `key` at the latest state or at snapshot `at`.
     pub async fn get(
         &self,
@@ -406,12 +317,11 @@ impl Engine {
         consistency: ReadConsistency,
     ) -> Result<Served<Option<KeyValue>>, ApiError> {
         self.check_key(&key)?;
-        let ts = match (&self.replicated, consistency) {
-            (Some(r), ReadConsistency::Linearizable) => {
-                r.read_ts(&self.hlc, r.range_of(&key)?, at).await?
-            }
-            (Some(r), ReadConsistency::Serializable) => r.local_ts(r.range_of(&key)?, at)?,
-            (None, _) => self.read_ts(at).await?,
+        let r = &self.region;
+        let range = r.range_of(&key)?;
+        let ts = match consistency {
+            ReadConsistency::Linearizable => r.read_ts(&self.hlc, range, at).await?,
+            ReadConsistency::Serializable => r.local_ts(range, at)?,
         };
         let value = self.store.get(&key, ts).map_err(storage_error)?;
         Ok(Served {
@@ -464,40 +374,35 @@ impl Engine {
                 "range bound longer than max_key_bytes",
             ));
         }
-        let (ts, end, range_end) = match &self.replicated {
-            None => (self.read_ts(at).await?, end, None),
-            Some(r) => {
-                // One page never crosses a range boundary: each range has its
-                // own applied timestamp. Paging continues in the next range.
-                let range = r.range_of(&start)?;
-                // A scan's first page is read at a fresh timestamp, closed in
-                // this range by a barrier if needed, so that later pages in
-                // other ranges read at it are not behind this node's clock (a
-                // range's own applied timestamp can be far behind when it is
-                // idle). Other leaders' clocks may be ahead of ours, so this
-                // alone does not cover writes they acknowledged just before:
-                // the SDK's listing picks a timestamp covering every range
-                // first (docs/consistency.md R3c).
-                let ts = match consistency {
-                    ReadConsistency::Serializable => r.local_ts(range, at)?,
-                    ReadConsistency::Linearizable => {
-                        let at = match at {
-                            Some(t) => t,
-                            None => self.hlc.now().map_err(clock_error)?,
-                        };
-                        r.read_ts(&self.hlc, range, Some(at)).await?
-                    }
+        let r = &self.region;
+        // One page never crosses a range boundary: each range has its own
+        // applied timestamp. Paging continues in the next range.
+        let range = r.range_of(&start)?;
+        // A scan's first page is read at a fresh timestamp, closed in this
+        // range by a barrier if needed, so that later pages in other ranges
+        // read at it are not behind this node's clock (a range's own applied
+        // timestamp can be far behind when it is idle). Other leaders' clocks
+        // may be ahead of ours, so this alone does not cover writes they
+        // acknowledged just before: the SDK's listing picks a timestamp
+        // covering every range first (docs/consistency.md R3c).
+        let ts = match consistency {
+            ReadConsistency::Serializable => r.local_ts(range, at)?,
+            ReadConsistency::Linearizable => {
+                let at = match at {
+                    Some(t) => t,
+                    None => self.hlc.now().map_err(clock_error)?,
                 };
-                let clip = match (&end, &range.end) {
-                    (Some(e), Some(re)) if re < e => Some(re.clone()),
-                    (None, Some(re)) => Some(re.clone()),
-                    _ => None,
-                };
-                match clip {
-                    Some(re) => (ts, Some(re.clone()), Some(re)),
-                    None => (ts, end, None),
-                }
+                r.read_ts(&self.hlc, range, Some(at)).await?
             }
+        };
+        let clip = match (&end, &range.end) {
+            (Some(e), Some(re)) if re < e => Some(re.clone()),
+            (None, Some(re)) => Some(re.clone()),
+            _ => None,
+        };
+        let (end, range_end) = match clip {
+            Some(re) => (Some(re.clone()), Some(re)),
+            None => (end, None),
         };
         let page = self
             .store
@@ -526,140 +431,15 @@ impl Engine {
             ));
         }
         let limit = if limit == 0 { MAX_HISTORY_PAGE } else { limit };
-        let ts = match &self.replicated {
-            Some(r) => r.read_ts(&self.hlc, r.range_of(&key)?, None).await?,
-            None => self.closed_ts(),
-        };
+        let r = &self.region;
+        let ts = r.read_ts(&self.hlc, r.range_of(&key)?, None).await?;
         let entries = self.store.history(&key, limit).map_err(storage_error)?;
-        // Versions above the closed timestamp are not acknowledged yet: hide them.
+        // Versions above the range's applied timestamp are not acknowledged
+        // yet (a newer entry being applied): hide them.
         let entries = entries.into_iter().filter(|e| e.version <= ts).collect();
         Ok(Served {
             value: entries,
             served_at: ts,
-        })
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.ticker.abort();
-    }
-}
-
-/// The single owner of the write path.
-struct Writer {
-    store: MvccStore,
-    hlc: Arc<Hlc>,
-    closed: Arc<AtomicU64>,
-}
-
-type Reply = oneshot::Sender<Result<TxnOutcome, ApiError>>;
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_GROUP_COMMIT {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
-            }
-            if self.process(&mut batch) {
-                break;
-            }
-        }
-        tracing::info!("writer stopped");
-    }
-
-    /// Handles one group; returns true when asked to stop.
-    fn process(&mut self, batch: &mut Vec<Cmd>) -> bool {
-        let mut records = Vec::new();
-        let mut replies: Vec<(Reply, Result<TxnOutcome, ApiError>)> = Vec::new();
-        let mut barriers = Vec::new();
-        let mut overlay = Overlay::new();
-        let mut stop = false;
-        for cmd in batch.drain(..) {
-            if stop {
-                continue; // dropping the reply sender tells the caller Unavailable
-            }
-            match cmd {
-                Cmd::Write { kind, reply, .. } => {
-                    let outcome = self.stage(kind, &mut overlay, &mut records);
-                    replies.push((reply, outcome));
-                }
-                Cmd::Barrier(reply) => barriers.push(reply),
-                Cmd::Tick => {} // publishing the closed timestamp below is the point
-                Cmd::Stop => stop = true,
-            }
-        }
-        if !records.is_empty() {
-            if let Err(e) = self.commit(&records) {
-                for (_, outcome) in replies.iter_mut() {
-                    if outcome.is_ok() {
-                        *outcome = Err(e.clone());
-                    }
-                }
-            }
-        }
-        self.publish_closed();
-        for (reply, outcome) in replies {
-            let _ = reply.send(outcome);
-        }
-        let closed = Timestamp(self.closed.load(Ordering::Acquire));
-        for reply in barriers {
-            let _ = reply.send(closed);
-        }
-        stop
-    }
-
-    fn commit(&self, records: &[WriteRecord]) -> Result<(), ApiError> {
-        let started = Instant::now();
-        self.store.apply_batch(records).map_err(storage_error)?;
-        self.store.sync().map_err(storage_error)?;
-        metrics::histogram!(METRIC_GROUP_COMMIT_SIZE).record(records.len() as f64);
-        metrics::histogram!(METRIC_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    fn publish_closed(&self) {
-        match self.hlc.now() {
-            Ok(ts) => {
-                self.closed.fetch_max(ts.0, Ordering::AcqRel);
-            }
-            Err(e) => tracing::error!(error = %e, "cannot advance closed timestamp"),
-        }
-    }
-
-    /// Current state of `key` for guard evaluation: this group's overlay first.
-    fn current(
-        &self,
-        key: &[u8],
-        overlay: &Overlay,
-    ) -> Result<Option<(Vec<u8>, Timestamp)>, ApiError> {
-        if let Some(pending) = overlay.get(key) {
-            return Ok(pending.clone());
-        }
-        let kv = self.store.get(key, Timestamp::MAX).map_err(storage_error)?;
-        Ok(kv.map(|kv| (kv.value, kv.version)))
-    }
-
-    fn stage(
-        &self,
-        kind: WriteKind,
-        overlay: &mut Overlay,
-        records: &mut Vec<WriteRecord>,
-    ) -> Result<TxnOutcome, ApiError> {
-        let ts = self.hlc.now().map_err(clock_error)?;
-        let (succeeded, ops) = decide(kind, |key| self.current(key, overlay))?;
-        if !ops.is_empty() {
-            record_in_overlay(overlay, &ops, ts);
-            records.push(WriteRecord { ts, ops });
-        }
-        Ok(TxnOutcome {
-            succeeded,
-            version: ts,
         })
     }
 }
@@ -706,26 +486,19 @@ pub fn horizon_below(latest: Timestamp, history_window: Duration) -> Option<Time
     Some(horizon)
 }
 
-/// Whose timestamp each horizon follows.
-enum Horizons {
-    /// A single node: one store-wide horizon below the closed timestamp,
-    /// which the writer advances with the clock even when idle.
-    Store { closed: Arc<AtomicU64> },
-    /// A region: one horizon per range, below that range's applied timestamp
-    /// on this replica. An idle range's applied timestamp stands still, so
-    /// its latest state stays readable; every entry this replica has still
-    /// to apply lands above its applied timestamp, so apply never meets the
-    /// horizon (docs/consistency.md G8).
-    Ranges { groups: Vec<Arc<RangeGroup>> },
-}
-
 /// Garbage collection on its own thread, off the write path: it only removes
 /// versions no read at or above the horizon can see, while writes only add
 /// versions above it, so the two never conflict (storage serialises the
 /// horizon change with writes).
+///
+/// Each range has its own horizon, below that range's applied timestamp on
+/// this replica. An idle range's applied timestamp stands still, so its
+/// latest state stays readable; every entry this replica has still to apply
+/// lands above its applied timestamp, so apply never meets the horizon
+/// (docs/consistency.md G8).
 struct Collector {
     store: MvccStore,
-    horizons: Horizons,
+    groups: Vec<Arc<RangeGroup>>,
     history_window: Duration,
     interval: Duration,
 }
@@ -747,41 +520,27 @@ impl Collector {
         }
     }
 
-    /// One bounded gc step (per range in a region); returns whether a sweep
-    /// has more to do.
+    /// One bounded gc step per range; returns whether a sweep has more to do.
     fn step(&self) -> bool {
-        match &self.horizons {
-            Horizons::Store { closed } => {
-                let closed = Timestamp(closed.load(Ordering::Acquire));
-                horizon_below(closed, self.history_window)
-                    .is_some_and(|h| self.record(None, self.store.gc(h, GC_BATCH_VERSIONS)))
-            }
-            Horizons::Ranges { groups } => {
-                let mut more = false;
-                for g in groups {
-                    let Some(h) = horizon_below(g.applied_ts(), self.history_window) else {
-                        continue; // nothing applied long enough ago
-                    };
-                    let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
-                    more |= self.record(Some(g.desc.id), stats);
-                }
-                more
-            }
+        let mut more = false;
+        for g in &self.groups {
+            let Some(h) = horizon_below(g.applied_ts(), self.history_window) else {
+                continue; // nothing applied long enough ago
+            };
+            let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
+            more |= self.record(g.desc.id, stats);
         }
+        more
     }
 
-    fn record(
-        &self,
-        range: Option<u64>,
-        stats: Result<crate::storage::GcStats, StorageError>,
-    ) -> bool {
+    fn record(&self, range: u64, stats: Result<crate::storage::GcStats, StorageError>) -> bool {
         match stats {
             Ok(stats) => {
                 metrics::counter!(METRIC_GC_REMOVED).increment(stats.removed_versions as u64);
                 stats.more
             }
             Err(e) => {
-                tracing::error!(error = %e, ?range, "garbage collection failed");
+                tracing::error!(error = %e, range, "garbage collection failed");
                 false
             }
         }

@@ -35,6 +35,9 @@ pub const REPLICATED_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The region's ranges and this node's groups.
 pub struct Replicated {
     host: Arc<RaftHost>,
+    /// Bounds the proposals in flight (`MAX_PENDING_PROPOSALS`): openraft
+    /// queues client writes without a limit of its own.
+    pending: tokio::sync::Semaphore,
     ranges: Vec<RangeDescriptor>,
     /// Peer QUIC addresses by Raft id, to name the leader in redirects.
     addrs: HashMap<NodeId, String>,
@@ -58,6 +61,7 @@ impl Replicated {
     ) -> Self {
         Replicated {
             host,
+            pending: tokio::sync::Semaphore::new(crate::limits::MAX_PENDING_PROPOSALS),
             ranges,
             addrs,
         }
@@ -143,11 +147,17 @@ impl Replicated {
         op: CommandV1,
     ) -> Result<TxnOutcome, ApiError> {
         let group = self.group(range)?;
+        let started = std::time::Instant::now();
+        // The semaphore is never closed, so acquiring only waits.
+        let _slot = self
+            .pending
+            .acquire()
+            .await
+            .map_err(|_| unavailable("the node is shutting down"))?;
         let cmd = RangeCommand {
             proposed_at: now.0,
             op,
         };
-        let started = std::time::Instant::now();
         let result =
             tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, group.raft.client_write(cmd)).await;
         metrics::histogram!("meridian_raft_proposal_duration_seconds", "range" => range.id.to_string())

@@ -467,9 +467,11 @@ pub(crate) struct StatusResponse {
     pub(crate) version: String,
     /// Approximate stored versions (tombstones included): a gauge, not a count.
     pub(crate) approximate_keys: u64,
-    /// Reads below this HLC timestamp fail with MER-1008.
+    /// The lowest garbage-collection horizon over the ranges: snapshot reads
+    /// at or above it are served in every range; below it, MER-1008.
     pub(crate) gc_horizon: u64,
-    /// Closed timestamp: every write at or below it is applied.
+    /// Closed timestamp: the lowest applied timestamp over this node's
+    /// ranges; every write at or below it is applied on this node.
     pub(crate) closed_ts: u64,
     /// Seconds since the gateway started.
     pub(crate) uptime_secs: u64,
@@ -484,7 +486,7 @@ pub(crate) struct StatusResponse {
 pub(crate) struct HealthResponse {
     /// `ok` (health) or `ready` (readiness).
     pub(crate) status: String,
-    /// The node's closed timestamp.
+    /// The node's clock (the latest timestamp it issued or saw).
     pub(crate) served_at: u64,
     /// `served_at` as `unix_ms.logical`.
     pub(crate) served_at_str: String,

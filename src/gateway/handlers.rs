@@ -240,7 +240,7 @@ pub(crate) async fn status(State(state): State<GatewayState>) -> Response {
             zone: state.info.zone.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             approximate_keys: u64::try_from(store.approximate_keys()).unwrap_or(u64::MAX),
-            gc_horizon: store.gc_horizon().0,
+            gc_horizon: state.engine.gc_horizon_floor().0,
             closed_ts: closed.0,
             uptime_secs: state.started.elapsed().as_secs(),
             served_at: closed.0,
@@ -252,11 +252,11 @@ pub(crate) async fn status(State(state): State<GatewayState>) -> Response {
 }
 
 fn health_body(status: &str, state: &GatewayState) -> HealthResponse {
-    let closed = state.engine.closed_ts();
+    let now = state.engine.clock_ts();
     HealthResponse {
         status: status.to_owned(),
-        served_at: closed.0,
-        served_at_str: closed.to_string(),
+        served_at: now.0,
+        served_at_str: now.to_string(),
     }
 }
 

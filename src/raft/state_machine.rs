@@ -138,6 +138,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The applied state of a range that never applied an entry. Its span may
+/// still hold versions: a data directory written by a single node before
+/// single nodes ran Raft (they wrote without a log). Those versions are
+/// adopted as applied at the clock's current time, which the persisted HLC
+/// keeps above every timestamp it issued before, so reads at the applied
+/// timestamp see them and every later entry is stamped above them. An
+/// empty span (every new replica) starts at zero, as before.
+fn adopt_unreplicated_data(
+    range: &RangeDescriptor,
+    store: &MvccStore,
+    hlc: &Hlc,
+) -> io::Result<AppliedState> {
+    let page = store
+        .scan(&range.start, range.end.as_deref(), Timestamp::MAX, 1)
+        .map_err(|e| io_err("look for unreplicated data", e))?;
+    if page.items.is_empty() {
+        return Ok(AppliedState::default());
+    }
+    let now = hlc.now().map_err(|e| io_err("clock", e))?;
+    tracing::warn!(range = range.id, adopted_at = %now, "adopting data written without a Raft log");
+    Ok(AppliedState {
+        last_ts: now.0,
+        ..AppliedState::default()
+    })
+}
+
 impl RangeStateMachine {
     /// Opens the state machine of `range`, restoring its applied state.
     pub fn open(range: RangeDescriptor, store: MvccStore, hlc: Arc<Hlc>) -> io::Result<Self> {
@@ -148,7 +174,7 @@ impl RangeStateMachine {
             Some(bytes) => {
                 postcard::from_bytes(&bytes).map_err(|e| io_err("decode applied state", e))?
             }
-            None => AppliedState::default(),
+            None => adopt_unreplicated_data(&range, &store, &hlc)?,
         };
         let applied_ts = Arc::new(AtomicU64::new(state.last_ts));
         let dir = snapshot_dir(&store);
@@ -606,6 +632,32 @@ mod tests {
         )
     }
 
+    /// A data directory written by a single node before single nodes ran
+    /// Raft holds versions but no applied state: the range adopts them
+    /// (reads at its applied timestamp see them, later entries land above
+    /// them). A fresh empty range still starts at zero.
+    #[tokio::test]
+    async fn a_range_adopts_data_written_without_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        assert_eq!(open_sm(&store).applied_ts.load(Ordering::Acquire), 0);
+        let old = Timestamp::from_parts(1_790_000_000_000, 0).unwrap();
+        store
+            .apply_batch(&[crate::storage::WriteRecord {
+                ts: old,
+                ops: vec![crate::types::Op::Put {
+                    key: b"old".to_vec(),
+                    value: b"v".to_vec(),
+                }],
+            }])
+            .unwrap();
+        let sm = open_sm(&store);
+        let applied = Timestamp(sm.applied_ts.load(Ordering::Acquire));
+        assert!(applied > old, "adopted at the clock, above the old data");
+        let kv = store.get(b"old", applied).unwrap().expect("visible");
+        assert_eq!(kv.version, old);
+    }
+
     /// Issue 8 item 5: openraft hands apply every committed entry at once
     /// (a new leader commits its whole backlog); more than the storage batch
     /// cap of writing entries must apply, not fail the group.
@@ -679,8 +731,8 @@ mod tests {
         fill(&a, versions);
         let snap = snapshot_of(&a, 9, 1_000_000).await;
         let b = open_store(&dir.path().join("b"));
-        fill(&b, 10); // stale contents the install must replace
         let mut target = open_sm(&b);
+        fill(&b, 10); // stale contents the install must replace
         target
             .install_snapshot(&snap.meta, snap.snapshot)
             .await

@@ -22,8 +22,8 @@ pub(crate) struct Context {
     pub(crate) info: Arc<NodeInfo>,
     pub(crate) max_request_bytes: usize,
     pub(crate) rate_limit_rps: Option<u32>,
-    /// The node's Raft groups, when it is part of a replicated region.
-    pub(crate) raft: Option<Arc<crate::raft::RaftHost>>,
+    /// The node's Raft groups.
+    pub(crate) raft: Arc<crate::raft::RaftHost>,
     /// Gossip membership, when configured.
     pub(crate) membership: Option<crate::membership::Membership>,
 }
@@ -201,7 +201,7 @@ async fn handle(
     match req {
         RequestV1::PeerPing => {
             role_check(peer, &[Role::Node])?;
-            Ok((engine.closed_ts(), ResponseBodyV1::Pong))
+            Ok((engine.clock_ts(), ResponseBodyV1::Pong))
         }
         RequestV1::Raft(_) => {
             // Kept in the enum (formats are append-only) but no longer
@@ -220,7 +220,7 @@ async fn handle(
                 )
             })?;
             Ok((
-                engine.closed_ts(),
+                engine.clock_ts(),
                 ResponseBodyV1::Members(wire::members_v1(m)),
             ))
         }
@@ -241,28 +241,28 @@ async fn handle(
                     term: h.term,
                 })
                 .collect();
-            Ok((engine.closed_ts(), ResponseBodyV1::LeaderHints(hints)))
+            Ok((engine.clock_ts(), ResponseBodyV1::LeaderHints(hints)))
         }
         RequestV1::RegionStatus => {
-            let host = ctx.raft.as_ref().ok_or_else(no_region)?;
+            let host = &ctx.raft;
             Ok((
-                engine.closed_ts(),
+                engine.clock_ts(),
                 ResponseBodyV1::RegionStatus(host.status()),
             ))
         }
         RequestV1::RegionChange(change) => {
             role_check(peer, &[Role::Admin])?;
-            let r = engine.replicated().ok_or_else(no_region)?;
+            let r = engine.region();
             let range = change.range;
             let voters = r
                 .change_membership(&ctx.info.region, range, change.change)
                 .await?;
             Ok((
-                engine.closed_ts(),
+                engine.clock_ts(),
                 ResponseBodyV1::RegionChanged { range, voters },
             ))
         }
-        RequestV1::Status => Ok((engine.closed_ts(), ResponseBodyV1::Status(status(ctx)))),
+        RequestV1::Status => Ok((engine.clock_ts(), ResponseBodyV1::Status(status(ctx)))),
         other => {
             role_check(peer, DATA_ROLES)?;
             handle_data(other, engine).await
@@ -386,14 +386,6 @@ async fn handle_data(
     }
 }
 
-/// The gossip view as wire records, sorted by region then node.
-fn no_region() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidArgument,
-        "this node is not part of a replicated region (no [raft] section)",
-    )
-}
-
 fn status(ctx: &Context) -> StatusV1 {
     StatusV1 {
         node_id: ctx.info.node_id.clone(),
@@ -401,6 +393,6 @@ fn status(ctx: &Context) -> StatusV1 {
         zone: ctx.info.zone.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         approximate_keys: ctx.engine.store().approximate_keys() as u64,
-        gc_horizon: ctx.engine.store().gc_horizon().0,
+        gc_horizon: ctx.engine.gc_horizon_floor().0,
     }
 }

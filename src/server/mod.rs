@@ -118,15 +118,10 @@ impl Node {
             None => None,
             Some(g) => Some(start_membership(&cfg, g, quic_addr, &store).await?),
         };
-        let raft = match &cfg.raft {
-            None => None,
-            Some(rc) => {
-                let hints = membership.clone().map(|m| (m, cfg.node_id.clone()));
-                let peer_config = transport::peer_client_config(&tls, &endpoint_limits)?;
-                Some(region::start_groups(rc, &endpoint, peer_config, &store, &hlc, hints).await?)
-            }
-        };
-        let replicated = raft.as_ref().map(|(host, rc)| region::routing(host, rc));
+        let hints = membership.clone().map(|m| (m, cfg.node_id.clone()));
+        let peer_config = transport::peer_client_config(&tls, &endpoint_limits)?;
+        let rc = cfg.raft.clone().bound_to(quic_addr);
+        let host = region::start_groups(&rc, &endpoint, peer_config, &store, &hlc, hints).await?;
         let engine = Arc::new(Engine::start(
             store,
             hlc,
@@ -135,7 +130,7 @@ impl Node {
                 history_window: cfg.history_window,
                 gc_interval: cfg.gc_interval,
             },
-            replicated,
+            region::routing(&host, &rc),
         )?);
         let info = Arc::new(NodeInfo {
             node_id: cfg.node_id.clone(),
@@ -148,14 +143,12 @@ impl Node {
             info: info.clone(),
             max_request_bytes: cfg.limits.max_request_bytes,
             rate_limit_rps: cfg.rate_limit_rps,
-            raft: raft.as_ref().map(|(host, _)| host.clone()),
+            raft: host.clone(),
             membership: membership.clone(),
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
-        if let Some((host, rc)) = &raft {
-            region::bootstrap(host, rc).await?;
-        }
+        region::bootstrap(&host, &rc).await?;
         let (http_addr, http_task) = match cfg.http_addr {
             None => (None, None),
             Some(addr) => {
@@ -215,9 +208,7 @@ impl Node {
             // Leave gracefully so peers see Left at once, not Down after a timeout.
             m.leave().await;
         }
-        if let Some(r) = self.engine.replicated() {
-            r.host().shutdown().await;
-        }
+        self.engine.region().host().shutdown().await;
         self.engine.shutdown().await;
         // Give quinn a moment to send CONNECTION_CLOSE frames; bounded.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())

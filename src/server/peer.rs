@@ -39,7 +39,7 @@ pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
                 conn.close(CLOSE_NOT_A_NODE.into(), b"this endpoint serves peers only");
                 return;
             }
-            serve_peer_connection(conn, identity, Some(host)).await;
+            serve_peer_connection(conn, identity, host).await;
         });
     }
 }
@@ -48,7 +48,7 @@ pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
 pub(crate) async fn serve_peer_connection(
     conn: quinn::Connection,
     peer: PeerIdentity,
-    raft: Option<Arc<RaftHost>>,
+    raft: Arc<RaftHost>,
 ) {
     let remote = conn.remote_address();
     if let Err(e) = transport::require_role(&peer, &[Role::Node]) {
@@ -81,7 +81,7 @@ pub(crate) async fn serve_peer_connection(
 async fn handle_peer_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    raft: Option<Arc<RaftHost>>,
+    raft: Arc<RaftHost>,
 ) {
     let read = tokio::time::timeout(
         Duration::from_millis(PEER_READ_TIMEOUT_MS),
@@ -96,13 +96,9 @@ async fn handle_peer_stream(
         Ok(Err(e)) => Err(ApiError::new(e.code(), format!("peer frame: {e}"))),
         Ok(Ok(frame)) => peer::decode::<PeerRequestV1>(&frame).map_err(ApiError::from),
     };
-    let reply = match (request, raft) {
-        (Err(e), _) => PeerResponseV1::error(&e),
-        (Ok(_), None) => PeerResponseV1::error(&ApiError::new(
-            ErrorCode::Unavailable,
-            "this node runs no Raft groups",
-        )),
-        (Ok(req), Some(host)) => serve(req, &host, &mut send, &mut recv).await,
+    let reply = match request {
+        Err(e) => PeerResponseV1::error(&e),
+        Ok(req) => serve(req, &raft, &mut send, &mut recv).await,
     };
     if transport::write_frame(&mut send, &peer::encode(&reply))
         .await

@@ -1,8 +1,11 @@
 //! Starting a node's Raft groups from `[raft]`: one group per configured
-//! range, peers from the config, and the one-time bootstrap.
+//! range, peers from the config, and the one-time bootstrap. A single node
+//! is a region of one voter: it bootstraps its groups itself and waits,
+//! bounded, until it leads them, so its first request finds a leader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::Hlc;
 use crate::config::RaftConfig;
@@ -19,7 +22,7 @@ pub(crate) async fn start_groups(
     store: &MvccStore,
     hlc: &Arc<Hlc>,
     hints: Option<(crate::membership::Membership, String)>,
-) -> Result<(Arc<RaftHost>, RaftConfig), HostError> {
+) -> Result<Arc<RaftHost>, HostError> {
     let host = RaftHost::new(
         rc.node_id,
         endpoint.clone(),
@@ -35,7 +38,7 @@ pub(crate) async fn start_groups(
         host.open_range(range.clone()).await?;
     }
     host.spawn_metrics(hints);
-    Ok((Arc::new(host), rc.clone()))
+    Ok(Arc::new(host))
 }
 
 /// The engine's routing over the configured ranges.
@@ -73,6 +76,31 @@ pub(crate) async fn bootstrap(host: &Arc<RaftHost>, rc: &RaftConfig) -> Result<(
             .await
             .map_err(|e| raft_err(e.to_string()))?;
         tracing::info!(range, voters = members.len(), "bootstrapped range group");
+    }
+    if rc.single {
+        wait_for_leadership(host, rc.node_id).await?;
+    }
+    Ok(())
+}
+
+/// Longest a single node waits to lead its groups at start: one election
+/// timeout is enough (it is the only voter); this bounds a stuck start.
+pub(crate) const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until this node leads every group (a single node: it is the only
+/// voter, so it elects itself within an election timeout).
+async fn wait_for_leadership(host: &Arc<RaftHost>, id: u64) -> Result<(), HostError> {
+    for group in host.groups() {
+        let range = group.desc.id;
+        group
+            .raft
+            .wait(Some(SINGLE_NODE_ELECTION_WAIT))
+            .current_leader(id, "single node leads its range")
+            .await
+            .map_err(|e| HostError::Raft {
+                range,
+                message: format!("a single node did not become leader of its range: {e}"),
+            })?;
     }
     Ok(())
 }

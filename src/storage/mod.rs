@@ -605,18 +605,23 @@ impl MvccStore {
         Ok(())
     }
 
-    /// Makes everything committed so far survive power loss (an fsync,
-    /// whatever [`FsyncPolicy`] says): the durability point of the Raft log
-    /// and vote, whose entries count only once fsynced. On failure the store
-    /// is poisoned, like any failed write or sync.
+    /// The durability point of the Raft log and vote, whose entries count
+    /// only once persisted: per [`FsyncPolicy`], everything committed so far
+    /// survives power loss (`Always`: an fsync) or a process crash (`Never`:
+    /// written to the OS, like etcd's `--unsafe-no-fsync`). On failure the
+    /// store is poisoned, like any failed write or sync.
     pub fn sync_durable(&self) -> Result<(), StorageError> {
         self.check_poisoned()?;
+        let mode = match self.inner.fsync {
+            FsyncPolicy::Always => PersistMode::SyncAll,
+            FsyncPolicy::Never => PersistMode::Buffer,
+        };
         let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
             Err(fjall::Error::Io(std::io::Error::other(
                 "injected sync failure",
             )))
         } else {
-            self.inner.db.persist(PersistMode::SyncAll)
+            self.inner.db.persist(mode)
         };
         result.map_err(|err| self.write_failed("sync_durable", err))
     }
