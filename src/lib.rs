@@ -2,8 +2,9 @@
 //!
 //! See `docs/architecture.md` for the bird's-eye view and the code map. In
 //! short: [`clock`] stamps every write with a hybrid logical clock,
-//! [`storage`] keeps MVCC versions in fjall, [`engine`] is the single owner of
-//! the write path (group commit, transactions, GC), [`wire`] holds the
+//! [`storage`] keeps MVCC versions in fjall, [`raft`] replicates each range
+//! in a Raft group (a single node is a group of one voter), [`engine`]
+//! validates and routes every request to its range's group (reads, GC), [`wire`] holds the
 //! versioned client protocol, [`transport`] the QUIC + mutual-TLS endpoint,
 //! [`server`] assembles a node, [`client`] is the Rust SDK, [`gateway`] the
 //! HTTP/JSON gateway, and [`cli`] the `meridian` command.
@@ -13,7 +14,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![cfg_attr(not(test), warn(clippy::expect_used))]
 
-pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;

@@ -3,6 +3,8 @@
 //! Binaries and glue may use `anyhow`; every error reaches standard error
 //! with a non-zero exit status. Human output by default, `--json` for scripts.
 
+mod bench;
+pub mod conn;
 mod dev;
 mod kv;
 mod region;
@@ -11,11 +13,11 @@ mod txn_parse;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::certs::{self, Role};
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::transport::TlsFiles;
+use crate::client::{Client, ClientError};
+pub use conn::ConnArgs;
 
 /// Exit status of a command that failed without changing anything (the
 /// node refused the request, or it was never sent), and of `kv get` when
@@ -74,7 +76,7 @@ enum Command {
         conn: ConnArgs,
     },
     /// Load generator against Meridian or etcd.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,54 +107,6 @@ enum CertsCommand {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
-}
-
-/// How to reach the cluster: flags, then MERIDIAN_* variables, then the
-/// single-node defaults of `meridian serve`.
-#[derive(Debug, Args, Clone)]
-pub struct ConnArgs {
-    /// Comma-separated node addresses (host:port).
-    #[arg(long, env = "MERIDIAN_ENDPOINTS", default_value = crate::client::DEFAULT_ENDPOINT, global = true)]
-    pub endpoints: String,
-    /// CA certificate (PEM).
-    #[arg(long, env = "MERIDIAN_CA", global = true)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, env = "MERIDIAN_CERT", global = true)]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long = "key", id = "key_file", env = "MERIDIAN_KEY", global = true)]
-    pub key_file: Option<PathBuf>,
-    /// Request timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000, global = true)]
-    pub timeout_ms: u64,
-    /// Print JSON instead of human-readable output.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-impl ConnArgs {
-    /// The client config these flags describe.
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
-        let dir = PathBuf::from(crate::client::DEFAULT_CERT_DIR);
-        Ok(ClientConfig {
-            endpoints: crate::client::parse_endpoints(&self.endpoints)?,
-            tls: TlsFiles {
-                ca: self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
-                cert: self.cert.clone().unwrap_or_else(|| dir.join("client.pem")),
-                key: self
-                    .key_file
-                    .clone()
-                    .unwrap_or_else(|| dir.join("client.key")),
-            },
-            request_timeout: std::time::Duration::from_millis(self.timeout_ms),
-        })
-    }
-
-    /// Connects.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.client_config()?).await?)
-    }
 }
 
 /// File name of the gossip cluster key, beside the CA.
@@ -197,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Region(c) => region::run(c).await,
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,
-        Command::Bench(args) => crate::bench::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).await.map(|_| ExitCode::SUCCESS),
     }
 }
 

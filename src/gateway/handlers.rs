@@ -305,16 +305,6 @@ pub(crate) async fn metrics(State(state): State<GatewayState>) -> Response {
     .await
 }
 
-/// This API's OpenAPI 3 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "node",
-    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
-pub(crate) async fn openapi(State(state): State<GatewayState>) -> Response {
-    observe(&state, "openapi", async {
-        Ok(Json(super::openapi::document()).into_response())
-    })
-    .await
-}
-
 /// Unknown routes: 404 in our error shape.
 pub(crate) async fn not_found(State(state): State<GatewayState>, uri: axum::http::Uri) -> Response {
     observe(&state, "unknown_route", async move {

@@ -120,7 +120,7 @@ fn router(state: GatewayState) -> Router {
         .route("/health", get(h::health))
         .route("/ready", get(h::ready))
         .route("/metrics", get(h::metrics))
-        .route("/openapi.json", get(h::openapi))
+        .route("/openapi.json", get(openapi::serve_document))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         // Bodies past the limit fail the Bytes extractor with 413, which

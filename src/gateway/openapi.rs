@@ -2,6 +2,9 @@
 //! handlers' `#[utoipa::path]` attributes and the DTOs' `ToSchema` derives,
 //! so it cannot drift from the routes.
 
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use utoipa::OpenApi;
 
 use super::dto::{
@@ -11,6 +14,7 @@ use super::dto::{
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
+use super::{observe, GatewayState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +35,7 @@ use super::handlers;
         handlers::health,
         handlers::ready,
         handlers::metrics,
-        handlers::openapi,
+        serve_document,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, RawValue, GetResponse, PutResponse, DeleteResponse, KvItem, RangeResponse, TxnRequest,
@@ -44,6 +48,18 @@ use super::handlers;
     )
 )]
 struct ApiDoc;
+
+/// This API's OpenAPI 3 document. (Beside the document rather than with the
+/// other handlers, so the handlers do not import the document that lists
+/// them.)
+#[utoipa::path(get, path = "/openapi.json", tag = "node",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+pub(crate) async fn serve_document(State(state): State<GatewayState>) -> Response {
+    observe(&state, "openapi", async {
+        Ok(Json(document()).into_response())
+    })
+    .await
+}
 
 /// Builds the document (cheap; built per request rather than cached). Its
 /// `info.version` is the crate version.

@@ -91,7 +91,7 @@ pub struct BenchArgs {
     pub label: String,
     /// Meridian connection flags.
     #[command(flatten)]
-    pub conn: crate::cli::ConnArgs,
+    pub conn: super::conn::ConnArgs,
 }
 
 /// One run's figures.
