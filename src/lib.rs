@@ -27,6 +27,7 @@ pub mod limits;
 pub mod membership;
 pub mod peer;
 pub mod raft;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,356 @@
+//! Prefix policies: what consistency a key prefix promises, which region
+//! is its home, and how its writes replicate (../shared/design.md,
+//! "Consistency, per key prefix and per call").
+//!
+//! A [`PolicyTable`] maps every key to exactly one policy: the policy of the
+//! longest configured prefix that the key starts with, or the table's
+//! default. Prefixes never nest (a policy on `a/` and another on `a/b/` is
+//! refused), so a key's policy never depends on the order policies were
+//! set in and a range cut at policy prefixes has one policy.
+//!
+//! Pure data and validation: no clock, no IO. The control range stores the
+//! table and hands every node the same one.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+/// Most prefix policies a table holds.
+pub const MAX_POLICIES: usize = 1_024;
+/// Longest policy prefix, in bytes.
+pub const MAX_POLICY_PREFIX_BYTES: usize = 256;
+/// Longest region name, in bytes.
+pub const MAX_REGION_NAME_BYTES: usize = 64;
+/// Largest `max_staleness_ms` a policy or a call may name: one day.
+pub const MAX_STALENESS_MS: u64 = 86_400_000;
+/// Most other regions a `sync-N` policy may wait for.
+pub const MAX_SYNC_REGIONS: u8 = 8;
+
+/// What a prefix promises (design.md: strong | causal | eventual).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Consistency {
+    /// Any region accepts writes; last writer wins on (HLC, origin region).
+    Eventual,
+    /// Any region accepts writes, each stamped above the writer's session
+    /// token; reads respect session order.
+    Causal,
+    /// Only the home region accepts writes; linearizable there.
+    Strong,
+}
+
+impl Consistency {
+    /// The name used in config, CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Strong => "strong",
+            Consistency::Causal => "causal",
+            Consistency::Eventual => "eventual",
+        }
+    }
+
+    /// Whether writes of this level are accepted only at the home region.
+    pub fn home_only_writes(self) -> bool {
+        self == Consistency::Strong
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strong" => Ok(Consistency::Strong),
+            "causal" => Ok(Consistency::Causal),
+            "eventual" => Ok(Consistency::Eventual),
+            other => Err(PolicyError::UnknownConsistency(other.to_string())),
+        }
+    }
+}
+
+/// How a prefix's writes reach the other regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// Acknowledged once committed in the accepting region; shipped after.
+    Async,
+    /// Acknowledged only after this many other regions applied it durably.
+    Sync(u8),
+}
+
+impl std::str::FromStr for Replication {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "async" {
+            return Ok(Replication::Async);
+        }
+        let bad = || PolicyError::UnknownReplication(s.to_string());
+        let n: u8 = s
+            .strip_prefix("sync-")
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        if n == 0 || n > MAX_SYNC_REGIONS {
+            return Err(bad());
+        }
+        Ok(Replication::Sync(n))
+    }
+}
+
+impl std::fmt::Display for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replication::Async => f.write_str("async"),
+            Replication::Sync(n) => write!(f, "sync-{n}"),
+        }
+    }
+}
+
+/// The policy of one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// What the prefix promises.
+    pub consistency: Consistency,
+    /// The region that accepts strong writes and serves linearizable reads.
+    pub home: String,
+    /// How writes replicate.
+    pub replication: Replication,
+    /// Default staleness bound of bounded reads that name none, ms.
+    pub max_staleness_ms: u64,
+}
+
+/// Why a policy or a table change was refused. Nothing was changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Not one of strong, causal, eventual.
+    #[error("unknown consistency `{0}`: use strong, causal or eventual")]
+    UnknownConsistency(String),
+    /// Not `async` or `sync-N` with N in 1..=MAX_SYNC_REGIONS.
+    #[error("unknown replication `{0}`: use async or sync-N (N = 1..={MAX_SYNC_REGIONS})")]
+    UnknownReplication(String),
+    /// The home region is not one of the cluster's regions.
+    #[error("unknown region `{region}`: the regions are {known}")]
+    UnknownRegion {
+        /// The name given.
+        region: String,
+        /// The cluster's regions, comma-separated.
+        known: String,
+    },
+    /// `sync-N` asks for more regions than there are besides the home.
+    #[error("replication sync-{n} needs {n} other regions; the cluster has {others}")]
+    NotEnoughRegions {
+        /// N.
+        n: u8,
+        /// Regions besides the home.
+        others: usize,
+    },
+    /// The prefix is empty, too long, or nests with another policy's.
+    #[error("invalid prefix {prefix:?}: {why}")]
+    InvalidPrefix {
+        /// The prefix (lossy UTF-8).
+        prefix: String,
+        /// The rule it breaks.
+        why: String,
+    },
+    /// Staleness bound out of range.
+    #[error("max_staleness_ms {0} is out of range (0..={MAX_STALENESS_MS})")]
+    Staleness(u64),
+    /// The table is full.
+    #[error("at most {MAX_POLICIES} prefix policies")]
+    TooMany,
+}
+
+/// Every prefix's policy, and the default for keys under none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTable {
+    regions: Vec<String>,
+    default: Policy,
+    by_prefix: BTreeMap<Vec<u8>, Policy>,
+}
+
+impl PolicyTable {
+    /// A table over `regions` whose every key has `default`.
+    pub fn new(regions: Vec<String>, default: Policy) -> Result<Self, PolicyError> {
+        let table = PolicyTable {
+            regions,
+            default: default.clone(),
+            by_prefix: BTreeMap::new(),
+        };
+        table.check_policy(&default)?;
+        Ok(table)
+    }
+
+    /// The cluster's regions.
+    pub fn regions(&self) -> &[String] {
+        &self.regions
+    }
+
+    /// The policy of keys under no prefix policy.
+    pub fn default_policy(&self) -> &Policy {
+        &self.default
+    }
+
+    /// The policies set on prefixes, in key order.
+    pub fn prefixes(&self) -> impl Iterator<Item = (&[u8], &Policy)> {
+        self.by_prefix.iter().map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// The policy of `key`, with the prefix it comes from (`None`: default).
+    pub fn policy_of(&self, key: &[u8]) -> (Option<&[u8]>, &Policy) {
+        // Prefixes never nest, so at most one configured prefix matches and
+        // it is the greatest one at or below `key`.
+        match self.by_prefix.range(..=key.to_vec()).next_back() {
+            Some((p, policy)) if key.starts_with(p) => (Some(p.as_slice()), policy),
+            _ => (None, &self.default),
+        }
+    }
+
+    /// Sets (or replaces) the policy of `prefix`. Refused, with nothing
+    /// changed, when the policy names an unknown region or the prefix nests
+    /// with another policy's prefix.
+    pub fn set(&mut self, prefix: &[u8], policy: Policy) -> Result<(), PolicyError> {
+        self.check_prefix(prefix)?;
+        self.check_policy(&policy)?;
+        if !self.by_prefix.contains_key(prefix) && self.by_prefix.len() >= MAX_POLICIES {
+            return Err(PolicyError::TooMany);
+        }
+        self.by_prefix.insert(prefix.to_vec(), policy);
+        Ok(())
+    }
+
+    /// Removes the policy of `prefix`; its keys fall back to the default.
+    /// Returns whether there was one.
+    pub fn remove(&mut self, prefix: &[u8]) -> bool {
+        self.by_prefix.remove(prefix).is_some()
+    }
+
+    fn check_prefix(&self, prefix: &[u8]) -> Result<(), PolicyError> {
+        let invalid = |why: String| PolicyError::InvalidPrefix {
+            prefix: String::from_utf8_lossy(prefix).into_owned(),
+            why,
+        };
+        if prefix.is_empty() || prefix.len() > MAX_POLICY_PREFIX_BYTES {
+            return Err(invalid(format!(
+                "a prefix is 1..={MAX_POLICY_PREFIX_BYTES} bytes (the default policy covers the rest)"
+            )));
+        }
+        let nested = self
+            .by_prefix
+            .keys()
+            .find(|p| p.as_slice() != prefix && (p.starts_with(prefix) || prefix.starts_with(p)));
+        if let Some(other) = nested {
+            return Err(invalid(format!(
+                "it nests with the policy on {:?}; policies on nested prefixes are refused",
+                String::from_utf8_lossy(other)
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_policy(&self, policy: &Policy) -> Result<(), PolicyError> {
+        if !self.regions.contains(&policy.home) {
+            return Err(PolicyError::UnknownRegion {
+                region: policy.home.clone(),
+                known: self.regions.join(", "),
+            });
+        }
+        if policy.max_staleness_ms > MAX_STALENESS_MS {
+            return Err(PolicyError::Staleness(policy.max_staleness_ms));
+        }
+        if let Replication::Sync(n) = policy.replication {
+            let others = self.regions.len().saturating_sub(1);
+            if usize::from(n) > others {
+                return Err(PolicyError::NotEnoughRegions { n, others });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(c: Consistency, home: &str) -> Policy {
+        Policy {
+            consistency: c,
+            home: home.to_string(),
+            replication: Replication::Async,
+            max_staleness_ms: 5_000,
+        }
+    }
+
+    fn table() -> PolicyTable {
+        let regions = vec!["us-east".into(), "eu-west".into(), "ap-south".into()];
+        PolicyTable::new(regions, policy(Consistency::Strong, "us-east")).unwrap()
+    }
+
+    #[test]
+    fn a_key_takes_its_prefix_policy_or_the_default() {
+        let mut t = table();
+        t.set(b"ads/", policy(Consistency::Eventual, "eu-west"))
+            .unwrap();
+        t.set(b"cfg/", policy(Consistency::Causal, "ap-south"))
+            .unwrap();
+        assert_eq!(
+            t.policy_of(b"ads/budget").1.consistency,
+            Consistency::Eventual
+        );
+        assert_eq!(t.policy_of(b"ads/").0, Some(&b"ads/"[..]));
+        assert_eq!(t.policy_of(b"cfg/x").1.home, "ap-south");
+        assert_eq!(t.policy_of(b"ads").0, None, "not under `ads/`");
+        assert_eq!(t.policy_of(b"b").1.consistency, Consistency::Strong);
+        assert_eq!(t.policy_of(b"zzz").0, None);
+        assert!(t.remove(b"ads/"));
+        assert_eq!(t.policy_of(b"ads/budget").0, None);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_and_change_nothing() {
+        let mut t = table();
+        t.set(b"a/", policy(Consistency::Causal, "eu-west"))
+            .unwrap();
+        let before = t.clone();
+        let nested = t.set(b"a/b/", policy(Consistency::Strong, "us-east"));
+        assert!(
+            matches!(nested, Err(PolicyError::InvalidPrefix { .. })),
+            "{nested:?}"
+        );
+        let outer = t.set(b"a", policy(Consistency::Strong, "us-east"));
+        assert!(matches!(outer, Err(PolicyError::InvalidPrefix { .. })));
+        let unknown = t.set(b"x/", policy(Consistency::Strong, "mars"));
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("us-east, eu-west, ap-south"));
+        let mut sync3 = policy(Consistency::Strong, "us-east");
+        sync3.replication = Replication::Sync(3);
+        assert!(matches!(
+            t.set(b"x/", sync3),
+            Err(PolicyError::NotEnoughRegions { n: 3, others: 2 })
+        ));
+        assert!(t.set(b"", policy(Consistency::Strong, "us-east")).is_err());
+        assert_eq!(t, before, "refusals change nothing");
+        // Replacing a prefix's own policy is not nesting.
+        t.set(b"a/", policy(Consistency::Eventual, "eu-west"))
+            .unwrap();
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        assert_eq!(
+            "causal".parse::<Consistency>().unwrap(),
+            Consistency::Causal
+        );
+        assert!("linearizable".parse::<Consistency>().is_err());
+        assert_eq!(
+            "sync-2".parse::<Replication>().unwrap(),
+            Replication::Sync(2)
+        );
+        assert_eq!("async".parse::<Replication>().unwrap(), Replication::Async);
+        for bad in ["sync-0", "sync-", "sync-x", "sync-99", "SYNC-1"] {
+            assert!(bad.parse::<Replication>().is_err(), "{bad}");
+        }
+        assert_eq!(Replication::Sync(1).to_string(), "sync-1");
+    }
+}

@@ -1,0 +1,451 @@
+//! The cross-region stream of one range from one origin region to one
+//! destination region, as two sans-IO state machines (style.md 1):
+//! [`Outbound`] on the origin range's leader and [`Inbound`], the cursor the
+//! destination keeps in its replicated state.
+//!
+//! The origin's changes to a range form a sequence of records with strictly
+//! increasing HLC timestamps (the range's apply timestamps). A [`Batch`]
+//! carries the records in `(after, closed]` and the origin's promise that it
+//! will never emit another record at or below `closed` (a closed timestamp).
+//!
+//! **Invariant (exactly once):** the destination applies a batch only if it
+//! continues its cursor (`after <= cursor`); it skips records at or below
+//! the cursor and then sets the cursor to `closed`. So a batch that is
+//! duplicated, delayed past a later one, or resent after a stream restart
+//! or a leader change on either side applies each record once, in order,
+//! and a batch that would leave a hole is refused with the point to resend
+//! from. The cursor is part of the destination's replicated state (it
+//! changes only by applying a committed batch), so a new destination leader
+//! continues from exactly what its group applied.
+//!
+//! **Invariant (bounded):** an outbound stream has at most
+//! [`MAX_IN_FLIGHT_BATCHES`] batches and [`MAX_IN_FLIGHT_BYTES`] bytes sent
+//! and not yet acknowledged; the origin reads no further until acks arrive,
+//! so a slow or cut-off destination costs the origin memory for one window,
+//! and catches up from the origin's change log when it returns.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+use crate::types::Timestamp;
+
+/// Most batches sent and not yet acknowledged on one stream.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 8;
+/// Most bytes of records sent and not yet acknowledged on one stream.
+pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
+/// Most records in one batch.
+pub const MAX_BATCH_RECORDS: usize = 1_024;
+/// Most bytes of record payloads in one batch (at least one record is
+/// always sent, however large, so a batch is at most one record over this).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// One change of the origin range: everything it wrote at `ts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<P> {
+    /// The origin's apply timestamp of the change.
+    pub ts: Timestamp,
+    /// The change (opaque here).
+    pub payload: P,
+}
+
+/// Records in `(after, closed]` and a closed timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch<P> {
+    /// The cursor this batch continues from.
+    pub after: Timestamp,
+    /// Records, strictly increasing, all in `(after, closed]`.
+    pub records: Vec<Record<P>>,
+    /// The origin emits no record at or below this again.
+    pub closed: Timestamp,
+}
+
+/// Why a batch was refused. The destination's cursor did not move.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The batch starts after the cursor: records in between are missing.
+    #[error("batch continues from {after}, but the cursor is at {cursor}: resend from {cursor}")]
+    Gap {
+        /// Where the batch starts.
+        after: Timestamp,
+        /// Where the destination is (resend from here).
+        cursor: Timestamp,
+    },
+    /// Records not strictly increasing, outside `(after, closed]`, or a
+    /// closed timestamp below `after`: a sender bug, never applied.
+    #[error("malformed replication batch: {0}")]
+    Malformed(String),
+}
+
+/// The destination's cursor for one (range, origin): every origin record at
+/// or below `cursor` is applied, and the origin emits nothing new at or
+/// below it, so it is also this origin's contribution to the range's frontier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inbound {
+    /// Everything from the origin at or below this is applied.
+    pub cursor: Timestamp,
+}
+
+/// What applying a batch does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted<P> {
+    /// The records to apply, in order (those at or below the cursor dropped).
+    pub apply: Vec<Record<P>>,
+    /// The cursor after the batch.
+    pub cursor: Timestamp,
+}
+
+impl Inbound {
+    /// Checks `batch` against the cursor and returns what to apply. The
+    /// caller applies `apply` and stores the new cursor atomically with it.
+    pub fn accept<P>(&self, batch: Batch<P>) -> Result<Accepted<P>, StreamError> {
+        check_shape(&batch)?;
+        if batch.after > self.cursor {
+            return Err(StreamError::Gap {
+                after: batch.after,
+                cursor: self.cursor,
+            });
+        }
+        let cursor = self.cursor.max(batch.closed);
+        let apply = batch
+            .records
+            .into_iter()
+            .filter(|r| r.ts > self.cursor)
+            .collect();
+        Ok(Accepted { apply, cursor })
+    }
+}
+
+fn check_shape<P>(batch: &Batch<P>) -> Result<(), StreamError> {
+    if batch.closed < batch.after {
+        return Err(StreamError::Malformed(format!(
+            "closed {} is below after {}",
+            batch.closed, batch.after
+        )));
+    }
+    let mut prev = batch.after;
+    for r in &batch.records {
+        if r.ts <= prev || r.ts > batch.closed {
+            return Err(StreamError::Malformed(format!(
+                "record at {} is not in ({prev}, {}]",
+                r.ts, batch.closed
+            )));
+        }
+        prev = r.ts;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    closed: Timestamp,
+    bytes: usize,
+}
+
+/// The origin side of one stream: what was sent, what is acknowledged, and
+/// whether the window has room for another batch.
+#[derive(Clone, Debug, Default)]
+pub struct Outbound {
+    acked: Timestamp,
+    sent: Timestamp,
+    in_flight: VecDeque<InFlight>,
+    in_flight_bytes: usize,
+}
+
+impl Outbound {
+    /// A stream that resumes from the destination's cursor.
+    pub fn resume_from(cursor: Timestamp) -> Self {
+        Outbound {
+            acked: cursor,
+            sent: cursor,
+            ..Outbound::default()
+        }
+    }
+
+    /// Where the next batch starts (its `after`), if the window has room.
+    pub fn next_after(&self) -> Option<Timestamp> {
+        let room = self.in_flight.len() < MAX_IN_FLIGHT_BATCHES
+            && self.in_flight_bytes < MAX_IN_FLIGHT_BYTES;
+        room.then_some(self.sent)
+    }
+
+    /// Records that a batch continuing from [`Outbound::next_after`] and
+    /// closed at `closed`, of `bytes` payload bytes, was sent.
+    pub fn on_sent(&mut self, closed: Timestamp, bytes: usize) {
+        debug_assert!(closed >= self.sent, "batches are sent in order");
+        self.sent = self.sent.max(closed);
+        self.in_flight.push_back(InFlight { closed, bytes });
+        self.in_flight_bytes += bytes;
+    }
+
+    /// The destination applied everything up to `cursor`.
+    pub fn on_ack(&mut self, cursor: Timestamp) {
+        self.acked = self.acked.max(cursor);
+        while let Some(f) = self.in_flight.front() {
+            if f.closed > self.acked {
+                break;
+            }
+            self.in_flight_bytes -= f.bytes;
+            self.in_flight.pop_front();
+        }
+        // An ack past what we sent (another origin leader sent it before a
+        // leader change) moves our start forward: never resend below it.
+        self.sent = self.sent.max(self.acked);
+    }
+
+    /// The destination refused a batch with a gap, or the connection broke:
+    /// forget what is in flight and continue from `cursor`.
+    pub fn restart_from(&mut self, cursor: Timestamp) {
+        *self = Outbound::resume_from(cursor.max(self.acked));
+    }
+
+    /// Everything the destination acknowledged.
+    pub fn acked(&self) -> Timestamp {
+        self.acked
+    }
+
+    /// Batches sent and not acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// Cuts the origin's records after `after` into one batch: at most
+/// [`MAX_BATCH_RECORDS`] records and about [`MAX_BATCH_BYTES`] bytes (always
+/// at least one record). `closed` is the origin's closed timestamp; when
+/// the batch does not take every record up to it, the batch closes at its
+/// last record instead, so the promise is never ahead of what was sent.
+pub fn cut_batch<P>(
+    after: Timestamp,
+    available: impl IntoIterator<Item = Record<P>>,
+    closed: Timestamp,
+    size_of: impl Fn(&P) -> usize,
+) -> (Batch<P>, usize) {
+    let mut records = Vec::new();
+    let mut bytes = 0;
+    let mut complete = true;
+    for r in available {
+        if r.ts <= after || r.ts > closed {
+            continue;
+        }
+        let size = size_of(&r.payload);
+        if !records.is_empty()
+            && (records.len() >= MAX_BATCH_RECORDS || bytes + size > MAX_BATCH_BYTES)
+        {
+            complete = false;
+            break;
+        }
+        bytes += size;
+        records.push(r);
+    }
+    let closed = match (complete, records.last()) {
+        (false, Some(last)) => last.ts,
+        _ => closed.max(after),
+    };
+    (
+        Batch {
+            after,
+            records,
+            closed,
+        },
+        bytes,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ts(n: u64) -> Timestamp {
+        Timestamp(1_000_000 + n)
+    }
+
+    fn rec(n: u64) -> Record<u64> {
+        Record {
+            ts: ts(n),
+            payload: n,
+        }
+    }
+
+    #[test]
+    fn duplicates_are_skipped_and_gaps_refused() {
+        let inbound = Inbound { cursor: ts(10) };
+        let dup = Batch {
+            after: ts(5),
+            records: vec![rec(8), rec(12)],
+            closed: ts(15),
+        };
+        let ok = inbound.accept(dup).unwrap();
+        assert_eq!(ok.apply, vec![rec(12)], "8 was applied already");
+        assert_eq!(ok.cursor, ts(15));
+        let gap = Batch {
+            after: ts(11),
+            records: vec![rec(13)],
+            closed: ts(13),
+        };
+        assert_eq!(
+            inbound.accept(gap),
+            Err(StreamError::Gap {
+                after: ts(11),
+                cursor: ts(10)
+            })
+        );
+        // A closed timestamp alone (no records) moves the cursor: the frontier advances.
+        let idle = Batch::<u64> {
+            after: ts(10),
+            records: vec![],
+            closed: ts(40),
+        };
+        assert_eq!(inbound.accept(idle).unwrap().cursor, ts(40));
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let inbound = Inbound::default();
+        let unordered = Batch {
+            after: ts(0),
+            records: vec![rec(3), rec(2)],
+            closed: ts(5),
+        };
+        assert!(matches!(
+            inbound.accept(unordered),
+            Err(StreamError::Malformed(_))
+        ));
+        let beyond = Batch {
+            after: ts(0),
+            records: vec![rec(9)],
+            closed: ts(5),
+        };
+        assert!(matches!(
+            inbound.accept(beyond),
+            Err(StreamError::Malformed(_))
+        ));
+        let backwards = Batch::<u64> {
+            after: ts(5),
+            records: vec![],
+            closed: ts(4),
+        };
+        assert!(matches!(
+            inbound.accept(backwards),
+            Err(StreamError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_in_flight() {
+        let mut out = Outbound::resume_from(ts(0));
+        for i in 1..=MAX_IN_FLIGHT_BATCHES as u64 {
+            let after = out.next_after().expect("room");
+            assert_eq!(after, ts(i - 1));
+            out.on_sent(ts(i), 10);
+        }
+        assert_eq!(out.next_after(), None, "window full");
+        out.on_ack(ts(2));
+        assert_eq!(out.in_flight(), MAX_IN_FLIGHT_BATCHES - 2);
+        assert_eq!(out.next_after(), Some(ts(MAX_IN_FLIGHT_BATCHES as u64)));
+        let mut big = Outbound::resume_from(ts(0));
+        big.on_sent(ts(1), MAX_IN_FLIGHT_BYTES);
+        assert_eq!(big.next_after(), None, "bytes bound too");
+        out.restart_from(ts(1));
+        assert_eq!(out.next_after(), Some(ts(2)), "never below what was acked");
+    }
+
+    #[test]
+    fn a_batch_that_stops_early_closes_at_its_last_record() {
+        let records = (1..=(MAX_BATCH_RECORDS as u64 + 5)).map(rec);
+        let (batch, bytes) = cut_batch(ts(0), records, ts(5_000), |_| 1);
+        assert_eq!(batch.records.len(), MAX_BATCH_RECORDS);
+        assert_eq!(batch.closed, ts(MAX_BATCH_RECORDS as u64));
+        assert_eq!(bytes, MAX_BATCH_RECORDS);
+        let (all, _) = cut_batch(ts(0), (1..=3).map(rec), ts(50), |_| 1);
+        assert_eq!(
+            all.closed,
+            ts(50),
+            "complete: closes at the origin's closed timestamp"
+        );
+        let (huge, _) = cut_batch(ts(0), (1..=3).map(rec), ts(50), |_| MAX_BATCH_BYTES * 2);
+        assert_eq!(huge.records.len(), 1, "one oversized record still goes");
+        assert_eq!(huge.closed, ts(1));
+    }
+
+    /// What the network may do to a sent batch.
+    #[derive(Clone, Copy, Debug)]
+    enum Fate {
+        Deliver,
+        Drop,
+        Duplicate,
+        Delay,
+        Restart,
+    }
+
+    fn fate() -> impl Strategy<Value = Fate> {
+        prop_oneof![
+            6 => Just(Fate::Deliver),
+            1 => Just(Fate::Drop),
+            1 => Just(Fate::Duplicate),
+            1 => Just(Fate::Delay),
+            1 => Just(Fate::Restart),
+        ]
+    }
+
+    proptest! {
+        /// Exactly once over a lossy, duplicating, reordering link with
+        /// stream restarts: the destination applies every origin record
+        /// once, in order, and its cursor ends at the origin's closed
+        /// timestamp.
+        #[test]
+        fn every_record_applies_exactly_once(
+            gaps in proptest::collection::vec(1u64..5, 1..300),
+            fates in proptest::collection::vec(fate(), 1..2_000),
+        ) {
+            let mut t = 0;
+            let origin: Vec<Record<u64>> = gaps.iter().map(|g| { t += g; rec(t) }).collect();
+            let closed = ts(t + 3);
+            let mut out = Outbound::resume_from(Timestamp(0));
+            let mut inbound = Inbound { cursor: Timestamp(0) };
+            let mut applied = Vec::new();
+            let mut delayed: Vec<Batch<u64>> = Vec::new();
+            let mut fates = fates.into_iter().cycle().take(20_000);
+            while inbound.cursor < closed {
+                let Some(fate) = fates.next() else { break };
+                let Some(after) = out.next_after() else {
+                    // Window full and nothing acked: the driver times out and restarts.
+                    out.restart_from(inbound.cursor);
+                    continue;
+                };
+                let (batch, bytes) = cut_batch(after, origin.iter().cloned(), closed, |_| 64);
+                out.on_sent(batch.closed, bytes);
+                let mut deliver = |b: Batch<u64>, out: &mut Outbound, applied: &mut Vec<Record<u64>>| {
+                    match inbound.accept(b) {
+                        Ok(acc) => {
+                            applied.extend(acc.apply);
+                            inbound.cursor = acc.cursor;
+                            out.on_ack(inbound.cursor);
+                        }
+                        Err(StreamError::Gap { cursor, .. }) => out.restart_from(cursor),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                match fate {
+                    Fate::Deliver => deliver(batch, &mut out, &mut applied),
+                    Fate::Drop => {}
+                    Fate::Duplicate => {
+                        deliver(batch.clone(), &mut out, &mut applied);
+                        deliver(batch, &mut out, &mut applied);
+                    }
+                    Fate::Delay => delayed.push(batch),
+                    Fate::Restart => {
+                        for b in delayed.drain(..) {
+                            deliver(b, &mut out, &mut applied);
+                        }
+                        out.restart_from(inbound.cursor);
+                    }
+                }
+            }
+            prop_assert_eq!(inbound.cursor, closed);
+            prop_assert_eq!(applied, origin);
+        }
+    }
+}
