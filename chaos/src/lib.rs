@@ -1,0 +1,11 @@
+//! Meridian's WAN emulator (tmp header).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(not(test), warn(clippy::expect_used))]
+
+pub mod core;
+pub mod error;
+pub mod limits;
+pub mod link;
+pub mod table;
