@@ -1,7 +1,7 @@
 //! The sans-IO datagram core: admits datagrams onto directed links (cut,
 //! lost, over the queue bound, or scheduled after the link's delay) and
 //! hands them back when due. Time comes in as an argument and randomness
-//! from an owned, seedable generator, so a test drives it exactly; the
+//! from one seeded generator per link, so a test drives it exactly; the
 //! engine task (`engine.rs`) is its only owner in the running emulator.
 //!
 //! The payload `T` is opaque here: the engine stores the socket and address
@@ -23,10 +23,10 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::table::{LinkId, LinkTable, RegionId};
+use crate::table::{LinkId, LinkTable};
 
 /// Bounds of one directed link's delay queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,32 +123,43 @@ struct QueueUse {
 }
 
 /// The datagram core. See the module docs for the rules.
-pub struct Core<T, R = StdRng> {
+pub struct Core<T> {
     table: LinkTable,
     limits: QueueLimits,
-    rng: R,
+    /// One generator per directed link (`LinkTable::link_slot`), so a
+    /// link's loss and jitter depend only on the seed and that link's own
+    /// datagrams, not on how traffic on other links interleaves with it:
+    /// the same seed loses the same datagrams of a flow run after run.
+    rngs: Vec<StdRng>,
     queue: BinaryHeap<Reverse<Scheduled<T>>>,
     seq: u64,
-    /// Per directed link, `slot(link)`; index `n` stands for unclassified.
+    /// Per directed link, `LinkTable::link_slot`.
     used: Vec<QueueUse>,
     counters: Vec<DatagramCounters>,
 }
 
-impl<T> Core<T, StdRng> {
-    /// A core over `table` whose loss and jitter draws follow `seed`.
-    pub fn seeded(table: LinkTable, limits: QueueLimits, seed: u64) -> Self {
-        Core::new(table, limits, StdRng::seed_from_u64(seed))
-    }
+/// The seed of link slot `slot`'s generator: `seed` mixed with the slot
+/// (SplitMix64's finalizer), so neighbouring slots get unrelated streams.
+fn link_seed(seed: u64, slot: usize) -> u64 {
+    let mut z = seed
+        ^ (slot as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
-impl<T, R: Rng> Core<T, R> {
-    /// A core over `table` drawing loss and jitter from `rng`.
-    pub fn new(table: LinkTable, limits: QueueLimits, rng: R) -> Self {
-        let slots = (table.len() + 1) * (table.len() + 1);
+impl<T> Core<T> {
+    /// A core over `table` whose loss and jitter draws follow `seed`.
+    pub fn seeded(table: LinkTable, limits: QueueLimits, seed: u64) -> Self {
+        let slots = table.link_slots();
         Core {
             table,
             limits,
-            rng,
+            rngs: (0..slots)
+                .map(|slot| StdRng::seed_from_u64(link_seed(seed, slot)))
+                .collect(),
             queue: BinaryHeap::new(),
             seq: 0,
             used: vec![QueueUse::default(); slots],
@@ -169,9 +180,7 @@ impl<T, R: Rng> Core<T, R> {
     }
 
     fn slot(&self, link: LinkId) -> usize {
-        let n = self.table.len();
-        let end = |r: Option<RegionId>| r.map_or(n, |r| r.index().min(n));
-        end(link.from) * (n + 1) + end(link.to)
+        self.table.link_slot(link)
     }
 
     /// A datagram of `len` bytes arrives at `now` to cross `link`.
@@ -221,11 +230,12 @@ impl<T, R: Rng> Core<T, R> {
             return Verdict::Dropped(DropReason::Overflow);
         }
         let params = self.table.params(link);
-        if params.sample_loss(&mut self.rng) {
+        let rng = &mut self.rngs[slot];
+        if params.sample_loss(rng) {
             return Verdict::Dropped(DropReason::Loss);
         }
         Verdict::Queued {
-            at: now + params.sample_delay(&mut self.rng),
+            at: now + params.sample_delay(rng),
         }
     }
 

@@ -321,3 +321,39 @@ fn link_changes_apply_to_new_datagrams() {
     core.handle_datagram(t0, ab, 1, 2);
     assert_eq!(drain(&mut core, t0, t0 + ms(40)), [(2, ms(5)), (1, ms(35))]);
 }
+
+#[test]
+fn a_links_losses_do_not_depend_on_other_links_traffic() {
+    let lossy = LinkParams {
+        rtt_ms: 10,
+        jitter_ms: 3,
+        loss: 0.3,
+    };
+    let run = |interleave: bool| {
+        let mut t = table();
+        t.set_link("us-east", "eu-west", lossy).unwrap();
+        t.set_link("us-east", "ap-south", lossy).unwrap();
+        let mut core = Core::seeded(t, BIG, 77);
+        let t0 = Instant::now();
+        let ab = link(&core, "us-east", "eu-west");
+        let ac = link(&core, "us-east", "ap-south");
+        let mut fate = Vec::new();
+        for i in 0..500 {
+            if interleave && i % 3 == 0 {
+                core.handle_datagram(t0, ac, 1, 0);
+                core.handle_datagram(t0, ab.reverse(), 1, 0);
+            }
+            fate.push(match core.handle_datagram(t0, ab, 1, i) {
+                Verdict::Queued { at } => Some(at - t0),
+                Verdict::Dropped(_) => None,
+            });
+        }
+        fate
+    };
+    let (alone, mixed) = (run(false), run(true));
+    assert!(alone.iter().any(Option::is_none) && alone.iter().any(Option::is_some));
+    assert!(
+        alone == mixed,
+        "another link's traffic changed this link's draws"
+    );
+}

@@ -160,6 +160,19 @@ impl LinkTable {
         (0..self.names.len()).filter_map(|i| u16::try_from(i).ok().map(RegionId))
     }
 
+    /// Size of an array with one entry per directed link, links to and
+    /// from unclassified senders included (see [`Self::link_slot`]).
+    pub fn link_slots(&self) -> usize {
+        (self.names.len() + 1) * (self.names.len() + 1)
+    }
+
+    /// Index of `link` in an array of [`Self::link_slots`] entries.
+    pub fn link_slot(&self, link: LinkId) -> usize {
+        let n = self.names.len();
+        let end = |r: Option<RegionId>| r.map_or(n, |r| r.index().min(n));
+        end(link.from) * (n + 1) + end(link.to)
+    }
+
     fn slot(&self, from: RegionId, to: RegionId) -> usize {
         from.index() * self.names.len() + to.index()
     }
