@@ -216,7 +216,7 @@ pub struct ListenerSpec {
     /// UDP or TCP.
     pub protocol: Protocol,
     /// Front address (port 0: any free port; see
-    /// [`crate::WanHandle::listener_addr`]).
+    /// [`crate::Emulator::listener_addr`]).
     pub listen: SocketAddr,
     /// Real address forwarded to.
     pub upstream: SocketAddr,

@@ -79,8 +79,11 @@ pub const MAX_CONNECTIONS_PER_LISTENER: usize = 4_096;
 /// How long the proxy waits for the upstream of a TCP connection to accept.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest control request or reply line, bytes.
-pub const CONTROL_MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest control request line, bytes.
+pub const CONTROL_MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// Longest control reply line (a status of every link and listener),
+/// bytes; the client refuses a longer one.
+pub const CONTROL_MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Control connections served at once; more are closed at once.
 pub const CONTROL_MAX_CONNECTIONS: usize = 16;
 /// A control connection idle this long is closed; also the CLI's timeout.
