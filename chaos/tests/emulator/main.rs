@@ -9,5 +9,6 @@ mod addressing;
 mod cli;
 mod common;
 mod control_api;
+mod quic;
 mod tcp;
 mod udp;
