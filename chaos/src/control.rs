@@ -191,7 +191,7 @@ pub(crate) async fn serve(listener: TcpListener, control: Controller) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

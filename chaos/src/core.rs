@@ -12,7 +12,15 @@
 //! 2. a link whose queue already holds its bound of datagrams or bytes
 //!    drops it (`dropped_overflow`);
 //! 3. the link's loss drops it (`dropped_loss`);
-//! 4. otherwise it is due at `now + delay` (half the RTT plus jitter).
+//! 4. otherwise it is due at `now + delay` (half the RTT plus jitter),
+//!    but never before the datagram ahead of it on the same link.
+//!
+//! Jitter does not reorder a link's datagrams (unlike netem's jitter
+//! without a rate): QUIC takes a datagram three places late for lost, so
+//! reordering would turn jitter into spurious loss and shrunken congestion
+//! windows, which is not what a WAN's queueing delay does. Sparse traffic
+//! (gossip) sees the full jitter spread; dense traffic sees delays near the
+//! top of it, as behind a queue.
 //!
 //! When it is due, a link cut in the meantime drops it too (packets in
 //! flight when a cable is cut are lost), so a partition takes effect at
@@ -26,6 +34,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::link::InOrder;
 use crate::table::{LinkId, LinkTable};
 
 /// Bounds of one directed link's delay queue.
@@ -135,6 +144,8 @@ pub struct Core<T> {
     seq: u64,
     /// Per directed link, `LinkTable::link_slot`.
     used: Vec<QueueUse>,
+    /// Per directed link: when its last admitted datagram is due.
+    order: Vec<InOrder>,
     counters: Vec<DatagramCounters>,
 }
 
@@ -163,6 +174,7 @@ impl<T> Core<T> {
             queue: BinaryHeap::new(),
             seq: 0,
             used: vec![QueueUse::default(); slots],
+            order: vec![InOrder::default(); slots],
             counters: vec![DatagramCounters::default(); slots],
         }
     }
@@ -234,8 +246,9 @@ impl<T> Core<T> {
         if params.sample_loss(rng) {
             return Verdict::Dropped(DropReason::Loss);
         }
+        let delay = params.sample_delay(rng);
         Verdict::Queued {
-            at: now + params.sample_delay(rng),
+            at: self.order[slot].stamp(now, delay),
         }
     }
 

@@ -89,5 +89,12 @@ pub const CONTROL_MAX_CONNECTIONS: usize = 16;
 /// A control connection idle this long is closed; also the CLI's timeout.
 pub const CONTROL_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pause after a socket error before trying again (a receive error that
+/// persists must not spin a core).
+pub const IO_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Pause after a failed accept (out of file descriptors, typically).
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
 /// How long `shutdown` waits for the tasks to finish after aborting them.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -23,7 +23,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -78,7 +78,7 @@ impl TcpProxy {
                     Err(e) => {
                         // Out of file descriptors, typically: wait a little.
                         tracing::warn!(listener = %self.listener.spec.name, error = %e, "accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(crate::limits::ACCEPT_ERROR_BACKOFF).await;
                     }
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}

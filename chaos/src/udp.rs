@@ -23,7 +23,7 @@ use crate::addr::SourceMap;
 use crate::config::{Classify, ResolvedListener, WanLimits};
 use crate::engine::{Datagram, Out};
 use crate::flows::FlowTable;
-use crate::limits::{FLOW_SWEEP_INTERVAL, MAX_DATAGRAM_BYTES};
+use crate::limits::{FLOW_SWEEP_INTERVAL, IO_ERROR_BACKOFF, MAX_DATAGRAM_BYTES};
 use crate::status::Shared;
 use crate::table::LinkId;
 
@@ -84,8 +84,11 @@ impl UdpListener {
                         }
                     }
                     // ICMP errors surface here on some systems; the socket
-                    // stays usable.
-                    Err(e) => tracing::debug!(listener = %self.listener.spec.name, error = %e, "front recv"),
+                    // stays usable. Pause so a persistent error does not spin.
+                    Err(e) => {
+                        tracing::debug!(listener = %self.listener.spec.name, error = %e, "front recv");
+                        tokio::time::sleep(IO_ERROR_BACKOFF).await;
+                    }
                 },
                 _ = sweep.tick() => self.sweep(&mut flows, epoch),
                 // Readers only end when aborted; reap them.
@@ -232,17 +235,30 @@ struct FlowReader {
 
 impl FlowReader {
     async fn run(self, epoch: Instant) {
-        let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
         loop {
-            let n = match self.socket.recv(&mut buf).await {
-                Ok(n) => n,
+            if let Err(e) = self.socket.readable().await {
+                tracing::debug!(client = %self.client, error = %e, "upstream socket");
+                tokio::time::sleep(IO_ERROR_BACKOFF).await;
+                continue;
+            }
+            // The receive buffer lives on the stack only for this call, not
+            // in the task across awaits, so an idle flow costs no 64 KiB.
+            let received = {
+                let mut buf = [0u8; MAX_DATAGRAM_BYTES];
+                self.socket
+                    .try_recv(&mut buf)
+                    .map(|n| buf.get(..n).unwrap_or_default().to_vec())
+            };
+            let bytes = match received {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     // ECONNREFUSED when the node is down (ICMP port
-                    // unreachable on a connected socket): keep the flow, the
-                    // node may come back. Pause so a persistent error does
-                    // not spin.
+                    // unreachable on a connected socket): keep the flow,
+                    // the node may come back. Pause so a persistent error
+                    // does not spin.
                     tracing::trace!(client = %self.client, error = %e, "upstream recv");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(IO_ERROR_BACKOFF).await;
                     continue;
                 }
             };
@@ -251,11 +267,47 @@ impl FlowReader {
             let d = Datagram {
                 link: self.link,
                 out: Out::To(self.front.clone(), self.client),
-                bytes: buf.get(..n).unwrap_or_default().to_vec(),
+                bytes,
             };
             if !forward(&self.data_tx, &self.shared, d) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[tokio::test]
+    async fn an_idle_flow_costs_no_receive_buffer() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let front = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let (data_tx, _rx) = mpsc::channel(1);
+        let reader = FlowReader {
+            socket,
+            link: LinkId {
+                from: None,
+                to: None,
+            },
+            front,
+            client: "127.0.0.1:9".parse().unwrap(),
+            reply_seen: Arc::new(AtomicU64::new(0)),
+            data_tx,
+            shared: Arc::new(Shared {
+                input_overflow: AtomicU64::new(0),
+                streams: Vec::new(),
+                listeners: Vec::new(),
+            }),
+        };
+        let task = reader.run(Instant::now());
+        // The 64 KiB buffer is on the stack during a receive, not in the task.
+        assert!(
+            std::mem::size_of_val(&task) < 4_096,
+            "{}",
+            std::mem::size_of_val(&task)
+        );
     }
 }
