@@ -8,21 +8,23 @@
 //! [`Emulator::shutdown`] stops everything.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Protocol, ResolvedListener, WanConfig};
+use crate::addr::SourceMap;
+use crate::config::{Protocol, ResolvedListener, WanConfig, WanLimits};
 use crate::core::Core;
-use crate::engine::{queue_limits, Command, Engine, LinkChange};
+use crate::engine::{queue_limits, Command, Datagram, Engine, LinkChange};
 use crate::error::{ControlError, StartError};
 use crate::limits::{CONTROL_CHANNEL_CAPACITY, ENGINE_INPUT_CAPACITY, SHUTDOWN_TIMEOUT};
 use crate::link::LinkParams;
 use crate::status::{ListenerStats, ListenerStatus, Shared, Status, StreamStats};
-use crate::table::Partition;
+use crate::table::{LinkTable, Partition};
 use crate::tcp::TcpProxy;
 use crate::udp::{SplitSocket, UdpListener};
 
@@ -72,91 +74,137 @@ fn bind(l: &ResolvedListener) -> Result<(Bound, SocketAddr), StartError> {
     Ok((bound, addr))
 }
 
+/// What every listener task is handed.
+struct Wiring {
+    sources: Arc<SourceMap>,
+    data_tx: mpsc::Sender<Datagram>,
+    table_rx: watch::Receiver<Arc<LinkTable>>,
+    shared: Arc<Shared>,
+    upstream_bind_ip: IpAddr,
+    limits: WanLimits,
+    seed: u64,
+}
+
+impl Wiring {
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        index: usize,
+        l: ResolvedListener,
+        (socket, addr): (Bound, SocketAddr),
+    ) -> Result<(), StartError> {
+        let err = |source| StartError::Bind {
+            what: l.spec.name.clone(),
+            addr,
+            source,
+        };
+        match socket {
+            Bound::Udp(s) => {
+                let front = SplitSocket::new(s).map_err(err)?;
+                let task = UdpListener {
+                    index,
+                    listener: l,
+                    front,
+                    sources: self.sources.clone(),
+                    upstream_bind_ip: self.upstream_bind_ip,
+                    limits: self.limits,
+                    data_tx: self.data_tx.clone(),
+                    shared: self.shared.clone(),
+                };
+                tasks.spawn(task.run());
+            }
+            Bound::Tcp(s) => {
+                let socket = tokio::net::TcpListener::from_std(s).map_err(err)?;
+                let task = TcpProxy {
+                    index,
+                    listener: l,
+                    socket,
+                    sources: self.sources.clone(),
+                    upstream_bind_ip: self.upstream_bind_ip,
+                    max_connections: self.limits.max_connections_per_listener,
+                    table_rx: self.table_rx.clone(),
+                    shared: self.shared.clone(),
+                    // Each connection derives its own from this.
+                    seed: self
+                        .seed
+                        .wrapping_add((index as u64).wrapping_mul(1_000_003)),
+                };
+                tasks.spawn(task.run());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn bind_control(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            what: "control".into(),
+            addr,
+            source,
+        })
+}
+
+fn new_shared(
+    table: &LinkTable,
+    listeners: &[ResolvedListener],
+    bound: &[(Bound, SocketAddr)],
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        input_overflow: AtomicU64::new(0),
+        streams: (0..table.link_slots())
+            .map(|_| StreamStats::default())
+            .collect(),
+        listeners: listeners
+            .iter()
+            .zip(bound)
+            .map(|(l, (_, addr))| (listener_status(l, table, *addr), ListenerStats::default()))
+            .collect(),
+    })
+}
+
 impl Emulator {
     /// Checks `config`, binds every listener and the control API, and
     /// starts forwarding. Must run inside a tokio runtime (multi-threaded
     /// or not). On error nothing is left running.
     pub async fn start(config: WanConfig) -> Result<Emulator, StartError> {
         let resolved = config.resolve()?;
-        let mut bound = Vec::with_capacity(resolved.listeners.len());
-        for l in &resolved.listeners {
-            bound.push(bind(l)?);
-        }
-        let control_listener =
-            match config.control_addr {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
-                    |source| StartError::Bind {
-                        what: "control".into(),
-                        addr,
-                        source,
-                    },
-                )?),
-                None => None,
-            };
+        // Everything is bound before anything runs, so a taken address
+        // fails the start cleanly.
+        let bound = resolved
+            .listeners
+            .iter()
+            .map(bind)
+            .collect::<Result<Vec<_>, _>>()?;
+        let control_listener = bind_control(config.control_addr).await?;
         let table = resolved.table;
-        let shared = Arc::new(Shared {
-            input_overflow: AtomicU64::new(0),
-            streams: (0..table.link_slots())
-                .map(|_| StreamStats::default())
-                .collect(),
-            listeners: resolved
-                .listeners
-                .iter()
-                .zip(&bound)
-                .map(|(l, (_, addr))| (listener_status(l, &table, *addr), ListenerStats::default()))
-                .collect(),
-        });
+        let shared = new_shared(&table, &resolved.listeners, &bound);
         let seed = config.seed.unwrap_or_else(rand::random);
         tracing::info!(seed, listeners = bound.len(), "starting the WAN emulator");
         let (data_tx, data_rx) = mpsc::channel(ENGINE_INPUT_CAPACITY);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_CAPACITY);
         let (table_tx, table_rx) = watch::channel(Arc::new(table.clone()));
-        let sources = Arc::new(resolved.sources);
+        let wiring = Wiring {
+            sources: Arc::new(resolved.sources),
+            data_tx,
+            table_rx,
+            shared: shared.clone(),
+            upstream_bind_ip: config.upstream_bind_ip,
+            limits: config.limits,
+            seed,
+        };
         let mut tasks = JoinSet::new();
         let mut listeners = HashMap::new();
-        for (index, (l, (socket, addr))) in resolved.listeners.into_iter().zip(bound).enumerate() {
-            listeners.insert(l.spec.name.clone(), addr);
-            let err = |source| StartError::Bind {
-                what: l.spec.name.clone(),
-                addr,
-                source,
-            };
-            match socket {
-                Bound::Udp(s) => {
-                    let front = SplitSocket::new(s).map_err(err)?;
-                    tasks.spawn(
-                        UdpListener {
-                            index,
-                            listener: l,
-                            front,
-                            sources: sources.clone(),
-                            upstream_bind_ip: config.upstream_bind_ip,
-                            limits: config.limits,
-                            data_tx: data_tx.clone(),
-                            shared: shared.clone(),
-                        }
-                        .run(),
-                    );
-                }
-                Bound::Tcp(s) => {
-                    let socket = tokio::net::TcpListener::from_std(s).map_err(err)?;
-                    tasks.spawn(
-                        TcpProxy {
-                            index,
-                            listener: l,
-                            socket,
-                            sources: sources.clone(),
-                            upstream_bind_ip: config.upstream_bind_ip,
-                            max_connections: config.limits.max_connections_per_listener,
-                            table_rx: table_rx.clone(),
-                            shared: shared.clone(),
-                            seed: seed.wrapping_add(index as u64 * 1_000_003),
-                        }
-                        .run(),
-                    );
-                }
-            }
+        for (index, (l, b)) in resolved.listeners.into_iter().zip(bound).enumerate() {
+            listeners.insert(l.spec.name.clone(), b.1);
+            // On error `tasks` drops here, aborting what was spawned.
+            wiring.spawn(&mut tasks, index, l, b)?;
         }
+        // Only listener tasks hold senders of the engine's input.
+        drop(wiring);
         let engine = Engine {
             core: Core::seeded(table, queue_limits(&config.limits), seed),
             data_rx,
@@ -207,11 +255,7 @@ impl Emulator {
     }
 }
 
-fn listener_status(
-    l: &ResolvedListener,
-    table: &crate::table::LinkTable,
-    listen: SocketAddr,
-) -> ListenerStatus {
+fn listener_status(l: &ResolvedListener, table: &LinkTable, listen: SocketAddr) -> ListenerStatus {
     ListenerStatus {
         name: l.spec.name.clone(),
         protocol: l.spec.protocol,
