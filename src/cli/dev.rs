@@ -35,6 +35,30 @@ pub struct Topology {
     pub max_rtt_ms: u64,
     /// Regions; `meridian dev` runs the first (multi-region comes with replication).
     pub regions: Vec<TopologyRegion>,
+    /// Round trips between regions (`[[links]]`, also read by the WAN
+    /// emulator, chaos/README.md). Checked here; the emulator applies them.
+    #[serde(default)]
+    pub links: Vec<TopologyLink>,
+    /// The WAN emulator's own settings (`[wan]`, chaos/README.md); the
+    /// emulator validates them, nodes never read them.
+    #[serde(default)]
+    pub wan: Option<serde::de::IgnoredAny>,
+}
+
+/// The WAN between two regions (`[[links]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyLink {
+    /// The two regions (the same one twice: that region's own traffic).
+    pub regions: [String; 2],
+    /// Round trip, ms.
+    pub rtt_ms: u64,
+    /// Jitter, ms (default 0).
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Loss per datagram per direction, 0.0..=1.0 (default 0).
+    #[serde(default)]
+    pub loss: f64,
 }
 
 fn default_rtt() -> u64 {
@@ -101,6 +125,13 @@ fn load_topology(path: Option<&Path>) -> anyhow::Result<Topology> {
     let Some(region) = topo.regions.first() else {
         bail!("the topology has no region")
     };
+    for link in &topo.links {
+        for r in &link.regions {
+            if !topo.regions.iter().any(|t| &t.name == r) {
+                bail!("links: region `{r}` is not one of the topology's regions");
+            }
+        }
+    }
     if region.nodes.is_empty() || region.nodes.len() > MAX_DEV_NODES {
         bail!(
             "a region needs 1..={MAX_DEV_NODES} nodes, the topology has {}",
@@ -347,4 +378,42 @@ async fn stop_all(mut nodes: Vec<ChildNode>) {
         println!("meridian dev: stopped {}", n.name);
     }
     // Anything still running is killed by ChildNode's Drop.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_topologies_parse() {
+        let one = load_topology(None).unwrap();
+        assert_eq!(one.regions.len(), 1);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("regions/wan-3.toml");
+        let three = load_topology(Some(&path)).unwrap();
+        let names: Vec<&str> = three.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["us-east", "eu-west", "ap-south"]);
+        let rtt = |a: &str, b: &str| {
+            three
+                .links
+                .iter()
+                .find(|l| l.regions.contains(&a.to_string()) && l.regions.contains(&b.to_string()))
+                .map(|l| l.rtt_ms)
+        };
+        assert_eq!(rtt("us-east", "eu-west"), Some(70));
+        assert_eq!(rtt("eu-west", "ap-south"), Some(140));
+        assert_eq!(rtt("us-east", "ap-south"), Some(200));
+    }
+
+    #[test]
+    fn a_link_to_an_unknown_region_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "[[regions]]\nname = \"a\"\n[[regions.nodes]]\nname = \"n\"\nzone = \"z\"\nquic_port = 1\nhttp_port = 2\ngossip_port = 3\n[[links]]\nregions = [\"a\", \"mars\"]\nrtt_ms = 5\n",
+        )
+        .unwrap();
+        let err = load_topology(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("mars"), "{err}");
+    }
 }
