@@ -41,8 +41,8 @@ pub struct Topology {
     pub links: Vec<TopologyLink>,
     /// The WAN emulator's own settings (`[wan]`, chaos/README.md); the
     /// emulator validates them, nodes never read them.
-    #[serde(default)]
-    pub wan: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "wan")]
+    _wan: Option<serde::de::IgnoredAny>,
 }
 
 /// The WAN between two regions (`[[links]]`).
@@ -130,6 +130,14 @@ fn load_topology(path: Option<&Path>) -> anyhow::Result<Topology> {
             if !topo.regions.iter().any(|t| &t.name == r) {
                 bail!("links: region `{r}` is not one of the topology's regions");
             }
+        }
+        // The emulator's own bounds (chaos/README.md), checked here too so a
+        // bad link is refused before any node starts.
+        if link.rtt_ms > 10_000 || link.jitter_ms > 5_000 || !(0.0..=1.0).contains(&link.loss) {
+            bail!(
+                "links {:?}: rtt_ms must be 0..=10000, jitter_ms 0..=5000 and loss 0.0..=1.0",
+                link.regions
+            );
         }
     }
     if region.nodes.is_empty() || region.nodes.len() > MAX_DEV_NODES {
