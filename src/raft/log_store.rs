@@ -458,6 +458,47 @@ mod tests {
         );
     }
 
+    /// The Raft keyspaces' format v1, pinned: a data directory written by
+    /// an earlier build must open. Keys are `be64(range) ++ be64(index)` and
+    /// `be64(range) ++ tag`; values are the format byte then postcard.
+    #[test]
+    fn frozen_disk_format_v1() {
+        assert_eq!(
+            log_key(3, 0x0102),
+            [0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        assert_eq!(state_key(3, TAG_VOTE), [0, 0, 0, 0, 0, 0, 0, 3, b'v']);
+        assert_eq!(state_key(3, TAG_COMMITTED)[8], b'c');
+        assert_eq!(state_key(3, TAG_PURGED)[8], b'p');
+        // Values: FORMAT_V1, then postcard of openraft's types (whose layout
+        // is why openraft is pinned exactly) or of our RangeCommand.
+        let entry = blank_ent::<RangeTypes>(2, 1, 5);
+        assert_eq!(encode(&entry).unwrap(), [1, 2, 1, 5, 0]);
+        let vote = Vote::new(2, 1);
+        assert_eq!(encode(&vote).unwrap(), [1, 2, 1, 0]);
+        let committed = Some(log_id::<RangeTypes>(2, 1, 5));
+        assert_eq!(encode(&committed).unwrap(), [1, 1, 2, 1, 5]);
+        let cmd = crate::raft::types::RangeCommand {
+            proposed_at: 300,
+            op: crate::raft::types::CommandV1::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        };
+        let normal = Entry {
+            log_id: log_id::<RangeTypes>(2, 1, 6),
+            payload: openraft::EntryPayload::Normal(cmd),
+        };
+        let bytes = encode(&normal).unwrap();
+        assert_eq!(bytes, [1, 2, 1, 6, 1, 0xac, 0x02, 0, 1, b'k', 1, b'v']);
+        let back: Entry = decode(&bytes).unwrap();
+        assert_eq!(back.log_id, normal.log_id);
+        assert!(
+            decode::<Entry>(&[2, 2, 1, 5, 0]).is_err(),
+            "unknown format byte"
+        );
+    }
+
     fn stored_keys(store: &RangeLogStore) -> usize {
         store.log.range(store.index_bounds(&(..))).count()
     }
