@@ -295,6 +295,8 @@ struct Inner {
     path: PathBuf,
     /// Fault injection for tests: every sync fails while set.
     fail_syncs: AtomicBool,
+    /// Fault injection for tests: every batch commit fails while set.
+    fail_writes: AtomicBool,
     db: Database,
     data: Keyspace,
     meta: Keyspace,
@@ -458,6 +460,7 @@ impl MvccStore {
         let inner = Inner {
             path: opts.path.clone(),
             fail_syncs: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
             db,
             data,
             meta,
@@ -580,9 +583,7 @@ impl MvccStore {
                 batch.insert(&self.inner.data, encoded, encoding::encode_record(value));
             }
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("apply_batch", err))
+        self.commit("apply_batch", batch)
     }
 
     /// The durability point: per [`FsyncPolicy`], makes every batch applied
@@ -596,10 +597,7 @@ impl MvccStore {
             FsyncPolicy::Never => PersistMode::Buffer,
         };
         let started = Instant::now();
-        self.inner
-            .db
-            .persist(mode)
-            .map_err(|err| self.write_failed("sync", err))?;
+        self.persist("sync", mode)?;
         metrics::histogram!("meridian_storage_sync_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -611,20 +609,20 @@ impl MvccStore {
     /// is poisoned, like any failed write or sync.
     pub fn sync_durable(&self) -> Result<(), StorageError> {
         self.check_poisoned()?;
-        let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
-            Err(fjall::Error::Io(std::io::Error::other(
-                "injected sync failure",
-            )))
-        } else {
-            self.inner.db.persist(PersistMode::SyncAll)
-        };
-        result.map_err(|err| self.write_failed("sync_durable", err))
+        self.persist("sync_durable", PersistMode::SyncAll)
     }
 
     /// Fault injection: while `on`, every sync fails (and so poisons the store).
     #[cfg(test)]
     pub(crate) fn fail_syncs(&self, on: bool) {
         self.inner.fail_syncs.store(on, Ordering::Release);
+    }
+
+    /// Fault injection: while `on`, every batch commit fails (and so poisons
+    /// the store) before anything reaches the journal.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, on: bool) {
+        self.inner.fail_writes.store(on, Ordering::Release);
     }
 
     /// Collects versions no read at or above `horizon` can see: for every
@@ -707,7 +705,7 @@ impl MvccStore {
                 batch.remove(&self.inner.data, key);
             }
             // Not fsynced: removals lost in a crash are simply redone.
-            batch.commit().map_err(|err| self.write_failed("gc", err))?;
+            self.commit("gc", batch)?;
         }
         let more = plan.resume.is_some();
         if let Some(resume) = plan.resume {
@@ -773,13 +771,8 @@ impl MvccStore {
             });
         }
         if fresh {
-            batch
-                .commit()
-                .map_err(|err| self.write_failed("set_gc_spans", err))?;
-            self.inner
-                .db
-                .persist(PersistMode::SyncAll)
-                .map_err(|err| self.write_failed("set_gc_spans", err))?;
+            self.commit("set_gc_spans", batch)?;
+            self.persist("set_gc_spans", PersistMode::SyncAll)?;
         }
         let out = registered
             .iter()
@@ -897,9 +890,7 @@ impl MvccStore {
             batch.remove(&self.inner.data, key);
             removed += 1;
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("clear_range_step", err))?;
+        self.commit("clear_range_step", batch)?;
         Ok(removed == max_versions)
     }
 
@@ -940,9 +931,7 @@ impl MvccStore {
                 encoding::encode_record(v.value.as_deref()),
             );
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("insert_versions", err))
+        self.commit("insert_versions", batch)
     }
 
     /// The directory of the store. Files that belong with the node's data
@@ -974,6 +963,33 @@ impl MvccStore {
             return Err(StorageError::Poisoned);
         }
         Ok(())
+    }
+
+    /// Commits `batch` (atomically, to the journal; not fsynced). Every
+    /// batch of the store, MVCC and Raft log alike, is committed here, so a
+    /// failure always poisons.
+    fn commit(&self, what: &str, batch: fjall::OwnedWriteBatch) -> Result<(), StorageError> {
+        let result = if self.inner.fail_writes.load(Ordering::Acquire) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))
+        } else {
+            batch.commit()
+        };
+        result.map_err(|err| self.write_failed(what, err))
+    }
+
+    /// Persists the journal per `mode`. Every sync of the store goes
+    /// through here, so a failure always poisons.
+    fn persist(&self, what: &str, mode: PersistMode) -> Result<(), StorageError> {
+        let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected sync failure",
+            )))
+        } else {
+            self.inner.db.persist(mode)
+        };
+        result.map_err(|err| self.write_failed(what, err))
     }
 
     /// Poisons the store after a failed write: what reached the disk is
@@ -1086,14 +1102,10 @@ impl MvccStore {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.inner
-            .meta
-            .insert(key, value)
-            .map_err(|err| self.write_failed(what, err))?;
-        self.inner
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(|err| self.write_failed(what, err))
+        let mut batch = self.inner.db.batch();
+        batch.insert(&self.inner.meta, key, value);
+        self.commit(what, batch)?;
+        self.persist(what, PersistMode::SyncAll)
     }
 }
 
