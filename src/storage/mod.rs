@@ -21,6 +21,7 @@
 
 mod encoding;
 mod mvcc;
+mod raft_log;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
@@ -35,6 +36,10 @@ use crate::error_code::ErrorCode;
 use crate::limits;
 use crate::types::{KeyValue, Op, Timestamp, VersionEntry};
 use mvcc::{RawEntry, VersionSource};
+pub use raft_log::{
+    RaftLog, RaftLogView, RaftStateKey, MAX_LOG_READ_ENTRIES, MAX_LOG_REMOVE_ENTRIES,
+    MAX_STATE_VALUE_BYTES,
+};
 
 /// fjall keyspace holding one entry per version (format: `encoding`).
 const DATA_KEYSPACE: &str = "mvcc_data";
