@@ -1,11 +1,19 @@
-//! MVCC key-value storage on fjall.
+//! MVCC key-value storage on fjall, and every other disk access of the
+//! node's database.
 //!
 //! [`MvccStore`] keeps every version of every key, stamped with the HLC
 //! timestamp of its write, until garbage collection drops the versions no
-//! snapshot at or above the gc horizon can see. It owns the disk format (see
-//! `encoding`), durability ([`FsyncPolicy`]) and the poison flag; it does not
-//! own timestamps, validation of user requests or scheduling: the engine
-//! stamps writes, checks request limits and decides when to sync and gc.
+//! snapshot at or above the gc horizon can see. [`RaftLog`] (`raft_log.rs`)
+//! keeps the Raft log and state of every range group, as bytes, in two more
+//! keyspaces of the same database, so they share its ordered journal. The
+//! storage layer owns the disk formats (`encoding`, and the Raft keys in
+//! `raft_log`), durability ([`FsyncPolicy`]) and the poison flag: every
+//! batch of the node is committed and every sync made through one pair of
+//! functions (`commit`, `persist`) that poison on failure, and nothing
+//! outside this module opens a keyspace. It does not own timestamps,
+//! validation of user requests, Raft's rules or scheduling: the engine
+//! stamps writes, checks request limits and decides when to sync and gc;
+//! `raft::log_store` encodes the Raft values and keeps openraft's contract.
 //!
 //! **Invariant:** once `sync` returns `Ok`, every batch applied before it
 //! survives a process crash (and, with [`FsyncPolicy::Always`], power loss).
@@ -15,8 +23,9 @@
 //! registered a region's ranges, one per range: each range is collected at a
 //! horizon its owner keeps below that range's applied timestamp
 //! (docs/consistency.md G8), so an idle range stays readable.
-//! **Invariant:** after a failed write or sync the store is poisoned and
-//! refuses every further call (fjall `src/poison.rs`; Rebello et al.,
+//! **Invariant:** after a failed write or sync (MVCC data, metadata or Raft
+//! log alike) the store is poisoned and refuses every further call, reads
+//! and the Raft log's included (fjall `src/poison.rs`; Rebello et al.,
 //! "Can Applications Recover from fsync Failures?", ATC '20).
 
 mod encoding;
@@ -943,13 +952,6 @@ impl MvccStore {
     /// (Raft snapshot files) live in subdirectories of it.
     pub fn path(&self) -> &std::path::Path {
         &self.inner.path
-    }
-
-    /// The fjall database, for other keyspaces of the same node (the Raft
-    /// log) that must share its journal and its durability point.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the Raft host (next step) and tests
-    pub(crate) fn database(&self) -> &Database {
-        &self.inner.db
     }
 
     /// Approximate number of stored versions (tombstones and not yet
