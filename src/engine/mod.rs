@@ -12,7 +12,7 @@
 //! or ReadIndex) and applied everything committed before the read began, so
 //! it includes every acknowledged write (docs/consistency.md R1).
 //!
-//! Readers never block writers: they read fjall directly at a timestamp.
+//! Readers never block writers: they read the store directly at a timestamp.
 //! Callers (QUIC server, HTTP gateway) share one `Engine` behind an `Arc`.
 
 use std::sync::Arc;

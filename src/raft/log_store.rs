@@ -1,10 +1,13 @@
-//! The Raft log and vote of every range group, in two fjall keyspaces of the
-//! node's database (so they share its ordered journal with the MVCC data).
+//! The Raft log and vote of every range group, through storage's
+//! [`RaftLog`] (keyspaces `raft_log` and `raft_state` of the node's
+//! database, sharing its ordered journal, durability point and poison flag
+//! with the MVCC data). Storage owns every disk access and the key layout;
+//! this module owns openraft's contract and the value format.
 //!
-//! Disk format, version 1:
-//! - `raft_log`: key `be64(range) ++ be64(index)`, value `[1] ++ postcard(Entry)`.
-//! - `raft_state`: key `be64(range) ++ tag` (`v` vote, `c` committed,
-//!   `p` last purged), value `[1] ++ postcard(..)`.
+//! Value format, version 1: `[1] ++ postcard(..)` of an `Entry`, a `Vote`,
+//! or a `LogId` (committed: `Option<LogId>`); keys are storage's
+//! (`be64(range) ++ be64(index)`, `be64(range) ++ tag`). Pinned with the
+//! keys by `frozen_disk_format_v1` here and `frozen_keys_on_disk` in storage.
 //!
 //! Rules from openraft's storage contract (`RaftLogStorage` docs): writes
 //! take effect in call order (one ordered journal gives that); `save_vote`
@@ -15,7 +18,8 @@
 //! after it (so no hole can appear either) while a blocking task deletes the
 //! purged entries, lowest first, in bounded batches. The marker is committed
 //! to the journal before any of those deletions, so after a crash the marker
-//! never lags the deleted entries.
+//! never lags the deleted entries. A read returns every entry of its range
+//! from one point-in-time view, and refuses a hole inside the range.
 //!
 //! Appends are made durable off the Raft tasks by one [`LogSyncer`] thread
 //! per node: `append` commits its batch to the journal (readable at once) and
@@ -24,6 +28,10 @@
 //! then completes them in the order they were queued. So a leader can send
 //! entries to its followers while its own fsync runs, and concurrent groups
 //! share fsyncs.
+//!
+//! Storage errors cross openraft's boundary as `io::Error`, with the
+//! [`StorageError`] kept as the source: any write or sync failure has
+//! already poisoned the store, and every later call is refused.
 
 use std::fmt::Debug;
 use std::io;
@@ -33,7 +41,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader};
@@ -41,52 +48,68 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{RangeId, RangeTypes};
-use crate::storage::MvccStore;
+use crate::storage::{
+    MvccStore, RaftLog, RaftLogView, RaftStateKey, StorageError, MAX_LOG_READ_ENTRIES,
+    MAX_LOG_REMOVE_ENTRIES,
+};
 
 /// Format byte of every value in the Raft keyspaces.
 const FORMAT_V1: u8 = 1;
-const LOG_KEYSPACE: &str = "raft_log";
-const STATE_KEYSPACE: &str = "raft_state";
-const TAG_VOTE: u8 = b'v';
-const TAG_COMMITTED: u8 = b'c';
-const TAG_PURGED: u8 = b'p';
-/// Purged entries deleted per batch by the background deletion.
-const PURGE_BATCH: usize = 10_000;
 
 type Entry = EntryOf<RangeTypes>;
 type LogId = LogIdOf<RangeTypes>;
 type Vote = VoteOf<RangeTypes>;
 
-fn io_err(what: &str, e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(format!("raft log store: {what}: {e}"))
+/// A storage failure on the way to openraft; `source` says what it means
+/// for the store (`Poisoned`, `Corrupt`, ..).
+#[derive(thiserror::Error, Debug)]
+#[error("raft log store: {what}: {source}")]
+struct LogStoreError {
+    what: &'static str,
+    #[source]
+    source: StorageError,
+}
+
+/// Converts a storage error at openraft's boundary, keeping it as the source.
+fn io_err(what: &'static str) -> impl FnOnce(StorageError) -> io::Error {
+    move |source| io::Error::other(LogStoreError { what, source })
+}
+
+fn corrupt(what: String) -> io::Error {
+    io_err("decode")(StorageError::Corrupt { what })
 }
 
 fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     let mut out = vec![FORMAT_V1];
-    out.extend(postcard::to_allocvec(v).map_err(|e| io_err("encode", e))?);
+    // Our own in-memory values always serialize; a failure is a bug.
+    out.extend(
+        postcard::to_allocvec(v)
+            .map_err(|e| io::Error::other(format!("raft log store: encode: {e}")))?,
+    );
     Ok(out)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| io_err("decode", e)),
-        Some((v, _)) => Err(io_err("decode", format!("unknown record format {v}"))),
-        None => Err(io_err("decode", "empty record")),
+        Some((&FORMAT_V1, body)) => {
+            postcard::from_bytes(body).map_err(|e| corrupt(format!("raft value: {e}")))
+        }
+        Some((v, _)) => Err(corrupt(format!("unknown raft value format {v}"))),
+        None => Err(corrupt("empty raft value".to_string())),
     }
 }
 
-fn log_key(range: RangeId, index: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&range.to_be_bytes());
-    k[8..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-fn state_key(range: RangeId, tag: u8) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[..8].copy_from_slice(&range.to_be_bytes());
-    k[8] = tag;
-    k
+/// Decodes the entry stored at `index`, checking it is the entry of that
+/// index (the paired check of `append`'s key).
+fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
+    let entry: Entry = decode(bytes)?;
+    if entry.log_id.index != index {
+        return Err(corrupt(format!(
+            "raft log entry {} stored at index {index}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
 }
 
 /// Makes appended log entries durable on a thread of its own (see the
@@ -113,7 +136,9 @@ impl LogSyncer {
     /// store uses it), the callback fails rather than vanish.
     fn queue(&self, callback: IOFlushed<RangeTypes>) {
         if let Err(mpsc::SendError(cb)) = self.tx.send(callback) {
-            cb.io_completed(Err(io_err("fsync", "log syncer thread stopped")));
+            cb.io_completed(Err(io::Error::other(
+                "raft log store: fsync: log syncer thread stopped",
+            )));
         }
     }
 }
@@ -137,50 +162,55 @@ fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
             tracing::error!(error = %e, "raft log fsync failed");
         }
         for cb in pending {
+            // io::Error is not Clone: each callback gets the message.
             let r = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(io_err("fsync", e)),
+                Err(e) => Err(io::Error::other(format!("raft log store: fsync: {e}"))),
             };
             cb.io_completed(r);
         }
     }
 }
 
+/// `[from, to)` of an openraft index range; `to` is `u64::MAX` for an open
+/// end (index `u64::MAX` itself is never reached by a log).
+fn index_span<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
 /// The log of one range group. Cheap to clone (readers are clones).
 #[derive(Clone)]
 pub struct RangeLogStore {
     range: RangeId,
-    store: MvccStore,
-    db: Database,
-    log: Keyspace,
-    state: Keyspace,
+    log: RaftLog,
     syncer: LogSyncer,
     /// First index not purged (0: nothing purged); shared by the clones.
     first_kept: Arc<AtomicU64>,
 }
 
 impl RangeLogStore {
-    /// Opens the log of `range` in the keyspaces of `mvcc`'s database;
-    /// `syncer` (one per node, started on the same store) makes its appends
-    /// durable, through the store, which owns the poison flag.
+    /// Opens the log of `range` in `mvcc`'s database; `syncer` (one per
+    /// node, started on the same store) makes its appends durable, through
+    /// the store, which owns the poison flag.
     pub fn open(mvcc: &MvccStore, range: RangeId, syncer: LogSyncer) -> io::Result<RangeLogStore> {
-        let db = mvcc.database();
-        let log = db
-            .keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)
-            .map_err(|e| io_err("open log keyspace", e))?;
-        let state = db
-            .keyspace(STATE_KEYSPACE, KeyspaceCreateOptions::default)
-            .map_err(|e| io_err("open state keyspace", e))?;
+        let log = RaftLog::open(mvcc, range).map_err(io_err("open"))?;
         let mut store = RangeLogStore {
             range,
-            store: mvcc.clone(),
-            db: db.clone(),
             log,
-            state,
             syncer,
             first_kept: Arc::new(AtomicU64::new(0)),
         };
-        let purged: Option<LogId> = store.get_state(TAG_PURGED)?;
+        let purged: Option<LogId> = store.get_state(RaftStateKey::Purged)?;
         if let Some(p) = purged {
             store.first_kept = Arc::new(AtomicU64::new(p.index + 1));
             // Finish a deletion a restart interrupted.
@@ -207,72 +237,48 @@ impl RangeLogStore {
         }
     }
 
-    fn delete_up_to(&self, index: u64) -> io::Result<()> {
-        let bounds = self.index_bounds(&(..=index));
-        loop {
-            let mut batch = self.db.batch();
-            let mut n = 0;
-            for guard in self.log.range(bounds).take(PURGE_BATCH) {
-                batch.remove(&self.log, guard.key().map_err(|e| io_err("purge scan", e))?);
-                n += 1;
-            }
-            if n == 0 {
-                return Ok(());
-            }
-            batch.commit().map_err(|e| io_err("purge", e))?;
-        }
+    fn delete_up_to(&self, index: u64) -> Result<(), StorageError> {
+        while self.log.purge_step(index, MAX_LOG_REMOVE_ENTRIES)? {}
+        Ok(())
     }
 
     fn first_kept(&self) -> u64 {
         self.first_kept.load(Ordering::Acquire)
     }
 
-    fn get_state<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
-        let raw = self
-            .state
-            .get(state_key(self.range, tag))
-            .map_err(|e| io_err("read state", e))?;
+    fn get_state<T: DeserializeOwned>(&self, key: RaftStateKey) -> io::Result<Option<T>> {
+        let raw = self.log.state(key).map_err(io_err("read state"))?;
         raw.map(|r| decode(&r)).transpose()
     }
 
-    fn index_bounds<RB: RangeBounds<u64>>(&self, range: &RB) -> (Bound<[u8; 16]>, Bound<[u8; 16]>) {
-        let lower = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(log_key(self.range, *i)),
-            Bound::Excluded(i) => Bound::Excluded(log_key(self.range, *i)),
-            Bound::Unbounded => Bound::Included(log_key(self.range, 0)),
-        };
-        let upper = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(log_key(self.range, *i)),
-            Bound::Excluded(i) => Bound::Excluded(log_key(self.range, *i)),
-            Bound::Unbounded => Bound::Included(log_key(self.range, u64::MAX)),
-        };
-        (lower, upper)
+    fn put_state<T: Serialize>(&self, key: RaftStateKey, value: &T) -> io::Result<()> {
+        self.log
+            .put_state(key, &encode(value)?)
+            .map_err(io_err("write state"))
     }
 
-    fn last_entry(&self) -> io::Result<Option<Entry>> {
-        let (lower, upper) = self.index_bounds(&(..));
-        match self.log.range((lower, upper)).next_back() {
-            None => Ok(None),
-            Some(guard) => {
-                let (_, value) = guard.into_inner().map_err(|e| io_err("read last", e))?;
-                decode(&value).map(Some)
+    /// Up to a page of entries of `[from, to)` from `view`, decoded and
+    /// checked. Callers raise `from` to the first kept index, read once per
+    /// call: purged entries awaiting deletion are not part of the log.
+    fn read_page(&self, view: &RaftLogView, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+        let page = view
+            .entries(from, to, MAX_LOG_READ_ENTRIES)
+            .map_err(io_err("read entries"))?;
+        let mut out: Vec<Entry> = Vec::with_capacity(page.len());
+        for (index, bytes) in page {
+            if let Some(prev) = out.last() {
+                // Holes inside a range are never permitted (openraft's
+                // `try_get_log_entries` contract).
+                if prev.log_id.index + 1 != index {
+                    return Err(corrupt(format!(
+                        "raft log of range {} has a hole after index {}",
+                        self.range, prev.log_id.index
+                    )));
+                }
             }
+            out.push(decode_entry(index, &bytes)?);
         }
-    }
-
-    fn persist(&self) -> io::Result<()> {
-        self.store.sync_durable().map_err(|e| io_err("fsync", e))
-    }
-}
-
-/// openraft asks for ranges like `start..end`; a reversed range is empty.
-fn is_empty_range<RB: RangeBounds<u64>>(range: &RB) -> bool {
-    match (range.start_bound(), range.end_bound()) {
-        (Bound::Included(s), Bound::Excluded(e)) => s >= e,
-        (Bound::Included(s), Bound::Included(e)) => s > e,
-        (Bound::Excluded(s), Bound::Excluded(e)) => s.saturating_add(1) >= *e,
-        (Bound::Excluded(s), Bound::Included(e)) => s >= e,
-        _ => false,
+        Ok(out)
     }
 }
 
@@ -281,27 +287,45 @@ impl RaftLogReader<RangeTypes> for RangeLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        if is_empty_range(&range) {
-            return Ok(Vec::new());
-        }
-        // Purged entries awaiting deletion are not part of the log.
-        let (mut lower, upper) = self.index_bounds(&range);
-        let floor = log_key(self.range, self.first_kept());
-        if let Bound::Included(k) | Bound::Excluded(k) = &lower {
-            if *k < floor {
-                lower = Bound::Included(floor);
+        let (from, to) = index_span(&range);
+        // Every entry of the range, page by page from one view, so the
+        // result is one state of the log even while the Raft task writes;
+        // the floor is read once, so a purge meanwhile cannot open a gap
+        // between two pages.
+        let view = self.log.view().map_err(io_err("read entries"))?;
+        let mut out: Vec<Entry> = Vec::new();
+        let mut next = from.max(self.first_kept());
+        loop {
+            let page = self.read_page(&view, next, to)?;
+            let full = page.len() == MAX_LOG_READ_ENTRIES;
+            if let (Some(prev), Some(first)) = (out.last(), page.first()) {
+                if prev.log_id.index + 1 != first.log_id.index {
+                    return Err(corrupt(format!(
+                        "raft log of range {} has a hole after index {}",
+                        self.range, prev.log_id.index
+                    )));
+                }
+            }
+            out.extend(page);
+            match out.last() {
+                Some(last) if full => next = last.log_id.index + 1,
+                _ => return Ok(out),
             }
         }
-        let mut out = Vec::new();
-        for guard in self.log.range((lower, upper)) {
-            let (_, value) = guard.into_inner().map_err(|e| io_err("read entries", e))?;
-            out.push(decode(&value)?);
-        }
-        Ok(out)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        // One page: replication cuts AppendEntries further by bytes.
+        let view = self.log.view().map_err(io_err("read entries"))?;
+        self.read_page(&view, start.max(self.first_kept()), end)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.get_state(TAG_VOTE)
+        self.get_state(RaftStateKey::Vote)
     }
 }
 
@@ -309,16 +333,17 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<RangeTypes>, io::Error> {
-        let last_purged: Option<LogId> = self.get_state(TAG_PURGED)?;
+        let last_purged: Option<LogId> = self.get_state(RaftStateKey::Purged)?;
         let first_kept = self.first_kept();
-        let last = self
-            .last_entry()?
-            .map(|e| e.log_id)
-            .filter(|id| id.index >= first_kept)
-            .or(last_purged);
+        let last = match self.log.last().map_err(io_err("read last"))? {
+            Some((index, bytes)) if index >= first_kept => {
+                Some(decode_entry(index, &bytes)?.log_id)
+            }
+            _ => None,
+        };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_log_id: last.or(last_purged),
         })
     }
 
@@ -327,22 +352,21 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.state
-            .insert(state_key(self.range, TAG_VOTE), encode(vote)?)
-            .map_err(|e| io_err("save vote", e))?;
         // Durable before returning: a vote must never be forgotten after a crash.
-        self.persist()
+        self.log
+            .put_state_durable(RaftStateKey::Vote, &encode(vote)?)
+            .map_err(io_err("save vote"))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not fsynced: losing it only means re-applying from an earlier point.
-        self.state
-            .insert(state_key(self.range, TAG_COMMITTED), encode(&committed)?)
-            .map_err(|e| io_err("save committed", e))
+        self.put_state(RaftStateKey::Committed, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.get_state::<Option<LogId>>(TAG_COMMITTED)?.flatten())
+        Ok(self
+            .get_state::<Option<LogId>>(RaftStateKey::Committed)?
+            .flatten())
     }
 
     async fn append<I>(
@@ -354,15 +378,11 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.db.batch();
-        for entry in entries {
-            batch.insert(
-                &self.log,
-                log_key(self.range, entry.log_id.index),
-                encode(&entry)?,
-            );
-        }
-        batch.commit().map_err(|e| io_err("append", e))?;
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.log.append(&encoded).map_err(io_err("append"))?;
         // Readable now; acknowledged once the syncer's fsync made it durable.
         self.syncer.queue(callback);
         Ok(())
@@ -370,26 +390,16 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        let bounds = self.index_bounds(&(from..));
-        let mut keys = Vec::new();
-        for guard in self.log.range(bounds) {
-            keys.push(guard.key().map_err(|e| io_err("truncate scan", e))?);
-        }
-        let mut batch = self.db.batch();
-        // Newest first, so a partial removal could only shorten the tail.
-        for key in keys.into_iter().rev() {
-            batch.remove(&self.log, key);
-        }
-        batch.commit().map_err(|e| io_err("truncate", e))
+        // Newest first (storage), so a crash part-way only shortens the tail.
+        self.log.truncate_from(from).map_err(io_err("truncate"))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Deleting a snapshot's worth of entries (100,000 by default) here
         // would stall this group's Raft task: record the marker, hide the
-        // entries, and delete them in the background.
-        self.state
-            .insert(state_key(self.range, TAG_PURGED), encode(&log_id)?)
-            .map_err(|e| io_err("purge", e))?;
+        // entries, and delete them in the background. The marker is in the
+        // journal before any deletion (one ordered journal).
+        self.put_state(RaftStateKey::Purged, &log_id)?;
         self.first_kept
             .fetch_max(log_id.index + 1, Ordering::AcqRel);
         self.delete_purged(log_id.index);
@@ -456,10 +466,179 @@ mod tests {
                 .code(),
             crate::error_code::ErrorCode::StorageFailure
         );
+        assert_refuses_everything(&mut store).await;
     }
 
+    /// Whether `err` is storage's refusal of a poisoned store.
+    fn is_poisoned(err: &io::Error) -> bool {
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<LogStoreError>())
+            .is_some_and(|e| matches!(e.source, StorageError::Poisoned))
+    }
+
+    /// Every call of the log store, reads included, is refused as poisoned.
+    async fn assert_refuses_everything(store: &mut RangeLogStore) {
+        let (tx, _rx) = RangeTypes::oneshot();
+        let append = store
+            .append(
+                vec![blank_ent::<RangeTypes>(1, 1, 9)],
+                IOFlushed::signal(tx),
+            )
+            .await;
+        assert!(is_poisoned(&append.unwrap_err()), "append");
+        let read = store.try_get_log_entries(0..10).await;
+        assert!(is_poisoned(&read.unwrap_err()), "try_get_log_entries");
+        let limited = store.limited_get_log_entries(0, 10).await;
+        assert!(
+            is_poisoned(&limited.unwrap_err()),
+            "limited_get_log_entries"
+        );
+        assert!(
+            is_poisoned(&store.read_vote().await.unwrap_err()),
+            "read_vote"
+        );
+        let state = store.get_log_state().await;
+        assert!(is_poisoned(&state.unwrap_err()), "get_log_state");
+        let committed = store.save_committed(None).await;
+        assert!(is_poisoned(&committed.unwrap_err()), "save_committed");
+        let truncate = store.truncate_after(None).await;
+        assert!(is_poisoned(&truncate.unwrap_err()), "truncate_after");
+        let purge = store.purge(log_id::<RangeTypes>(1, 1, 1)).await;
+        assert!(is_poisoned(&purge.unwrap_err()), "purge");
+    }
+
+    /// Issue 8: a failed write on the log path (the append's batch commit,
+    /// injected below fjall's commit in storage) fails the append, poisons
+    /// the store, and from then on the log store and the MVCC store refuse
+    /// every call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_write_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 3, syncer).unwrap();
+        append_flushed(&mut store, vec![blank_ent::<RangeTypes>(1, 1, 1)]).await;
+        mvcc.fail_writes(true);
+        let (tx, rx) = RangeTypes::oneshot();
+        let err = store
+            .append(
+                vec![blank_ent::<RangeTypes>(1, 1, 2)],
+                IOFlushed::signal(tx),
+            )
+            .await
+            .unwrap_err();
+        assert!(!is_poisoned(&err), "the failure itself is reported: {err}");
+        assert!(rx.await.is_err(), "no flush is ever reported for it");
+        assert!(mvcc.is_poisoned(), "the store is poisoned");
+        mvcc.fail_writes(false);
+        assert_refuses_everything(&mut store).await;
+        assert!(matches!(mvcc.sync(), Err(StorageError::Poisoned)));
+    }
+
+    /// The Raft keyspaces' value format v1, pinned: a data directory
+    /// written by an earlier build must open. (The keys are storage's,
+    /// pinned by `storage::raft_log`'s `frozen_keys_on_disk`.)
+    #[test]
+    fn frozen_disk_format_v1() {
+        // Values: FORMAT_V1, then postcard of openraft's types (whose layout
+        // is why openraft is pinned exactly) or of our RangeCommand.
+        let entry = blank_ent::<RangeTypes>(2, 1, 5);
+        assert_eq!(encode(&entry).unwrap(), [1, 2, 1, 5, 0]);
+        let vote = Vote::new(2, 1);
+        assert_eq!(encode(&vote).unwrap(), [1, 2, 1, 0]);
+        let committed = Some(log_id::<RangeTypes>(2, 1, 5));
+        assert_eq!(encode(&committed).unwrap(), [1, 1, 2, 1, 5]);
+        let cmd = crate::raft::types::RangeCommand {
+            proposed_at: 300,
+            op: crate::raft::types::CommandV1::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        };
+        let normal = Entry {
+            log_id: log_id::<RangeTypes>(2, 1, 6),
+            payload: openraft::EntryPayload::Normal(cmd),
+        };
+        let bytes = encode(&normal).unwrap();
+        assert_eq!(bytes, [1, 2, 1, 6, 1, 0xac, 0x02, 0, 1, b'k', 1, b'v']);
+        let back: Entry = decode(&bytes).unwrap();
+        assert_eq!(back.log_id, normal.log_id);
+        assert!(
+            decode::<Entry>(&[2, 2, 1, 5, 0]).is_err(),
+            "unknown format byte"
+        );
+    }
+
+    /// Entries stored for the range, purged ones awaiting deletion included.
     fn stored_keys(store: &RangeLogStore) -> usize {
-        store.log.range(store.index_bounds(&(..))).count()
+        let view = store.log.view().unwrap();
+        let (mut n, mut from) = (0, 0);
+        loop {
+            let page = view.entries(from, u64::MAX, MAX_LOG_READ_ENTRIES).unwrap();
+            match page.last() {
+                Some((last, _)) => from = last + 1,
+                None => return n,
+            }
+            n += page.len();
+        }
+    }
+
+    /// What `append` stores is exactly the pinned value bytes, under the
+    /// entry's index, and what a reader returns decodes from them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appended_entries_are_stored_in_format_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 3, syncer).unwrap();
+        append_flushed(&mut store, vec![blank_ent::<RangeTypes>(2, 1, 5)]).await;
+        let stored = RaftLog::open(&mvcc, 3).unwrap().entries(0, 10, 10).unwrap();
+        assert_eq!(stored, vec![(5, vec![1, 2, 1, 5, 0])]);
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        let raw_vote = RaftLog::open(&mvcc, 3)
+            .unwrap()
+            .state(RaftStateKey::Vote)
+            .unwrap();
+        assert_eq!(raw_vote, Some(vec![1, 2, 1, 0]));
+    }
+
+    /// A read of a range spanning several storage pages returns every
+    /// entry, in order (openraft's `try_get_log_entries` must not stop
+    /// early), while `limited_get_log_entries` returns one page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_return_every_entry_across_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 4, syncer).unwrap();
+        let n = 2 * MAX_LOG_READ_ENTRIES as u64 + 10;
+        let entries: Vec<Entry> = (1..=n).map(|i| blank_ent::<RangeTypes>(1, 1, i)).collect();
+        append_flushed(&mut store, entries).await;
+        let got = store.try_get_log_entries(3..=n).await.unwrap();
+        let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (3..=n).collect::<Vec<_>>());
+        let page = store.limited_get_log_entries(1, n + 1).await.unwrap();
+        assert_eq!(page.len(), MAX_LOG_READ_ENTRIES);
+        assert_eq!(page.first().map(|e| e.log_id.index), Some(1));
+        assert!(store.try_get_log_entries(5..5).await.unwrap().is_empty());
+    }
+
+    /// A hole inside a read range is refused, not skipped (openraft's
+    /// `try_get_log_entries` contract); the store is not poisoned by it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hole_in_the_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mvcc = test_store(dir.path());
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 5, syncer).unwrap();
+        append_flushed(&mut store, vec![blank_ent::<RangeTypes>(1, 1, 1)]).await;
+        // Written behind the log store's back, leaving index 2 missing.
+        let raw = RaftLog::open(&mvcc, 5).unwrap();
+        raw.append(&[(3, encode(&blank_ent::<RangeTypes>(1, 1, 3)).unwrap())])
+            .unwrap();
+        let err = store.try_get_log_entries(1..4).await.unwrap_err();
+        assert!(err.to_string().contains("hole"), "{err}");
+        assert!(!mvcc.is_poisoned());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

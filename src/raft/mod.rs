@@ -5,8 +5,9 @@
 //!
 //! - [`types`]: the type configuration (`RangeTypes`), the replicated
 //!   command and reply, node and range descriptors.
-//! - [`log_store`]: the Raft log and vote in fjall keyspaces that share the
-//!   node's journal with the MVCC data.
+//! - [`log_store`]: the Raft log and vote, kept by storage's
+//!   [`RaftLog`](crate::storage::RaftLog) in keyspaces that share the node's
+//!   journal with the MVCC data; this module keeps openraft's contract.
 //! - [`state_machine`]: applies committed commands to the MVCC store with
 //!   the same deterministic logic as the single-node writer
 //!   ([`crate::decide`]), records the applied log id in the same
@@ -42,8 +43,8 @@ pub use types::{RaftNode, RangeCommand, RangeDescriptor, RangeId, RangeReply, Ra
 
 #[cfg(test)]
 mod storage_suite {
-    //! openraft's own storage conformance suite, run against our fjall log
-    //! store and MVCC state machine.
+    //! openraft's own storage conformance suite, run against our log store
+    //! and MVCC state machine.
     use std::sync::Arc;
 
     use openraft::testing::log::{StoreBuilder, Suite};

@@ -1,11 +1,19 @@
-//! MVCC key-value storage on fjall.
+//! MVCC key-value storage on fjall, and every other disk access of the
+//! node's database.
 //!
 //! [`MvccStore`] keeps every version of every key, stamped with the HLC
 //! timestamp of its write, until garbage collection drops the versions no
-//! snapshot at or above the gc horizon can see. It owns the disk format (see
-//! `encoding`), durability ([`FsyncPolicy`]) and the poison flag; it does not
-//! own timestamps, validation of user requests or scheduling: the engine
-//! stamps writes, checks request limits and decides when to sync and gc.
+//! snapshot at or above the gc horizon can see. [`RaftLog`] (`raft_log.rs`)
+//! keeps the Raft log and state of every range group, as bytes, in two more
+//! keyspaces of the same database, so they share its ordered journal. The
+//! storage layer owns the disk formats (`encoding`, and the Raft keys in
+//! `raft_log`), durability ([`FsyncPolicy`]) and the poison flag: every
+//! batch of the node is committed and every sync made through one pair of
+//! functions (`commit`, `persist`) that poison on failure, and nothing
+//! outside this module opens a keyspace. It does not own timestamps,
+//! validation of user requests, Raft's rules or scheduling: the engine
+//! stamps writes, checks request limits and decides when to sync and gc;
+//! `raft::log_store` encodes the Raft values and keeps openraft's contract.
 //!
 //! **Invariant:** once `sync` returns `Ok`, every batch applied before it
 //! survives a process crash (and, with [`FsyncPolicy::Always`], power loss).
@@ -15,12 +23,14 @@
 //! registered a region's ranges, one per range: each range is collected at a
 //! horizon its owner keeps below that range's applied timestamp
 //! (docs/consistency.md G8), so an idle range stays readable.
-//! **Invariant:** after a failed write or sync the store is poisoned and
-//! refuses every further call (fjall `src/poison.rs`; Rebello et al.,
+//! **Invariant:** after a failed write or sync (MVCC data, metadata or Raft
+//! log alike) the store is poisoned and refuses every further call, reads
+//! and the Raft log's included (fjall `src/poison.rs`; Rebello et al.,
 //! "Can Applications Recover from fsync Failures?", ATC '20).
 
 mod encoding;
 mod mvcc;
+mod raft_log;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
@@ -35,6 +45,10 @@ use crate::error_code::ErrorCode;
 use crate::limits;
 use crate::types::{KeyValue, Op, Timestamp, VersionEntry};
 use mvcc::{RawEntry, VersionSource};
+pub use raft_log::{
+    RaftLog, RaftLogView, RaftStateKey, MAX_LOG_READ_ENTRIES, MAX_LOG_REMOVE_ENTRIES,
+    MAX_STATE_VALUE_BYTES,
+};
 
 /// fjall keyspace holding one entry per version (format: `encoding`).
 const DATA_KEYSPACE: &str = "mvcc_data";
@@ -295,6 +309,8 @@ struct Inner {
     path: PathBuf,
     /// Fault injection for tests: every sync fails while set.
     fail_syncs: AtomicBool,
+    /// Fault injection for tests: every batch commit fails while set.
+    fail_writes: AtomicBool,
     db: Database,
     data: Keyspace,
     meta: Keyspace,
@@ -458,6 +474,7 @@ impl MvccStore {
         let inner = Inner {
             path: opts.path.clone(),
             fail_syncs: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
             db,
             data,
             meta,
@@ -580,9 +597,7 @@ impl MvccStore {
                 batch.insert(&self.inner.data, encoded, encoding::encode_record(value));
             }
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("apply_batch", err))
+        self.commit("apply_batch", batch)
     }
 
     /// The durability point: per [`FsyncPolicy`], makes every batch applied
@@ -596,10 +611,7 @@ impl MvccStore {
             FsyncPolicy::Never => PersistMode::Buffer,
         };
         let started = Instant::now();
-        self.inner
-            .db
-            .persist(mode)
-            .map_err(|err| self.write_failed("sync", err))?;
+        self.persist("sync", mode)?;
         metrics::histogram!("meridian_storage_sync_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -616,20 +628,20 @@ impl MvccStore {
             FsyncPolicy::Always => PersistMode::SyncAll,
             FsyncPolicy::Never => PersistMode::Buffer,
         };
-        let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
-            Err(fjall::Error::Io(std::io::Error::other(
-                "injected sync failure",
-            )))
-        } else {
-            self.inner.db.persist(mode)
-        };
-        result.map_err(|err| self.write_failed("sync_durable", err))
+        self.persist("sync_durable", mode)
     }
 
     /// Fault injection: while `on`, every sync fails (and so poisons the store).
     #[cfg(test)]
     pub(crate) fn fail_syncs(&self, on: bool) {
         self.inner.fail_syncs.store(on, Ordering::Release);
+    }
+
+    /// Fault injection: while `on`, every batch commit fails (and so poisons
+    /// the store) before anything reaches the journal.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, on: bool) {
+        self.inner.fail_writes.store(on, Ordering::Release);
     }
 
     /// Collects versions no read at or above `horizon` can see: for every
@@ -712,7 +724,7 @@ impl MvccStore {
                 batch.remove(&self.inner.data, key);
             }
             // Not fsynced: removals lost in a crash are simply redone.
-            batch.commit().map_err(|err| self.write_failed("gc", err))?;
+            self.commit("gc", batch)?;
         }
         let more = plan.resume.is_some();
         if let Some(resume) = plan.resume {
@@ -778,13 +790,8 @@ impl MvccStore {
             });
         }
         if fresh {
-            batch
-                .commit()
-                .map_err(|err| self.write_failed("set_gc_spans", err))?;
-            self.inner
-                .db
-                .persist(PersistMode::SyncAll)
-                .map_err(|err| self.write_failed("set_gc_spans", err))?;
+            self.commit("set_gc_spans", batch)?;
+            self.persist("set_gc_spans", PersistMode::SyncAll)?;
         }
         let out = registered
             .iter()
@@ -902,9 +909,7 @@ impl MvccStore {
             batch.remove(&self.inner.data, key);
             removed += 1;
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("clear_range_step", err))?;
+        self.commit("clear_range_step", batch)?;
         Ok(removed == max_versions)
     }
 
@@ -945,22 +950,13 @@ impl MvccStore {
                 encoding::encode_record(v.value.as_deref()),
             );
         }
-        batch
-            .commit()
-            .map_err(|err| self.write_failed("insert_versions", err))
+        self.commit("insert_versions", batch)
     }
 
     /// The directory of the store. Files that belong with the node's data
     /// (Raft snapshot files) live in subdirectories of it.
     pub fn path(&self) -> &std::path::Path {
         &self.inner.path
-    }
-
-    /// The fjall database, for other keyspaces of the same node (the Raft
-    /// log) that must share its journal and its durability point.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the Raft host (next step) and tests
-    pub(crate) fn database(&self) -> &Database {
-        &self.inner.db
     }
 
     /// Approximate number of stored versions (tombstones and not yet
@@ -979,6 +975,33 @@ impl MvccStore {
             return Err(StorageError::Poisoned);
         }
         Ok(())
+    }
+
+    /// Commits `batch` (atomically, to the journal; not fsynced). Every
+    /// batch of the store, MVCC and Raft log alike, is committed here, so a
+    /// failure always poisons.
+    fn commit(&self, what: &str, batch: fjall::OwnedWriteBatch) -> Result<(), StorageError> {
+        let result = if self.inner.fail_writes.load(Ordering::Acquire) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))
+        } else {
+            batch.commit()
+        };
+        result.map_err(|err| self.write_failed(what, err))
+    }
+
+    /// Persists the journal per `mode`. Every sync of the store goes
+    /// through here, so a failure always poisons.
+    fn persist(&self, what: &str, mode: PersistMode) -> Result<(), StorageError> {
+        let result = if self.inner.fail_syncs.load(Ordering::Acquire) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected sync failure",
+            )))
+        } else {
+            self.inner.db.persist(mode)
+        };
+        result.map_err(|err| self.write_failed(what, err))
     }
 
     /// Poisons the store after a failed write: what reached the disk is
@@ -1091,14 +1114,10 @@ impl MvccStore {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.inner
-            .meta
-            .insert(key, value)
-            .map_err(|err| self.write_failed(what, err))?;
-        self.inner
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(|err| self.write_failed(what, err))
+        let mut batch = self.inner.db.batch();
+        batch.insert(&self.inner.meta, key, value);
+        self.commit(what, batch)?;
+        self.persist(what, PersistMode::SyncAll)
     }
 }
 

@@ -212,6 +212,42 @@ fn unknown_store_format_is_refused_on_open() {
     assert!(err.to_string().contains("store format version 2"), "{err}");
 }
 
+/// The real paths poison: a batch commit or a sync failing where storage
+/// calls fjall (the test hooks sit there) fails the call, poisons the
+/// store, and every later call is refused.
+#[test]
+fn a_failed_commit_or_sync_poisons_through_the_real_path() {
+    for fail_sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let batch = [record(1, vec![put(b"a", b"1")])];
+        let result = if fail_sync {
+            store.fail_syncs(true);
+            store.apply_batch(&batch).unwrap();
+            store.sync()
+        } else {
+            store.fail_writes(true);
+            store.apply_batch(&batch)
+        };
+        assert!(matches!(result, Err(StorageError::Fjall(_))), "{result:?}");
+        assert!(store.is_poisoned(), "fail_sync: {fail_sync}");
+        store.fail_syncs(false);
+        store.fail_writes(false);
+        assert!(matches!(
+            store.get(b"a", Timestamp(1)),
+            Err(StorageError::Poisoned)
+        ));
+        assert!(matches!(
+            store.apply_batch(&[record(2, vec![put(b"b", b"2")])]),
+            Err(StorageError::Poisoned)
+        ));
+        assert!(matches!(
+            store.meta_put_durable("x", b""),
+            Err(StorageError::Poisoned)
+        ));
+    }
+}
+
 #[test]
 fn a_failed_write_poisons_every_later_call() {
     let dir = tempfile::tempdir().unwrap();
