@@ -79,8 +79,12 @@ pub const MAX_META_VALUE_BYTES: usize = 64 * 1024;
 /// When [`MvccStore::sync`] makes writes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FsyncPolicy {
-    /// `sync` fsyncs the journal (fjall `PersistMode::SyncAll`): acknowledged
-    /// writes survive process crashes and power loss.
+    /// `sync` fsyncs the journal (fjall `PersistMode::SyncAll`) and the Raft
+    /// log's durability point fdatasyncs it (`PersistMode::SyncData`, as
+    /// etcd does its WAL: the journal's size is fixed and fsynced when fjall
+    /// creates it, and fdatasync still flushes the block allocation a write
+    /// needs, so only timestamps are skipped): acknowledged writes survive
+    /// process crashes and power loss.
     Always,
     /// `sync` only flushes the journal to OS buffers (`PersistMode::Buffer`):
     /// acknowledged writes survive a process crash but may be lost on power
@@ -619,13 +623,13 @@ impl MvccStore {
 
     /// The durability point of the Raft log and vote, whose entries count
     /// only once persisted: per [`FsyncPolicy`], everything committed so far
-    /// survives power loss (`Always`: an fsync) or a process crash (`Never`:
+    /// survives power loss (`Always`: an fdatasync) or a process crash (`Never`:
     /// written to the OS, like etcd's `--unsafe-no-fsync`). On failure the
     /// store is poisoned, like any failed write or sync.
     pub fn sync_durable(&self) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let mode = match self.inner.fsync {
-            FsyncPolicy::Always => PersistMode::SyncAll,
+            FsyncPolicy::Always => PersistMode::SyncData,
             FsyncPolicy::Never => PersistMode::Buffer,
         };
         self.persist("sync_durable", mode)
