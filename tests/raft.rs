@@ -268,13 +268,23 @@ fn make_certs(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
-    catch_up_by_snapshot().await;
+    catch_up_by_snapshot(false).await;
+}
+
+/// A snapshot is a point, materialised when it must be sent
+/// (src/raft/point.rs): when the leader's gc horizon has passed its current
+/// point, the send is refused rather than made incomplete, a fresh snapshot
+/// is triggered, and the retry sends that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_below_the_horizon_is_replaced_by_a_fresh_snapshot_and_sent() {
+    catch_up_by_snapshot(true).await;
 }
 
 /// Three nodes replicate, the leader stops, the other two elect a new one
 /// and write past log compaction, and the stopped node comes back and
-/// catches up by snapshot.
-async fn catch_up_by_snapshot() {
+/// catches up by snapshot. With `stale_point`, the new leader's gc horizon
+/// is first raised above its current snapshot point.
+async fn catch_up_by_snapshot(stale_point: bool) {
     let root = tempfile::tempdir().unwrap();
     let certs = make_certs(root.path());
     let any = "127.0.0.1:0".parse().unwrap();
@@ -318,12 +328,24 @@ async fn catch_up_by_snapshot() {
     assert_ne!(new_leader_id, old_id);
     let new_leader = peers.iter().find(|p| p.id == new_leader_id).unwrap();
     // Enough entries to pass the snapshot policy, so the old log is purged.
-    let ts = write_n(new_leader, "b/", 60).await;
+    let mut ts = write_n(new_leader, "b/", 60).await;
     converge(&refs, ts).await;
     same_versions(&refs);
     let group = new_leader.host.group(1).unwrap();
     let purged = group.raft.metrics().borrow_watched().purged;
     assert!(purged.is_some(), "the log must have been compacted");
+    let mut point = None;
+    if stale_point {
+        let (p, last) = point_below_applied(new_leader).await;
+        ts = last;
+        // What gc does once the history window has passed the point.
+        new_leader
+            .store
+            .raise_gc_horizon(b"", None, group.applied_ts())
+            .unwrap();
+        point = Some(p);
+    }
+
     // The stopped node comes back after compaction: it must catch up by snapshot.
     let back = start_peer(old_id, &old_dir, &certs, old_addr).await;
     peers.push(back);
@@ -349,8 +371,58 @@ async fn catch_up_by_snapshot() {
         .filter(|v| !all.contains(v))
         .count();
     assert_eq!(missing, 0, "the rejoined node holds versions nobody wrote");
+    if let Some(stale) = point {
+        let leader = peers.iter().find(|p| p.id == new_leader_id).unwrap();
+        let now = leader
+            .host
+            .group(1)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot;
+        assert!(
+            now > Some(stale),
+            "a fresh snapshot replaced the stale point {stale:?}: {now:?}"
+        );
+        assert!(m.snapshot > Some(stale), "the fresh one was sent: {m:?}");
+    }
+
     for p in peers {
         p.stop().await;
+    }
+}
+
+/// Waits (bounded) until `leader`'s snapshot policy is at rest (fewer than
+/// `snapshot_after_logs` entries applied since its current point, so no
+/// build is due), writing one more entry if the point is at the last applied
+/// one. Returns the point, now strictly below the applied state, and the
+/// last write's version.
+async fn point_below_applied(
+    leader: &Peer,
+) -> (
+    openraft::type_config::alias::LogIdOf<meridian::raft::RangeTypes>,
+    Timestamp,
+) {
+    let group = leader.host.group(1).unwrap();
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let m = group.raft.metrics().borrow_watched().clone();
+        let (point, applied) = (m.snapshot, m.last_applied);
+        let since = applied.map_or(0, |a| a.index) - point.map_or(0, |p| p.index);
+        if let Some(point) = point.filter(|_| since < timing().snapshot_after_logs) {
+            let last = if since == 0 {
+                write_n(leader, "c/", 1).await
+            } else {
+                group.applied_ts()
+            };
+            return (point, last);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshot policy never at rest: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,20 +1,25 @@
-//! Range snapshot files: how a range's state is dumped, shipped and
-//! installed without ever holding the range in memory.
+//! Range snapshot files: the form a snapshot point takes when it must cross
+//! to a peer, and how it is written, shipped and installed without ever
+//! holding the range in memory.
 //!
-//! A file holds **the state of the range visible at the snapshot's
+//! A Raft snapshot of a range is a point in the range's history
+//! ([`super::point`]); a file exists only while a leader sends that point to
+//! a follower behind its log, and on the follower until the install
+//! completes. A file holds **the state of the range visible at the point's
 //! timestamp** `last_ts`: for each key its newest version at or below
 //! `last_ts`, left out when that version is a tombstone. Not history, not
 //! tombstones: the receiver raises the range's gc horizon to `last_ts`
 //! before installing (docs/consistency.md G8), so no read it serves can see
 //! below `last_ts`, and at and above `last_ts` an absent key and a tombstoned
-//! one read the same. That is also what makes a file a function of the range
-//! and `last_ts` alone: gc may or may not have collected history and
-//! tombstones below the horizon yet, but never changes what is visible at or
-//! above it, so dumping the same state twice gives the same bytes and id.
+//! one read the same. That is also what makes a file a function of the point
+//! alone: gc may or may not have collected history and tombstones below the
+//! horizon yet, but never changes what is visible at or above it, so
+//! materialising the same point twice (after a restart, say) gives the same
+//! bytes and the same id, and a cut-off transfer still resumes.
 //!
 //! A file lives under `<data dir>/snapshots/`, written once, renamed into
 //! place, never changed after (fsynced by a receiver before it installs it; a
-//! builder's file lives only as long as its process). Format v2 (v1 was an
+//! sender's file lives only as long as its process). Format v2 (v1 was an
 //! in-memory postcard blob and is no longer read):
 //!
 //! ```text
@@ -24,8 +29,8 @@
 //! ```
 //!
 //! Records are in key order, newest version first per key (the store's
-//! order). Files written by earlier builds carried every stored version,
-//! tombstones and history included, in the same layout; a reader
+//! order). Files written before snapshots became points carried every stored
+//! version, tombstones and history included, in the same layout; a reader
 //! installs whatever versions a file holds, so either node reads the other's
 //! files. The digest makes a file self-verifying: a receiver checks it
 //! before installing, so a torn transfer or a flipped bit is refused, never
@@ -312,9 +317,9 @@ fn write_visible_state(
     let HashingWriter { mut inner, ctx } = w;
     let digest = ctx.finish();
     inner.write_all(digest.as_ref())?;
-    // Not fsynced: a built snapshot only serves transfers while this process
-    // runs (a restart deletes it, state_machine::remove_stale_snapshot_files),
-    // and an fsync of a whole range would compete with
+    // Not fsynced: a sender's file only serves transfers while this process
+    // runs (a restart deletes it, and the point it came from can be
+    // materialised again), and an fsync of a whole range would compete with
     // the Raft log's fsyncs on the same disk. A *received* snapshot is
     // fsynced before it is installed (transfer::receive_snapshot).
     drop(inner.into_inner().map_err(|e| e.into_error())?);
