@@ -434,8 +434,13 @@ impl RangePoints {
                 horizon,
             });
         }
-        self.materialize_into(slot, point.clone(), view)
+        // A task of its own: a send cancelled meanwhile (replication moved
+        // on) drops only its wait, and the file still lands in the slot
+        // instead of being orphaned until the next restart.
+        let (this, point) = (self.clone(), point.clone());
+        tokio::spawn(async move { this.materialize_into(slot, point, view).await })
             .await
+            .map_err(|e| io(io_err("materialise task", e)))?
             .map_err(io)
     }
 
