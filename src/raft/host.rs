@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::log_store::{LogSyncer, RangeLogStore};
 use super::network::PeerRouter;
-use super::snapshot::SnapshotFile;
+use super::point::RangeSnapshotData;
 use super::state_machine::{snapshot_dir, RangeStateMachine};
 use super::transfer::{self, Offer};
 use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
@@ -57,9 +57,11 @@ impl Default for RaftTiming {
     /// 250-500 ms of silence (the lease is 500 ms) put a new leader in place
     /// well inside a second of losing one (issue 8: SDK writes resume within
     /// 1.5 s of a leader's SIGKILL). Snapshots every 100,000 entries with 5,000 kept behind, as etcd's
-    /// `--snapshot-count` and catch-up entries do: a snapshot dumps the whole
-    /// range, so taking one every few thousand writes costs more CPU than the
-    /// writes themselves once a range holds a few hundred thousand versions.
+    /// `--snapshot-count` and catch-up entries do. A snapshot is only a
+    /// point now (`super::point`: one small write and one sync), so the
+    /// interval no longer costs a dump of the range; what it bounds is the
+    /// log kept on disk, and a follower that falls further behind than the
+    /// entries kept costs its leader one dump of the range's visible state.
     fn default() -> Self {
         RaftTiming {
             heartbeat_interval_ms: 50,
@@ -219,9 +221,10 @@ impl RaftHost {
             } else {
                 std::time::Duration::ZERO
             };
-        let sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
+        let mut sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
             .map_err(storage)?;
         let applied_ts = sm.applied_ts();
+        let requests = sm.take_snapshot_requests();
         let network = GroupNetworkFactory::new(self.router.clone(), range);
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
             .await
@@ -229,6 +232,9 @@ impl RaftHost {
                 range,
                 message: e.to_string(),
             })?;
+        if let Some(requests) = requests {
+            tokio::spawn(snapshot_on_request(range, raft.clone(), requests));
+        }
         let group = Arc::new(RangeGroup {
             desc,
             raft,
@@ -380,9 +386,9 @@ impl RaftHost {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "received a range snapshot"
         );
-        let snapshot = SnapshotOf::<RangeTypes, SnapshotFile> {
+        let snapshot = SnapshotOf::<RangeTypes, RangeSnapshotData> {
             meta: got.meta,
-            snapshot: got.file,
+            snapshot: RangeSnapshotData::Received(got.file),
         };
         let res: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =
             group.raft.install_full_snapshot(got.vote, snapshot).await;
@@ -396,6 +402,23 @@ impl RaftHost {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(range = g.desc.id, error = %e, "raft group did not shut down cleanly");
             }
+        }
+    }
+}
+
+/// Triggers a snapshot of `range` for each request its state machine makes
+/// (its current point fell below the gc horizon before it could be sent;
+/// `super::point`). Ends when the group shuts down (the state machine, and
+/// with it the sending side, is dropped) or refuses the trigger.
+async fn snapshot_on_request(
+    range: RangeId,
+    raft: RangeRaft,
+    mut requests: tokio::sync::mpsc::Receiver<()>,
+) {
+    while requests.recv().await.is_some() {
+        if let Err(e) = raft.trigger().snapshot().await {
+            tracing::debug!(range, error = %e, "cannot trigger a snapshot; the group stopped");
+            break;
         }
     }
 }

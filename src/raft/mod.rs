@@ -11,10 +11,12 @@
 //! - [`state_machine`]: applies committed commands to the MVCC store with
 //!   the same deterministic logic as the single-node writer
 //!   ([`crate::decide`]), records the applied log id in the same
-//!   atomic batch, and builds / installs snapshots of the range.
+//!   atomic batch, and records / installs snapshots of the range.
 //! - [`network`]: Raft RPCs over the peer protocol ([`crate::peer`]), one
 //!   connection per peer shared by every group (openraft-multi's
 //!   `GroupRouter`), AppendEntries capped in bytes.
+//! - [`point`]: a snapshot is a point (log id, membership, timestamp),
+//!   persisted, and materialised into a file only when a leader sends it.
 //! - [`snapshot`]: the snapshot file format (written, shipped and installed
 //!   in bounded memory) and [`transfer`]: streaming it to a peer in
 //!   resumable chunks.
@@ -33,6 +35,7 @@
 pub mod host;
 pub mod log_store;
 pub mod network;
+pub mod point;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;

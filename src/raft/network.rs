@@ -8,8 +8,12 @@
 //! AppendEntries are capped in bytes ([`crate::peer::MAX_APPEND_BYTES`]):
 //! when openraft hands over more, the router sends the prefix that fits
 //! (always at least one entry) and reports `PartialSuccess` up to its last
-//! entry, so openraft sends the rest next. Snapshots stream from their file
-//! in chunks ([`super::transfer`]), resumable after a dropped connection.
+//! entry, so openraft sends the rest next. A snapshot to send is a point of
+//! the range ([`super::point`]): it is materialised into a file (or the file
+//! written for it before is reused) and streamed in chunks
+//! ([`super::transfer`]), resumable after a dropped connection. A point the
+//! gc horizon has passed fails the send as `Unreachable` after requesting a
+//! fresh snapshot; openraft backs off and sends again, with the new point.
 //!
 //! Failures map onto openraft's error kinds: no connection or a broken
 //! stream is `Unreachable` (openraft backs off), an expired deadline is
@@ -37,7 +41,7 @@ use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::snapshot::SnapshotFile;
+use super::point::RangeSnapshotData;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
 use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
 use crate::transport;
@@ -47,7 +51,7 @@ use crate::transport;
 #[error("{0}")]
 pub struct NetError(String);
 
-type Snapshot = SnapshotOf<RangeTypes, SnapshotFile>;
+type Snapshot = SnapshotOf<RangeTypes, RangeSnapshotData>;
 
 /// Sends Raft RPCs for every group of this node. Cheap to clone.
 #[derive(Clone)]
@@ -192,7 +196,7 @@ fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<RangeType
 }
 
 impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = RangeSnapshotData;
 
     async fn append_entries(
         &self,
@@ -270,13 +274,25 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<RangeTypes>, StreamingError<RangeTypes>> {
         let unreachable = |e: NetError| StreamingError::Unreachable(Unreachable::new(&e));
-        let conn = self.connection(target).await.map_err(unreachable)?;
-        // No deadline of our own: a snapshot takes as long as its size needs
-        // (each frame is bounded by the receiver's read timeout); replication
-        // cancels it through `cancel` when it is no longer wanted.
-        let send = super::transfer::send_snapshot(&conn, group_id, &vote, &snapshot);
+        // No deadline of our own: materialising and sending a snapshot take
+        // as long as its size needs (each frame is bounded by the receiver's
+        // read timeout); replication cancels it through `cancel` when it is
+        // no longer wanted.
+        let send = async {
+            let file = match snapshot.snapshot {
+                RangeSnapshotData::Point(point) => point
+                    .materialize()
+                    .await
+                    .map_err(|e| NetError(e.to_string()))?,
+                RangeSnapshotData::Received(file) => file,
+            };
+            let conn = self.connection(target).await?;
+            super::transfer::send_snapshot(&conn, group_id, &vote, &snapshot.meta, &file)
+                .await
+                .map_err(|e| NetError(e.to_string()))
+        };
         let bytes = tokio::select! {
-            r = send => r.map_err(|e| unreachable(NetError(e.to_string())))?,
+            r = send => r.map_err(unreachable)?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let result: Result<SnapshotResponse<RangeTypes>, Fatal<RangeTypes>> =

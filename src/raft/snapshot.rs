@@ -1,9 +1,25 @@
-//! Range snapshot files: how a range's versions are dumped, shipped and
-//! installed without ever holding the range in memory.
+//! Range snapshot files: the form a snapshot point takes when it must cross
+//! to a peer, and how it is written, shipped and installed without ever
+//! holding the range in memory.
 //!
-//! A snapshot is a file under `<data dir>/snapshots/`, written once, renamed
-//! into place, never changed after (fsynced by a receiver before it installs
-//! it; a builder's file lives only as long as its process). Format v2 (v1 was an
+//! A Raft snapshot of a range is a point in the range's history
+//! ([`super::point`]); a file exists only while a leader sends that point to
+//! a follower behind its log, and on the follower until the install
+//! completes. A file holds **the state of the range visible at the point's
+//! timestamp** `last_ts`: for each key its newest version at or below
+//! `last_ts`, left out when that version is a tombstone. Not history, not
+//! tombstones: the receiver raises the range's gc horizon to `last_ts`
+//! before installing (docs/consistency.md G8), so no read it serves can see
+//! below `last_ts`, and at and above `last_ts` an absent key and a tombstoned
+//! one read the same. That is also what makes a file a function of the point
+//! alone: gc may or may not have collected history and tombstones below the
+//! horizon yet, but never changes what is visible at or above it, so
+//! materialising the same point twice (after a restart, say) gives the same
+//! bytes and the same id, and a cut-off transfer still resumes.
+//!
+//! A file lives under `<data dir>/snapshots/`, written once, renamed into
+//! place, never changed after (fsynced by a receiver before it installs it; a
+//! sender's file lives only as long as its process). Format v2 (v1 was an
 //! in-memory postcard blob and is no longer read):
 //!
 //! ```text
@@ -13,7 +29,10 @@
 //! ```
 //!
 //! Records are in key order, newest version first per key (the store's
-//! order). The digest makes a file self-verifying: a receiver checks it
+//! order). Files written before snapshots became points carried every stored
+//! version, tombstones and history included, in the same layout; a reader
+//! installs whatever versions a file holds, so either node reads the other's
+//! files. The digest makes a file self-verifying: a receiver checks it
 //! before installing, so a torn transfer or a flipped bit is refused, never
 //! installed. Its first 16 bytes are the snapshot's id in the peer protocol.
 //!
@@ -199,9 +218,13 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Writes the snapshot of `range` as of `view` into a new file in `dir`
-/// (written as `*.tmp`, fsynced, then renamed): one record at a time, so
-/// memory does not grow with the range.
+/// Writes the state of `range` visible at `last_ts` in `view` into a new
+/// file in `dir` (written as `*.tmp`, then renamed): for each key its newest
+/// version at or below `last_ts` unless that is a tombstone (see the module
+/// header). One record at a time, so memory does not grow with the range.
+///
+/// The caller guarantees that `view` still holds that state: the range's gc
+/// horizon was at or below `last_ts` when the view was taken.
 pub fn write_snapshot(
     view: &FrozenView,
     range: &RangeDescriptor,
@@ -218,7 +241,44 @@ pub fn write_snapshot(
             .map_or(0, |d| d.as_nanos())
     );
     let tmp = dir.join(format!("{unique}.tmp"));
-    let file = File::create(&tmp)?;
+    let written = write_visible_state(view, range, last_ts, &tmp);
+    let (digest, count) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let path = dir.join(format!("{unique}.snap"));
+    std::fs::rename(&tmp, &path)?;
+    let file = File::open(&path)?;
+    let len = file.metadata()?.len();
+    let mut id = [0u8; SNAPSHOT_ID_BYTES];
+    id.copy_from_slice(&digest.as_ref()[..SNAPSHOT_ID_BYTES]);
+    tracing::debug!(
+        range = range.id,
+        last_ts,
+        count,
+        len,
+        "wrote a snapshot file"
+    );
+    Ok(SnapshotFile {
+        path,
+        file: Arc::new(file),
+        len,
+        id,
+    })
+}
+
+/// The body of [`write_snapshot`]: writes the file at `tmp` and returns its
+/// digest and record count.
+fn write_visible_state(
+    view: &FrozenView,
+    range: &RangeDescriptor,
+    last_ts: u64,
+    tmp: &Path,
+) -> io::Result<(ring::digest::Digest, u64)> {
+    let file = File::create(tmp)?;
     let mut w = HashingWriter {
         inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
         ctx: Context::new(&SHA256),
@@ -229,47 +289,84 @@ pub fn write_snapshot(
     };
     write_header(&mut w, &header)?;
     let mut record = Vec::new();
-    let count = view
-        .for_each_version(
-            &range.start,
-            range.end.as_deref(),
-            usize::MAX,
-            |key, version, value| {
-                record.clear();
-                record = postcard::to_extend(&(key, version.0, value), std::mem::take(&mut record))
+    let mut visible = VisibleAt::new(Timestamp(last_ts));
+    let mut count = 0u64;
+    view.for_each_version(
+        &range.start,
+        range.end.as_deref(),
+        usize::MAX,
+        |key, version, value| {
+            let Some(value) = visible.take(key, version, value) else {
+                return Ok(());
+            };
+            record.clear();
+            record =
+                postcard::to_extend(&(key, version.0, Some(value)), std::mem::take(&mut record))
                     .map_err(|e| StorageError::InvalidArgument {
                         reason: format!("encode snapshot record: {e}"),
                     })?;
-                write_record(&mut w, &record).map_err(|e| StorageError::InvalidArgument {
-                    reason: e.to_string(),
-                })
-            },
-        )
-        .map_err(|e| io::Error::other(format!("dump range {}: {e}", range.id)))?;
+            count += 1;
+            write_record(&mut w, &record).map_err(|e| StorageError::InvalidArgument {
+                reason: e.to_string(),
+            })
+        },
+    )
+    .map_err(|e| io::Error::other(format!("dump range {}: {e}", range.id)))?;
     w.write_all(&0u32.to_le_bytes())?;
-    w.write_all(&(count as u64).to_le_bytes())?;
+    w.write_all(&count.to_le_bytes())?;
     let HashingWriter { mut inner, ctx } = w;
     let digest = ctx.finish();
     inner.write_all(digest.as_ref())?;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    // Not fsynced: a built snapshot only serves transfers while this process
-    // runs (a restart deletes it, state_machine::remove_stale_snapshot_files),
-    // and an fsync of a whole range would compete with the Raft log's
-    // fsyncs on the same disk. A *received* snapshot is fsynced before it is
-    // installed (transfer::receive_snapshot).
-    drop(file);
-    let path = dir.join(format!("{unique}.snap"));
-    std::fs::rename(&tmp, &path)?;
-    let file = File::open(&path)?;
-    let len = file.metadata()?.len();
-    let mut id = [0u8; SNAPSHOT_ID_BYTES];
-    id.copy_from_slice(&digest.as_ref()[..SNAPSHOT_ID_BYTES]);
-    Ok(SnapshotFile {
-        path,
-        file: Arc::new(file),
-        len,
-        id,
-    })
+    // Not fsynced: a sender's file only serves transfers while this process
+    // runs (a restart deletes it, and the point it came from can be
+    // materialised again), and an fsync of a whole range would compete with
+    // the Raft log's fsyncs on the same disk. A *received* snapshot is
+    // fsynced before it is installed (transfer::receive_snapshot).
+    drop(inner.into_inner().map_err(|e| e.into_error())?);
+    Ok((digest, count))
+}
+
+/// Picks, from versions in the store's order (key order, newest first per
+/// key), the newest version of each key at or below a timestamp, and
+/// passes it on only if it is a value: the state a read at that timestamp
+/// sees.
+struct VisibleAt {
+    at: Timestamp,
+    /// The key whose versions are being visited (`None` before the first).
+    key: Option<Vec<u8>>,
+    /// Whether that key's visible version was already seen.
+    decided: bool,
+}
+
+impl VisibleAt {
+    fn new(at: Timestamp) -> VisibleAt {
+        VisibleAt {
+            at,
+            key: None,
+            decided: false,
+        }
+    }
+
+    /// The value to keep for this version, or `None` to skip it.
+    fn take<'v>(
+        &mut self,
+        key: &[u8],
+        version: Timestamp,
+        value: Option<&'v [u8]>,
+    ) -> Option<&'v [u8]> {
+        if self.key.as_deref() != Some(key) {
+            let mut buf = self.key.take().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(key);
+            self.key = Some(buf);
+            self.decided = false;
+        }
+        if self.decided || version > self.at {
+            return None;
+        }
+        self.decided = true;
+        value
+    }
 }
 
 /// Makes a rename in `dir` durable.
@@ -416,14 +513,27 @@ mod tests {
         }
     }
 
+    /// The layout, pinned, of a file as this build writes it: only the
+    /// state visible at `last_ts` (the older version of `a`, the tombstone
+    /// of `b` and the version of `c` above `last_ts` are left out).
     #[test]
     fn frozen_snapshot_file_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir.path().join("db"));
-        let records = vec![WriteRecord {
-            ts: Timestamp(7),
-            ops: vec![put("a", "v"), Op::Delete { key: b"b".to_vec() }],
-        }];
+        let records = vec![
+            WriteRecord {
+                ts: Timestamp(5),
+                ops: vec![put("a", "old"), put("b", "gone")],
+            },
+            WriteRecord {
+                ts: Timestamp(7),
+                ops: vec![put("a", "v"), Op::Delete { key: b"b".to_vec() }],
+            },
+            WriteRecord {
+                ts: Timestamp(9),
+                ops: vec![put("c", "later")],
+            },
+        ];
         s.apply_batch_with_meta(&records, &[]).unwrap();
         let range = RangeDescriptor {
             id: 2,
@@ -436,14 +546,72 @@ mod tests {
             b"MRSN".as_slice(),
             &[2, 2, 0, 0, 0, 2, 7], // format, header len 2, header (range 2, last_ts 7)
             &[6, 0, 0, 0, 1, b'a', 7, 1, 1, b'v'], // ("a", 7, Some("v"))
-            &[4, 0, 0, 0, 1, b'b', 7, 0], // ("b", 7, None)
-            &[0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], // end, count 2
+            &[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], // end, count 1
         ]
         .concat();
         assert_eq!(&bytes[..body.len()], body.as_slice());
         let digest = ring::digest::digest(&SHA256, &body);
         assert_eq!(&bytes[body.len()..], digest.as_ref());
         assert_eq!(snap.id(), digest.as_ref()[..SNAPSHOT_ID_BYTES]);
+    }
+
+    /// A file as builds before snapshot points wrote it (every version,
+    /// tombstones included) still reads: the layout is the same v2.
+    #[test]
+    fn a_file_with_history_and_tombstones_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes: Vec<u8> = [
+            b"MRSN".as_slice(),
+            &[2, 2, 0, 0, 0, 2, 7],
+            &[6, 0, 0, 0, 1, b'a', 7, 1, 1, b'v'], // ("a", 7, Some("v"))
+            &[6, 0, 0, 0, 1, b'a', 5, 1, 1, b'o'], // ("a", 5, Some("o"))
+            &[4, 0, 0, 0, 1, b'b', 7, 0],          // ("b", 7, None)
+            &[0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], // end, count 3
+        ]
+        .concat();
+        let digest = ring::digest::digest(&SHA256, &bytes);
+        bytes.extend_from_slice(digest.as_ref());
+        let path = dir.path().join("old.snap");
+        std::fs::write(&path, &bytes).unwrap();
+        let (file, header) = SnapshotFile::open_verified(&path).unwrap();
+        assert_eq!((header.range, header.last_ts), (2, 7));
+        let got = file.reader().unwrap().next_batch().unwrap();
+        let version = |k: &str, v: u64, value: Option<&str>| RawVersion {
+            key: k.as_bytes().to_vec(),
+            version: Timestamp(v),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        };
+        assert_eq!(
+            got,
+            vec![
+                version("a", 7, Some("v")),
+                version("a", 5, Some("o")),
+                version("b", 7, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn visible_at_keeps_the_newest_value_at_or_below_its_timestamp() {
+        let mut v = VisibleAt::new(Timestamp(10));
+        // Store order: key order, newest first per key.
+        let seen: Vec<_> = [
+            (b"a".as_slice(), 12, Some(b"a12".as_slice())), // above: skipped
+            (b"a", 10, Some(b"a10")),                       // kept
+            (b"a", 3, Some(b"a3")),                         // history: skipped
+            (b"b", 8, None),                                // tombstone: key absent
+            (b"b", 2, Some(b"b2")),                         // below a tombstone: skipped
+            (b"c", 11, None),                               // above: skipped
+            (b"c", 1, Some(b"c1")),                         // kept
+            (b"d", 20, Some(b"d20")),                       // only above: absent
+        ]
+        .into_iter()
+        .filter_map(|(k, ts, value)| v.take(k, Timestamp(ts), value).map(|val| (k, val)))
+        .collect();
+        assert_eq!(
+            seen,
+            vec![(b"a".as_slice(), b"a10".as_slice()), (b"c", b"c1")]
+        );
     }
 
     #[test]
@@ -463,10 +631,10 @@ mod tests {
             end: Some(b"k015".to_vec()),
         };
         let view = s.frozen_view().unwrap();
-        let snap = write_snapshot(&view, &range, 50, dir.path()).unwrap();
+        let snap = write_snapshot(&view, &range, 30, dir.path()).unwrap();
         let (opened, header) = SnapshotFile::open_verified(snap.path()).unwrap();
         assert_eq!(header.range, 9);
-        assert_eq!(header.last_ts, 50);
+        assert_eq!(header.last_ts, 30);
         let mut reader = opened.reader().unwrap();
         let mut got = Vec::new();
         loop {
@@ -476,9 +644,20 @@ mod tests {
             }
             got.extend(batch);
         }
-        let expected = view.dump_range(b"k005", Some(b"k015"), 1000).unwrap();
+        // Keys k005..k014 were each written at two or three timestamps
+        // (i % 20): the file holds the newest at or below 30 of each, and
+        // only that.
+        let expected: Vec<_> = (5..15u64)
+            .map(|k| {
+                let newest = (1..=30).filter(|i| i % 20 == k).max().unwrap();
+                RawVersion {
+                    key: format!("k{k:03}").into_bytes(),
+                    version: Timestamp(newest),
+                    value: Some("x".repeat(newest as usize).into_bytes()),
+                }
+            })
+            .collect();
         assert_eq!(got, expected);
-        assert!(!got.is_empty());
 
         let mut bytes = std::fs::read(snap.path()).unwrap();
         let mid = bytes.len() / 2;

@@ -14,7 +14,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use tokio::io::AsyncWriteExt;
 
 use super::snapshot::{SnapshotFile, SnapshotHeaderV2, SNAPSHOT_ID_BYTES};
@@ -29,8 +29,6 @@ use crate::transport;
 /// snapshot (it replaces the range in bounded batches, then fsyncs).
 pub const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 600_000;
 
-type Snapshot = SnapshotOf<RangeTypes, SnapshotFile>;
-
 /// Why sending a snapshot failed; the receiver keeps what arrived, so the
 /// next offer of the same file resumes.
 #[derive(Debug, thiserror::Error)]
@@ -41,22 +39,23 @@ fn net(what: &str, e: impl std::fmt::Display) -> SendError {
     SendError(format!("{what}: {e}"))
 }
 
-/// Sends `snapshot` of `range` on a new stream of `conn` and returns the
-/// receiver's install result (postcard of openraft's result).
+/// Sends the snapshot `file` of `range` (with its `meta`) on a new stream
+/// of `conn` and returns the receiver's install result (postcard of
+/// openraft's result).
 pub async fn send_snapshot(
     conn: &quinn::Connection,
     range: RangeId,
     vote: &VoteOf<RangeTypes>,
-    snapshot: &Snapshot,
+    meta: &SnapshotMetaOf<RangeTypes>,
+    file: &SnapshotFile,
 ) -> Result<Vec<u8>, SendError> {
-    let file = &snapshot.snapshot;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| net("open stream", e))?;
     let offer = PeerRequestV1::SnapshotOffer {
         range,
         snapshot_id: file.id().to_vec(),
         total_bytes: file.len(),
         vote: postcard::to_allocvec(vote).map_err(|e| net("encode vote", e))?,
-        meta: postcard::to_allocvec(&snapshot.meta).map_err(|e| net("encode meta", e))?,
+        meta: postcard::to_allocvec(meta).map_err(|e| net("encode meta", e))?,
     };
     transport::write_frame(&mut send, &peer::encode(&offer))
         .await
