@@ -365,6 +365,7 @@ async fn certificates_from_another_ca_are_refused() {
             ..other_certs.files("client")
         },
         request_timeout: Duration::from_secs(3),
+        bind: None,
     };
     let outcome = bounded(async {
         match Client::connect(cfg).await {
@@ -393,6 +394,7 @@ async fn data_survives_a_clean_restart() {
         endpoints: vec![addr],
         tls: certs.files("client"),
         request_timeout: T,
+        bind: None,
     };
     let c = Client::connect(client_cfg(node.quic_addr())).await.unwrap();
     let w = c.put("persist", "me").await.unwrap();
@@ -469,6 +471,7 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
             endpoints: vec![addr],
             tls: certs.files("client"),
             request_timeout: Duration::from_secs(5),
+            bind: None,
         })
         .await
         .unwrap(),
@@ -515,6 +518,7 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
         endpoints: vec![addr],
         tls: certs.files("client"),
         request_timeout: Duration::from_secs(5),
+        bind: None,
     })
     .await
     .unwrap();
@@ -537,6 +541,7 @@ async fn client_reports_unreachable_endpoints_clearly() {
         endpoints: vec!["127.0.0.1:9".parse().unwrap()],
         tls: certs.files("client"),
         request_timeout: Duration::from_millis(500),
+        bind: None,
     };
     match bounded(Client::connect(cfg)).await {
         Err(ClientError::Connect { endpoints, .. }) => assert!(endpoints.contains("127.0.0.1:9")),

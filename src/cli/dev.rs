@@ -352,6 +352,7 @@ async fn wait_ready(
             endpoints: eps.clone(),
             tls: tls.clone(),
             request_timeout: Duration::from_secs(3),
+            bind: None,
         };
         let attempt = async {
             let c = Client::connect(cfg).await?;
