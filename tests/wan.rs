@@ -229,7 +229,10 @@ fn gossip_rtt(out: &[String], from: &str, to: &str) -> f64 {
             w.len() > 6 && w[..6] == ["demo:", "gossip", "rtt", from, "->", to]
         })
         .unwrap_or_else(|| panic!("no gossip rtt {from} -> {to}:\n{}", out.join("\n")));
-    line.split_whitespace().nth(6).unwrap().parse().unwrap()
+    let value = line.split_whitespace().nth(6).unwrap();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("no RTT measured {from} -> {to}: {line}"))
 }
 
 /// `meridian dev --topology regions/wan-3.toml --demo-only`: three regions

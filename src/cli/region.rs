@@ -26,7 +26,7 @@ pub(crate) enum RegionCommand {
         /// Node name.
         #[arg(long)]
         name: String,
-        /// Its QUIC address.
+        /// Its QUIC address, as others dial it (its server.advertise_addr, else listen_addr).
         #[arg(long)]
         addr: String,
         /// Its zone.
@@ -54,7 +54,7 @@ pub(crate) enum RegionCommand {
         /// New node's name.
         #[arg(long)]
         name: String,
-        /// New node's QUIC address.
+        /// New node's QUIC address, as others dial it (its server.advertise_addr, else listen_addr).
         #[arg(long)]
         addr: String,
         /// New node's zone.

@@ -250,7 +250,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let result = match write_env_files(&dir, &tls, &layout, control) {
         Ok(env_files) => {
-            announce(&dir, &layout, &nodes, &env_files, &emulator);
+            announce(&dir, &layout, &nodes, &env_files, emulator.as_ref());
             serve(&args, &topo, &layout, &tls, &mut nodes, emulator.as_ref()).await
         }
         Err(e) => Err(e),
@@ -362,7 +362,7 @@ fn announce(
     layout: &[RegionPlan],
     nodes: &[ChildNode],
     env_files: &[(String, PathBuf)],
-    emulator: &Option<Emulator>,
+    emulator: Option<&Emulator>,
 ) {
     if let Some(wan) = emulator {
         let control = wan
