@@ -221,16 +221,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     // The emulator first: the nodes' first packets already go to fronts.
-    let emulator = match topo.is_wan() {
-        false => None,
-        true => {
-            let config = wan::emulator_config(&text, &layout, args.port_offset)?;
-            Some(
-                Emulator::start(config)
-                    .await
-                    .context("starting the WAN emulator")?,
-            )
-        }
+    let emulator = if topo.is_wan() {
+        let config = wan::emulator_config(&text, &layout, args.port_offset)?;
+        let wan = Emulator::start(config).await;
+        Some(wan.context("starting the WAN emulator")?)
+    } else {
+        None
     };
     let control = emulator.as_ref().and_then(Emulator::control_addr);
     let mut nodes = Vec::new();
