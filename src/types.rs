@@ -177,6 +177,9 @@ pub struct NodeInfo {
     pub region: String,
     /// Zone.
     pub zone: String,
-    /// Bound QUIC address.
+    /// The QUIC address others dial (`server.advertise_addr`, or the bound
+    /// address when that is empty).
     pub quic_addr: std::net::SocketAddr,
+    /// The bound QUIC address (where packets arrive and leave from).
+    pub listen_addr: std::net::SocketAddr,
 }

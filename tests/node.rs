@@ -365,6 +365,7 @@ async fn certificates_from_another_ca_are_refused() {
             ..other_certs.files("client")
         },
         request_timeout: Duration::from_secs(3),
+        bind: None,
     };
     let outcome = bounded(async {
         match Client::connect(cfg).await {
@@ -393,6 +394,7 @@ async fn data_survives_a_clean_restart() {
         endpoints: vec![addr],
         tls: certs.files("client"),
         request_timeout: T,
+        bind: None,
     };
     let c = Client::connect(client_cfg(node.quic_addr())).await.unwrap();
     let w = c.put("persist", "me").await.unwrap();
@@ -469,6 +471,7 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
             endpoints: vec![addr],
             tls: certs.files("client"),
             request_timeout: Duration::from_secs(5),
+            bind: None,
         })
         .await
         .unwrap(),
@@ -515,6 +518,7 @@ async fn acknowledged_writes_survive_sigkill_of_the_server() {
         endpoints: vec![addr],
         tls: certs.files("client"),
         request_timeout: Duration::from_secs(5),
+        bind: None,
     })
     .await
     .unwrap();
@@ -537,6 +541,7 @@ async fn client_reports_unreachable_endpoints_clearly() {
         endpoints: vec!["127.0.0.1:9".parse().unwrap()],
         tls: certs.files("client"),
         request_timeout: Duration::from_millis(500),
+        bind: None,
     };
     match bounded(Client::connect(cfg)).await {
         Err(ClientError::Connect { endpoints, .. }) => assert!(endpoints.contains("127.0.0.1:9")),
@@ -585,6 +590,7 @@ async fn gossip_view_is_served_over_quic_and_http() {
     let node = TestNode::start_with(|cfg| {
         cfg.gossip = Some(meridian::config::gossip::GossipConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: None,
             seeds: vec![],
             cluster_key: key.clone(),
             timers: meridian::membership::GossipTimers::for_max_rtt(Duration::from_millis(10)),
@@ -609,6 +615,53 @@ async fn gossip_view_is_served_over_quic_and_http() {
     bounded(tcp.read_to_string(&mut body)).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"state\":\"alive\""), "{body}");
+    c.close().await;
+    node.stop().await;
+}
+
+/// A node bound to one address and advertising another (a proxy's front, as
+/// in a multi-region `meridian dev`) shows the advertised address in its
+/// gossip identity and its status, and the bound one as its listen address
+/// (a single node's Raft address is checked by the config's unit tests).
+#[tokio::test]
+async fn a_node_shows_its_advertised_address_in_gossip_and_status() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("cluster.key");
+    meridian::membership::generate_cluster_key(&key, false).unwrap();
+    let front: std::net::SocketAddr = "127.1.9.9:7999".parse().unwrap();
+    let node = TestNode::start_with(|cfg| {
+        cfg.advertise_addr = Some(front);
+        cfg.gossip = Some(meridian::config::gossip::GossipConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: Some("127.1.9.9:7998".parse().unwrap()),
+            seeds: vec![],
+            cluster_key: key.clone(),
+            timers: meridian::membership::GossipTimers::for_max_rtt(Duration::from_millis(10)),
+        });
+    })
+    .await;
+    let bound = node.quic_addr();
+    assert_eq!(node.node.as_ref().unwrap().advertised_addr(), front);
+    let c = node.client().await;
+    let members = bounded(c.members()).await.unwrap();
+    assert_eq!(members[0].peer_addr, front.to_string());
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(node.http_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    bounded(tcp.read_to_string(&mut body)).await.unwrap();
+    assert!(
+        body.contains(&format!("\"quic_addr\":\"{front}\"")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("\"listen_addr\":\"{bound}\"")),
+        "{body}"
+    );
     c.close().await;
     node.stop().await;
 }

@@ -118,6 +118,7 @@ impl Region {
             endpoints: entry.to_vec(),
             tls: self.certs.files("client"),
             request_timeout: Duration::from_secs(10),
+            bind: None,
         })
         .await
         .unwrap()
@@ -326,6 +327,7 @@ async fn nodes_are_added_and_removed_under_write_load() {
         endpoints: region.addrs.clone(),
         tls: region.certs.files("admin"),
         request_timeout: Duration::from_secs(60),
+        bind: None,
     })
     .await
     .unwrap();
@@ -386,6 +388,7 @@ async fn nodes_are_added_and_removed_under_write_load() {
         endpoints: vec![addr4],
         tls: region.certs.files("client"),
         request_timeout: Duration::from_secs(10),
+        bind: None,
     })
     .await
     .unwrap();
@@ -424,6 +427,7 @@ async fn skewed_region() -> (Region, Client) {
         endpoints: region.addrs.clone(),
         tls: region.certs.files("admin"),
         request_timeout: Duration::from_secs(30),
+        bind: None,
     })
     .await
     .unwrap();

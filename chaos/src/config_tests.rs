@@ -31,14 +31,14 @@ fn the_three_region_topology_loads_under_the_loopback_plan() {
     // Three ports on each of nine nodes.
     assert_eq!(cfg.listeners.len(), 27);
     let quic = &cfg.listeners[0];
-    assert_eq!(quic.name, "us-east/node1/quic");
+    assert_eq!(quic.name, "us-east/us-east-1/quic");
     assert_eq!(quic.protocol, Protocol::Udp);
     assert_eq!(quic.listen, "127.1.1.1:7379".parse().unwrap());
     assert_eq!(quic.upstream, "127.0.1.1:7379".parse().unwrap());
     let http = cfg
         .listeners
         .iter()
-        .find(|l| l.name == "ap-south/node3/http")
+        .find(|l| l.name == "ap-south/ap-south-3/http")
         .unwrap();
     assert_eq!(http.protocol, Protocol::Tcp);
     assert_eq!(http.listen, "127.1.3.3:7584".parse().unwrap());

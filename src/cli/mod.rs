@@ -9,6 +9,7 @@ mod dev;
 mod kv;
 mod region;
 mod txn_parse;
+mod wan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,9 +54,14 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Start a local cluster on loopback (default: one region of three
-    /// nodes, each its own process), run a short demo against it, and keep
-    /// serving until Ctrl-C.
+    /// nodes, each its own process; --topology regions/wan-3.toml: three
+    /// regions behind the WAN emulator), run a short demo against it, and
+    /// keep serving until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Partition, heal and inspect the WAN emulator of a multi-region
+    /// `meridian dev` (its control API).
+    #[command(subcommand)]
+    Wan(wan::WanCommand),
     /// Manage development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -152,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,
         Command::Bench(args) => bench::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Wan(c) => wan::run(c).await,
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) enum RegionCommand {
         /// Node name.
         #[arg(long)]
         name: String,
-        /// Its QUIC address.
+        /// Its QUIC address, as others dial it (its server.advertise_addr, else listen_addr).
         #[arg(long)]
         addr: String,
         /// Its zone.
@@ -54,7 +54,7 @@ pub(crate) enum RegionCommand {
         /// New node's name.
         #[arg(long)]
         name: String,
-        /// New node's QUIC address.
+        /// New node's QUIC address, as others dial it (its server.advertise_addr, else listen_addr).
         #[arg(long)]
         addr: String,
         /// New node's zone.
@@ -200,9 +200,11 @@ pub(crate) async fn members(conn: &ConnArgs) -> anyhow::Result<ExitCode> {
         println!("{}", json!({ "members": items }));
         return Ok(ExitCode::SUCCESS);
     }
+    // `addr` is the QUIC address the member advertises (what peers and
+    // clients dial), which may be a proxy's front rather than its socket.
     println!(
-        "{:<12} {:<10} {:<8} {:<8} {:>12} {:>9}",
-        "node", "region", "zone", "state", "incarnation", "rtt_ms"
+        "{:<14} {:<10} {:<11} {:<21} {:<8} {:>12} {:>9}",
+        "node", "region", "zone", "addr", "state", "incarnation", "rtt_ms"
     );
     for m in &all {
         let inc = format!("{}.{}.{}", m.generation, m.rejoin, m.refutation);
@@ -210,8 +212,8 @@ pub(crate) async fn members(conn: &ConnArgs) -> anyhow::Result<ExitCode> {
             .rtt_us
             .map_or("-".to_string(), |us| format!("{:.2}", us as f64 / 1000.0));
         println!(
-            "{:<12} {:<10} {:<8} {:<8} {:>12} {:>9}",
-            m.node_id, m.region, m.zone, m.state, inc, rtt
+            "{:<14} {:<10} {:<11} {:<21} {:<8} {:>12} {:>9}",
+            m.node_id, m.region, m.zone, m.peer_addr, m.state, inc, rtt
         );
     }
     Ok(ExitCode::SUCCESS)

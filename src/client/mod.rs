@@ -76,12 +76,20 @@ pub struct ClientConfig {
     pub tls: TlsFiles,
     /// Per-request timeout (connect included).
     pub request_timeout: Duration,
+    /// Local address every connection leaves from (`IP:port`, port 0 for
+    /// any free port; see [`parse_bind`]); `None`: the unspecified address,
+    /// so the OS picks the source (127.0.0.1 for loopback nodes). Bind an
+    /// address when the source matters: the WAN emulator of `meridian dev`
+    /// tells a sender's region from its source IP, so a client bound to
+    /// `127.0.2.200` is a client in the second region.
+    pub bind: Option<SocketAddr>,
 }
 
 impl ClientConfig {
     /// Builds a config from `MERIDIAN_ENDPOINTS`, `MERIDIAN_CA`, `MERIDIAN_CERT`,
-    /// `MERIDIAN_KEY`, falling back to the single-node defaults of `meridian serve`
-    /// (127.0.0.1:7379 and the certificates under ./meridian-data/certs).
+    /// `MERIDIAN_KEY` and `MERIDIAN_BIND`, falling back to the single-node
+    /// defaults of `meridian serve` (127.0.0.1:7379 and the certificates under
+    /// ./meridian-data/certs, no bound address).
     pub fn from_env_or_dev() -> Result<ClientConfig, ClientError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let endpoints = var("MERIDIAN_ENDPOINTS").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
@@ -94,8 +102,26 @@ impl ClientConfig {
                 key: var("MERIDIAN_KEY").map_or_else(|| dir.join("client.key"), PathBuf::from),
             },
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            bind: var("MERIDIAN_BIND")
+                .as_deref()
+                .map(parse_bind)
+                .transpose()?,
         })
     }
+}
+
+/// Parses a local address to bind: an IP (`127.0.2.200`, `::1`; any free
+/// port) or an `IP:port` (`127.0.2.200:0`, `[::1]:9000`).
+pub fn parse_bind(s: &str) -> Result<SocketAddr, ClientError> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 0));
+    }
+    s.parse().map_err(|_| {
+        ClientError::Config(format!(
+            "bind address `{s}` is neither an IP address nor IP:port"
+        ))
+    })
 }
 
 /// Parses `host:port,host:port` (hosts are IP addresses or `localhost`).
@@ -417,8 +443,11 @@ impl Client {
             keep_alive_ms: CLIENT_KEEP_ALIVE_MS,
             ..EndpointLimits::default()
         };
-        let endpoint = transport::client_endpoint(&cfg.tls, &limits)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let endpoint = match cfg.bind {
+            Some(bind) => transport::client_endpoint_on(bind, &cfg.tls, &limits),
+            None => transport::client_endpoint(&cfg.tls, &limits),
+        }
+        .map_err(|e| ClientError::Config(e.to_string()))?;
         let client = Client {
             endpoint,
             routes: Arc::new(Mutex::new(Routes::new(cfg.endpoints.clone(), 0))),
@@ -1061,5 +1090,16 @@ mod tests {
         assert_eq!(e[1].port(), 2);
         assert!(parse_endpoints("nope").is_err());
         assert!(parse_endpoints("").is_err());
+    }
+
+    #[test]
+    fn bind_addresses_parse_with_or_without_a_port() {
+        let v4 = |s: &str| parse_bind(s).unwrap().to_string();
+        assert_eq!(v4("127.0.2.200"), "127.0.2.200:0");
+        assert_eq!(v4(" 127.0.2.200:9000 "), "127.0.2.200:9000");
+        assert_eq!(v4("::1"), "[::1]:0");
+        assert_eq!(v4("[::1]:9000"), "[::1]:9000");
+        let err = parse_bind("region-2").unwrap_err().to_string();
+        assert!(err.contains("region-2"), "{err}");
     }
 }

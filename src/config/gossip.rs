@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, invalid, parse_addr, ConfigError};
+use super::{check_range, invalid, parse_addr, parse_advertise_addr, ConfigError};
 use crate::membership::GossipTimers;
 
 /// Most seeds a node may list.
@@ -17,7 +17,15 @@ pub const MAX_CONFIG_SEEDS: usize = 16;
 #[serde(default, deny_unknown_fields)]
 pub struct RawGossip {
     /// UDP address for gossip; empty (the default) disables membership.
+    /// The node binds it and sends every gossip datagram from it.
     pub listen_addr: String,
+    /// The UDP address other nodes send gossip to, as `IP:port`: the
+    /// `gossip_addr` of this node's identity. Empty (the default): the
+    /// bound `listen_addr`. Set it when gossip reaches the node through a
+    /// proxy or NAT (the WAN emulator's fronts in `meridian dev`), or when
+    /// `listen_addr` is unspecified (`0.0.0.0`, `[::]`). A specific IP and
+    /// a port in 1..=65535.
+    pub advertise_addr: String,
     /// Gossip addresses of nodes to join through; one live node is enough.
     /// Empty on the first node of a cluster.
     pub seeds: Vec<String>,
@@ -34,6 +42,9 @@ pub struct RawGossip {
 pub struct GossipConfig {
     /// Bind address.
     pub listen_addr: SocketAddr,
+    /// The address other nodes send gossip to; `None` = the bound listen
+    /// address.
+    pub advertise_addr: Option<SocketAddr>,
     /// Seeds.
     pub seeds: Vec<SocketAddr>,
     /// Cluster key path.
@@ -49,6 +60,18 @@ impl RawGossip {
             return Ok(None);
         }
         let listen_addr = parse_addr("gossip.listen_addr", &self.listen_addr)?;
+        let advertise_addr = match self.advertise_addr.trim() {
+            "" if listen_addr.ip().is_unspecified() => {
+                return Err(invalid(
+                    "gossip.advertise_addr",
+                    "is required when gossip.listen_addr is unspecified (other nodes \
+                     send gossip to the advertised address)",
+                    "\"\"",
+                ))
+            }
+            "" => None,
+            a => Some(parse_advertise_addr("gossip.advertise_addr", a)?),
+        };
         if self.seeds.len() > MAX_CONFIG_SEEDS {
             return Err(invalid(
                 "gossip.seeds",
@@ -79,6 +102,7 @@ impl RawGossip {
         };
         Ok(Some(GossipConfig {
             listen_addr,
+            advertise_addr,
             seeds,
             cluster_key,
             timers: GossipTimers::for_max_rtt(Duration::from_millis(rtt)),

@@ -85,8 +85,18 @@ impl Default for RawNode {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawServer {
-    /// QUIC (UDP) address for clients and peers. Default `127.0.0.1:7379`.
+    /// QUIC (UDP) address for clients and peers: the socket the node binds,
+    /// and the source address of every QUIC packet it sends (peer
+    /// connections leave from this socket too). Default `127.0.0.1:7379`.
     pub listen_addr: String,
+    /// The QUIC address other nodes and clients dial, as `IP:port`: this node's
+    /// address in gossip (`peer_addr`, `client_addr`), a single node's Raft
+    /// address, status and leader redirects. Empty (the default): the bound
+    /// `listen_addr`. Set it when traffic reaches the node through a proxy
+    /// or NAT (the WAN emulator's fronts in `meridian dev`), or when
+    /// `listen_addr` is unspecified (`0.0.0.0`, `[::]`). A specific IP
+    /// (not unspecified) and a port in 1..=65535.
+    pub advertise_addr: String,
     /// HTTP/JSON gateway address (TCP); empty disables it. Default `127.0.0.1:7380`.
     pub http_addr: String,
     /// Maximum concurrent QUIC connections (1..=65536). Default 1024.
@@ -103,6 +113,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen_addr: "127.0.0.1:7379".into(),
+            advertise_addr: String::new(),
             http_addr: "127.0.0.1:7380".into(),
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
@@ -307,8 +318,11 @@ pub struct NodeConfig {
     pub zone: String,
     /// State directory (absolute or relative to the process's directory).
     pub data_dir: PathBuf,
-    /// QUIC listen address.
+    /// QUIC listen address (bound; peer and client packets leave from it).
     pub listen_addr: SocketAddr,
+    /// `server.advertise_addr`: the QUIC address others dial; `None` = the
+    /// bound listen address (see [`NodeConfig::advertised_quic_addr`]).
+    pub advertise_addr: Option<SocketAddr>,
     /// HTTP gateway address, if enabled.
     pub http_addr: Option<SocketAddr>,
     /// Maximum concurrent connections.
@@ -349,6 +363,14 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// Gossip membership; `None` = off.
     pub gossip: Option<gossip::GossipConfig>,
+}
+
+impl NodeConfig {
+    /// The QUIC address this node advertises: `server.advertise_addr`, or
+    /// `bound` (the listen address with its port resolved) when it is empty.
+    pub fn advertised_quic_addr(&self, bound: SocketAddr) -> SocketAddr {
+        self.advertise_addr.unwrap_or(bound)
+    }
 }
 
 /// Largest injected clock offset (`clock.offset_ms`), either way: an hour.
@@ -429,6 +451,24 @@ pub(crate) fn parse_addr(field: &'static str, value: &str) -> Result<SocketAddr,
         .map_err(|_| invalid(field, "must be an IP:port socket address", value))
 }
 
+/// An address other machines dial: `IP:port` with a specific IP (not
+/// `0.0.0.0` or `[::]`, which mean "every interface" only to a listener)
+/// and a non-zero port (port 0 means "any free port" only to a listener).
+pub(crate) fn parse_advertise_addr(
+    field: &'static str,
+    value: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let addr = parse_addr(field, value)?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(invalid(
+            field,
+            "must be an address others can dial: a specific IP (not 0.0.0.0 or [::]) and a non-zero port",
+            value,
+        ));
+    }
+    Ok(addr)
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -445,6 +485,10 @@ impl RawConfig {
         check_name("node.zone", &self.node.zone)?;
         let s = &self.server;
         let listen_addr = parse_addr("server.listen_addr", &s.listen_addr)?;
+        let advertise_addr = match s.advertise_addr.trim() {
+            "" => None,
+            a => Some(parse_advertise_addr("server.advertise_addr", a)?),
+        };
         let http_addr = match s.http_addr.trim() {
             "" => None,
             a => Some(parse_addr("server.http_addr", a)?),
@@ -492,9 +536,19 @@ impl RawConfig {
             name: &self.node.id,
             region: &self.node.region,
             zone: &self.node.zone,
-            addr: listen_addr,
+            addr: advertise_addr.unwrap_or(listen_addr),
         })?;
         let gossip = self.gossip.validate(base)?;
+        if gossip.is_some() && advertise_addr.is_none() && listen_addr.ip().is_unspecified() {
+            // Gossip tells every node this address; "every interface" is not
+            // one anybody can dial.
+            return Err(invalid(
+                "server.advertise_addr",
+                "is required when server.listen_addr is unspecified and gossip is on \
+                 (gossip advertises the node's QUIC address to its peers)",
+                "\"\"",
+            ));
+        }
         let log_format = match self.log.format.as_str() {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -506,6 +560,7 @@ impl RawConfig {
             zone: self.node.zone,
             data_dir: resolve(base, &self.node.data_dir),
             listen_addr,
+            advertise_addr,
             http_addr,
             max_connections,
             max_streams_per_connection: max_streams,
@@ -629,6 +684,82 @@ mod tests {
         assert!(err.to_string().contains("node.id"), "{err}");
         let err = parse("[server]\nlisten_addr = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn advertise_addrs_default_to_the_listen_addrs() {
+        let cfg = parse("[server]\nlisten_addr = \"127.0.1.1:7379\"\n").unwrap();
+        assert_eq!(cfg.advertise_addr, None);
+        assert_eq!(cfg.advertised_quic_addr(cfg.listen_addr), cfg.listen_addr);
+        assert_eq!(cfg.raft.peers[0].addr, cfg.listen_addr);
+        let cfg = parse(
+            "[server]\nlisten_addr = \"127.0.1.1:7379\"\nadvertise_addr = \"127.1.1.1:7379\"\n\
+             [gossip]\nlisten_addr = \"127.0.1.1:7385\"\nadvertise_addr = \"127.1.1.1:7385\"\n",
+        )
+        .unwrap();
+        let front: SocketAddr = "127.1.1.1:7379".parse().unwrap();
+        assert_eq!(cfg.advertised_quic_addr(cfg.listen_addr), front);
+        // A single node's Raft membership names the address others dial.
+        assert_eq!(cfg.raft.peers[0].addr, front);
+        assert_eq!(cfg.raft.peers[0].node.addr, "127.1.1.1:7379");
+        let g = cfg.gossip.unwrap();
+        assert_eq!(g.listen_addr, "127.0.1.1:7385".parse().unwrap());
+        assert_eq!(g.advertise_addr, Some("127.1.1.1:7385".parse().unwrap()));
+    }
+
+    #[test]
+    fn advertise_addrs_must_be_dialable_and_errors_name_the_field() {
+        let gossip = "[gossip]\nlisten_addr = \"127.0.0.1:7385\"\n";
+        let cases = [
+            (
+                "[server]\nadvertise_addr = \"nowhere\"\n".to_string(),
+                "server.advertise_addr",
+            ),
+            (
+                "[server]\nadvertise_addr = \"0.0.0.0:7379\"\n".into(),
+                "server.advertise_addr",
+            ),
+            (
+                "[server]\nadvertise_addr = \"[::]:7379\"\n".into(),
+                "server.advertise_addr",
+            ),
+            (
+                "[server]\nadvertise_addr = \"127.1.1.1:0\"\n".into(),
+                "server.advertise_addr",
+            ),
+            // Gossip would tell every peer "0.0.0.0": refused at start-up.
+            (
+                format!("[server]\nlisten_addr = \"0.0.0.0:7379\"\n{gossip}"),
+                "server.advertise_addr",
+            ),
+            (
+                "[gossip]\nlisten_addr = \"127.0.0.1:7385\"\nadvertise_addr = \"127.1.1.1\"\n"
+                    .into(),
+                "gossip.advertise_addr",
+            ),
+            (
+                "[gossip]\nlisten_addr = \"127.0.0.1:7385\"\nadvertise_addr = \"0.0.0.0:7385\"\n"
+                    .into(),
+                "gossip.advertise_addr",
+            ),
+            (
+                "[gossip]\nlisten_addr = \"0.0.0.0:7385\"\n".into(),
+                "gossip.advertise_addr",
+            ),
+        ];
+        for (toml, field) in cases {
+            let err = parse(&toml).expect_err(&toml).to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        // Unspecified listen addresses are fine once the advertised ones are set.
+        let cfg = parse(
+            "[server]\nlisten_addr = \"0.0.0.0:7379\"\nadvertise_addr = \"10.0.0.5:7379\"\n\
+             [gossip]\nlisten_addr = \"0.0.0.0:7385\"\nadvertise_addr = \"10.0.0.5:7385\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.raft.peers[0].addr, "10.0.0.5:7379".parse().unwrap());
+        // Without gossip nobody is told the address, so none is needed.
+        parse("[server]\nlisten_addr = \"0.0.0.0:7379\"\n").unwrap();
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub struct RawPeer {
     pub id: u64,
     /// Node name (its `node.id`).
     pub name: String,
-    /// QUIC address (its `server.listen_addr`).
+    /// QUIC address others dial: its `server.advertise_addr`, or its
+    /// `server.listen_addr` when that is empty.
     pub addr: String,
     /// Zone.
     pub zone: String,
@@ -104,7 +105,9 @@ pub struct SelfNode<'a> {
     pub region: &'a str,
     /// `node.zone`.
     pub zone: &'a str,
-    /// `server.listen_addr` (port 0 is replaced by the bound port at start).
+    /// The address others dial: `server.advertise_addr`, else
+    /// `server.listen_addr` (whose port 0 is replaced by the bound port at
+    /// start, see [`RaftConfig::advertised_at`]).
     pub addr: SocketAddr,
 }
 
@@ -265,9 +268,11 @@ impl RaftConfig {
         }
     }
 
-    /// Records the bound QUIC address of a single node (its configured port
-    /// may be 0). A region's peers keep their configured addresses.
-    pub fn bound_to(mut self, addr: SocketAddr) -> Self {
+    /// Records the QUIC address a single node advertises, known only once
+    /// it is bound: `server.advertise_addr`, or the bound listen address
+    /// (whose configured port may be 0). A region's peers keep their
+    /// configured addresses.
+    pub fn advertised_at(mut self, addr: SocketAddr) -> Self {
         if self.single {
             for p in &mut self.peers {
                 p.addr = addr;
@@ -415,7 +420,7 @@ mod tests {
         assert_eq!(single.peers.len(), 1);
         assert_eq!(single.peers[0].node.name, "n1");
         let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
-        let single = single.bound_to(bound);
+        let single = single.advertised_at(bound);
         assert_eq!(single.peers[0].addr, bound);
         assert_eq!(single.peers[0].node.addr, "127.0.0.1:4242");
     }

@@ -463,6 +463,11 @@ pub(crate) struct StatusResponse {
     pub(crate) region: String,
     /// Zone.
     pub(crate) zone: String,
+    /// The QUIC address other nodes and clients dial (`server.advertise_addr`,
+    /// or the bound address when that is empty).
+    pub(crate) quic_addr: String,
+    /// The QUIC address the node is bound to (`server.listen_addr`).
+    pub(crate) listen_addr: String,
     /// Meridian version of the node.
     pub(crate) version: String,
     /// Approximate stored versions (tombstones included): a gauge, not a count.

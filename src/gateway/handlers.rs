@@ -238,6 +238,8 @@ pub(crate) async fn status(State(state): State<GatewayState>) -> Response {
             node_id: state.info.node_id.clone(),
             region: state.info.region.clone(),
             zone: state.info.zone.clone(),
+            quic_addr: state.info.quic_addr.to_string(),
+            listen_addr: state.info.listen_addr.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             approximate_keys: u64::try_from(store.approximate_keys()).unwrap_or(u64::MAX),
             gc_horizon: state.engine.gc_horizon_floor().0,

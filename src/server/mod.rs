@@ -70,6 +70,7 @@ pub struct Node {
     membership: Option<crate::membership::Membership>,
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
+    advertised: SocketAddr,
     http_addr: Option<SocketAddr>,
     accept_task: tokio::task::JoinHandle<()>,
     http_task: Option<tokio::task::JoinHandle<()>>,
@@ -79,6 +80,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("quic_addr", &self.quic_addr)
+            .field("advertised", &self.advertised)
             .field("http_addr", &self.http_addr)
             .finish()
     }
@@ -114,13 +116,18 @@ impl Node {
         let quic_addr = endpoint
             .local_addr()
             .map_err(|e| StartError::Transport(crate::transport::TransportError::Io(e)))?;
+        // What others dial: the configured advertise address (a proxy's
+        // front, a NAT's outside) or the bound address itself.
+        let advertised = cfg.advertised_quic_addr(quic_addr);
         let membership = match &cfg.gossip {
             None => None,
-            Some(g) => Some(start_membership(&cfg, g, quic_addr, &store).await?),
+            Some(g) => Some(start_membership(&cfg, g, advertised, &store).await?),
         };
         let hints = membership.clone().map(|m| (m, cfg.node_id.clone()));
+        // Peer connections are dialed from `endpoint`, so they leave from
+        // the bound listen address, never from an unspecified one.
         let peer_config = transport::peer_client_config(&tls, &endpoint_limits)?;
-        let rc = cfg.raft.clone().bound_to(quic_addr);
+        let rc = cfg.raft.clone().advertised_at(advertised);
         let host = region::start_groups(&rc, &endpoint, peer_config, &store, &hlc, hints).await?;
         let engine = Arc::new(Engine::start(
             store,
@@ -136,7 +143,8 @@ impl Node {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),
             zone: cfg.zone.clone(),
-            quic_addr,
+            quic_addr: advertised,
+            listen_addr: quic_addr,
         });
         let ctx = Arc::new(dispatch::Context {
             engine: engine.clone(),
@@ -169,12 +177,13 @@ impl Node {
                 (Some(bound), Some(task))
             }
         };
-        tracing::info!(node = %cfg.node_id, region = %cfg.region, %quic_addr, ?http_addr, "node started");
+        tracing::info!(node = %cfg.node_id, region = %cfg.region, %quic_addr, %advertised, ?http_addr, "node started");
         Ok(Node {
             engine,
             membership,
             endpoint,
             quic_addr,
+            advertised,
             http_addr,
             accept_task,
             http_task,
@@ -184,6 +193,13 @@ impl Node {
     /// The bound QUIC address.
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// The QUIC address the node advertises (`server.advertise_addr`, or
+    /// the bound address when that is empty): what gossip, status and a
+    /// single node's Raft membership show.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.advertised
     }
 
     /// The bound HTTP gateway address, if enabled.
@@ -219,6 +235,9 @@ impl Node {
 
 /// Starts gossip: the identity carries a generation persisted (and bumped)
 /// at every start, so a restarted node rejoins as itself with a higher one.
+/// The identity holds the advertised addresses (`quic_addr` is the QUIC
+/// address others dial); the socket binds `gossip.listen_addr` and every
+/// datagram leaves from it.
 async fn start_membership(
     cfg: &NodeConfig,
     g: &crate::config::gossip::GossipConfig,
@@ -240,7 +259,7 @@ async fn start_membership(
         zone: cfg.zone.clone(),
         peer_addr: quic_addr,
         client_addr: quic_addr,
-        gossip_addr: g.listen_addr,
+        gossip_addr: g.advertise_addr.unwrap_or(g.listen_addr),
         generation,
     };
     let mcfg = MembershipConfig {
@@ -327,8 +346,13 @@ async fn accept(incoming: quinn::Incoming) -> Option<(quinn::Connection, transpo
 /// Runs a node until Ctrl-C / SIGTERM; used by `meridian serve`.
 pub async fn run_until_signal(cfg: NodeConfig) -> anyhow::Result<()> {
     let node = Node::start(cfg).await?;
+    let advertised = if node.advertised_addr() == node.quic_addr() {
+        String::new()
+    } else {
+        format!(" (advertised as {})", node.advertised_addr())
+    };
     eprintln!(
-        "meridian node listening: quic {} http {}",
+        "meridian node listening: quic {}{advertised} http {}",
         node.quic_addr(),
         node.http_addr()
             .map_or("disabled".to_string(), |a| a.to_string())

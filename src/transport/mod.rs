@@ -339,6 +339,28 @@ pub fn client_endpoint(
     Ok(endpoint)
 }
 
+/// Like [`client_endpoint`], but bound to `bind`, so every packet leaves
+/// with that source address (port 0: any free port). A client that must be
+/// seen as coming from a given address binds it, for example a shell acting
+/// as a client in one region of `meridian dev`, where the WAN emulator
+/// tells the sender's region from its source IP. The endpoint reaches only
+/// nodes of `bind`'s address family.
+///
+/// Must be called inside a Tokio runtime.
+pub fn client_endpoint_on(
+    bind: SocketAddr,
+    tls: &TlsFiles,
+    limits: &EndpointLimits,
+) -> Result<quinn::Endpoint, TransportError> {
+    let transport = tls::transport_config(limits)?;
+    let id = tls::Identity::load(tls)?;
+    let client = tls::client_config(&id, transport, ALPN)?;
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| TransportError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
 /// The client config a node dials its peers with: its node certificate
 /// (which must be one) and the peer protocol's ALPN [`ALPN_PEER`].
 pub fn peer_client_config(

@@ -174,6 +174,7 @@ impl DevCluster {
                 key: self.env_var("MERIDIAN_KEY").into(),
             },
             request_timeout: timeout,
+            bind: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl TestNode {
             endpoints: vec![self.quic_addr()],
             tls: self.certs.files(cert_name),
             request_timeout: Duration::from_secs(10),
+            bind: None,
         }
     }
 

@@ -1,0 +1,207 @@
+//! What `meridian dev` shows once its nodes run: readiness, and for a
+//! multi-region topology the latency a client sees by where it is, and the
+//! round trips gossip measured between regions, all through the WAN
+//! emulator.
+//!
+//! Output lines are stable (tests parse them):
+//!
+//! ```text
+//! demo: region us-east   client in eu-west    put   73.9 ms  get   72.4 ms
+//! demo: gossip rtt us-east  -> eu-west     72.6 ms (3 members)
+//! demo: emulator: 48211 datagrams forwarded, 0 from unclassified senders
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use meridian_chaos::{Controller, UNCLASSIFIED};
+
+use super::topology::{RegionPlan, Topology};
+use super::ChildNode;
+use crate::client::{Client, ClientConfig};
+use crate::transport::TlsFiles;
+
+/// Timed requests per (region, client region) pair; the median is shown.
+const SAMPLES: usize = 3;
+/// Longest the demo waits for gossip to see every node alive with an RTT.
+const GOSSIP_WAIT: Duration = Duration::from_secs(30);
+/// Timeout of one demo request (the worst emulated round trip is 10 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A client of `target`'s nodes that sends from `from`'s client address
+/// (unbound in the local layout).
+fn client_config(target: &RegionPlan, from: &RegionPlan, tls: &TlsFiles) -> ClientConfig {
+    ClientConfig {
+        endpoints: target.endpoints(),
+        tls: tls.clone(),
+        request_timeout: REQUEST_TIMEOUT,
+        bind: from.client_ip.map(|ip| SocketAddr::new(ip, 0)),
+    }
+}
+
+/// Polls (bounded by [`super::READY_TIMEOUT`]) until a write through
+/// `region` succeeds, which needs every range to have a leader; fails early
+/// if a node exits. The client sends from inside the region, so in the WAN
+/// layout readiness costs no emulated delay.
+pub(super) async fn wait_ready(
+    region: &RegionPlan,
+    tls: &TlsFiles,
+    nodes: &mut [ChildNode],
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + super::READY_TIMEOUT;
+    loop {
+        for n in nodes.iter_mut() {
+            if let Some(status) = n.child.try_wait()? {
+                bail!(
+                    "{} exited with {status} during start-up; see its log",
+                    n.name
+                );
+            }
+        }
+        let mut cfg = client_config(region, region, tls);
+        cfg.request_timeout = Duration::from_secs(3);
+        let attempt = async {
+            let c = Client::connect(cfg).await?;
+            c.put("demo/ready", "yes").await?;
+            anyhow::Ok(c)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => {
+                bail!("region {} did not become ready: {e:#}", region.name)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The multi-region demo: latencies by client region, gossip RTTs by
+/// region pair, and the emulator's traffic.
+pub(super) async fn multi_region(
+    topo: &Topology,
+    layout: &[RegionPlan],
+    tls: &TlsFiles,
+    wan: &Controller,
+) -> anyhow::Result<()> {
+    println!(
+        "demo: a write (put) and a linearizable read (get) in each region, by where the \
+         client is (median of {SAMPLES}); each region is its own store for now"
+    );
+    for target in layout {
+        for from in layout {
+            let (put, get) = latency(target, from, tls).await?;
+            let configured = topo
+                .rtt_ms(&target.name, &from.name)
+                .map_or(String::new(), |rtt| format!("  (link rtt {rtt} ms)"));
+            println!(
+                "demo: region {:<9} client in {:<9} put {:>7.1} ms  get {:>7.1} ms{configured}",
+                target.name,
+                from.name,
+                ms(put),
+                ms(get)
+            );
+        }
+    }
+    gossip_rtts(layout, tls).await?;
+    let status = wan.status().await?;
+    let forwarded: u64 = status
+        .links
+        .iter()
+        .map(|l| l.datagrams.packets_forwarded)
+        .sum();
+    let unclassified: u64 = status
+        .links
+        .iter()
+        .filter(|l| l.from == UNCLASSIFIED)
+        .map(|l| l.datagrams.packets_forwarded)
+        .sum();
+    // Every node and demo client binds its region's address, so nothing
+    // should arrive unclassified: a count here means a socket sent from
+    // 127.0.0.1 (unbound) and skipped the emulated WAN.
+    println!(
+        "demo: emulator: {forwarded} datagrams forwarded, {unclassified} from unclassified senders"
+    );
+    Ok(())
+}
+
+/// Median put and get latency on `target` from a client in `from`, after a
+/// warm-up request that connects to the range's leader.
+async fn latency(
+    target: &RegionPlan,
+    from: &RegionPlan,
+    tls: &TlsFiles,
+) -> anyhow::Result<(Duration, Duration)> {
+    let client = Client::connect(client_config(target, from, tls)).await?;
+    let key = format!("demo/latency/from-{}", from.name);
+    let timed = async {
+        client.put(&key, "warm-up").await?;
+        let mut puts = Vec::with_capacity(SAMPLES);
+        let mut gets = Vec::with_capacity(SAMPLES);
+        for i in 0..SAMPLES {
+            let start = Instant::now();
+            client.put(&key, i.to_string()).await?;
+            puts.push(start.elapsed());
+            let start = Instant::now();
+            client.get(&key).await?;
+            gets.push(start.elapsed());
+        }
+        anyhow::Ok((median(puts), median(gets)))
+    }
+    .await;
+    client.close().await;
+    timed
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Asks one node per region (through a client in that region) for the
+/// members it sees, waits (bounded) until it sees every node alive with a
+/// measured RTT, and prints the median RTT to each region.
+async fn gossip_rtts(layout: &[RegionPlan], tls: &TlsFiles) -> anyhow::Result<()> {
+    let total: usize = layout.iter().map(|r| r.nodes.len()).sum();
+    for from in layout {
+        let client = Client::connect(client_config(from, from, tls)).await?;
+        let deadline = Instant::now() + GOSSIP_WAIT;
+        let members = loop {
+            let members = client.members().await?;
+            // The answering node lists itself too, without an RTT.
+            let alive = members.iter().filter(|m| m.state == "alive").count();
+            let measured = members.iter().filter(|m| m.rtt_us.is_some()).count();
+            let complete = alive >= total && measured + 1 >= total;
+            if complete || Instant::now() > deadline {
+                break members;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        client.close().await;
+        let alive = members.iter().filter(|m| m.state == "alive").count();
+        if from.name == layout[0].name {
+            println!("demo: gossip members alive: {alive} of {total}");
+        }
+        for to in layout {
+            let mut rtts: Vec<Duration> = members
+                .iter()
+                .filter(|m| m.region == to.name)
+                .filter_map(|m| m.rtt_us.map(Duration::from_micros))
+                .collect();
+            let n = rtts.len();
+            rtts.sort();
+            let shown = rtts
+                .get(n / 2)
+                .map_or_else(|| "      -".to_string(), |d| format!("{:>7.1}", ms(*d)));
+            println!(
+                "demo: gossip rtt {:<9} -> {:<9} {shown} ms ({n} members)",
+                from.name, to.name
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Clients and nodes across regions on loopback: a client bound to a
+//! region's address is seen with that source, and (with the WAN emulator)
+//! pays its region's round trip.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::TestCerts;
+use meridian::client::{Client, ClientConfig};
+use meridian::transport::{self, EndpointLimits};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .expect("test step timed out")
+}
+
+/// `ClientConfig.bind` is the source address a node sees, which is what
+/// the WAN emulator classifies a sender's region by (127.0.2.0/24 is the
+/// second region of the loopback plan); an unbound client is seen from
+/// 127.0.0.1.
+#[tokio::test]
+async fn a_client_bound_to_a_region_address_is_seen_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::new(dir.path());
+    let server = transport::server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &certs.files("node1"),
+        &EndpointLimits::default(),
+    )
+    .unwrap();
+    let node_addr = server.local_addr().unwrap();
+    let seen = |bind: Option<SocketAddr>| {
+        let server = server.clone();
+        let cfg = ClientConfig {
+            endpoints: vec![node_addr],
+            tls: certs.files("client"),
+            request_timeout: T,
+            bind,
+        };
+        async move {
+            let accept = async {
+                let incoming = server.accept().await.expect("a connection");
+                let remote = incoming.remote_address();
+                let conn = incoming.await.expect("handshake");
+                (remote, conn)
+            };
+            let (client, (remote, conn)) = tokio::join!(Client::connect(cfg), accept);
+            let client = client.expect("client connects");
+            client.close().await;
+            conn.close(0u32.into(), b"done");
+            remote
+        }
+    };
+    let bound = bounded(seen(Some("127.0.2.200:0".parse().unwrap()))).await;
+    assert_eq!(bound.ip().to_string(), "127.0.2.200");
+    let unbound = bounded(seen(None)).await;
+    assert_eq!(unbound.ip().to_string(), "127.0.0.1");
+    // An address this host does not have is refused at connect, naming it.
+    let cfg = ClientConfig {
+        endpoints: vec![node_addr],
+        tls: certs.files("client"),
+        request_timeout: T,
+        bind: Some("192.0.2.1:0".parse().unwrap()),
+    };
+    let err = bounded(Client::connect(cfg)).await.unwrap_err().to_string();
+    assert!(err.contains("192.0.2.1"), "{err}");
+    server.close(0u32.into(), b"done");
+}
+
+/// The three-region topology, shifted by an offset no other test uses: its
+/// nodes bind 127.0.{1,2,3}.x and 127.1.x.x fronts, ports 27379..=27587
+/// and the emulator's control API 127.0.0.1:27390, all below the kernel's
+/// ephemeral range (32768..), so no OS-chosen port of another test meets them.
+const DEMO_OFFSET: &str = "20000";
+/// The same for the long test (serving, partitions, Ctrl-C).
+const SERVE_OFFSET: u16 = 21000;
+/// Bound on a whole `meridian dev --demo-only` run (measured: about 30 s on
+/// two busy cores, debug build).
+const DEMO_BOUND: Duration = Duration::from_secs(240);
+
+fn long_tests() -> bool {
+    std::env::var("MERIDIAN_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// A `meridian` child process, stopped on drop (SIGTERM, then SIGKILL), so
+/// a failing test leaves nothing running.
+struct Dev {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    out: Vec<String>,
+}
+
+impl Dev {
+    fn spawn(dir: &std::path::Path, args: &[&str]) -> Dev {
+        use std::io::BufRead;
+        let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/regions/wan-3.toml");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .current_dir(dir)
+            .args(["dev", "--topology", topology, "--dir", "meridian-dev"])
+            .args(args)
+            .env_remove("MERIDIAN_BIND")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Dev {
+            child,
+            lines,
+            out: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one starts with `prefix` (bounded).
+    fn wait_for(&mut self, prefix: &str, bound: Duration) -> String {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.out.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no `{prefix}` line ({e}); output:\n{}", self.out.join("\n")),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; every line it printed.
+    fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.out.push(line);
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread ends at EOF; collect what is left.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.out.push(line);
+                }
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "meridian dev still running after {bound:?}; output:\n{}",
+                self.out.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// The pids of the nodes it started.
+    fn node_pids(&self) -> Vec<u32> {
+        self.out
+            .iter()
+            .filter_map(|l| l.split(" pid ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("TERM");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
+/// `demo: region us-east   client in eu-west   put   73.9 ms  get   72.4 ms ...`
+/// → (put ms, get ms).
+fn latency(out: &[String], region: &str, client: &str) -> (f64, f64) {
+    let line = out
+        .iter()
+        .find(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() > 8 && w[..6] == ["demo:", "region", region, "client", "in", client]
+        })
+        .unwrap_or_else(|| panic!("no latency line {region} <- {client}:\n{}", out.join("\n")));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[7].parse().unwrap(), w[10].parse().unwrap())
+}
+
+/// `demo: gossip rtt us-east   -> eu-west     72.6 ms (3 members)` → ms.
+fn gossip_rtt(out: &[String], from: &str, to: &str) -> f64 {
+    let line = out
+        .iter()
+        .find(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() > 6 && w[..6] == ["demo:", "gossip", "rtt", from, "->", to]
+        })
+        .unwrap_or_else(|| panic!("no gossip rtt {from} -> {to}:\n{}", out.join("\n")));
+    let value = line.split_whitespace().nth(6).unwrap();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("no RTT measured {from} -> {to}: {line}"))
+}
+
+/// `meridian dev --topology regions/wan-3.toml --demo-only`: three regions
+/// of three `meridian serve` processes behind the WAN emulator. It exits 0
+/// having stopped every node, writes an env file per region with that
+/// region's fronts and a region address to bind, and its demo measures the
+/// configured round trips: a client in another region pays at least the
+/// link's RTT (the emulator cannot deliver sooner), one in the region pays
+/// less than one from afar, gossip measures the same, and no packet reached
+/// the emulator from an unbound socket.
+#[test]
+fn three_region_dev_measures_the_emulated_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let mut dev = Dev::spawn(dir.path(), &["--demo-only", "--port-offset", DEMO_OFFSET]);
+    let status = dev.wait_exit(DEMO_BOUND);
+    let out = dev.out.clone();
+    let text = out.join("\n");
+    println!("{text}\n(meridian dev ran {:?})", started.elapsed());
+    assert!(status.success(), "{status}:\n{text}");
+    // Every node ran and was stopped, and so was the emulator.
+    let pids = dev.node_pids();
+    assert_eq!(pids.len(), 9, "{text}");
+    for pid in pids {
+        assert!(!process_alive(pid), "node {pid} still running");
+    }
+    for region in ["us-east", "eu-west", "ap-south"] {
+        for i in 1..=3 {
+            let stopped = format!("meridian dev: stopped {region}-{i}");
+            assert!(out.contains(&stopped), "{stopped}:\n{text}");
+        }
+    }
+    assert!(
+        text.contains("meridian dev: stopped the WAN emulator"),
+        "{text}"
+    );
+
+    let env_dir = dir.path().join("meridian-dev");
+    let us = std::fs::read_to_string(env_dir.join("us-east.env")).unwrap();
+    assert!(
+        us.contains("export MERIDIAN_ENDPOINTS=127.1.1.1:27379,127.1.1.2:27381,127.1.1.3:27383\n"),
+        "{us}"
+    );
+    assert!(us.contains("export MERIDIAN_BIND=127.0.1.200\n"), "{us}");
+    assert!(
+        us.contains("export MERIDIAN_WAN_CONTROL=127.0.0.1:27390\n"),
+        "{us}"
+    );
+    let ap = std::fs::read_to_string(env_dir.join("ap-south.env")).unwrap();
+    assert!(
+        ap.contains("export MERIDIAN_ENDPOINTS=127.1.3.1:27579,127.1.3.2:27581,127.1.3.3:27583\n"),
+        "{ap}"
+    );
+    assert!(ap.contains("export MERIDIAN_BIND=127.0.3.200\n"), "{ap}");
+    let all = std::fs::read_to_string(env_dir.join("env")).unwrap();
+    assert_eq!(all.matches("127.1.").count(), 9, "{all}");
+    assert!(all.contains("unset MERIDIAN_BIND"), "{all}");
+
+    // Requests from another region pay at least the link's round trip
+    // (allowing the jitter); 70 ms us-east <-> eu-west, 200 ms us-east <->
+    // ap-south, 140 ms eu-west <-> ap-south.
+    for (a, b, rtt) in [
+        ("us-east", "eu-west", 70.0),
+        ("us-east", "ap-south", 200.0),
+        ("eu-west", "ap-south", 140.0),
+    ] {
+        for (region, client) in [(a, b), (b, a)] {
+            let (put, get) = latency(&out, region, client);
+            assert!(put >= rtt - 10.0, "put {region} <- {client}: {put} ms");
+            assert!(get >= rtt - 10.0, "get {region} <- {client}: {get} ms");
+        }
+        assert!(gossip_rtt(&out, a, b) >= rtt - 10.0, "gossip {a} -> {b}");
+        assert!(gossip_rtt(&out, b, a) >= rtt - 10.0, "gossip {b} -> {a}");
+    }
+    // In the region, no WAN: a read costs less than one from the farthest
+    // region (a relative bound, so a busy machine does not fail it).
+    for (region, far) in [
+        ("us-east", "ap-south"),
+        ("eu-west", "ap-south"),
+        ("ap-south", "us-east"),
+    ] {
+        let (_, near_get) = latency(&out, region, region);
+        let (_, far_get) = latency(&out, region, far);
+        assert!(
+            near_get < far_get,
+            "{region}: in-region get {near_get} ms vs {far_get} ms from {far}"
+        );
+    }
+    assert!(
+        text.contains(", 0 from unclassified senders"),
+        "a node or demo client sent from an unbound socket:\n{text}"
+    );
+}
+
+/// `export NAME=value` lines of an env file `meridian dev` wrote.
+fn env_file(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs the CLI with exactly `env`'s MERIDIAN_* variables (bounded).
+fn cli(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MERIDIAN_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("meridian {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A serving three-region `meridian dev`, driven from shells in its
+/// regions (the env files) and through `meridian wan`: members show all
+/// nine nodes at their fronts; a partition cuts a client in us-east off
+/// eu-west while eu-west's own clients carry on; heal restores it; SIGINT
+/// (Ctrl-C) stops every node and the emulator. Long (about a minute):
+/// MERIDIAN_LONG_TESTS=1.
+#[test]
+fn three_region_dev_serves_partitions_and_stops_on_ctrl_c() {
+    if !long_tests() {
+        println!("skipped: set MERIDIAN_LONG_TESTS=1");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let offset = SERVE_OFFSET.to_string();
+    let mut dev = Dev::spawn(dir.path(), &["--port-offset", &offset]);
+    dev.wait_for("meridian dev: serving until Ctrl-C", DEMO_BOUND);
+    let env_dir = dir.path().join("meridian-dev");
+    let us = env_file(&env_dir.join("us-east.env"));
+    let eu = env_file(&env_dir.join("eu-west.env"));
+
+    let members = ok(&cli(&us, &["members", "--json"]));
+    assert_eq!(
+        members.matches("\"state\":\"alive\"").count(),
+        9,
+        "{members}"
+    );
+    assert_eq!(members.matches("\"addr\":\"127.1.").count(), 9, "{members}");
+
+    ok(&cli(&eu, &["kv", "put", "wan/k", "v"]));
+    assert_eq!(ok(&cli(&eu, &["kv", "get", "wan/k"])).trim(), "v");
+    // A client in us-east using eu-west's nodes.
+    let mut us_to_eu = eu.clone();
+    for (k, v) in us_to_eu.iter_mut() {
+        if k == "MERIDIAN_BIND" {
+            *v = "127.0.1.200".into();
+        }
+    }
+    assert_eq!(ok(&cli(&us_to_eu, &["kv", "get", "wan/k"])).trim(), "v");
+
+    let cut = ok(&cli(&us, &["wan", "partition", "us-east", "eu-west"]));
+    assert!(cut.contains("ok: partition us-east eu-west"), "{cut}");
+    let status = ok(&cli(&us, &["wan", "status", "--json"]));
+    assert!(status.contains("\"kind\": \"cut\""), "{status}");
+    let cut_off = cli(&us_to_eu, &["kv", "get", "wan/k", "--timeout-ms", "2000"]);
+    assert!(!cut_off.status.success(), "a cut-off client was answered");
+    assert_eq!(ok(&cli(&eu, &["kv", "get", "wan/k"])).trim(), "v");
+    ok(&cli(&us, &["wan", "heal"]));
+    assert_eq!(ok(&cli(&us_to_eu, &["kv", "get", "wan/k"])).trim(), "v");
+
+    dev.signal("INT");
+    let status = dev.wait_exit(Duration::from_secs(60));
+    let text = dev.out.join("\n");
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(
+        text.contains("meridian dev: stopped the WAN emulator"),
+        "{text}"
+    );
+    let pids = dev.node_pids();
+    assert_eq!(pids.len(), 9, "{text}");
+    for pid in pids {
+        assert!(!process_alive(pid), "node {pid} still running");
+    }
+    let control = format!("127.0.0.1:{}", 7390 + SERVE_OFFSET);
+    assert!(
+        std::net::TcpStream::connect(control).is_err(),
+        "the emulator's control API is still up"
+    );
+}
