@@ -57,7 +57,6 @@ mod storage_suite {
     use super::state_machine::RangeStateMachine;
     use super::types::{RangeDescriptor, RangeTypes};
     use crate::clock::{Hlc, SystemClock};
-    use crate::storage::{FsyncPolicy, MvccStore, StoreOptions};
 
     struct Builder;
 
@@ -67,12 +66,7 @@ mod storage_suite {
         ) -> Result<(tempfile::TempDir, RangeLogStore, RangeStateMachine), StorageError<RangeTypes>>
         {
             let dir = tempfile::tempdir().unwrap();
-            let store = MvccStore::open(StoreOptions {
-                path: dir.path().to_path_buf(),
-                fsync: FsyncPolicy::Never,
-                cache_bytes: 1 << 20,
-            })
-            .unwrap();
+            let store = crate::storage::open_for_tests(dir.path());
             let hlc = Arc::new(Hlc::open(SystemClock, store.clone(), 500, 1000).unwrap());
             let syncer = LogSyncer::start(&store).unwrap();
             let log = RangeLogStore::open(&store, 1, syncer).unwrap();

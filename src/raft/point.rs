@@ -540,7 +540,7 @@ fn lower_thread_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{FsyncPolicy, StoreOptions, WriteRecord};
+    use crate::storage::WriteRecord;
     use crate::types::Op;
 
     fn point(index: u64, last_ts: u64) -> SnapshotPoint {
@@ -598,12 +598,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> (MvccStore, Arc<RangePoints>, mpsc::Receiver<()>) {
-        let store = MvccStore::open(StoreOptions {
-            path: dir.join("db"),
-            fsync: FsyncPolicy::Never,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap();
+        let store = crate::storage::open_for_tests(&dir.join("db"));
         let range = RangeDescriptor {
             id: 1,
             start: Vec::new(),

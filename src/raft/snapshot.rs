@@ -494,16 +494,11 @@ impl SnapshotReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{FsyncPolicy, MvccStore, StoreOptions, WriteRecord};
+    use crate::storage::{MvccStore, WriteRecord};
     use crate::types::Op;
 
     fn store(dir: &Path) -> MvccStore {
-        MvccStore::open(StoreOptions {
-            path: dir.to_path_buf(),
-            fsync: FsyncPolicy::Never,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap()
+        crate::storage::open_for_tests(dir)
     }
 
     fn put(k: &str, v: &str) -> Op {

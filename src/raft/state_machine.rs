@@ -547,16 +547,10 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{FsyncPolicy, StoreOptions};
     use crate::types::Op;
 
     fn open_store(dir: &std::path::Path) -> MvccStore {
-        MvccStore::open(StoreOptions {
-            path: dir.to_path_buf(),
-            fsync: FsyncPolicy::Never,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap()
+        crate::storage::open_for_tests(dir)
     }
 
     fn open_sm(store: &MvccStore) -> RangeStateMachine {

@@ -1217,5 +1217,18 @@ fn validate_meta_name(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A store for unit tests: at `path`, 1 MiB cache, no fsync (durability
+/// across power loss is not what unit tests check). One opener for every
+/// module's tests, so a new store option is set in one place.
+#[cfg(test)]
+pub(crate) fn open_for_tests(path: &std::path::Path) -> MvccStore {
+    MvccStore::open(StoreOptions {
+        path: path.to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        cache_bytes: 1 << 20,
+    })
+    .expect("open a test store")
+}
+
 #[cfg(test)]
 mod tests;

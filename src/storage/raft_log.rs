@@ -328,15 +328,9 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{FsyncPolicy, StoreOptions};
 
     fn open_store(dir: &std::path::Path) -> MvccStore {
-        MvccStore::open(StoreOptions {
-            path: dir.to_path_buf(),
-            fsync: FsyncPolicy::Never,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap()
+        crate::storage::open_for_tests(dir)
     }
 
     fn bytes(i: u64) -> Vec<u8> {

@@ -4,12 +4,7 @@
 use super::*;
 
 fn open(dir: &std::path::Path) -> MvccStore {
-    MvccStore::open(StoreOptions {
-        path: dir.to_path_buf(),
-        fsync: FsyncPolicy::Never,
-        cache_bytes: 1 << 20,
-    })
-    .unwrap()
+    super::open_for_tests(dir)
 }
 
 fn put(key: &[u8], value: &[u8]) -> Op {
