@@ -104,6 +104,13 @@ impl Dev {
             .args(["dev", "--topology", topology, "--dir", "meridian-dev"])
             .args(args)
             .env_remove("MERIDIAN_BIND")
+            // Nine debug-build nodes share two cores here: slower Raft
+            // heartbeats (three per election timeout, as by default) cut
+            // their idle load so gossip converges within the demo's wait.
+            // The round trips under test are the emulator's, not Raft's.
+            .env("MERIDIAN_RAFT__HEARTBEAT_INTERVAL_MS", "200")
+            .env("MERIDIAN_RAFT__ELECTION_TIMEOUT_MIN_MS", "1000")
+            .env("MERIDIAN_RAFT__ELECTION_TIMEOUT_MAX_MS", "2000")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
