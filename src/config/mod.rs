@@ -21,6 +21,7 @@ use crate::limits;
 
 pub mod gossip;
 pub mod raft;
+pub mod replication;
 
 use crate::storage::FsyncPolicy;
 pub use raft::RaftConfig;
@@ -269,6 +270,8 @@ pub struct RawConfig {
     pub raft: raft::RawRaft,
     /// `[gossip]`
     pub gossip: gossip::RawGossip,
+    /// `[replication]`
+    pub replication: replication::RawReplication,
 }
 
 /// Log output format.
@@ -363,6 +366,8 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// Gossip membership; `None` = off.
     pub gossip: Option<gossip::GossipConfig>,
+    /// The cluster's regions and every key prefix's policy.
+    pub replication: replication::ReplicationConfig,
 }
 
 impl NodeConfig {
@@ -539,6 +544,15 @@ impl RawConfig {
             addr: advertise_addr.unwrap_or(listen_addr),
         })?;
         let gossip = self.gossip.validate(base)?;
+        let replication = self.replication.validate(&self.node.region)?;
+        if replication.is_multi_region() && gossip.is_none() {
+            return Err(invalid(
+                "replication.regions",
+                "lists other regions, so gossip must be on ([gossip] listen_addr): \
+                 range leaders find the other regions' nodes through it",
+                replication.regions.join(","),
+            ));
+        }
         if gossip.is_some() && advertise_addr.is_none() && listen_addr.ip().is_unspecified() {
             // Gossip tells every node this address; "every interface" is not
             // one anybody can dial.
@@ -581,6 +595,7 @@ impl RawConfig {
             log_level: self.log.level,
             raft,
             gossip,
+            replication,
         })
     }
 }

@@ -26,10 +26,12 @@ pub use replicated::Replicated;
 pub use crate::decide::{compare_holds, WriteKind};
 
 use crate::clock::{ClockError, Hlc};
+use crate::config::replication::ReplicationConfig;
 use crate::config::Limits;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_HISTORY_PAGE};
 use crate::raft::RangeGroup;
+use crate::replication::policy::{Policy, PolicyTable};
 use crate::storage::{GcSpan, MvccStore, StorageError};
 use crate::types::{CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry};
 
@@ -81,6 +83,8 @@ pub struct EngineOptions {
     pub history_window: Duration,
     /// GC pass interval.
     pub gc_interval: Duration,
+    /// The cluster's regions and every key prefix's policy.
+    pub replication: ReplicationConfig,
 }
 
 /// The KV engine. Cheap to share behind an `Arc`.
@@ -91,7 +95,21 @@ pub struct Engine {
     store: MvccStore,
     hlc: Arc<Hlc>,
     limits: Limits,
+    /// This node's region and the cluster's regions.
+    regions: Regions,
+    /// Every key's policy (read-mostly; changed at run time later by the
+    /// control range).
+    policies: std::sync::RwLock<PolicyTable>,
     gc: std::sync::Mutex<Option<GcHandle>>,
+}
+
+/// This node's region and every region of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Regions {
+    /// This node's region.
+    pub local: String,
+    /// Every region, this one included, in configured order.
+    pub all: Vec<String>,
 }
 
 /// Stop signal and join handle of the garbage-collection thread.
@@ -146,6 +164,11 @@ impl Engine {
             store,
             hlc,
             limits: opts.limits,
+            regions: Regions {
+                local: opts.replication.local_region.clone(),
+                all: opts.replication.regions.clone(),
+            },
+            policies: std::sync::RwLock::new(opts.replication.table),
             gc: std::sync::Mutex::new(Some((gc_stop, gc))),
         })
     }
@@ -153,6 +176,45 @@ impl Engine {
     /// The request limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// This node's region and the cluster's regions.
+    pub fn regions(&self) -> &Regions {
+        &self.regions
+    }
+
+    /// The policy of `key` and the prefix it comes from (`None`: the default).
+    pub fn policy_of(&self, key: &[u8]) -> (Option<Vec<u8>>, Policy) {
+        let table = self
+            .policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (prefix, policy) = table.policy_of(key);
+        (prefix.map(<[u8]>::to_vec), policy.clone())
+    }
+
+    /// A copy of the whole policy table.
+    pub fn policy_table(&self) -> PolicyTable {
+        self.policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The frontier of the range owning `key` on this replica (see
+    /// [`RangeGroup::frontier_ts`]).
+    pub fn frontier_of(&self, key: &[u8]) -> Result<Timestamp, ApiError> {
+        let range = self.region.range_of(key)?;
+        self.region
+            .host()
+            .group(range.id)
+            .map(|g| g.frontier_ts())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("range {} is not running on this node", range.id),
+                )
+            })
     }
 
     /// The region's ranges and this node's groups.
@@ -460,7 +522,7 @@ fn register_range_horizons(
     let mut spans = Vec::new();
     for range in r.ranges() {
         let group = r.host().group(range.id);
-        let initial = group.as_ref().map_or(floor, |g| floor.min(g.applied_ts()));
+        let initial = group.as_ref().map_or(floor, |g| floor.min(g.frontier_ts()));
         spans.push((
             GcSpan {
                 id: range.id,
@@ -491,11 +553,12 @@ pub fn horizon_below(latest: Timestamp, history_window: Duration) -> Option<Time
 /// versions above it, so the two never conflict (storage serialises the
 /// horizon change with writes).
 ///
-/// Each range has its own horizon, below that range's applied timestamp on
-/// this replica. An idle range's applied timestamp stands still, so its
-/// latest state stays readable; every entry this replica has still to apply
-/// lands above its applied timestamp, so apply never meets the horizon
-/// (docs/consistency.md G8).
+/// Each range has its own horizon, below that range's frontier on this
+/// replica (its applied timestamp in a single region). An idle range's
+/// frontier stands still, so its latest state stays readable; every entry
+/// this replica has still to apply, and every change another region has
+/// still to send, lands above the frontier, so apply never meets the
+/// horizon (docs/consistency.md G8).
 struct Collector {
     store: MvccStore,
     groups: Vec<Arc<RangeGroup>>,
@@ -524,7 +587,7 @@ impl Collector {
     fn step(&self) -> bool {
         let mut more = false;
         for g in &self.groups {
-            let Some(h) = horizon_below(g.applied_ts(), self.history_window) else {
+            let Some(h) = horizon_below(g.frontier_ts(), self.history_window) else {
                 continue; // nothing applied long enough ago
             };
             let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::log_store::{LogSyncer, RangeLogStore};
 use super::network::PeerRouter;
 use super::point::RangeSnapshotData;
-use super::state_machine::{snapshot_dir, RangeStateMachine};
+use super::state_machine::{snapshot_dir, RangeStateMachine, ReplicationScope};
 use super::transfer::{self, Offer};
 use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
 use crate::clock::Hlc;
@@ -80,6 +80,7 @@ pub struct RangeGroup {
     /// Its Raft instance on this node.
     pub raft: RangeRaft,
     applied_ts: Arc<AtomicU64>,
+    frontier_ts: Arc<AtomicU64>,
     /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
     votes_from: std::time::Instant,
 }
@@ -89,6 +90,14 @@ impl RangeGroup {
     /// consistent snapshot of the range as far as this replica has applied.
     pub fn applied_ts(&self) -> Timestamp {
         Timestamp(self.applied_ts.load(Ordering::Acquire))
+    }
+
+    /// The range's frontier on this replica: everything every region wrote
+    /// at or below it is applied here, so a read at it is a consistent
+    /// snapshot of the whole cluster's writes (docs/consistency.md). Equal
+    /// to [`RangeGroup::applied_ts`] in a single region.
+    pub fn frontier_ts(&self) -> Timestamp {
+        Timestamp(self.frontier_ts.load(Ordering::Acquire))
     }
 }
 
@@ -131,6 +140,8 @@ pub struct RaftHost {
     /// The leader lease (election_timeout_max_ms) a restarted replica waits out before voting.
     lease: std::time::Duration,
     groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
+    /// The regions every range replicates with.
+    scope: ReplicationScope,
     /// One snapshot receive per range at a time: a sender that gave up and
     /// offers again must not race the abandoned receive on the same
     /// partial file.
@@ -182,8 +193,21 @@ impl RaftHost {
             config: Arc::new(config),
             lease: std::time::Duration::from_millis(timing.election_timeout_max_ms),
             groups: RwLock::new(HashMap::new()),
+            scope: ReplicationScope::default(),
             receiving: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The host with its ranges replicating with `scope`'s regions (set
+    /// before any range is opened).
+    pub fn with_scope(mut self, scope: ReplicationScope) -> RaftHost {
+        self.scope = scope;
+        self
+    }
+
+    /// The regions every range replicates with.
+    pub fn scope(&self) -> &ReplicationScope {
+        &self.scope
     }
 
     /// This node's Raft id.
@@ -221,9 +245,15 @@ impl RaftHost {
             } else {
                 std::time::Duration::ZERO
             };
-        let mut sm = RangeStateMachine::open(desc.clone(), self.store.clone(), self.hlc.clone())
-            .map_err(storage)?;
+        let mut sm = RangeStateMachine::open_in(
+            desc.clone(),
+            self.store.clone(),
+            self.hlc.clone(),
+            self.scope.clone(),
+        )
+        .map_err(storage)?;
         let applied_ts = sm.applied_ts();
+        let frontier_ts = sm.frontier_ts();
         let requests = sm.take_snapshot_requests();
         let network = GroupNetworkFactory::new(self.router.clone(), range);
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
@@ -239,6 +269,7 @@ impl RaftHost {
             desc,
             raft,
             applied_ts,
+            frontier_ts,
             votes_from,
         });
         write(&self.groups).insert(range, group.clone());

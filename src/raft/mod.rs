@@ -42,6 +42,7 @@ pub mod transfer;
 pub mod types;
 
 pub use host::{RaftHost, RaftTiming, RangeGroup, RangeRaft};
+pub use state_machine::ReplicationScope;
 pub use types::{RaftNode, RangeCommand, RangeDescriptor, RangeId, RangeReply, RangeTypes};
 
 #[cfg(test)]

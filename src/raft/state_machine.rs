@@ -110,6 +110,24 @@ impl PendingApply {
     }
 }
 
+/// Which regions a range replicates with, as its state machine sees them.
+/// `others` empty: one region, nothing replicates (the frontier is the
+/// applied timestamp, and no change log is kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationScope {
+    /// This node's region: the origin of every write proposed here.
+    pub local: String,
+    /// Every other region of the cluster.
+    pub others: Vec<String>,
+}
+
+impl ReplicationScope {
+    /// Whether the range streams to and from other regions.
+    pub fn is_multi_region(&self) -> bool {
+        !self.others.is_empty()
+    }
+}
+
 /// The state machine of one range group.
 pub struct RangeStateMachine {
     range: RangeDescriptor,
@@ -119,6 +137,13 @@ pub struct RangeStateMachine {
     /// Highest timestamp applied, shared with readers: a read at it sees a
     /// consistent snapshot of the range (everything applied so far).
     applied_ts: Arc<AtomicU64>,
+    /// The range's frontier on this replica, shared with readers: the
+    /// lowest closed timestamp over every region (this one's is
+    /// `applied_ts`); a read at it sees everything every region wrote up to
+    /// it. Equal to `applied_ts` in a single region.
+    frontier_ts: Arc<AtomicU64>,
+    /// The regions this range replicates with.
+    scope: ReplicationScope,
     /// The range's snapshot points (the current one, its materialised file).
     points: Arc<RangePoints>,
     /// Requests for a fresh snapshot, until the group's owner takes them.
@@ -164,8 +189,19 @@ fn adopt_unreplicated_data(
 }
 
 impl RangeStateMachine {
-    /// Opens the state machine of `range`, restoring its applied state.
+    /// Opens the state machine of `range` in a single region, restoring its
+    /// applied state.
     pub fn open(range: RangeDescriptor, store: MvccStore, hlc: Arc<Hlc>) -> io::Result<Self> {
+        Self::open_in(range, store, hlc, ReplicationScope::default())
+    }
+
+    /// Opens the state machine of `range`, replicating with `scope`'s regions.
+    pub fn open_in(
+        range: RangeDescriptor,
+        store: MvccStore,
+        hlc: Arc<Hlc>,
+        scope: ReplicationScope,
+    ) -> io::Result<Self> {
         let raw = store
             .meta_get(&meta_name(range.id))
             .map_err(|e| io_err("load applied state", e))?;
@@ -176,6 +212,7 @@ impl RangeStateMachine {
             None => adopt_unreplicated_data(&range, &store, &hlc)?,
         };
         let applied_ts = Arc::new(AtomicU64::new(state.last_ts));
+        let frontier_ts = Arc::new(AtomicU64::new(0));
         let dir = snapshot_dir(&store);
         let (points, requests) = RangePoints::open(range.clone(), store.clone(), dir.clone())?;
         let mut sm = RangeStateMachine {
@@ -184,11 +221,14 @@ impl RangeStateMachine {
             hlc,
             state,
             applied_ts,
+            frontier_ts,
+            scope,
             points,
             snapshot_requests: Some(requests),
             dir,
         };
         sm.finish_interrupted_install()?;
+        sm.publish_frontier();
         sm.check_point_not_ahead()?;
         sm.remove_snapshot_files();
         Ok(sm)
@@ -272,6 +312,26 @@ impl RangeStateMachine {
         self.applied_ts.clone()
     }
 
+    /// The shared frontier (see the field).
+    pub fn frontier_ts(&self) -> Arc<AtomicU64> {
+        self.frontier_ts.clone()
+    }
+
+    /// The frontier from the applied state: the applied timestamp, lowered
+    /// to the cursor of any other region that is behind it.
+    fn frontier(&self) -> u64 {
+        if !self.scope.is_multi_region() {
+            return self.state.last_ts;
+        }
+        // No cursor from another region yet: nothing is closed for it.
+        0
+    }
+
+    fn publish_frontier(&self) {
+        self.frontier_ts
+            .fetch_max(self.frontier(), Ordering::AcqRel);
+    }
+
     fn current_state(&self, key: &[u8], overlay: &Overlay) -> io::Result<KeyState> {
         if let Some(pending) = overlay.get(key) {
             return Ok(pending.clone());
@@ -324,6 +384,7 @@ impl RangeStateMachine {
         // (if it becomes leader) proposes above them.
         self.hlc.observe(last);
         self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
+        self.publish_frontier();
         pending.records.clear();
         pending.overlay.clear();
         pending.bytes = 0;
@@ -520,6 +581,7 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
         self.hlc.observe(Timestamp(self.state.last_ts));
         self.applied_ts
             .fetch_max(self.state.last_ts, Ordering::AcqRel);
+        self.publish_frontier();
         // The install is complete and its marker cleared (durably): the
         // range is the data now, and its snapshot the point recorded with it.
         if received {

@@ -180,6 +180,21 @@ impl PolicyTable {
         Ok(table)
     }
 
+    /// One region alone: every key strong, homed in `region`, replicated
+    /// nowhere (valid by construction).
+    pub fn single_region(region: &str, max_staleness_ms: u64) -> Self {
+        PolicyTable {
+            regions: vec![region.to_string()],
+            default: Policy {
+                consistency: Consistency::Strong,
+                home: region.to_string(),
+                replication: Replication::Async,
+                max_staleness_ms: max_staleness_ms.min(MAX_STALENESS_MS),
+            },
+            by_prefix: BTreeMap::new(),
+        }
+    }
+
     /// The cluster's regions.
     pub fn regions(&self) -> &[String] {
         &self.regions

@@ -128,7 +128,16 @@ impl Node {
         // the bound listen address, never from an unspecified one.
         let peer_config = transport::peer_client_config(&tls, &endpoint_limits)?;
         let rc = cfg.raft.clone().advertised_at(advertised);
-        let host = region::start_groups(&rc, &endpoint, peer_config, &store, &hlc, hints).await?;
+        let scope = crate::raft::ReplicationScope {
+            local: cfg.replication.local_region.clone(),
+            others: cfg
+                .replication
+                .other_regions()
+                .map(str::to_string)
+                .collect(),
+        };
+        let host =
+            region::start_groups(&rc, &endpoint, peer_config, &store, &hlc, hints, scope).await?;
         let engine = Arc::new(Engine::start(
             store,
             hlc,
@@ -136,6 +145,7 @@ impl Node {
                 limits: cfg.limits,
                 history_window: cfg.history_window,
                 gc_interval: cfg.gc_interval,
+                replication: cfg.replication.clone(),
             },
             region::routing(&host, &rc),
         )?);

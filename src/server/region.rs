@@ -22,6 +22,7 @@ pub(crate) async fn start_groups(
     store: &MvccStore,
     hlc: &Arc<Hlc>,
     hints: Option<(crate::membership::Membership, String)>,
+    scope: crate::raft::ReplicationScope,
 ) -> Result<Arc<RaftHost>, HostError> {
     let host = RaftHost::new(
         rc.node_id,
@@ -30,7 +31,8 @@ pub(crate) async fn start_groups(
         store.clone(),
         hlc.clone(),
         &rc.timing,
-    )?;
+    )?
+    .with_scope(scope);
     for p in &rc.peers {
         host.router().set_peer(p.id, p.addr);
     }
