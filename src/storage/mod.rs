@@ -28,6 +28,7 @@
 //! and the Raft log's included (fjall `src/poison.rs`; Rebello et al.,
 //! "Can Applications Recover from fsync Failures?", ATC '20).
 
+pub mod changes;
 mod encoding;
 mod mvcc;
 mod raft_log;
@@ -318,6 +319,8 @@ struct Inner {
     db: Database,
     data: Keyspace,
     meta: Keyspace,
+    /// The per-range change logs of cross-region replication ([`changes`]).
+    changes: Keyspace,
     fsync: FsyncPolicy,
     poisoned: AtomicBool,
     /// The gc horizon; only raised under `write_lock` and after it is durable.
@@ -467,6 +470,9 @@ impl MvccStore {
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(StorageError::fjall)?;
         check_store_format(&db, &data, &meta)?;
+        let changes = db
+            .keyspace(changes::CHANGES_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(StorageError::fjall)?;
         let horizon = match meta
             .get(encoding::META_GC_HORIZON_KEY)
             .map_err(StorageError::fjall)?
@@ -482,6 +488,7 @@ impl MvccStore {
             db,
             data,
             meta,
+            changes,
             fsync: opts.fsync,
             poisoned: AtomicBool::new(false),
             horizon: AtomicU64::new(horizon.0),
@@ -561,6 +568,17 @@ impl MvccStore {
         records: &[WriteRecord],
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StorageError> {
+        self.apply_batch_inner(records, meta, &[])
+    }
+
+    /// The shared body of the apply calls; `changes` are change-log entries
+    /// (key, value) committed in the same batch.
+    fn apply_batch_inner(
+        &self,
+        records: &[WriteRecord],
+        meta: &[(&str, Vec<u8>)],
+        changes: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StorageError> {
         self.check_poisoned()?;
         for (name, value) in meta {
             validate_meta(name, value)?;
@@ -581,6 +599,9 @@ impl MvccStore {
                 encoding::meta_user_key(name),
                 encoding::encode_meta(value),
             );
+        }
+        for (key, value) in changes {
+            batch.insert(&self.inner.changes, key.as_slice(), value.as_slice());
         }
         for record in records {
             // A later op on the same key wins: walk backwards, keep the first.
