@@ -36,9 +36,10 @@ use serde::{Deserialize, Serialize};
 
 use super::point::{RangePoints, RangeSnapshotData, SnapshotPoint};
 use super::snapshot::SnapshotFile;
-use super::types::{RangeDescriptor, RangeReply, RangeTypes};
+use super::types::{CommandV1, RangeCommand, RangeDescriptor, RangeReply, RangeTypes, ReplicateV1};
 use crate::clock::Hlc;
 use crate::decide::{decide, record_in_overlay, KeyState, Overlay};
+use crate::replication::stream::{Batch, Inbound, Record};
 use crate::storage::{MvccStore, WriteRecord, MAX_BATCH_RECORDS};
 use crate::types::Timestamp;
 
@@ -82,6 +83,40 @@ fn applied_meta(range: u64, state: &AppliedState) -> io::Result<(String, Vec<u8>
     let bytes = postcard::to_allocvec(state).map_err(|e| io_err("encode applied state", e))?;
     Ok((meta_name(range), bytes))
 }
+
+/// Format byte of the cursors entry.
+const CURSORS_FORMAT_V1: u8 = 1;
+
+fn cursors_name(range: u64) -> String {
+    format!("raft/{range}/cursors")
+}
+
+/// The metadata entry recording `cursors` (per origin region, the closed
+/// timestamp applied from it): `[1] ++ postcard(Vec<(region, ts)>)`.
+fn cursors_meta(range: u64, cursors: &Cursors) -> io::Result<(String, Vec<u8>)> {
+    let list: Vec<(&str, u64)> = cursors.iter().map(|(r, t)| (r.as_str(), *t)).collect();
+    let bytes = postcard::to_extend(&list, vec![CURSORS_FORMAT_V1])
+        .map_err(|e| io_err("encode cursors", e))?;
+    Ok((cursors_name(range), bytes))
+}
+
+fn decode_cursors(bytes: &[u8]) -> io::Result<Cursors> {
+    match bytes.split_first() {
+        Some((&CURSORS_FORMAT_V1, body)) => {
+            let list: Vec<(String, u64)> =
+                postcard::from_bytes(body).map_err(|e| io_err("decode cursors", e))?;
+            Ok(list.into_iter().collect())
+        }
+        other => Err(io_err(
+            "decode cursors",
+            format!("unknown format {:?}", other.map(|(f, _)| f)),
+        )),
+    }
+}
+
+/// Per origin region, the closed timestamp applied from it: every change
+/// that region made to the range at or below it is applied here.
+pub type Cursors = std::collections::BTreeMap<String, u64>;
 
 fn marker_name(range: u64) -> String {
     format!("raft/{range}/installing")
@@ -144,6 +179,8 @@ pub struct RangeStateMachine {
     frontier_ts: Arc<AtomicU64>,
     /// The regions this range replicates with.
     scope: ReplicationScope,
+    /// The stream cursor of every origin region (replicated state).
+    cursors: Cursors,
     /// The range's snapshot points (the current one, its materialised file).
     points: Arc<RangePoints>,
     /// Requests for a fresh snapshot, until the group's owner takes them.
@@ -211,6 +248,13 @@ impl RangeStateMachine {
             }
             None => adopt_unreplicated_data(&range, &store, &hlc)?,
         };
+        let cursors = match store
+            .meta_get(&cursors_name(range.id))
+            .map_err(|e| io_err("load cursors", e))?
+        {
+            Some(bytes) => decode_cursors(&bytes)?,
+            None => Cursors::new(),
+        };
         let applied_ts = Arc::new(AtomicU64::new(state.last_ts));
         let frontier_ts = Arc::new(AtomicU64::new(0));
         let dir = snapshot_dir(&store);
@@ -223,6 +267,7 @@ impl RangeStateMachine {
             applied_ts,
             frontier_ts,
             scope,
+            cursors,
             points,
             snapshot_requests: Some(requests),
             dir,
@@ -320,11 +365,17 @@ impl RangeStateMachine {
     /// The frontier from the applied state: the applied timestamp, lowered
     /// to the cursor of any other region that is behind it.
     fn frontier(&self) -> u64 {
-        if !self.scope.is_multi_region() {
-            return self.state.last_ts;
-        }
-        // No cursor from another region yet: nothing is closed for it.
-        0
+        // A region that never sent a batch has closed nothing (0).
+        self.scope
+            .others
+            .iter()
+            .map(|r| self.cursors.get(r).copied().unwrap_or(0))
+            .fold(self.state.last_ts, u64::min)
+    }
+
+    /// The range's stream cursors (per origin region).
+    pub fn cursors(&self) -> &Cursors {
+        &self.cursors
     }
 
     fn publish_frontier(&self) {
@@ -376,8 +427,11 @@ impl RangeStateMachine {
     /// one atomic batch, then answers their proposers.
     fn flush(&mut self, pending: &mut PendingApply) -> io::Result<()> {
         let (name, bytes) = applied_meta(self.range.id, &self.state)?;
+        // In a multi-region cluster every local write is also logged for
+        // the streams to the other regions, in the same batch.
+        let log_range = self.scope.is_multi_region().then_some(self.range.id);
         self.store
-            .apply_batch_with_meta(&pending.records, &[(name.as_str(), bytes)])
+            .apply_range_batch(&pending.records, &[(name.as_str(), bytes)], log_range)
             .map_err(|e| io_err("apply batch", e))?;
         let last = Timestamp(self.state.last_ts);
         // Keep the local clock above every applied version, so this node
@@ -394,6 +448,100 @@ impl RangeStateMachine {
             }
         }
         Ok(())
+    }
+}
+
+impl RangeStateMachine {
+    /// Applies a batch of another region's changes (the entry `log_id`):
+    /// exactly once, through the origin's cursor
+    /// ([`crate::replication::stream::Inbound`]). The merged versions, the
+    /// new cursor and the applied state are one storage batch (in slices of
+    /// the storage cap, the last carrying the state: a crash between slices
+    /// re-applies the entry, and merging is idempotent). A batch that does
+    /// not continue the cursor, or comes from a region the range does not
+    /// replicate with, changes nothing; its reply (`succeeded = false`)
+    /// carries the cursor to resend from.
+    fn apply_replicate(
+        &mut self,
+        log_id: LogId,
+        proposed_at: u64,
+        batch: ReplicateV1,
+        pending: &mut PendingApply,
+    ) -> io::Result<RangeReply> {
+        // Earlier entries' local writes go first, in their own batch.
+        self.flush(pending)?;
+        self.state.applied = Some(log_id);
+        let ts = proposed_at.max(self.state.last_ts.saturating_add(1));
+        self.state.last_ts = ts;
+        let cursor = Timestamp(self.cursors.get(&batch.origin).copied().unwrap_or(0));
+        if !self.scope.others.iter().any(|r| *r == batch.origin) {
+            tracing::warn!(range = self.range.id, origin = %batch.origin, "replication batch from a region this range does not replicate with");
+            return Ok(RangeReply {
+                succeeded: false,
+                version: 0,
+            });
+        }
+        let origin = batch.origin.clone();
+        let accepted = Inbound { cursor }.accept(Batch {
+            after: Timestamp(batch.after),
+            closed: Timestamp(batch.closed),
+            records: batch
+                .records
+                .into_iter()
+                .map(|r| Record {
+                    ts: Timestamp(r.ts),
+                    payload: r.ops,
+                })
+                .collect(),
+        });
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(range = self.range.id, %origin, error = %e, "replication batch refused");
+                return Ok(RangeReply {
+                    succeeded: false,
+                    version: cursor.0,
+                });
+            }
+        };
+        let records: Vec<WriteRecord> = accepted
+            .apply
+            .into_iter()
+            .map(|r| WriteRecord {
+                ts: r.ts,
+                ops: r.payload.into_iter().map(crate::types::Op::from).collect(),
+            })
+            .collect();
+        if let Some(last) = records.last() {
+            self.state.last_ts = self.state.last_ts.max(last.ts.0);
+        }
+        self.cursors.insert(origin, accepted.cursor.0);
+        let (applied, applied_bytes) = applied_meta(self.range.id, &self.state)?;
+        let (cursors, cursor_bytes) = cursors_meta(self.range.id, &self.cursors)?;
+        let meta = [
+            (applied.as_str(), applied_bytes),
+            (cursors.as_str(), cursor_bytes),
+        ];
+        let mut slices = records.chunks(APPLY_BATCH_RECORDS).peekable();
+        if slices.peek().is_none() {
+            self.store
+                .merge_versions(&[], &meta)
+                .map_err(|e| io_err("apply replication batch", e))?;
+        }
+        while let Some(slice) = slices.next() {
+            let with: &[(&str, Vec<u8>)] = if slices.peek().is_none() { &meta } else { &[] };
+            self.store
+                .merge_versions(slice, with)
+                .map_err(|e| io_err("apply replication batch", e))?;
+        }
+        let last = Timestamp(self.state.last_ts);
+        self.hlc.observe(last);
+        self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
+        self.publish_frontier();
+        Ok(RangeReply {
+            succeeded: true,
+            version: accepted.cursor.0,
+        })
     }
 }
 
@@ -510,6 +658,10 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
                     self.state.membership = Membership::new(Some(entry.log_id), m);
                     RangeReply::default()
                 }
+                EntryPayload::Normal(RangeCommand {
+                    proposed_at,
+                    op: CommandV1::Replicate(batch),
+                }) => self.apply_replicate(entry.log_id, proposed_at, batch, &mut pending)?,
                 EntryPayload::Normal(cmd) => self.apply_command(cmd, &mut pending)?,
             };
             self.state.applied = Some(entry.log_id);
@@ -641,6 +793,111 @@ mod tests {
             openraft::testing::log_id::<RangeTypes>(1, 1, index),
             EntryPayload::Normal(cmd),
         )
+    }
+
+    fn entry_of(
+        index: u64,
+        op: super::super::types::CommandV1,
+    ) -> openraft::type_config::alias::EntryOf<RangeTypes> {
+        use openraft::entry::RaftEntry;
+        let cmd = super::super::types::RangeCommand { proposed_at: 0, op };
+        RaftEntry::new(
+            openraft::testing::log_id::<RangeTypes>(1, 1, index),
+            EntryPayload::Normal(cmd),
+        )
+    }
+
+    fn replicate(origin: &str, after: u64, closed: u64, puts: &[(u64, &str)]) -> CommandV1 {
+        CommandV1::Replicate(ReplicateV1 {
+            origin: origin.into(),
+            after,
+            closed,
+            records: puts
+                .iter()
+                .map(|(ts, k)| super::super::types::ReplicatedChangeV1 {
+                    ts: *ts,
+                    ops: vec![super::super::types::LogOpV1::Put {
+                        key: k.as_bytes().to_vec(),
+                        value: format!("{k}@{ts}").into_bytes(),
+                    }],
+                })
+                .collect(),
+        })
+    }
+
+    fn open_scoped(store: &MvccStore) -> RangeStateMachine {
+        let hlc = Arc::new(Hlc::open(crate::clock::SystemClock, store.clone(), 500, 1000).unwrap());
+        let scope = ReplicationScope {
+            local: "us".into(),
+            others: vec!["eu".into(), "ap".into()],
+        };
+        RangeStateMachine::open_in(whole(), store.clone(), hlc, scope).unwrap()
+    }
+
+    async fn apply_one(sm: &mut RangeStateMachine, index: u64, op: CommandV1) {
+        let entries: Vec<Result<EntryResponder<RangeTypes>, io::Error>> =
+            vec![Ok((entry_of(index, op), None))];
+        sm.apply(futures_util::stream::iter(entries)).await.unwrap();
+    }
+
+    /// Cross-region batches apply exactly once through the origin's cursor,
+    /// across duplicates, gaps and a restart; local writes are logged for
+    /// the outbound streams; the frontier is the slowest region's cursor.
+    #[tokio::test]
+    async fn replication_batches_apply_exactly_once_and_move_the_frontier() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_scoped(&store);
+        apply_one(&mut sm, 1, replicate("eu", 0, 100, &[(50, "a"), (90, "b")])).await;
+        assert_eq!(sm.cursors().get("eu"), Some(&100));
+        assert_eq!(sm.frontier(), 0, "ap has closed nothing yet");
+        // A duplicate and a batch with a gap change nothing.
+        apply_one(&mut sm, 2, replicate("eu", 0, 100, &[(50, "a"), (90, "b")])).await;
+        apply_one(&mut sm, 3, replicate("eu", 150, 200, &[(180, "c")])).await;
+        assert_eq!(sm.cursors().get("eu"), Some(&100));
+        assert!(
+            store.get(b"c", Timestamp::MAX).unwrap().is_none(),
+            "gap refused"
+        );
+        // Overlapping resend after a restart: only the new record applies.
+        drop(sm);
+        let mut sm = open_scoped(&store);
+        assert_eq!(sm.cursors().get("eu"), Some(&100), "cursor is durable");
+        apply_one(
+            &mut sm,
+            4,
+            replicate("eu", 40, 300, &[(50, "a"), (250, "d")]),
+        )
+        .await;
+        assert_eq!(sm.cursors().get("eu"), Some(&300));
+        assert_eq!(store.history(b"a", 10).unwrap().len(), 1, "no duplicate");
+        assert!(store.get(b"d", Timestamp::MAX).unwrap().is_some());
+        // An unknown origin is refused.
+        apply_one(&mut sm, 5, replicate("mars", 0, 400, &[(350, "x")])).await;
+        assert!(store.get(b"x", Timestamp::MAX).unwrap().is_none());
+        // The frontier: min of the applied timestamp and every cursor.
+        apply_one(&mut sm, 6, replicate("ap", 0, 120, &[])).await;
+        assert_eq!(sm.frontier(), 120);
+        assert_eq!(sm.frontier_ts.load(Ordering::Acquire), 120);
+        // A local write is logged for the streams, at its apply timestamp.
+        apply_one(
+            &mut sm,
+            7,
+            CommandV1::Put {
+                key: b"l".to_vec(),
+                value: b"v".to_vec(),
+            },
+        )
+        .await;
+        let local = store.get(b"l", Timestamp::MAX).unwrap().unwrap();
+        let logged = store
+            .read_changes(1, Timestamp::ZERO, Timestamp::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!(logged.len(), 1, "only the local write is logged");
+        assert_eq!(logged[0].ts, local.version);
+        assert!(local.version.0 > 250, "stamped above every applied change");
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(7));
     }
 
     /// A data directory written by a single node before single nodes ran

@@ -65,6 +65,48 @@ pub enum CommandV1 {
     /// Writes nothing; advances the range's applied timestamp to at least
     /// `proposed_at`, so a snapshot read at that time can be served.
     Barrier,
+    /// A batch of another region's changes to this range (cross-region
+    /// replication): applied exactly once through the range's cursor for
+    /// its origin (`replication::stream::Inbound`).
+    Replicate(ReplicateV1),
+}
+
+/// A replication batch in the log, version 1: the origin region's changes
+/// to the range in `(after, closed]`, and its promise to emit nothing at or
+/// below `closed` again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateV1 {
+    /// The region the changes were written in.
+    pub origin: String,
+    /// The cursor the batch continues from.
+    pub after: u64,
+    /// The origin's closed timestamp.
+    pub closed: u64,
+    /// The changes, strictly increasing in `ts`, all in `(after, closed]`.
+    pub records: Vec<ReplicatedChangeV1>,
+}
+
+/// One change of a [`ReplicateV1`] batch: everything the origin wrote at `ts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicatedChangeV1 {
+    /// The origin's apply timestamp (the version written here too).
+    pub ts: u64,
+    /// The mutations.
+    pub ops: Vec<LogOpV1>,
+}
+
+impl ReplicateV1 {
+    /// About how many bytes the batch's keys and values take.
+    pub fn payload_bytes(&self) -> usize {
+        self.records
+            .iter()
+            .flat_map(|r| &r.ops)
+            .map(|op| match op {
+                LogOpV1::Put { key, value } => key.len() + value.len(),
+                LogOpV1::Delete { key } => key.len(),
+            })
+            .sum()
+    }
 }
 
 impl From<WriteKind> for CommandV1 {
@@ -84,7 +126,7 @@ impl CommandV1 {
             CommandV1::Put { key, value } => Some(WriteKind::Put { key, value }),
             CommandV1::Delete { key } => Some(WriteKind::Delete { key }),
             CommandV1::Txn(t) => Some(WriteKind::Txn(Txn::from(t))),
-            CommandV1::Barrier => None,
+            CommandV1::Barrier | CommandV1::Replicate(_) => None,
         }
     }
 }
@@ -103,6 +145,7 @@ impl RangeCommand {
                 // them exactly (they are small and rare next to puts).
                 CommandV1::Txn(t) => postcard::to_allocvec(t).map_or(0, |b| b.len()),
                 CommandV1::Barrier => 0,
+                CommandV1::Replicate(r) => r.payload_bytes() + 16 * r.records.len(),
             }
     }
 }
@@ -115,6 +158,13 @@ impl fmt::Display for RangeCommand {
             CommandV1::Delete { key } => write!(f, "delete({}B)", key.len()),
             CommandV1::Txn(t) => write!(f, "txn({} compares)", t.compares.len()),
             CommandV1::Barrier => write!(f, "barrier"),
+            CommandV1::Replicate(r) => write!(
+                f,
+                "replicate(from {}, {} changes, closed {})",
+                r.origin,
+                r.records.len(),
+                r.closed
+            ),
         }
     }
 }
@@ -353,6 +403,35 @@ mod tests {
             CommandV1::Txn(t) => assert_eq!(Txn::from(t), txn),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn frozen_replicate_command_bytes() {
+        let cmd = RangeCommand {
+            proposed_at: 1,
+            op: CommandV1::Replicate(ReplicateV1 {
+                origin: "eu".into(),
+                after: 2,
+                closed: 9,
+                records: vec![ReplicatedChangeV1 {
+                    ts: 5,
+                    ops: vec![
+                        LogOpV1::Put {
+                            key: b"k".to_vec(),
+                            value: b"v".to_vec(),
+                        },
+                        LogOpV1::Delete { key: b"d".to_vec() },
+                    ],
+                }],
+            }),
+        };
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(
+            bytes,
+            vec![1, 4, 2, b'e', b'u', 2, 9, 1, 5, 2, 0, 1, b'k', 1, b'v', 1, 1, b'd']
+        );
+        let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, cmd);
     }
 
     #[test]

@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(store.first_change(2).unwrap(), Some(Timestamp(30)));
         // The data itself was written.
         let kv = store.get(b"a", Timestamp::MAX).unwrap().unwrap();
-        assert_eq!((kv.value.as_slice(), kv.version), (&b"4"[..], Timestamp(40)));
+        assert_eq!(
+            (kv.value.as_slice(), kv.version),
+            (&b"4"[..], Timestamp(40))
+        );
     }
 
     #[test]
