@@ -474,7 +474,7 @@ impl RangeStateMachine {
         let ts = proposed_at.max(self.state.last_ts.saturating_add(1));
         self.state.last_ts = ts;
         let cursor = Timestamp(self.cursors.get(&batch.origin).copied().unwrap_or(0));
-        if !self.scope.others.iter().any(|r| *r == batch.origin) {
+        if !self.scope.others.contains(&batch.origin) {
             tracing::warn!(range = self.range.id, origin = %batch.origin, "replication batch from a region this range does not replicate with");
             return Ok(RangeReply {
                 succeeded: false,
