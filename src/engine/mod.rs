@@ -592,6 +592,15 @@ impl Collector {
             };
             let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
             more |= self.record(g.desc.id, stats);
+            // The change log below the horizon is no longer needed: every
+            // region's frontier passed it (the horizon follows the frontier),
+            // so every region's cursor for this one did too.
+            match self.store.truncate_changes(g.desc.id, h) {
+                Ok(m) => more |= m,
+                Err(e) => {
+                    tracing::error!(error = %e, range = g.desc.id, "change log truncation failed")
+                }
+            }
         }
         more
     }

@@ -19,12 +19,18 @@
 //!   interrupted transfer) → raw chunk frames of at most
 //!   [`SNAPSHOT_CHUNK_BYTES`] until `total_bytes` → [`PeerResponseV1::SnapshotInstalled`].
 //!
+//! - Replication: one [`PeerRequestV1::Replicate`] frame (a batch of the
+//!   origin region's changes to a range, or an empty probe), one
+//!   [`PeerResponseV1::Replicated`] (the destination's cursor after it) or
+//!   [`PeerResponseV1::NotLeader`] (send it to the range's leader there).
+//!
 //! Enums are only ever appended to; frozen-bytes tests pin the layout.
 //! This module holds types and their encoding only, no logic.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::{ApiError, ErrorCode};
+use crate::raft::types::ReplicateV1;
 
 /// The peer protocol version this build speaks.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -102,6 +108,20 @@ pub enum PeerRequestV1 {
         /// postcard of the snapshot's openraft `SnapshotMeta`.
         meta: Vec<u8>,
     },
+    /// A batch of an origin region's changes to a range, for the range's
+    /// leader in the destination region, which proposes it to its group.
+    Replicate {
+        /// The range (Raft group) addressed.
+        range: u64,
+        /// The range's first key at the origin: a destination whose range
+        /// spans other keys refuses the batch (the regions' range tables
+        /// disagree).
+        start: Vec<u8>,
+        /// The range's end at the origin (exclusive; `None`: unbounded).
+        end: Option<Vec<u8>>,
+        /// The batch (the Raft log's own type: proposed as it is).
+        batch: ReplicateV1,
+    },
 }
 
 /// A reply in a peer exchange, version 1 (append-only).
@@ -123,6 +143,22 @@ pub enum PeerResponseV1 {
         code: String,
         /// What went wrong.
         message: String,
+    },
+    /// A replication batch was proposed and applied by the destination's
+    /// group (`applied`), or refused by its cursor (a gap, or a region the
+    /// range does not replicate with: `applied = false`); either way
+    /// `cursor` is where the destination is: continue from it.
+    Replicated {
+        /// Whether the batch continued the cursor and was applied.
+        applied: bool,
+        /// The destination's cursor for the origin after the batch.
+        cursor: u64,
+    },
+    /// This node does not lead the range; `leader` is the peer address of
+    /// the node that does, when known. Nothing was changed.
+    NotLeader {
+        /// The leader's peer address.
+        leader: Option<String>,
     },
 }
 
@@ -207,6 +243,33 @@ mod tests {
         let bytes = encode(&req);
         assert_eq!(bytes, vec![0, 1, 0, 3, 1, 2, 7, 8]);
         assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
+    }
+
+    #[test]
+    fn frozen_replication_messages() {
+        let req = PeerRequestV1::Replicate {
+            range: 2,
+            start: b"a".to_vec(),
+            end: None,
+            batch: ReplicateV1 {
+                origin: "eu".into(),
+                after: 1,
+                closed: 3,
+                records: vec![],
+            },
+        };
+        let bytes = encode(&req);
+        assert_eq!(bytes, vec![0, 1, 2, 2, 1, b'a', 0, 2, b'e', b'u', 1, 3, 0]);
+        assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
+        let done = PeerResponseV1::Replicated {
+            applied: true,
+            cursor: 3,
+        };
+        assert_eq!(encode(&done), vec![0, 1, 4, 1, 3]);
+        let elsewhere = PeerResponseV1::NotLeader {
+            leader: Some("x".into()),
+        };
+        assert_eq!(encode(&elsewhere), vec![0, 1, 5, 1, 1, b'x']);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use openraft::errors::{Fatal, RaftError};
+use openraft::errors::{ClientWriteError, Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -21,7 +21,9 @@ use super::network::PeerRouter;
 use super::point::RangeSnapshotData;
 use super::state_machine::{snapshot_dir, RangeStateMachine, ReplicationScope};
 use super::transfer::{self, Offer};
-use super::types::{NodeId, RangeDescriptor, RangeId, RangeTypes};
+use super::types::{
+    CommandV1, NodeId, RangeCommand, RangeDescriptor, RangeId, RangeTypes, ReplicateV1,
+};
 use crate::clock::Hlc;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{PeerResponseV1, RaftKindV1};
@@ -72,6 +74,9 @@ impl Default for RaftTiming {
         }
     }
 }
+
+/// Longest a replication batch waits to commit and apply at the destination.
+pub const REPLICATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One running range group.
 pub struct RangeGroup {
@@ -338,6 +343,79 @@ impl RaftHost {
                     raft.handle_transfer_leader(req).await;
                 encode(&res)
             }
+        }
+    }
+
+    /// Serves a batch of another region's changes to `range` (or an empty
+    /// probe for the cursor): checks that both regions agree on the range's
+    /// span, that the origin is a region the range replicates with, and
+    /// that the batch's closed timestamp is within `clock.max_offset_ms` of
+    /// our clock (it bounds every record's); then proposes the batch to the
+    /// group, whose apply decides what is new (exactly once, through the
+    /// origin's cursor) and returns the cursor.
+    pub async fn handle_replicate(
+        &self,
+        range: RangeId,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        batch: ReplicateV1,
+    ) -> PeerResponseV1 {
+        let refuse = |code, msg: String| PeerResponseV1::error(&ApiError::new(code, msg));
+        let group = match self.group_or_err(range) {
+            Ok(g) => g,
+            Err(e) => return PeerResponseV1::error(&e),
+        };
+        if group.desc.start != start || group.desc.end != end {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "range {range} spans different keys here than at the origin: \
+                     every region must configure the same raft.range_prefixes"
+                ),
+            );
+        }
+        if !self.scope.others.contains(&batch.origin) {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "region `{}` is not one this node replicates with (replication.regions: {})",
+                    batch.origin,
+                    self.scope.others.join(",")
+                ),
+            );
+        }
+        if let Err(e) = self.hlc.check_remote(Timestamp(batch.closed)) {
+            return refuse(
+                ErrorCode::ClockOffset,
+                format!("replication batch refused: {e}"),
+            );
+        }
+        let now = match self.hlc.now() {
+            Ok(t) => t,
+            Err(e) => return refuse(ErrorCode::StorageFailure, e.to_string()),
+        };
+        let cmd = RangeCommand {
+            proposed_at: now.0,
+            op: CommandV1::Replicate(batch),
+        };
+        match tokio::time::timeout(REPLICATE_TIMEOUT, group.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => PeerResponseV1::Replicated {
+                applied: resp.data.succeeded,
+                cursor: resp.data.version,
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                PeerResponseV1::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                }
+            }
+            Ok(Err(e)) => refuse(
+                ErrorCode::OutcomeUnknown,
+                format!("replication batch outcome unknown: {e}"),
+            ),
+            Err(_) => refuse(
+                ErrorCode::OutcomeUnknown,
+                "replication batch timed out waiting for commit; resend from the cursor".into(),
+            ),
         }
     }
 

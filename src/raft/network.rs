@@ -65,6 +65,9 @@ struct Inner {
     config: quinn::ClientConfig,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     conns: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Connections to nodes outside the region's groups (other regions'
+    /// nodes, for replication), by address.
+    by_addr: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetError> {
@@ -85,6 +88,7 @@ impl PeerRouter {
                 config,
                 peers: RwLock::new(HashMap::new()),
                 conns: tokio::sync::Mutex::new(HashMap::new()),
+                by_addr: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -124,6 +128,46 @@ impl PeerRouter {
             .map_err(|e| NetError(format!("connect to node {target} at {addr}: {e}")))?;
         self.inner.conns.lock().await.insert(target, conn.clone());
         Ok(conn)
+    }
+
+    /// One peer exchange with the node at `addr` (any region): a stream,
+    /// `req`, and one reply frame of at most `max_reply` bytes. The
+    /// connection is kept for the next exchange and replaced when it broke.
+    pub async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: &PeerRequestV1,
+        max_reply: usize,
+    ) -> Result<PeerResponseV1, NetError> {
+        let cached = {
+            let conns = self.inner.by_addr.lock().await;
+            conns
+                .get(&addr)
+                .filter(|c| c.close_reason().is_none())
+                .cloned()
+        };
+        let conn = match cached {
+            Some(c) => c,
+            None => {
+                let c = transport::connect_peer(&self.inner.endpoint, &self.inner.config, addr)
+                    .await
+                    .map_err(|e| NetError(format!("connect to {addr}: {e}")))?;
+                self.inner.by_addr.lock().await.insert(addr, c.clone());
+                c
+            }
+        };
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError(format!("open stream to {addr}: {e}")))?;
+        transport::write_frame(&mut send, &peer::encode(req))
+            .await
+            .map_err(|e| NetError(format!("send to {addr}: {e}")))?;
+        let _ = send.finish();
+        let reply = transport::read_frame(&mut recv, max_reply)
+            .await
+            .map_err(|e| NetError(format!("reply from {addr}: {e}")))?;
+        peer::decode(&reply).map_err(|e| NetError(e.to_string()))
     }
 
     /// One RPC: a stream, a request frame, a reply frame.

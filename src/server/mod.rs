@@ -16,6 +16,7 @@
 mod dispatch;
 mod peer;
 mod region;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct Node {
     http_addr: Option<SocketAddr>,
     accept_task: tokio::task::JoinHandle<()>,
     http_task: Option<tokio::task::JoinHandle<()>>,
+    /// The cross-region replication streams (multi-region only).
+    streams_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -167,6 +170,16 @@ impl Node {
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
         region::bootstrap(&host, &rc).await?;
+        // validate() made gossip a requirement of a multi-region config.
+        let streams_task = match (&membership, cfg.replication.is_multi_region()) {
+            (Some(m), true) => Some(streams::spawn(streams::StreamContext {
+                host: host.clone(),
+                store: engine.store().clone(),
+                hlc: engine.clock().clone(),
+                membership: m.clone(),
+            })),
+            _ => None,
+        };
         let (http_addr, http_task) = match cfg.http_addr {
             None => (None, None),
             Some(addr) => {
@@ -197,6 +210,7 @@ impl Node {
             http_addr,
             accept_task,
             http_task,
+            streams_task,
         })
     }
 
@@ -227,6 +241,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept_task.abort();
+        if let Some(t) = self.streams_task {
+            t.abort();
+        }
         if let Some(t) = self.http_task {
             t.abort();
         }

@@ -152,5 +152,16 @@ async fn serve(
                 )),
             }
         }
+        PeerRequestV1::Replicate {
+            range,
+            start,
+            end,
+            batch,
+        } => {
+            let span = tracing::debug_span!("replicate_receive", range, origin = %batch.origin, records = batch.records.len());
+            host.handle_replicate(range, start, end, batch)
+                .instrument(span)
+                .await
+        }
     }
 }

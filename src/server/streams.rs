@@ -1,0 +1,383 @@
+//! Cross-region replication streams: the IO that drives the sans-IO
+//! stream rules of [`crate::replication::stream`] (docs/architecture.md,
+//! "Cross-region replication").
+//!
+//! One supervisor task per node. Every [`SUPERVISE_EVERY`] it looks at the
+//! range groups this node leads and:
+//! - keeps one **outbound stream** task per (range, other region) running,
+//!   and stops those of ranges it no longer leads;
+//! - **closes** an idle range: when its applied timestamp is
+//!   [`CLOSE_INTERVAL_MS`] or more behind the clock it commits a barrier, so
+//!   the range's closed timestamp (its applied timestamp) keeps moving and
+//!   every other region's frontier for it stays fresh.
+//!
+//! An outbound stream finds the range's leader in the destination region
+//! (gossip's leader hint, else any live node there, then the `NotLeader`
+//! answers), asks for the destination's cursor with an empty probe, and
+//! then sends the change log in `(cursor, applied]` as batches cut by
+//! [`cut_batch`], one batch in flight: the destination acknowledges each
+//! with its new cursor ([`Outbound::on_ack`]) or refuses it with the cursor
+//! to resend from ([`Outbound::restart_from`]). Any error restarts the
+//! stream from the destination's cursor after [`RETRY_PAUSE`]: nothing is
+//! lost or applied twice, because the destination's cursor decides.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::Hlc;
+use crate::membership::Membership;
+use crate::peer::{PeerRequestV1, PeerResponseV1};
+use crate::raft::types::{CommandV1, LogOpV1, RangeCommand, ReplicateV1, ReplicatedChangeV1};
+use crate::raft::{RaftHost, RangeGroup};
+use crate::replication::frontier::{needs_close, CLOSE_INTERVAL_MS};
+use crate::replication::read::staleness_ms;
+use crate::replication::stream::{cut_batch, Outbound, Record, MAX_BATCH_BYTES};
+use crate::storage::{MvccStore, WriteRecord};
+use crate::types::Timestamp;
+
+/// How often the supervisor looks at leadership and idle ranges.
+pub const SUPERVISE_EVERY: Duration = Duration::from_millis(CLOSE_INTERVAL_MS / 2);
+/// Pause before a stream retries after an error.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Pause of a stream with nothing new to send.
+pub const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest one batch exchange may take (the destination commits it in its
+/// region first).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest reply frame of a replication exchange.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// How many `NotLeader` hops one attempt follows.
+const MAX_REDIRECTS: usize = 3;
+
+/// What the streams need from the node.
+#[derive(Clone)]
+pub struct StreamContext {
+    /// The node's range groups.
+    pub host: Arc<RaftHost>,
+    /// The store (change logs).
+    pub store: MvccStore,
+    /// The clock.
+    pub hlc: Arc<Hlc>,
+    /// Gossip: where the other regions' nodes are.
+    pub membership: Membership,
+}
+
+/// Starts the supervisor; abort the handle to stop every stream.
+pub fn spawn(ctx: StreamContext) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(supervise(ctx))
+}
+
+fn is_leader(host: &RaftHost, g: &RangeGroup) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    g.raft.metrics().borrow_watched().current_leader == Some(host.node_id())
+}
+
+async fn supervise(ctx: StreamContext) {
+    let mut streams: HashMap<(u64, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    let closing: Arc<std::sync::Mutex<HashSet<u64>>> = Arc::default();
+    let others: Vec<String> = ctx.host.scope().others.clone();
+    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Streams stop with the supervisor.
+    struct AbortAll<'a>(&'a mut HashMap<(u64, String), tokio::task::JoinHandle<()>>);
+    impl Drop for AbortAll<'_> {
+        fn drop(&mut self) {
+            for (_, h) in self.0.drain() {
+                h.abort();
+            }
+        }
+    }
+    let guard = AbortAll(&mut streams);
+    loop {
+        tick.tick().await;
+        let groups = ctx.host.groups();
+        let led: Vec<Arc<RangeGroup>> = groups
+            .into_iter()
+            .filter(|g| is_leader(&ctx.host, g))
+            .collect();
+        let led_ids: HashSet<u64> = led.iter().map(|g| g.desc.id).collect();
+        guard.0.retain(|(range, _), h| {
+            let keep = led_ids.contains(range) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for g in &led {
+            for region in &others {
+                guard
+                    .0
+                    .entry((g.desc.id, region.clone()))
+                    .or_insert_with(|| {
+                        tokio::spawn(stream(ctx.clone(), g.clone(), region.clone()))
+                    });
+            }
+            close_if_idle(&ctx, g, &closing);
+        }
+    }
+}
+
+/// Commits a barrier on `g` when its applied timestamp lags the clock by
+/// [`CLOSE_INTERVAL_MS`] (one close in flight per range).
+fn close_if_idle(
+    ctx: &StreamContext,
+    g: &Arc<RangeGroup>,
+    closing: &Arc<std::sync::Mutex<HashSet<u64>>>,
+) {
+    let now = ctx.hlc.last().max(wall_now());
+    if !needs_close(now, g.applied_ts()) {
+        return;
+    }
+    let range = g.desc.id;
+    {
+        let mut set = closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !set.insert(range) {
+            return;
+        }
+    }
+    let (g, hlc, closing) = (g.clone(), ctx.hlc.clone(), closing.clone());
+    tokio::spawn(async move {
+        if let Ok(now) = hlc.now() {
+            let cmd = RangeCommand {
+                proposed_at: now.0,
+                op: CommandV1::Barrier,
+            };
+            let r = tokio::time::timeout(EXCHANGE_TIMEOUT, g.raft.client_write(cmd)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::debug!(range, "idle close did not commit");
+            }
+        }
+        closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&range);
+    });
+}
+
+/// The wall clock as an HLC timestamp (logical 0).
+fn wall_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Timestamp::from_parts(ms, 0).unwrap_or(Timestamp::ZERO)
+}
+
+/// Why one attempt of a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("no live node known in region {0}")]
+    NoNode(String),
+    #[error("{0}")]
+    Peer(String),
+    #[error("reading the change log: {0}")]
+    Log(String),
+    #[error("no longer the range's leader")]
+    NotLeader,
+}
+
+/// One outbound stream until this node stops leading the range.
+async fn stream(ctx: StreamContext, g: Arc<RangeGroup>, region: String) {
+    let range = g.desc.id.to_string();
+    loop {
+        if !is_leader(&ctx.host, &g) {
+            return;
+        }
+        match run_stream(&ctx, &g, &region).await {
+            Err(StreamEnd::NotLeader) => return,
+            Err(e) => {
+                metrics::counter!("meridian_replication_stream_restarts_total",
+                    "range" => range.clone(), "destination" => region.clone())
+                .increment(1);
+                tracing::debug!(range = g.desc.id, destination = %region, error = %e, "replication stream restarts");
+            }
+            Ok(()) => {}
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Candidate addresses of the range's leader in `region`: the gossiped
+/// leader first, then every live node of the region.
+fn candidates(ctx: &StreamContext, range: u64, region: &str) -> Vec<SocketAddr> {
+    let members = ctx.membership.members();
+    let mut out = Vec::new();
+    if let Some(hint) = ctx.membership.leader_hint(range, region) {
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.identity.node_id == hint.leader_node)
+        {
+            out.push(m.identity.peer_addr);
+        }
+    }
+    for m in &members {
+        if m.identity.region == region
+            && m.state.is_active()
+            && !out.contains(&m.identity.peer_addr)
+        {
+            out.push(m.identity.peer_addr);
+        }
+    }
+    out
+}
+
+/// Sends `batch` to the range's leader in `region`, starting at `*dest`
+/// and following `NotLeader` answers; returns (applied, cursor).
+async fn send(
+    ctx: &StreamContext,
+    g: &RangeGroup,
+    region: &str,
+    dest: &mut Option<SocketAddr>,
+    batch: ReplicateV1,
+) -> Result<(bool, Timestamp), StreamEnd> {
+    let req = PeerRequestV1::Replicate {
+        range: g.desc.id,
+        start: g.desc.start.clone(),
+        end: g.desc.end.clone(),
+        batch,
+    };
+    let mut tried = Vec::new();
+    for _ in 0..=MAX_REDIRECTS {
+        let addr = match *dest {
+            Some(a) => a,
+            None => candidates(ctx, g.desc.id, region)
+                .into_iter()
+                .find(|a| !tried.contains(a))
+                .ok_or_else(|| StreamEnd::NoNode(region.to_string()))?,
+        };
+        tried.push(addr);
+        let reply = tokio::time::timeout(
+            EXCHANGE_TIMEOUT,
+            ctx.host.router().exchange(addr, &req, MAX_REPLY_BYTES),
+        )
+        .await;
+        match reply {
+            Ok(Ok(PeerResponseV1::Replicated { applied, cursor })) => {
+                *dest = Some(addr);
+                return Ok((applied, Timestamp(cursor)));
+            }
+            Ok(Ok(PeerResponseV1::NotLeader { leader })) => {
+                *dest = leader.and_then(|l| l.parse().ok());
+            }
+            Ok(Ok(PeerResponseV1::Err { code, message })) => {
+                *dest = None;
+                return Err(StreamEnd::Peer(format!("{addr} refused: {code} {message}")));
+            }
+            Ok(Ok(other)) => {
+                *dest = None;
+                return Err(StreamEnd::Peer(format!(
+                    "{addr}: unexpected reply {other:?}"
+                )));
+            }
+            Ok(Err(e)) => {
+                *dest = None;
+                return Err(StreamEnd::Peer(e.to_string()));
+            }
+            Err(_) => {
+                *dest = None;
+                return Err(StreamEnd::Peer(format!(
+                    "{addr}: no reply in {EXCHANGE_TIMEOUT:?}"
+                )));
+            }
+        }
+    }
+    Err(StreamEnd::Peer(format!(
+        "no leader of range {} found in {region} after {MAX_REDIRECTS} redirects",
+        g.desc.id
+    )))
+}
+
+fn change_of(r: WriteRecord) -> Record<Vec<LogOpV1>> {
+    Record {
+        ts: r.ts,
+        payload: r.ops.into_iter().map(LogOpV1::from).collect(),
+    }
+}
+
+fn payload_bytes(ops: &[LogOpV1]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            LogOpV1::Put { key, value } => key.len() + value.len(),
+            LogOpV1::Delete { key } => key.len(),
+        })
+        .sum()
+}
+
+/// One attempt: probe the cursor, then stream until an error.
+async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result<(), StreamEnd> {
+    let origin = ctx.host.scope().local.clone();
+    let labels = [
+        ("range", g.desc.id.to_string()),
+        ("destination", region.to_string()),
+    ];
+    let mut dest = None;
+    let probe = ReplicateV1 {
+        origin: origin.clone(),
+        after: 0,
+        closed: 0,
+        records: Vec::new(),
+    };
+    let (_, cursor) = send(ctx, g, region, &mut dest, probe).await?;
+    let mut out = Outbound::resume_from(cursor);
+    tracing::info!(range = g.desc.id, destination = %region, cursor = cursor.0, "replication stream started");
+    loop {
+        if !is_leader(&ctx.host, g) {
+            return Err(StreamEnd::NotLeader);
+        }
+        let Some(after) = out.next_after() else {
+            // One batch in flight at most: the loop below waits for its ack.
+            return Err(StreamEnd::Peer("stream window full".into()));
+        };
+        // Everything at or below the applied timestamp is in the change log
+        // (same batch), and every later local write is stamped above it.
+        let closed = g.applied_ts();
+        if closed <= after {
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        }
+        let records = {
+            let store = ctx.store.clone();
+            let range = g.desc.id;
+            tokio::task::spawn_blocking(move || {
+                store.read_changes(range, after, closed, MAX_BATCH_BYTES)
+            })
+            .await
+            .map_err(|e| StreamEnd::Log(e.to_string()))?
+            .map_err(|e| StreamEnd::Log(e.to_string()))?
+        };
+        let (batch, bytes) = cut_batch(after, records.into_iter().map(change_of), closed, |ops| {
+            payload_bytes(ops)
+        });
+        let sent_closed = batch.closed;
+        let wire = ReplicateV1 {
+            origin: origin.clone(),
+            after: batch.after.0,
+            closed: batch.closed.0,
+            records: batch
+                .records
+                .into_iter()
+                .map(|r| ReplicatedChangeV1 {
+                    ts: r.ts.0,
+                    ops: r.payload,
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        out.on_sent(sent_closed, bytes);
+        let (applied, cursor) = send(ctx, g, region, &mut dest, wire).await?;
+        metrics::histogram!("meridian_replication_batch_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        if applied {
+            out.on_ack(cursor);
+            metrics::counter!("meridian_replication_bytes_total", &labels).increment(bytes as u64);
+        } else {
+            tracing::debug!(range = g.desc.id, destination = %region, cursor = cursor.0, "destination asked to resend from its cursor");
+            out.restart_from(cursor);
+        }
+        let lag = staleness_ms(wall_now(), out.acked()) as f64 / 1000.0;
+        metrics::gauge!("meridian_replication_acked_lag_seconds", &labels).set(lag);
+    }
+}
