@@ -535,7 +535,7 @@ async fn a_snapshot_transfer_resumes_after_a_dropped_connection() {
     let file = snapshot::write_snapshot(
         &source.frozen_view().unwrap(),
         &whole_keyspace(),
-        40,
+        &snapshot::SnapshotHeader::single(1, 40),
         &root.path().join("snaps"),
     )
     .unwrap();

@@ -592,9 +592,10 @@ impl Collector {
             };
             let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
             more |= self.record(g.desc.id, stats);
-            // The change log below the horizon is no longer needed: every
-            // region's frontier passed it (the horizon follows the frontier),
-            // so every region's cursor for this one did too.
+            // The change log is kept as long as the history: a history window
+            // below the frontier. A region further behind than that cannot be
+            // caught up from the log (its stream says so; storage records
+            // where the log is complete from).
             match self.store.truncate_changes(g.desc.id, h) {
                 Ok(m) => more |= m,
                 Err(e) => {

@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::snapshot::{self, SnapshotFile};
-use super::types::{RangeDescriptor, RangeId, RangeTypes};
+use super::types::{Cursors, RangeDescriptor, RangeId, RangeTypes};
 use crate::storage::{FrozenView, MvccStore};
 use crate::types::Timestamp;
 
@@ -70,6 +70,10 @@ type MaterializedSlot = Arc<tokio::sync::Mutex<Option<Materialized>>>;
 
 /// The persisted point format this build writes and reads.
 pub const POINT_FORMAT_V1: u8 = 1;
+/// Format of a point that carries a floor below `last_ts` or stream
+/// cursors (a range of a multi-region cluster); a single region's point
+/// is still written as version 1.
+pub const POINT_FORMAT_V2: u8 = 2;
 
 /// Requests for a fresh snapshot that a range queues for its Raft group.
 /// One is enough: a request only asks for "a point newer than this one",
@@ -88,9 +92,34 @@ pub struct SnapshotPoint {
     pub meta: SnapshotMeta,
     /// The range's last applied timestamp at `meta.last_log_id`.
     pub last_ts: Timestamp,
+    /// The range's frontier there (equal to `last_ts` in a single region):
+    /// the snapshot keeps the history in `(floor, last_ts]`.
+    pub floor: Timestamp,
+    /// The range's stream cursor per origin region there.
+    pub cursors: Cursors,
 }
 
 impl SnapshotPoint {
+    /// A single region's point: no history kept, no cursors.
+    pub fn single(meta: SnapshotMeta, last_ts: Timestamp) -> SnapshotPoint {
+        SnapshotPoint {
+            meta,
+            last_ts,
+            floor: last_ts,
+            cursors: Cursors::new(),
+        }
+    }
+
+    /// The header of the point's snapshot file.
+    pub fn header(&self, range: u64) -> snapshot::SnapshotHeader {
+        snapshot::SnapshotHeader {
+            range,
+            last_ts: self.last_ts.0,
+            floor: self.floor.0,
+            cursors: self.cursors.iter().map(|(r, t)| (r.clone(), *t)).collect(),
+        }
+    }
+
     /// Whether `self` covers more of the log than `other`.
     fn is_newer_than(&self, other: &SnapshotPoint) -> bool {
         self.meta.last_log_id > other.meta.last_log_id
@@ -106,8 +135,26 @@ struct SnapshotPointV1 {
     last_ts: u64,
 }
 
+/// The persisted form of a [`SnapshotPoint`], version 2.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPointV2 {
+    meta: SnapshotMeta,
+    last_ts: u64,
+    floor: u64,
+    cursors: Vec<(String, u64)>,
+}
+
 /// Encodes a point for the meta keyspace.
 pub fn encode_point(point: &SnapshotPoint) -> io::Result<Vec<u8>> {
+    if point.floor != point.last_ts || !point.cursors.is_empty() {
+        let v2 = SnapshotPointV2 {
+            meta: point.meta.clone(),
+            last_ts: point.last_ts.0,
+            floor: point.floor.0,
+            cursors: point.cursors.iter().map(|(r, t)| (r.clone(), *t)).collect(),
+        };
+        return postcard::to_extend(&v2, vec![POINT_FORMAT_V2]).map_err(|e| io_err("encode", e));
+    }
     let v1 = SnapshotPointV1 {
         meta: point.meta.clone(),
         last_ts: point.last_ts.0,
@@ -129,13 +176,26 @@ pub fn decode_point(bytes: &[u8]) -> io::Result<SnapshotPoint> {
         Some((&POINT_FORMAT_V1, body)) => {
             let v1: SnapshotPointV1 =
                 postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            Ok(SnapshotPoint::single(v1.meta, Timestamp(v1.last_ts)))
+        }
+        Some((&POINT_FORMAT_V2, body)) => {
+            let v2: SnapshotPointV2 =
+                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            if v2.floor > v2.last_ts {
+                return Err(corrupt(format!(
+                    "floor {} above last_ts {}",
+                    v2.floor, v2.last_ts
+                )));
+            }
             Ok(SnapshotPoint {
-                meta: v1.meta,
-                last_ts: Timestamp(v1.last_ts),
+                meta: v2.meta,
+                last_ts: Timestamp(v2.last_ts),
+                floor: Timestamp(v2.floor),
+                cursors: v2.cursors.into_iter().collect(),
             })
         }
         Some((v, _)) => Err(corrupt(format!(
-            "format {v} (this build reads {POINT_FORMAT_V1})"
+            "format {v} (this build reads {POINT_FORMAT_V1} and {POINT_FORMAT_V2})"
         ))),
         None => Err(corrupt("empty record".into())),
     }
@@ -426,7 +486,7 @@ impl RangePoints {
             .frozen_view()
             .map_err(|e| io(io_err("frozen view", e)))?;
         let horizon = self.store.gc_horizon_at(&self.range.start);
-        if horizon > point.last_ts {
+        if horizon > point.floor {
             self.request_fresh(point, horizon);
             return Err(MaterializeError::Stale {
                 range,
@@ -455,9 +515,10 @@ impl RangePoints {
         view: FrozenView,
     ) -> io::Result<SnapshotFile> {
         let started = Instant::now();
-        let (range, dir, last_ts) = (self.range.clone(), self.dir.clone(), point.last_ts.0);
+        let header = point.header(self.range.id);
+        let (range, dir) = (self.range.clone(), self.dir.clone());
         let file = in_background("range-snapshot", move || {
-            snapshot::write_snapshot(&view, &range, last_ts, &dir)
+            snapshot::write_snapshot(&view, &range, &header, &dir)
         })
         .await?;
         let elapsed = started.elapsed();
@@ -544,13 +605,13 @@ mod tests {
     use crate::types::Op;
 
     fn point(index: u64, last_ts: u64) -> SnapshotPoint {
-        SnapshotPoint {
-            meta: SnapshotMeta {
+        SnapshotPoint::single(
+            SnapshotMeta {
                 last_log_id: Some(openraft::testing::log_id::<RangeTypes>(1, 1, index)),
                 last_membership: Default::default(),
             },
-            last_ts: Timestamp(last_ts),
-        }
+            Timestamp(last_ts),
+        )
     }
 
     #[test]
@@ -569,12 +630,28 @@ mod tests {
         0xac, 0x02, // last_ts 300
     ];
 
+    /// A multi-region point keeps its floor and cursors (version 2).
+    #[test]
+    fn frozen_replicated_point_bytes() {
+        let mut p = point(40, 300);
+        p.floor = Timestamp(200);
+        p.cursors.insert("eu".into(), 250);
+        let bytes = encode_point(&p).unwrap();
+        assert_eq!(bytes[0], POINT_FORMAT_V2);
+        assert_eq!(
+            &bytes[bytes.len() - 10..],
+            &[0xac, 0x02, 0xc8, 0x01, 1, 2, b'e', b'u', 0xfa, 0x01],
+            "last_ts 300, floor 200, one cursor"
+        );
+        assert_eq!(decode_point(&bytes).unwrap(), p);
+    }
+
     #[test]
     fn a_point_of_another_format_is_refused() {
         let mut bytes = encode_point(&point(1, 1)).unwrap();
-        bytes[0] = 2;
+        bytes[0] = 9;
         let err = decode_point(&bytes).unwrap_err();
-        assert!(err.to_string().contains("format 2"), "{err}");
+        assert!(err.to_string().contains("format 9"), "{err}");
         assert!(decode_point(&[]).is_err());
         assert!(decode_point(&[POINT_FORMAT_V1, 0xff]).is_err());
     }
@@ -683,7 +760,9 @@ mod tests {
         // The same point materialised from scratch gives the same bytes.
         let view = store.frozen_view().unwrap();
         let range = points.range.clone();
-        let again = snapshot::write_snapshot(&view, &range, 9, &dir.path().join("other")).unwrap();
+        let header = snapshot::SnapshotHeader::single(range.id, 9);
+        let again =
+            snapshot::write_snapshot(&view, &range, &header, &dir.path().join("other")).unwrap();
         assert_eq!(again.id(), second.id());
         drop(points);
         let range = RangeDescriptor {

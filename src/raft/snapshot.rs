@@ -23,7 +23,7 @@
 //! in-memory postcard blob and is no longer read):
 //!
 //! ```text
-//! magic "MRSN" | format u8 = 2 | header_len u32 LE | header (postcard SnapshotHeaderV2)
+//! magic "MRSN" | format u8 = 3 | header_len u32 LE | header (postcard SnapshotHeaderV3)
 //! records:  len u32 LE (1..=MAX_SNAPSHOT_RECORD_BYTES) | postcard (key, version u64, Option<value>)
 //! end:      u32 LE 0 | count u64 LE | SHA-256 of every byte before it (32 bytes)
 //! ```
@@ -54,7 +54,10 @@ use crate::types::Timestamp;
 
 /// File magic of a snapshot file.
 const MAGIC: &[u8; 4] = b"MRSN";
-/// The snapshot file format this build writes and reads.
+/// The snapshot file format this build writes.
+pub const SNAPSHOT_FORMAT_V3: u8 = 3;
+/// The previous format, still read: its header has no floor and no
+/// cursors (a single region's snapshot: floor = last_ts).
 pub const SNAPSHOT_FORMAT_V2: u8 = 2;
 /// Bytes of the SHA-256 trailer.
 const DIGEST_BYTES: usize = 32;
@@ -80,12 +83,48 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
 }
 
 /// The header of a snapshot file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotHeaderV2 {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotHeader {
     /// The range dumped.
     pub range: RangeId,
     /// The range's last applied timestamp at the snapshot.
     pub last_ts: u64,
+    /// The range's frontier at the snapshot (`last_ts` in a single region):
+    /// the file holds every version in `(floor, last_ts]`, tombstones
+    /// included, and below that each key's state at `floor`, so the
+    /// receiver serves reads from `floor` on and merges other regions'
+    /// changes above it exactly as the sender does.
+    pub floor: u64,
+    /// The range's stream cursor per origin region at the snapshot.
+    pub cursors: Vec<(String, u64)>,
+}
+
+impl SnapshotHeader {
+    /// A single region's header: no history below `last_ts`, no cursors.
+    pub fn single(range: RangeId, last_ts: u64) -> SnapshotHeader {
+        SnapshotHeader {
+            range,
+            last_ts,
+            floor: last_ts,
+            cursors: Vec::new(),
+        }
+    }
+}
+
+/// Format v2's header.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeaderV2 {
+    range: RangeId,
+    last_ts: u64,
+}
+
+/// Format v3's header.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeaderV3 {
+    range: RangeId,
+    last_ts: u64,
+    floor: u64,
+    cursors: Vec<(String, u64)>,
 }
 
 /// A finished snapshot file. Cheap to clone: clones share one open handle,
@@ -102,7 +141,7 @@ pub struct SnapshotFile {
 impl SnapshotFile {
     /// Opens a finished snapshot file and checks its digest (reads it whole,
     /// in bounded chunks). Returns the file and its header.
-    pub fn open_verified(path: &Path) -> io::Result<(SnapshotFile, SnapshotHeaderV2)> {
+    pub fn open_verified(path: &Path) -> io::Result<(SnapshotFile, SnapshotHeader)> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         let body_len = len
@@ -218,19 +257,21 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Writes the state of `range` visible at `last_ts` in `view` into a new
-/// file in `dir` (written as `*.tmp`, then renamed): for each key its newest
-/// version at or below `last_ts` unless that is a tombstone (see the module
-/// header). One record at a time, so memory does not grow with the range.
+/// Writes the state of `range` at `header.last_ts` in `view` into a new
+/// file in `dir` (written as `*.tmp`, then renamed): every version in
+/// `(floor, last_ts]`, and for each key its newest version at or below
+/// `floor` unless that is a tombstone (see the module header). One record
+/// at a time, so memory does not grow with the range.
 ///
 /// The caller guarantees that `view` still holds that state: the range's gc
-/// horizon was at or below `last_ts` when the view was taken.
+/// horizon was at or below `header.floor` when the view was taken.
 pub fn write_snapshot(
     view: &FrozenView,
     range: &RangeDescriptor,
-    last_ts: u64,
+    header: &SnapshotHeader,
     dir: &Path,
 ) -> io::Result<SnapshotFile> {
+    let last_ts = header.last_ts;
     std::fs::create_dir_all(dir)?;
     let unique = format!(
         "range-{}-{}-{}",
@@ -241,7 +282,7 @@ pub fn write_snapshot(
             .map_or(0, |d| d.as_nanos())
     );
     let tmp = dir.join(format!("{unique}.tmp"));
-    let written = write_visible_state(view, range, last_ts, &tmp);
+    let written = write_visible_state(view, range, header, &tmp);
     let (digest, count) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -275,7 +316,7 @@ pub fn write_snapshot(
 fn write_visible_state(
     view: &FrozenView,
     range: &RangeDescriptor,
-    last_ts: u64,
+    header: &SnapshotHeader,
     tmp: &Path,
 ) -> io::Result<(ring::digest::Digest, u64)> {
     let file = File::create(tmp)?;
@@ -283,13 +324,10 @@ fn write_visible_state(
         inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
         ctx: Context::new(&SHA256),
     };
-    let header = SnapshotHeaderV2 {
-        range: range.id,
-        last_ts,
-    };
-    write_header(&mut w, &header)?;
+    debug_assert_eq!(header.range, range.id);
+    write_header(&mut w, header)?;
     let mut record = Vec::new();
-    let mut visible = VisibleAt::new(Timestamp(last_ts));
+    let mut visible = VisibleAt::new(Timestamp(header.floor), Timestamp(header.last_ts));
     let mut count = 0u64;
     view.for_each_version(
         &range.start,
@@ -300,11 +338,10 @@ fn write_visible_state(
                 return Ok(());
             };
             record.clear();
-            record =
-                postcard::to_extend(&(key, version.0, Some(value)), std::mem::take(&mut record))
-                    .map_err(|e| StorageError::InvalidArgument {
-                        reason: format!("encode snapshot record: {e}"),
-                    })?;
+            record = postcard::to_extend(&(key, version.0, value), std::mem::take(&mut record))
+                .map_err(|e| StorageError::InvalidArgument {
+                    reason: format!("encode snapshot record: {e}"),
+                })?;
             count += 1;
             write_record(&mut w, &record).map_err(|e| StorageError::InvalidArgument {
                 reason: e.to_string(),
@@ -327,10 +364,13 @@ fn write_visible_state(
 }
 
 /// Picks, from versions in the store's order (key order, newest first per
-/// key), the newest version of each key at or below a timestamp, and
-/// passes it on only if it is a value: the state a read at that timestamp
+/// key), every version in `(floor, at]` as it is (tombstones included), and
+/// then the newest version of each key at or below `floor`, passed on only
+/// if it is a value: the history a read at any timestamp in `[floor, at]`
+/// needs, and nothing below it. With `floor = at`: the state a read at `at`
 /// sees.
 struct VisibleAt {
+    floor: Timestamp,
     at: Timestamp,
     /// The key whose versions are being visited (`None` before the first).
     key: Option<Vec<u8>>,
@@ -339,21 +379,22 @@ struct VisibleAt {
 }
 
 impl VisibleAt {
-    fn new(at: Timestamp) -> VisibleAt {
+    fn new(floor: Timestamp, at: Timestamp) -> VisibleAt {
         VisibleAt {
+            floor: floor.min(at),
             at,
             key: None,
             decided: false,
         }
     }
 
-    /// The value to keep for this version, or `None` to skip it.
+    /// The version to keep (`Some(None)`: a tombstone), or `None` to skip it.
     fn take<'v>(
         &mut self,
         key: &[u8],
         version: Timestamp,
         value: Option<&'v [u8]>,
-    ) -> Option<&'v [u8]> {
+    ) -> Option<Option<&'v [u8]>> {
         if self.key.as_deref() != Some(key) {
             let mut buf = self.key.take().unwrap_or_default();
             buf.clear();
@@ -364,8 +405,11 @@ impl VisibleAt {
         if self.decided || version > self.at {
             return None;
         }
+        if version > self.floor {
+            return Some(value);
+        }
         self.decided = true;
-        value
+        value.map(Some)
     }
 }
 
@@ -374,10 +418,16 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_header(w: &mut impl Write, header: &SnapshotHeaderV2) -> io::Result<()> {
-    let bytes = postcard::to_allocvec(header).map_err(io::Error::other)?;
+fn write_header(w: &mut impl Write, header: &SnapshotHeader) -> io::Result<()> {
+    let v3 = SnapshotHeaderV3 {
+        range: header.range,
+        last_ts: header.last_ts,
+        floor: header.floor,
+        cursors: header.cursors.clone(),
+    };
+    let bytes = postcard::to_allocvec(&v3).map_err(io::Error::other)?;
     w.write_all(MAGIC)?;
-    w.write_all(&[SNAPSHOT_FORMAT_V2])?;
+    w.write_all(&[SNAPSHOT_FORMAT_V3])?;
     w.write_all(
         &u32::try_from(bytes.len())
             .map_err(io::Error::other)?
@@ -404,7 +454,7 @@ pub struct SnapshotReader {
     inner: BufReader<ReadFrom>,
     path: PathBuf,
     /// The file's header.
-    pub header: SnapshotHeaderV2,
+    pub header: SnapshotHeader,
     read: u64,
     done: bool,
 }
@@ -416,12 +466,12 @@ impl SnapshotReader {
         if &head[..4] != MAGIC {
             return Err(corrupt(path, "not a snapshot file"));
         }
-        if head[4] != SNAPSHOT_FORMAT_V2 {
+        let format = head[4];
+        if format != SNAPSHOT_FORMAT_V2 && format != SNAPSHOT_FORMAT_V3 {
             return Err(corrupt(
                 path,
                 format!(
-                    "snapshot format {} (this build reads {SNAPSHOT_FORMAT_V2})",
-                    head[4]
+                    "snapshot format {format} (this build reads {SNAPSHOT_FORMAT_V2} and {SNAPSHOT_FORMAT_V3})"
                 ),
             ));
         }
@@ -431,7 +481,28 @@ impl SnapshotReader {
         }
         let mut bytes = vec![0u8; len];
         inner.read_exact(&mut bytes)?;
-        let header = postcard::from_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+        let header = if format == SNAPSHOT_FORMAT_V2 {
+            let v2: SnapshotHeaderV2 =
+                postcard::from_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+            SnapshotHeader {
+                range: v2.range,
+                last_ts: v2.last_ts,
+                floor: v2.last_ts,
+                cursors: Vec::new(),
+            }
+        } else {
+            let v3: SnapshotHeaderV3 =
+                postcard::from_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+            if v3.floor > v3.last_ts {
+                return Err(corrupt(path, "floor above last_ts"));
+            }
+            SnapshotHeader {
+                range: v3.range,
+                last_ts: v3.last_ts,
+                floor: v3.floor,
+                cursors: v3.cursors,
+            }
+        };
         Ok(SnapshotReader {
             inner,
             path: path.to_path_buf(),
@@ -535,11 +606,13 @@ mod tests {
             start: Vec::new(),
             end: None,
         };
-        let snap = write_snapshot(&s.frozen_view().unwrap(), &range, 7, dir.path()).unwrap();
+        let header = SnapshotHeader::single(2, 7);
+        let snap = write_snapshot(&s.frozen_view().unwrap(), &range, &header, dir.path()).unwrap();
         let bytes = std::fs::read(snap.path()).unwrap();
         let body: Vec<u8> = [
             b"MRSN".as_slice(),
-            &[2, 2, 0, 0, 0, 2, 7], // format, header len 2, header (range 2, last_ts 7)
+            // format 3, header len 4, header (range 2, last_ts 7, floor 7, no cursors)
+            &[3, 4, 0, 0, 0, 2, 7, 7, 0],
             &[6, 0, 0, 0, 1, b'a', 7, 1, 1, b'v'], // ("a", 7, Some("v"))
             &[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], // end, count 1
         ]
@@ -569,7 +642,7 @@ mod tests {
         let path = dir.path().join("old.snap");
         std::fs::write(&path, &bytes).unwrap();
         let (file, header) = SnapshotFile::open_verified(&path).unwrap();
-        assert_eq!((header.range, header.last_ts), (2, 7));
+        assert_eq!(header, SnapshotHeader::single(2, 7), "v2: floor = last_ts");
         let got = file.reader().unwrap().next_batch().unwrap();
         let version = |k: &str, v: u64, value: Option<&str>| RawVersion {
             key: k.as_bytes().to_vec(),
@@ -588,7 +661,7 @@ mod tests {
 
     #[test]
     fn visible_at_keeps_the_newest_value_at_or_below_its_timestamp() {
-        let mut v = VisibleAt::new(Timestamp(10));
+        let mut v = VisibleAt::new(Timestamp(10), Timestamp(10));
         // Store order: key order, newest first per key.
         let seen: Vec<_> = [
             (b"a".as_slice(), 12, Some(b"a12".as_slice())), // above: skipped
@@ -605,7 +678,38 @@ mod tests {
         .collect();
         assert_eq!(
             seen,
-            vec![(b"a".as_slice(), b"a10".as_slice()), (b"c", b"c1")]
+            vec![
+                (b"a".as_slice(), Some(b"a10".as_slice())),
+                (b"c", Some(b"c1"))
+            ]
+        );
+    }
+
+    /// A multi-region snapshot keeps the history above its floor (the
+    /// frontier), tombstones included, and each key's state at the floor.
+    #[test]
+    fn visible_at_keeps_the_history_above_the_floor() {
+        let mut v = VisibleAt::new(Timestamp(5), Timestamp(10));
+        let seen: Vec<_> = [
+            (b"a".as_slice(), 12, Some(b"a12".as_slice())), // above: skipped
+            (b"a", 10, Some(b"a10")),                       // history: kept
+            (b"a", 7, None),                                // tombstone in history: kept
+            (b"a", 4, Some(b"a4")),                         // state at the floor: kept
+            (b"a", 2, Some(b"a2")),                         // below: skipped
+            (b"b", 3, None),                                // deleted at the floor: absent
+            (b"c", 6, Some(b"c6")),                         // history only
+        ]
+        .into_iter()
+        .filter_map(|(k, ts, value)| v.take(k, Timestamp(ts), value).map(|val| (k, ts, val)))
+        .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (b"a".as_slice(), 10, Some(b"a10".as_slice())),
+                (b"a", 7, None),
+                (b"a", 4, Some(b"a4")),
+                (b"c", 6, Some(b"c6")),
+            ]
         );
     }
 
@@ -626,7 +730,8 @@ mod tests {
             end: Some(b"k015".to_vec()),
         };
         let view = s.frozen_view().unwrap();
-        let snap = write_snapshot(&view, &range, 30, dir.path()).unwrap();
+        let snap =
+            write_snapshot(&view, &range, &SnapshotHeader::single(9, 30), dir.path()).unwrap();
         let (opened, header) = SnapshotFile::open_verified(snap.path()).unwrap();
         assert_eq!(header.range, 9);
         assert_eq!(header.last_ts, 30);

@@ -114,9 +114,7 @@ fn decode_cursors(bytes: &[u8]) -> io::Result<Cursors> {
     }
 }
 
-/// Per origin region, the closed timestamp applied from it: every change
-/// that region made to the range at or below it is applied here.
-pub type Cursors = std::collections::BTreeMap<String, u64>;
+pub use super::types::Cursors;
 
 fn marker_name(range: u64) -> String {
     format!("raft/{range}/installing")
@@ -300,8 +298,9 @@ impl RangeStateMachine {
             postcard::from_bytes(&raw).map_err(|e| io_err("decode install marker", e))?;
         tracing::warn!(range = self.range.id, path = %marker.path, "redoing an interrupted snapshot install");
         let (file, _) = SnapshotFile::open_verified(std::path::Path::new(&marker.path))?;
-        let state = install_from_file(&self.points, &self.range, &marker.meta, &file)?;
+        let (state, cursors) = install_from_file(&self.points, &self.range, &marker.meta, &file)?;
         self.state = state;
+        self.cursors = cursors;
         self.applied_ts
             .fetch_max(self.state.last_ts, Ordering::AcqRel);
         self.hlc.observe(Timestamp(self.state.last_ts));
@@ -561,7 +560,7 @@ fn install_from_file(
     range: &RangeDescriptor,
     meta: &SnapshotMeta,
     file: &SnapshotFile,
-) -> io::Result<AppliedState> {
+) -> io::Result<(AppliedState, Cursors)> {
     let store = points.store();
     let mut reader = file.reader()?;
     if reader.header.range != range.id {
@@ -574,10 +573,11 @@ fn install_from_file(
         ));
     }
     let end = range.end.as_deref();
-    // The snapshot holds the range's state at its timestamp, not the history
-    // below it: serve reads of this range from its timestamp on.
+    // The snapshot holds the range's history from its floor (its frontier;
+    // its timestamp in a single region), not below: serve reads from there.
+    let header = reader.header.clone();
     store
-        .raise_gc_horizon(&range.start, end, Timestamp(reader.header.last_ts))
+        .raise_gc_horizon(&range.start, end, Timestamp(header.floor))
         .map_err(|e| io_err("raise gc horizon for snapshot", e))?;
     while store
         .clear_range_step(&range.start, end, CLEAR_BATCH_VERSIONS)
@@ -595,19 +595,32 @@ fn install_from_file(
     let state = AppliedState {
         applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
-        last_ts: reader.header.last_ts,
+        last_ts: header.last_ts,
     };
+    let cursors: Cursors = header.cursors.iter().cloned().collect();
     let (applied, bytes) = applied_meta(range.id, &state)?;
+    let (cursors_key, cursor_bytes) = cursors_meta(range.id, &cursors)?;
+    // This replica's change log skipped the entries the snapshot replaced:
+    // it is complete only above the snapshot's timestamp.
+    let (log_start, log_start_bytes) =
+        crate::storage::changes::log_start_meta(range.id, Timestamp(header.last_ts));
     let marker = marker_name(range.id);
     let point = SnapshotPoint {
         meta: meta.clone(),
         last_ts: Timestamp(state.last_ts),
+        floor: Timestamp(header.floor),
+        cursors: cursors.clone(),
     };
     points.record_installed(
         &point,
-        &[(applied.as_str(), bytes), (marker.as_str(), Vec::new())],
+        &[
+            (applied.as_str(), bytes),
+            (cursors_key.as_str(), cursor_bytes),
+            (log_start.as_str(), log_start_bytes),
+            (marker.as_str(), Vec::new()),
+        ],
     )?;
-    Ok(state)
+    Ok((state, cursors))
 }
 
 impl RaftSnapshotBuilder<RangeTypes> for RangeSnapshotBuilder {
@@ -681,6 +694,8 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
                 last_membership: self.state.membership.clone(),
             },
             last_ts: Timestamp(self.state.last_ts),
+            floor: Timestamp(self.frontier()),
+            cursors: self.cursors.clone(),
         };
         // A send found the previous point below the gc horizon and waits for
         // this one: keep the store as of the point (a frozen view, no copy)
@@ -726,10 +741,12 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
             file.clone(),
         );
         // Replacing a range is disk work in bounded batches: off the async workers.
-        let state = tokio::task::spawn_blocking(move || install_from_file(&points, &range, &m, &f))
-            .await
-            .map_err(|e| io_err("install snapshot task", e))??;
+        let (state, cursors) =
+            tokio::task::spawn_blocking(move || install_from_file(&points, &range, &m, &f))
+                .await
+                .map_err(|e| io_err("install snapshot task", e))??;
         self.state = state;
+        self.cursors = cursors;
         self.hlc.observe(Timestamp(self.state.last_ts));
         self.applied_ts
             .fetch_max(self.state.last_ts, Ordering::AcqRel);
@@ -1163,6 +1180,74 @@ mod tests {
         assert_eq!(point_of(current).point().last_ts, Timestamp(last_ts));
     }
 
+    /// In a multi-region cluster a snapshot carries the stream cursors and
+    /// the history above the range's frontier (tombstones included), so a
+    /// replica that installs it merges the other regions' later changes
+    /// exactly as the sender does, and its change log is marked incomplete
+    /// below the snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_region_snapshot_carries_cursors_and_the_history_above_the_frontier() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open_store(&dir.path().join("a"));
+        let mut sm = open_scoped(&a);
+        let put = |k: &str, v: &str| CommandV1::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        apply_one(&mut sm, 1, put("k", "v1")).await;
+        apply_one(&mut sm, 2, put("gone", "x")).await;
+        apply_one(&mut sm, 3, replicate("eu", 0, 5, &[(4, "e")])).await;
+        apply_one(&mut sm, 4, replicate("ap", 0, 3, &[])).await;
+        // The frontier is ap's cursor, 3; everything after it is history.
+        apply_one(&mut sm, 5, put("k", "v2")).await;
+        apply_one(
+            &mut sm,
+            6,
+            CommandV1::Delete {
+                key: b"gone".to_vec(),
+            },
+        )
+        .await;
+        assert_eq!(sm.frontier(), 3);
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = snap.meta.clone();
+        let file = point_of(snap).materialize().await.unwrap();
+
+        let b = open_store(&dir.path().join("b"));
+        let mut target = open_scoped(&b);
+        let received = receive(&file, &b);
+        target
+            .install_snapshot(&meta, RangeSnapshotData::Received(received))
+            .await
+            .unwrap();
+        assert_eq!(target.cursors(), sm.cursors());
+        assert_eq!(target.frontier(), 3);
+        assert_eq!(
+            b.gc_horizon_at(b"k"),
+            Timestamp(3),
+            "reads served from the floor"
+        );
+        for key in [&b"k"[..], b"gone", b"e"] {
+            assert_eq!(
+                b.history(key, 10).unwrap(),
+                a.history(key, 10).unwrap(),
+                "{key:?}: the history above the floor travelled"
+            );
+        }
+        assert!(b.change_log_start(1).unwrap() >= Timestamp(6));
+        // A later batch from ap continues from the installed cursor.
+        apply_one(&mut target, 7, replicate("ap", 3, 9, &[(8, "late")])).await;
+        assert!(b.get(b"late", Timestamp::MAX).unwrap().is_some());
+        drop(target);
+        let reopened = open_scoped(&b);
+        assert_eq!(reopened.cursors().get("ap"), Some(&9), "durable");
+    }
+
     /// Issue 8 item 6: a range of more than 2,000,000 versions (the old
     /// in-memory cap) materialises and installs. Long: runs with
     /// MERIDIAN_LONG_TESTS=1; the short variant below runs always.
@@ -1224,13 +1309,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         drop(open_sm(&store));
-        let ahead = super::super::point::SnapshotPoint {
-            meta: SnapshotMeta {
+        let ahead = super::super::point::SnapshotPoint::single(
+            SnapshotMeta {
                 last_log_id: Some(openraft::testing::log_id::<RangeTypes>(1, 1, 5)),
                 last_membership: Default::default(),
             },
-            last_ts: Timestamp(5),
-        };
+            Timestamp(5),
+        );
         let bytes = super::super::point::encode_point(&ahead).unwrap();
         store.meta_put_durable("raft/1/snapshot", &bytes).unwrap();
         let hlc = Arc::new(Hlc::open(crate::clock::SystemClock, store.clone(), 500, 1000).unwrap());

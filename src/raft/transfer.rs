@@ -17,7 +17,7 @@ use std::time::Duration;
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use tokio::io::AsyncWriteExt;
 
-use super::snapshot::{SnapshotFile, SnapshotHeaderV2, SNAPSHOT_ID_BYTES};
+use super::snapshot::{SnapshotFile, SnapshotHeader, SNAPSHOT_ID_BYTES};
 use super::types::{RangeId, RangeTypes};
 use crate::peer::{
     self, PeerRequestV1, PeerResponseV1, MAX_RAFT_REPLY_BYTES, PEER_READ_TIMEOUT_MS,
@@ -116,7 +116,7 @@ pub struct ReceivedSnapshot {
     /// The verified snapshot file, moved into the snapshot directory.
     pub file: SnapshotFile,
     /// The file's header.
-    pub header: SnapshotHeaderV2,
+    pub header: SnapshotHeader,
     /// The sender's vote.
     pub vote: VoteOf<RangeTypes>,
     /// The snapshot's meta.
@@ -263,7 +263,7 @@ pub async fn receive_snapshot(
     })
 }
 
-fn verify_and_move(part: &Path, target: &Path) -> io::Result<(SnapshotFile, SnapshotHeaderV2)> {
+fn verify_and_move(part: &Path, target: &Path) -> io::Result<(SnapshotFile, SnapshotHeader)> {
     let (file, header) = SnapshotFile::open_verified(part)?;
     std::fs::rename(part, target)?;
     if let Some(dir) = target.parent() {

@@ -16,6 +16,10 @@ use crate::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
 /// Identifies a range (and its Raft group) cluster-wide.
 pub type RangeId = u64;
 
+/// Per origin region, the closed timestamp a range applied from it: every
+/// change that region made to the range at or below it is applied.
+pub type Cursors = std::collections::BTreeMap<String, u64>;
+
 /// A Raft node id: unique per node in the cluster, never reused.
 pub type NodeId = u64;
 

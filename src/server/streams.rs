@@ -41,6 +41,9 @@ use crate::types::Timestamp;
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(CLOSE_INTERVAL_MS / 2);
 /// Pause before a stream retries after an error.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Pause before a stream whose destination is behind the change log
+/// checks again (a leader change may bring a replica with more log).
+pub const BEHIND_PAUSE: Duration = Duration::from_secs(10);
 /// Pause of a stream with nothing new to send.
 pub const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Longest one batch exchange may take (the destination commits it in its
@@ -177,6 +180,11 @@ enum StreamEnd {
     Log(String),
     #[error("no longer the range's leader")]
     NotLeader,
+    #[error(
+        "the destination's cursor {cursor} is below where this replica's change log is \
+         complete ({start}): it needs a cross-region snapshot, which this build cannot send yet"
+    )]
+    Behind { cursor: Timestamp, start: Timestamp },
 }
 
 /// One outbound stream until this node stops leading the range.
@@ -188,6 +196,13 @@ async fn stream(ctx: StreamContext, g: Arc<RangeGroup>, region: String) {
         }
         match run_stream(&ctx, &g, &region).await {
             Err(StreamEnd::NotLeader) => return,
+            Err(e @ StreamEnd::Behind { .. }) => {
+                metrics::counter!("meridian_replication_stream_restarts_total",
+                    "range" => range.clone(), "destination" => region.clone())
+                .increment(1);
+                tracing::error!(range = g.desc.id, destination = %region, error = %e, "replication stream cannot continue");
+                tokio::time::sleep(BEHIND_PAUSE).await;
+            }
             Err(e) => {
                 metrics::counter!("meridian_replication_stream_restarts_total",
                     "range" => range.clone(), "destination" => region.clone())
@@ -321,6 +336,13 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         records: Vec::new(),
     };
     let (_, cursor) = send(ctx, g, region, &mut dest, probe).await?;
+    let start = ctx
+        .store
+        .change_log_start(g.desc.id)
+        .map_err(|e| StreamEnd::Log(e.to_string()))?;
+    if cursor < start {
+        return Err(StreamEnd::Behind { cursor, start });
+    }
     let mut out = Outbound::resume_from(cursor);
     tracing::info!(range = g.desc.id, destination = %region, cursor = cursor.0, "replication stream started");
     loop {

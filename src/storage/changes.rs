@@ -117,6 +117,18 @@ fn decode_change(bytes: &[u8]) -> Result<Vec<Op>, StorageError> {
         .collect())
 }
 
+/// The meta entry naming where `range`'s change log is complete from.
+fn start_name(range: u64) -> String {
+    format!("changes/{range}/from")
+}
+
+/// The meta entry recording that `range`'s change log is complete only
+/// above `from` (after a truncation, or a snapshot install that skipped
+/// the entries in between), to write in the caller's batch.
+pub fn log_start_meta(range: u64, from: Timestamp) -> (String, Vec<u8>) {
+    (start_name(range), from.0.to_be_bytes().to_vec())
+}
+
 fn op_bytes(op: &Op) -> usize {
     match op {
         Op::Put { key, value } => key.len() + value.len(),
@@ -241,6 +253,20 @@ impl MvccStore {
         Ok(out)
     }
 
+    /// Where `range`'s change log is complete from: every local change
+    /// above it is in the log (`0`: since the range began). A destination
+    /// whose cursor is below it cannot be caught up from this replica's log.
+    pub fn change_log_start(&self, range: u64) -> Result<Timestamp, StorageError> {
+        match self.meta_get(&start_name(range))? {
+            None => Ok(Timestamp::ZERO),
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(|a| Timestamp(u64::from_be_bytes(a)))
+                .map_err(|_| StorageError::Corrupt {
+                    what: format!("change log start of range {range}: {} bytes", b.len()),
+                }),
+        }
+    }
+
     /// The oldest timestamp still in `range`'s change log, if any.
     pub fn first_change(&self, range: u64) -> Result<Option<Timestamp>, StorageError> {
         let lower = Bound::Included(change_key(range, Timestamp::ZERO));
@@ -264,20 +290,32 @@ impl MvccStore {
         let upper = Bound::Included(change_key(range, below));
         let snapshot = self.inner.db.snapshot();
         let mut batch = self.inner.db.batch();
-        let mut n = 0;
-        for guard in snapshot.range(&self.inner.changes, (lower, upper)) {
+        let mut last = None;
+        let mut more = false;
+        for (n, guard) in snapshot
+            .range(&self.inner.changes, (lower, upper))
+            .enumerate()
+        {
             if n == MAX_CHANGE_REMOVE_RECORDS {
-                self.commit("truncate_changes", batch)?;
-                return Ok(true);
+                more = true;
+                break;
             }
             let key = guard.key().map_err(StorageError::fjall)?;
+            last = Some(ts_of(range, &key)?);
             batch.remove(&self.inner.changes, key);
-            n += 1;
         }
-        if n > 0 {
-            self.commit("truncate_changes", batch)?;
+        let Some(last) = last else { return Ok(false) };
+        // The log is complete only above the last entry removed.
+        if last > self.change_log_start(range)? {
+            let (name, value) = log_start_meta(range, last);
+            batch.insert(
+                &self.inner.meta,
+                encoding::meta_user_key(&name),
+                encoding::encode_meta(&value),
+            );
         }
-        Ok(false)
+        self.commit("truncate_changes", batch)?;
+        Ok(more)
     }
 }
 
@@ -345,8 +383,11 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1, "byte budget, but at least one entry");
         assert_eq!(store.first_change(1).unwrap(), Some(Timestamp(10)));
+        assert_eq!(store.change_log_start(1).unwrap(), Timestamp::ZERO);
         assert!(!store.truncate_changes(1, Timestamp(10)).unwrap());
         assert_eq!(store.first_change(1).unwrap(), Some(Timestamp(20)));
+        assert_eq!(store.change_log_start(1).unwrap(), Timestamp(10));
+        assert_eq!(store.change_log_start(2).unwrap(), Timestamp::ZERO);
         assert_eq!(store.first_change(2).unwrap(), Some(Timestamp(30)));
         // The data itself was written.
         let kv = store.get(b"a", Timestamp::MAX).unwrap().unwrap();
