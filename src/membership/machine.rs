@@ -519,7 +519,12 @@ impl GossipCore {
             return;
         };
         self.members_dirty = true;
-        if purpose == PingPurpose::Seed && !self.joined && !self.left {
+        // Announce to a seed that answered while we are not in a cluster,
+        // or that is not a live member of ours: a cluster that split at
+        // start-up (each part joined through the seeds that answered first)
+        // merges when a seed of the other part answers.
+        let stranger = !self.is_live_member(&pong.responder.node_id);
+        if purpose == PingPurpose::Seed && !self.left && (!self.joined || stranger) {
             // foca accepts an Announce addressed to any identity with its
             // node id; the pong told us the seed's.
             if let Err(e) = self.foca.announce(pong.responder, &mut self.outbox) {
@@ -528,10 +533,32 @@ impl GossipCore {
         }
     }
 
+    /// Whether `node_id` is a member this node sees alive or suspect.
+    fn is_live_member(&self, node_id: &str) -> bool {
+        self.tracked
+            .get(node_id)
+            .is_some_and(|t| t.state.is_active())
+    }
+
+    /// Pings the seeds: all of them until this node is in a cluster, and
+    /// afterwards those that are not live members (at most the configured
+    /// seeds, once per `join_retry_ms`), so split clusters find each other.
     fn join_tick(&mut self, now: Instant) {
-        if !self.joined && !self.left {
+        if !self.left {
             let own = self.identity().gossip_addr;
-            let seeds: Vec<SocketAddr> = self.seeds.iter().copied().filter(|s| *s != own).collect();
+            let members: Vec<SocketAddr> = self
+                .tracked
+                .values()
+                .filter(|t| t.state.is_active())
+                .map(|t| t.id.gossip_addr)
+                .collect();
+            let joined = self.joined;
+            let seeds: Vec<SocketAddr> = self
+                .seeds
+                .iter()
+                .copied()
+                .filter(|s| *s != own && (!joined || !members.contains(s)))
+                .collect();
             for seed in seeds {
                 self.send_ping(now, seed, None, PingPurpose::Seed);
             }
