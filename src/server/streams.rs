@@ -48,7 +48,7 @@ pub const BEHIND_PAUSE: Duration = Duration::from_secs(10);
 pub const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Longest one batch exchange may take (the destination commits it in its
 /// region first).
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest reply frame of a replication exchange.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// How many `NotLeader` hops one attempt follows.

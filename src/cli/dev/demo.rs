@@ -8,6 +8,7 @@
 //! ```text
 //! demo: region us-east   client in eu-west    put   73.9 ms  get   72.4 ms
 //! demo: gossip rtt us-east  -> eu-west     72.6 ms (3 members)
+//! demo: replication us-east   -> eu-west   visible after    61.3 ms  (link one-way 35 ms)
 //! demo: emulator: 48211 datagrams forwarded, 0 from unclassified senders
 //! ```
 
@@ -103,6 +104,7 @@ pub(super) async fn multi_region(
             );
         }
     }
+    replication(topo, layout, tls).await?;
     gossip_rtts(layout, tls).await?;
     let status = wan.status().await?;
     let forwarded: u64 = status
@@ -122,6 +124,62 @@ pub(super) async fn multi_region(
     println!(
         "demo: emulator: {forwarded} datagrams forwarded, {unclassified} from unclassified senders"
     );
+    Ok(())
+}
+
+/// Longest the demo waits for a write to reach another region.
+const REPLICATION_WAIT: Duration = Duration::from_secs(30);
+
+/// A write in each region, and how long after its acknowledgement a
+/// client in every other region reads it from its own region's nodes:
+/// the replication lag as a user sees it (one-way WAN latency, plus the
+/// stream's batching and the destination region's commit).
+async fn replication(topo: &Topology, layout: &[RegionPlan], tls: &TlsFiles) -> anyhow::Result<()> {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for origin in layout {
+        let key = format!("demo/replicated/from-{}", origin.name);
+        let value = format!("{nonce}");
+        let writer = Client::connect(client_config(origin, origin, tls)).await?;
+        let written = writer.put(&key, &value).await;
+        writer.close().await;
+        written?;
+        let acked = Instant::now();
+        for dest in layout.iter().filter(|d| d.name != origin.name) {
+            let reader = Client::connect(client_config(dest, dest, tls)).await?;
+            let seen = async {
+                loop {
+                    let got = reader.get(&key).await?;
+                    if got.kv.is_some_and(|kv| kv.value == value.as_bytes()) {
+                        return anyhow::Ok(acked.elapsed());
+                    }
+                    if acked.elapsed() > REPLICATION_WAIT {
+                        bail!(
+                            "a write in {} did not reach {} within {REPLICATION_WAIT:?}",
+                            origin.name,
+                            dest.name
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            .await;
+            reader.close().await;
+            let lag = seen?;
+            let one_way = topo
+                .rtt_ms(&origin.name, &dest.name)
+                .map_or(String::new(), |rtt| {
+                    format!("  (link one-way {} ms)", rtt / 2)
+                });
+            println!(
+                "demo: replication {:<9} -> {:<9} visible after {:>7.1} ms{one_way}",
+                origin.name,
+                dest.name,
+                ms(lag)
+            );
+        }
+    }
     Ok(())
 }
 

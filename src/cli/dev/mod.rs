@@ -78,11 +78,12 @@ impl Drop for ChildNode {
 /// topology fails here, with the field named, before anything starts.
 fn write_node_config(
     dir: &Path,
-    max_rtt_ms: u64,
+    topo: &Topology,
     all: &[RegionPlan],
     region: &RegionPlan,
     idx: usize,
 ) -> anyhow::Result<PathBuf> {
+    let max_rtt_ms = topo.max_rtt_ms;
     let node = &region.nodes[idx];
     let prefixes: Vec<String> = region
         .range_prefixes
@@ -116,6 +117,7 @@ fn write_node_config(
         prefixes.join(", "),
     ));
     text.push_str(&gossip_section(all, node, max_rtt_ms));
+    text.push_str(&replication_section(all, &topo.replication));
     // The region's voters, at the addresses they advertise: in the WAN
     // layout even a region's own Raft traffic crosses the emulator (with
     // no delay unless a link names the region twice).
@@ -133,6 +135,40 @@ fn write_node_config(
     crate::config::load_and_validate(Some(&path))
         .with_context(|| format!("the config written for {}", node.name))?;
     Ok(path)
+}
+
+/// `[replication]`: every region of the topology (when it has several)
+/// and the topology's prefix policies, identical on every node.
+fn replication_section(
+    all: &[RegionPlan],
+    raw: &crate::config::replication::RawReplication,
+) -> String {
+    use std::fmt::Write;
+    let policy = |p: &crate::config::replication::RawPolicy| {
+        let mut t = format!(
+            "consistency = {:?}\nreplication = {:?}\nmax_staleness_ms = {}\n",
+            p.consistency, p.replication, p.max_staleness_ms
+        );
+        if !p.home.is_empty() {
+            let _ = writeln!(t, "home = {:?}", p.home);
+        }
+        t
+    };
+    let mut text = String::new();
+    if all.len() > 1 {
+        let names: Vec<String> = all.iter().map(|r| format!("{:?}", r.name)).collect();
+        let _ = write!(text, "\n[replication]\nregions = [{}]\n", names.join(", "));
+    }
+    let _ = write!(text, "\n[replication.default]\n{}", policy(&raw.default));
+    for p in &raw.policies {
+        let _ = write!(
+            text,
+            "\n[[replication.policies]]\nprefix = {:?}\n{}",
+            p.prefix,
+            policy(&p.policy)
+        );
+    }
+    text
 }
 
 /// `[gossip]`: one cluster across every region, seeded with every other
@@ -216,7 +252,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut configs = Vec::new();
     for region in &layout {
         for (i, n) in region.nodes.iter().enumerate() {
-            let cfg = write_node_config(&dir, topo.max_rtt_ms, &layout, region, i)?;
+            let cfg = write_node_config(&dir, &topo, &layout, region, i)?;
             configs.push((n.name.clone(), cfg));
         }
     }

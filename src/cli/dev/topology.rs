@@ -50,6 +50,10 @@ pub struct Topology {
     /// emulator validates them, nodes never read them.
     #[serde(default, rename = "wan")]
     _wan: Option<serde::de::IgnoredAny>,
+    /// Prefix policies (`[replication]` without `regions`: a topology of
+    /// several regions replicates between all of them).
+    #[serde(default)]
+    pub replication: crate::config::replication::RawReplication,
 }
 
 /// The WAN between two regions (`[[links]]`): what `meridian dev` reads of
@@ -265,6 +269,26 @@ impl RegionPlan {
 
 /// The layout of every region `meridian dev` starts.
 pub fn plan(topo: &Topology, offset: u16) -> anyhow::Result<Vec<RegionPlan>> {
+    if !topo.replication.regions.is_empty() {
+        bail!(
+            "[replication] regions: leave it out of a topology; its regions are the topology's [[regions]]"
+        );
+    }
+    if let Some(first) = topo.regions.first() {
+        if let Some(r) = topo
+            .regions
+            .iter()
+            .find(|r| r.range_prefixes != first.range_prefixes)
+        {
+            bail!(
+                "region `{}` has range_prefixes {:?} but `{}` has {:?}: regions replicate range by range, so every region must cut the keyspace the same way",
+                r.name,
+                r.range_prefixes,
+                first.name,
+                first.range_prefixes
+            );
+        }
+    }
     let port = |p: u16| {
         p.checked_add(offset)
             .with_context(|| format!("--port-offset {offset} pushes port {p} past 65535"))
