@@ -79,7 +79,8 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::PeerPing
         | RequestV1::RegionStatus
         | RequestV1::Members
-        | RequestV1::LeaderHints => true,
+        | RequestV1::LeaderHints
+        | RequestV1::Policies => true,
         RequestV1::Put { .. }
         | RequestV1::Delete { .. }
         | RequestV1::Txn(_)
