@@ -228,6 +228,30 @@ async fn a_causal_token_above_the_frontier_waits_then_the_home_leader_serves_it(
     node.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_write_is_stamped_above_its_token() {
+    let node = single_region().await;
+    let c = node.client().await;
+    // A token from a region whose clock runs ahead (within max_offset_ms):
+    // the write is still stamped above it (writes follow reads).
+    let ahead = Timestamp::from_parts(now_unix_ms() + 300, 0).unwrap();
+    let session = Session::resume(&c, SessionToken(ahead));
+    let w = bounded(session.put("ca/k", "after")).await.unwrap();
+    assert!(w.version > ahead, "{} is not above {ahead}", w.version);
+    let d = bounded(session.delete("ca/k")).await.unwrap();
+    assert!(d.existed && d.version > w.version);
+    // A token far beyond any clock is refused, and nothing is written.
+    let forged = Timestamp::from_parts(now_unix_ms() + 3_600_000, 0).unwrap();
+    let e = bounded(c.put_after("ca/z", "x", forged)).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::ClockOffset), "{e}");
+    let z = bounded(c.get_at_level("ca/z", ReadLevel::Eventual))
+        .await
+        .unwrap();
+    assert_eq!(z.kv, None);
+    c.close().await;
+    node.stop().await;
+}
+
 fn now_unix_ms() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

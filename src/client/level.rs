@@ -254,21 +254,29 @@ impl<'c> Session<'c> {
         Ok(r)
     }
 
-    /// Writes `value` at `key`; the session's token rises to the write's
-    /// version, so its next causal read sees it (read-your-writes).
+    /// Writes `value` at `key`, stamped above the session's token (writes
+    /// follow reads); the token then rises to the write's version, so the
+    /// session's next causal read sees it (read-your-writes).
     pub async fn put(
         &self,
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<WriteResponse, ClientError> {
-        let w = self.client.put(key, value).await?;
+        let w = match self.current() {
+            Some(token) => self.client.put_after(key, value, token).await?,
+            None => self.client.put(key, value).await?,
+        };
         self.observe(w.version);
         Ok(w)
     }
 
-    /// Deletes `key`; the token rises to the delete's version.
+    /// Deletes `key`, stamped above the session's token; the token rises
+    /// to the delete's version.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<WriteResponse, ClientError> {
-        let w = self.client.delete(key).await?;
+        let w = match self.current() {
+            Some(token) => self.client.delete_after(key, token).await?,
+            None => self.client.delete(key).await?,
+        };
         self.observe(w.version);
         Ok(w)
     }

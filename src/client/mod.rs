@@ -949,6 +949,35 @@ impl Client {
         self.write(&req).await
     }
 
+    /// [`Client::put`] stamped above a session token (writes follow reads):
+    /// the node merges `token` into its clock first.
+    pub async fn put_after(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        token: Timestamp,
+    ) -> Result<WriteResponse, ClientError> {
+        let req = RequestV1::PutAfter {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            token: token.0,
+        };
+        self.write(&req).await
+    }
+
+    /// [`Client::delete`] stamped above a session token.
+    pub async fn delete_after(
+        &self,
+        key: impl AsRef<[u8]>,
+        token: Timestamp,
+    ) -> Result<WriteResponse, ClientError> {
+        let req = RequestV1::DeleteAfter {
+            key: key.as_ref().to_vec(),
+            token: token.0,
+        };
+        self.write(&req).await
+    }
+
     /// Deletes `key`; `existed` says whether there was a live value.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<WriteResponse, ClientError> {
         let req = RequestV1::Delete {

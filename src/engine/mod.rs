@@ -465,6 +465,54 @@ impl Engine {
         })
     }
 
+    /// [`Engine::put`] by a session holding `token` (writes follow reads,
+    /// design.md): the token is merged into the clock first (HLC receive
+    /// rule; refused with `MER-3002` when more than `clock.max_offset_ms`
+    /// ahead, and nothing is written), so the write is stamped above it.
+    pub async fn put_after(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        token: Timestamp,
+    ) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        self.merge_token(token)?;
+        let out = self.submit(WriteKind::Put { key, value }).await?;
+        debug_assert!(out.version > token, "stamped above the session token");
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: true,
+        })
+    }
+
+    /// [`Engine::delete`] by a session holding `token` (see
+    /// [`Engine::put_after`]).
+    pub async fn delete_after(
+        &self,
+        key: Vec<u8>,
+        token: Timestamp,
+    ) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        self.merge_token(token)?;
+        let out = self.submit(WriteKind::Delete { key }).await?;
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: out.succeeded,
+        })
+    }
+
+    /// Merges a session token into the clock, so every timestamp this node
+    /// issues next is above it. The state machine applies a write at
+    /// `max(proposed_at, last_applied + 1)`, never below its stamp, so a
+    /// write proposed here afterwards has a version above the token.
+    fn merge_token(&self, token: Timestamp) -> Result<(), ApiError> {
+        if token > self.hlc.last() {
+            self.hlc.update(token).map_err(clock_error)?;
+        }
+        Ok(())
+    }
+
     /// Deletes `key` (a tombstone; history keeps older versions).
     pub async fn delete(&self, key: Vec<u8>) -> Result<WriteOutcome, ApiError> {
         self.check_key(&key)?;

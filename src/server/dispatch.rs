@@ -272,7 +272,8 @@ fn with_home_address(e: ApiError, ctx: &Context) -> ApiError {
 fn op_name(r: &RequestV1) -> &'static str {
     match r {
         RequestV1::Get { .. } => "get",
-        RequestV1::Put { .. } => "put",
+        RequestV1::Put { .. } | RequestV1::PutAfter { .. } => "put",
+        RequestV1::DeleteAfter { .. } => "delete",
         RequestV1::Delete { .. } => "delete",
         RequestV1::Range { .. } => "range",
         RequestV1::Txn(_) => "txn",
@@ -439,6 +440,26 @@ async fn handle_data(
         }
         RequestV1::Put { key, value } => {
             let w = engine.put(key, value).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::PutAfter { key, value, token } => {
+            let w = engine.put_after(key, value, Timestamp(token)).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::DeleteAfter { key, token } => {
+            let w = engine.delete_after(key, Timestamp(token)).await?;
             Ok((
                 w.version,
                 ResponseBodyV1::Written {

@@ -113,6 +113,25 @@ pub enum RequestV1 {
     },
     /// Every prefix policy and the default (any role).
     Policies,
+    /// `Put` by a session holding `token` (writes follow reads): the node
+    /// merges the token into its clock first (refusing one more than
+    /// `clock.max_offset_ms` ahead), so the write is stamped above it.
+    PutAfter {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The session token.
+        token: u64,
+    },
+    /// `Delete` by a session holding `token` (see `PutAfter`).
+    DeleteAfter {
+        /// The key.
+        key: Vec<u8>,
+        /// The session token.
+        token: u64,
+    },
 }
 
 /// A cluster member as gossip sees it, version 1.
@@ -1064,6 +1083,23 @@ mod tests {
         };
         assert_eq!(encode_request(&range), vec![0, 1, 14, 1, b'a', 0, 2, 0, 4]);
         assert_eq!(encode_request(&RequestV1::Policies), vec![0, 1, 15]);
+        let put = RequestV1::PutAfter {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            token: 300,
+        };
+        assert_eq!(
+            encode_request(&put),
+            vec![0, 1, 16, 1, b'k', 1, b'v', 0xac, 0x02]
+        );
+        let del = RequestV1::DeleteAfter {
+            key: b"k".to_vec(),
+            token: 5,
+        };
+        assert_eq!(encode_request(&del), vec![0, 1, 17, 1, b'k', 5]);
+        for req in [put, del] {
+            assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
+        }
     }
 
     #[test]
