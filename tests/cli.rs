@@ -247,6 +247,17 @@ async fn kv_read_levels_and_policies_through_the_binary() {
             None,
         );
         assert_eq!(String::from_utf8_lossy(&bounded.stdout), "1\n");
+        // Without a bound, the prefix's max_staleness_ms (5000 here) is it
+        // (written again just before, so the frontier is fresh).
+        assert!(run(&["kv", "put", "ev/x", "1"], &env, None)
+            .status
+            .success());
+        let by_policy = json_of(&run(
+            &["kv", "get", "ev/x", "--consistency", "bounded", "--json"],
+            &env,
+            None,
+        ));
+        assert!(by_policy["staleness_ms"].as_u64().unwrap() <= 5_000);
         let ls = json_of(&run(
             &["kv", "ls", "", "--consistency", "eventual", "--json"],
             &env,
@@ -283,7 +294,7 @@ fn bad_read_levels_are_refused_before_anything_is_sent() {
     let env = vec![("MERIDIAN_ENDPOINTS", "127.0.0.1:9".to_string())];
     let cases: &[(&[&str], &str)] = &[
         (&["--consistency", "bounded:abc"], "not a whole number"),
-        (&["--consistency", "bounded"], "bounded:MS"),
+        (&["--consistency", "bounded:"], "not a whole number"),
         (&["--consistency", "strong"], "unknown consistency"),
         (
             &["--consistency", "causal", "--token", "12x"],

@@ -654,6 +654,12 @@ async fn reads_take_a_level_per_call_and_policies_are_listed() {
     assert!(v["staleness_ms"].is_u64(), "{v}");
     let r = get(addr, "/v1/kv/ev/x?consistency=bounded:60000&on_stale=fail").await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // Without a bound: the prefix's max_staleness_ms (5000), the frontier
+    // fresh from a write just before.
+    put(addr, "ev/x", b"1").await;
+    let r = get(addr, "/v1/kv/ev/x?consistency=bounded&on_stale=fail").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(u64_field(&r.json(), "staleness_ms") <= 5_000);
     // A session token carried between calls: read-your-writes.
     let w = put(addr, "ca/k", b"2").await;
     let path = format!(

@@ -16,9 +16,10 @@ use crate::types::{KeyValue, ReadConsistency, Timestamp};
 /// "Read levels"). Parsed before anything is sent.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct LevelArgs {
-    /// Read level: linearizable (the default), serializable, bounded:MS,
-    /// causal or eventual; a level above the key prefix's consistency is
-    /// refused (MER-1009).
+    /// Read level: linearizable (the default), serializable, bounded:MS
+    /// (bounded alone: the key prefix's max_staleness_ms), causal or
+    /// eventual; a level above the key prefix's consistency is refused
+    /// (MER-1009).
     #[arg(long)]
     consistency: Option<String>,
     /// Session token of a causal read: the `token` a previous reply
@@ -77,6 +78,16 @@ impl ReadMeta {
     }
 }
 
+/// The bound of `--consistency bounded` without one: the `max_staleness_ms`
+/// of `key`'s policy, asked of the node. Other choices need none (and
+/// [`ReadChoice::level`] ignores the 0 they get), so nothing is asked.
+async fn policy_bound(client: &Client, key: &str, choice: ReadChoice) -> anyhow::Result<u64> {
+    Ok(match choice {
+        ReadChoice::BoundedByPolicy(_) => client.policy_of(key).await?.max_staleness_ms,
+        _ => 0,
+    })
+}
+
 /// Reads `key` as `choice` says.
 async fn get_as(
     client: &Client,
@@ -85,10 +96,10 @@ async fn get_as(
     choice: ReadChoice,
 ) -> anyhow::Result<(Option<KeyValue>, ReadMeta)> {
     let at = at.map(Timestamp);
-    let plain = match choice {
-        ReadChoice::Serializable => ReadConsistency::Serializable,
-        ReadChoice::Level(ReadLevel::Linearizable) => ReadConsistency::Linearizable,
-        ReadChoice::Level(level) => {
+    let plain = match choice.level(policy_bound(client, key, choice).await?) {
+        None => ReadConsistency::Serializable,
+        Some(ReadLevel::Linearizable) => ReadConsistency::Linearizable,
+        Some(level) => {
             // `run` refused `--at` with a local level before connecting.
             let r = client.get_at_level(key, level).await?;
             let meta = ReadMeta {
@@ -315,19 +326,22 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--limit must be at least 1");
             }
             let client = conn.connect().await?;
-            let listed = match choice {
+            let listed = match policy_bound(&client, &prefix, choice).await {
+                Err(e) => Err(e),
                 // The default keeps its one-snapshot listing across ranges.
-                ReadChoice::Level(ReadLevel::Linearizable) => client
-                    .list_prefix(&prefix, limit)
-                    .await
-                    .map(|(kvs, more)| (kvs, more, None))
-                    .map_err(anyhow::Error::from),
-                ReadChoice::Level(l) => list_at_level(&client, &prefix, limit, l)
-                    .await
-                    .map(|(kvs, more, meta)| (kvs, more, Some(meta))),
-                ReadChoice::Serializable => Err(anyhow::anyhow!(
-                    "kv ls reads linearizable, bounded:MS, causal or eventual (serializable listings are not offered)"
-                )),
+                Ok(bound) => match choice.level(bound) {
+                    Some(ReadLevel::Linearizable) => client
+                        .list_prefix(&prefix, limit)
+                        .await
+                        .map(|(kvs, more)| (kvs, more, None))
+                        .map_err(anyhow::Error::from),
+                    Some(l) => list_at_level(&client, &prefix, limit, l)
+                        .await
+                        .map(|(kvs, more, meta)| (kvs, more, Some(meta))),
+                    None => Err(anyhow::anyhow!(
+                        "kv ls reads linearizable, bounded, causal or eventual (serializable listings are not offered)"
+                    )),
+                },
             };
             client.close().await;
             let (kvs, truncated, meta) = listed?;

@@ -28,7 +28,17 @@ use std::sync::Mutex;
 use super::{Client, ClientError, WriteResponse};
 use crate::replication::read::{next_token, ReadLevel};
 use crate::types::{KeyValue, Timestamp};
-use crate::wire::{RequestV1, ResponseBodyV1};
+use crate::wire::{PoliciesV1, PolicyV1, RequestV1, ResponseBodyV1};
+
+/// The policy `table` gives `key`: its prefix's, or the default (prefixes
+/// never nest, so at most one matches).
+pub fn policy_for<'t>(table: &'t PoliciesV1, key: &[u8]) -> &'t PolicyV1 {
+    table
+        .prefixes
+        .iter()
+        .find(|p| key.starts_with(&p.prefix))
+        .map_or(&table.default, |p| &p.policy)
+}
 
 /// A session token: the HLC timestamp a causal read must see at least.
 /// Portable: it prints and parses as a decimal number, so it can cross
@@ -107,6 +117,14 @@ fn level_meta(
 }
 
 impl Client {
+    /// The policy of `key`, from the connected node's policy table (every
+    /// node holds the same one): for example its `max_staleness_ms`, the
+    /// default bound of a bounded read.
+    pub async fn policy_of(&self, key: impl AsRef<[u8]>) -> Result<PolicyV1, ClientError> {
+        let table = self.policies().await?;
+        Ok(policy_for(&table, key.as_ref()).clone())
+    }
+
     /// Reads `key` at a per-call `level`: linearizable (at the prefix's home
     /// leader), bounded staleness, causal (after a session token) or
     /// eventual. A level above the prefix's consistency is refused
@@ -297,6 +315,36 @@ mod tests {
             let e = bad.parse::<SessionToken>().unwrap_err();
             assert!(e.to_string().contains("malformed session token"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_key_takes_its_prefix_policy_or_the_default() {
+        use crate::wire::{ConsistencyV1, PrefixPolicyV1, ReplicationV1};
+        let policy = |ms| PolicyV1 {
+            consistency: ConsistencyV1::Strong,
+            home: "r1".into(),
+            replication: ReplicationV1::Async,
+            max_staleness_ms: ms,
+        };
+        let table = PoliciesV1 {
+            local_region: "r1".into(),
+            regions: vec!["r1".into()],
+            default: policy(1),
+            prefixes: vec![
+                PrefixPolicyV1 {
+                    prefix: b"a/".to_vec(),
+                    policy: policy(2),
+                },
+                PrefixPolicyV1 {
+                    prefix: b"b/".to_vec(),
+                    policy: policy(3),
+                },
+            ],
+        };
+        assert_eq!(policy_for(&table, b"b/x").max_staleness_ms, 3);
+        assert_eq!(policy_for(&table, b"a/").max_staleness_ms, 2);
+        assert_eq!(policy_for(&table, b"a").max_staleness_ms, 1);
+        assert_eq!(policy_for(&table, b"c/x").max_staleness_ms, 1);
     }
 
     #[test]

@@ -44,7 +44,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use error::{ClientError, OutcomeUnknown};
-pub use level::{LevelGetResponse, LevelRangeResponse, Session, SessionToken, TokenError};
+pub use level::{
+    policy_for, LevelGetResponse, LevelRangeResponse, Session, SessionToken, TokenError,
+};
 use liveness::{Liveness, Verdict};
 use routes::Routes;
 pub use routes::{RouteRange, Target};
@@ -762,8 +764,16 @@ impl Client {
                 wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
             let (leader, message) = match Answer::of(reply)? {
                 Reply::Done(answer) => return Ok(answer),
-                Reply::WrongRegion(e) => {
-                    return self.follow_home(&frame, read_only, deadline, e).await
+                Reply::WrongRegion(e) => return self.follow(&frame, read_only, deadline, e).await,
+                // A level read goes to any node, so the leader cache (by
+                // range) does not route it; when the node it reached needs
+                // the leader (a causal read past its wait at the home
+                // region), send it to the leader named.
+                Reply::NotLeader { leader, message }
+                    if target == Target::Any && leader.is_some() =>
+                {
+                    let e = ApiError::not_leader(message, leader);
+                    return self.follow(&frame, read_only, deadline, e).await;
                 }
                 Reply::NotLeader { leader, message } => (leader, message),
             };
@@ -785,13 +795,14 @@ impl Client {
         )))
     }
 
-    /// Follows a `WrongRegion` refusal (nothing was written) to the node of
-    /// the home region it names, then that region's `NotLeader` redirects,
-    /// at most [`MAX_REGION_HOPS`] sends in all. Returns the refusal itself
+    /// Follows a refusal that names where to go (nothing was written): a
+    /// `WrongRegion` to the node of the home region it names, or a
+    /// `NotLeader` to the leader, then further `NotLeader` redirects, at
+    /// most [`MAX_REGION_HOPS`] sends in all. Returns the latest refusal
     /// when it names no node, or when the hops or the deadline run out.
-    /// The home region's leaders are not cached: the leader cache is this
-    /// client's own region's.
-    async fn follow_home(
+    /// Leaders found here are not cached: the leader cache is by range of
+    /// this client's own region.
+    async fn follow(
         &self,
         frame: &[u8],
         read_only: bool,
@@ -832,9 +843,12 @@ impl Client {
                     if leader.is_none() {
                         tokio::time::sleep(NO_LEADER_BACKOFF).await;
                     }
-                    let home = refusal.home_region.clone().unwrap_or_default();
-                    let next = leader.or_else(|| Some(addr.to_string()));
-                    refusal = ApiError::wrong_region(message, home, next);
+                    // Same kind of refusal (and home region), new target.
+                    refusal = ApiError {
+                        message,
+                        leader_hint: leader.or_else(|| Some(addr.to_string())),
+                        ..refusal
+                    };
                 }
             }
         }

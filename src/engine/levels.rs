@@ -286,6 +286,26 @@ pub enum ReadChoice {
     Serializable,
     /// A level decided by [`crate::replication::read::decide`].
     Level(ReadLevel),
+    /// A bounded read without a bound: the key prefix's
+    /// `max_staleness_ms` is the bound ([`ReadChoice::level`]).
+    BoundedByPolicy(OnStale),
+}
+
+impl ReadChoice {
+    /// The level to read at, or `None` for a serializable read.
+    /// `policy_bound_ms` is the key's policy's `max_staleness_ms`; only a
+    /// bounded read without a bound ([`ReadChoice::BoundedByPolicy`]) uses
+    /// it.
+    pub fn level(self, policy_bound_ms: u64) -> Option<ReadLevel> {
+        match self {
+            ReadChoice::Serializable => None,
+            ReadChoice::Level(level) => Some(level),
+            ReadChoice::BoundedByPolicy(on_stale) => Some(ReadLevel::Bounded {
+                max_staleness_ms: policy_bound_ms,
+                on_stale,
+            }),
+        }
+    }
 }
 
 /// Longest `consistency` argument looked at.
@@ -293,10 +313,11 @@ const MAX_CONSISTENCY_ARG_BYTES: usize = 64;
 
 /// Parses a read level as the CLI (`--consistency`, `--token`,
 /// `--on-stale`) and the gateway (`consistency=`, `token=`, `on_stale=`)
-/// spell it: `linearizable`, `serializable`, `bounded:MS`, `causal` (with
-/// a decimal `token`, default 0) or `eventual`; `on_stale` is `redirect`
-/// (the default) or `fail`, for bounded reads only. Errors name the bad
-/// argument (`MER-1007`).
+/// spell it: `linearizable`, `serializable`, `bounded:MS` (or `bounded`:
+/// the key prefix's `max_staleness_ms`), `causal` (with a decimal `token`,
+/// default 0) or `eventual`; `on_stale` is `redirect` (the default) or
+/// `fail`, for bounded reads only. Errors name the bad argument
+/// (`MER-1007`).
 pub fn parse_read_choice(
     consistency: &str,
     token: Option<&str>,
@@ -335,14 +356,6 @@ pub fn parse_read_choice(
             token: parse_token(token.unwrap_or("0")).map_err(bad)?,
         },
         "bounded" => {
-            let ms = arg.ok_or_else(|| {
-                bad("bounded needs its staleness bound in ms: bounded:MS (for example bounded:2000)".into())
-            })?;
-            let max_staleness_ms = ms
-                .parse::<u64>()
-                .ok()
-                .filter(|_| ms.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| bad(format!("bounded:{ms}: the bound is not a whole number of ms")))?;
             let on_stale = match on_stale.unwrap_or("redirect") {
                 "redirect" => OnStale::Redirect,
                 "fail" => OnStale::Fail,
@@ -352,6 +365,18 @@ pub fn parse_read_choice(
                     )))
                 }
             };
+            let Some(ms) = arg else {
+                return Ok(ReadChoice::BoundedByPolicy(on_stale));
+            };
+            let max_staleness_ms = ms
+                .parse::<u64>()
+                .ok()
+                .filter(|_| ms.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "bounded:{ms}: the bound is not a whole number of ms"
+                    ))
+                })?;
             ReadLevel::Bounded {
                 max_staleness_ms,
                 on_stale,
@@ -622,6 +647,20 @@ mod tests {
                 on_stale: OnStale::Fail
             }))
         );
+        let by_policy = p("bounded", None, Some("fail")).unwrap();
+        assert_eq!(by_policy, ReadChoice::BoundedByPolicy(OnStale::Fail));
+        assert_eq!(
+            by_policy.level(700),
+            Some(ReadLevel::Bounded {
+                max_staleness_ms: 700,
+                on_stale: OnStale::Fail
+            })
+        );
+        assert_eq!(ReadChoice::Serializable.level(700), None);
+        assert_eq!(
+            ReadChoice::Level(ReadLevel::Eventual).level(700),
+            Some(ReadLevel::Eventual)
+        );
         assert_eq!(
             p("causal", Some("99"), None),
             Ok(ReadChoice::Level(ReadLevel::Causal {
@@ -637,7 +676,7 @@ mod tests {
         let refused = [
             ("bounded:abc", None, None, "not a whole number"),
             ("bounded:-5", None, None, "not a whole number"),
-            ("bounded", None, None, "bounded:MS"),
+            ("bounded:", None, None, "not a whole number"),
             ("bounded:99999999999", None, None, "over the limit"),
             ("strong", None, None, "unknown consistency"),
             ("causal", Some("12x"), None, "malformed token"),

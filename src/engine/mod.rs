@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 pub mod levels;
 pub mod replicated;
 
@@ -394,7 +396,9 @@ impl Engine {
         self.check_key(&key)?;
         let r = &self.region;
         let range = r.range_of(&key)?;
-        let (ts, staleness_ms) = match self.resolve_level(&key, &level).await? {
+        let span = level_span(&self.regions.local, range.id, &level);
+        let decided = self.resolve_level(&key, &level).instrument(span).await?;
+        let (ts, staleness_ms) = match decided {
             Serve::Leader => (r.read_ts(&self.hlc, range, None).await?, 0),
             Serve::Local { at, staleness_ms } => (at, staleness_ms),
         };
@@ -421,7 +425,9 @@ impl Engine {
         let limit = self.page_limit(limit, &start, end.as_deref())?;
         let r = &self.region;
         let range = r.range_of(&start)?;
-        let (ts, staleness_ms) = match self.resolve_level(&start, &level).await? {
+        let span = level_span(&self.regions.local, range.id, &level);
+        let decided = self.resolve_level(&start, &level).instrument(span).await?;
+        let (ts, staleness_ms) = match decided {
             Serve::Leader => {
                 let at = self.hlc.now().map_err(clock_error)?;
                 (r.read_ts(&self.hlc, range, Some(at)).await?, 0)
@@ -700,6 +706,17 @@ impl Engine {
             served_at: ts,
         })
     }
+}
+
+/// The span of a level read's decision (and causal wait), with the fields
+/// an operator filters by.
+fn level_span(region: &str, range: u64, level: &ReadLevel) -> tracing::Span {
+    tracing::debug_span!(
+        "level_read",
+        region,
+        range,
+        level = levels::level_name(level)
+    )
 }
 
 /// The session token a level brings (causal reads only).

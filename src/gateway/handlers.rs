@@ -87,6 +87,16 @@ fn read_choice(
     }
 }
 
+/// The level a read asked for (`None`: serializable); no `consistency`
+/// means linearizable. `bound` is the key's policy's `max_staleness_ms`,
+/// the bound of `consistency=bounded` without one.
+fn level_of(choice: Option<ReadChoice>, bound: u64) -> Option<ReadLevel> {
+    match choice {
+        None => Some(ReadLevel::Linearizable),
+        Some(c) => c.level(bound),
+    }
+}
+
 /// Refuses `at` with a level that picks its own snapshot.
 fn no_snapshot_with_level(at: Option<Timestamp>) -> Result<(), GatewayError> {
     match at {
@@ -125,20 +135,21 @@ pub(crate) async fn get_key(
         )?;
         let engine = &state.engine;
         let k = key.clone().into_bytes();
-        let (value, meta) = match choice {
-            None | Some(ReadChoice::Level(ReadLevel::Linearizable)) => {
-                let s = engine
-                    .get_with(k, at, ReadConsistency::Linearizable)
-                    .await?;
-                (s.value, ServedMeta::plain(s.served_at))
-            }
-            Some(ReadChoice::Serializable) => {
+        let bound = engine.policy_of(&k).1.max_staleness_ms;
+        let (value, meta) = match level_of(choice, bound) {
+            None => {
                 let s = engine
                     .get_with(k, at, ReadConsistency::Serializable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(ReadChoice::Level(level)) => {
+            Some(ReadLevel::Linearizable) => {
+                let s = engine
+                    .get_with(k, at, ReadConsistency::Linearizable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(level) => {
                 no_snapshot_with_level(at)?;
                 let r = engine.get_level(k, level).await?;
                 let meta = ServedMeta {
@@ -238,20 +249,21 @@ pub(crate) async fn range(
         )?;
         let (start, end, limit) = (bounds.start, bounds.end, q.limit.unwrap_or(0));
         let engine = &state.engine;
-        let (page, meta) = match choice {
-            None | Some(ReadChoice::Level(ReadLevel::Linearizable)) => {
-                let s = engine
-                    .range_with(start, end, limit, at, ReadConsistency::Linearizable)
-                    .await?;
-                (s.value, ServedMeta::plain(s.served_at))
-            }
-            Some(ReadChoice::Serializable) => {
+        let bound = engine.policy_of(&start).1.max_staleness_ms;
+        let (page, meta) = match level_of(choice, bound) {
+            None => {
                 let s = engine
                     .range_with(start, end, limit, at, ReadConsistency::Serializable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(ReadChoice::Level(level)) => {
+            Some(ReadLevel::Linearizable) => {
+                let s = engine
+                    .range_with(start, end, limit, at, ReadConsistency::Linearizable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(level) => {
                 no_snapshot_with_level(at)?;
                 let r = engine.range_level(start, end, limit, level).await?;
                 let meta = ServedMeta {
