@@ -505,3 +505,99 @@ async fn a_causal_token_out_of_reach_waits_its_bound_then_goes_home() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A region of three nodes (Raft group of three voters), single-region
+/// config: the default policy is strong and homed here.
+async fn three_voters() -> (
+    tempfile::TempDir,
+    common::TestCerts,
+    Vec<meridian::server::Node>,
+) {
+    use meridian::certs::{self, Role};
+    use meridian::config::raft::RawPeer;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::TestCerts::new(dir.path());
+    for i in 2..=3 {
+        certs::issue(&certs.dir, Role::Node, &format!("node{i}"), &certs.dir, &[]).unwrap();
+    }
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+    let peers: Vec<RawPeer> = (1..=3u64)
+        .map(|i| RawPeer {
+            id: i,
+            name: format!("node{i}"),
+            addr: addrs[i as usize - 1].to_string(),
+            zone: format!("zone{i}"),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 1..=3u64 {
+        let mut raw = meridian::config::RawConfig::default();
+        raw.node.id = format!("node{i}");
+        raw.node.zone = format!("zone{i}");
+        raw.node.data_dir = dir.path().join(format!("node{i}"));
+        raw.server.listen_addr = addrs[i as usize - 1].to_string();
+        raw.server.http_addr = String::new();
+        raw.tls.ca_cert = certs.dir.join("ca.pem");
+        raw.tls.cert = certs.dir.join(format!("node{i}.pem"));
+        raw.tls.key = certs.dir.join(format!("node{i}.key"));
+        raw.raft.node_id = i;
+        raw.raft.bootstrap = i == 1;
+        raw.raft.peers = peers.clone();
+        raw.raft.heartbeat_interval_ms = 100;
+        raw.raft.election_timeout_min_ms = 400;
+        raw.raft.election_timeout_max_ms = 800;
+        let cfg = raw.validate(dir.path()).unwrap();
+        nodes.push(bounded(meridian::server::Node::start(cfg)).await.unwrap());
+    }
+    (dir, certs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_read_past_its_wait_at_a_follower_is_sent_to_the_leader() {
+    let (_dir, certs, nodes) = three_voters().await;
+    let client_for = |addr: SocketAddr| ClientConfig {
+        endpoints: vec![addr],
+        tls: certs.files("client"),
+        request_timeout: Duration::from_secs(10),
+        bind: None,
+    };
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.quic_addr()).collect();
+    let all = bounded(Client::connect(ClientConfig {
+        endpoints: addrs.clone(),
+        ..client_for(addrs[0])
+    }))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = all.put("k", "v").await {
+        assert!(Instant::now() < deadline, "no leader: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A token ahead of every replica's frontier: each entry node waits its
+    // bound; at a follower the home region's leader must serve it, so the
+    // follower answers NotLeader and the SDK follows it to the leader
+    // (before, it retried the same follower until the request timeout).
+    let ahead = Timestamp::from_parts(now_unix_ms() + 300, 0).unwrap();
+    let reads = addrs.iter().map(|addr| {
+        let cfg = client_for(*addr);
+        async move {
+            let c = Client::connect(cfg).await.unwrap();
+            let started = Instant::now();
+            let r = c
+                .get_at_level("k", ReadLevel::Causal { token: ahead })
+                .await;
+            c.close().await;
+            (r, started.elapsed())
+        }
+    });
+    for (r, waited) in bounded(futures_util::future::join_all(reads)).await {
+        let r = r.unwrap();
+        assert_eq!(r.kv.unwrap().value, b"v");
+        assert!(waited >= CAUSAL_WAIT, "{waited:?}");
+        assert_eq!(r.token, SessionToken(ahead));
+    }
+    all.close().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
