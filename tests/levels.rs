@@ -377,6 +377,22 @@ async fn a_strong_prefix_homed_elsewhere_refuses_local_writes_and_the_sdk_follow
         wire::decode_response(&raw).unwrap(),
         ResponseV1::WrongRegion { ref home, .. } if home == "r1"
     ));
+    // A transaction touching the key is refused the same way.
+    let txn = RequestV1::Txn(wire::TxnV1 {
+        compares: vec![],
+        success: vec![wire::OpV1::Put {
+            key: b"s/k".to_vec(),
+            value: b"t".to_vec(),
+        }],
+        failure: vec![],
+    });
+    let raw = bounded(cb.exchange(&wire::encode_request(&txn)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        wire::decode_response(&raw).unwrap(),
+        ResponseV1::WrongRegion { ref home, .. } if home == "r1"
+    ));
     // Nothing was written in r2.
     let local = bounded(cb.get_with("s/k", None, ReadConsistency::Serializable))
         .await
