@@ -44,6 +44,20 @@ pub enum ErrorCode {
     /// discarded, or the connection was lost after sending). Unlike every
     /// other code, this is not a refusal.
     OutcomeUnknown,
+    /// MER-3006: this node's region is not the key prefix's home region and
+    /// the request needs it (a write to a strong prefix, a linearizable
+    /// read, or a read the call asked to redirect); nothing was written.
+    /// The reply names the home region and, when gossip knows one, a client
+    /// address of a node there.
+    WrongRegion,
+    /// MER-3007: a bounded-staleness read found this region's frontier
+    /// older than the bound and the call asked to fail; the message says
+    /// how stale.
+    TooStale,
+    /// MER-1009: the read level asks for more than the key prefix's
+    /// consistency allows (for example a linearizable read of an eventual
+    /// prefix); the message names the allowed levels.
+    LevelNotAllowed,
 }
 
 /// Every code, for lookups and tests.
@@ -64,6 +78,9 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::NotLeader,
     ErrorCode::Internal,
     ErrorCode::OutcomeUnknown,
+    ErrorCode::WrongRegion,
+    ErrorCode::TooStale,
+    ErrorCode::LevelNotAllowed,
 ];
 
 impl ErrorCode {
@@ -86,6 +103,9 @@ impl ErrorCode {
             ErrorCode::NotLeader => "MER-3004",
             ErrorCode::Internal => "MER-9999",
             ErrorCode::OutcomeUnknown => "MER-3005",
+            ErrorCode::WrongRegion => "MER-3006",
+            ErrorCode::TooStale => "MER-3007",
+            ErrorCode::LevelNotAllowed => "MER-1009",
         }
     }
 
@@ -123,6 +143,15 @@ impl ErrorCode {
             ErrorCode::OutcomeUnknown => {
                 "the write may or may not have been applied: read the key (or guard a retry with a transaction compare) before retrying"
             }
+            ErrorCode::WrongRegion => {
+                "send the request to a node of the home region named in the reply (the SDK does when it knows one), or read at a local level (bounded, causal, eventual)"
+            }
+            ErrorCode::TooStale => {
+                "raise the staleness bound, read with on_stale=redirect, or read at the home region"
+            }
+            ErrorCode::LevelNotAllowed => {
+                "ask for a level the prefix allows (`meridian policy ls` shows each prefix's consistency)"
+            }
         }
     }
 }
@@ -143,8 +172,12 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, naming the offending field or limit.
     pub message: String,
-    /// For `NotLeader`: the QUIC address of the range's leader, if known.
+    /// For `NotLeader`: the QUIC address of the range's leader, if known;
+    /// for `WrongRegion`: a client QUIC address of a node in the home
+    /// region, if gossip knows one.
     pub leader_hint: Option<String>,
+    /// For `WrongRegion`: the home region the request must go to.
+    pub home_region: Option<String>,
 }
 
 impl ApiError {
@@ -154,6 +187,7 @@ impl ApiError {
             code,
             message: message.into(),
             leader_hint: None,
+            home_region: None,
         }
     }
 
@@ -163,6 +197,22 @@ impl ApiError {
             code: ErrorCode::NotLeader,
             message: message.into(),
             leader_hint: leader,
+            home_region: None,
+        }
+    }
+
+    /// A `WrongRegion` error sending the caller to `home`, at `addr` (a
+    /// client QUIC address of a node there) when known.
+    pub fn wrong_region(
+        message: impl Into<String>,
+        home: impl Into<String>,
+        addr: Option<String>,
+    ) -> ApiError {
+        ApiError {
+            code: ErrorCode::WrongRegion,
+            message: message.into(),
+            leader_hint: addr,
+            home_region: Some(home.into()),
         }
     }
 }
@@ -184,6 +234,9 @@ mod tests {
         assert_eq!(ErrorCode::Unavailable.as_u16(), 3003);
         assert_eq!(ErrorCode::NotLeader.as_u16(), 3004);
         assert_eq!(ErrorCode::OutcomeUnknown.as_u16(), 3005);
-        assert_eq!(ALL.last(), Some(&ErrorCode::OutcomeUnknown));
+        assert_eq!(ErrorCode::WrongRegion.as_u16(), 3006);
+        assert_eq!(ErrorCode::TooStale.as_u16(), 3007);
+        assert_eq!(ErrorCode::LevelNotAllowed.as_u16(), 1009);
+        assert_eq!(ALL.last(), Some(&ErrorCode::LevelNotAllowed));
     }
 }

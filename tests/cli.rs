@@ -158,6 +158,183 @@ async fn errors_go_to_stderr_with_a_code_and_nonzero_status() {
     node.stop().await;
 }
 
+/// A single-region node (`r1`) with prefix policies: `ev/` eventual and
+/// `ca/` causal, the default strong.
+async fn node_with_policies() -> TestNode {
+    use meridian::replication::policy::{Consistency, Policy, PolicyTable, Replication};
+    TestNode::start_with(|cfg| {
+        let policy = |consistency| Policy {
+            consistency,
+            home: "r1".to_string(),
+            replication: Replication::Async,
+            max_staleness_ms: 5_000,
+        };
+        let mut table = PolicyTable::new(vec!["r1".into()], policy(Consistency::Strong)).unwrap();
+        table.set(b"ev/", policy(Consistency::Eventual)).unwrap();
+        table.set(b"ca/", policy(Consistency::Causal)).unwrap();
+        cfg.region = "r1".into();
+        cfg.replication = meridian::config::replication::ReplicationConfig {
+            local_region: "r1".into(),
+            regions: vec!["r1".into()],
+            table,
+        };
+    })
+    .await
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_read_levels_and_policies_through_the_binary() {
+    let node = node_with_policies().await;
+    let env = env_for(&node);
+    tokio::task::spawn_blocking(move || {
+        assert!(run(&["kv", "put", "ev/x", "1"], &env, None)
+            .status
+            .success());
+        let w = json_of(&run(&["kv", "put", "ca/k", "2", "--json"], &env, None));
+        // The default level is linearizable: refused on an eventual prefix.
+        let refused = run(&["kv", "get", "ev/x"], &env, None);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            err.contains("MER-1009") && err.contains("bounded, eventual"),
+            "{err}"
+        );
+        let ev = json_of(&run(
+            &["kv", "get", "ev/x", "--consistency", "eventual", "--json"],
+            &env,
+            None,
+        ));
+        assert_eq!(ev["value"], "1");
+        assert!(
+            ev["served_at"].is_u64() && ev["staleness_ms"].is_u64(),
+            "{ev}"
+        );
+        // The token a script carries: a string, passed back with --token.
+        let token = w["version"].as_u64().unwrap().to_string();
+        let causal = json_of(&run(
+            &[
+                "kv",
+                "get",
+                "ca/k",
+                "--consistency",
+                "causal",
+                "--token",
+                &token,
+                "--json",
+            ],
+            &env,
+            None,
+        ));
+        assert_eq!(causal["value"], "2");
+        let next: u64 = causal["token"].as_str().unwrap().parse().unwrap();
+        assert!(next >= w["version"].as_u64().unwrap());
+        let bounded = run(
+            &[
+                "kv",
+                "get",
+                "ev/x",
+                "--consistency",
+                "bounded:60000",
+                "--on-stale",
+                "fail",
+            ],
+            &env,
+            None,
+        );
+        assert_eq!(String::from_utf8_lossy(&bounded.stdout), "1\n");
+        // Without a bound, the prefix's max_staleness_ms (5000 here) is it
+        // (written again just before, so the frontier is fresh).
+        assert!(run(&["kv", "put", "ev/x", "1"], &env, None)
+            .status
+            .success());
+        let by_policy = json_of(&run(
+            &["kv", "get", "ev/x", "--consistency", "bounded", "--json"],
+            &env,
+            None,
+        ));
+        assert!(by_policy["staleness_ms"].as_u64().unwrap() <= 5_000);
+        let ls = json_of(&run(
+            &["kv", "ls", "", "--consistency", "eventual", "--json"],
+            &env,
+            None,
+        ));
+        let keys: Vec<&str> = ls["kvs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| kv["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["ca/k", "ev/x"],
+            "pages crossed the policy boundaries"
+        );
+        assert!(ls["token"].is_string(), "{ls}");
+        let policies = json_of(&run(&["policy", "ls", "--json"], &env, None));
+        assert_eq!(policies["prefixes"][1]["prefix"], "ev/");
+        assert_eq!(policies["prefixes"][1]["consistency"], "eventual");
+        assert_eq!(policies["default"]["consistency"], "strong");
+        let human = run(&["policy", "ls"], &env, None);
+        assert!(stdout(&human).contains("(default)\tstrong\tr1\tasync\t5000"));
+    })
+    .await
+    .unwrap();
+    node.stop().await;
+}
+
+#[test]
+fn bad_read_levels_are_refused_before_anything_is_sent() {
+    // Nothing listens here: had anything been sent, the error would be
+    // "cannot connect" after the timeout.
+    let env = vec![("MERIDIAN_ENDPOINTS", "127.0.0.1:9".to_string())];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--consistency", "bounded:abc"], "not a whole number"),
+        (&["--consistency", "bounded:"], "not a whole number"),
+        (&["--consistency", "strong"], "unknown consistency"),
+        (
+            &["--consistency", "causal", "--token", "12x"],
+            "malformed token",
+        ),
+        (&["--token", "5"], "need --consistency"),
+        (
+            &["--consistency", "eventual", "--token", "5"],
+            "only to causal",
+        ),
+        (
+            &["--consistency", "bounded:5", "--on-stale", "maybe"],
+            "redirect or fail",
+        ),
+        (
+            &["--consistency", "eventual", "--at", "5"],
+            "--at cannot be combined",
+        ),
+        (&["--serializable", "--consistency", "eventual"], "not both"),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["kv", "get", "k", "--timeout-ms", "300"];
+        args.extend_from_slice(flags);
+        let started = Instant::now();
+        let o = run(&args, &env, None);
+        assert!(!o.status.success(), "{flags:?}");
+        let err = stderr(&o);
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(!err.contains("cannot connect"), "{flags:?} was sent: {err}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    let o = run(
+        &["kv", "ls", "x/", "--consistency", "bounded:x"],
+        &env,
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a whole number"));
+}
+
 fn free_port() -> u16 {
     // Bind both UDP and TCP on one port number so QUIC and HTTP can use it.
     for _ in 0..50 {

@@ -583,6 +583,7 @@ async fn openapi_document_lists_kv_paths() {
         "/v1/txn",
         "/v1/history/{key}",
         "/v1/status",
+        "/v1/policies",
         "/health",
         "/ready",
         "/metrics",
@@ -595,6 +596,136 @@ async fn openapi_document_lists_kv_paths() {
     }
     assert!(paths["/v1/kv/{key}"]["put"].is_object());
     assert!(paths["/v1/kv/{key}"]["delete"].is_object());
+    stop(node).await;
+}
+
+/// `[replication]` over `regions` as seen from `local`: the default and
+/// `ca/` (causal) homed in the first region, `ev/` eventual there too.
+fn level_policies(
+    cfg: &mut meridian::config::NodeConfig,
+    local: &str,
+    regions: &[&str],
+    key: Option<&std::path::Path>,
+) {
+    use meridian::replication::policy::{Consistency, Policy, PolicyTable, Replication};
+    let all: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+    let policy = |consistency| Policy {
+        consistency,
+        home: regions[0].to_string(),
+        replication: Replication::Async,
+        max_staleness_ms: 5_000,
+    };
+    let mut table = PolicyTable::new(all.clone(), policy(Consistency::Strong)).unwrap();
+    table.set(b"ev/", policy(Consistency::Eventual)).unwrap();
+    table.set(b"ca/", policy(Consistency::Causal)).unwrap();
+    cfg.region = local.to_string();
+    cfg.replication = meridian::config::replication::ReplicationConfig {
+        local_region: local.to_string(),
+        regions: all,
+        table,
+    };
+    if let Some(key) = key {
+        cfg.gossip = Some(meridian::config::gossip::GossipConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: None,
+            seeds: vec![],
+            cluster_key: key.to_path_buf(),
+            timers: meridian::membership::GossipTimers::for_max_rtt(Duration::from_millis(10)),
+        });
+    }
+}
+
+#[tokio::test]
+async fn reads_take_a_level_per_call_and_policies_are_listed() {
+    let node = TestNode::start_with(|cfg| level_policies(cfg, "r1", &["r1"], None));
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    put(addr, "ev/x", b"1").await;
+    // Linearizable (the default) is more than an eventual prefix allows.
+    let v = get(addr, "/v1/kv/ev/x").await.assert_error(400, "MER-1009");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("allowed levels: bounded, eventual"), "{m}");
+    let r = get(addr, "/v1/kv/ev/x?consistency=eventual").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["value"], "1");
+    let token = v["token"].as_str().expect("token is a string").to_owned();
+    assert!(token.parse::<u64>().unwrap() >= u64_field(&v, "version"));
+    assert!(v["staleness_ms"].is_u64(), "{v}");
+    let r = get(addr, "/v1/kv/ev/x?consistency=bounded:60000&on_stale=fail").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Without a bound: the prefix's max_staleness_ms (5000), the frontier
+    // fresh from a write just before.
+    put(addr, "ev/x", b"1").await;
+    let r = get(addr, "/v1/kv/ev/x?consistency=bounded&on_stale=fail").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(u64_field(&r.json(), "staleness_ms") <= 5_000);
+    // A session token carried between calls: read-your-writes.
+    let w = put(addr, "ca/k", b"2").await;
+    let path = format!(
+        "/v1/kv/ca/k?consistency=causal&token={}",
+        u64_field(&w, "version")
+    );
+    let r = get(addr, &path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"], "2");
+    let r = get(addr, "/v1/kv?prefix=ev/&consistency=eventual").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["kvs"].as_array().unwrap().len(), 1);
+    assert!(v["token"].is_string() && v["staleness_ms"].is_u64(), "{v}");
+    // Bad level arguments are refused before anything is read.
+    for bad in [
+        "/v1/kv/ev/x?consistency=bounded:abc",
+        "/v1/kv/ev/x?consistency=strong",
+        "/v1/kv/ca/k?consistency=causal&token=12x",
+        "/v1/kv/ev/x?token=5",
+        "/v1/kv/ev/x?consistency=eventual&at=5",
+    ] {
+        get(addr, bad).await.assert_error(400, "MER-1007");
+    }
+    let r = get(addr, "/v1/policies").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["local_region"], "r1");
+    assert_eq!(v["default"]["consistency"], "strong");
+    assert_eq!(v["default"]["prefix"], Value::Null);
+    let prefixes: Vec<&str> = v["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["ca/", "ev/"]);
+    assert_eq!(v["prefixes"][1]["consistency"], "eventual");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn the_wrong_region_and_a_stale_region_answer_421_and_503() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("cluster.key");
+    meridian::membership::generate_cluster_key(&key, false).unwrap();
+    // A node of r2; the default policy is strong and homed in r1.
+    let node = TestNode::start_with(|cfg| level_policies(cfg, "r2", &["r1", "r2"], Some(&key)));
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let r = request(addr, "PUT", "/v1/kv/s/k", b"v").await;
+    let v = r.assert_error(421, "MER-3006");
+    assert_eq!(v["error"]["home_region"], "r1", "{v}");
+    // No node of r1 is in this node's gossip: no address to give.
+    assert!(v["error"].get("address").is_none(), "{v}");
+    get(addr, "/v1/kv/s/k").await.assert_error(421, "MER-3006");
+    // No other region sends closed timestamps yet, so r2's frontier stays
+    // at 0: a bounded read is too stale here.
+    get(addr, "/v1/kv/s/k?consistency=bounded:10&on_stale=fail")
+        .await
+        .assert_error(503, "MER-3007");
+    get(addr, "/v1/kv/s/k?consistency=bounded:10")
+        .await
+        .assert_error(421, "MER-3006");
+    // Eventual prefixes take writes here.
+    put(addr, "ev/x", b"1").await;
     stop(node).await;
 }
 

@@ -3,11 +3,155 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::ConnArgs;
+use crate::client::{prefix_end, Client, SessionToken};
+use crate::engine::levels::{parse_read_choice, ReadChoice};
+use crate::replication::read::ReadLevel;
 use crate::types::{KeyValue, ReadConsistency, Timestamp};
+
+/// The read level flags of `kv get` and `kv ls` (docs/consistency.md,
+/// "Read levels"). Parsed before anything is sent.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct LevelArgs {
+    /// Read level: linearizable (the default), serializable, bounded:MS
+    /// (bounded alone: the key prefix's max_staleness_ms), causal or
+    /// eventual; a level above the key prefix's consistency is refused
+    /// (MER-1009).
+    #[arg(long)]
+    consistency: Option<String>,
+    /// Session token of a causal read: the `token` a previous reply
+    /// printed with --json (in any region or process).
+    #[arg(long)]
+    token: Option<String>,
+    /// What a bounded read does when this region is staler than the bound:
+    /// redirect (the default; to the prefix's home region) or fail.
+    #[arg(long = "on-stale")]
+    on_stale: Option<String>,
+}
+
+impl LevelArgs {
+    /// How to read; `--serializable` is `--consistency serializable`.
+    fn choice(&self, serializable: bool) -> anyhow::Result<ReadChoice> {
+        if serializable {
+            if self.consistency.is_some() {
+                anyhow::bail!("give --serializable or --consistency, not both");
+            }
+            return Ok(ReadChoice::Serializable);
+        }
+        if self.consistency.is_none() && (self.token.is_some() || self.on_stale.is_some()) {
+            anyhow::bail!("--token and --on-stale need --consistency (causal or bounded:MS)");
+        }
+        let c = self.consistency.as_deref().unwrap_or("linearizable");
+        Ok(parse_read_choice(
+            c,
+            self.token.as_deref(),
+            self.on_stale.as_deref(),
+        )?)
+    }
+}
+
+/// What a read printed with --json reports beside its result.
+struct ReadMeta {
+    served_at: Timestamp,
+    staleness_ms: u64,
+    token: SessionToken,
+}
+
+impl ReadMeta {
+    fn plain(served_at: Timestamp) -> Self {
+        ReadMeta {
+            served_at,
+            staleness_ms: 0,
+            token: SessionToken(served_at),
+        }
+    }
+
+    /// Adds `served_at`, `staleness_ms` and `token` (a string: HLC values
+    /// exceed the integers some JSON tools keep exactly) to `v`.
+    fn add_to(&self, v: &mut serde_json::Value) {
+        v["served_at"] = json!(self.served_at.0);
+        v["staleness_ms"] = json!(self.staleness_ms);
+        v["token"] = json!(self.token.to_string());
+    }
+}
+
+/// The bound of `--consistency bounded` without one: the `max_staleness_ms`
+/// of `key`'s policy, asked of the node. Other choices need none (and
+/// [`ReadChoice::level`] ignores the 0 they get), so nothing is asked.
+async fn policy_bound(client: &Client, key: &str, choice: ReadChoice) -> anyhow::Result<u64> {
+    Ok(match choice {
+        ReadChoice::BoundedByPolicy(_) => client.policy_of(key).await?.max_staleness_ms,
+        _ => 0,
+    })
+}
+
+/// Reads `key` as `choice` says.
+async fn get_as(
+    client: &Client,
+    key: &str,
+    at: Option<u64>,
+    choice: ReadChoice,
+) -> anyhow::Result<(Option<KeyValue>, ReadMeta)> {
+    let at = at.map(Timestamp);
+    let plain = match choice.level(policy_bound(client, key, choice).await?) {
+        None => ReadConsistency::Serializable,
+        Some(ReadLevel::Linearizable) => ReadConsistency::Linearizable,
+        Some(level) => {
+            // `run` refused `--at` with a local level before connecting.
+            let r = client.get_at_level(key, level).await?;
+            let meta = ReadMeta {
+                served_at: r.served_at,
+                staleness_ms: r.staleness_ms,
+                token: r.token,
+            };
+            return Ok((r.kv, meta));
+        }
+    };
+    let r = client.get_with(key, at, plain).await?;
+    Ok((r.kv, ReadMeta::plain(r.served_at)))
+}
+
+/// Lists up to `limit` keys under `prefix` at a read level, page by page;
+/// a causal listing brings each page's token to the next. Returns the
+/// pairs, whether more remain, and the last page's snapshot, the highest
+/// staleness seen and the final token.
+async fn list_at_level(
+    client: &Client,
+    prefix: &str,
+    limit: usize,
+    mut level: ReadLevel,
+) -> anyhow::Result<(Vec<KeyValue>, bool, ReadMeta)> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut start = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    let mut meta = ReadMeta::plain(Timestamp::ZERO);
+    loop {
+        let page_limit = (limit - out.len()).min(crate::limits::DEFAULT_SCAN_PAGE);
+        let page_limit = u32::try_from(page_limit.max(1)).unwrap_or(1);
+        let page = client
+            .range_at_level(&start, end.as_deref(), page_limit, level)
+            .await?;
+        meta = ReadMeta {
+            served_at: page.served_at,
+            staleness_ms: meta.staleness_ms.max(page.staleness_ms),
+            token: meta.token.max(page.token),
+        };
+        if let ReadLevel::Causal { .. } = level {
+            level = ReadLevel::Causal {
+                token: meta.token.0,
+            };
+        }
+        out.extend(page.kvs);
+        match page.next {
+            Some(next) if out.len() < limit => start = next,
+            Some(_) => return Ok((out, true, meta)),
+            None => return Ok((out, false, meta)),
+        }
+    }
+}
 
 /// Largest value read from standard input (the node enforces its own limit too).
 const MAX_STDIN_VALUE_BYTES: u64 = crate::limits::HARD_MAX_VALUE_BYTES as u64;
@@ -31,9 +175,12 @@ pub(crate) enum KvCommand {
         #[arg(long)]
         at: Option<u64>,
         /// Serve from whichever node answers, from what it has applied
-        /// (cheaper, possibly stale) instead of linearizably at the leader.
+        /// (cheaper, possibly stale) instead of linearizably at the leader
+        /// (the same as --consistency serializable).
         #[arg(long)]
         serializable: bool,
+        #[command(flatten)]
+        level: LevelArgs,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -52,6 +199,8 @@ pub(crate) enum KvCommand {
         /// Maximum keys to print.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        #[command(flatten)]
+        level: LevelArgs,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -117,24 +266,27 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             key,
             at,
             serializable,
+            level,
             conn,
         } => {
+            let choice = level.choice(serializable)?;
+            if at.is_some()
+                && !matches!(
+                    choice,
+                    ReadChoice::Serializable | ReadChoice::Level(ReadLevel::Linearizable)
+                )
+            {
+                anyhow::bail!("--at cannot be combined with a bounded, causal or eventual read: the level picks the snapshot");
+            }
             let client = conn.connect().await?;
-            let consistency = if serializable {
-                ReadConsistency::Serializable
-            } else {
-                ReadConsistency::Linearizable
-            };
-            let r = client
-                .get_with(&key, at.map(Timestamp), consistency)
-                .await?;
+            let read = get_as(&client, &key, at, choice).await;
             client.close().await;
-            let Some(kv) = r.kv else {
+            let (kv, meta) = read?;
+            let Some(kv) = kv else {
                 if conn.json {
-                    println!(
-                        "{}",
-                        json!({"key": key, "found": false, "served_at": r.served_at.0})
-                    );
+                    let mut v = json!({"key": key, "found": false});
+                    meta.add_to(&mut v);
+                    println!("{v}");
                 }
                 eprintln!("key not found: {key}");
                 return Ok(ExitCode::from(super::EXIT_FAILED));
@@ -142,7 +294,7 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             if conn.json {
                 let mut v = kv_json(&kv);
                 v["found"] = json!(true);
-                v["served_at"] = json!(r.served_at.0);
+                meta.add_to(&mut v);
                 println!("{v}");
             } else {
                 let mut out = std::io::stdout().lock();
@@ -166,14 +318,40 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
         KvCommand::Ls {
             prefix,
             limit,
+            level,
             conn,
         } => {
+            let choice = level.choice(false)?;
+            if limit == 0 {
+                anyhow::bail!("--limit must be at least 1");
+            }
             let client = conn.connect().await?;
-            let (kvs, truncated) = client.list_prefix(&prefix, limit).await?;
+            let listed = match policy_bound(&client, &prefix, choice).await {
+                Err(e) => Err(e),
+                // The default keeps its one-snapshot listing across ranges.
+                Ok(bound) => match choice.level(bound) {
+                    Some(ReadLevel::Linearizable) => client
+                        .list_prefix(&prefix, limit)
+                        .await
+                        .map(|(kvs, more)| (kvs, more, None))
+                        .map_err(anyhow::Error::from),
+                    Some(l) => list_at_level(&client, &prefix, limit, l)
+                        .await
+                        .map(|(kvs, more, meta)| (kvs, more, Some(meta))),
+                    None => Err(anyhow::anyhow!(
+                        "kv ls reads linearizable, bounded, causal or eventual (serializable listings are not offered)"
+                    )),
+                },
+            };
             client.close().await;
+            let (kvs, truncated, meta) = listed?;
             if conn.json {
                 let items: Vec<_> = kvs.iter().map(kv_json).collect();
-                println!("{}", json!({"kvs": items, "truncated": truncated}));
+                let mut v = json!({"kvs": items, "truncated": truncated});
+                if let Some(meta) = &meta {
+                    meta.add_to(&mut v);
+                }
+                println!("{v}");
             } else {
                 for kv in &kvs {
                     println!(

@@ -7,6 +7,7 @@ mod bench;
 pub mod conn;
 mod dev;
 mod kv;
+mod policy;
 mod region;
 mod txn_parse;
 mod wan;
@@ -68,6 +69,9 @@ enum Command {
     /// Key-value operations.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Key prefix consistency policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// The region's range groups: status and membership changes.
     #[command(subcommand)]
     Region(region::RegionCommand),
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Certs(c) => certs_cmd(c).map(|_| ExitCode::SUCCESS),
         Command::Kv(c) => kv::run(c).await,
+        Command::Policy(c) => policy::run(c).await,
         Command::Region(c) => region::run(c).await,
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,
@@ -324,6 +329,27 @@ mod tests {
         let refused = ClientError::from(ApiError::new(ErrorCode::ValueTooLarge, "big"));
         assert_eq!(exit_status(&anyhow::Error::from(refused)), EXIT_FAILED);
         assert_eq!(exit_status(&anyhow::anyhow!("bad flag")), EXIT_FAILED);
+    }
+
+    #[test]
+    fn kv_get_takes_read_level_flags() {
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "kv",
+            "get",
+            "k",
+            "--consistency",
+            "bounded:200",
+            "--on-stale",
+            "fail",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Kv(kv::KvCommand::Get { .. })
+        ));
+        let cli = Cli::try_parse_from(["meridian", "policy", "ls", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Policy(_)));
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! have been applied.
 
 mod error;
+mod level;
 pub mod liveness;
 pub mod routes;
 
@@ -43,6 +44,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use error::{ClientError, OutcomeUnknown};
+pub use level::{
+    policy_for, LevelGetResponse, LevelRangeResponse, Session, SessionToken, TokenError,
+};
 use liveness::{Liveness, Verdict};
 use routes::Routes;
 pub use routes::{RouteRange, Target};
@@ -234,6 +238,63 @@ pub struct Client {
     learning: tokio::sync::Mutex<()>,
     /// The task finishing the handshakes [`Client::connect`] did not wait for.
     dialing: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// Most sends one request makes after a `WrongRegion` refusal: to the node
+/// of the home region it names, then to that region's leader (a
+/// `NotLeader` there), and once more if the home moved meanwhile.
+pub const MAX_REGION_HOPS: usize = 4;
+
+/// A successful reply: its snapshot timestamp, for a level read its
+/// staleness and session token, and the body.
+struct Answer {
+    served_at: Timestamp,
+    /// `(staleness_ms, token)` of a level read ([`ResponseV1::OkLevel`]).
+    level: Option<(u64, Timestamp)>,
+    body: ResponseBodyV1,
+}
+
+/// What a reply means for [`Client::call_answer`].
+enum Reply {
+    /// A result.
+    Done(Answer),
+    /// Not the range's leader; nothing was written.
+    NotLeader {
+        leader: Option<String>,
+        message: String,
+    },
+    /// Not the prefix's home region; nothing was written.
+    WrongRegion(ApiError),
+}
+
+impl Answer {
+    /// Sorts a decoded reply; a node's error is returned as the error.
+    fn of(reply: ResponseV1) -> Result<Reply, ClientError> {
+        Ok(match reply {
+            ResponseV1::Ok { served_at, body } => Reply::Done(Answer {
+                served_at: Timestamp(served_at),
+                level: None,
+                body,
+            }),
+            ResponseV1::OkLevel {
+                served_at,
+                staleness_ms,
+                token,
+                body,
+            } => Reply::Done(Answer {
+                served_at: Timestamp(served_at),
+                level: Some((staleness_ms, Timestamp(token))),
+                body,
+            }),
+            ResponseV1::Err { code, message } => return Err(wire::api_error(code, message).into()),
+            ResponseV1::NotLeader { leader, message } => Reply::NotLeader { leader, message },
+            ResponseV1::WrongRegion {
+                home,
+                addr,
+                message,
+            } => Reply::WrongRegion(ApiError::wrong_region(message, home, addr)),
+        })
+    }
 }
 
 /// Most times one request is retried (after `NotLeader` or an unreachable
@@ -681,8 +742,16 @@ impl Client {
 
     /// Sends one request and returns `(served_at, body)`, following
     /// `NotLeader` replies (nothing was written when a node sends one, so
-    /// retrying elsewhere is safe) up to [`MAX_ATTEMPTS`] times.
+    /// retrying elsewhere is safe) up to [`MAX_ATTEMPTS`] times, and
+    /// `WrongRegion` replies that name a node of the home region up to
+    /// [`MAX_REGION_HOPS`] times.
     async fn call(&self, req: &RequestV1) -> Result<(Timestamp, ResponseBodyV1), ClientError> {
+        let answer = self.call_answer(req).await?;
+        Ok((answer.served_at, answer.body))
+    }
+
+    /// [`Client::call`], keeping a level read's staleness and token.
+    async fn call_answer(&self, req: &RequestV1) -> Result<Answer, ClientError> {
         let frame = wire::encode_request(req);
         let target = Target::of(req);
         let read_only = routes::is_read_only(req);
@@ -691,31 +760,99 @@ impl Client {
             let (asked, raw) = self
                 .send_routed_by(deadline, &target, &frame, read_only)
                 .await?;
-            match wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))? {
-                ResponseV1::Ok { served_at, body } => return Ok((Timestamp(served_at), body)),
-                ResponseV1::Err { code, message } => {
-                    return Err(wire::api_error(code, message).into())
+            let reply =
+                wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let (leader, message) = match Answer::of(reply)? {
+                Reply::Done(answer) => return Ok(answer),
+                Reply::WrongRegion(e) => return self.follow(&frame, read_only, deadline, e).await,
+                // A level read goes to any node, so the leader cache (by
+                // range) does not route it; when the node it reached needs
+                // the leader (a causal read past its wait at the home
+                // region), send it to the leader named.
+                Reply::NotLeader { leader, message }
+                    if target == Target::Any && leader.is_some() =>
+                {
+                    let e = ApiError::not_leader(message, leader);
+                    return self.follow(&frame, read_only, deadline, e).await;
                 }
-                ResponseV1::NotLeader { leader, message } => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(ClientError::Api(ApiError::not_leader(message, leader)));
-                    }
-                    if !lock(&self.routes).knows_ranges() {
-                        self.learn_ranges(deadline).await;
-                    }
-                    let named = leader.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
-                    let cached =
-                        lock(&self.routes).not_leader(&target, asked, named, Instant::now());
-                    if !cached {
-                        tokio::time::sleep(NO_LEADER_BACKOFF).await;
-                    }
-                }
+                Reply::NotLeader { leader, message } => (leader, message),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Api(ApiError::not_leader(message, leader)));
+            }
+            if !lock(&self.routes).knows_ranges() {
+                self.learn_ranges(deadline).await;
+            }
+            let named = leader.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
+            let cached = lock(&self.routes).not_leader(&target, asked, named, Instant::now());
+            if !cached {
+                tokio::time::sleep(NO_LEADER_BACKOFF).await;
             }
         }
         Err(ClientError::Api(ApiError::not_leader(
             format!("no leader found after {MAX_ATTEMPTS} attempts"),
             None,
         )))
+    }
+
+    /// Follows a refusal that names where to go (nothing was written): a
+    /// `WrongRegion` to the node of the home region it names, or a
+    /// `NotLeader` to the leader, then further `NotLeader` redirects, at
+    /// most [`MAX_REGION_HOPS`] sends in all. Returns the latest refusal
+    /// when it names no node, or when the hops or the deadline run out.
+    /// Leaders found here are not cached: the leader cache is by range of
+    /// this client's own region.
+    async fn follow(
+        &self,
+        frame: &[u8],
+        read_only: bool,
+        deadline: tokio::time::Instant,
+        mut refusal: ApiError,
+    ) -> Result<Answer, ClientError> {
+        for _ in 0..MAX_REGION_HOPS {
+            let Some(addr) = refusal
+                .leader_hint
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            else {
+                return Err(ClientError::Api(refusal));
+            };
+            let sent = AtomicBool::new(false);
+            let raw = match tokio::time::timeout_at(deadline, self.exchange_at(addr, frame, &sent))
+                .await
+            {
+                Ok(Ok(raw)) => raw,
+                Ok(Err(SendFailure::Final(e))) => return Err(e),
+                Ok(Err(SendFailure::NotSent(last))) => {
+                    return Err(ClientError::Connect {
+                        endpoints: addr.to_string(),
+                        last,
+                    })
+                }
+                Err(_) if sent.load(Ordering::Relaxed) && !read_only => {
+                    return Err(OutcomeUnknown::Timeout(self.cfg.request_timeout).into())
+                }
+                Err(_) => return Err(ClientError::Timeout(self.cfg.request_timeout)),
+            };
+            let reply =
+                wire::decode_response(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            match Answer::of(reply)? {
+                Reply::Done(answer) => return Ok(answer),
+                Reply::WrongRegion(e) => refusal = e,
+                Reply::NotLeader { leader, message } => {
+                    if leader.is_none() {
+                        tokio::time::sleep(NO_LEADER_BACKOFF).await;
+                    }
+                    // Same kind of refusal (and home region), new target.
+                    refusal = ApiError {
+                        message,
+                        leader_hint: leader.or_else(|| Some(addr.to_string())),
+                        ..refusal
+                    };
+                }
+            }
+        }
+        Err(ClientError::Api(refusal))
     }
 
     /// Sends a raw frame payload to the home node and returns the raw reply
@@ -822,6 +959,35 @@ impl Client {
         let req = RequestV1::Put {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
+        };
+        self.write(&req).await
+    }
+
+    /// [`Client::put`] stamped above a session token (writes follow reads):
+    /// the node merges `token` into its clock first.
+    pub async fn put_after(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        token: Timestamp,
+    ) -> Result<WriteResponse, ClientError> {
+        let req = RequestV1::PutAfter {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            token: token.0,
+        };
+        self.write(&req).await
+    }
+
+    /// [`Client::delete`] stamped above a session token.
+    pub async fn delete_after(
+        &self,
+        key: impl AsRef<[u8]>,
+        token: Timestamp,
+    ) -> Result<WriteResponse, ClientError> {
+        let req = RequestV1::DeleteAfter {
+            key: key.as_ref().to_vec(),
+            token: token.0,
         };
         self.write(&req).await
     }
@@ -993,6 +1159,14 @@ impl Client {
     pub async fn members(&self) -> Result<Vec<crate::wire::MemberV1>, ClientError> {
         match self.call(&RequestV1::Members).await? {
             (_, ResponseBodyV1::Members(m)) => Ok(m),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Every prefix policy and the default, as the connected node holds them.
+    pub async fn policies(&self) -> Result<crate::wire::PoliciesV1, ClientError> {
+        match self.call(&RequestV1::Policies).await? {
+            (_, ResponseBodyV1::Policies(p)) => Ok(p),
             (_, other) => Err(Self::unexpected(other)),
         }
     }

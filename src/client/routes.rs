@@ -39,6 +39,8 @@ impl Target {
         match req {
             RequestV1::Get { key, .. }
             | RequestV1::Put { key, .. }
+            | RequestV1::PutAfter { key, .. }
+            | RequestV1::DeleteAfter { key, .. }
             | RequestV1::Delete { key }
             | RequestV1::History { key, .. } => Target::Key(key.clone()),
             RequestV1::GetWith {
@@ -79,8 +81,11 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::PeerPing
         | RequestV1::RegionStatus
         | RequestV1::Members
-        | RequestV1::LeaderHints => true,
+        | RequestV1::LeaderHints
+        | RequestV1::Policies => true,
         RequestV1::Put { .. }
+        | RequestV1::PutAfter { .. }
+        | RequestV1::DeleteAfter { .. }
         | RequestV1::Delete { .. }
         | RequestV1::Txn(_)
         | RequestV1::RegionChange(_)

@@ -19,8 +19,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tracing::Instrument;
+
+pub mod levels;
 pub mod replicated;
 
+pub use levels::{LevelRead, Serve, CAUSAL_WAIT};
 pub use replicated::Replicated;
 
 pub use crate::decide::{compare_holds, WriteKind};
@@ -32,6 +36,7 @@ use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_HISTORY_PAGE};
 use crate::raft::RangeGroup;
 use crate::replication::policy::{Policy, PolicyTable};
+use crate::replication::read::{next_token, ReadLevel};
 use crate::storage::{GcSpan, MvccStore, StorageError};
 use crate::types::{CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry};
 
@@ -331,7 +336,128 @@ impl Engine {
     }
 
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
+        self.check_write_region(&kind)?;
         self.region.write(&self.hlc, kind).await
+    }
+
+    /// Refuses, before anything is proposed, a write touching a key of a
+    /// strong prefix homed in another region (`MER-3006`); causal and
+    /// eventual prefixes accept writes here (design.md, "Writes").
+    fn check_write_region(&self, kind: &WriteKind) -> Result<(), ApiError> {
+        let keys: Vec<&[u8]> = match kind {
+            WriteKind::Put { key, .. } | WriteKind::Delete { key } => vec![key],
+            WriteKind::Txn(t) => t
+                .compares
+                .iter()
+                .map(|c| c.key.as_slice())
+                .chain(t.success.iter().chain(&t.failure).map(Op::key))
+                .collect(),
+        };
+        keys.into_iter().try_for_each(|key| {
+            let (prefix, policy) = self.policy_of(key);
+            levels::check_write(levels::KeyPolicy {
+                prefix: prefix.as_deref(),
+                policy: &policy,
+                local_region: &self.regions.local,
+            })
+        })
+    }
+
+    /// Decides where a read of `key` at `level` is served, driving
+    /// [`crate::replication::read::decide`] with the key's policy, this
+    /// node's region, the range's frontier here and the clock, waiting at
+    /// most [`CAUSAL_WAIT`] for a causal token.
+    async fn resolve_level(&self, key: &[u8], level: &ReadLevel) -> Result<Serve, ApiError> {
+        levels::check_level(level)?;
+        if let ReadLevel::Causal { token } = level {
+            // A token is an HLC timestamp from some node's reply: one far
+            // ahead of our wall clock is refused like any remote timestamp
+            // (design.md, Clocks), so a forged token cannot stall reads.
+            self.hlc.check_remote(*token).map_err(clock_error)?;
+        }
+        let (prefix, policy) = self.policy_of(key);
+        let key_policy = levels::KeyPolicy {
+            prefix: prefix.as_deref(),
+            policy: &policy,
+            local_region: &self.regions.local,
+        };
+        let env = KeyEnv { engine: self, key };
+        levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await
+    }
+
+    /// Reads `key` at a per-call `level` (docs/consistency.md, "Read
+    /// levels"): at the home leader, or locally at this region's frontier,
+    /// as the key's policy and the level decide.
+    pub async fn get_level(
+        &self,
+        key: Vec<u8>,
+        level: ReadLevel,
+    ) -> Result<LevelRead<Option<KeyValue>>, ApiError> {
+        self.check_key(&key)?;
+        let r = &self.region;
+        let range = r.range_of(&key)?;
+        let span = level_span(&self.regions.local, range.id, &level);
+        let decided = self.resolve_level(&key, &level).instrument(span).await?;
+        let (ts, staleness_ms) = match decided {
+            Serve::Leader => (r.read_ts(&self.hlc, range, None).await?, 0),
+            Serve::Local { at, staleness_ms } => (at, staleness_ms),
+        };
+        let value = self.store.get(&key, ts).map_err(storage_error)?;
+        Ok(LevelRead {
+            value,
+            served_at: ts,
+            staleness_ms,
+            token: next_token(brought_token(&level), ts),
+        })
+    }
+
+    /// One page of live keys in `[start, end)` at a per-call `level`. A
+    /// page never crosses a policy boundary (nor a range boundary): the
+    /// level is decided for the policy of `start`, and `next` continues
+    /// at the boundary.
+    pub async fn range_level(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        level: ReadLevel,
+    ) -> Result<LevelRead<RangePage>, ApiError> {
+        let limit = self.page_limit(limit, &start, end.as_deref())?;
+        let r = &self.region;
+        let range = r.range_of(&start)?;
+        let span = level_span(&self.regions.local, range.id, &level);
+        let decided = self.resolve_level(&start, &level).instrument(span).await?;
+        let (ts, staleness_ms) = match decided {
+            Serve::Leader => {
+                let at = self.hlc.now().map_err(clock_error)?;
+                (r.read_ts(&self.hlc, range, Some(at)).await?, 0)
+            }
+            Serve::Local { at, staleness_ms } => (at, staleness_ms),
+        };
+        let page = self.scan_page(range, &start, end, limit, ts)?;
+        Ok(LevelRead {
+            value: page,
+            served_at: ts,
+            staleness_ms,
+            token: next_token(brought_token(&level), ts),
+        })
+    }
+
+    /// Where the policy covering `start` ends: the end of its prefix, or,
+    /// under the default policy, the next prefix with a policy of its own.
+    fn policy_span_end(&self, start: &[u8]) -> Option<Vec<u8>> {
+        let table = self
+            .policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match table.policy_of(start) {
+            (Some(prefix), _) => levels::prefix_end(prefix),
+            (None, _) => table
+                .prefixes()
+                .map(|(p, _)| p)
+                .find(|p| *p > start)
+                .map(<[u8]>::to_vec),
+        }
     }
 
     /// Writes `value` at `key`.
@@ -343,6 +469,54 @@ impl Engine {
             version: out.version,
             existed: true,
         })
+    }
+
+    /// [`Engine::put`] by a session holding `token` (writes follow reads,
+    /// design.md): the token is merged into the clock first (HLC receive
+    /// rule; refused with `MER-3002` when more than `clock.max_offset_ms`
+    /// ahead, and nothing is written), so the write is stamped above it.
+    pub async fn put_after(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        token: Timestamp,
+    ) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        self.merge_token(token)?;
+        let out = self.submit(WriteKind::Put { key, value }).await?;
+        debug_assert!(out.version > token, "stamped above the session token");
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: true,
+        })
+    }
+
+    /// [`Engine::delete`] by a session holding `token` (see
+    /// [`Engine::put_after`]).
+    pub async fn delete_after(
+        &self,
+        key: Vec<u8>,
+        token: Timestamp,
+    ) -> Result<WriteOutcome, ApiError> {
+        self.check_key(&key)?;
+        self.merge_token(token)?;
+        let out = self.submit(WriteKind::Delete { key }).await?;
+        Ok(WriteOutcome {
+            version: out.version,
+            existed: out.succeeded,
+        })
+    }
+
+    /// Merges a session token into the clock, so every timestamp this node
+    /// issues next is above it. The state machine applies a write at
+    /// `max(proposed_at, last_applied + 1)`, never below its stamp, so a
+    /// write proposed here afterwards has a version above the token.
+    fn merge_token(&self, token: Timestamp) -> Result<(), ApiError> {
+        if token > self.hlc.last() {
+            self.hlc.update(token).map_err(clock_error)?;
+        }
+        Ok(())
     }
 
     /// Deletes `key` (a tombstone; history keeps older versions).
@@ -382,7 +556,11 @@ impl Engine {
         let r = &self.region;
         let range = r.range_of(&key)?;
         let ts = match consistency {
-            ReadConsistency::Linearizable => r.read_ts(&self.hlc, range, at).await?,
+            ReadConsistency::Linearizable => {
+                // The key's prefix must allow it and this must be its home.
+                self.resolve_level(&key, &ReadLevel::Linearizable).await?;
+                r.read_ts(&self.hlc, range, at).await?
+            }
             ReadConsistency::Serializable => r.local_ts(range, at)?,
         };
         let value = self.store.get(&key, ts).map_err(storage_error)?;
@@ -413,29 +591,7 @@ impl Engine {
         at: Option<Timestamp>,
         consistency: ReadConsistency,
     ) -> Result<Served<RangePage>, ApiError> {
-        let limit = match limit {
-            0 => crate::limits::DEFAULT_SCAN_PAGE.min(self.limits.max_scan_page),
-            n if n > self.limits.max_scan_page => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "limit {n} exceeds max_scan_page {}",
-                        self.limits.max_scan_page
-                    ),
-                ))
-            }
-            n => n,
-        };
-        if start.len() > self.limits.max_key_bytes
-            || end
-                .as_ref()
-                .is_some_and(|e| e.len() > self.limits.max_key_bytes)
-        {
-            return Err(ApiError::new(
-                ErrorCode::KeyTooLarge,
-                "range bound longer than max_key_bytes",
-            ));
-        }
+        let limit = self.page_limit(limit, &start, end.as_deref())?;
         let r = &self.region;
         // One page never crosses a range boundary: each range has its own
         // applied timestamp. Paging continues in the next range.
@@ -450,6 +606,7 @@ impl Engine {
         let ts = match consistency {
             ReadConsistency::Serializable => r.local_ts(range, at)?,
             ReadConsistency::Linearizable => {
+                self.resolve_level(&start, &ReadLevel::Linearizable).await?;
                 let at = match at {
                     Some(t) => t,
                     None => self.hlc.now().map_err(clock_error)?,
@@ -457,25 +614,70 @@ impl Engine {
                 r.read_ts(&self.hlc, range, Some(at)).await?
             }
         };
-        let clip = match (&end, &range.end) {
-            (Some(e), Some(re)) if re < e => Some(re.clone()),
-            (None, Some(re)) => Some(re.clone()),
-            _ => None,
+        let page = self.scan_page(range, &start, end, limit, ts)?;
+        Ok(Served {
+            value: page,
+            served_at: ts,
+        })
+    }
+
+    /// The page size for `limit` (0: the default), after checking it and
+    /// the bounds against the limits.
+    fn page_limit(
+        &self,
+        limit: usize,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<usize, ApiError> {
+        let limit = match limit {
+            0 => crate::limits::DEFAULT_SCAN_PAGE.min(self.limits.max_scan_page),
+            n if n > self.limits.max_scan_page => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "limit {n} exceeds max_scan_page {}",
+                        self.limits.max_scan_page
+                    ),
+                ))
+            }
+            n => n,
         };
-        let (end, range_end) = match clip {
-            Some(re) => (Some(re.clone()), Some(re)),
-            None => (end, None),
-        };
+        if start.len() > self.limits.max_key_bytes
+            || end.is_some_and(|e| e.len() > self.limits.max_key_bytes)
+        {
+            return Err(ApiError::new(
+                ErrorCode::KeyTooLarge,
+                "range bound longer than max_key_bytes",
+            ));
+        }
+        Ok(limit)
+    }
+
+    /// Scans `[start, end)` at `ts`, clipped to `range` and to the policy
+    /// covering `start`; `next` continues past the clip.
+    fn scan_page(
+        &self,
+        range: &crate::raft::RangeDescriptor,
+        start: &[u8],
+        end: Option<Vec<u8>>,
+        limit: usize,
+        ts: Timestamp,
+    ) -> Result<RangePage, ApiError> {
+        // The nearest of the range's end and the policy's end, if it cuts
+        // the requested span short.
+        let clip = [range.end.clone(), self.policy_span_end(start)]
+            .into_iter()
+            .flatten()
+            .filter(|c| end.as_ref().is_none_or(|e| c < e))
+            .min();
+        let end = clip.clone().or(end);
         let page = self
             .store
-            .scan(&start, end.as_deref(), ts, limit)
+            .scan(start, end.as_deref(), ts, limit)
             .map_err(storage_error)?;
-        Ok(Served {
-            value: RangePage {
-                kvs: page.items,
-                next: page.next_key.or(range_end),
-            },
-            served_at: ts,
+        Ok(RangePage {
+            kvs: page.items,
+            next: page.next_key.or(clip),
         })
     }
 
@@ -503,6 +705,42 @@ impl Engine {
             value: entries,
             served_at: ts,
         })
+    }
+}
+
+/// The span of a level read's decision (and causal wait), with the fields
+/// an operator filters by.
+fn level_span(region: &str, range: u64, level: &ReadLevel) -> tracing::Span {
+    tracing::debug_span!(
+        "level_read",
+        region,
+        range,
+        level = levels::level_name(level)
+    )
+}
+
+/// The session token a level brings (causal reads only).
+fn brought_token(level: &ReadLevel) -> Option<Timestamp> {
+    match level {
+        ReadLevel::Causal { token } => Some(*token),
+        _ => None,
+    }
+}
+
+/// The frontier of one key's range and the engine's clock, for
+/// [`levels::resolve`].
+struct KeyEnv<'a> {
+    engine: &'a Engine,
+    key: &'a [u8],
+}
+
+impl levels::LevelEnv for KeyEnv<'_> {
+    fn frontier(&self) -> Result<Timestamp, ApiError> {
+        self.engine.frontier_of(self.key)
+    }
+
+    fn now(&self) -> Result<Timestamp, ApiError> {
+        self.engine.hlc.now().map_err(clock_error)
     }
 }
 

@@ -81,7 +81,17 @@ pub(crate) fn encode_page_token(next: &[u8]) -> String {
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetQuery {
     /// Snapshot timestamp: a u64 HLC value or `unix_ms.logical`. Default: latest.
+    /// Only with linearizable or serializable reads.
     pub(crate) at: Option<String>,
+    /// Read level: `linearizable` (default), `serializable`, `bounded:MS`,
+    /// `causal` or `eventual` (docs/consistency.md, "Read levels").
+    pub(crate) consistency: Option<String>,
+    /// Session token of a causal read: a previous reply's `token`.
+    pub(crate) token: Option<String>,
+    /// What a bounded read does when this region is too stale:
+    /// `redirect` (default; 421 MER-3006 naming the home region) or `fail`
+    /// (503 MER-3007).
+    pub(crate) on_stale: Option<String>,
 }
 
 /// Query of `GET /v1/kv` (a range scan).
@@ -102,6 +112,13 @@ pub(crate) struct RangeQuery {
     pub(crate) at: Option<String>,
     /// `next_page_token` of the previous page.
     pub(crate) page_token: Option<String>,
+    /// Read level, as for `GET /v1/kv/{key}`; decided for the policy of the
+    /// page's first key (a page stops at a policy boundary).
+    pub(crate) consistency: Option<String>,
+    /// Session token of a causal read.
+    pub(crate) token: Option<String>,
+    /// `redirect` (default) or `fail`, for bounded reads.
+    pub(crate) on_stale: Option<String>,
 }
 
 /// A resolved range scan: `[start, end)`.
@@ -165,17 +182,47 @@ pub(crate) struct GetResponse {
     pub(crate) served_at: u64,
     /// `served_at` as `unix_ms.logical`.
     pub(crate) served_at_str: String,
+    /// How far the snapshot was behind the node's clock, ms (0 for
+    /// linearizable and serializable reads, which do not measure it).
+    pub(crate) staleness_ms: u64,
+    /// The session token to pass as `token=` to the next causal read, as a
+    /// decimal string (HLC values exceed JSON's exact integers).
+    pub(crate) token: String,
+}
+
+/// Where and how stale a read was served, and the token it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServedMeta {
+    /// HLC of the snapshot.
+    pub(crate) served_at: Timestamp,
+    /// Staleness, ms.
+    pub(crate) staleness_ms: u64,
+    /// The new session token.
+    pub(crate) token: Timestamp,
+}
+
+impl ServedMeta {
+    /// A read that reports no staleness: its token is its snapshot.
+    pub(crate) fn plain(served_at: Timestamp) -> Self {
+        ServedMeta {
+            served_at,
+            staleness_ms: 0,
+            token: served_at,
+        }
+    }
 }
 
 impl GetResponse {
-    pub(crate) fn new(key: String, kv: &KeyValue, served_at: Timestamp) -> Self {
+    pub(crate) fn new(key: String, kv: &KeyValue, meta: ServedMeta) -> Self {
         GetResponse {
             key,
             value: utf8(&kv.value),
             value_b64: b64(&kv.value),
             version: kv.version.0,
-            served_at: served_at.0,
-            served_at_str: served_at.to_string(),
+            served_at: meta.served_at.0,
+            served_at_str: meta.served_at.to_string(),
+            staleness_ms: meta.staleness_ms,
+            token: meta.token.0.to_string(),
         }
     }
 }
@@ -251,6 +298,50 @@ pub(crate) struct RangeResponse {
     pub(crate) served_at: u64,
     /// `served_at` as `unix_ms.logical`.
     pub(crate) served_at_str: String,
+    /// How far the snapshot was behind the node's clock, ms.
+    pub(crate) staleness_ms: u64,
+    /// The session token for the next causal read (decimal string).
+    pub(crate) token: String,
+}
+
+/// One policy in `GET /v1/policies`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyJson {
+    /// The key prefix (UTF-8, lossy); null for the default policy.
+    pub(crate) prefix: Option<String>,
+    /// strong, causal or eventual.
+    pub(crate) consistency: String,
+    /// The home region.
+    pub(crate) home: String,
+    /// async or sync-N.
+    pub(crate) replication: String,
+    /// Default bound of bounded reads, ms.
+    pub(crate) max_staleness_ms: u64,
+}
+
+/// Reply of `GET /v1/policies`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PoliciesResponse {
+    /// The answering node's region.
+    pub(crate) local_region: String,
+    /// Every region of the cluster.
+    pub(crate) regions: Vec<String>,
+    /// The policy of keys under no prefix policy.
+    pub(crate) default: PolicyJson,
+    /// Prefix policies, in key order.
+    pub(crate) prefixes: Vec<PolicyJson>,
+}
+
+impl PolicyJson {
+    pub(crate) fn new(prefix: Option<&[u8]>, p: &crate::replication::policy::Policy) -> Self {
+        PolicyJson {
+            prefix: prefix.map(|b| String::from_utf8_lossy(b).into_owned()),
+            consistency: p.consistency.as_str().to_owned(),
+            home: p.home.clone(),
+            replication: p.replication.to_string(),
+            max_staleness_ms: p.max_staleness_ms,
+        }
+    }
 }
 
 /// Relation of a transaction compare.

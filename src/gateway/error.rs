@@ -36,6 +36,13 @@ pub(crate) struct ErrorDetail {
     pub(crate) message: String,
     /// What the caller should do about it.
     pub(crate) remedy: String,
+    /// For MER-3006 (wrong region): the key prefix's home region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) home_region: Option<String>,
+    /// For MER-3006: a client (QUIC) address of a node in the home region,
+    /// when gossip knows one; for MER-3004: the leader's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) address: Option<String>,
 }
 
 /// A failed request, before it is rendered as JSON.
@@ -71,8 +78,13 @@ impl GatewayError {
     }
 
     fn body(self) -> ErrorBody {
+        let (mut home_region, mut address) = (None, None);
         let (code, message, remedy) = match self {
-            GatewayError::Api(e) => (e.code.as_str().to_owned(), e.message, e.code.remedy()),
+            GatewayError::Api(e) => {
+                home_region = e.home_region;
+                address = e.leader_hint;
+                (e.code.as_str().to_owned(), e.message, e.code.remedy())
+            }
             GatewayError::NotFound(message) => (
                 NOT_FOUND_CODE.to_owned(),
                 message,
@@ -89,6 +101,8 @@ impl GatewayError {
                 code,
                 message,
                 remedy: remedy.to_owned(),
+                home_region,
+                address,
             },
         }
     }
@@ -116,7 +130,9 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
+        ErrorCode::NotLeader | ErrorCode::WrongRegion => StatusCode::MISDIRECTED_REQUEST,
+        ErrorCode::TooStale => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::LevelNotAllowed => StatusCode::BAD_REQUEST,
         // Not a refusal: the write may have been applied. 504 says "no
         // definite answer from upstream", and the body's code says the rest.
         ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,

@@ -16,12 +16,15 @@ use axum::Json;
 use super::dto::{
     encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
     HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, MemberJson, MembersResponse,
-    PutResponse, RangeQuery, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+    PoliciesResponse, PolicyJson, PutResponse, RangeQuery, RangeResponse, RawValue, ServedMeta,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
 use super::{observe, GatewayState};
+use crate::engine::levels::{parse_read_choice, ReadChoice};
 use crate::error_code::ErrorCode;
-use crate::types::Timestamp;
+use crate::replication::read::ReadLevel;
+use crate::types::{ReadConsistency, Timestamp};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -66,13 +69,55 @@ fn empty_key() -> GatewayError {
     )
 }
 
-/// Reads one key.
+/// How a read was asked for: the query's `consistency`, `token` and
+/// `on_stale`. `None`: no `consistency` (a linearizable read, as before
+/// levels existed, with `at` allowed).
+fn read_choice(
+    consistency: Option<&str>,
+    token: Option<&str>,
+    on_stale: Option<&str>,
+) -> Result<Option<ReadChoice>, GatewayError> {
+    match consistency {
+        Some(c) => Ok(Some(parse_read_choice(c, token, on_stale)?)),
+        None if token.is_some() || on_stale.is_some() => Err(GatewayError::api(
+            ErrorCode::InvalidArgument,
+            "token and on_stale need a consistency (causal or bounded:MS)",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The level a read asked for (`None`: serializable); no `consistency`
+/// means linearizable. `bound` is the key's policy's `max_staleness_ms`,
+/// the bound of `consistency=bounded` without one.
+fn level_of(choice: Option<ReadChoice>, bound: u64) -> Option<ReadLevel> {
+    match choice {
+        None => Some(ReadLevel::Linearizable),
+        Some(c) => c.level(bound),
+    }
+}
+
+/// Refuses `at` with a level that picks its own snapshot.
+fn no_snapshot_with_level(at: Option<Timestamp>) -> Result<(), GatewayError> {
+    match at {
+        Some(_) => Err(GatewayError::api(
+            ErrorCode::InvalidArgument,
+            "at= cannot be combined with a bounded, causal or eventual read: the level picks the snapshot",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads one key, at a per-call level when `consistency` is given.
 #[utoipa::path(get, path = "/v1/kv/{key}", tag = "kv",
     params(("key" = String, Path, description = "The key, percent-encoded; may contain '/'"), GetQuery),
     responses(
         (status = 200, description = "The live value", body = GetResponse),
+        (status = 400, description = "Bad consistency, token or on_stale (MER-1007), or a level the prefix does not allow (MER-1009)", body = ErrorBody),
         (status = 404, description = "No live value at the snapshot (code not_found)", body = ErrorBody),
         (status = 410, description = "Snapshot below the GC horizon (MER-1008)", body = ErrorBody),
+        (status = 421, description = "This region is not the prefix's home (MER-3006): home_region and address say where to go", body = ErrorBody),
+        (status = 503, description = "A bounded read with on_stale=fail found this region too stale (MER-3007)", body = ErrorBody),
     ))]
 pub(crate) async fn get_key(
     State(state): State<GatewayState>,
@@ -81,13 +126,45 @@ pub(crate) async fn get_key(
 ) -> Response {
     observe(&state, "get", async {
         let key = path_key(path)?;
-        let at = at(query(q)?.at.as_deref())?;
-        let served = state.engine.get(key.clone().into_bytes(), at).await?;
-        match served.value {
-            Some(kv) => Ok(Json(GetResponse::new(key, &kv, served.served_at)).into_response()),
+        let q = query(q)?;
+        let at = at(q.at.as_deref())?;
+        let choice = read_choice(
+            q.consistency.as_deref(),
+            q.token.as_deref(),
+            q.on_stale.as_deref(),
+        )?;
+        let engine = &state.engine;
+        let k = key.clone().into_bytes();
+        let bound = engine.policy_of(&k).1.max_staleness_ms;
+        let (value, meta) = match level_of(choice, bound) {
+            None => {
+                let s = engine
+                    .get_with(k, at, ReadConsistency::Serializable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(ReadLevel::Linearizable) => {
+                let s = engine
+                    .get_with(k, at, ReadConsistency::Linearizable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(level) => {
+                no_snapshot_with_level(at)?;
+                let r = engine.get_level(k, level).await?;
+                let meta = ServedMeta {
+                    served_at: r.served_at,
+                    staleness_ms: r.staleness_ms,
+                    token: r.token,
+                };
+                (r.value, meta)
+            }
+        };
+        match value {
+            Some(kv) => Ok(Json(GetResponse::new(key, &kv, meta)).into_response()),
             None => Err(GatewayError::NotFound(format!(
-                "key {key:?} has no live value at {}",
-                served.served_at
+                "key {key:?} has no live value at {} (token {})",
+                meta.served_at, meta.token.0
             ))),
         }
     })
@@ -148,11 +225,14 @@ pub(crate) async fn empty_key_route(State(state): State<GatewayState>) -> Respon
     observe(&state, "empty_key", async { Err(empty_key()) }).await
 }
 
-/// Lists live keys by prefix or range, one page at a time.
+/// Lists live keys by prefix or range, one page at a time, at a per-call
+/// level when `consistency` is given.
 #[utoipa::path(get, path = "/v1/kv", tag = "kv", params(RangeQuery),
     responses(
         (status = 200, description = "One page of live pairs in key order", body = RangeResponse),
-        (status = 400, description = "Bad bounds, limit or page token (MER-1007)", body = ErrorBody),
+        (status = 400, description = "Bad bounds, limit, page token or level (MER-1007), or a level the prefix does not allow (MER-1009)", body = ErrorBody),
+        (status = 421, description = "This region is not the prefix's home (MER-3006)", body = ErrorBody),
+        (status = 503, description = "A bounded read with on_stale=fail found this region too stale (MER-3007)", body = ErrorBody),
     ))]
 pub(crate) async fn range(
     State(state): State<GatewayState>,
@@ -162,15 +242,65 @@ pub(crate) async fn range(
         let q = query(q)?;
         let bounds = q.bounds()?;
         let at = at(q.at.as_deref())?;
-        let served = state
-            .engine
-            .range(bounds.start, bounds.end, q.limit.unwrap_or(0), at)
-            .await?;
+        let choice = read_choice(
+            q.consistency.as_deref(),
+            q.token.as_deref(),
+            q.on_stale.as_deref(),
+        )?;
+        let (start, end, limit) = (bounds.start, bounds.end, q.limit.unwrap_or(0));
+        let engine = &state.engine;
+        let bound = engine.policy_of(&start).1.max_staleness_ms;
+        let (page, meta) = match level_of(choice, bound) {
+            None => {
+                let s = engine
+                    .range_with(start, end, limit, at, ReadConsistency::Serializable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(ReadLevel::Linearizable) => {
+                let s = engine
+                    .range_with(start, end, limit, at, ReadConsistency::Linearizable)
+                    .await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Some(level) => {
+                no_snapshot_with_level(at)?;
+                let r = engine.range_level(start, end, limit, level).await?;
+                let meta = ServedMeta {
+                    served_at: r.served_at,
+                    staleness_ms: r.staleness_ms,
+                    token: r.token,
+                };
+                (r.value, meta)
+            }
+        };
         Ok(Json(RangeResponse {
-            kvs: served.value.kvs.iter().map(KvItem::from).collect(),
-            next_page_token: served.value.next.as_deref().map(encode_page_token),
-            served_at: served.served_at.0,
-            served_at_str: served.served_at.to_string(),
+            kvs: page.kvs.iter().map(KvItem::from).collect(),
+            next_page_token: page.next.as_deref().map(encode_page_token),
+            served_at: meta.served_at.0,
+            served_at_str: meta.served_at.to_string(),
+            staleness_ms: meta.staleness_ms,
+            token: meta.token.0.to_string(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Every prefix policy and the default, as this node holds them.
+#[utoipa::path(get, path = "/v1/policies", tag = "node",
+    responses((status = 200, description = "The policy table", body = PoliciesResponse)))]
+pub(crate) async fn policies(State(state): State<GatewayState>) -> Response {
+    observe(&state, "policies", async {
+        let table = state.engine.policy_table();
+        Ok(Json(PoliciesResponse {
+            local_region: state.engine.regions().local.clone(),
+            regions: table.regions().to_vec(),
+            default: PolicyJson::new(None, table.default_policy()),
+            prefixes: table
+                .prefixes()
+                .map(|(p, policy)| PolicyJson::new(Some(p), policy))
+                .collect(),
         })
         .into_response())
     })

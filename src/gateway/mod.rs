@@ -117,6 +117,7 @@ fn router(state: GatewayState) -> Router {
         .route("/v1/history/{*key}", get(h::history))
         .route("/v1/status", get(h::status))
         .route("/v1/members", get(h::members))
+        .route("/v1/policies", get(h::policies))
         .route("/health", get(h::health))
         .route("/ready", get(h::ready))
         .route("/metrics", get(h::metrics))
@@ -163,6 +164,12 @@ where
     let response = match result {
         Ok(response) => response,
         Err(e) => {
+            let e = match e {
+                GatewayError::Api(e) => {
+                    GatewayError::Api(crate::wire::with_home_address(e, state.membership.as_ref()))
+                }
+                other => other,
+            };
             span.in_scope(|| {
                 if e.status().is_server_error() {
                     tracing::warn!(error = ?e, "request failed");

@@ -9,8 +9,9 @@ use utoipa::OpenApi;
 
 use super::dto::{
     CompareJson, CompareOpJson, DeleteOpJson, DeleteResponse, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse, OpJson, PutOpJson,
-    PutResponse, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+    HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse, OpJson,
+    PoliciesResponse, PolicyJson, PutOpJson, PutResponse, RangeResponse, RawValue, StatusResponse,
+    TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
@@ -32,6 +33,7 @@ use super::{observe, GatewayState};
         handlers::history,
         handlers::status,
         handlers::members,
+        handlers::policies,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -41,6 +43,7 @@ use super::{observe, GatewayState};
         ErrorBody, ErrorDetail, RawValue, GetResponse, PutResponse, DeleteResponse, KvItem, RangeResponse, TxnRequest,
         CompareJson, CompareOpJson, OpJson, PutOpJson, DeleteOpJson, TxnResponse, HistoryEntryJson,
         HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
+        PoliciesResponse, PolicyJson,
     )),
     tags(
         (name = "kv", description = "Keys, values, transactions and history"),
@@ -78,6 +81,7 @@ mod tests {
             "/v1/txn",
             "/v1/history/{key}",
             "/v1/status",
+            "/v1/policies",
             "/health",
             "/ready",
             "/metrics",
@@ -88,5 +92,19 @@ mod tests {
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3."));
         assert!(json["components"]["schemas"]["TxnRequest"].is_object());
+        let get = &json["paths"]["/v1/kv/{key}"]["get"];
+        let params: Vec<&str> = get["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for name in ["consistency", "token", "on_stale"] {
+            assert!(params.contains(&name), "GET /v1/kv/{{key}} lacks {name}");
+        }
+        let get_response = &json["components"]["schemas"]["GetResponse"]["properties"];
+        assert!(get_response["staleness_ms"].is_object());
+        assert!(get_response["token"].is_object());
+        assert!(json["components"]["schemas"]["PoliciesResponse"].is_object());
     }
 }

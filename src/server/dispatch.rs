@@ -8,10 +8,12 @@ use tracing::Instrument;
 use crate::certs::Role;
 use crate::engine::Engine;
 use crate::error_code::{ApiError, ErrorCode};
+use crate::replication::read::ReadLevel;
 use crate::transport::{self, FrameError, PeerIdentity};
-use crate::types::Timestamp;
+use crate::types::{ReadConsistency, Timestamp};
 use crate::wire::{
-    self, KeyValueV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1, VersionEntryV1,
+    self, KeyValueV1, ReadConsistencyV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1,
+    VersionEntryV1,
 };
 
 use crate::types::NodeInfo;
@@ -149,25 +151,129 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
     };
     let op = op_name(&request);
     let started = Instant::now();
-    let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = "linearizable");
-    let result = handle(request, ctx, peer).instrument(span).await;
+    let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request));
+    let result = match level_of(&request) {
+        Some(level) => {
+            handle_level(request, level, ctx, peer)
+                .instrument(span)
+                .await
+        }
+        None => handle(request, ctx, peer)
+            .instrument(span)
+            .await
+            .map(|(served_at, body)| ResponseV1::Ok {
+                served_at: served_at.0,
+                body,
+            }),
+    };
     let code = result.as_ref().err().map_or("ok", |e| e.code.as_str());
     metrics::counter!("meridian_requests_total", "op" => op, "code" => code).increment(1);
     metrics::histogram!("meridian_request_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok((served_at, body)) => ResponseV1::Ok {
-            served_at: served_at.0,
-            body,
-        },
-        Err(e) => wire::error_response(&e),
+        Ok(response) => response,
+        Err(e) => wire::error_response(&with_home_address(e, ctx)),
     }
+}
+
+/// The level of a read answered with [`ResponseV1::OkLevel`] (the levels
+/// appended after `Serializable`); `None` for every other request.
+fn level_of(r: &RequestV1) -> Option<ReadLevel> {
+    match r {
+        RequestV1::GetWith { consistency, .. } | RequestV1::RangeWith { consistency, .. }
+            if consistency.answers_with_level() =>
+        {
+            consistency.level()
+        }
+        _ => None,
+    }
+}
+
+/// The read consistency a request's span is filtered by.
+fn consistency_name(r: &RequestV1) -> &'static str {
+    match r {
+        RequestV1::GetWith { consistency, .. } | RequestV1::RangeWith { consistency, .. } => {
+            consistency
+                .level()
+                .as_ref()
+                .map_or("serializable", crate::engine::levels::level_name)
+        }
+        RequestV1::Get { .. } | RequestV1::Range { .. } | RequestV1::History { .. } => {
+            "linearizable"
+        }
+        _ => "none",
+    }
+}
+
+/// Serves a read at a per-call level (bounded, causal, eventual).
+async fn handle_level(
+    req: RequestV1,
+    level: ReadLevel,
+    ctx: &Context,
+    peer: &PeerIdentity,
+) -> Result<ResponseV1, ApiError> {
+    role_check(peer, DATA_ROLES)?;
+    let engine = &ctx.engine;
+    let at_given = || {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            "a snapshot timestamp (`at`) cannot be combined with a bounded, causal or eventual read: the level picks the snapshot",
+        )
+    };
+    let (served, staleness_ms, token, body) = match req {
+        RequestV1::GetWith { key, at, .. } => {
+            if at.is_some() {
+                return Err(at_given());
+            }
+            let r = engine.get_level(key, level).await?;
+            let body = ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from));
+            (r.served_at, r.staleness_ms, r.token, body)
+        }
+        RequestV1::RangeWith {
+            start,
+            end,
+            limit,
+            at,
+            ..
+        } => {
+            if at.is_some() {
+                return Err(at_given());
+            }
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let r = engine.range_level(start, end, limit, level).await?;
+            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
+            let body = ResponseBodyV1::Page {
+                kvs,
+                next: r.value.next,
+            };
+            (r.served_at, r.staleness_ms, r.token, body)
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "a request without a read level reached the level handler",
+            ))
+        }
+    };
+    Ok(ResponseV1::OkLevel {
+        served_at: served.0,
+        staleness_ms,
+        token: token.0,
+        body,
+    })
+}
+
+/// Fills a `WrongRegion` error's address from gossip (see
+/// [`wire::with_home_address`]).
+fn with_home_address(e: ApiError, ctx: &Context) -> ApiError {
+    wire::with_home_address(e, ctx.membership.as_ref())
 }
 
 fn op_name(r: &RequestV1) -> &'static str {
     match r {
         RequestV1::Get { .. } => "get",
-        RequestV1::Put { .. } => "put",
+        RequestV1::Put { .. } | RequestV1::PutAfter { .. } => "put",
+        RequestV1::DeleteAfter { .. } => "delete",
         RequestV1::Delete { .. } => "delete",
         RequestV1::Range { .. } => "range",
         RequestV1::Txn(_) => "txn",
@@ -181,6 +287,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::RangeWith { .. } => "range",
         RequestV1::RegionStatus => "region_status",
         RequestV1::RegionChange(_) => "region_change",
+        RequestV1::Policies => "policies",
     }
 }
 
@@ -263,6 +370,11 @@ async fn handle(
             ))
         }
         RequestV1::Status => Ok((engine.clock_ts(), ResponseBodyV1::Status(status(ctx)))),
+        RequestV1::Policies => {
+            let table = engine.policy_table();
+            let policies = wire::policies_v1(&engine.regions().local, &table);
+            Ok((engine.clock_ts(), ResponseBodyV1::Policies(policies)))
+        }
         other => {
             role_check(peer, DATA_ROLES)?;
             handle_data(other, engine).await
@@ -295,6 +407,19 @@ fn with_default_consistency(req: RequestV1) -> RequestV1 {
     }
 }
 
+/// The two consistencies answered with [`ResponseV1::Ok`]; the levels after
+/// them go through [`handle_level`] before reaching here.
+fn plain(c: ReadConsistencyV1) -> Result<ReadConsistency, ApiError> {
+    match c {
+        ReadConsistencyV1::Linearizable => Ok(ReadConsistency::Linearizable),
+        ReadConsistencyV1::Serializable => Ok(ReadConsistency::Serializable),
+        _ => Err(ApiError::new(
+            ErrorCode::Internal,
+            "a read level reached the plain read handler",
+        )),
+    }
+}
+
 async fn handle_data(
     req: RequestV1,
     engine: &Engine,
@@ -306,7 +431,7 @@ async fn handle_data(
             consistency,
         } => {
             let r = engine
-                .get_with(key, at.map(Timestamp), consistency.into())
+                .get_with(key, at.map(Timestamp), plain(consistency)?)
                 .await?;
             Ok((
                 r.served_at,
@@ -315,6 +440,26 @@ async fn handle_data(
         }
         RequestV1::Put { key, value } => {
             let w = engine.put(key, value).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::PutAfter { key, value, token } => {
+            let w = engine.put_after(key, value, Timestamp(token)).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::DeleteAfter { key, token } => {
+            let w = engine.delete_after(key, Timestamp(token)).await?;
             Ok((
                 w.version,
                 ResponseBodyV1::Written {
@@ -342,7 +487,7 @@ async fn handle_data(
         } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let r = engine
-                .range_with(start, end, limit, at.map(Timestamp), consistency.into())
+                .range_with(start, end, limit, at.map(Timestamp), plain(consistency)?)
                 .await?;
             let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
             Ok((
@@ -379,6 +524,7 @@ async fn handle_data(
         | RequestV1::RegionStatus
         | RequestV1::Members
         | RequestV1::LeaderHints
+        | RequestV1::Policies
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",

@@ -23,6 +23,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::{ApiError, ErrorCode};
+use crate::replication::policy::{Consistency, Policy, PolicyTable, Replication};
+use crate::replication::read::{OnStale, ReadLevel};
 use crate::types::{Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
 
 /// The protocol version this build speaks.
@@ -109,6 +111,27 @@ pub enum RequestV1 {
         /// Read consistency.
         consistency: ReadConsistencyV1,
     },
+    /// Every prefix policy and the default (any role).
+    Policies,
+    /// `Put` by a session holding `token` (writes follow reads): the node
+    /// merges the token into its clock first (refusing one more than
+    /// `clock.max_offset_ms` ahead), so the write is stamped above it.
+    PutAfter {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The session token.
+        token: u64,
+    },
+    /// `Delete` by a session holding `token` (see `PutAfter`).
+    DeleteAfter {
+        /// The key.
+        key: Vec<u8>,
+        /// The session token.
+        token: u64,
+    },
 }
 
 /// A cluster member as gossip sees it, version 1.
@@ -147,22 +170,41 @@ pub struct LeaderHintV1 {
     pub term: u64,
 }
 
-/// Read consistency, version 1.
+/// Read consistency, version 1 (append-only). `Linearizable` and
+/// `Serializable` are answered with [`ResponseV1::Ok`]; the levels appended
+/// after them (`Bounded`, `Causal`, `Eventual`) with [`ResponseV1::OkLevel`],
+/// which also carries the staleness and the new session token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadConsistencyV1 {
-    /// At the range's leader, after confirming leadership.
+    /// At the home region's range leader, after confirming leadership.
     Linearizable,
     /// At whichever replica receives it, from what it has applied.
     Serializable,
+    /// Locally if this region's frontier is at most `max_staleness_ms`
+    /// behind the clock, otherwise as `on_stale` says.
+    Bounded {
+        /// Staleness bound, ms (at most `MAX_STALENESS_MS`).
+        max_staleness_ms: u64,
+        /// What to do when the frontier is older.
+        on_stale: OnStaleV1,
+    },
+    /// Locally once this region's frontier has reached `token` (an HLC
+    /// timestamp from an earlier reply), waiting a bounded time.
+    Causal {
+        /// The session token.
+        token: u64,
+    },
+    /// Locally, at this region's frontier, without waiting.
+    Eventual,
 }
 
-impl From<ReadConsistencyV1> for crate::types::ReadConsistency {
-    fn from(c: ReadConsistencyV1) -> Self {
-        match c {
-            ReadConsistencyV1::Linearizable => crate::types::ReadConsistency::Linearizable,
-            ReadConsistencyV1::Serializable => crate::types::ReadConsistency::Serializable,
-        }
-    }
+/// What a bounded read does when the frontier is too old, version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnStaleV1 {
+    /// Answer `WrongRegion` naming the home region.
+    Redirect,
+    /// Answer `TooStale` (`MER-3007`).
+    Fail,
 }
 
 impl From<crate::types::ReadConsistency> for ReadConsistencyV1 {
@@ -171,6 +213,170 @@ impl From<crate::types::ReadConsistency> for ReadConsistencyV1 {
             crate::types::ReadConsistency::Linearizable => ReadConsistencyV1::Linearizable,
             crate::types::ReadConsistency::Serializable => ReadConsistencyV1::Serializable,
         }
+    }
+}
+
+impl From<ReadLevel> for ReadConsistencyV1 {
+    fn from(l: ReadLevel) -> Self {
+        match l {
+            ReadLevel::Linearizable => ReadConsistencyV1::Linearizable,
+            ReadLevel::Bounded {
+                max_staleness_ms,
+                on_stale,
+            } => ReadConsistencyV1::Bounded {
+                max_staleness_ms,
+                on_stale: match on_stale {
+                    OnStale::Redirect => OnStaleV1::Redirect,
+                    OnStale::Fail => OnStaleV1::Fail,
+                },
+            },
+            ReadLevel::Causal { token } => ReadConsistencyV1::Causal { token: token.0 },
+            ReadLevel::Eventual => ReadConsistencyV1::Eventual,
+        }
+    }
+}
+
+impl ReadConsistencyV1 {
+    /// The per-call level asked for, or `None` for `Serializable` (which
+    /// is not a level of a prefix policy: it reads this replica's applied
+    /// state whatever the prefix).
+    pub fn level(self) -> Option<ReadLevel> {
+        Some(match self {
+            ReadConsistencyV1::Serializable => return None,
+            ReadConsistencyV1::Linearizable => ReadLevel::Linearizable,
+            ReadConsistencyV1::Bounded {
+                max_staleness_ms,
+                on_stale,
+            } => ReadLevel::Bounded {
+                max_staleness_ms,
+                on_stale: match on_stale {
+                    OnStaleV1::Redirect => OnStale::Redirect,
+                    OnStaleV1::Fail => OnStale::Fail,
+                },
+            },
+            ReadConsistencyV1::Causal { token } => ReadLevel::Causal {
+                token: Timestamp(token),
+            },
+            ReadConsistencyV1::Eventual => ReadLevel::Eventual,
+        })
+    }
+
+    /// Whether the reply is [`ResponseV1::OkLevel`] (the levels appended
+    /// after the first two) rather than [`ResponseV1::Ok`].
+    pub fn answers_with_level(self) -> bool {
+        !matches!(
+            self,
+            ReadConsistencyV1::Linearizable | ReadConsistencyV1::Serializable
+        )
+    }
+}
+
+/// A prefix's consistency, version 1 (append-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsistencyV1 {
+    /// Writes only at the home region; linearizable there.
+    Strong,
+    /// Writes anywhere, stamped above the writer's session token.
+    Causal,
+    /// Writes anywhere; last writer wins.
+    Eventual,
+}
+
+/// How a prefix's writes replicate, version 1 (append-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationV1 {
+    /// Acknowledged once committed in the accepting region.
+    Async,
+    /// Acknowledged once this many other regions applied it durably.
+    Sync(u8),
+}
+
+/// One policy, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyV1 {
+    /// What the prefix promises.
+    pub consistency: ConsistencyV1,
+    /// The home region.
+    pub home: String,
+    /// How writes replicate.
+    pub replication: ReplicationV1,
+    /// Default bound of bounded reads, ms.
+    pub max_staleness_ms: u64,
+}
+
+/// A prefix and its policy, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixPolicyV1 {
+    /// The key prefix.
+    pub prefix: Vec<u8>,
+    /// Its policy.
+    pub policy: PolicyV1,
+}
+
+/// The policy table as a node holds it, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoliciesV1 {
+    /// The answering node's region.
+    pub local_region: String,
+    /// Every region of the cluster.
+    pub regions: Vec<String>,
+    /// The policy of keys under no prefix policy.
+    pub default: PolicyV1,
+    /// Prefix policies, in key order.
+    pub prefixes: Vec<PrefixPolicyV1>,
+}
+
+impl From<&Policy> for PolicyV1 {
+    fn from(p: &Policy) -> Self {
+        PolicyV1 {
+            consistency: match p.consistency {
+                Consistency::Strong => ConsistencyV1::Strong,
+                Consistency::Causal => ConsistencyV1::Causal,
+                Consistency::Eventual => ConsistencyV1::Eventual,
+            },
+            home: p.home.clone(),
+            replication: match p.replication {
+                Replication::Async => ReplicationV1::Async,
+                Replication::Sync(n) => ReplicationV1::Sync(n),
+            },
+            max_staleness_ms: p.max_staleness_ms,
+        }
+    }
+}
+
+impl ConsistencyV1 {
+    /// The name used in config, CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsistencyV1::Strong => "strong",
+            ConsistencyV1::Causal => "causal",
+            ConsistencyV1::Eventual => "eventual",
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicationV1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicationV1::Async => f.write_str("async"),
+            ReplicationV1::Sync(n) => write!(f, "sync-{n}"),
+        }
+    }
+}
+
+/// The wire form of `table` as held by a node of `local_region`.
+pub fn policies_v1(local_region: &str, table: &PolicyTable) -> PoliciesV1 {
+    PoliciesV1 {
+        local_region: local_region.to_string(),
+        regions: table.regions().to_vec(),
+        default: table.default_policy().into(),
+        prefixes: table
+            .prefixes()
+            .map(|(prefix, p)| PrefixPolicyV1 {
+                prefix: prefix.to_vec(),
+                policy: p.into(),
+            })
+            .collect(),
     }
 }
 
@@ -369,6 +575,30 @@ pub enum ResponseV1 {
         /// Human-readable message.
         message: String,
     },
+    /// Success of a read at a level appended after `Serializable`
+    /// ([`ReadConsistencyV1::answers_with_level`]).
+    OkLevel {
+        /// HLC timestamp of the snapshot the read was served at.
+        served_at: u64,
+        /// How far `served_at` was behind the serving node's clock, ms.
+        staleness_ms: u64,
+        /// The new session token: the highest of the token the call
+        /// brought and `served_at`. Bring it to the next causal read.
+        token: u64,
+        /// The result.
+        body: ResponseBodyV1,
+    },
+    /// This node's region is not the key prefix's home and the request
+    /// needs it (`MER-3006`); nothing was written. Send it to `addr`, a
+    /// node of region `home`, when known.
+    WrongRegion {
+        /// The prefix's home region.
+        home: String,
+        /// A client QUIC address of a node in `home`, if gossip knows one.
+        addr: Option<String>,
+        /// Human-readable message.
+        message: String,
+    },
 }
 
 /// Successful results, version 1.
@@ -418,6 +648,8 @@ pub enum ResponseBodyV1 {
         /// Voter ids after the change.
         voters: Vec<u64>,
     },
+    /// The policy table.
+    Policies(PoliciesV1),
 }
 
 /// Node status, version 1.
@@ -541,11 +773,48 @@ pub fn members_v1(m: &crate::membership::Membership) -> Vec<MemberV1> {
     out
 }
 
+/// Most members looked at when choosing a node of a home region.
+const MAX_HOME_CANDIDATES: usize = 1_024;
+
+/// Fills a `WrongRegion` error's address, when it has none, with the client
+/// address of a live node of its home region as gossip knows it (lowest
+/// measured RTT first), so a client can follow it. Shared by the QUIC
+/// server and the gateway, like [`members_v1`].
+pub fn with_home_address(
+    mut e: ApiError,
+    membership: Option<&crate::membership::Membership>,
+) -> ApiError {
+    use crate::membership::{MemberState, MemberView};
+    if e.code != ErrorCode::WrongRegion || e.leader_hint.is_some() {
+        return e;
+    }
+    let (Some(home), Some(m)) = (e.home_region.as_deref(), membership) else {
+        return e;
+    };
+    let rtt = |v: &MemberView| v.rtt_ms.unwrap_or(f64::MAX);
+    e.leader_hint = m
+        .members()
+        .into_iter()
+        .take(MAX_HOME_CANDIDATES)
+        .filter(|v| v.identity.region == home)
+        .filter(|v| matches!(v.state, MemberState::Alive | MemberState::Suspect))
+        .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+        .map(|v| v.identity.client_addr.to_string());
+    e
+}
+
 /// Builds the error response for `err`.
 pub fn error_response(err: &ApiError) -> ResponseV1 {
     if err.code == ErrorCode::NotLeader {
         return ResponseV1::NotLeader {
             leader: err.leader_hint.clone(),
+            message: err.message.clone(),
+        };
+    }
+    if err.code == ErrorCode::WrongRegion {
+        return ResponseV1::WrongRegion {
+            home: err.home_region.clone().unwrap_or_default(),
+            addr: err.leader_hint.clone(),
             message: err.message.clone(),
         };
     }
@@ -767,6 +1036,159 @@ mod tests {
             payload: vec![9],
         });
         assert_eq!(encode_request(&req), vec![0, 1, 8, 7, 1, 1, 9]);
+    }
+
+    #[test]
+    fn frozen_read_level_requests() {
+        let get = |consistency| RequestV1::GetWith {
+            key: b"k".to_vec(),
+            at: None,
+            consistency,
+        };
+        let bounded = get(ReadConsistencyV1::Bounded {
+            max_staleness_ms: 300,
+            on_stale: OnStaleV1::Fail,
+        });
+        // GetWith is variant 11; Bounded is variant 2 of the consistency.
+        assert_eq!(
+            encode_request(&bounded),
+            vec![0, 1, 11, 1, b'k', 0, 2, 0xac, 0x02, 1]
+        );
+        let redirect = get(ReadConsistencyV1::Bounded {
+            max_staleness_ms: 1,
+            on_stale: OnStaleV1::Redirect,
+        });
+        assert_eq!(
+            encode_request(&redirect),
+            vec![0, 1, 11, 1, b'k', 0, 2, 1, 0]
+        );
+        let causal = get(ReadConsistencyV1::Causal { token: 5 });
+        assert_eq!(encode_request(&causal), vec![0, 1, 11, 1, b'k', 0, 3, 5]);
+        let eventual = get(ReadConsistencyV1::Eventual);
+        assert_eq!(encode_request(&eventual), vec![0, 1, 11, 1, b'k', 0, 4]);
+        for req in [bounded, redirect, causal, eventual] {
+            assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
+        }
+        // The first two levels keep their v1 bytes.
+        assert_eq!(
+            encode_request(&get(ReadConsistencyV1::Serializable)),
+            vec![0, 1, 11, 1, b'k', 0, 1]
+        );
+        let range = RequestV1::RangeWith {
+            start: b"a".to_vec(),
+            end: None,
+            limit: 2,
+            at: None,
+            consistency: ReadConsistencyV1::Eventual,
+        };
+        assert_eq!(encode_request(&range), vec![0, 1, 14, 1, b'a', 0, 2, 0, 4]);
+        assert_eq!(encode_request(&RequestV1::Policies), vec![0, 1, 15]);
+        let put = RequestV1::PutAfter {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            token: 300,
+        };
+        assert_eq!(
+            encode_request(&put),
+            vec![0, 1, 16, 1, b'k', 1, b'v', 0xac, 0x02]
+        );
+        let del = RequestV1::DeleteAfter {
+            key: b"k".to_vec(),
+            token: 5,
+        };
+        assert_eq!(encode_request(&del), vec![0, 1, 17, 1, b'k', 5]);
+        for req in [put, del] {
+            assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn frozen_level_and_wrong_region_responses() {
+        let ok = ResponseV1::OkLevel {
+            served_at: 1,
+            staleness_ms: 2,
+            token: 3,
+            body: ResponseBodyV1::Value(None),
+        };
+        assert_eq!(encode_response(&ok), vec![0, 1, 3, 1, 2, 3, 0, 0]);
+        let wrong = ResponseV1::WrongRegion {
+            home: "eu".into(),
+            addr: Some("a".into()),
+            message: "m".into(),
+        };
+        assert_eq!(
+            encode_response(&wrong),
+            vec![0, 1, 4, 2, b'e', b'u', 1, 1, b'a', 1, b'm']
+        );
+        for r in [ok, wrong] {
+            assert_eq!(decode_response(&encode_response(&r)).unwrap(), r);
+        }
+        let err = ApiError::wrong_region("m", "eu", Some("a".into()));
+        assert_eq!(
+            error_response(&err),
+            ResponseV1::WrongRegion {
+                home: "eu".into(),
+                addr: Some("a".into()),
+                message: "m".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn frozen_policies_response() {
+        let body = ResponseBodyV1::Policies(PoliciesV1 {
+            local_region: "a".into(),
+            regions: vec!["a".into()],
+            default: PolicyV1 {
+                consistency: ConsistencyV1::Strong,
+                home: "a".into(),
+                replication: ReplicationV1::Async,
+                max_staleness_ms: 5,
+            },
+            prefixes: vec![PrefixPolicyV1 {
+                prefix: b"p/".to_vec(),
+                policy: PolicyV1 {
+                    consistency: ConsistencyV1::Eventual,
+                    home: "a".into(),
+                    replication: ReplicationV1::Sync(1),
+                    max_staleness_ms: 300,
+                },
+            }],
+        });
+        let ok = ResponseV1::Ok { served_at: 1, body };
+        assert_eq!(
+            encode_response(&ok),
+            vec![
+                0, 1, 0, 1, 12, // Ok, served_at 1, body variant 12
+                1, b'a', 1, 1, b'a', // local_region, regions
+                0, 1, b'a', 0, 5, // default: strong, home, async, 5 ms
+                1, 2, b'p', b'/', // one prefix
+                2, 1, b'a', 1, 1, 0xac, 0x02, // eventual, home, sync-1, 300 ms
+            ]
+        );
+        assert_eq!(decode_response(&encode_response(&ok)).unwrap(), ok);
+    }
+
+    #[test]
+    fn levels_convert_both_ways() {
+        let levels = [
+            ReadLevel::Linearizable,
+            ReadLevel::Bounded {
+                max_staleness_ms: 9,
+                on_stale: OnStale::Redirect,
+            },
+            ReadLevel::Causal {
+                token: Timestamp(77),
+            },
+            ReadLevel::Eventual,
+        ];
+        for l in levels {
+            let v1 = ReadConsistencyV1::from(l);
+            assert_eq!(v1.level(), Some(l));
+            assert_eq!(v1.answers_with_level(), l != ReadLevel::Linearizable);
+        }
+        assert_eq!(ReadConsistencyV1::Serializable.level(), None);
+        assert!(!ReadConsistencyV1::Serializable.answers_with_level());
     }
 
     #[test]
