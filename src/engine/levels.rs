@@ -73,6 +73,8 @@ pub enum Serve {
 pub trait LevelEnv {
     /// The frontier of the key's range on this replica.
     fn frontier(&self) -> Result<Timestamp, ApiError>;
+    /// The applied timestamp of the key's range on this replica.
+    fn applied(&self) -> Result<Timestamp, ApiError>;
     /// The clock now.
     fn now(&self) -> Result<Timestamp, ApiError>;
 }
@@ -86,6 +88,8 @@ pub struct KeyPolicy<'a> {
     pub policy: &'a Policy,
     /// This node's region.
     pub local_region: &'a str,
+    /// Whether this node's region is the cluster's only region.
+    pub only_region: bool,
 }
 
 impl KeyPolicy<'_> {
@@ -164,8 +168,10 @@ pub async fn resolve(
             policy: key.policy,
             local_region: key.local_region,
             frontier: env.frontier()?,
+            applied: env.applied()?,
             now: env.now()?,
             wait_expired: tokio::time::Instant::now() >= deadline,
+            only_region: key.only_region,
         };
         let decision = read::decide(&input, level);
         if let ReadDecision::WaitFor(_) = decision {
@@ -232,6 +238,15 @@ fn outcome(
                 ),
             ))
         }
+        ReadDecision::Behind { token, frontier } => Err(ApiError::new(
+            ErrorCode::TooStale,
+            format!(
+                "{}: region {} has applied every region's writes only up to {frontier}, below the session token {token}, after waiting {} ms; retry later (the region catches up as replication arrives)",
+                key.name(),
+                key.local_region,
+                CAUSAL_WAIT.as_millis()
+            ),
+        )),
         ReadDecision::NotAllowed => Err(ApiError::new(
             ErrorCode::LevelNotAllowed,
             format!(
@@ -439,6 +454,9 @@ mod tests {
         fn frontier(&self) -> Result<Timestamp, ApiError> {
             Ok(Timestamp(self.frontier.load(Ordering::Acquire)))
         }
+        fn applied(&self) -> Result<Timestamp, ApiError> {
+            self.frontier()
+        }
         fn now(&self) -> Result<Timestamp, ApiError> {
             Ok(self.now)
         }
@@ -465,6 +483,7 @@ mod tests {
             prefix: Some(b"ads/"),
             policy: p,
             local_region: region,
+            only_region: false,
         }
     }
 
@@ -592,7 +611,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn causal_past_its_wait_is_redirected_away_from_home_and_led_at_home() {
+    async fn causal_past_its_wait_is_redirected_away_from_home_and_refused_at_home() {
         let p = policy(Consistency::Causal);
         let e = env(50, 200);
         let level = ReadLevel::Causal { token: ts(100) };
@@ -604,7 +623,20 @@ mod tests {
         assert!(waited >= SHORT && waited < SHORT * 10, "{waited:?}");
         assert_eq!(err.code, ErrorCode::WrongRegion);
         assert!(err.message.contains("session token"), "{}", err.message);
-        let home = resolve(&e, key(&p, "us-east"), &level, SHORT).await;
+        // At home a causal prefix's token may name a write from another
+        // region that has not arrived: refused, not served without it.
+        let err = resolve(&e, key(&p, "us-east"), &level, SHORT)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooStale);
+        assert!(
+            err.message.contains("below the session token"),
+            "{}",
+            err.message
+        );
+        // A strong prefix is written only at home: its leader serves it.
+        let strong = policy(Consistency::Strong);
+        let home = resolve(&e, key(&strong, "us-east"), &level, SHORT).await;
         assert_eq!(home.unwrap(), Serve::Leader);
     }
 

@@ -359,6 +359,7 @@ impl Engine {
                 prefix: prefix.as_deref(),
                 policy: &policy,
                 local_region: &self.regions.local,
+                only_region: self.regions.all.len() <= 1,
             })
         })
     }
@@ -380,6 +381,7 @@ impl Engine {
             prefix: prefix.as_deref(),
             policy: &policy,
             local_region: &self.regions.local,
+            only_region: self.regions.all.len() <= 1,
         };
         let env = KeyEnv { engine: self, key };
         levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await
@@ -737,6 +739,21 @@ struct KeyEnv<'a> {
 impl levels::LevelEnv for KeyEnv<'_> {
     fn frontier(&self) -> Result<Timestamp, ApiError> {
         self.engine.frontier_of(self.key)
+    }
+
+    fn applied(&self) -> Result<Timestamp, ApiError> {
+        let range = self.engine.region.range_of(self.key)?;
+        self.engine
+            .region
+            .host()
+            .group(range.id)
+            .map(|g| g.applied_ts())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("range {} is not running on this node", range.id),
+                )
+            })
     }
 
     fn now(&self) -> Result<Timestamp, ApiError> {

@@ -62,10 +62,17 @@ pub struct ReadInput<'a> {
     /// The range's frontier in this region: every change at or below it,
     /// from every region that writes the range, is applied here.
     pub frontier: Timestamp,
+    /// This replica's applied timestamp of the range: its latest state,
+    /// this region's writes and whatever other regions' changes arrived
+    /// (at or above `frontier`).
+    pub applied: Timestamp,
     /// The node's clock now.
     pub now: Timestamp,
     /// Whether a causal read's wait deadline has passed.
     pub wait_expired: bool,
+    /// Whether this node's region is the cluster's only region (then it
+    /// has every write of every prefix).
+    pub only_region: bool,
 }
 
 /// The decision.
@@ -91,6 +98,14 @@ pub enum ReadDecision {
     },
     /// The prefix does not allow this level.
     NotAllowed,
+    /// A causal read whose wait expired in a region that cannot serve it
+    /// elsewhere: this region has not applied everything up to the token.
+    Behind {
+        /// The session token.
+        token: Timestamp,
+        /// Where this region's frontier is.
+        frontier: Timestamp,
+    },
 }
 
 /// Whether `level` is at or below what a prefix of `consistency` allows.
@@ -122,7 +137,13 @@ pub fn decide(input: &ReadInput<'_>, level: &ReadLevel) -> ReadDecision {
     match *level {
         ReadLevel::Linearizable if at_home => ReadDecision::Leader,
         ReadLevel::Linearizable => ReadDecision::Redirect,
-        ReadLevel::Eventual => local,
+        // Eventual: the latest local state, not the consistent snapshot at
+        // the frontier (a region cut off from another still reads its own
+        // latest writes); the staleness reported is the frontier's.
+        ReadLevel::Eventual => ReadDecision::Local {
+            at: input.applied.max(input.frontier),
+            staleness_ms: lag,
+        },
         ReadLevel::Bounded {
             max_staleness_ms,
             on_stale,
@@ -144,9 +165,21 @@ pub fn decide(input: &ReadInput<'_>, level: &ReadLevel) -> ReadDecision {
                 local
             } else if !input.wait_expired {
                 ReadDecision::WaitFor(token)
-            } else if at_home {
-                // The home leader has every write the token can name.
+            } else if at_home
+                && (input.policy.consistency == Consistency::Strong || input.only_region)
+            {
+                // Only the home region writes a strong prefix (and a lone
+                // region writes everything): its leader has every write the
+                // token can name.
                 ReadDecision::Leader
+            } else if at_home {
+                // A causal prefix is written in every region: the token may
+                // name a write the home region has not received either, so
+                // no replica here can promise to show it yet.
+                ReadDecision::Behind {
+                    token,
+                    frontier: input.frontier,
+                }
             } else {
                 ReadDecision::Redirect
             }
@@ -183,8 +216,10 @@ mod tests {
             policy: p,
             local_region: region,
             frontier: ts(frontier),
+            applied: ts(frontier),
             now: ts(now),
             wait_expired: false,
+            only_region: false,
         }
     }
 
@@ -276,7 +311,33 @@ mod tests {
             local_region: "us-east",
             ..expired
         };
-        assert_eq!(decide(&home_expired, &level), ReadDecision::Leader);
+        assert_eq!(
+            decide(&home_expired, &level),
+            ReadDecision::Behind {
+                token: ts(100),
+                frontier: ts(50)
+            },
+            "a causal prefix is written everywhere: home may lack the token's write too"
+        );
+        let strong = policy(Consistency::Strong);
+        let strong_home_expired = ReadInput {
+            policy: &strong,
+            ..home_expired
+        };
+        assert_eq!(
+            decide(&strong_home_expired, &level),
+            ReadDecision::Leader,
+            "only home writes a strong prefix: its leader has the token's write"
+        );
+        let alone = ReadInput {
+            only_region: true,
+            ..home_expired
+        };
+        assert_eq!(
+            decide(&alone, &level),
+            ReadDecision::Leader,
+            "a lone region has every write"
+        );
         let caught_up = input(&p, "eu-west", 150, 200);
         assert_eq!(
             decide(&caught_up, &level),
