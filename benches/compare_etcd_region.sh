@@ -3,7 +3,7 @@
 # in one run.
 #
 # Builds `meridian` with etcd support, starts a three-node region with
-# `meridian dev` (the embedded regions/local-3.toml topology, ports shifted by
+# `meridian dev --topology regions/local-3.toml` (one region, ports shifted by
 # --port-offset) and a three-member etcd cluster, all on 127.0.0.1 with fresh
 # data directories, and runs the same closed-loop workloads against both with
 # `meridian bench`: put, linearizable get and serializable get, 256-byte
@@ -61,7 +61,7 @@ readonly PERF_STOP_SECS=10         # perf stat after SIGINT
 readonly WARMUP_SECS=2             # unrecorded put load per system before the first row
 
 readonly HOST=127.0.0.1
-# Ports of regions/local-3.toml (the topology `meridian dev` embeds), before the offset.
+# Ports of regions/local-3.toml, before the offset.
 readonly MERIDIAN_QUIC_PORTS=(7379 7381 7383)
 readonly MERIDIAN_HTTP_PORTS=(7380 7382 7384)
 readonly MERIDIAN_GOSSIP_PORTS=(7385 7386 7387)
@@ -221,7 +221,7 @@ done
 # --- Meridian: a three-node region via `meridian dev` ----------------------
 echo "== starting a 3-node Meridian region (meridian dev --port-offset $port_offset${meridian_env[*]:+; ${meridian_env[*]}}) in $work/meridian-dev"
 # The nodes inherit the environment of `meridian dev`, so overrides reach them.
-(cd "$work" && exec env "${meridian_env[@]}" "$bin" dev --dir "$work/meridian-dev" --port-offset "$port_offset") \
+(cd "$work" && exec env "${meridian_env[@]}" "$bin" dev --topology "$repo/regions/local-3.toml" --dir "$work/meridian-dev" --port-offset "$port_offset") \
     >"$work/dev.log" 2>&1 &
 dev_pid=$!
 deadline=$((SECONDS + READY_TIMEOUT_SECS))

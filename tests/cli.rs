@@ -352,7 +352,15 @@ fn dev_starts_a_three_node_region_runs_the_demo_and_stops_every_node() {
     let dir = tempfile::tempdir().unwrap();
     // Shift the topology's ports (7379..=7384) next to a port that was free.
     let offset = (free_port().saturating_sub(7379) / 2 * 2).to_string();
-    let args = ["dev", "--demo-only", "--port-offset", &offset];
+    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/regions/local-3.toml");
+    let args = [
+        "dev",
+        "--topology",
+        topology,
+        "--demo-only",
+        "--port-offset",
+        &offset,
+    ];
     let out = run_in(Some(dir.path()), &args, &[], None);
     let text = stdout(&out);
     assert!(

@@ -98,10 +98,10 @@ struct Dev {
 impl Dev {
     fn spawn(dir: &std::path::Path, args: &[&str]) -> Dev {
         use std::io::BufRead;
-        let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/regions/wan-3.toml");
+        // No --topology: the default is the three regions of regions/wan-3.toml.
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
             .current_dir(dir)
-            .args(["dev", "--topology", topology, "--dir", "meridian-dev"])
+            .args(["dev", "--dir", "meridian-dev"])
             .args(args)
             .env_remove("MERIDIAN_BIND")
             // Nine debug-build nodes share two cores here: slower Raft
@@ -332,6 +332,33 @@ fn three_region_dev_measures_the_emulated_round_trips() {
         text.contains(", 0 from unclassified senders"),
         "a node or demo client sent from an unbound socket:\n{text}"
     );
+    // The consistency levels: a strong write at home; in the farthest
+    // region an eventual read (local, saying how stale), a causal read with
+    // the write's token (sees it) and a linearizable one (sent home).
+    for (what, want) in [
+        (
+            "demo: strong write    payments/demo/balance in us-east",
+            "version",
+        ),
+        (
+            "demo: eventual read   payments/demo/balance in ap-south",
+            "ms stale)",
+        ),
+        (
+            "demo: causal read     payments/demo/balance in ap-south",
+            "sees the write",
+        ),
+        (
+            "demo: linearizable    payments/demo/balance from ap-south",
+            "sees the write",
+        ),
+    ] {
+        let line = out
+            .iter()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no line {what:?}:\n{text}"));
+        assert!(line.contains(want), "{line}");
+    }
     // A write in each region reaches every other region. (The lag is
     // measured from the writer's acknowledgement, which a loaded machine
     // can deliver after the stream already sent the change, so the link's

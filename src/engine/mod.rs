@@ -538,13 +538,48 @@ impl Engine {
         self.submit(WriteKind::Txn(txn)).await
     }
 
-    /// Reads `key` at the latest state or at snapshot `at`.
+    /// Reads `key` at the latest state or at snapshot `at`, at the level
+    /// its prefix promises ([`Engine::default_level`]): linearizable for a
+    /// strong prefix, the region's consistent frontier for a causal one,
+    /// the latest local state for an eventual one. A call that names a
+    /// level ([`Engine::get_with`], [`Engine::get_level`]) gets that level
+    /// or a clear error, never a weaker one.
     pub async fn get(
         &self,
         key: Vec<u8>,
         at: Option<Timestamp>,
     ) -> Result<Served<Option<KeyValue>>, ApiError> {
-        self.get_with(key, at, ReadConsistency::Linearizable).await
+        match (self.default_level(&key), at) {
+            (Some(level), None) => {
+                let r = self.get_level(key, level).await?;
+                Ok(Served {
+                    value: r.value,
+                    served_at: r.served_at,
+                })
+            }
+            // A snapshot named by the caller, on a prefix that is not
+            // strong: this replica's state at it, once applied here.
+            (Some(_), Some(at)) => {
+                self.get_with(key, Some(at), ReadConsistency::Serializable)
+                    .await
+            }
+            (None, at) => self.get_with(key, at, ReadConsistency::Linearizable).await,
+        }
+    }
+
+    /// The level a read that names none gets under `key`'s policy: `None`
+    /// for a strong prefix (linearizable, at the home leader), causal with
+    /// no token (the region's frontier) for a causal one, eventual for an
+    /// eventual one.
+    pub fn default_level(&self, key: &[u8]) -> Option<ReadLevel> {
+        use crate::replication::policy::Consistency;
+        match self.policy_of(key).1.consistency {
+            Consistency::Strong => None,
+            Consistency::Causal => Some(ReadLevel::Causal {
+                token: Timestamp::ZERO,
+            }),
+            Consistency::Eventual => Some(ReadLevel::Eventual),
+        }
     }
 
     /// Reads `key` with the chosen consistency (see [`ReadConsistency`]).
@@ -580,8 +615,23 @@ impl Engine {
         limit: usize,
         at: Option<Timestamp>,
     ) -> Result<Served<RangePage>, ApiError> {
-        self.range_with(start, end, limit, at, ReadConsistency::Linearizable)
-            .await
+        match (self.default_level(&start), at) {
+            (Some(level), None) => {
+                let r = self.range_level(start, end, limit, level).await?;
+                Ok(Served {
+                    value: r.value,
+                    served_at: r.served_at,
+                })
+            }
+            (Some(_), Some(at)) => {
+                self.range_with(start, end, limit, Some(at), ReadConsistency::Serializable)
+                    .await
+            }
+            (None, at) => {
+                self.range_with(start, end, limit, at, ReadConsistency::Linearizable)
+                    .await
+            }
+        }
     }
 
     /// [`Engine::range`] with the chosen consistency.

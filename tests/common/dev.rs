@@ -78,7 +78,15 @@ impl DevCluster {
         let mut dev = Command::new(bin())
             .current_dir(dir.path())
             .envs(env.iter().copied())
-            .args(["dev", "--port-offset", &offset])
+            // One region: these tests exercise a region under faults; the
+            // three-region default is tests/wan.rs's.
+            .args([
+                "dev",
+                "--topology",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/regions/local-3.toml"),
+                "--port-offset",
+                &offset,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

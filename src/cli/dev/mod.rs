@@ -6,15 +6,15 @@
 //! cluster; then it serves until Ctrl-C or SIGTERM, and stops every node
 //! (SIGTERM, then SIGKILL after a bounded wait).
 //!
-//! A topology of one region without links (the default, `regions/local-3.toml`)
-//! runs on 127.0.0.1. A topology of several regions (`regions/wan-3.toml`)
-//! runs behind the WAN emulator (`meridian-chaos`), started in this process
+//! A topology of one region without links (`regions/local-3.toml`) runs on
+//! 127.0.0.1. A topology of several regions (`regions/wan-3.toml`, the
+//! default) runs behind the WAN emulator (`meridian-chaos`), started in this process
 //! before the nodes and stopped after them: every node binds its own
 //! loopback address and advertises its front, so every packet between
 //! nodes, and from clients that bind a region's address, crosses the
-//! emulated WAN (see [`topology`] for the layout). Each region is its own
-//! set of Raft groups until cross-region replication lands; gossip spans
-//! every region.
+//! emulated WAN (see [`topology`] for the layout). Each region holds every
+//! range in Raft groups of its own nodes; range leaders stream changes to
+//! the other regions; gossip spans every region.
 
 mod demo;
 mod topology;
@@ -40,11 +40,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// `meridian dev` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Topology file. Default: the embedded regions/local-3.toml, one region
-    /// of three nodes on 127.0.0.1 (the default until cross-region
-    /// replication lands). A topology of several regions, such as
-    /// regions/wan-3.toml, runs behind the WAN emulator (its [[links]] and
-    /// [wan]); each region is then its own store, with gossip across all.
+    /// Topology file. Default: the embedded regions/wan-3.toml, three
+    /// regions of three nodes (us-east, eu-west, ap-south) behind the WAN
+    /// emulator (its [[links]] and [wan]), replicating to each other under
+    /// its prefix policies. regions/local-3.toml is one region of three
+    /// nodes on 127.0.0.1, for quick work.
     #[arg(long)]
     pub topology: Option<PathBuf>,
     /// Directory for certificates, node configs, data, logs and the env files.

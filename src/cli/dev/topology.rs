@@ -24,7 +24,7 @@ use meridian_chaos::addr::LoopbackPlan;
 use serde::Deserialize;
 
 /// The default topology, embedded so `meridian dev` works from anywhere.
-const DEFAULT_TOPOLOGY: &str = include_str!("../../../regions/local-3.toml");
+const DEFAULT_TOPOLOGY: &str = include_str!("../../../regions/wan-3.toml");
 /// Most nodes a development topology may start, over all its regions (each
 /// is a process; a 2-core machine runs nine comfortably).
 pub(super) const MAX_DEV_NODES: usize = 15;
@@ -351,11 +351,19 @@ mod tests {
         load_topology(Some(&path)).unwrap().0
     }
 
+    fn local3() -> Topology {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("regions/local-3.toml");
+        load_topology(Some(&path)).unwrap().0
+    }
+
     #[test]
     fn the_shipped_topologies_parse() {
-        let (one, _) = load_topology(None).unwrap();
+        let one = local3();
         assert_eq!(one.regions.len(), 1);
         assert!(!one.is_wan());
+        let (default, _) = load_topology(None).unwrap();
+        assert_eq!(default.regions.len(), 3, "the default is three regions");
+        assert!(default.is_wan());
         let three = wan3();
         assert!(three.is_wan());
         let names: Vec<&str> = three.regions.iter().map(|r| r.name.as_str()).collect();
@@ -368,8 +376,7 @@ mod tests {
 
     #[test]
     fn the_local_layout_is_loopback_and_the_wan_layout_follows_the_emulators_plan() {
-        let (one, _) = load_topology(None).unwrap();
-        let local = plan(&one, 10).unwrap();
+        let local = plan(&local3(), 10).unwrap();
         assert_eq!(local.len(), 1);
         let n = &local[0].nodes[0];
         assert_eq!(n.quic_bind().to_string(), "127.0.0.1:7389");
@@ -428,5 +435,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`a` is named twice"), "{err}");
+    }
+
+    #[test]
+    fn regions_must_cut_the_keyspace_alike_and_name_no_regions_of_their_own() {
+        let two = |a: &str, b: &str, extra: &str| {
+            load(&format!(
+                "{extra}[[regions]]\nname = \"a\"\nrange_prefixes = [{a}]\n[[regions.nodes]]\nname = \"n1\"\n{NODE}\
+                 [[regions]]\nname = \"b\"\nrange_prefixes = [{b}]\n[[regions.nodes]]\nname = \"n2\"\n{NODE}"
+            ))
+            .unwrap()
+        };
+        let err = plan(&two("\"x/\"", "\"y/\"", ""), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut the keyspace the same way"), "{err}");
+        assert!(plan(&two("\"x/\"", "\"x/\"", ""), 0).is_ok());
+        let err = plan(&two("", "", "[replication]\nregions = [\"a\", \"b\"]\n"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("leave it out of a topology"), "{err}");
     }
 }
