@@ -189,7 +189,8 @@ async fn consistency_levels(layout: &[RegionPlan], tls: &TlsFiles) -> anyhow::Re
         );
         let start = Instant::now();
         let lin = there.get_at_level(STRONG_KEY, ReadLevel::Linearizable).await?;
-        if !lin.kv.is_some_and(|kv| kv.value == value.as_bytes()) {
+        let lin_seen = lin.kv.is_some_and(|kv| kv.value == value.as_bytes());
+        if !lin_seen {
             bail!("a linearizable read did not see the write");
         }
         println!(
