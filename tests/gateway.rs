@@ -641,10 +641,16 @@ async fn reads_take_a_level_per_call_and_policies_are_listed() {
     let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
     let addr = node.http_addr();
     put(addr, "ev/x", b"1").await;
-    // Linearizable (the default) is more than an eventual prefix allows.
-    let v = get(addr, "/v1/kv/ev/x").await.assert_error(400, "MER-1009");
+    // Linearizable is more than an eventual prefix allows; a read that
+    // names no level gets the prefix's own (eventual).
+    let v = get(addr, "/v1/kv/ev/x?consistency=linearizable")
+        .await
+        .assert_error(400, "MER-1009");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.contains("allowed levels: bounded, eventual"), "{m}");
+    let r = get(addr, "/v1/kv/ev/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"], "1");
     let r = get(addr, "/v1/kv/ev/x?consistency=eventual").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();

@@ -128,18 +128,25 @@ async fn eventual_prefix_refuses_linearizable_and_serves_eventual_and_bounded() 
     let c = node.client().await;
     let w = bounded(c.put("ev/x", "1")).await.unwrap();
     // A linearizable read asks for more than an eventual prefix allows,
-    // explicitly or as the plain default.
+    // through a level or the plain consistency field.
     for e in [
         bounded(c.get_at_level("ev/x", ReadLevel::Linearizable))
             .await
             .unwrap_err(),
-        bounded(c.get("ev/x")).await.unwrap_err(),
+        bounded(c.get_with("ev/x", None, ReadConsistency::Linearizable))
+            .await
+            .unwrap_err(),
     ] {
         assert_eq!(code(&e), Some(ErrorCode::LevelNotAllowed), "{e}");
         let text = e.to_string();
         assert!(text.contains("\"ev/\" is eventual"), "{text}");
         assert!(text.contains("allowed levels: bounded, eventual"), "{text}");
     }
+    // A read that names no level gets the prefix's own (eventual): served.
+    let plain = bounded(c.get("ev/x")).await.unwrap();
+    assert_eq!(plain.kv.unwrap().value, b"1");
+    let (all, _) = bounded(c.list_prefix("ev/", 10)).await.unwrap();
+    assert_eq!(all.len(), 1);
     let causal = ReadLevel::Causal { token: w.version };
     let e = bounded(c.get_at_level("ev/x", causal)).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::LevelNotAllowed), "{e}");

@@ -134,7 +134,14 @@ impl Cluster {
 async fn wait_for(c: &Client, key: &str, want: Option<&[u8]>) {
     let deadline = Instant::now() + BOUND;
     loop {
-        let got = c.get(key).await.ok().map(|r| r.kv.map(|kv| kv.value));
+        let got = c.get(key).await.map(|r| r.kv.map(|kv| kv.value));
+        let got = match got {
+            Ok(v) => Some(v),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{key}: {e}");
+                None
+            }
+        };
         if got.as_ref().map(|v| v.as_deref()) == Some(want) {
             return;
         }

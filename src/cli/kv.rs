@@ -16,7 +16,8 @@ use crate::types::{KeyValue, ReadConsistency, Timestamp};
 /// "Read levels"). Parsed before anything is sent.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct LevelArgs {
-    /// Read level: linearizable (the default), serializable, bounded:MS
+    /// Read level (default: the key prefix's own, linearizable for a strong
+    /// prefix): linearizable, serializable, bounded:MS
     /// (bounded alone: the key prefix's max_staleness_ms), causal or
     /// eventual; a level above the key prefix's consistency is refused
     /// (MER-1009).

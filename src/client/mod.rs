@@ -879,7 +879,8 @@ impl Client {
         ClientError::Protocol(format!("unexpected response body {body:?}"))
     }
 
-    /// Reads the latest value of `key` (linearizable on a single node).
+    /// Reads the latest value of `key`, at the level its prefix promises:
+    /// linearizable for a strong prefix (every key of a single region).
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<GetResponse, ClientError> {
         self.get_at_opt(key.as_ref(), None).await
     }
@@ -893,12 +894,27 @@ impl Client {
         self.get_at_opt(key.as_ref(), Some(at)).await
     }
 
+    /// A read that names no level: served at the level the key's prefix
+    /// promises (linearizable for a strong prefix, at the home region's
+    /// leader; the region's frontier for a causal one; the latest local
+    /// state for an eventual one). Use [`Client::get_with`] or
+    /// [`Client::get_at_level`] to ask for a level.
     async fn get_at_opt(
         &self,
         key: &[u8],
         at: Option<Timestamp>,
     ) -> Result<GetResponse, ClientError> {
-        self.get_with(key, at, ReadConsistency::Linearizable).await
+        let req = RequestV1::Get {
+            key: key.to_vec(),
+            at: at.map(|t| t.0),
+        };
+        match self.call(&req).await? {
+            (served_at, ResponseBodyV1::Value(kv)) => Ok(GetResponse {
+                kv: kv.map(KeyValue::from),
+                served_at,
+            }),
+            (_, other) => Err(Self::unexpected(other)),
+        }
     }
 
     /// Reads `key` with a chosen consistency: `Serializable` is answered by
@@ -1012,6 +1028,8 @@ impl Client {
 
     /// One page of live keys in `[start, end)`; `limit` 0 = server default;
     /// `at` = snapshot (use the first page's `served_at` for the rest).
+    /// Served at the level the prefix of `start` promises (see
+    /// [`Client::get`]).
     pub async fn range(
         &self,
         start: impl AsRef<[u8]>,
@@ -1019,8 +1037,20 @@ impl Client {
         limit: u32,
         at: Option<Timestamp>,
     ) -> Result<RangeResponse, ClientError> {
-        self.range_with(start, end, limit, at, ReadConsistency::Linearizable)
-            .await
+        let req = RequestV1::Range {
+            start: start.as_ref().to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+            at: at.map(|t| t.0),
+        };
+        match self.call(&req).await? {
+            (served_at, ResponseBodyV1::Page { kvs, next }) => Ok(RangeResponse {
+                kvs: kvs.into_iter().map(KeyValue::from).collect(),
+                next,
+                served_at,
+            }),
+            (_, other) => Err(Self::unexpected(other)),
+        }
     }
 
     /// Every live key starting with `prefix`, following pages on one snapshot,

@@ -83,8 +83,9 @@ pub(crate) struct GetQuery {
     /// Snapshot timestamp: a u64 HLC value or `unix_ms.logical`. Default: latest.
     /// Only with linearizable or serializable reads.
     pub(crate) at: Option<String>,
-    /// Read level: `linearizable` (default), `serializable`, `bounded:MS`,
-    /// `causal` or `eventual` (docs/consistency.md, "Read levels").
+    /// Read level: `linearizable`, `serializable`, `bounded:MS`, `causal`
+    /// or `eventual` (docs/consistency.md, "Read levels"). Absent: the key
+    /// prefix's own level (linearizable for a strong prefix).
     pub(crate) consistency: Option<String>,
     /// Session token of a causal read: a previous reply's `token`.
     pub(crate) token: Option<String>,

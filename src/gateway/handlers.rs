@@ -87,13 +87,21 @@ fn read_choice(
     }
 }
 
-/// The level a read asked for (`None`: serializable); no `consistency`
-/// means linearizable. `bound` is the key's policy's `max_staleness_ms`,
-/// the bound of `consistency=bounded` without one.
-fn level_of(choice: Option<ReadChoice>, bound: u64) -> Option<ReadLevel> {
-    match choice {
-        None => Some(ReadLevel::Linearizable),
-        Some(c) => c.level(bound),
+/// How a read is served: at the level its prefix promises (no
+/// `consistency`), serializable, or at the level it asked for. `bound` is
+/// the key's policy's `max_staleness_ms`, the bound of
+/// `consistency=bounded` without one.
+enum Served {
+    PrefixDefault,
+    Serializable,
+    Level(ReadLevel),
+}
+
+fn level_of(choice: Option<ReadChoice>, bound: u64) -> Served {
+    match choice.map(|c| c.level(bound)) {
+        None => Served::PrefixDefault,
+        Some(None) => Served::Serializable,
+        Some(Some(level)) => Served::Level(level),
     }
 }
 
@@ -137,19 +145,23 @@ pub(crate) async fn get_key(
         let k = key.clone().into_bytes();
         let bound = engine.policy_of(&k).1.max_staleness_ms;
         let (value, meta) = match level_of(choice, bound) {
-            None => {
+            Served::PrefixDefault => {
+                let s = engine.get(k, at).await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Served::Serializable => {
                 let s = engine
                     .get_with(k, at, ReadConsistency::Serializable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(ReadLevel::Linearizable) => {
+            Served::Level(ReadLevel::Linearizable) => {
                 let s = engine
                     .get_with(k, at, ReadConsistency::Linearizable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(level) => {
+            Served::Level(level) => {
                 no_snapshot_with_level(at)?;
                 let r = engine.get_level(k, level).await?;
                 let meta = ServedMeta {
@@ -251,19 +263,23 @@ pub(crate) async fn range(
         let engine = &state.engine;
         let bound = engine.policy_of(&start).1.max_staleness_ms;
         let (page, meta) = match level_of(choice, bound) {
-            None => {
+            Served::PrefixDefault => {
+                let s = engine.range(start, end, limit, at).await?;
+                (s.value, ServedMeta::plain(s.served_at))
+            }
+            Served::Serializable => {
                 let s = engine
                     .range_with(start, end, limit, at, ReadConsistency::Serializable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(ReadLevel::Linearizable) => {
+            Served::Level(ReadLevel::Linearizable) => {
                 let s = engine
                     .range_with(start, end, limit, at, ReadConsistency::Linearizable)
                     .await?;
                 (s.value, ServedMeta::plain(s.served_at))
             }
-            Some(level) => {
+            Served::Level(level) => {
                 no_snapshot_with_level(at)?;
                 let r = engine.range_level(start, end, limit, level).await?;
                 let meta = ServedMeta {

@@ -30,7 +30,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::{ApiError, ErrorCode};
-use crate::raft::types::ReplicateV1;
 
 /// The peer protocol version this build speaks.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -119,8 +118,10 @@ pub enum PeerRequestV1 {
         start: Vec<u8>,
         /// The range's end at the origin (exclusive; `None`: unbounded).
         end: Option<Vec<u8>>,
-        /// The batch (the Raft log's own type: proposed as it is).
-        batch: ReplicateV1,
+        /// postcard of the batch, the Raft log's own `ReplicateV1`
+        /// (proposed as it is; its layout is pinned with the log's).
+        #[serde(with = "serde_bytes")]
+        batch: Vec<u8>,
     },
 }
 
@@ -251,15 +252,10 @@ mod tests {
             range: 2,
             start: b"a".to_vec(),
             end: None,
-            batch: ReplicateV1 {
-                origin: "eu".into(),
-                after: 1,
-                closed: 3,
-                records: vec![],
-            },
+            batch: vec![7, 8],
         };
         let bytes = encode(&req);
-        assert_eq!(bytes, vec![0, 1, 2, 2, 1, b'a', 0, 2, b'e', b'u', 1, 3, 0]);
+        assert_eq!(bytes, vec![0, 1, 2, 2, 1, b'a', 0, 2, 7, 8]);
         assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
         let done = PeerResponseV1::Replicated {
             applied: true,

@@ -358,9 +358,13 @@ impl RaftHost {
         range: RangeId,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
-        batch: ReplicateV1,
+        batch: &[u8],
     ) -> PeerResponseV1 {
         let refuse = |code, msg: String| PeerResponseV1::error(&ApiError::new(code, msg));
+        let batch: ReplicateV1 = match decode(batch) {
+            Ok(b) => b,
+            Err(e) => return PeerResponseV1::error(&e),
+        };
         let group = match self.group_or_err(range) {
             Ok(g) => g,
             Err(e) => return PeerResponseV1::error(&e),

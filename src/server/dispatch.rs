@@ -198,9 +198,8 @@ fn consistency_name(r: &RequestV1) -> &'static str {
                 .as_ref()
                 .map_or("serializable", crate::engine::levels::level_name)
         }
-        RequestV1::Get { .. } | RequestV1::Range { .. } | RequestV1::History { .. } => {
-            "linearizable"
-        }
+        RequestV1::Get { .. } | RequestV1::Range { .. } => "prefix_default",
+        RequestV1::History { .. } => "linearizable",
         _ => "none",
     }
 }
@@ -382,31 +381,6 @@ async fn handle(
     }
 }
 
-/// The v1 forms without a consistency field mean linearizable.
-fn with_default_consistency(req: RequestV1) -> RequestV1 {
-    let consistency = crate::wire::ReadConsistencyV1::Linearizable;
-    match req {
-        RequestV1::Get { key, at } => RequestV1::GetWith {
-            key,
-            at,
-            consistency,
-        },
-        RequestV1::Range {
-            start,
-            end,
-            limit,
-            at,
-        } => RequestV1::RangeWith {
-            start,
-            end,
-            limit,
-            at,
-            consistency,
-        },
-        other => other,
-    }
-}
-
 /// The two consistencies answered with [`ResponseV1::Ok`]; the levels after
 /// them go through [`handle_level`] before reaching here.
 fn plain(c: ReadConsistencyV1) -> Result<ReadConsistency, ApiError> {
@@ -424,7 +398,33 @@ async fn handle_data(
     req: RequestV1,
     engine: &Engine,
 ) -> Result<(Timestamp, ResponseBodyV1), ApiError> {
-    match with_default_consistency(req) {
+    match req {
+        // The forms without a consistency field read at the level the
+        // key's prefix promises (Engine::default_level).
+        RequestV1::Get { key, at } => {
+            let r = engine.get(key, at.map(Timestamp)).await?;
+            Ok((
+                r.served_at,
+                ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from)),
+            ))
+        }
+        RequestV1::Range {
+            start,
+            end,
+            limit,
+            at,
+        } => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let r = engine.range(start, end, limit, at.map(Timestamp)).await?;
+            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
+            Ok((
+                r.served_at,
+                ResponseBodyV1::Page {
+                    kvs,
+                    next: r.value.next,
+                },
+            ))
+        }
         RequestV1::GetWith {
             key,
             at,
@@ -514,10 +514,6 @@ async fn handle_data(
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
         }
-        RequestV1::Get { .. } | RequestV1::Range { .. } => Err(ApiError::new(
-            ErrorCode::Internal,
-            "unnormalised read reached the data handler",
-        )),
         RequestV1::Status
         | RequestV1::PeerPing
         | RequestV1::Raft(_)

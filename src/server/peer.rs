@@ -158,8 +158,8 @@ async fn serve(
             end,
             batch,
         } => {
-            let span = tracing::debug_span!("replicate_receive", range, origin = %batch.origin, records = batch.records.len());
-            host.handle_replicate(range, start, end, batch)
+            let span = tracing::debug_span!("replicate_receive", range, bytes = batch.len());
+            host.handle_replicate(range, start, end, &batch)
                 .instrument(span)
                 .await
         }

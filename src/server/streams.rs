@@ -248,6 +248,8 @@ async fn send(
     dest: &mut Option<SocketAddr>,
     batch: ReplicateV1,
 ) -> Result<(bool, Timestamp), StreamEnd> {
+    let batch = postcard::to_allocvec(&batch)
+        .map_err(|e| StreamEnd::Peer(format!("encode a replication batch: {e}")))?;
     let req = PeerRequestV1::Replicate {
         range: g.desc.id,
         start: g.desc.start.clone(),
