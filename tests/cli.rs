@@ -196,8 +196,19 @@ async fn kv_read_levels_and_policies_through_the_binary() {
             .status
             .success());
         let w = json_of(&run(&["kv", "put", "ca/k", "2", "--json"], &env, None));
-        // The default level is linearizable: refused on an eventual prefix.
-        let refused = run(&["kv", "get", "ev/x"], &env, None);
+        // A write's token is a string (safe for JSON tools) equal to its version.
+        assert_eq!(w["token"], w["version"].as_u64().unwrap().to_string());
+        // No level asked: the prefix's own (eventual), served.
+        let plain = run(&["kv", "get", "ev/x"], &env, None);
+        assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "1");
+        let listed = run(&["kv", "ls", "ev/"], &env, None);
+        assert!(listed.status.success(), "{listed:?}");
+        // Linearizable is more than an eventual prefix allows.
+        let refused = run(
+            &["kv", "get", "ev/x", "--consistency", "linearizable"],
+            &env,
+            None,
+        );
         assert!(!refused.status.success());
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(

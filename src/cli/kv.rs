@@ -35,22 +35,25 @@ pub(crate) struct LevelArgs {
 
 impl LevelArgs {
     /// How to read; `--serializable` is `--consistency serializable`.
-    fn choice(&self, serializable: bool) -> anyhow::Result<ReadChoice> {
+    /// The level asked for; `None`: none, the key prefix's own.
+    fn choice(&self, serializable: bool) -> anyhow::Result<Option<ReadChoice>> {
         if serializable {
             if self.consistency.is_some() {
                 anyhow::bail!("give --serializable or --consistency, not both");
             }
-            return Ok(ReadChoice::Serializable);
+            return Ok(Some(ReadChoice::Serializable));
         }
         if self.consistency.is_none() && (self.token.is_some() || self.on_stale.is_some()) {
             anyhow::bail!("--token and --on-stale need --consistency (causal or bounded:MS)");
         }
-        let c = self.consistency.as_deref().unwrap_or("linearizable");
-        Ok(parse_read_choice(
+        let Some(c) = self.consistency.as_deref() else {
+            return Ok(None);
+        };
+        Ok(Some(parse_read_choice(
             c,
             self.token.as_deref(),
             self.on_stale.as_deref(),
-        )?)
+        )?))
     }
 }
 
@@ -94,9 +97,17 @@ async fn get_as(
     client: &Client,
     key: &str,
     at: Option<u64>,
-    choice: ReadChoice,
+    choice: Option<ReadChoice>,
 ) -> anyhow::Result<(Option<KeyValue>, ReadMeta)> {
     let at = at.map(Timestamp);
+    let Some(choice) = choice else {
+        // No level asked: the key prefix's own.
+        let r = match at {
+            Some(t) => client.get_at(key, t).await?,
+            None => client.get(key).await?,
+        };
+        return Ok((r.kv, ReadMeta::plain(r.served_at)));
+    };
     let plain = match choice.level(policy_bound(client, key, choice).await?) {
         None => ReadConsistency::Serializable,
         Some(ReadLevel::Linearizable) => ReadConsistency::Linearizable,
@@ -256,7 +267,10 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             if conn.json {
                 println!(
                     "{}",
-                    json!({"key": key, "version": w.version.0, "version_str": w.version.to_string()})
+                    // `token`: the write's version as a session token, a
+                    // string (JSON tools read big integers as doubles).
+                    json!({"key": key, "version": w.version.0, "version_str": w.version.to_string(),
+                           "token": w.version.0.to_string()})
                 );
             } else {
                 println!("OK {}", w.version);
@@ -274,7 +288,8 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
             if at.is_some()
                 && !matches!(
                     choice,
-                    ReadChoice::Serializable | ReadChoice::Level(ReadLevel::Linearizable)
+                    None | Some(ReadChoice::Serializable)
+                        | Some(ReadChoice::Level(ReadLevel::Linearizable))
                 )
             {
                 anyhow::bail!("--at cannot be combined with a bounded, causal or eventual read: the level picks the snapshot");
@@ -327,21 +342,23 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--limit must be at least 1");
             }
             let client = conn.connect().await?;
-            let listed = match policy_bound(&client, &prefix, choice).await {
+            let listed = match choice {
+                // No level asked: the prefix's own, one snapshot across ranges.
+                None => client
+                    .list_prefix(&prefix, limit)
+                    .await
+                    .map(|(kvs, more)| (kvs, more, None))
+                    .map_err(anyhow::Error::from),
+                Some(choice) => match policy_bound(&client, &prefix, choice).await {
                 Err(e) => Err(e),
-                // The default keeps its one-snapshot listing across ranges.
                 Ok(bound) => match choice.level(bound) {
-                    Some(ReadLevel::Linearizable) => client
-                        .list_prefix(&prefix, limit)
-                        .await
-                        .map(|(kvs, more)| (kvs, more, None))
-                        .map_err(anyhow::Error::from),
                     Some(l) => list_at_level(&client, &prefix, limit, l)
                         .await
                         .map(|(kvs, more, meta)| (kvs, more, Some(meta))),
                     None => Err(anyhow::anyhow!(
                         "kv ls reads linearizable, bounded, causal or eventual (serializable listings are not offered)"
                     )),
+                },
                 },
             };
             client.close().await;
