@@ -86,6 +86,7 @@ pub struct RangeGroup {
     pub raft: RangeRaft,
     applied_ts: Arc<AtomicU64>,
     frontier_ts: Arc<AtomicU64>,
+    applied_changed: Arc<tokio::sync::Notify>,
     /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
     votes_from: std::time::Instant,
 }
@@ -103,6 +104,13 @@ impl RangeGroup {
     /// to [`RangeGroup::applied_ts`] in a single region.
     pub fn frontier_ts(&self) -> Timestamp {
         Timestamp(self.frontier_ts.load(Ordering::Acquire))
+    }
+
+    /// Woken (`notify_waiters`) whenever the applied timestamp or the
+    /// frontier moves: create the `notified()` future before reading them,
+    /// then await it, and no move is missed.
+    pub fn applied_changed(&self) -> &tokio::sync::Notify {
+        &self.applied_changed
     }
 }
 
@@ -259,6 +267,7 @@ impl RaftHost {
         .map_err(storage)?;
         let applied_ts = sm.applied_ts();
         let frontier_ts = sm.frontier_ts();
+        let applied_changed = sm.applied_changed();
         let requests = sm.take_snapshot_requests();
         let network = GroupNetworkFactory::new(self.router.clone(), range);
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
@@ -275,6 +284,7 @@ impl RaftHost {
             raft,
             applied_ts,
             frontier_ts,
+            applied_changed,
             votes_from,
         });
         write(&self.groups).insert(range, group.clone());

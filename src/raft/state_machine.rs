@@ -175,6 +175,9 @@ pub struct RangeStateMachine {
     /// `applied_ts`); a read at it sees everything every region wrote up to
     /// it. Equal to `applied_ts` in a single region.
     frontier_ts: Arc<AtomicU64>,
+    /// Woken whenever the applied timestamp or the frontier moves (the
+    /// outbound replication streams wait on it instead of polling).
+    applied_changed: Arc<tokio::sync::Notify>,
     /// The regions this range replicates with.
     scope: ReplicationScope,
     /// The stream cursor of every origin region (replicated state).
@@ -264,6 +267,7 @@ impl RangeStateMachine {
             state,
             applied_ts,
             frontier_ts,
+            applied_changed: Arc::new(tokio::sync::Notify::new()),
             scope,
             cursors,
             points,
@@ -359,6 +363,11 @@ impl RangeStateMachine {
     /// The shared frontier (see the field).
     pub fn frontier_ts(&self) -> Arc<AtomicU64> {
         self.frontier_ts.clone()
+    }
+
+    /// Woken whenever the applied timestamp or the frontier moves.
+    pub fn applied_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.applied_changed.clone()
     }
 
     /// The frontier from the applied state: the applied timestamp, lowered

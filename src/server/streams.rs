@@ -44,8 +44,10 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Pause before a stream whose destination is behind the change log
 /// checks again (a leader change may bring a replica with more log).
 pub const BEHIND_PAUSE: Duration = Duration::from_secs(10);
-/// Pause of a stream with nothing new to send.
-pub const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest a stream with nothing new to send waits before looking again
+/// (it is woken as soon as the range applies something; this bounds a
+/// missed wake-up and the leadership check).
+pub const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Longest one batch exchange may take (the destination commits it in its
 /// region first).
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,9 +359,11 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         };
         // Everything at or below the applied timestamp is in the change log
         // (same batch), and every later local write is stamped above it.
+        // Register for the next apply before reading it, so none is missed.
+        let moved = g.applied_changed().notified();
         let closed = g.applied_ts();
         if closed <= after {
-            tokio::time::sleep(IDLE_POLL).await;
+            let _ = tokio::time::timeout(IDLE_POLL, moved).await;
             continue;
         }
         let records = {

@@ -221,9 +221,9 @@ async fn replication(topo: &Topology, layout: &[RegionPlan], tls: &TlsFiles) -> 
         let value = format!("{nonce}");
         let writer = Client::connect(client_config(origin, origin, tls)).await?;
         let written = writer.put(&key, &value).await;
+        let acked = Instant::now();
         writer.close().await;
         written?;
-        let acked = Instant::now();
         for dest in layout.iter().filter(|d| d.name != origin.name) {
             let reader = Client::connect(client_config(dest, dest, tls)).await?;
             let seen = async {
