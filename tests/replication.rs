@@ -21,16 +21,9 @@ use meridian::types::Timestamp;
 /// Bound of every wait below.
 const BOUND: Duration = Duration::from_secs(30);
 
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 struct Site {
     region: &'static str,
     name: &'static str,
-    quic: SocketAddr,
-    gossip: SocketAddr,
 }
 
 struct Cluster {
@@ -38,6 +31,9 @@ struct Cluster {
     certs: common::TestCerts,
     sites: Vec<Site>,
     nodes: Vec<Option<Node>>,
+    /// Each node's bound gossip address, once it started (ports are the
+    /// OS's choice, so concurrent tests never race for one).
+    gossip: Vec<Option<SocketAddr>>,
 }
 
 fn config(c: &Cluster, i: usize) -> meridian::config::NodeConfig {
@@ -47,20 +43,22 @@ fn config(c: &Cluster, i: usize) -> meridian::config::NodeConfig {
     raw.node.id = site.name.into();
     raw.node.region = site.region.into();
     raw.node.data_dir = dir.join(site.name);
-    raw.server.listen_addr = site.quic.to_string();
+    raw.server.listen_addr = "127.0.0.1:0".into();
     raw.server.http_addr = String::new();
     raw.tls.ca_cert = c.certs.dir.join("ca.pem");
     raw.tls.cert = c.certs.dir.join(format!("{}.pem", site.name));
     raw.tls.key = c.certs.dir.join(format!("{}.key", site.name));
     raw.raft.range_prefixes = vec!["locks/".into()];
-    raw.gossip.listen_addr = site.gossip.to_string();
+    raw.gossip.listen_addr = "127.0.0.1:0".into();
     raw.gossip.cluster_key = dir.join("cluster.key");
     raw.gossip.max_rtt_ms = 50;
+    // Every other node that runs: one live seed is enough to join.
     raw.gossip.seeds = c
-        .sites
+        .gossip
         .iter()
-        .filter(|s| s.name != site.name)
-        .map(|s| s.gossip.to_string())
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, g)| g.map(|a| a.to_string()))
         .collect();
     raw.replication.regions = c.sites.iter().map(|s| s.region.to_string()).collect();
     raw.replication.default.consistency = "eventual".into();
@@ -73,25 +71,21 @@ async fn start() -> Cluster {
     meridian::membership::generate_cluster_key(&dir.path().join("cluster.key"), false).unwrap();
     let sites: Vec<Site> = [("us", "us-1"), ("eu", "eu-1")]
         .into_iter()
-        .map(|(region, name)| Site {
-            region,
-            name,
-            quic: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
-            gossip: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
-        })
+        .map(|(region, name)| Site { region, name })
         .collect();
     for s in &sites {
         certs::issue(&certs.dir, Role::Node, s.name, &certs.dir, &[]).unwrap();
     }
+    let n = sites.len();
     let mut c = Cluster {
         dir,
         certs,
         sites,
-        nodes: Vec::new(),
+        nodes: (0..n).map(|_| None).collect(),
+        gossip: vec![None; n],
     };
-    for i in 0..c.sites.len() {
-        let node = Node::start(config(&c, i)).await.unwrap();
-        c.nodes.push(Some(node));
+    for i in 0..n {
+        c.restart(i).await;
     }
     c
 }
@@ -99,13 +93,17 @@ async fn start() -> Cluster {
 impl Cluster {
     async fn client(&self, i: usize) -> Client {
         Client::connect(ClientConfig {
-            endpoints: vec![self.sites[i].quic],
+            endpoints: vec![self.quic(i)],
             tls: self.certs.files("client"),
             request_timeout: Duration::from_secs(10),
             bind: None,
         })
         .await
         .unwrap()
+    }
+
+    fn quic(&self, i: usize) -> SocketAddr {
+        self.node(i).quic_addr()
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -120,6 +118,7 @@ impl Cluster {
 
     async fn restart(&mut self, i: usize) {
         let node = Node::start(config(self, i)).await.unwrap();
+        self.gossip[i] = node.gossip_addr();
         self.nodes[i] = Some(node);
     }
 
@@ -176,16 +175,28 @@ async fn writes_reach_the_other_region_and_converge() {
     wait_for(&eu, "locks/b", None).await;
 
     // Concurrent writes to one key in both regions: one winner everywhere.
+    // Both nodes share this machine's clock, so the two writes often get
+    // the same HLC: then one version (the greater bytes, "us") is all that
+    // remains of the pair, in both regions; otherwise both versions stay,
+    // the later one visible.
     let (a, b) = tokio::join!(us.put("config/race", "us"), eu.put("config/race", "eu"));
-    a.unwrap();
-    b.unwrap();
+    let (a, b) = (a.unwrap().version, b.unwrap().version);
+    let versions = if a == b { 1 } else { 2 };
     let deadline = Instant::now() + BOUND;
     loop {
         let x = us.get("config/race").await.unwrap().kv.map(|kv| kv.value);
         let y = eu.get("config/race").await.unwrap().kv.map(|kv| kv.value);
         let hx = us.history("config/race", 10).await.unwrap().entries;
         let hy = eu.history("config/race", 10).await.unwrap().entries;
-        if x == y && hx.len() == 2 && hx == hy {
+        if x == y && hx.len() == versions && hx == hy {
+            let winner = if a == b {
+                &b"us"[..]
+            } else if a > b {
+                b"us"
+            } else {
+                b"eu"
+            };
+            assert_eq!(x.as_deref(), Some(winner), "{hx:?}");
             break;
         }
         assert!(

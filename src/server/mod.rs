@@ -226,6 +226,12 @@ impl Node {
         self.advertised
     }
 
+    /// The bound gossip address, when gossip is on (a config's port 0 is
+    /// replaced by the port the socket got).
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.membership.as_ref().map(|m| m.local_addr())
+    }
+
     /// The bound HTTP gateway address, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
