@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::emulator::Controller;
+use crate::controller::Controller;
 use crate::engine::LinkChange;
 use crate::limits::{
     CONTROL_IO_TIMEOUT, CONTROL_MAX_CONNECTIONS, CONTROL_MAX_REPLY_BYTES, CONTROL_MAX_REQUEST_BYTES,

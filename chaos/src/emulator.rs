@@ -13,18 +13,18 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::addr::SourceMap;
 use crate::config::{Protocol, ResolvedListener, WanConfig, WanLimits};
+use crate::controller::Controller;
 use crate::core::Core;
-use crate::engine::{queue_limits, Command, Datagram, Engine, LinkChange};
-use crate::error::{ControlError, StartError};
+use crate::engine::{queue_limits, Datagram, Engine};
+use crate::error::StartError;
 use crate::limits::{CONTROL_CHANNEL_CAPACITY, ENGINE_INPUT_CAPACITY, SHUTDOWN_TIMEOUT};
-use crate::link::LinkParams;
-use crate::status::{ListenerStats, ListenerStatus, Shared, Status, StreamStats};
-use crate::table::{LinkTable, Partition};
+use crate::status::{ListenerStats, ListenerStatus, Shared, StreamStats};
+use crate::table::LinkTable;
 use crate::tcp::TcpProxy;
 use crate::udp::{SplitSocket, UdpListener};
 
@@ -36,15 +36,6 @@ pub struct Emulator {
     control: Controller,
     listeners: HashMap<String, SocketAddr>,
     control_addr: Option<SocketAddr>,
-}
-
-/// Changes and reads a running emulator: partitions, heal, link
-/// parameters, status. Cheap to clone; every clone talks to the same
-/// engine task. Calls fail with [`ControlError::Stopped`] once the
-/// emulator has stopped.
-#[derive(Clone, Debug)]
-pub struct Controller {
-    tx: mpsc::Sender<Command>,
 }
 
 enum Bound {
@@ -213,7 +204,7 @@ impl Emulator {
             shared,
         };
         tasks.spawn(engine.run());
-        let control = Controller { tx: control_tx };
+        let control = Controller::new(control_tx);
         let mut control_addr = None;
         if let Some(listener) = control_listener {
             control_addr = listener.local_addr().ok();
@@ -266,72 +257,5 @@ fn listener_status(l: &ResolvedListener, table: &LinkTable, listen: SocketAddr) 
         open: 0,
         opened: 0,
         refused: 0,
-    }
-}
-
-impl Controller {
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
-    ) -> Result<T, ControlError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    /// Puts a partition in force (both directions for
-    /// [`Partition::Cut`] and [`Partition::Isolate`]). Datagrams in flight
-    /// on a cut link are dropped; TCP stalls. Adding one already in force
-    /// changes nothing.
-    pub async fn partition(&self, p: Partition) -> Result<(), ControlError> {
-        self.call(|r| Command::Partition(p, r)).await
-    }
-
-    /// Cuts `a` and `b` apart, both directions.
-    pub async fn cut(&self, a: &str, b: &str) -> Result<(), ControlError> {
-        self.partition(Partition::Cut {
-            a: a.into(),
-            b: b.into(),
-        })
-        .await
-    }
-
-    /// Cuts `region` from every other region.
-    pub async fn isolate(&self, region: &str) -> Result<(), ControlError> {
-        self.partition(Partition::Isolate {
-            region: region.into(),
-        })
-        .await
-    }
-
-    /// Removes every partition; stalled TCP resumes.
-    pub async fn heal(&self) -> Result<(), ControlError> {
-        self.call(Command::Heal).await
-    }
-
-    /// Sets the link between `a` and `b` (both directions; the same region
-    /// twice: its own traffic). Applies to datagrams and chunks read from
-    /// now on.
-    pub async fn set_link(&self, a: &str, b: &str, params: LinkParams) -> Result<(), ControlError> {
-        self.change_link(a, b, params.into()).await
-    }
-
-    /// Changes some of a link's parameters, keeping the others.
-    pub async fn change_link(
-        &self,
-        a: &str,
-        b: &str,
-        change: LinkChange,
-    ) -> Result<(), ControlError> {
-        let (a, b) = (a.to_string(), b.to_string());
-        self.call(|r| Command::Link(a, b, change, r)).await
-    }
-
-    /// Links, partitions, counters and listeners now.
-    pub async fn status(&self) -> Result<Status, ControlError> {
-        self.call(Command::Status).await
     }
 }

@@ -35,6 +35,7 @@
 pub mod addr;
 pub mod config;
 pub mod control;
+mod controller;
 pub mod core;
 mod emulator;
 mod engine;
@@ -48,7 +49,8 @@ mod tcp;
 mod udp;
 
 pub use config::{LinkSpec, ListenerSpec, NodePorts, Protocol, SourceSpec, WanConfig, WanLimits};
-pub use emulator::{Controller, Emulator};
+pub use controller::Controller;
+pub use emulator::Emulator;
 pub use engine::LinkChange;
 pub use error::{ConfigError, ControlError, StartError};
 pub use link::LinkParams;
