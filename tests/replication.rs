@@ -209,6 +209,14 @@ async fn writes_reach_the_other_region_and_converge() {
     // An idle range's frontier keeps moving in the other region: idle
     // leaders close timestamps, so it stays within about a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ... and its age is published for operators.
+    let text = meridian::telemetry::metrics_handle().render();
+    let age = text
+        .lines()
+        .find(|l| l.starts_with("meridian_replication_frontier_age_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no frontier age gauge:\n{text}"));
+    assert!((0.0..5.0).contains(&age), "frontier age {age} s");
     for i in 0..2 {
         let engine = c.node(i).engine();
         let frontier = engine.frontier_of(b"locks/x").unwrap();

@@ -98,6 +98,7 @@ async fn supervise(ctx: StreamContext) {
     loop {
         tick.tick().await;
         let groups = ctx.host.groups();
+        publish_frontier_ages(&groups);
         let led: Vec<Arc<RangeGroup>> = groups
             .into_iter()
             .filter(|g| is_leader(&ctx.host, g))
@@ -121,6 +122,18 @@ async fn supervise(ctx: StreamContext) {
             }
             close_if_idle(&ctx, g, &closing);
         }
+    }
+}
+
+/// Sets `meridian_replication_frontier_age_seconds{range}` for every range
+/// on this node, leader or not: how far the range's frontier here (what
+/// bounded and causal reads are served at) is behind the wall clock.
+fn publish_frontier_ages(groups: &[Arc<RangeGroup>]) {
+    let now = wall_now();
+    for g in groups {
+        let age = staleness_ms(now, g.frontier_ts()) as f64 / 1000.0;
+        metrics::gauge!("meridian_replication_frontier_age_seconds", "range" => g.desc.id.to_string())
+            .set(age);
     }
 }
 
