@@ -424,14 +424,24 @@ async fn catch_up_by_snapshot(stale_point: bool) {
     assert_eq!(missing, 0, "the rejoined node holds versions nobody wrote");
     if let Some((point, horizon)) = stale {
         let leader = peers.iter().find(|p| p.id == new_leader_id).unwrap();
-        let now = leader
-            .host
-            .group(1)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow_watched()
-            .snapshot;
+        // The leader may have sent the fresh snapshot's file (materialised
+        // from the view it took when the build began) before its metrics
+        // show the build as done: wait for them, bounded.
+        let deadline = Instant::now() + BOUND;
+        let now = loop {
+            let now = leader
+                .host
+                .group(1)
+                .unwrap()
+                .raft
+                .metrics()
+                .borrow_watched()
+                .snapshot;
+            if now > Some(point) || Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert!(
             now > Some(point),
             "a fresh snapshot replaced the stale point {point:?}: {now:?}"
