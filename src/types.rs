@@ -183,3 +183,17 @@ pub struct NodeInfo {
     /// The bound QUIC address (where packets arrive and leave from).
     pub listen_addr: std::net::SocketAddr,
 }
+
+/// The smallest key greater than every key starting with `prefix`, or
+/// `None` when there is none (empty prefix or all 0xFF bytes): the end of
+/// a prefix scan, and of a prefix policy's span.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}

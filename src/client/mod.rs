@@ -54,6 +54,7 @@ use tokio::sync::watch;
 
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, EndpointLimits, FrameError, TlsFiles};
+pub use crate::types::prefix_end;
 use crate::types::{KeyValue, ReadConsistency, Timestamp, Txn, VersionEntry};
 use crate::wire::{self, RequestV1, ResponseBodyV1, ResponseV1, StatusV1};
 
@@ -192,19 +193,6 @@ pub struct HistoryResponse {
     pub entries: Vec<VersionEntry>,
     /// HLC timestamp it was served at.
     pub served_at: Timestamp,
-}
-
-/// The smallest key greater than every key starting with `prefix`, or
-/// `None` when there is none (empty prefix or all 0xFF bytes).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// A pooled connection and the task that watches its node's liveness.
@@ -1282,6 +1270,7 @@ mod tests {
     #[test]
     fn prefix_end_cases() {
         assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
         assert_eq!(prefix_end(b""), None);

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{check_name, check_range, invalid, parse_addr, ConfigError};
-use crate::client::prefix_end;
 use crate::raft::{RaftNode, RaftTiming, RangeDescriptor};
+use crate::types::prefix_end;
 
 /// Most voters a region's groups may have.
 pub const MAX_REGION_VOTERS: usize = 7;

@@ -418,19 +418,6 @@ fn parse_token(t: &str) -> Result<Timestamp, String> {
     t.parse::<u64>().map(Timestamp).map_err(|_| malformed())
 }
 
-/// The smallest key greater than every key starting with `prefix`, or
-/// `None` when there is none (all 0xFF bytes).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -736,8 +723,5 @@ mod tests {
             ErrorCode::InvalidArgument
         );
         assert!(check_level(&ReadLevel::Eventual).is_ok());
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff"), None);
     }
 }

@@ -209,17 +209,12 @@ impl Engine {
     /// The frontier of the range owning `key` on this replica (see
     /// [`RangeGroup::frontier_ts`]).
     pub fn frontier_of(&self, key: &[u8]) -> Result<Timestamp, ApiError> {
-        let range = self.region.range_of(key)?;
-        self.region
-            .host()
-            .group(range.id)
-            .map(|g| g.frontier_ts())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("range {} is not running on this node", range.id),
-                )
-            })
+        Ok(self.group_of(key)?.frontier_ts())
+    }
+
+    /// This node's group of the range owning `key`.
+    fn group_of(&self, key: &[u8]) -> Result<Arc<RangeGroup>, ApiError> {
+        self.region.group(self.region.range_of(key)?)
     }
 
     /// The region's ranges and this node's groups.
@@ -453,7 +448,7 @@ impl Engine {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match table.policy_of(start) {
-            (Some(prefix), _) => levels::prefix_end(prefix),
+            (Some(prefix), _) => crate::types::prefix_end(prefix),
             (None, _) => table
                 .prefixes()
                 .map(|(p, _)| p)
@@ -792,18 +787,7 @@ impl levels::LevelEnv for KeyEnv<'_> {
     }
 
     fn applied(&self) -> Result<Timestamp, ApiError> {
-        let range = self.engine.region.range_of(self.key)?;
-        self.engine
-            .region
-            .host()
-            .group(range.id)
-            .map(|g| g.applied_ts())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("range {} is not running on this node", range.id),
-                )
-            })
+        Ok(self.engine.group_of(self.key)?.applied_ts())
     }
 
     fn now(&self) -> Result<Timestamp, ApiError> {

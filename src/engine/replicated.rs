@@ -87,7 +87,8 @@ impl Replicated {
         })
     }
 
-    fn group(&self, range: &RangeDescriptor) -> Result<Arc<RangeGroup>, ApiError> {
+    /// This node's group of `range`.
+    pub(crate) fn group(&self, range: &RangeDescriptor) -> Result<Arc<RangeGroup>, ApiError> {
         self.host
             .group(range.id)
             .ok_or_else(|| unavailable(format!("range {} is not running on this node", range.id)))

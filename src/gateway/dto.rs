@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error_code::{ApiError, ErrorCode};
-use crate::types::{Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
+use crate::types::{
+    prefix_end, Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry,
+};
 
 /// Decodes page tokens with or without `=` padding (clients differ).
 const TOKEN_DECODER: GeneralPurpose = GeneralPurpose::new(
@@ -55,19 +57,6 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<Timestamp, ApiError> {
             Timestamp::from_parts(ms, logical).ok_or_else(bad)
         }
     }
-}
-
-/// The smallest key greater than every key that starts with `prefix`, or
-/// `None` when no such key exists (empty or all-`0xff` prefix: scan to the end).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// Encodes the engine's `next` key as an opaque page token (base64url, no padding).
@@ -651,14 +640,6 @@ mod tests {
         for bad in ["", "x", "1.2.3", "-1", "1000.1"] {
             assert!(parse_timestamp(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn prefix_end_is_the_first_key_past_the_prefix() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
     }
 
     #[test]

@@ -225,7 +225,7 @@ async fn handle_level(
                 return Err(at_given());
             }
             let r = engine.get_level(key, level).await?;
-            let body = ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from));
+            let body = value_body(r.value.as_ref());
             (r.served_at, r.staleness_ms, r.token, body)
         }
         RequestV1::RangeWith {
@@ -240,12 +240,7 @@ async fn handle_level(
             }
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let r = engine.range_level(start, end, limit, level).await?;
-            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
-            let body = ResponseBodyV1::Page {
-                kvs,
-                next: r.value.next,
-            };
-            (r.served_at, r.staleness_ms, r.token, body)
+            (r.served_at, r.staleness_ms, r.token, page_body(r.value))
         }
         _ => {
             return Err(ApiError::new(
@@ -381,6 +376,19 @@ async fn handle(
     }
 }
 
+/// The reply body of a read of one key.
+fn value_body(kv: Option<&crate::types::KeyValue>) -> ResponseBodyV1 {
+    ResponseBodyV1::Value(kv.map(KeyValueV1::from))
+}
+
+/// The reply body of one range page.
+fn page_body(page: crate::engine::RangePage) -> ResponseBodyV1 {
+    ResponseBodyV1::Page {
+        kvs: page.kvs.iter().map(KeyValueV1::from).collect(),
+        next: page.next,
+    }
+}
+
 /// The two consistencies answered with [`ResponseV1::Ok`]; the levels after
 /// them go through [`handle_level`] before reaching here.
 fn plain(c: ReadConsistencyV1) -> Result<ReadConsistency, ApiError> {
@@ -403,10 +411,7 @@ async fn handle_data(
         // key's prefix promises (Engine::default_level).
         RequestV1::Get { key, at } => {
             let r = engine.get(key, at.map(Timestamp)).await?;
-            Ok((
-                r.served_at,
-                ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from)),
-            ))
+            Ok((r.served_at, value_body(r.value.as_ref())))
         }
         RequestV1::Range {
             start,
@@ -416,14 +421,7 @@ async fn handle_data(
         } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let r = engine.range(start, end, limit, at.map(Timestamp)).await?;
-            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
-            Ok((
-                r.served_at,
-                ResponseBodyV1::Page {
-                    kvs,
-                    next: r.value.next,
-                },
-            ))
+            Ok((r.served_at, page_body(r.value)))
         }
         RequestV1::GetWith {
             key,
@@ -433,10 +431,7 @@ async fn handle_data(
             let r = engine
                 .get_with(key, at.map(Timestamp), plain(consistency)?)
                 .await?;
-            Ok((
-                r.served_at,
-                ResponseBodyV1::Value(r.value.as_ref().map(KeyValueV1::from)),
-            ))
+            Ok((r.served_at, value_body(r.value.as_ref())))
         }
         RequestV1::Put { key, value } => {
             let w = engine.put(key, value).await?;
@@ -489,14 +484,7 @@ async fn handle_data(
             let r = engine
                 .range_with(start, end, limit, at.map(Timestamp), plain(consistency)?)
                 .await?;
-            let kvs = r.value.kvs.iter().map(KeyValueV1::from).collect();
-            Ok((
-                r.served_at,
-                ResponseBodyV1::Page {
-                    kvs,
-                    next: r.value.next,
-                },
-            ))
+            Ok((r.served_at, page_body(r.value)))
         }
         RequestV1::Txn(t) => {
             let out = engine.txn(t.into()).await?;

@@ -206,13 +206,7 @@ impl MvccStore {
             }
         }
         let mut batch = self.inner.db.batch();
-        for (name, value) in meta {
-            batch.insert(
-                &self.inner.meta,
-                encoding::meta_user_key(name),
-                encoding::encode_meta(value),
-            );
-        }
+        self.insert_meta(&mut batch, meta);
         for (key, value) in written {
             batch.insert(&self.inner.data, key, value);
         }
@@ -395,6 +389,35 @@ mod tests {
             (kv.value.as_slice(), kv.version),
             (&b"4"[..], Timestamp(40))
         );
+    }
+
+    /// The bounds: one read returns at most MAX_CHANGE_READ_RECORDS
+    /// entries, and one truncation step removes at most
+    /// MAX_CHANGE_REMOVE_RECORDS and says that more remain.
+    #[test]
+    fn reads_and_truncations_are_bounded() {
+        let (_dir, store) = open();
+        let total = MAX_CHANGE_REMOVE_RECORDS + 5;
+        let records: Vec<WriteRecord> = (1..=total as u64)
+            .map(|i| rec(i, vec![put(&format!("k{i}"), "v")]))
+            .collect();
+        for chunk in records.chunks(crate::storage::MAX_BATCH_RECORDS) {
+            store.apply_range_batch(chunk, &[], Some(7)).unwrap();
+        }
+        let read = store
+            .read_changes(7, Timestamp::ZERO, Timestamp::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!(read.len(), MAX_CHANGE_READ_RECORDS);
+        assert!(
+            store.truncate_changes(7, Timestamp::MAX).unwrap(),
+            "more remain"
+        );
+        assert_eq!(
+            store.first_change(7).unwrap(),
+            Some(Timestamp(MAX_CHANGE_REMOVE_RECORDS as u64 + 1))
+        );
+        assert!(!store.truncate_changes(7, Timestamp::MAX).unwrap());
+        assert_eq!(store.first_change(7).unwrap(), None);
     }
 
     #[test]

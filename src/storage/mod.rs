@@ -593,13 +593,7 @@ impl MvccStore {
         // reads that gc promised to leave unchanged.
         self.check_above_horizons(records)?;
         let mut batch = self.inner.db.batch();
-        for (name, value) in meta {
-            batch.insert(
-                &self.inner.meta,
-                encoding::meta_user_key(name),
-                encoding::encode_meta(value),
-            );
-        }
+        self.insert_meta(&mut batch, meta);
         for (key, value) in changes {
             batch.insert(&self.inner.changes, key.as_slice(), value.as_slice());
         }
@@ -1005,6 +999,17 @@ impl MvccStore {
     /// Commits `batch` (atomically, to the journal; not fsynced). Every
     /// batch of the store, MVCC and Raft log alike, is committed here, so a
     /// failure always poisons.
+    /// Adds named metadata (validated by the caller) to `batch`.
+    fn insert_meta(&self, batch: &mut fjall::OwnedWriteBatch, meta: &[(&str, Vec<u8>)]) {
+        for (name, value) in meta {
+            batch.insert(
+                &self.inner.meta,
+                encoding::meta_user_key(name),
+                encoding::encode_meta(value),
+            );
+        }
+    }
+
     fn commit(&self, what: &str, batch: fjall::OwnedWriteBatch) -> Result<(), StorageError> {
         let result = if self.inner.fail_writes.load(Ordering::Acquire) {
             Err(fjall::Error::Io(std::io::Error::other(
