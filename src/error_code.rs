@@ -58,6 +58,11 @@ pub enum ErrorCode {
     /// consistency allows (for example a linearizable read of an eventual
     /// prefix); the message names the allowed levels.
     LevelNotAllowed,
+    /// MER-1010: the policy change was refused and nothing changed: it
+    /// could loosen a guarantee already given (for example turning a
+    /// prefix strong or moving a strong prefix's home at run time), or the
+    /// cluster has no control range to hold it.
+    PolicyRefused,
 }
 
 /// Every code, for lookups and tests.
@@ -81,6 +86,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::WrongRegion,
     ErrorCode::TooStale,
     ErrorCode::LevelNotAllowed,
+    ErrorCode::PolicyRefused,
 ];
 
 impl ErrorCode {
@@ -106,6 +112,7 @@ impl ErrorCode {
             ErrorCode::WrongRegion => "MER-3006",
             ErrorCode::TooStale => "MER-3007",
             ErrorCode::LevelNotAllowed => "MER-1009",
+            ErrorCode::PolicyRefused => "MER-1010",
         }
     }
 
@@ -151,6 +158,9 @@ impl ErrorCode {
             }
             ErrorCode::LevelNotAllowed => {
                 "ask for a level the prefix allows (`meridian policy ls` shows each prefix's consistency)"
+            }
+            ErrorCode::PolicyRefused => {
+                "keep the prefix's guarantee (use a new prefix for data that needs a stronger one), or configure [control] to change policies at run time"
             }
         }
     }
@@ -237,6 +247,7 @@ mod tests {
         assert_eq!(ErrorCode::WrongRegion.as_u16(), 3006);
         assert_eq!(ErrorCode::TooStale.as_u16(), 3007);
         assert_eq!(ErrorCode::LevelNotAllowed.as_u16(), 1009);
-        assert_eq!(ALL.last(), Some(&ErrorCode::LevelNotAllowed));
+        assert_eq!(ErrorCode::PolicyRefused.as_u16(), 1010);
+        assert_eq!(ALL.last(), Some(&ErrorCode::PolicyRefused));
     }
 }

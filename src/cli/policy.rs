@@ -1,5 +1,7 @@
-//! `meridian policy ls`: every key prefix's consistency policy and the
-//! default, as the connected node holds them (docs/consistency.md).
+//! `meridian policy ls|set|rm`: every key prefix's consistency policy and
+//! the default, as the connected node holds them, and run-time changes
+//! through the control range (docs/consistency.md, "Policies at run
+//! time").
 
 use std::process::ExitCode;
 
@@ -7,7 +9,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::ConnArgs;
-use crate::wire::{PoliciesV1, PolicyV1};
+use crate::replication::policy::{Consistency, Replication};
+use crate::wire::{PoliciesV1, PolicyV1, SetPolicyV1};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -17,6 +20,94 @@ pub(crate) enum PolicyCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Change a prefix's policy (or the default's with --default) in the
+    /// control range; every node applies it without a restart. Options not
+    /// given keep their current value. Needs an admin certificate. A change
+    /// that could loosen a guarantee already given (turning a prefix strong,
+    /// moving a strong prefix's home) is refused (MER-1010).
+    Set {
+        /// The key prefix (a new prefix gets the policy now governing its keys,
+        /// changed by the options).
+        #[arg(required_unless_present = "default")]
+        prefix: Option<String>,
+        /// Change the default policy (keys under no prefix policy).
+        #[arg(long, conflicts_with = "prefix")]
+        default: bool,
+        /// strong, causal or eventual.
+        #[arg(long)]
+        consistency: Option<String>,
+        /// The home region.
+        #[arg(long)]
+        home: Option<String>,
+        /// async or sync-N.
+        #[arg(long)]
+        replication: Option<String>,
+        /// Default staleness bound of bounded reads, ms.
+        #[arg(long = "max-staleness")]
+        max_staleness_ms: Option<u64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove a prefix's policy; its keys fall back to the default (same
+    /// rules as `set`). Needs an admin certificate.
+    Rm {
+        /// The key prefix.
+        prefix: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// The request `policy set`'s arguments describe (checked before anything
+/// is sent).
+fn set_request(
+    prefix: Option<String>,
+    consistency: Option<&str>,
+    home: Option<String>,
+    replication: Option<&str>,
+    max_staleness_ms: Option<u64>,
+) -> anyhow::Result<SetPolicyV1> {
+    let consistency = consistency
+        .map(str::parse::<Consistency>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--consistency: {e}"))?;
+    let replication = replication
+        .map(str::parse::<Replication>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--replication: {e}"))?;
+    if consistency.is_none()
+        && home.is_none()
+        && replication.is_none()
+        && max_staleness_ms.is_none()
+    {
+        anyhow::bail!(
+            "nothing to change: give at least one of --consistency, --home, --replication, --max-staleness"
+        );
+    }
+    if prefix.as_deref() == Some("") {
+        anyhow::bail!("the prefix is empty: change the default policy with --default");
+    }
+    Ok(SetPolicyV1 {
+        prefix: prefix.map(String::into_bytes),
+        consistency: consistency.map(Into::into),
+        home,
+        replication: replication.map(Into::into),
+        max_staleness_ms,
+    })
+}
+
+fn print_changed(what: &str, c: &crate::client::PolicyChanged, as_json: bool) {
+    if as_json {
+        let mut v = table_json(&c.policies);
+        v["version"] = json!(c.version);
+        v["epoch"] = json!(c.epoch);
+        println!("{v}");
+        return;
+    }
+    println!("{what} (table version {}, epoch {})", c.version, c.epoch);
+    for line in render(&c.policies, false) {
+        println!("{line}");
+    }
 }
 
 fn policy_json(prefix: Option<&[u8]>, p: &PolicyV1) -> serde_json::Value {
@@ -40,20 +131,23 @@ fn row(prefix: &str, p: &PolicyV1) -> String {
     )
 }
 
+fn table_json(t: &PoliciesV1) -> serde_json::Value {
+    let prefixes: Vec<_> = t
+        .prefixes
+        .iter()
+        .map(|p| policy_json(Some(&p.prefix), &p.policy))
+        .collect();
+    json!({
+        "local_region": t.local_region,
+        "regions": t.regions,
+        "default": policy_json(None, &t.default),
+        "prefixes": prefixes,
+    })
+}
+
 fn render(t: &PoliciesV1, as_json: bool) -> Vec<String> {
     if as_json {
-        let prefixes: Vec<_> = t
-            .prefixes
-            .iter()
-            .map(|p| policy_json(Some(&p.prefix), &p.policy))
-            .collect();
-        let v = json!({
-            "local_region": t.local_region,
-            "regions": t.regions,
-            "default": policy_json(None, &t.default),
-            "prefixes": prefixes,
-        });
-        return vec![v.to_string()];
+        return vec![table_json(t).to_string()];
     }
     let mut out = vec![
         format!("region {} of {}", t.local_region, t.regions.join(", ")),
@@ -78,6 +172,33 @@ pub(crate) async fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         }
+        PolicyCommand::Set {
+            prefix,
+            default: _,
+            consistency,
+            home,
+            replication,
+            max_staleness_ms,
+            conn,
+        } => {
+            let req = set_request(
+                prefix,
+                consistency.as_deref(),
+                home,
+                replication.as_deref(),
+                max_staleness_ms,
+            )?;
+            let client = conn.connect().await?;
+            let changed = client.set_policy(req).await;
+            client.close().await;
+            print_changed("policy set", &changed?, conn.json);
+        }
+        PolicyCommand::Rm { prefix, conn } => {
+            let client = conn.connect().await?;
+            let changed = client.remove_policy(prefix.as_bytes()).await;
+            client.close().await;
+            print_changed("policy removed", &changed?, conn.json);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -86,6 +207,31 @@ pub(crate) async fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::wire::{ConsistencyV1, PrefixPolicyV1, ReplicationV1};
+
+    #[test]
+    fn set_arguments_are_checked_before_anything_is_sent() {
+        let ok = set_request(
+            Some("ads/".into()),
+            Some("eventual"),
+            None,
+            Some("sync-1"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.prefix.as_deref(), Some(&b"ads/"[..]));
+        assert_eq!(ok.consistency, Some(ConsistencyV1::Eventual));
+        assert_eq!(ok.replication, Some(ReplicationV1::Sync(1)));
+        let default = set_request(None, None, Some("eu".into()), None, Some(10)).unwrap();
+        assert_eq!(default.prefix, None);
+        let err = |r: anyhow::Result<SetPolicyV1>| r.unwrap_err().to_string();
+        assert!(err(set_request(None, Some("linear"), None, None, None)).contains("--consistency"));
+        assert!(err(set_request(None, None, None, Some("sync-0"), None)).contains("--replication"));
+        assert!(err(set_request(Some("a/".into()), None, None, None, None))
+            .contains("nothing to change"));
+        assert!(
+            err(set_request(Some(String::new()), None, None, None, Some(1))).contains("--default")
+        );
+    }
 
     #[test]
     fn lists_prefixes_then_the_default() {

@@ -214,6 +214,17 @@ type Pool = Arc<Mutex<HashMap<SocketAddr, Pooled>>>;
 /// A usable connection and its watcher's verdict.
 type Connected = (quinn::Connection, watch::Receiver<Option<Duration>>);
 
+/// A committed policy change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyChanged {
+    /// The policy table's version after it.
+    pub version: u64,
+    /// The changed policy's epoch (0 for a removal).
+    pub epoch: u64,
+    /// The table after it, as the control range's leader holds it.
+    pub policies: crate::wire::PoliciesV1,
+}
+
 /// An async Meridian client. Clone-free: share it behind an `Arc`.
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -1185,6 +1196,46 @@ impl Client {
     pub async fn policies(&self) -> Result<crate::wire::PoliciesV1, ClientError> {
         match self.call(&RequestV1::Policies).await? {
             (_, ResponseBodyV1::Policies(p)) => Ok(p),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Changes a policy in the control range (admin certificate): the
+    /// prefix's (or, with `prefix: None`, the default's) fields that `set`
+    /// names; the rest keep their value. The node forwards the client to
+    /// the control range's leader. Refused with nothing changed when the
+    /// result is invalid (`MER-1007`) or could loosen a guarantee already
+    /// given (`MER-1010`).
+    pub async fn set_policy(
+        &self,
+        set: crate::wire::SetPolicyV1,
+    ) -> Result<PolicyChanged, ClientError> {
+        Self::policy_changed(self.call(&RequestV1::SetPolicy(set)).await?)
+    }
+
+    /// Removes `prefix`'s policy (admin certificate): its keys fall back to
+    /// the default policy, under the same rules as [`Client::set_policy`].
+    pub async fn remove_policy(&self, prefix: &[u8]) -> Result<PolicyChanged, ClientError> {
+        let req = RequestV1::RemovePolicy {
+            prefix: prefix.to_vec(),
+        };
+        Self::policy_changed(self.call(&req).await?)
+    }
+
+    fn policy_changed(reply: (Timestamp, ResponseBodyV1)) -> Result<PolicyChanged, ClientError> {
+        match reply {
+            (
+                _,
+                ResponseBodyV1::PolicyChanged {
+                    version,
+                    epoch,
+                    policies,
+                },
+            ) => Ok(PolicyChanged {
+                version,
+                epoch,
+                policies,
+            }),
             (_, other) => Err(Self::unexpected(other)),
         }
     }

@@ -89,6 +89,8 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Delete { .. }
         | RequestV1::Txn(_)
         | RequestV1::RegionChange(_)
+        | RequestV1::SetPolicy(_)
+        | RequestV1::RemovePolicy { .. }
         | RequestV1::Raft(_) => false,
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
+pub mod control;
 pub mod gossip;
 pub mod raft;
 pub mod replication;
@@ -272,6 +273,8 @@ pub struct RawConfig {
     pub gossip: gossip::RawGossip,
     /// `[replication]`
     pub replication: replication::RawReplication,
+    /// `[control]`
+    pub control: control::RawControl,
 }
 
 /// Log output format.
@@ -368,6 +371,9 @@ pub struct NodeConfig {
     pub gossip: Option<gossip::GossipConfig>,
     /// The cluster's regions and every key prefix's policy.
     pub replication: replication::ReplicationConfig,
+    /// This node's replica of the control range; `None` = no control
+    /// range (policies fixed by `[replication]`).
+    pub control: Option<control::ControlConfig>,
 }
 
 impl NodeConfig {
@@ -545,6 +551,7 @@ impl RawConfig {
         })?;
         let gossip = self.gossip.validate(base)?;
         let replication = self.replication.validate(&self.node.region)?;
+        let control = self.control.validate(&self.node.id, &replication.regions)?;
         if replication.is_multi_region() && gossip.is_none() {
             return Err(invalid(
                 "replication.regions",
@@ -596,6 +603,7 @@ impl RawConfig {
             raft,
             gossip,
             replication,
+            control,
         })
     }
 }

@@ -203,25 +203,16 @@ impl RawRaft {
     }
 
     fn validate_timing(&self) -> Result<RaftTiming, ConfigError> {
-        let hb = check_range(
-            "raft.heartbeat_interval_ms",
-            self.heartbeat_interval_ms,
-            10,
-            60_000,
-        )?;
-        let min = self.election_timeout_min_ms;
-        if min <= hb {
-            return Err(invalid(
+        let (hb, min, max) = validate_election_timing(
+            [
+                "raft.heartbeat_interval_ms",
                 "raft.election_timeout_min_ms",
-                "must exceed heartbeat_interval_ms",
-                min,
-            ));
-        }
-        let max = self.election_timeout_max_ms;
-        if max <= min || max > 600_000 {
-            let rule = "must exceed election_timeout_min_ms and be at most 600000";
-            return Err(invalid("raft.election_timeout_max_ms", rule, max));
-        }
+                "raft.election_timeout_max_ms",
+            ],
+            self.heartbeat_interval_ms,
+            self.election_timeout_min_ms,
+            self.election_timeout_max_ms,
+        )?;
         let snap = check_range(
             "raft.snapshot_after_logs",
             self.snapshot_after_logs,
@@ -242,6 +233,26 @@ impl RawRaft {
             logs_kept_after_snapshot: keep,
         })
     }
+}
+
+/// Checks a heartbeat (10..=60000 ms) and an election timeout window
+/// above it (max at most 600000 ms); `names` are the three fields' names
+/// for the error. Returns (heartbeat, min, max).
+pub(crate) fn validate_election_timing(
+    names: [&'static str; 3],
+    hb: u64,
+    min: u64,
+    max: u64,
+) -> Result<(u64, u64, u64), ConfigError> {
+    let hb = check_range(names[0], hb, 10, 60_000)?;
+    if min <= hb {
+        return Err(invalid(names[1], "must exceed the heartbeat interval", min));
+    }
+    if max <= min || max > 600_000 {
+        let rule = "must exceed the minimum election timeout and be at most 600000";
+        return Err(invalid(names[2], rule, max));
+    }
+    Ok((hb, min, max))
 }
 
 impl RaftConfig {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+pub mod control;
 pub mod levels;
 pub mod replicated;
 
@@ -102,8 +103,8 @@ pub struct Engine {
     limits: Limits,
     /// This node's region and the cluster's regions.
     regions: Regions,
-    /// Every key's policy (read-mostly; changed at run time later by the
-    /// control range).
+    /// Every key's policy (read-mostly; replaced at run time when this
+    /// node applies a change from the control range).
     policies: std::sync::RwLock<PolicyTable>,
     gc: std::sync::Mutex<Option<GcHandle>>,
 }
@@ -196,6 +197,32 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (prefix, policy) = table.policy_of(key);
         (prefix.map(<[u8]>::to_vec), policy.clone())
+    }
+
+    /// Replaces the policy table with `table` (the control range's, as
+    /// this node applied it). Refused when it names other regions than
+    /// this node replicates with (a misconfigured node keeps its table and
+    /// says so). Returns whether the table changed.
+    pub fn install_policies(&self, table: PolicyTable) -> Result<bool, ApiError> {
+        if table.regions() != self.regions.all.as_slice() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the control range's regions ({}) differ from this node's [replication] regions ({}); fix the node's config",
+                    table.regions().join(", "),
+                    self.regions.all.join(", ")
+                ),
+            ));
+        }
+        let mut current = self
+            .policies
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current == table {
+            return Ok(false);
+        }
+        *current = table;
+        Ok(true)
     }
 
     /// A copy of the whole policy table.

@@ -133,6 +133,7 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::NotLeader | ErrorCode::WrongRegion => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::TooStale => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::LevelNotAllowed => StatusCode::BAD_REQUEST,
+        ErrorCode::PolicyRefused => StatusCode::CONFLICT,
         // Not a refusal: the write may have been applied. 504 says "no
         // definite answer from upstream", and the body's code says the rest.
         ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,

@@ -158,6 +158,81 @@ pub enum PolicyError {
     /// The table is full.
     #[error("at most {MAX_POLICIES} prefix policies")]
     TooMany,
+    /// The change could let a region serve a guarantee that writes already
+    /// acknowledged elsewhere do not meet (see [`check_change`]).
+    #[error("{0}")]
+    Unsafe(String),
+}
+
+/// Whether a prefix's policy may change from `old` to `new` at run time
+/// without loosening a guarantee given for a write already acknowledged.
+///
+/// Allowed: any change that keeps a strong prefix strong at the same home
+/// (its replication mode and staleness bound may change: `sync-N`
+/// acknowledgements already given stay true, and `async` ones never
+/// promised more); any change of a causal or eventual prefix that keeps
+/// it below strong; strong to causal or eventual (acknowledged strong
+/// writes stay committed at the home and replicate like any other).
+///
+/// Refused, with the reason: turning a causal or eventual prefix strong
+/// (writes acknowledged in other regions may not have reached the home
+/// yet, so its first "linearizable" reads could miss them), and moving a
+/// strong prefix's home (the new home may not yet hold every write the old
+/// one acknowledged). Both need a handoff in which the new home waits for
+/// every other region's stream to pass the change: that is the regional
+/// failover protocol, not a policy edit.
+pub fn check_change(old: &Policy, new: &Policy) -> Result<(), PolicyError> {
+    if new.consistency != Consistency::Strong {
+        return Ok(());
+    }
+    if old.consistency != Consistency::Strong {
+        return Err(PolicyError::Unsafe(format!(
+            "turning a {} prefix strong at run time is refused: writes acknowledged in other \
+             regions may not have reached {} yet, and its linearizable reads could miss them \
+             (write to a new prefix instead)",
+            old.consistency.as_str(),
+            new.home
+        )));
+    }
+    if old.home != new.home {
+        return Err(PolicyError::Unsafe(format!(
+            "moving a strong prefix's home from {} to {} at run time is refused: {} may not \
+             hold every write {} acknowledged yet (a home moves through regional failover)",
+            old.home, new.home, new.home, old.home
+        )));
+    }
+    Ok(())
+}
+
+/// A change to one policy: the fields to set; `None` keeps the current
+/// value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// New consistency.
+    pub consistency: Option<Consistency>,
+    /// New home region.
+    pub home: Option<String>,
+    /// New replication mode.
+    pub replication: Option<Replication>,
+    /// New default staleness bound, ms.
+    pub max_staleness_ms: Option<u64>,
+}
+
+impl PolicyChange {
+    /// `base` with this change's fields set.
+    pub fn apply_to(&self, base: &Policy) -> Policy {
+        Policy {
+            consistency: self.consistency.unwrap_or(base.consistency),
+            home: self.home.clone().unwrap_or_else(|| base.home.clone()),
+            replication: self.replication.unwrap_or(base.replication),
+            max_staleness_ms: self.max_staleness_ms.unwrap_or(base.max_staleness_ms),
+        }
+    }
+
+    /// Whether the change sets nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyChange::default()
+    }
 }
 
 /// Every prefix's policy, and the default for keys under none.
@@ -231,6 +306,18 @@ impl PolicyTable {
         }
         self.by_prefix.insert(prefix.to_vec(), policy);
         Ok(())
+    }
+
+    /// Replaces the default policy (validated like any other).
+    pub fn set_default(&mut self, policy: Policy) -> Result<(), PolicyError> {
+        self.check_policy(&policy)?;
+        self.default = policy;
+        Ok(())
+    }
+
+    /// The policy set on exactly `prefix`, if any.
+    pub fn get(&self, prefix: &[u8]) -> Option<&Policy> {
+        self.by_prefix.get(prefix)
     }
 
     /// Removes the policy of `prefix`; its keys fall back to the default.
@@ -349,6 +436,45 @@ mod tests {
         // Replacing a prefix's own policy is not nesting.
         t.set(b"a/", policy(Consistency::Eventual, "eu-west"))
             .unwrap();
+    }
+
+    #[test]
+    fn run_time_changes_never_loosen_an_acknowledged_guarantee() {
+        let strong = policy(Consistency::Strong, "us-east");
+        let mut sync1 = strong.clone();
+        sync1.replication = Replication::Sync(1);
+        sync1.max_staleness_ms = 100;
+        assert!(check_change(&strong, &sync1).is_ok());
+        assert!(check_change(&sync1, &strong).is_ok());
+        for looser in [Consistency::Causal, Consistency::Eventual] {
+            assert!(check_change(&strong, &policy(looser, "eu-west")).is_ok());
+            let err = check_change(&policy(looser, "us-east"), &strong).unwrap_err();
+            assert!(err.to_string().contains("strong at run time"), "{err}");
+        }
+        assert!(check_change(
+            &policy(Consistency::Eventual, "us-east"),
+            &policy(Consistency::Causal, "ap-south")
+        )
+        .is_ok());
+        let moved = check_change(&strong, &policy(Consistency::Strong, "eu-west")).unwrap_err();
+        assert!(matches!(moved, PolicyError::Unsafe(_)));
+        assert!(moved.to_string().contains("from us-east to eu-west"));
+    }
+
+    #[test]
+    fn a_change_sets_only_its_fields() {
+        let base = policy(Consistency::Strong, "us-east");
+        let change = PolicyChange {
+            replication: Some(Replication::Sync(2)),
+            ..PolicyChange::default()
+        };
+        let out = change.apply_to(&base);
+        assert_eq!(out.replication, Replication::Sync(2));
+        assert_eq!(
+            (out.consistency, out.home.as_str()),
+            (Consistency::Strong, "us-east")
+        );
+        assert!(PolicyChange::default().is_empty() && !change.is_empty());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub(crate) struct Context {
     pub(crate) raft: Arc<crate::raft::RaftHost>,
     /// Gossip membership, when configured.
     pub(crate) membership: Option<crate::membership::Membership>,
+    /// This node's replica of the control range, when configured.
+    pub(crate) control: Option<Arc<crate::engine::control::ControlRange>>,
 }
 
 /// A per-connection token bucket (only when `rate_limit_rps` is set).
@@ -282,6 +284,8 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::RegionStatus => "region_status",
         RequestV1::RegionChange(_) => "region_change",
         RequestV1::Policies => "policies",
+        RequestV1::SetPolicy(_) => "policy_set",
+        RequestV1::RemovePolicy { .. } => "policy_remove",
     }
 }
 
@@ -368,6 +372,19 @@ async fn handle(
             let table = engine.policy_table();
             let policies = wire::policies_v1(&engine.regions().local, &table);
             Ok((engine.clock_ts(), ResponseBodyV1::Policies(policies)))
+        }
+        RequestV1::SetPolicy(set) => {
+            role_check(peer, &[Role::Admin])?;
+            let control = crate::engine::control::required(ctx.control.as_deref())?;
+            let (prefix, change) = crate::engine::control::change_of(&set)?;
+            let changed = control.set(prefix, &change).await?;
+            Ok(policy_changed(engine, changed))
+        }
+        RequestV1::RemovePolicy { prefix } => {
+            role_check(peer, &[Role::Admin])?;
+            let control = crate::engine::control::required(ctx.control.as_deref())?;
+            let changed = control.remove(&prefix).await?;
+            Ok(policy_changed(engine, changed))
         }
         other => {
             role_check(peer, DATA_ROLES)?;
@@ -509,11 +526,28 @@ async fn handle_data(
         | RequestV1::Members
         | RequestV1::LeaderHints
         | RequestV1::Policies
+        | RequestV1::SetPolicy(_)
+        | RequestV1::RemovePolicy { .. }
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",
         )),
     }
+}
+
+fn policy_changed(
+    engine: &Engine,
+    c: crate::engine::control::Changed,
+) -> (crate::types::Timestamp, ResponseBodyV1) {
+    let policies = wire::policies_v1(&engine.regions().local, &c.table.table);
+    (
+        engine.clock_ts(),
+        ResponseBodyV1::PolicyChanged {
+            version: c.table.version,
+            epoch: c.epoch,
+            policies,
+        },
+    )
 }
 
 fn status(ctx: &Context) -> StatusV1 {

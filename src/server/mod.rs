@@ -13,6 +13,7 @@
 //! code on that stream only; it never closes the connection, never reaches the
 //! writer, and never writes anything.
 
+pub mod control;
 mod dispatch;
 mod peer;
 mod region;
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::{Hlc, OffsetClock, SystemClock};
 use crate::config::NodeConfig;
+use crate::engine::control::ControlRange;
 use crate::engine::{Engine, EngineOptions};
 use crate::storage::{MvccStore, StoreOptions};
 use crate::transport::{self, EndpointLimits, TlsFiles};
@@ -77,6 +79,8 @@ pub struct Node {
     http_task: Option<tokio::task::JoinHandle<()>>,
     /// The cross-region replication streams (multi-region only).
     streams_task: Option<tokio::task::JoinHandle<()>>,
+    /// This node's replica of the control range and its follower task.
+    control: Option<(Arc<ControlRange>, tokio::task::JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -139,6 +143,10 @@ impl Node {
                 .map(str::to_string)
                 .collect(),
         };
+        let control = match &cfg.control {
+            None => None,
+            Some(cc) => Some(control::start(cc, &cfg, &endpoint, peer_config.clone(), &hlc).await?),
+        };
         let host =
             region::start_groups(&rc, &endpoint, peer_config, &store, &hlc, hints, scope).await?;
         let engine = Arc::new(Engine::start(
@@ -166,10 +174,19 @@ impl Node {
             rate_limit_rps: cfg.rate_limit_rps,
             raft: host.clone(),
             membership: membership.clone(),
+            control: control.clone(),
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
         region::bootstrap(&host, &rc).await?;
+        let control = match (control, &cfg.control) {
+            (Some(c), Some(cc)) => {
+                control::bootstrap(&c, cc).await?;
+                let task = control::spawn_follower(c.clone(), cc.clone(), engine.clone());
+                Some((c, task))
+            }
+            _ => None,
+        };
         // validate() made gossip a requirement of a multi-region config.
         let streams_task = match (&membership, cfg.replication.is_multi_region()) {
             (Some(m), true) => Some(streams::spawn(streams::StreamContext {
@@ -211,6 +228,7 @@ impl Node {
             accept_task,
             http_task,
             streams_task,
+            control,
         })
     }
 
@@ -256,6 +274,11 @@ impl Node {
         if let Some(m) = self.membership {
             // Leave gracefully so peers see Left at once, not Down after a timeout.
             m.leave().await;
+        }
+        if let Some((c, task)) = self.control {
+            task.abort();
+            c.engine().region().host().shutdown().await;
+            c.engine().shutdown().await;
         }
         self.engine.region().host().shutdown().await;
         self.engine.shutdown().await;
@@ -334,7 +357,14 @@ async fn accept_loop(
             if transport::protocol_of(&conn) == Some(transport::Protocol::Peer) {
                 // Peer traffic: its own dispatcher, never counted against
                 // the client connection limit.
-                peer::serve_peer_connection(conn, identity, ctx.raft.clone()).await;
+                let hosts = peer::PeerHosts {
+                    region: ctx.raft.clone(),
+                    control: ctx
+                        .control
+                        .as_ref()
+                        .map(|c| c.engine().region().host().clone()),
+                };
+                peer::serve_peer_connection(conn, identity, hosts).await;
                 return;
             }
             let Ok(_permit) = conn_limit.try_acquire_owned() else {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::certs::Role;
+use crate::engine::control::CONTROL_RANGE_ID;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{
     self, PeerRequestV1, PeerResponseV1, PEER_MAX_FRAME_BYTES, PEER_READ_TIMEOUT_MS,
@@ -24,6 +25,27 @@ use crate::transport::{self, PeerIdentity};
 
 /// QUIC close code for a peer connection whose certificate is not a node's.
 const CLOSE_NOT_A_NODE: u32 = 2;
+
+/// The Raft hosts a node's peer protocol serves: its region's groups and,
+/// when configured, its replica of the control range (whose group has
+/// range id [`CONTROL_RANGE_ID`]).
+#[derive(Clone)]
+pub(crate) struct PeerHosts {
+    /// The region's range groups.
+    pub region: Arc<RaftHost>,
+    /// The control range's host.
+    pub control: Option<Arc<RaftHost>>,
+}
+
+impl PeerHosts {
+    /// The host running `range`'s group here.
+    fn for_range(&self, range: u64) -> &RaftHost {
+        match &self.control {
+            Some(c) if range == CONTROL_RANGE_ID => c,
+            _ => &self.region,
+        }
+    }
+}
 
 /// Accepts only peer-protocol connections on `endpoint` and serves them
 /// with `host` until the endpoint closes: a node reduced to its Raft groups,
@@ -39,7 +61,11 @@ pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
                 conn.close(CLOSE_NOT_A_NODE.into(), b"this endpoint serves peers only");
                 return;
             }
-            serve_peer_connection(conn, identity, host).await;
+            let hosts = PeerHosts {
+                region: host,
+                control: None,
+            };
+            serve_peer_connection(conn, identity, hosts).await;
         });
     }
 }
@@ -48,7 +74,7 @@ pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
 pub(crate) async fn serve_peer_connection(
     conn: quinn::Connection,
     peer: PeerIdentity,
-    raft: Arc<RaftHost>,
+    raft: PeerHosts,
 ) {
     let remote = conn.remote_address();
     if let Err(e) = transport::require_role(&peer, &[Role::Node]) {
@@ -81,7 +107,7 @@ pub(crate) async fn serve_peer_connection(
 async fn handle_peer_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    raft: Arc<RaftHost>,
+    raft: PeerHosts,
 ) {
     let read = tokio::time::timeout(
         Duration::from_millis(PEER_READ_TIMEOUT_MS),
@@ -112,7 +138,7 @@ async fn handle_peer_stream(
 
 async fn serve(
     req: PeerRequestV1,
-    host: &RaftHost,
+    hosts: &PeerHosts,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> PeerResponseV1 {
@@ -123,7 +149,8 @@ async fn serve(
             payload,
         } => {
             let span = tracing::trace_span!("raft_rpc", range, ?kind);
-            match host
+            match hosts
+                .for_range(range)
                 .handle_rpc(range, kind, &payload)
                 .instrument(span)
                 .await
@@ -142,7 +169,9 @@ async fn serve(
             let span = tracing::info_span!("snapshot_receive", range, total_bytes);
             match Offer::decode(range, &snapshot_id, total_bytes, &vote, &meta) {
                 Ok(offer) => {
-                    host.receive_snapshot(offer, send, recv)
+                    hosts
+                        .for_range(range)
+                        .receive_snapshot(offer, send, recv)
                         .instrument(span)
                         .await
                 }
@@ -159,7 +188,9 @@ async fn serve(
             batch,
         } => {
             let span = tracing::debug_span!("replicate_receive", range, bytes = batch.len());
-            host.handle_replicate(range, start, end, &batch)
+            hosts
+                .region
+                .handle_replicate(range, start, end, &batch)
                 .instrument(span)
                 .await
         }

@@ -132,6 +132,30 @@ pub enum RequestV1 {
         /// The session token.
         token: u64,
     },
+    /// Sets a prefix's policy (or the default's) in the control range
+    /// (admin role). Fields left `None` keep their current value.
+    SetPolicy(SetPolicyV1),
+    /// Removes a prefix's policy; its keys fall back to the default (admin
+    /// role).
+    RemovePolicy {
+        /// The prefix.
+        prefix: Vec<u8>,
+    },
+}
+
+/// A policy change, version 1.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPolicyV1 {
+    /// The prefix; `None` = the default policy.
+    pub prefix: Option<Vec<u8>>,
+    /// New consistency.
+    pub consistency: Option<ConsistencyV1>,
+    /// New home region.
+    pub home: Option<String>,
+    /// New replication mode.
+    pub replication: Option<ReplicationV1>,
+    /// New default staleness bound, ms.
+    pub max_staleness_ms: Option<u64>,
 }
 
 /// A cluster member as gossip sees it, version 1.
@@ -329,17 +353,59 @@ pub struct PoliciesV1 {
 impl From<&Policy> for PolicyV1 {
     fn from(p: &Policy) -> Self {
         PolicyV1 {
-            consistency: match p.consistency {
-                Consistency::Strong => ConsistencyV1::Strong,
-                Consistency::Causal => ConsistencyV1::Causal,
-                Consistency::Eventual => ConsistencyV1::Eventual,
-            },
+            consistency: p.consistency.into(),
             home: p.home.clone(),
-            replication: match p.replication {
-                Replication::Async => ReplicationV1::Async,
-                Replication::Sync(n) => ReplicationV1::Sync(n),
-            },
+            replication: p.replication.into(),
             max_staleness_ms: p.max_staleness_ms,
+        }
+    }
+}
+
+impl From<&PolicyV1> for Policy {
+    fn from(p: &PolicyV1) -> Self {
+        Policy {
+            consistency: p.consistency.into(),
+            home: p.home.clone(),
+            replication: p.replication.into(),
+            max_staleness_ms: p.max_staleness_ms,
+        }
+    }
+}
+
+impl From<ConsistencyV1> for Consistency {
+    fn from(c: ConsistencyV1) -> Self {
+        match c {
+            ConsistencyV1::Strong => Consistency::Strong,
+            ConsistencyV1::Causal => Consistency::Causal,
+            ConsistencyV1::Eventual => Consistency::Eventual,
+        }
+    }
+}
+
+impl From<ReplicationV1> for Replication {
+    fn from(r: ReplicationV1) -> Self {
+        match r {
+            ReplicationV1::Async => Replication::Async,
+            ReplicationV1::Sync(n) => Replication::Sync(n),
+        }
+    }
+}
+
+impl From<Consistency> for ConsistencyV1 {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Strong => ConsistencyV1::Strong,
+            Consistency::Causal => ConsistencyV1::Causal,
+            Consistency::Eventual => ConsistencyV1::Eventual,
+        }
+    }
+}
+
+impl From<Replication> for ReplicationV1 {
+    fn from(r: Replication) -> Self {
+        match r {
+            Replication::Async => ReplicationV1::Async,
+            Replication::Sync(n) => ReplicationV1::Sync(n),
         }
     }
 }
@@ -650,6 +716,16 @@ pub enum ResponseBodyV1 {
     },
     /// The policy table.
     Policies(PoliciesV1),
+    /// A policy change committed in the control range.
+    PolicyChanged {
+        /// The table's version after the change (every change adds one).
+        version: u64,
+        /// The changed policy's epoch (every change of it adds one; 0 for a
+        /// removal).
+        epoch: u64,
+        /// The table after the change, as the control leader holds it.
+        policies: PoliciesV1,
+    },
 }
 
 /// Node status, version 1.
@@ -1097,6 +1173,24 @@ mod tests {
             token: 5,
         };
         assert_eq!(encode_request(&del), vec![0, 1, 17, 1, b'k', 5]);
+        let set = RequestV1::SetPolicy(SetPolicyV1 {
+            prefix: Some(b"a/".to_vec()),
+            consistency: Some(ConsistencyV1::Eventual),
+            home: None,
+            replication: Some(ReplicationV1::Sync(1)),
+            max_staleness_ms: Some(300),
+        });
+        assert_eq!(
+            encode_request(&set),
+            vec![0, 1, 18, 1, 2, b'a', b'/', 1, 2, 0, 1, 1, 1, 1, 0xac, 0x02]
+        );
+        let rm = RequestV1::RemovePolicy {
+            prefix: b"a/".to_vec(),
+        };
+        assert_eq!(encode_request(&rm), vec![0, 1, 19, 2, b'a', b'/']);
+        for req in [set, rm] {
+            assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
+        }
         for req in [put, del] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }

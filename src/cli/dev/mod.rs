@@ -118,6 +118,7 @@ fn write_node_config(
     ));
     text.push_str(&gossip_section(all, node, max_rtt_ms));
     text.push_str(&replication_section(all, &topo.replication));
+    text.push_str(&control_section(all, node, max_rtt_ms));
     // The region's voters, at the addresses they advertise: in the WAN
     // layout even a region's own Raft traffic crosses the emulator (with
     // no delay unless a link names the region twice).
@@ -169,6 +170,43 @@ fn replication_section(
         );
     }
     text
+}
+
+/// `[control]`: every node of every region is a member of the control
+/// range (ids counted across the topology from 1); the voters are every
+/// node of a single region, or the first node of each region of several
+/// (voters in every region; losing one region of three keeps a quorum).
+/// Its heartbeat exceeds the worst RTT between regions.
+fn control_section(all: &[RegionPlan], node: &NodePlan, max_rtt_ms: u64) -> String {
+    use std::fmt::Write;
+    let heartbeat = (max_rtt_ms * 5 / 4).max(250);
+    let mut members = String::new();
+    let mut own = 0;
+    for (id, (idx, n)) in (1u64..).zip(
+        all.iter()
+            .flat_map(|r| r.nodes.iter().enumerate().map(move |(i, n)| (i, (r, n)))),
+    ) {
+        let (region, n) = n;
+        if n.name == node.name {
+            own = id;
+        }
+        let voter = all.len() == 1 || idx == 0;
+        let _ = write!(
+            members,
+            "\n[[control.members]]\nid = {id}\nname = \"{}\"\naddr = \"{}\"\nregion = \"{}\"\nzone = \"{}\"\nvoter = {voter}\n",
+            n.name,
+            n.quic_advertised(),
+            region.name,
+            n.zone
+        );
+    }
+    format!(
+        "\n[control]\nnode_id = {own}\nbootstrap = {}\nheartbeat_interval_ms = {heartbeat}\n\
+         election_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n{members}",
+        own == 1,
+        heartbeat * 6,
+        heartbeat * 12,
+    )
 }
 
 /// `[gossip]`: one cluster across every region, seeded with every other

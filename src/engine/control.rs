@@ -1,0 +1,482 @@
+//! The control range: the one Raft group whose voters span regions, holding
+//! the cluster's prefix policies and range descriptors
+//! (../shared/design.md, "Topology").
+//!
+//! It is an ordinary range group over a store of its own (so its keys never
+//! mix with user keys), driven by an [`Engine`] of its own: writes are
+//! transactions proposed to its leader, reads are linearizable there or
+//! local at a replica's applied state. What is stored:
+//!
+//! | key | value |
+//! |---|---|
+//! | `policy/version` | the table's version, big-endian u64 (every change adds one) |
+//! | `policy/default` | the default policy ([`StoredPolicyV1`]) |
+//! | `policy/p/<prefix>` | a prefix's policy |
+//! | `regions` | the cluster's regions, in configured order |
+//! | `range/<id be64>` | a range descriptor |
+//!
+//! Every change is one transaction guarded by `policy/version`, computed
+//! from a linearizable read at the leader, so concurrent changes serialize
+//! (the loser retries on the new table) and a change is validated against
+//! exactly the table it replaces.
+//!
+//! **Invariant:** a change that could loosen a guarantee already given for
+//! an acknowledged write is refused before anything is proposed
+//! ([`check_change`]); refused and invalid changes change nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use crate::decide::WriteKind;
+use crate::error_code::{ApiError, ErrorCode};
+use crate::raft::{RangeDescriptor, RangeGroup, RangeId};
+use crate::replication::policy::{check_change, Policy, PolicyChange, PolicyError, PolicyTable};
+use crate::types::{prefix_end, Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
+use crate::wire::{PolicyV1, SetPolicyV1};
+
+/// The control range's id: range ids of the regions' groups start at 1.
+pub const CONTROL_RANGE_ID: RangeId = 0;
+/// How often a change is retried when another change won the race.
+const CHANGE_ATTEMPTS: usize = 5;
+
+const VERSION_KEY: &[u8] = b"policy/version";
+const DEFAULT_KEY: &[u8] = b"policy/default";
+const PREFIX_KEYS: &[u8] = b"policy/p/";
+const REGIONS_KEY: &[u8] = b"regions";
+const RANGE_KEYS: &[u8] = b"range/";
+/// Version byte of every stored control value.
+const STORED_V1: u8 = 1;
+
+/// A policy as the control range stores it, version 1 (postcard after the
+/// version byte).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicyV1 {
+    /// The policy.
+    pub policy: PolicyV1,
+    /// Changes of this policy so far (1 = as bootstrapped or first set).
+    pub epoch: u64,
+}
+
+/// The control range's span: all of its own store.
+pub fn control_descriptor() -> RangeDescriptor {
+    RangeDescriptor {
+        id: CONTROL_RANGE_ID,
+        start: Vec::new(),
+        end: None,
+    }
+}
+
+/// The policy table as the control range holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlTable {
+    /// Version (every change adds one; 1 as bootstrapped).
+    pub version: u64,
+    /// The table.
+    pub table: PolicyTable,
+    /// Each policy's epoch: `None` is the default's.
+    pub epochs: BTreeMap<Option<Vec<u8>>, u64>,
+}
+
+/// A committed change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The table after it (as read back at the leader).
+    pub table: ControlTable,
+    /// The changed policy's epoch (0 for a removal).
+    pub epoch: u64,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    let mut out = vec![STORED_V1];
+    let bytes = postcard::to_allocvec(v)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encode a control value: {e}")))?;
+    out.extend(bytes);
+    Ok(out)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, ApiError> {
+    let corrupt = |why: String| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("control range value {what} is unreadable: {why}"),
+        )
+    };
+    match bytes.split_first() {
+        Some((&STORED_V1, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown version {v}"))),
+        None => Err(corrupt("empty".into())),
+    }
+}
+
+fn refused(e: PolicyError) -> ApiError {
+    match e {
+        PolicyError::Unsafe(msg) => ApiError::new(ErrorCode::PolicyRefused, msg),
+        other => ApiError::new(ErrorCode::InvalidArgument, other.to_string()),
+    }
+}
+
+fn prefix_key(prefix: &[u8]) -> Vec<u8> {
+    [PREFIX_KEYS, prefix].concat()
+}
+
+fn range_key(id: RangeId) -> Vec<u8> {
+    [RANGE_KEYS, &id.to_be_bytes()].concat()
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> Op {
+    Op::Put { key, value }
+}
+
+/// This node's replica of the control range.
+pub struct ControlRange {
+    engine: Engine,
+    /// What the range is bootstrapped with (`[replication]`'s table and
+    /// the configured ranges), written once by whichever node first finds
+    /// the range empty.
+    seed: (PolicyTable, Vec<RangeDescriptor>),
+}
+
+impl std::fmt::Debug for ControlRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlRange").finish_non_exhaustive()
+    }
+}
+
+impl ControlRange {
+    /// The control range served by `engine` (an engine over the control
+    /// store whose one range is [`control_descriptor`]), bootstrapped with
+    /// `table` and `ranges` when empty.
+    pub fn new(engine: Engine, table: PolicyTable, ranges: Vec<RangeDescriptor>) -> ControlRange {
+        ControlRange {
+            engine,
+            seed: (table, ranges),
+        }
+    }
+
+    /// The engine over the control store.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// This node's group of the control range.
+    pub fn group(&self) -> Result<Arc<RangeGroup>, ApiError> {
+        self.engine.region().group(&control_descriptor())
+    }
+
+    /// The table as this replica has applied it (`None` until bootstrapped).
+    pub fn load_local(&self) -> Result<Option<ControlTable>, ApiError> {
+        let at = self.group()?.applied_ts();
+        self.load_at(at)
+    }
+
+    /// The table as the leader holds it now (redirects with `NotLeader`
+    /// elsewhere).
+    async fn load_linearizable(&self) -> Result<Option<ControlTable>, ApiError> {
+        let at = self
+            .engine
+            .region()
+            .read_ts(self.engine.clock(), &control_descriptor(), None)
+            .await?;
+        self.load_at(at)
+    }
+
+    fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(self
+            .engine
+            .store()
+            .get(key, at)
+            .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?
+            .map(|kv| kv.value))
+    }
+
+    fn load_at(&self, at: Timestamp) -> Result<Option<ControlTable>, ApiError> {
+        let Some(version) = self.get(VERSION_KEY, at)? else {
+            return Ok(None);
+        };
+        let version = <[u8; 8]>::try_from(version.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                ApiError::new(ErrorCode::Internal, "control range version is unreadable")
+            })?;
+        let regions: Vec<String> = match self.get(REGIONS_KEY, at)? {
+            Some(b) => decode("regions", &b)?,
+            None => return Ok(None),
+        };
+        let default: StoredPolicyV1 = match self.get(DEFAULT_KEY, at)? {
+            Some(b) => decode("policy/default", &b)?,
+            None => return Ok(None),
+        };
+        let mut table = PolicyTable::new(regions, Policy::from(&default.policy)).map_err(|e| {
+            ApiError::new(ErrorCode::Internal, format!("stored default policy: {e}"))
+        })?;
+        let mut epochs = BTreeMap::from([(None, default.epoch)]);
+        let end = prefix_end(PREFIX_KEYS);
+        let mut start = PREFIX_KEYS.to_vec();
+        // Bounded: one page per MAX_POLICIES entries at most, plus pages the
+        // scan's work budget cut short (each makes progress).
+        loop {
+            let page = self
+                .engine
+                .store()
+                .scan(
+                    &start,
+                    end.as_deref(),
+                    at,
+                    crate::replication::policy::MAX_POLICIES + 1,
+                )
+                .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
+            for kv in page.items {
+                let prefix = kv.key[PREFIX_KEYS.len()..].to_vec();
+                let stored: StoredPolicyV1 = decode("policy/p/", &kv.value)?;
+                table
+                    .set(&prefix, Policy::from(&stored.policy))
+                    .map_err(|e| {
+                        ApiError::new(ErrorCode::Internal, format!("stored policy: {e}"))
+                    })?;
+                epochs.insert(Some(prefix), stored.epoch);
+            }
+            match page.next_key {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        Ok(Some(ControlTable {
+            version,
+            table,
+            epochs,
+        }))
+    }
+
+    /// Writes the seed table and ranges as version 1 if the control range
+    /// holds no table yet (the bootstrap from config; idempotent, and a
+    /// no-op once any table exists). Returns whether this call wrote it.
+    pub async fn seed(&self) -> Result<bool, ApiError> {
+        let (table, ranges) = (&self.seed.0, &self.seed.1);
+        let mut success = vec![
+            put(VERSION_KEY.to_vec(), 1u64.to_be_bytes().to_vec()),
+            put(REGIONS_KEY.to_vec(), encode(&table.regions().to_vec())?),
+            put(
+                DEFAULT_KEY.to_vec(),
+                encode(&StoredPolicyV1 {
+                    policy: table.default_policy().into(),
+                    epoch: 1,
+                })?,
+            ),
+        ];
+        for (prefix, policy) in table.prefixes() {
+            let stored = StoredPolicyV1 {
+                policy: policy.into(),
+                epoch: 1,
+            };
+            success.push(put(prefix_key(prefix), encode(&stored)?));
+        }
+        for r in ranges {
+            success.push(put(range_key(r.id), encode(r)?));
+        }
+        let txn = Txn {
+            compares: vec![Compare {
+                key: VERSION_KEY.to_vec(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Exists(false),
+            }],
+            success,
+            failure: Vec::new(),
+        };
+        let out = self
+            .engine
+            .region()
+            .write(self.engine.clock(), WriteKind::Txn(txn))
+            .await?;
+        Ok(out.succeeded)
+    }
+
+    /// Sets the policy of `prefix` (`None`: the default) to the current one
+    /// with `change`'s fields. Refused, with nothing changed, when the
+    /// result is invalid (MER-1007) or could loosen an acknowledged
+    /// guarantee (MER-1010, [`check_change`]).
+    pub async fn set(
+        &self,
+        prefix: Option<&[u8]>,
+        change: &PolicyChange,
+    ) -> Result<Changed, ApiError> {
+        if change.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "a policy change must set at least one of consistency, home, replication, max_staleness_ms",
+            ));
+        }
+        self.change(|current| {
+            let mut next = current.table.clone();
+            let (old, new) = match prefix {
+                None => {
+                    let old = current.table.default_policy().clone();
+                    let new = change.apply_to(&old);
+                    next.set_default(new.clone()).map_err(refused)?;
+                    (old, new)
+                }
+                Some(p) => {
+                    // A new prefix policy changes its keys from whatever
+                    // governs them now (the default, or the policy whose
+                    // prefix covers them — which nesting refuses anyway).
+                    let old = current.table.policy_of(p).1.clone();
+                    let new = change.apply_to(&old);
+                    next.set(p, new.clone()).map_err(refused)?;
+                    (old, new)
+                }
+            };
+            check_change(&old, &new).map_err(refused)?;
+            let key = prefix.map_or(DEFAULT_KEY.to_vec(), prefix_key);
+            let epoch = current
+                .epochs
+                .get(&prefix.map(<[u8]>::to_vec))
+                .map_or(1, |e| e + 1);
+            let stored = StoredPolicyV1 {
+                policy: (&new).into(),
+                epoch,
+            };
+            Ok((vec![put(key, encode(&stored)?)], epoch))
+        })
+        .await
+    }
+
+    /// Removes the policy of `prefix`: its keys fall back to the default
+    /// policy, under the same rule as a change ([`check_change`]).
+    pub async fn remove(&self, prefix: &[u8]) -> Result<Changed, ApiError> {
+        self.change(|current| {
+            let Some(old) = current.table.get(prefix) else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "no policy is set on prefix {:?} (`meridian policy ls` lists them)",
+                        String::from_utf8_lossy(prefix)
+                    ),
+                ));
+            };
+            check_change(old, current.table.default_policy()).map_err(refused)?;
+            Ok((
+                vec![Op::Delete {
+                    key: prefix_key(prefix),
+                }],
+                0,
+            ))
+        })
+        .await
+    }
+
+    /// Reads the table at the leader, builds the change's operations from
+    /// it, and commits them guarded by the table's version; retried (a
+    /// bounded number of times) when another change committed in between.
+    async fn change(
+        &self,
+        build: impl Fn(&ControlTable) -> Result<(Vec<Op>, u64), ApiError>,
+    ) -> Result<Changed, ApiError> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let current = match self.load_linearizable().await? {
+                Some(t) => t,
+                None => {
+                    // Not bootstrapped yet: write the seed (a no-op if
+                    // another node just did), then change that table.
+                    self.seed().await?;
+                    continue;
+                }
+            };
+            let (mut ops, epoch) = build(&current)?;
+            ops.push(put(
+                VERSION_KEY.to_vec(),
+                (current.version + 1).to_be_bytes().to_vec(),
+            ));
+            let txn = Txn {
+                compares: vec![Compare {
+                    key: VERSION_KEY.to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Value(current.version.to_be_bytes().to_vec()),
+                }],
+                success: ops,
+                failure: Vec::new(),
+            };
+            let out = self
+                .engine
+                .region()
+                .write(self.engine.clock(), WriteKind::Txn(txn))
+                .await?;
+            if out.succeeded {
+                let table = self.load_at(out.version)?.ok_or_else(|| {
+                    ApiError::new(ErrorCode::Internal, "the committed policy table is missing")
+                })?;
+                return Ok(Changed { table, epoch });
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the policy table changed concurrently {CHANGE_ATTEMPTS} times; retry"),
+        ))
+    }
+}
+
+/// The control range, or the clear refusal a cluster without one gives.
+pub fn required(control: Option<&ControlRange>) -> Result<&ControlRange, ApiError> {
+    control.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::PolicyRefused,
+            "this cluster has no control range ([control] members), so its policies are fixed by [replication] until the nodes restart with a new config",
+        )
+    })
+}
+
+/// The prefix (`None`: the default) and change a request names.
+pub fn change_of(set: &SetPolicyV1) -> Result<(Option<&[u8]>, PolicyChange), ApiError> {
+    if set.prefix.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "a policy prefix is 1..=256 bytes; change the default policy with no prefix",
+        ));
+    }
+    Ok((
+        set.prefix.as_deref(),
+        PolicyChange {
+            consistency: set.consistency.map(Into::into),
+            home: set.home.clone(),
+            replication: set.replication.map(Into::into),
+            max_staleness_ms: set.max_staleness_ms,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ConsistencyV1, ReplicationV1};
+
+    #[test]
+    fn frozen_stored_policy_bytes() {
+        let stored = StoredPolicyV1 {
+            policy: PolicyV1 {
+                consistency: ConsistencyV1::Causal,
+                home: "eu".into(),
+                replication: ReplicationV1::Sync(1),
+                max_staleness_ms: 300,
+            },
+            epoch: 2,
+        };
+        let bytes = encode(&stored).unwrap();
+        assert_eq!(
+            bytes,
+            vec![1, 1, 2, b'e', b'u', 1, 1, 0xac, 0x02, 2],
+            "stored control values never change shape; add a version instead"
+        );
+        assert_eq!(decode::<StoredPolicyV1>("t", &bytes).unwrap(), stored);
+        assert!(decode::<StoredPolicyV1>("t", &[2, 0]).is_err());
+        assert!(decode::<StoredPolicyV1>("t", &[]).is_err());
+    }
+
+    #[test]
+    fn control_keys_stay_apart_from_each_other() {
+        assert!(prefix_key(b"a/").starts_with(PREFIX_KEYS));
+        assert!(!DEFAULT_KEY.starts_with(PREFIX_KEYS));
+        assert!(!VERSION_KEY.starts_with(PREFIX_KEYS));
+        assert_eq!(range_key(3), b"range/\0\0\0\0\0\0\0\x03".to_vec());
+    }
+}
