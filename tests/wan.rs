@@ -374,6 +374,23 @@ fn three_region_dev_measures_the_emulated_round_trips() {
             assert!(lag > 0.0, "replication {from} -> {to}: {lag} ms");
         }
     }
+    // A policy change through the control range (voters in all three
+    // regions, learners elsewhere) comes into force in every region
+    // without a restart.
+    let set = out
+        .iter()
+        .find(|l| {
+            l.starts_with("demo: policy set demo/ --max-staleness 2500 from us-east: version ")
+        })
+        .unwrap_or_else(|| panic!("no policy set line:\n{text}"));
+    assert!(set.contains(" epoch "), "{set}");
+    for region in ["us-east", "eu-west", "ap-south"] {
+        let prefix = format!("demo: policy in force in {region:<9} after ");
+        assert!(
+            out.iter().any(|l| l.starts_with(&prefix)),
+            "no policy line for {region}:\n{text}"
+        );
+    }
 }
 
 /// The demo's `replication FROM -> TO visible after X ms` figure.
