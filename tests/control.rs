@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::dev::DevCluster;
+use common::http::request;
 use meridian::client::{Client, ClientConfig, ClientError};
 use meridian::error_code::ErrorCode;
 use meridian::replication::read::ReadLevel;
@@ -77,8 +78,8 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
         .await
         .expect("a strong prefix serves linearizable reads");
 
-    // Loosen config/ to eventual through the control range (any node; the
-    // SDK follows the redirect to the control leader).
+    // Loosen config/ to eventual through the control range (any node; it
+    // forwards the change to the control leader).
     let set = SetPolicyV1 {
         prefix: Some(b"config/".to_vec()),
         consistency: Some(ConsistencyV1::Eventual),
@@ -164,6 +165,59 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
     let removed = admin.remove_policy(b"tmp/").await.expect("removal");
     assert_eq!(removed.epoch, 0);
     assert!(prefix_policy(&removed.policies, "tmp/").is_none());
+
+    // Over HTTP, through any node's gateway (the node forwards the change
+    // to the control leader): a change, then refusals with the JSON error
+    // shape and the status of their code.
+    let http = cluster.http_addr("node3").parse().unwrap();
+    let ok = request(
+        http,
+        "PUT",
+        "/v1/policies/web/",
+        br#"{"consistency":"causal"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let v = ok.json();
+    assert!(v["version"].as_u64().unwrap() > changed.version, "{v}");
+    assert_eq!(v["epoch"], 1, "{v}");
+    let web = v["policies"]["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prefix"] == "web/")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(web["consistency"], "causal", "{v}");
+    for name in NODES {
+        wait_policy(&cluster, name, "web/", ConsistencyV1::Causal).await;
+    }
+    let before = admin.policies().await.unwrap();
+    request(
+        http,
+        "PUT",
+        "/v1/policies/web/",
+        br#"{"consistency":"strong"}"#,
+    )
+    .await
+    .assert_error(409, "MER-1010");
+    request(http, "PUT", "/v1/policies/web/", br#"{"colour":"red"}"#)
+        .await
+        .assert_error(400, "MER-1007");
+    request(http, "PUT", "/v1/policies", br#"{}"#)
+        .await
+        .assert_error(400, "MER-1007");
+    request(http, "PUT", "/v1/policies", br#"{"home":"mars"}"#)
+        .await
+        .assert_error(400, "MER-1007");
+    request(http, "DELETE", "/v1/policies/absent/", b"")
+        .await
+        .assert_error(400, "MER-1007");
+    assert_eq!(
+        admin.policies().await.unwrap(),
+        before,
+        "refusals change nothing"
+    );
 
     // A killed and restarted node takes the table from its control
     // replica: its config file still says config/ is strong.

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use common::http::{parse_reply, request, Reply};
 use common::TestNode;
 
 /// Bound on one HTTP exchange.
@@ -22,137 +23,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const NODE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the pages a listing test follows.
 const MAX_PAGES: usize = 100;
-
-/// A parsed HTTP response.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body is not JSON ({e}): {}",
-                self.status,
-                self.text()
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Asserts the status and the error code of an error reply, and that it
-    /// has the gateway's error shape.
-    fn assert_error(&self, status: u16, code: &str) -> Value {
-        assert_eq!(self.status, status, "body: {}", self.text());
-        let v = self.json();
-        assert_eq!(v["error"]["code"], code, "body: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "body: {v}"
-        );
-        assert!(
-            v["error"]["remedy"].as_str().is_some_and(|m| !m.is_empty()),
-            "body: {v}"
-        );
-        v
-    }
-}
-
-/// Sends one request and reads the whole reply, within [`REQUEST_TIMEOUT`].
-async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
-    timeout(REQUEST_TIMEOUT, async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect to the gateway");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        // The server may answer (413) and close before it has read a large
-        // body; then these writes fail, and the reply is what the test checks.
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(body).await;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                // A reset after the reply (unread request body) ends the read.
-                Err(e) if !raw.is_empty() => {
-                    eprintln!("read ended with {e} after {} bytes", raw.len());
-                    break;
-                }
-                Err(e) => panic!("{method} {path}: read failed: {e}"),
-            }
-        }
-        parse_reply(&raw)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{method} {path}: no reply within {REQUEST_TIMEOUT:?}"))
-}
-
-fn parse_reply(raw: &[u8]) -> Reply {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
-    let head = std::str::from_utf8(&raw[..split]).expect("headers are ASCII");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size_text = std::str::from_utf8(&data[..line_end]).expect("chunk size is ASCII");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        let start = line_end + 2;
-        out.extend_from_slice(&data[start..start + size]);
-        data = &data[start + size + 2..];
-    }
-}
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, b"").await

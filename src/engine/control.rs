@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::Engine;
 use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
+use crate::peer::{PeerRequestV1, PeerResponseV1, PolicyChangeV1};
 use crate::raft::{RangeDescriptor, RangeGroup, RangeId};
 use crate::replication::policy::{check_change, Policy, PolicyChange, PolicyError, PolicyTable};
 use crate::types::{prefix_end, Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
@@ -41,6 +42,9 @@ use crate::wire::{PolicyV1, SetPolicyV1};
 pub const CONTROL_RANGE_ID: RangeId = 0;
 /// How often a change is retried when another change won the race.
 const CHANGE_ATTEMPTS: usize = 5;
+/// Longest a forwarded change waits for the control leader's answer (a
+/// WAN round trip, a commit across regions, and retries of its own).
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 const VERSION_KEY: &[u8] = b"policy/version";
 const DEFAULT_KEY: &[u8] = b"policy/default";
@@ -297,11 +301,7 @@ impl ControlRange {
     /// with `change`'s fields. Refused, with nothing changed, when the
     /// result is invalid (MER-1007) or could loosen an acknowledged
     /// guarantee (MER-1010, [`check_change`]).
-    pub async fn set(
-        &self,
-        prefix: Option<&[u8]>,
-        change: &PolicyChange,
-    ) -> Result<Changed, ApiError> {
+    async fn set(&self, prefix: Option<&[u8]>, change: &PolicyChange) -> Result<Changed, ApiError> {
         if change.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -344,7 +344,7 @@ impl ControlRange {
 
     /// Removes the policy of `prefix`: its keys fall back to the default
     /// policy, under the same rule as a change ([`check_change`]).
-    pub async fn remove(&self, prefix: &[u8]) -> Result<Changed, ApiError> {
+    async fn remove(&self, prefix: &[u8]) -> Result<Changed, ApiError> {
         self.change(|current| {
             let Some(old) = current.table.get(prefix) else {
                 return Err(ApiError::new(
@@ -364,6 +364,99 @@ impl ControlRange {
             ))
         })
         .await
+    }
+
+    /// This node's region.
+    pub fn local_region(&self) -> String {
+        self.engine.regions().local.clone()
+    }
+
+    /// Applies `change` at the control range's leader: here if this node
+    /// leads it, else forwarded once over the peer protocol to the leader
+    /// (which runs [`ControlRange::apply_here`]). The caller's role was
+    /// checked by whoever received the request.
+    pub async fn apply(&self, change: PolicyChangeV1) -> Result<Changed, ApiError> {
+        let refusal = match self.apply_here(change.clone()).await {
+            Err(e) if e.code == ErrorCode::NotLeader => e,
+            other => return other,
+        };
+        let Some(addr) = refusal
+            .leader_hint
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        else {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the control range has no leader right now (an election is under way); retry",
+            ));
+        };
+        let router = self.engine.region().host().router();
+        let req = PeerRequestV1::Policy(change);
+        let reply = tokio::time::timeout(
+            FORWARD_TIMEOUT,
+            router.exchange(addr, &req, crate::peer::PEER_MAX_FRAME_BYTES),
+        )
+        .await;
+        match reply {
+            Ok(Ok(PeerResponseV1::PolicyChanged {
+                version,
+                epoch,
+                policies,
+            })) => {
+                let mut table = PolicyTable::new(policies.regions.clone(), Policy::from(&policies.default))
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("leader's table: {e}")))?;
+                for p in &policies.prefixes {
+                    table
+                        .set(&p.prefix, Policy::from(&p.policy))
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("leader's table: {e}")))?;
+                }
+                Ok(Changed {
+                    table: ControlTable {
+                        version,
+                        table,
+                        epochs: BTreeMap::new(),
+                    },
+                    epoch,
+                })
+            }
+            Ok(Ok(PeerResponseV1::Err { code, message })) => {
+                let code = code
+                    .strip_prefix("MER-")
+                    .and_then(|n| n.parse().ok())
+                    .and_then(ErrorCode::from_u16)
+                    .unwrap_or(ErrorCode::Internal);
+                Err(ApiError::new(code, format!("control leader {addr}: {message}")))
+            }
+            Ok(Ok(PeerResponseV1::NotLeader { .. })) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the control range's leader moved while the change was forwarded (nothing was changed); retry",
+            )),
+            Ok(Ok(other)) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("unexpected reply from the control leader: {other:?}"),
+            )),
+            // Sent, but no answer: the change may have committed.
+            Ok(Err(e)) => Err(ApiError::new(
+                ErrorCode::OutcomeUnknown,
+                format!("forwarding the policy change to {addr} failed: {e}; `meridian policy ls` shows whether it applied"),
+            )),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::OutcomeUnknown,
+                format!("the control leader {addr} did not answer within {FORWARD_TIMEOUT:?}; `meridian policy ls` shows whether the change applied"),
+            )),
+        }
+    }
+
+    /// Applies `change` if this node leads the control range (`NotLeader`
+    /// naming the leader otherwise; nothing changed).
+    pub async fn apply_here(&self, change: PolicyChangeV1) -> Result<Changed, ApiError> {
+        match change {
+            PolicyChangeV1::Set(set) => {
+                let (prefix, change) = change_of(&set)?;
+                self.set(prefix, &change).await
+            }
+            PolicyChangeV1::Remove { prefix } => self.remove(&prefix).await,
+        }
     }
 
     /// Reads the table at the leader, builds the change's operations from

@@ -322,6 +322,101 @@ pub(crate) struct PoliciesResponse {
     pub(crate) prefixes: Vec<PolicyJson>,
 }
 
+impl PoliciesResponse {
+    /// `table` as a node of `local_region` holds it.
+    pub(crate) fn new(local_region: &str, table: &crate::replication::policy::PolicyTable) -> Self {
+        PoliciesResponse {
+            local_region: local_region.to_string(),
+            regions: table.regions().to_vec(),
+            default: PolicyJson::new(None, table.default_policy()),
+            prefixes: table
+                .prefixes()
+                .map(|(p, policy)| PolicyJson::new(Some(p), policy))
+                .collect(),
+        }
+    }
+}
+
+/// Body of `PUT /v1/policies` (the default policy) and `PUT
+/// /v1/policies/{prefix}`: the fields to change; the others keep their
+/// value. At least one is required.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyChangeRequest {
+    /// strong, causal or eventual.
+    #[serde(default)]
+    pub(crate) consistency: Option<String>,
+    /// The home region.
+    #[serde(default)]
+    pub(crate) home: Option<String>,
+    /// async or sync-N.
+    #[serde(default)]
+    pub(crate) replication: Option<String>,
+    /// Default staleness bound of bounded reads, ms (0..=86400000).
+    #[serde(default)]
+    pub(crate) max_staleness_ms: Option<u64>,
+}
+
+impl PolicyChangeRequest {
+    /// Parses a body (a JSON object; unknown fields refused) into the
+    /// change of `prefix`'s policy (`None`: the default's).
+    pub(crate) fn parse(
+        body: &[u8],
+        prefix: Option<Vec<u8>>,
+    ) -> Result<crate::wire::SetPolicyV1, ApiError> {
+        let req: PolicyChangeRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("policy change body is not valid: {e}"),
+            )
+        })?;
+        let bad = |field: &str, e: crate::replication::policy::PolicyError| {
+            ApiError::new(ErrorCode::InvalidArgument, format!("{field}: {e}"))
+        };
+        let consistency = req
+            .consistency
+            .as_deref()
+            .map(str::parse::<crate::replication::policy::Consistency>)
+            .transpose()
+            .map_err(|e| bad("consistency", e))?;
+        let replication = req
+            .replication
+            .as_deref()
+            .map(str::parse::<crate::replication::policy::Replication>)
+            .transpose()
+            .map_err(|e| bad("replication", e))?;
+        let set = crate::wire::SetPolicyV1 {
+            prefix,
+            consistency: consistency.map(Into::into),
+            home: req.home,
+            replication: replication.map(Into::into),
+            max_staleness_ms: req.max_staleness_ms,
+        };
+        if set.consistency.is_none()
+            && set.home.is_none()
+            && set.replication.is_none()
+            && set.max_staleness_ms.is_none()
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "a policy change must set at least one of consistency, home, replication, max_staleness_ms",
+            ));
+        }
+        Ok(set)
+    }
+}
+
+/// Reply of a policy change.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PolicyChangedResponse {
+    /// The policy table's version after the change.
+    pub(crate) version: u64,
+    /// The changed policy's epoch (0 for a removal).
+    pub(crate) epoch: u64,
+    /// The table after the change, as the control range's leader holds it.
+    pub(crate) policies: PoliciesResponse,
+}
+
 impl PolicyJson {
     pub(crate) fn new(prefix: Option<&[u8]>, p: &crate::replication::policy::Policy) -> Self {
         PolicyJson {

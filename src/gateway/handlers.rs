@@ -16,8 +16,8 @@ use axum::Json;
 use super::dto::{
     encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
     HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, MemberJson, MembersResponse,
-    PoliciesResponse, PolicyJson, PutResponse, RangeQuery, RangeResponse, RawValue, ServedMeta,
-    StatusResponse, TxnRequest, TxnResponse,
+    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PutResponse, RangeQuery,
+    RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
 use super::{observe, GatewayState};
@@ -309,16 +309,86 @@ pub(crate) async fn range(
 pub(crate) async fn policies(State(state): State<GatewayState>) -> Response {
     observe(&state, "policies", async {
         let table = state.engine.policy_table();
-        Ok(Json(PoliciesResponse {
-            local_region: state.engine.regions().local.clone(),
-            regions: table.regions().to_vec(),
-            default: PolicyJson::new(None, table.default_policy()),
-            prefixes: table
-                .prefixes()
-                .map(|(p, policy)| PolicyJson::new(Some(p), policy))
-                .collect(),
-        })
-        .into_response())
+        Ok(Json(PoliciesResponse::new(&state.engine.regions().local, &table)).into_response())
+    })
+    .await
+}
+
+/// Runs `change` through the control range (forwarded to its leader).
+async fn change_policy(
+    state: &GatewayState,
+    change: crate::peer::PolicyChangeV1,
+) -> Result<Response, GatewayError> {
+    let control = crate::engine::control::required(state.control.as_deref())?;
+    let c = control.apply(change).await?;
+    Ok(Json(PolicyChangedResponse {
+        version: c.table.version,
+        epoch: c.epoch,
+        policies: PoliciesResponse::new(&state.engine.regions().local, &c.table.table),
+    })
+    .into_response())
+}
+
+/// Changes the default policy (keys under no prefix policy) in the control
+/// range; every node applies it without a restart.
+#[utoipa::path(put, path = "/v1/policies", tag = "node", request_body = PolicyChangeRequest,
+    responses(
+        (status = 200, description = "Committed; the table after the change", body = PolicyChangedResponse),
+        (status = 400, description = "Bad body, unknown region or consistency (MER-1007)", body = ErrorBody),
+        (status = 409, description = "The change could loosen a guarantee already given, or the cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
+        (status = 503, description = "No control leader right now (MER-3003); nothing changed", body = ErrorBody),
+        (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
+pub(crate) async fn set_default_policy(
+    State(state): State<GatewayState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    observe(&state, "policy_set", async {
+        let set = PolicyChangeRequest::parse(&body(raw, &state)?, None)?;
+        change_policy(&state, crate::peer::PolicyChangeV1::Set(set)).await
+    })
+    .await
+}
+
+/// Sets a prefix's policy (fields not given keep the value now governing
+/// the prefix's keys) in the control range.
+#[utoipa::path(put, path = "/v1/policies/{prefix}", tag = "node", request_body = PolicyChangeRequest,
+    params(("prefix" = String, Path, description = "The key prefix, percent-encoded; may contain '/'")),
+    responses(
+        (status = 200, description = "Committed; the table after the change", body = PolicyChangedResponse),
+        (status = 400, description = "Bad body, unknown region, nested prefix (MER-1007)", body = ErrorBody),
+        (status = 409, description = "The change could loosen a guarantee already given (turning a prefix strong, moving a strong prefix's home), or the cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
+        (status = 503, description = "No control leader right now (MER-3003); nothing changed", body = ErrorBody),
+        (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
+pub(crate) async fn set_prefix_policy(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    observe(&state, "policy_set", async {
+        let prefix = path_key(path)?.into_bytes();
+        let set = PolicyChangeRequest::parse(&body(raw, &state)?, Some(prefix))?;
+        change_policy(&state, crate::peer::PolicyChangeV1::Set(set)).await
+    })
+    .await
+}
+
+/// Removes a prefix's policy; its keys fall back to the default (under the
+/// same rules as a change).
+#[utoipa::path(delete, path = "/v1/policies/{prefix}", tag = "node",
+    params(("prefix" = String, Path, description = "The key prefix, percent-encoded; may contain '/'")),
+    responses(
+        (status = 200, description = "Committed; the table after the change", body = PolicyChangedResponse),
+        (status = 400, description = "No policy on that prefix (MER-1007)", body = ErrorBody),
+        (status = 409, description = "Falling back to the default could loosen a guarantee already given, or no control range (MER-1010); nothing changed", body = ErrorBody),
+        (status = 503, description = "No control leader right now (MER-3003); nothing changed", body = ErrorBody),
+        (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
+pub(crate) async fn remove_policy(
+    State(state): State<GatewayState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    observe(&state, "policy_remove", async {
+        let prefix = path_key(path)?.into_bytes();
+        change_policy(&state, crate::peer::PolicyChangeV1::Remove { prefix }).await
     })
     .await
 }

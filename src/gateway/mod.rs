@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,6 +76,9 @@ pub struct GatewayState {
     pub started: Instant,
     /// Gossip membership, when configured (for `/v1/members`).
     pub membership: Option<crate::membership::Membership>,
+    /// This node's replica of the control range, when configured (policy
+    /// changes).
+    pub control: Option<Arc<crate::engine::control::ControlRange>>,
 }
 
 /// Serves the gateway on `listener` until the task is aborted.
@@ -117,7 +120,11 @@ fn router(state: GatewayState) -> Router {
         .route("/v1/history/{*key}", get(h::history))
         .route("/v1/status", get(h::status))
         .route("/v1/members", get(h::members))
-        .route("/v1/policies", get(h::policies))
+        .route("/v1/policies", get(h::policies).put(h::set_default_policy))
+        .route(
+            "/v1/policies/{*prefix}",
+            put(h::set_prefix_policy).delete(h::remove_policy),
+        )
         .route("/health", get(h::health))
         .route("/ready", get(h::ready))
         .route("/metrics", get(h::metrics))

@@ -10,8 +10,8 @@ use utoipa::OpenApi;
 use super::dto::{
     CompareJson, CompareOpJson, DeleteOpJson, DeleteResponse, GetResponse, HealthResponse,
     HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse, OpJson,
-    PoliciesResponse, PolicyJson, PutOpJson, PutResponse, RangeResponse, RawValue, StatusResponse,
-    TxnRequest, TxnResponse,
+    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PolicyJson, PutOpJson,
+    PutResponse, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
@@ -34,6 +34,9 @@ use super::{observe, GatewayState};
         handlers::status,
         handlers::members,
         handlers::policies,
+        handlers::set_default_policy,
+        handlers::set_prefix_policy,
+        handlers::remove_policy,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -43,7 +46,7 @@ use super::{observe, GatewayState};
         ErrorBody, ErrorDetail, RawValue, GetResponse, PutResponse, DeleteResponse, KvItem, RangeResponse, TxnRequest,
         CompareJson, CompareOpJson, OpJson, PutOpJson, DeleteOpJson, TxnResponse, HistoryEntryJson,
         HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
-        PoliciesResponse, PolicyJson,
+        PoliciesResponse, PolicyJson, PolicyChangeRequest, PolicyChangedResponse,
     )),
     tags(
         (name = "kv", description = "Keys, values, transactions and history"),

@@ -123,6 +123,23 @@ pub enum PeerRequestV1 {
         #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
     },
+    /// A policy change forwarded to the control range's leader by the node
+    /// a client (QUIC or HTTP) sent it to; that node checked the caller's
+    /// role. Answered with [`PeerResponseV1::PolicyChanged`],
+    /// [`PeerResponseV1::NotLeader`] or an error.
+    Policy(PolicyChangeV1),
+}
+
+/// A policy change, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyChangeV1 {
+    /// Set fields of a prefix's (or the default's) policy.
+    Set(crate::wire::SetPolicyV1),
+    /// Remove a prefix's policy.
+    Remove {
+        /// The prefix.
+        prefix: Vec<u8>,
+    },
 }
 
 /// A reply in a peer exchange, version 1 (append-only).
@@ -160,6 +177,15 @@ pub enum PeerResponseV1 {
     NotLeader {
         /// The leader's peer address.
         leader: Option<String>,
+    },
+    /// A forwarded policy change committed in the control range.
+    PolicyChanged {
+        /// The table's version after it.
+        version: u64,
+        /// The changed policy's epoch (0 for a removal).
+        epoch: u64,
+        /// The table after it.
+        policies: crate::wire::PoliciesV1,
     },
 }
 
@@ -266,6 +292,37 @@ mod tests {
             leader: Some("x".into()),
         };
         assert_eq!(encode(&elsewhere), vec![0, 1, 5, 1, 1, b'x']);
+    }
+
+    #[test]
+    fn frozen_policy_forwarding() {
+        let req = PeerRequestV1::Policy(PolicyChangeV1::Remove {
+            prefix: b"a/".to_vec(),
+        });
+        let bytes = encode(&req);
+        assert_eq!(bytes, vec![0, 1, 3, 1, 2, b'a', b'/']);
+        assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
+        let done = PeerResponseV1::PolicyChanged {
+            version: 2,
+            epoch: 0,
+            policies: crate::wire::PoliciesV1 {
+                local_region: "r".into(),
+                regions: vec!["r".into()],
+                default: crate::wire::PolicyV1 {
+                    consistency: crate::wire::ConsistencyV1::Strong,
+                    home: "r".into(),
+                    replication: crate::wire::ReplicationV1::Async,
+                    max_staleness_ms: 1,
+                },
+                prefixes: Vec::new(),
+            },
+        };
+        let bytes = encode(&done);
+        assert_eq!(
+            bytes,
+            vec![0, 1, 6, 2, 0, 1, b'r', 1, 1, b'r', 0, 1, b'r', 0, 1, 0]
+        );
+        assert_eq!(decode::<PeerResponseV1>(&bytes), Ok(done));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tracing::Instrument;
 use crate::certs::Role;
 use crate::engine::Engine;
 use crate::error_code::{ApiError, ErrorCode};
+use crate::peer::PolicyChangeV1;
 use crate::replication::read::ReadLevel;
 use crate::transport::{self, FrameError, PeerIdentity};
 use crate::types::{ReadConsistency, Timestamp};
@@ -376,14 +377,13 @@ async fn handle(
         RequestV1::SetPolicy(set) => {
             role_check(peer, &[Role::Admin])?;
             let control = crate::engine::control::required(ctx.control.as_deref())?;
-            let (prefix, change) = crate::engine::control::change_of(&set)?;
-            let changed = control.set(prefix, &change).await?;
+            let changed = control.apply(PolicyChangeV1::Set(set)).await?;
             Ok(policy_changed(engine, changed))
         }
         RequestV1::RemovePolicy { prefix } => {
             role_check(peer, &[Role::Admin])?;
             let control = crate::engine::control::required(ctx.control.as_deref())?;
-            let changed = control.remove(&prefix).await?;
+            let changed = control.apply(PolicyChangeV1::Remove { prefix }).await?;
             Ok(policy_changed(engine, changed))
         }
         other => {

@@ -212,6 +212,7 @@ impl Node {
                     metrics,
                     started: Instant::now(),
                     membership: membership.clone(),
+                    control: control.as_ref().map(|(c, _)| c.clone()),
                 };
                 let task = tokio::spawn(crate::gateway::serve(listener, state));
                 (Some(bound), Some(task))
@@ -359,10 +360,7 @@ async fn accept_loop(
                 // the client connection limit.
                 let hosts = peer::PeerHosts {
                     region: ctx.raft.clone(),
-                    control: ctx
-                        .control
-                        .as_ref()
-                        .map(|c| c.engine().region().host().clone()),
+                    control: ctx.control.clone(),
                 };
                 peer::serve_peer_connection(conn, identity, hosts).await;
                 return;

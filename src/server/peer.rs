@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::certs::Role;
-use crate::engine::control::CONTROL_RANGE_ID;
+use crate::engine::control::{ControlRange, CONTROL_RANGE_ID};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{
     self, PeerRequestV1, PeerResponseV1, PEER_MAX_FRAME_BYTES, PEER_READ_TIMEOUT_MS,
@@ -33,15 +33,15 @@ const CLOSE_NOT_A_NODE: u32 = 2;
 pub(crate) struct PeerHosts {
     /// The region's range groups.
     pub region: Arc<RaftHost>,
-    /// The control range's host.
-    pub control: Option<Arc<RaftHost>>,
+    /// This node's replica of the control range.
+    pub control: Option<Arc<ControlRange>>,
 }
 
 impl PeerHosts {
     /// The host running `range`'s group here.
     fn for_range(&self, range: u64) -> &RaftHost {
         match &self.control {
-            Some(c) if range == CONTROL_RANGE_ID => c,
+            Some(c) if range == CONTROL_RANGE_ID => c.engine().region().host(),
             _ => &self.region,
         }
     }
@@ -193,6 +193,24 @@ async fn serve(
                 .handle_replicate(range, start, end, &batch)
                 .instrument(span)
                 .await
+        }
+        PeerRequestV1::Policy(change) => {
+            let control = match crate::engine::control::required(hosts.control.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return PeerResponseV1::error(&e),
+            };
+            let span = tracing::info_span!("policy_change_forwarded");
+            match control.apply_here(change).instrument(span).await {
+                Ok(c) => PeerResponseV1::PolicyChanged {
+                    version: c.table.version,
+                    epoch: c.epoch,
+                    policies: crate::wire::policies_v1(&control.local_region(), &c.table.table),
+                },
+                Err(e) if e.code == ErrorCode::NotLeader => PeerResponseV1::NotLeader {
+                    leader: e.leader_hint,
+                },
+                Err(e) => PeerResponseV1::error(&e),
+            }
         }
     }
 }
