@@ -472,6 +472,18 @@ fn config_leader(envs: &[(&'static str, String)]) -> String {
     let out = run(&["region", "status", "--json"], envs, None);
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // With gossip on, the status also shows every region as one of its
+    // live nodes sees it (here the one region), frontier ages included.
+    let regions = v["regions"].as_array().expect("regions");
+    assert_eq!(regions.len(), 1, "{v}");
+    assert_eq!(regions[0]["region"], "local", "{v}");
+    let seen = regions[0]["ranges"]
+        .as_array()
+        .expect("ranges of the region");
+    assert!(
+        seen.iter().all(|r| r["frontier_age_ms"].is_i64()),
+        "every range has a frontier age: {v}"
+    );
     let ranges = v["ranges"].as_array().unwrap();
     let range = ranges.iter().find(|r| r["start"] == "config/").unwrap();
     format!("node{}", range["leader"].as_u64().expect("a leader"))

@@ -482,6 +482,25 @@ fn three_region_dev_serves_partitions_and_stops_on_ctrl_c() {
     );
     assert_eq!(members.matches("\"addr\":\"127.1.").count(), 9, "{members}");
 
+    // `region status` shows every region as one of its nodes sees it,
+    // with each range's frontier age there.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&cli(&us, &["region", "status", "--json"]))).unwrap();
+    let regions = status["regions"].as_array().expect("regions");
+    let names: Vec<&str> = regions
+        .iter()
+        .filter_map(|r| r["region"].as_str())
+        .collect();
+    assert_eq!(names, ["ap-south", "eu-west", "us-east"], "{status}");
+    for r in regions {
+        let ranges = r["ranges"].as_array().expect("ranges");
+        assert_eq!(ranges.len(), 3, "{status}");
+        assert!(
+            ranges.iter().all(|x| x["frontier_age_ms"].is_i64()),
+            "{status}"
+        );
+    }
+
     ok(&cli(&eu, &["kv", "put", "wan/k", "v"]));
     assert_eq!(ok(&cli(&eu, &["kv", "get", "wan/k"])).trim(), "v");
     // A client in us-east using eu-west's nodes.

@@ -6,13 +6,125 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::ConnArgs;
-use crate::wire::{MembershipChangeV1, RangeStatusV1};
+use crate::client::{Client, ClientConfig};
+use crate::types::Timestamp;
+use crate::wire::{MemberV1, MembershipChangeV1, RangeFrontierV1, RangeStatusV1};
+
+/// Longest one region's node gets to answer `region status`.
+const REGION_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One region's ranges as one of its nodes sees them.
+struct RegionView {
+    region: String,
+    /// The node that answered, and its address; or why none did.
+    from: Result<(String, String), String>,
+    ranges: Vec<RangeStatusV1>,
+    /// The answering node's clock and each range's timestamps.
+    frontiers: Option<(Timestamp, Vec<RangeFrontierV1>)>,
+}
+
+/// Milliseconds from `frontier` to `at` (a node's clock when it answered).
+fn age_ms(at: Timestamp, frontier: u64) -> i64 {
+    at.physical_unix_ms() - Timestamp(frontier).physical_unix_ms()
+}
+
+/// Every region of `members`, in name order, with its live nodes.
+fn regions_of(members: &[MemberV1]) -> Vec<(String, Vec<&MemberV1>)> {
+    let mut by_region: std::collections::BTreeMap<String, Vec<&MemberV1>> = Default::default();
+    for m in members {
+        let live = by_region.entry(m.region.clone()).or_default();
+        if m.state == "alive" {
+            live.push(m);
+        }
+    }
+    by_region.into_iter().collect()
+}
+
+/// Asks one live node of each region (trying them in turn) for its view.
+async fn region_views(base: &ClientConfig, members: &[MemberV1]) -> Vec<RegionView> {
+    let mut out = Vec::new();
+    for (region, live) in regions_of(members) {
+        let mut view = RegionView {
+            region: region.clone(),
+            from: Err(format!("no live node of {region} answered")),
+            ranges: Vec::new(),
+            frontiers: None,
+        };
+        for m in live {
+            let Ok(addr) = m.peer_addr.parse() else {
+                continue;
+            };
+            let cfg = ClientConfig {
+                endpoints: vec![addr],
+                request_timeout: REGION_STATUS_TIMEOUT,
+                ..base.clone()
+            };
+            let ask = async {
+                let c = Client::connect(cfg).await?;
+                let ranges = c.region_status().await;
+                let frontiers = c.frontiers().await;
+                c.close().await;
+                anyhow::Ok((ranges?, frontiers.ok()))
+            };
+            match tokio::time::timeout(REGION_STATUS_TIMEOUT, ask).await {
+                Ok(Ok((ranges, frontiers))) => {
+                    view.from = Ok((m.node_id.clone(), m.peer_addr.clone()));
+                    view.ranges = ranges;
+                    view.frontiers = frontiers;
+                    break;
+                }
+                Ok(Err(e)) => view.from = Err(format!("{}: {e:#}", m.node_id)),
+                Err(_) => view.from = Err(format!("{}: no answer", m.node_id)),
+            }
+        }
+        out.push(view);
+    }
+    out
+}
+
+fn frontier_of(v: &RegionView, range: u64) -> Option<(u64, i64)> {
+    let (at, all) = v.frontiers.as_ref()?;
+    let f = all.iter().find(|f| f.range == range)?;
+    Some((f.frontier, age_ms(*at, f.frontier)))
+}
+
+fn view_json(v: &RegionView) -> serde_json::Value {
+    match &v.from {
+        Err(e) => json!({ "region": v.region, "error": e }),
+        Ok((node, addr)) => {
+            let ranges: Vec<_> = v
+                .ranges
+                .iter()
+                .map(|s| {
+                    let mut j = status_json(s);
+                    if let Some((ts, age)) = frontier_of(v, s.range) {
+                        j["frontier"] = json!(Timestamp(ts).to_string());
+                        j["frontier_age_ms"] = json!(age);
+                    }
+                    j
+                })
+                .collect();
+            json!({ "region": v.region, "node": node, "addr": addr, "ranges": ranges })
+        }
+    }
+}
+
+fn print_view(v: &RegionView) {
+    match &v.from {
+        Err(e) => println!("region {}: {e}", v.region),
+        Ok((node, addr)) => {
+            println!("region {} (as {node} at {addr} sees it)", v.region);
+            print_status(&v.ranges, Some(v));
+        }
+    }
+}
 
 /// Region subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum RegionCommand {
-    /// Each range's leader, term, log and applied index, and members, as the
-    /// connected node sees them.
+    /// Each range's leader, term, log and applied index, members and
+    /// frontier age: as the connected node sees them, then (with gossip)
+    /// as one live node of every region sees them.
     Status {
         #[command(flatten)]
         conn: ConnArgs,
@@ -80,10 +192,10 @@ fn status_json(s: &RangeStatusV1) -> serde_json::Value {
     })
 }
 
-fn print_status(all: &[RangeStatusV1]) {
+fn print_status(all: &[RangeStatusV1], view: Option<&RegionView>) {
     println!(
-        "{:<6} {:<22} {:>7} {:>6} {:>9} {:>9}  voters",
-        "range", "span", "leader", "term", "log", "applied"
+        "{:<6} {:<22} {:>7} {:>6} {:>9} {:>9} {:>10}  voters",
+        "range", "span", "leader", "term", "log", "applied", "frontier"
     );
     for s in all {
         let span = format!(
@@ -95,14 +207,18 @@ fn print_status(all: &[RangeStatusV1]) {
             ))
         );
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let age = view
+            .and_then(|v| frontier_of(v, s.range))
+            .map_or("-".to_string(), |(_, age)| format!("{age}ms"));
         println!(
-            "{:<6} {:<22} {:>7} {:>6} {:>9} {:>9}  {:?}",
+            "{:<6} {:<22} {:>7} {:>6} {:>9} {:>9} {:>10}  {:?}",
             s.range,
             span,
             opt(s.leader),
             s.term,
             opt(s.last_log_index),
             opt(s.applied_index),
+            age,
             s.voters
         );
     }
@@ -128,12 +244,21 @@ pub(crate) async fn run(cmd: RegionCommand) -> anyhow::Result<ExitCode> {
         RegionCommand::Status { conn } => {
             let client = conn.connect().await?;
             let all = client.region_status().await?;
+            // Gossip off (a single node, a region without [gossip]): the
+            // connected node's view is all there is.
+            let members = client.members().await.unwrap_or_default();
             client.close().await;
+            let views = region_views(&conn.client_config()?, &members).await;
             if conn.json {
                 let items: Vec<_> = all.iter().map(status_json).collect();
-                println!("{}", json!({ "ranges": items }));
+                let regions: Vec<_> = views.iter().map(view_json).collect();
+                println!("{}", json!({ "ranges": items, "regions": regions }));
+            } else if views.is_empty() {
+                print_status(&all, None);
             } else {
-                print_status(&all);
+                for v in &views {
+                    print_view(v);
+                }
             }
         }
         RegionCommand::AddNode {

@@ -1240,6 +1240,17 @@ impl Client {
         }
     }
 
+    /// Each range's applied timestamp and frontier on the connected node,
+    /// with the node's clock when it answered.
+    pub async fn frontiers(
+        &self,
+    ) -> Result<(Timestamp, Vec<crate::wire::RangeFrontierV1>), ClientError> {
+        match self.call(&RequestV1::Frontiers).await? {
+            (at, ResponseBodyV1::Frontiers(f)) => Ok((at, f)),
+            (_, other) => Err(Self::unexpected(other)),
+        }
+    }
+
     /// Range-leader hints the connected node heard through gossip.
     pub async fn leader_hints(&self) -> Result<Vec<crate::wire::LeaderHintV1>, ClientError> {
         match self.call(&RequestV1::LeaderHints).await? {

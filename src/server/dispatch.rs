@@ -287,6 +287,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::Policies => "policies",
         RequestV1::SetPolicy(_) => "policy_set",
         RequestV1::RemovePolicy { .. } => "policy_remove",
+        RequestV1::Frontiers => "frontiers",
     }
 }
 
@@ -373,6 +374,20 @@ async fn handle(
             let table = engine.policy_table();
             let policies = wire::policies_v1(&engine.regions().local, &table);
             Ok((engine.clock_ts(), ResponseBodyV1::Policies(policies)))
+        }
+        RequestV1::Frontiers => {
+            let r = engine.region();
+            let frontiers = r
+                .ranges()
+                .iter()
+                .filter_map(|d| r.host().group(d.id))
+                .map(|g| wire::RangeFrontierV1 {
+                    range: g.desc.id,
+                    applied: g.applied_ts().0,
+                    frontier: g.frontier_ts().0,
+                })
+                .collect();
+            Ok((engine.clock_ts(), ResponseBodyV1::Frontiers(frontiers)))
         }
         RequestV1::SetPolicy(set) => {
             role_check(peer, &[Role::Admin])?;
@@ -528,6 +543,7 @@ async fn handle_data(
         | RequestV1::Policies
         | RequestV1::SetPolicy(_)
         | RequestV1::RemovePolicy { .. }
+        | RequestV1::Frontiers
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",

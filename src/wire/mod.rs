@@ -141,6 +141,21 @@ pub enum RequestV1 {
         /// The prefix.
         prefix: Vec<u8>,
     },
+    /// Each range's applied timestamp and frontier on the answering node
+    /// (any role).
+    Frontiers,
+}
+
+/// A range's timestamps on one replica, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeFrontierV1 {
+    /// Range id.
+    pub range: u64,
+    /// Everything at or below it is applied here.
+    pub applied: u64,
+    /// Every region's writes at or below it are applied here (equals
+    /// `applied` in a single region).
+    pub frontier: u64,
 }
 
 /// A policy change, version 1.
@@ -726,6 +741,9 @@ pub enum ResponseBodyV1 {
         /// The table after the change, as the control leader holds it.
         policies: PoliciesV1,
     },
+    /// Each range's timestamps on the answering node (`served_at` is its
+    /// clock, so `served_at - frontier` is the range's staleness there).
+    Frontiers(Vec<RangeFrontierV1>),
 }
 
 /// Node status, version 1.
@@ -1188,6 +1206,7 @@ mod tests {
             prefix: b"a/".to_vec(),
         };
         assert_eq!(encode_request(&rm), vec![0, 1, 19, 2, b'a', b'/']);
+        assert_eq!(encode_request(&RequestV1::Frontiers), vec![0, 1, 20]);
         for req in [set, rm] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
