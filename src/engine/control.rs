@@ -280,20 +280,7 @@ impl ControlRange {
         for r in ranges {
             success.push(put(range_key(r.id), encode(r)?));
         }
-        let txn = Txn {
-            compares: vec![Compare {
-                key: VERSION_KEY.to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::Exists(false),
-            }],
-            success,
-            failure: Vec::new(),
-        };
-        let out = self
-            .engine
-            .region()
-            .write(self.engine.clock(), WriteKind::Txn(txn))
-            .await?;
+        let out = self.guarded(CompareTarget::Exists(false), success).await?;
         Ok(out.succeeded)
     }
 
@@ -364,6 +351,28 @@ impl ControlRange {
             ))
         })
         .await
+    }
+
+    /// Commits `ops` if `policy/version` equals `target` (one transaction
+    /// at the control leader).
+    async fn guarded(
+        &self,
+        target: CompareTarget,
+        ops: Vec<Op>,
+    ) -> Result<super::TxnOutcome, ApiError> {
+        let txn = Txn {
+            compares: vec![Compare {
+                key: VERSION_KEY.to_vec(),
+                op: CompareOp::Equal,
+                target,
+            }],
+            success: ops,
+            failure: Vec::new(),
+        };
+        self.engine
+            .region()
+            .write(self.engine.clock(), WriteKind::Txn(txn))
+            .await
     }
 
     /// This node's region.
@@ -481,20 +490,8 @@ impl ControlRange {
                 VERSION_KEY.to_vec(),
                 (current.version + 1).to_be_bytes().to_vec(),
             ));
-            let txn = Txn {
-                compares: vec![Compare {
-                    key: VERSION_KEY.to_vec(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::Value(current.version.to_be_bytes().to_vec()),
-                }],
-                success: ops,
-                failure: Vec::new(),
-            };
-            let out = self
-                .engine
-                .region()
-                .write(self.engine.clock(), WriteKind::Txn(txn))
-                .await?;
+            let at = CompareTarget::Value(current.version.to_be_bytes().to_vec());
+            let out = self.guarded(at, ops).await?;
             if out.succeeded {
                 let table = self.load_at(out.version)?.ok_or_else(|| {
                     ApiError::new(ErrorCode::Internal, "the committed policy table is missing")
