@@ -355,7 +355,21 @@ async fn serve(
                 for region in layout {
                     demo::wait_ready(region, tls, nodes).await?.close().await;
                 }
-                demo::multi_region(topo, layout, tls, &wan.controller()).await
+                let shown = demo::multi_region(topo, layout, tls, &wan.controller()).await;
+                match shown {
+                    // A demo request can fail on a loaded machine (the SDK
+                    // reports a node silent past its liveness bound as an
+                    // unknown outcome) while every node serves: report it,
+                    // and keep serving unless the demo was all we were
+                    // asked for (its exit status says whether it ran).
+                    Err(e) if !args.demo_only => {
+                        eprintln!(
+                            "meridian dev: the demo stopped: {e:#}; the cluster keeps serving"
+                        );
+                        Ok(())
+                    }
+                    shown => shown,
+                }
             }
         }
     };
