@@ -410,6 +410,27 @@ fn check_linearizable(events: Vec<Event>) -> Vec<(usize, usize, bool)> {
         .unwrap()
 }
 
+/// `kills` times, `between` apart: SIGKILLs us-east's leader of the range
+/// holding `payments/` (as a node there reports it), and restarts it 2.5 s
+/// later (past an election timeout). Resets the per-region progress count
+/// after each restart.
+async fn kill_home_leader(dev: &WanDev, kills: usize, between: Duration, run: &StrongRun) {
+    let run_started = Instant::now();
+    for round in 0..kills {
+        tokio::time::sleep(between).await;
+        let victim = dev.leader_of("us-east", strong_key(0).as_bytes()).await;
+        println!(
+            "round {round}: SIGKILL {victim} (us-east leader of payments/) at {:?}",
+            run_started.elapsed()
+        );
+        dev.kill9(&victim);
+        // Down past an election timeout (1-2 s here): another node leads.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        dev.restart(&victim);
+        run.log().since_restart = [0; 3];
+    }
+}
+
 /// Issue 9, strong: a linearizability check (stateright's
 /// `LinearizabilityTester`, a search for a legal sequential order
 /// consistent with real time) over one history of reads, writes and
@@ -448,19 +469,7 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
         tasks.push(tokio::spawn(strong_client(client, r, run.clone(), seed)));
     }
     let run_started = Instant::now();
-    for round in 0..kills {
-        tokio::time::sleep(between).await;
-        let victim = dev.leader_of("us-east", strong_key(0).as_bytes()).await;
-        println!(
-            "round {round}: SIGKILL {victim} (us-east leader of payments/) at {:?}",
-            run_started.elapsed()
-        );
-        dev.kill9(&victim);
-        // Down past an election timeout (1-2 s here): another node leads.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        dev.restart(&victim);
-        run.log().since_restart = [0; 3];
-    }
+    kill_home_leader(&dev, kills, between, &run).await;
     // Go on until clients in every region completed operations after the
     // last restart (bounded), at least `between`.
     tokio::time::sleep(between).await;
@@ -959,6 +968,43 @@ fn ok_json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// `rounds` rounds of stream restarts while the sessions run: the emulator
+/// cuts a region pair for 1.5 s (a different pair each round), then a
+/// region's range leader of `sessions/` is SIGKILLed and restarted 2.5 s
+/// later (eu-west first, then ap-south, then us-east). Resets the log's
+/// progress count after each.
+async fn restart_streams(dev: &WanDev, rounds: usize, log: &Mutex<SessionLog>) {
+    let started = Instant::now();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (a, b) = [
+            ("us-east", "ap-south"),
+            ("eu-west", "ap-south"),
+            ("us-east", "eu-west"),
+        ][round % 3];
+        println!(
+            "round {round}: partition {a} {b} at {:?}",
+            started.elapsed()
+        );
+        dev.wan(&["partition", a, b]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        dev.wan(&["heal"]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim_region = region(round + 1);
+        let victim = dev.leader_of(victim_region, b"sessions/acc/k0").await;
+        println!(
+            "round {round}: SIGKILL {victim} (leader of sessions/ in {victim_region}) at {:?}",
+            started.elapsed()
+        );
+        dev.kill9(&victim);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        dev.restart(&victim);
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .since_fault = 0;
+    }
+}
+
 /// Issue 9, causal: (a) a session writes `sessions/` keys (causal, home
 /// eu-west) in each region and moves with its token (`Session::resume`,
 /// and once through the CLI's printed token) to the other two, always
@@ -1002,34 +1048,7 @@ async fn causal_sessions_keep_their_guarantees_across_regions_and_stream_restart
             .since_fault
     };
     let started = Instant::now();
-    for round in 0..rounds {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (a, b) = [
-            ("us-east", "ap-south"),
-            ("eu-west", "ap-south"),
-            ("us-east", "eu-west"),
-        ][round % 3];
-        println!(
-            "round {round}: partition {a} {b} at {:?}",
-            started.elapsed()
-        );
-        dev.wan(&["partition", a, b]);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        dev.wan(&["heal"]);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let victim_region = region(round + 1);
-        let victim = dev.leader_of(victim_region, b"sessions/acc/k0").await;
-        println!(
-            "round {round}: SIGKILL {victim} (leader of sessions/ in {victim_region}) at {:?}",
-            started.elapsed()
-        );
-        dev.kill9(&victim);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        dev.restart(&victim);
-        log.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .since_fault = 0;
-    }
+    restart_streams(&dev, rounds, &log).await;
     // Go on until the sessions completed operations after the last fault.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -1285,6 +1304,98 @@ async fn eventual_writer(client: Client, r: usize, w: usize, writes: usize) -> (
 /// acknowledgement, each region's content or none if the read failed).
 type Poll = (Duration, Vec<Option<Vec<(String, u64, String)>>>);
 
+/// Polls every region's content (bounded) until the three are equal and
+/// hold every acknowledged key (a write of unknown outcome may add one):
+/// the time from `last_ack` to the poll that found them so, and every poll.
+async fn poll_until_converged(
+    readers: &[Client],
+    acked: &[Acked],
+    last_ack: Instant,
+) -> (Duration, Vec<Poll>) {
+    let want_keys: HashSet<&str> = acked.iter().map(|a| a.key.as_str()).collect();
+    let holds_all = |c: &[(String, u64, String)]| {
+        let keys: HashSet<&str> = c.iter().map(|(k, _, _)| k.as_str()).collect();
+        want_keys.is_subset(&keys)
+    };
+    let deadline = last_ack + Duration::from_secs(120);
+    let mut polls: Vec<Poll> = Vec::new();
+    loop {
+        let contents = futures_util::future::join_all(readers.iter().map(region_content)).await;
+        let contents: Vec<_> = contents.into_iter().map(Result::ok).collect();
+        let at = last_ack.elapsed();
+        let done = contents
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| holds_all(c)))
+            && contents.windows(2).all(|w| w[0] == w[1]);
+        polls.push((at, contents));
+        if done {
+            return (at, polls);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions did not converge within 120 s of the last acknowledgement: key counts {:?} \
+             ({} keys acknowledged)",
+            polls
+                .last()
+                .unwrap()
+                .1
+                .iter()
+                .map(|c| c.as_ref().map(Vec::len))
+                .collect::<Vec<_>>(),
+            want_keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The converged content holds every acknowledged write of a writer's own
+/// keys at its version and value, and each shared key's winner is the
+/// highest version acknowledged for it (at least that, when some write's
+/// outcome is unknown).
+fn check_winners(final_content: &[(String, u64, String)], acked: &[Acked], unknown: u64) {
+    let by_key: HashMap<&str, (u64, &str)> = final_content
+        .iter()
+        .map(|(k, v, val)| (k.as_str(), (*v, val.as_str())))
+        .collect();
+    for a in acked.iter().filter(|a| !a.key.contains("/shared/")) {
+        assert_eq!(
+            by_key.get(a.key.as_str()),
+            Some(&(a.version.0, a.value.as_str())),
+            "{}",
+            a.key
+        );
+    }
+    for s in 0..SHARED_KEYS {
+        let key = format!("{ADS}shared/{s}");
+        let writes: Vec<&Acked> = acked.iter().filter(|a| a.key == key).collect();
+        let regions_written = REGIONS
+            .iter()
+            .filter(|r| writes.iter().any(|a| a.value.starts_with(*r)))
+            .count();
+        assert_eq!(regions_written, 3, "{key}: written in every region");
+        let top = writes.iter().map(|a| a.version).max().unwrap();
+        let (version, value) = by_key[key.as_str()];
+        let tied: Vec<&str> = writes
+            .iter()
+            .filter(|a| a.version == top)
+            .map(|a| a.value.as_str())
+            .collect();
+        if unknown == 0 {
+            assert_eq!(version, top.0, "{key}: the winner is the highest version");
+            assert!(
+                tied.contains(&value),
+                "{key}: {value} is not a top write {tied:?}"
+            );
+        } else {
+            assert!(version >= top.0, "{key}: an acknowledged later write lost");
+        }
+        println!(
+            "{key}: {} writes from 3 regions, winner {value} at {version} in every region",
+            writes.len()
+        );
+    }
+}
+
 /// Issue 9, eventual: two writers in each of the three regions put
 /// `ads/` keys (eventual: every region takes writes locally), each its own
 /// keys and all of them three shared keys, so several writers in
@@ -1349,43 +1460,7 @@ async fn eventual_writes_in_every_region_converge_to_one_winner() {
         last_ack - writes_started
     );
 
-    // Poll every region's content until all three digests are equal and
-    // hold every acknowledged key (bounded).
-    // Every acknowledged key (a write of unknown outcome may add one).
-    let want_keys: HashSet<&str> = acked.iter().map(|a| a.key.as_str()).collect();
-    let holds_all = |c: &[(String, u64, String)]| {
-        let keys: HashSet<&str> = c.iter().map(|(k, _, _)| k.as_str()).collect();
-        want_keys.is_subset(&keys)
-    };
-    let deadline = last_ack + Duration::from_secs(120);
-    let mut polls: Vec<Poll> = Vec::new();
-    let converged = loop {
-        let contents = futures_util::future::join_all(readers.iter().map(region_content)).await;
-        let contents: Vec<_> = contents.into_iter().map(Result::ok).collect();
-        let at = last_ack.elapsed();
-        let done = contents
-            .iter()
-            .all(|c| c.as_ref().is_some_and(|c| holds_all(c)))
-            && contents.windows(2).all(|w| w[0] == w[1]);
-        polls.push((at, contents));
-        if done {
-            break at;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "regions did not converge within 120 s of the last acknowledgement: key counts {:?} \
-             ({} keys acknowledged)",
-            polls
-                .last()
-                .unwrap()
-                .1
-                .iter()
-                .map(|c| c.as_ref().map(Vec::len))
-                .collect::<Vec<_>>(),
-            want_keys.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (converged, polls) = poll_until_converged(&readers, &acked, last_ack).await;
     let final_content = polls.last().unwrap().1[0].clone().unwrap();
     let final_digest = digest(&final_content);
     // Each region: the first poll from which on its content stayed final.
@@ -1410,49 +1485,7 @@ async fn eventual_writes_in_every_region_converge_to_one_winner() {
         ms(per_region[2]),
     );
 
-    // Every acknowledged write is there; each shared key has one winner,
-    // the highest acknowledged version.
-    let by_key: HashMap<&str, (u64, &str)> = final_content
-        .iter()
-        .map(|(k, v, val)| (k.as_str(), (*v, val.as_str())))
-        .collect();
-    for a in acked.iter().filter(|a| !a.key.contains("/shared/")) {
-        assert_eq!(
-            by_key.get(a.key.as_str()),
-            Some(&(a.version.0, a.value.as_str())),
-            "{}",
-            a.key
-        );
-    }
-    for s in 0..SHARED_KEYS {
-        let key = format!("{ADS}shared/{s}");
-        let writes: Vec<&Acked> = acked.iter().filter(|a| a.key == key).collect();
-        let regions_written = REGIONS
-            .iter()
-            .filter(|r| writes.iter().any(|a| a.value.starts_with(*r)))
-            .count();
-        assert_eq!(regions_written, 3, "{key}: written in every region");
-        let top = writes.iter().map(|a| a.version).max().unwrap();
-        let (version, value) = by_key[key.as_str()];
-        let tied: Vec<&str> = writes
-            .iter()
-            .filter(|a| a.version == top)
-            .map(|a| a.value.as_str())
-            .collect();
-        if unknown == 0 {
-            assert_eq!(version, top.0, "{key}: the winner is the highest version");
-            assert!(
-                tied.contains(&value),
-                "{key}: {value} is not a top write {tied:?}"
-            );
-        } else {
-            assert!(version >= top.0, "{key}: an acknowledged later write lost");
-        }
-        println!(
-            "{key}: {} writes from 3 regions, winner {value} at {version} in every region",
-            writes.len()
-        );
-    }
+    check_winners(&final_content, &acked, unknown);
     for c in readers {
         c.close().await;
     }
