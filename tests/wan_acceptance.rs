@@ -195,6 +195,10 @@ impl SequentialSpec for CasRegister {
     }
 }
 
+/// Operations the clients of every region must complete after the last
+/// restart: the remote regions found the new home leader.
+const PROGRESS_OPS: u64 = 2;
+
 /// Keys of the strong history: `payments/` is strong, homed in us-east.
 const STRONG_KEYS: usize = 3;
 
@@ -471,19 +475,24 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
     let run_started = Instant::now();
     kill_home_leader(&dev, kills, between, &run).await;
     // Go on until clients in every region completed operations after the
-    // last restart (bounded), at least `between`.
+    // last restart (bounded), at least `between`. Judged after the
+    // history is checked, so a stalled run still reports on safety.
     tokio::time::sleep(between).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while run.log().since_restart.iter().any(|n| *n < 5) {
-        assert!(
-            Instant::now() < deadline,
-            "clients did not make progress after the restart: {:?} operations per region \
-             (us-east, eu-west, ap-south)\nus-east-1: {}",
-            run.log().since_restart,
-            dev.log_tail("us-east-1", 20)
-        );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let progressed = loop {
+        let done = run.log().since_restart;
+        if done.iter().all(|n| *n >= PROGRESS_OPS) {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(format!(
+                "clients did not make progress after the restart: {done:?} operations per \
+                 region (us-east, eu-west, ap-south) in 120 s\nus-east-1: {}",
+                dev.log_tail("us-east-1", 20)
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     run.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(60), t)
@@ -511,12 +520,8 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
             quantile_ms(&log.writes[r], 0.5),
             quantile_ms(&log.writes[r], 0.99),
         );
-        assert!(
-            log.reads[r].len() + log.writes[r].len() >= 5,
-            "too few operations from {}",
-            region(r)
-        );
     }
+    // (Every region took part: `progressed` requires operations from each.)
     let started = Instant::now();
     let verdicts = check_linearizable(log.events);
     for (k, ops, consistent) in &verdicts {
@@ -527,6 +532,9 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
         );
     }
     println!("checked {} keys in {:?}", verdicts.len(), started.elapsed());
+    if let Err(stalled) = progressed {
+        panic!("{stalled}");
+    }
 }
 
 #[test]
