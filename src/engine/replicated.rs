@@ -11,8 +11,8 @@
 //! (`election_timeout_max_ms`); it does not depend on clock *offsets*.
 //! ReadIndex needs no clock assumption at all.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
@@ -41,6 +41,53 @@ pub struct Replicated {
     ranges: Vec<RangeDescriptor>,
     /// Peer QUIC addresses by Raft id, to name the leader in redirects.
     addrs: HashMap<NodeId, String>,
+    /// What the other regions acknowledged of this node's ranges (`sync-N`).
+    acked: Arc<AckedCursors>,
+}
+
+/// Per range, the cursor each other region last acknowledged to this
+/// node's outbound stream: the origin-side view of how far every
+/// destination has durably applied this region's writes. The streams of
+/// `server::streams` publish into it (each stream owns its region's
+/// entry); `sync-N` writes will wait on it.
+///
+/// A cursor is a durable fact of the destination's replicated state and
+/// never moves back, so an entry stays true when this node stops leading
+/// the range; it only stops moving.
+#[derive(Debug, Default)]
+pub struct AckedCursors {
+    ranges: Mutex<HashMap<u64, tokio::sync::watch::Sender<BTreeMap<String, Timestamp>>>>,
+}
+
+impl AckedCursors {
+    fn sender(&self, range: u64) -> tokio::sync::watch::Sender<BTreeMap<String, Timestamp>> {
+        self.ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(range)
+            .or_insert_with(|| tokio::sync::watch::Sender::new(BTreeMap::new()))
+            .clone()
+    }
+
+    /// `region` acknowledged `cursor` for `range` (kept if higher than what
+    /// it acknowledged before; watchers are woken only when it moves).
+    pub fn publish(&self, range: u64, region: &str, cursor: Timestamp) {
+        self.sender(range).send_if_modified(|acked| {
+            let entry = acked.entry(region.to_string()).or_insert(Timestamp::ZERO);
+            let moved = cursor > *entry;
+            *entry = (*entry).max(cursor);
+            moved
+        });
+    }
+
+    /// The cursors acknowledged for `range`, by region.
+    pub fn of(&self, range: u64) -> BTreeMap<String, Timestamp> {
+        self.sender(range).borrow().clone()
+    }
+
+    fn watch(&self, range: u64) -> tokio::sync::watch::Receiver<BTreeMap<String, Timestamp>> {
+        self.sender(range).subscribe()
+    }
 }
 
 fn unavailable(msg: impl Into<String>) -> ApiError {
@@ -64,7 +111,14 @@ impl Replicated {
             pending: tokio::sync::Semaphore::new(crate::limits::MAX_PENDING_PROPOSALS),
             ranges,
             addrs,
+            acked: Arc::default(),
         }
+    }
+
+    /// What other regions acknowledged of this node's ranges: the outbound
+    /// streams publish here.
+    pub fn acked_cursors(&self) -> &Arc<AckedCursors> {
+        &self.acked
     }
 
     /// The host (for status and metrics).
