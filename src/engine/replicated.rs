@@ -24,6 +24,7 @@ use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::raft::types::{CommandV1, NodeId};
 use crate::raft::{RaftHost, RangeCommand, RangeDescriptor, RangeGroup, RangeTypes};
+use crate::replication::sync::{confirmed, regions_at, SYNC_CONFIRM_TIMEOUT_MS};
 use crate::types::{Op, Timestamp};
 
 /// Longest a write waits for its proposal to commit and apply. Past it the
@@ -49,7 +50,7 @@ pub struct Replicated {
 /// node's outbound stream: the origin-side view of how far every
 /// destination has durably applied this region's writes. The streams of
 /// `server::streams` publish into it (each stream owns its region's
-/// entry); `sync-N` writes will wait on it.
+/// entry); `sync-N` writes wait on it ([`Replicated::confirm_sync`]).
 ///
 /// A cursor is a durable fact of the destination's replicated state and
 /// never moves back, so an entry stays true when this node stops leading
@@ -119,6 +120,44 @@ impl Replicated {
     /// streams publish here.
     pub fn acked_cursors(&self) -> &Arc<AckedCursors> {
         &self.acked
+    }
+
+    /// Waits, at most [`SYNC_CONFIRM_TIMEOUT_MS`], until `n` distinct other
+    /// regions acknowledged a cursor at or past `version` for the range
+    /// owning `key`: the write applied there at `version` is durable in them
+    /// (docs/consistency.md X6). Past the bound the write is committed here
+    /// but not confirmed elsewhere: `MER-3005`, whose message says so.
+    pub async fn confirm_sync(
+        &self,
+        key: &[u8],
+        version: Timestamp,
+        n: u8,
+    ) -> Result<(), ApiError> {
+        let range = self.range_of(key)?.id;
+        let mut acked = self.acked.watch(range);
+        let limit = Duration::from_millis(SYNC_CONFIRM_TIMEOUT_MS);
+        let started = std::time::Instant::now();
+        let waited =
+            tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
+        metrics::histogram!("meridian_sync_confirm_duration_seconds", "range" => range.to_string())
+            .record(started.elapsed().as_secs_f64());
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives in `self.acked` as long as we do: a closed
+            // channel cannot happen, but it would mean the same as a timeout.
+            Ok(Err(_)) | Err(_) => {
+                let have = regions_at(&self.acked.of(range), version);
+                metrics::counter!("meridian_sync_unconfirmed_total", "range" => range.to_string())
+                    .increment(1);
+                Err(outcome_unknown(format!(
+                    "write committed in this region at version {version} but confirmed by only \
+                     {have} of the {n} other regions its sync-{n} policy needs within \
+                     {SYNC_CONFIRM_TIMEOUT_MS} ms: it is durable here and will reach the other \
+                     regions when they can be reached, but it may be lost if this region is lost \
+                     before then; read it in another region to find out"
+                )))
+            }
+        }
     }
 
     /// The host (for status and metrics).

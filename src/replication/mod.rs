@@ -14,12 +14,14 @@
 //!   paced in-flight window on the origin, and the destination cursor that
 //!   makes application exactly-once across duplicates, reordering and
 //!   restarts.
+//! - [`sync`]: when a `sync-N` write is confirmed (N other regions'
+//!   acknowledged cursors at or past its version).
 //! - [`frontier`]: a range's frontier in a region (the slowest writer's
 //!   closed timestamp) and when an idle leader closes a new timestamp.
 //!
 //! The IO lives elsewhere: `server::streams` drives [`stream`], the range
 //! state machines apply batches through [`stream::Inbound`], and the
-//! engine drives [`read`] (docs/architecture.md,
+//! engine drives [`read`] and waits on [`sync`] (docs/architecture.md,
 //! "Cross-region replication"). Not wired yet: the control range that
 //! stores the policy table.
 
@@ -27,3 +29,4 @@ pub mod frontier;
 pub mod policy;
 pub mod read;
 pub mod stream;
+pub mod sync;
