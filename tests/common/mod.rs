@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dev;
+pub mod wan_dev;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
