@@ -86,8 +86,25 @@ impl AckedCursors {
         self.sender(range).borrow().clone()
     }
 
-    fn watch(&self, range: u64) -> tokio::sync::watch::Receiver<BTreeMap<String, Timestamp>> {
-        self.sender(range).subscribe()
+    /// Waits, at most `limit`, until `n` distinct regions acknowledged a
+    /// cursor at or past `version` for `range`. `Err` carries how many had
+    /// when the bound passed.
+    pub async fn wait_confirmed(
+        &self,
+        range: u64,
+        version: Timestamp,
+        n: u8,
+        limit: Duration,
+    ) -> Result<(), usize> {
+        let mut acked = self.sender(range).subscribe();
+        let waited =
+            tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives in `self` as long as we do: a closed channel
+            // cannot happen, but it would mean the same as a timeout.
+            Ok(Err(_)) | Err(_) => Err(regions_at(&self.of(range), version)),
+        }
     }
 }
 
@@ -134,19 +151,14 @@ impl Replicated {
         n: u8,
     ) -> Result<(), ApiError> {
         let range = self.range_of(key)?.id;
-        let mut acked = self.acked.watch(range);
         let limit = Duration::from_millis(SYNC_CONFIRM_TIMEOUT_MS);
         let started = std::time::Instant::now();
-        let waited =
-            tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
+        let waited = self.acked.wait_confirmed(range, version, n, limit).await;
         metrics::histogram!("meridian_sync_confirm_duration_seconds", "range" => range.to_string())
             .record(started.elapsed().as_secs_f64());
         match waited {
-            Ok(Ok(_)) => Ok(()),
-            // The sender lives in `self.acked` as long as we do: a closed
-            // channel cannot happen, but it would mean the same as a timeout.
-            Ok(Err(_)) | Err(_) => {
-                let have = regions_at(&self.acked.of(range), version);
+            Ok(()) => Ok(()),
+            Err(have) => {
                 metrics::counter!("meridian_sync_unconfirmed_total", "range" => range.to_string())
                     .increment(1);
                 Err(outcome_unknown(format!(
@@ -447,5 +459,51 @@ impl Replicated {
                 range.id
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync write waits for N distinct regions at or past its version,
+    /// wakes when the streams publish them, and reports how many it had
+    /// when the bound passes; a lower cursor never replaces a higher one.
+    #[tokio::test]
+    async fn sync_waits_for_n_regions_and_reports_the_shortfall() {
+        let acked = Arc::new(AckedCursors::default());
+        let (range, version) = (7, Timestamp(100));
+        acked.publish(range, "eu-west", Timestamp(150));
+        acked.publish(range, "eu-west", Timestamp(90));
+        assert_eq!(
+            acked.of(range)["eu-west"],
+            Timestamp(150),
+            "cursors never move back"
+        );
+        let short = Duration::from_millis(50);
+        assert_eq!(acked.wait_confirmed(range, version, 1, short).await, Ok(()));
+        assert_eq!(
+            acked.wait_confirmed(range, version, 2, short).await,
+            Err(1),
+            "ap-south has not acknowledged"
+        );
+        acked.publish(range, "ap-south", Timestamp(99));
+        let waiter = {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .wait_confirmed(range, version, 2, Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "one short of its version");
+        acked.publish(range, "ap-south", Timestamp(100));
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(
+            acked.wait_confirmed(8, version, 1, short).await,
+            Err(0),
+            "other ranges are separate"
+        );
     }
 }
