@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{check_name, invalid, ConfigError};
-use crate::replication::policy::{Policy, PolicyTable, MAX_POLICIES};
+use crate::replication::policy::{Policy, PolicyTable, Replication, MAX_POLICIES};
 
 /// Default staleness bound of a bounded read that names none, ms.
 pub const DEFAULT_MAX_STALENESS_MS: u64 = 5_000;
@@ -118,8 +118,60 @@ impl ReplicationConfig {
     }
 }
 
-fn policy(field: &'static str, raw: &RawPolicy, default_home: &str) -> Result<Policy, ConfigError> {
-    let bad = |e: crate::replication::policy::PolicyError| invalid(field, e.to_string(), "");
+/// Where a policy is written: its fields' names in errors.
+struct PolicyFields {
+    policy: &'static str,
+    replication: &'static str,
+}
+
+const DEFAULT_FIELDS: PolicyFields = PolicyFields {
+    policy: "replication.default",
+    replication: "replication.default.replication",
+};
+const PREFIX_FIELDS: PolicyFields = PolicyFields {
+    policy: "replication.policies",
+    replication: "replication.policies.replication",
+};
+
+/// Parses a policy. `sync-N` must leave N other regions to wait for
+/// (`others`: the regions besides the home): a write could otherwise never
+/// be confirmed, so it is refused here, naming the field, rather than
+/// timing out on every write.
+fn policy(
+    fields: &PolicyFields,
+    raw: &RawPolicy,
+    default_home: &str,
+    others: usize,
+    prefix: &str,
+) -> Result<Policy, ConfigError> {
+    let bad =
+        |e: crate::replication::policy::PolicyError| invalid(fields.policy, e.to_string(), prefix);
+    let replication =
+        raw.replication
+            .parse()
+            .map_err(|e: crate::replication::policy::PolicyError| {
+                invalid(fields.replication, e.to_string(), &raw.replication)
+            })?;
+    if let Replication::Sync(n) = replication {
+        if usize::from(n) > others {
+            return Err(invalid(
+                fields.replication,
+                format!(
+                    "sync-{n} waits for {n} other regions, and replication.regions has {others} \
+                     besides the home region: use sync-1..=sync-{others}, or async"
+                ),
+                format!(
+                    "{} on {}",
+                    raw.replication,
+                    if prefix.is_empty() {
+                        "the default policy"
+                    } else {
+                        prefix
+                    }
+                ),
+            ));
+        }
+    }
     Ok(Policy {
         consistency: raw.consistency.parse().map_err(bad)?,
         home: if raw.home.is_empty() {
@@ -127,7 +179,7 @@ fn policy(field: &'static str, raw: &RawPolicy, default_home: &str) -> Result<Po
         } else {
             raw.home.clone()
         },
-        replication: raw.replication.parse().map_err(bad)?,
+        replication,
         max_staleness_ms: raw.max_staleness_ms,
     })
 }
@@ -173,11 +225,12 @@ impl RawReplication {
                 self.policies.len(),
             ));
         }
-        let default = policy("replication.default", &self.default, &regions[0])?;
+        let others = regions.len() - 1;
+        let default = policy(&DEFAULT_FIELDS, &self.default, &regions[0], others, "")?;
         let mut table = PolicyTable::new(regions.clone(), default)
             .map_err(|e| invalid("replication.default", e.to_string(), ""))?;
         for p in &self.policies {
-            let pol = policy("replication.policies", &p.policy, &regions[0])?;
+            let pol = policy(&PREFIX_FIELDS, &p.policy, &regions[0], others, &p.prefix)?;
             table
                 .set(p.prefix.as_bytes(), pol)
                 .map_err(|e| invalid("replication.policies", e.to_string(), &p.prefix))?;
@@ -236,6 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn sync_n_up_to_the_other_regions_is_accepted() {
+        let c = raw(r#"
+            regions = ["us-east", "eu-west", "ap-south"]
+            [[policies]]
+            prefix = "ledger/"
+            replication = "sync-2"
+        "#)
+        .validate("eu-west")
+        .unwrap();
+        assert_eq!(
+            c.table.policy_of(b"ledger/1").1.replication,
+            Replication::Sync(2)
+        );
+        assert_eq!(
+            c.table.policy_of(b"other").1.replication,
+            Replication::Async
+        );
+    }
+
+    #[test]
     fn bad_input_names_the_field_and_the_rule() {
         let cases = [
             (r#"regions = ["a", "a"]"#, "a", "listed once"),
@@ -254,6 +327,21 @@ mod tests {
                 "regions = [\"a\", \"b\"]\ndefault = { consistency = \"linear\" }",
                 "a",
                 "unknown consistency",
+            ),
+            (
+                "regions = [\"a\", \"b\", \"c\"]\n[[policies]]\nprefix = \"x/\"\nreplication = \"sync-3\"",
+                "a",
+                "`replication.policies.replication`: sync-3 waits for 3 other regions, and replication.regions has 2",
+            ),
+            (
+                "default = { replication = \"sync-1\" }",
+                "a",
+                "`replication.default.replication`: sync-1 waits for 1 other regions, and replication.regions has 0",
+            ),
+            (
+                "regions = [\"a\", \"b\"]\n[[policies]]\nprefix = \"x/\"\nreplication = \"sync\"",
+                "a",
+                "`replication.policies.replication`: unknown replication `sync`",
             ),
         ];
         for (text, region, want) in cases {

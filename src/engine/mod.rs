@@ -36,10 +36,23 @@ use crate::config::Limits;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::limits::{GC_BATCH_VERSIONS, MAX_HISTORY_PAGE};
 use crate::raft::RangeGroup;
-use crate::replication::policy::{Policy, PolicyTable};
+use crate::replication::policy::{Policy, PolicyTable, Replication};
 use crate::replication::read::{next_token, ReadLevel};
 use crate::storage::{GcSpan, MvccStore, StorageError};
 use crate::types::{CompareTarget, KeyValue, Op, ReadConsistency, Timestamp, Txn, VersionEntry};
+
+/// Every key a write touches (compared or written).
+fn write_keys(kind: &WriteKind) -> Vec<&[u8]> {
+    match kind {
+        WriteKind::Put { key, .. } | WriteKind::Delete { key } => vec![key],
+        WriteKind::Txn(t) => t
+            .compares
+            .iter()
+            .map(|c| c.key.as_slice())
+            .chain(t.success.iter().chain(&t.failure).map(Op::key))
+            .collect(),
+    }
+}
 
 /// Metric: versions removed by garbage collection.
 pub const METRIC_GC_REMOVED: &str = "meridian_gc_removed_versions_total";
@@ -357,25 +370,36 @@ impl Engine {
             .try_for_each(|op| self.check_op(op))
     }
 
+    /// Proposes `kind` and, when a key's policy is `sync-N`, acknowledges
+    /// only once N other regions applied it (docs/consistency.md X6).
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
         self.check_write_region(&kind)?;
-        self.region.write(&self.hlc, kind).await
+        let sync = self.sync_regions(&kind);
+        let out = self.region.write(&self.hlc, kind).await?;
+        if let Some((key, n)) = sync {
+            self.region.confirm_sync(&key, out.version, n).await?;
+        }
+        Ok(out)
+    }
+
+    /// The most other regions any key of `kind` must be confirmed in (its
+    /// policy's `sync-N`), with one such key; `None` when every key is
+    /// `async`. A write stays in one range, so one key names it.
+    fn sync_regions(&self, kind: &WriteKind) -> Option<(Vec<u8>, u8)> {
+        write_keys(kind)
+            .into_iter()
+            .filter_map(|key| match self.policy_of(key).1.replication {
+                Replication::Sync(n) => Some((key.to_vec(), n)),
+                Replication::Async => None,
+            })
+            .max_by_key(|(_, n)| *n)
     }
 
     /// Refuses, before anything is proposed, a write touching a key of a
     /// strong prefix homed in another region (`MER-3006`); causal and
     /// eventual prefixes accept writes here (design.md, "Writes").
     fn check_write_region(&self, kind: &WriteKind) -> Result<(), ApiError> {
-        let keys: Vec<&[u8]> = match kind {
-            WriteKind::Put { key, .. } | WriteKind::Delete { key } => vec![key],
-            WriteKind::Txn(t) => t
-                .compares
-                .iter()
-                .map(|c| c.key.as_slice())
-                .chain(t.success.iter().chain(&t.failure).map(Op::key))
-                .collect(),
-        };
-        keys.into_iter().try_for_each(|key| {
+        write_keys(kind).into_iter().try_for_each(|key| {
             let (prefix, policy) = self.policy_of(key);
             levels::check_write(levels::KeyPolicy {
                 prefix: prefix.as_deref(),

@@ -11,8 +11,8 @@
 //! (`election_timeout_max_ms`); it does not depend on clock *offsets*.
 //! ReadIndex needs no clock assumption at all.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
@@ -24,6 +24,7 @@ use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::raft::types::{CommandV1, NodeId};
 use crate::raft::{RaftHost, RangeCommand, RangeDescriptor, RangeGroup, RangeTypes};
+use crate::replication::sync::{confirmed, regions_at, SYNC_CONFIRM_TIMEOUT_MS};
 use crate::types::{Op, Timestamp};
 
 /// Longest a write waits for its proposal to commit and apply. Past it the
@@ -41,6 +42,70 @@ pub struct Replicated {
     ranges: Vec<RangeDescriptor>,
     /// Peer QUIC addresses by Raft id, to name the leader in redirects.
     addrs: HashMap<NodeId, String>,
+    /// What the other regions acknowledged of this node's ranges (`sync-N`).
+    acked: Arc<AckedCursors>,
+}
+
+/// Per range, the cursor each other region last acknowledged to this
+/// node's outbound stream: the origin-side view of how far every
+/// destination has durably applied this region's writes. The streams of
+/// `server::streams` publish into it (each stream owns its region's
+/// entry); `sync-N` writes wait on it ([`Replicated::confirm_sync`]).
+///
+/// A cursor is a durable fact of the destination's replicated state and
+/// never moves back, so an entry stays true when this node stops leading
+/// the range; it only stops moving.
+#[derive(Debug, Default)]
+pub struct AckedCursors {
+    ranges: Mutex<HashMap<u64, tokio::sync::watch::Sender<BTreeMap<String, Timestamp>>>>,
+}
+
+impl AckedCursors {
+    fn sender(&self, range: u64) -> tokio::sync::watch::Sender<BTreeMap<String, Timestamp>> {
+        self.ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(range)
+            .or_insert_with(|| tokio::sync::watch::Sender::new(BTreeMap::new()))
+            .clone()
+    }
+
+    /// `region` acknowledged `cursor` for `range` (kept if higher than what
+    /// it acknowledged before; watchers are woken only when it moves).
+    pub fn publish(&self, range: u64, region: &str, cursor: Timestamp) {
+        self.sender(range).send_if_modified(|acked| {
+            let entry = acked.entry(region.to_string()).or_insert(Timestamp::ZERO);
+            let moved = cursor > *entry;
+            *entry = (*entry).max(cursor);
+            moved
+        });
+    }
+
+    /// The cursors acknowledged for `range`, by region.
+    pub fn of(&self, range: u64) -> BTreeMap<String, Timestamp> {
+        self.sender(range).borrow().clone()
+    }
+
+    /// Waits, at most `limit`, until `n` distinct regions acknowledged a
+    /// cursor at or past `version` for `range`. `Err` carries how many had
+    /// when the bound passed.
+    pub async fn wait_confirmed(
+        &self,
+        range: u64,
+        version: Timestamp,
+        n: u8,
+        limit: Duration,
+    ) -> Result<(), usize> {
+        let mut acked = self.sender(range).subscribe();
+        let waited =
+            tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives in `self` as long as we do: a closed channel
+            // cannot happen, but it would mean the same as a timeout.
+            Ok(Err(_)) | Err(_) => Err(regions_at(&self.of(range), version)),
+        }
+    }
 }
 
 fn unavailable(msg: impl Into<String>) -> ApiError {
@@ -64,6 +129,46 @@ impl Replicated {
             pending: tokio::sync::Semaphore::new(crate::limits::MAX_PENDING_PROPOSALS),
             ranges,
             addrs,
+            acked: Arc::default(),
+        }
+    }
+
+    /// What other regions acknowledged of this node's ranges: the outbound
+    /// streams publish here.
+    pub fn acked_cursors(&self) -> &Arc<AckedCursors> {
+        &self.acked
+    }
+
+    /// Waits, at most [`SYNC_CONFIRM_TIMEOUT_MS`], until `n` distinct other
+    /// regions acknowledged a cursor at or past `version` for the range
+    /// owning `key`: the write applied there at `version` is durable in them
+    /// (docs/consistency.md X6). Past the bound the write is committed here
+    /// but not confirmed elsewhere: `MER-3005`, whose message says so.
+    pub async fn confirm_sync(
+        &self,
+        key: &[u8],
+        version: Timestamp,
+        n: u8,
+    ) -> Result<(), ApiError> {
+        let range = self.range_of(key)?.id;
+        let limit = Duration::from_millis(SYNC_CONFIRM_TIMEOUT_MS);
+        let started = std::time::Instant::now();
+        let waited = self.acked.wait_confirmed(range, version, n, limit).await;
+        metrics::histogram!("meridian_sync_confirm_duration_seconds", "range" => range.to_string())
+            .record(started.elapsed().as_secs_f64());
+        match waited {
+            Ok(()) => Ok(()),
+            Err(have) => {
+                metrics::counter!("meridian_sync_unconfirmed_total", "range" => range.to_string())
+                    .increment(1);
+                Err(outcome_unknown(format!(
+                    "write committed in this region at version {version} but confirmed by only \
+                     {have} of the {n} other regions its sync-{n} policy needs within \
+                     {SYNC_CONFIRM_TIMEOUT_MS} ms: it is durable here and will reach the other \
+                     regions when they can be reached, but it may be lost if this region is lost \
+                     before then; read it in another region to find out"
+                )))
+            }
         }
     }
 
@@ -354,5 +459,51 @@ impl Replicated {
                 range.id
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync write waits for N distinct regions at or past its version,
+    /// wakes when the streams publish them, and reports how many it had
+    /// when the bound passes; a lower cursor never replaces a higher one.
+    #[tokio::test]
+    async fn sync_waits_for_n_regions_and_reports_the_shortfall() {
+        let acked = Arc::new(AckedCursors::default());
+        let (range, version) = (7, Timestamp(100));
+        acked.publish(range, "eu-west", Timestamp(150));
+        acked.publish(range, "eu-west", Timestamp(90));
+        assert_eq!(
+            acked.of(range)["eu-west"],
+            Timestamp(150),
+            "cursors never move back"
+        );
+        let short = Duration::from_millis(50);
+        assert_eq!(acked.wait_confirmed(range, version, 1, short).await, Ok(()));
+        assert_eq!(
+            acked.wait_confirmed(range, version, 2, short).await,
+            Err(1),
+            "ap-south has not acknowledged"
+        );
+        acked.publish(range, "ap-south", Timestamp(99));
+        let waiter = {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .wait_confirmed(range, version, 2, Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "one short of its version");
+        acked.publish(range, "ap-south", Timestamp(100));
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(
+            acked.wait_confirmed(8, version, 1, short).await,
+            Err(0),
+            "other ranges are separate"
+        );
     }
 }

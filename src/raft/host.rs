@@ -159,6 +159,58 @@ pub struct RaftHost {
     /// offers again must not race the abandoned receive on the same
     /// partial file.
     receiving: std::sync::Mutex<HashMap<RangeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per (range, origin region): the order replication batches are
+    /// proposed in (see [`InboundOrder`]).
+    inbound: std::sync::Mutex<HashMap<(RangeId, String), Arc<InboundOrder>>>,
+}
+
+/// Longest a replication batch that arrived before the batch it continues
+/// waits for that one to be proposed first.
+pub const REORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Where the batches of one (range, origin) that this node proposed, in
+/// order, end. An origin keeps several batches in flight, each its own
+/// QUIC stream, so one can arrive (or be scheduled) before the batch it
+/// continues; proposed first, it would be refused by the cursor
+/// (`replication::stream::Inbound`) and the origin would resend from
+/// there, a round trip lost. So a batch whose `after` is past the end of
+/// what was proposed waits, at most [`REORDER_WAIT`], for its predecessor;
+/// the proposal itself is queued under the lock (`client_write_ff`), so
+/// the Raft log holds the batches in the order they continue each other.
+/// Only an optimisation: the cursor in the replicated state decides what
+/// applies, whatever order the batches commit in.
+#[derive(Default)]
+struct InboundOrder {
+    /// The `closed` of the last batch queued (or the cursor a reply
+    /// named); 0: nothing known, wait for nothing.
+    proposed: tokio::sync::Mutex<u64>,
+    moved: tokio::sync::Notify,
+}
+
+impl InboundOrder {
+    /// Waits (bounded) until a batch continuing from `after` is next, and
+    /// returns the lock to queue it under.
+    async fn turn(&self, after: u64) -> tokio::sync::MutexGuard<'_, u64> {
+        let deadline = tokio::time::Instant::now() + REORDER_WAIT;
+        loop {
+            // Registered before the check, so no move is missed.
+            let moved = self.moved.notified();
+            let proposed = self.proposed.lock().await;
+            if *proposed == 0 || after <= *proposed || tokio::time::Instant::now() >= deadline {
+                return proposed;
+            }
+            drop(proposed);
+            let _ = tokio::time::timeout_at(deadline, moved).await;
+        }
+    }
+
+    /// Records that everything up to `closed` is proposed (or applied).
+    async fn advance(&self, closed: u64) {
+        let mut proposed = self.proposed.lock().await;
+        *proposed = (*proposed).max(closed);
+        drop(proposed);
+        self.moved.notify_waiters();
+    }
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -208,6 +260,7 @@ impl RaftHost {
             groups: RwLock::new(HashMap::new()),
             scope: ReplicationScope::default(),
             receiving: std::sync::Mutex::new(HashMap::new()),
+            inbound: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -408,28 +461,83 @@ impl RaftHost {
             Ok(t) => t,
             Err(e) => return refuse(ErrorCode::StorageFailure, e.to_string()),
         };
+        let origin = batch.origin.clone();
+        let (after, closed) = (batch.after, batch.closed);
+        let record_ts: Vec<u64> = batch.records.iter().map(|r| r.ts).collect();
         let cmd = RangeCommand {
             proposed_at: now.0,
             op: CommandV1::Replicate(batch),
         };
-        match tokio::time::timeout(REPLICATE_TIMEOUT, group.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => PeerResponseV1::Replicated {
-                applied: resp.data.succeeded,
-                cursor: resp.data.version,
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                PeerResponseV1::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
+        let order = self.inbound_order(range, &origin);
+        let (responder, reply) = openraft::impls::ProgressResponder::complete_only();
+        {
+            let mut proposed = order.turn(after).await;
+            if let Err(e) = group.raft.client_write_ff(cmd, Some(responder)).await {
+                return refuse(
+                    ErrorCode::Unavailable,
+                    format!("range {range} stopped: {e}"),
+                );
+            }
+            *proposed = (*proposed).max(closed);
+        }
+        order.moved.notify_waiters();
+        match tokio::time::timeout(REPLICATE_TIMEOUT, reply).await {
+            Ok(Ok(Ok(resp))) => {
+                order.advance(resp.data.version).await;
+                if resp.data.succeeded {
+                    self.record_apply_lag(range, &origin, after, &record_ts);
+                }
+                PeerResponseV1::Replicated {
+                    applied: resp.data.succeeded,
+                    cursor: resp.data.version,
                 }
             }
-            Ok(Err(e)) => refuse(
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => PeerResponseV1::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            Ok(Ok(Err(e))) => refuse(
                 ErrorCode::OutcomeUnknown,
                 format!("replication batch outcome unknown: {e}"),
+            ),
+            Ok(Err(_)) => refuse(
+                ErrorCode::OutcomeUnknown,
+                "replication batch outcome unknown: the range dropped its proposal".into(),
             ),
             Err(_) => refuse(
                 ErrorCode::OutcomeUnknown,
                 "replication batch timed out waiting for commit; resend from the cursor".into(),
             ),
+        }
+    }
+
+    fn inbound_order(&self, range: RangeId, origin: &str) -> Arc<InboundOrder> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((range, origin.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// `meridian_replication_lag_seconds{origin,destination,range}`: for
+    /// each record of an applied batch, this region's apply time (now, the
+    /// wall clock) minus the record's origin HLC time: the replication lag
+    /// as a reader here sees it. Records at or below the batch's `after`
+    /// were applied before (a resend) and are not counted again. Assumes
+    /// the regions' clocks agree, within `clock.max_offset_ms`.
+    fn record_apply_lag(&self, range: RangeId, origin: &str, after: u64, record_ts: &[u64]) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let lag = metrics::histogram!("meridian_replication_lag_seconds",
+            "origin" => origin.to_string(),
+            "destination" => self.scope.local.clone(),
+            "range" => range.to_string());
+        for ts in record_ts.iter().filter(|ts| **ts > after) {
+            let ms = now_ms
+                .saturating_sub(Timestamp(*ts).physical_unix_ms())
+                .max(0);
+            lag.record(ms as f64 / 1000.0);
         }
     }
 

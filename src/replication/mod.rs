@@ -10,18 +10,23 @@
 //!   (leader, local at the frontier, wait for a token, redirect home, refuse),
 //!   and how session tokens move.
 //! - [`stream`]: one range's stream from an origin region to a destination:
-//!   batches of HLC-stamped records with closed timestamps, the bounded
-//!   in-flight window on the origin, and the destination cursor that makes
-//!   application exactly-once across duplicates, reordering and restarts.
+//!   batches of HLC-stamped records with closed timestamps, the bounded and
+//!   paced in-flight window on the origin, and the destination cursor that
+//!   makes application exactly-once across duplicates, reordering and
+//!   restarts.
+//! - [`sync`]: when a `sync-N` write is confirmed (N other regions'
+//!   acknowledged cursors at or past its version).
 //! - [`frontier`]: a range's frontier in a region (the slowest writer's
 //!   closed timestamp) and when an idle leader closes a new timestamp.
 //!
-//! Not wired yet: the stream tasks, the control range that stores the
-//! policy table, and the per-call levels in the SDK, CLI and gateway are
-//! the next steps of this work (docs/architecture.md, "Cross-region
-//! replication"). Nothing here is reachable from a request today.
+//! The IO lives elsewhere: `server::streams` drives [`stream`], the range
+//! state machines apply batches through [`stream::Inbound`], and the
+//! engine drives [`read`] and waits on [`sync`] (docs/architecture.md,
+//! "Cross-region replication"). Not wired yet: the control range that
+//! stores the policy table.
 
 pub mod frontier;
 pub mod policy;
 pub mod read;
 pub mod stream;
+pub mod sync;

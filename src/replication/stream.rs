@@ -25,6 +25,7 @@
 //! and catches up from the origin's change log when it returns.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -141,16 +142,30 @@ fn check_shape<P>(batch: &Batch<P>) -> Result<(), StreamError> {
 struct InFlight {
     closed: Timestamp,
     bytes: usize,
+    sent_at: Instant,
 }
 
-/// The origin side of one stream: what was sent, what is acknowledged, and
-/// whether the window has room for another batch.
+/// The origin side of one stream: what was sent, what is acknowledged,
+/// whether the window has room for another batch, and when the pacing
+/// lets the next one go.
+///
+/// **Pacing.** Batches are spaced at least `srtt / MAX_IN_FLIGHT_BATCHES`
+/// apart (`srtt`: the smoothed time from sending a batch to its ack, as in
+/// TCP, RFC 6298 2.3 with alpha = 1/8), so a full window spans about one
+/// round trip. Without it a busy range fills the window within a few
+/// milliseconds, every later write waits a whole round trip for a slot,
+/// and the acks come back in one burst that refills it the same way: the
+/// lag of one-batch-in-flight again. With it a write waits at most one
+/// pacing interval for its batch. An idle stream (nothing sent for a
+/// pacing interval) sends at once.
 #[derive(Clone, Debug, Default)]
 pub struct Outbound {
     acked: Timestamp,
     sent: Timestamp,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: usize,
+    srtt: Option<Duration>,
+    last_sent_at: Option<Instant>,
 }
 
 impl Outbound {
@@ -163,31 +178,71 @@ impl Outbound {
         }
     }
 
-    /// Where the next batch starts (its `after`), if the window has room.
-    pub fn next_after(&self) -> Option<Timestamp> {
-        let room = self.in_flight.len() < MAX_IN_FLIGHT_BATCHES
-            && self.in_flight_bytes < MAX_IN_FLIGHT_BYTES;
-        room.then_some(self.sent)
+    /// Whether the window (batches and bytes) has room for another batch.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.len() < MAX_IN_FLIGHT_BATCHES && self.in_flight_bytes < MAX_IN_FLIGHT_BYTES
+    }
+
+    /// The smallest spacing between two batches (zero until a round trip
+    /// was measured).
+    pub fn pacing_interval(&self) -> Duration {
+        self.srtt.map_or(Duration::ZERO, |rtt| {
+            rtt / u32::try_from(MAX_IN_FLIGHT_BATCHES).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Where the next batch starts (its `after`), if the window has room
+    /// and the pacing lets a batch go at `now`.
+    pub fn next_after(&self, now: Instant) -> Option<Timestamp> {
+        let paced = self
+            .last_sent_at
+            .is_none_or(|t| now >= t + self.pacing_interval());
+        (self.has_room() && paced).then_some(self.sent)
+    }
+
+    /// When the pacing lets the next batch go, if only the pacing (not the
+    /// window) holds it back; `None` otherwise.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.has_room() {
+            return None;
+        }
+        self.last_sent_at.map(|t| t + self.pacing_interval())
     }
 
     /// Records that a batch continuing from [`Outbound::next_after`] and
-    /// closed at `closed`, of `bytes` payload bytes, was sent.
-    pub fn on_sent(&mut self, closed: Timestamp, bytes: usize) {
+    /// closed at `closed`, of `bytes` payload bytes, was sent at `now`.
+    pub fn on_sent(&mut self, now: Instant, closed: Timestamp, bytes: usize) {
         debug_assert!(closed >= self.sent, "batches are sent in order");
+        debug_assert!(self.has_room(), "sent only when the window had room");
         self.sent = self.sent.max(closed);
-        self.in_flight.push_back(InFlight { closed, bytes });
+        self.in_flight.push_back(InFlight {
+            closed,
+            bytes,
+            sent_at: now,
+        });
         self.in_flight_bytes += bytes;
+        self.last_sent_at = Some(now);
     }
 
-    /// The destination applied everything up to `cursor`.
-    pub fn on_ack(&mut self, cursor: Timestamp) {
+    /// The destination applied everything up to `cursor` (an ack received
+    /// at `now`).
+    pub fn on_ack(&mut self, now: Instant, cursor: Timestamp) {
         self.acked = self.acked.max(cursor);
+        let mut newest_sent_at = None;
         while let Some(f) = self.in_flight.front() {
             if f.closed > self.acked {
                 break;
             }
+            newest_sent_at = Some(f.sent_at);
             self.in_flight_bytes -= f.bytes;
             self.in_flight.pop_front();
+        }
+        if let Some(sent_at) = newest_sent_at {
+            let sample = now.saturating_duration_since(sent_at);
+            self.srtt = Some(match self.srtt {
+                None => sample,
+                Some(srtt) => (srtt * 7 + sample) / 8,
+            });
         }
         // An ack past what we sent (another origin leader sent it before a
         // leader change) moves our start forward: never resend below it.
@@ -195,9 +250,12 @@ impl Outbound {
     }
 
     /// The destination refused a batch with a gap, or the connection broke:
-    /// forget what is in flight and continue from `cursor`.
+    /// forget what is in flight and continue from `cursor` (the measured
+    /// round trip is kept).
     pub fn restart_from(&mut self, cursor: Timestamp) {
+        let srtt = self.srtt;
         *self = Outbound::resume_from(cursor.max(self.acked));
+        self.srtt = srtt;
     }
 
     /// Everything the destination acknowledged.
@@ -335,21 +393,70 @@ mod tests {
 
     #[test]
     fn the_window_bounds_what_is_in_flight() {
+        let now = Instant::now();
         let mut out = Outbound::resume_from(ts(0));
         for i in 1..=MAX_IN_FLIGHT_BATCHES as u64 {
-            let after = out.next_after().expect("room");
+            let after = out
+                .next_after(now)
+                .expect("room, and no round trip measured yet");
             assert_eq!(after, ts(i - 1));
-            out.on_sent(ts(i), 10);
+            out.on_sent(now, ts(i), 10);
         }
-        assert_eq!(out.next_after(), None, "window full");
-        out.on_ack(ts(2));
+        assert_eq!(out.next_after(now), None, "window full");
+        assert_eq!(
+            out.poll_timeout(),
+            None,
+            "the window, not the pacing, holds it"
+        );
+        out.on_ack(now, ts(2));
         assert_eq!(out.in_flight(), MAX_IN_FLIGHT_BATCHES - 2);
-        assert_eq!(out.next_after(), Some(ts(MAX_IN_FLIGHT_BATCHES as u64)));
+        assert_eq!(out.next_after(now), Some(ts(MAX_IN_FLIGHT_BATCHES as u64)));
         let mut big = Outbound::resume_from(ts(0));
-        big.on_sent(ts(1), MAX_IN_FLIGHT_BYTES);
-        assert_eq!(big.next_after(), None, "bytes bound too");
+        big.on_sent(now, ts(1), MAX_IN_FLIGHT_BYTES);
+        assert_eq!(big.next_after(now), None, "bytes bound too");
         out.restart_from(ts(1));
-        assert_eq!(out.next_after(), Some(ts(2)), "never below what was acked");
+        assert_eq!(
+            out.next_after(now),
+            Some(ts(2)),
+            "never below what was acked"
+        );
+        assert_eq!(out.in_flight(), 0, "a restart forgets what was in flight");
+    }
+
+    #[test]
+    fn batches_are_paced_over_the_measured_round_trip() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(80);
+        let mut out = Outbound::resume_from(ts(0));
+        out.on_sent(t0, ts(1), 1);
+        assert_eq!(
+            out.next_after(t0),
+            Some(ts(1)),
+            "no round trip measured: no pacing"
+        );
+        out.on_ack(t0 + rtt, ts(1));
+        assert_eq!(out.pacing_interval(), rtt / MAX_IN_FLIGHT_BATCHES as u32);
+        let t1 = t0 + rtt;
+        assert!(
+            out.next_after(t1).is_some(),
+            "idle for a whole interval: sends at once"
+        );
+        out.on_sent(t1, ts(2), 1);
+        assert_eq!(out.next_after(t1), None, "too soon after the last batch");
+        let due = out.poll_timeout().expect("only the pacing holds it");
+        assert_eq!(due, t1 + out.pacing_interval());
+        assert_eq!(out.next_after(due), Some(ts(2)));
+        // Later samples move the estimate by an eighth (RFC 6298).
+        out.on_ack(t1 + 2 * rtt, ts(2));
+        assert_eq!(
+            out.pacing_interval(),
+            (rtt * 7 + 2 * rtt) / 8 / MAX_IN_FLIGHT_BATCHES as u32
+        );
+        out.restart_from(ts(2));
+        assert!(
+            out.pacing_interval() > Duration::ZERO,
+            "a restart keeps the estimate"
+        );
     }
 
     #[test]
@@ -397,12 +504,13 @@ mod tests {
         inbound: &mut Inbound,
         out: &mut Outbound,
         applied: &mut Vec<Record<u64>>,
+        now: Instant,
     ) {
         match inbound.accept(batch) {
             Ok(acc) => {
                 applied.extend(acc.apply);
                 inbound.cursor = acc.cursor;
-                out.on_ack(inbound.cursor);
+                out.on_ack(now, inbound.cursor);
             }
             Err(StreamError::Gap { cursor, .. }) => out.restart_from(cursor),
             Err(e) => panic!("{e}"),
@@ -428,37 +536,45 @@ mod tests {
             let mut inbound = Inbound { cursor: Timestamp(0) };
             let mut applied = Vec::new();
             let mut delayed: Vec<Batch<u64>> = Vec::new();
+            // Time moves a millisecond per step; the pacing holds a batch
+            // back now and then, as it would on a real link.
+            let mut now = Instant::now();
             let random = fates.into_iter().cycle().take(20_000).map(Some);
             let fair = std::iter::once(None).chain(std::iter::repeat_n(Some(Fate::Deliver), 10_000));
             for fate in random.chain(fair) {
+                now += Duration::from_millis(1);
                 if inbound.cursor >= closed {
                     break;
                 }
                 let Some(fate) = fate else {
                     // The network heals: everything held back arrives.
                     for b in std::mem::take(&mut delayed) {
-                        deliver(b, &mut inbound, &mut out, &mut applied);
+                        deliver(b, &mut inbound, &mut out, &mut applied, now);
                     }
                     continue;
                 };
-                let Some(after) = out.next_after() else {
+                let Some(after) = out.next_after(now) else {
+                    if out.poll_timeout().is_some() {
+                        // Paced: the driver waits for the interval.
+                        continue;
+                    }
                     // Window full and nothing acked: the driver times out and restarts.
                     out.restart_from(inbound.cursor);
                     continue;
                 };
                 let (batch, bytes) = cut_batch(after, origin.iter().cloned(), closed, |_| 64);
-                out.on_sent(batch.closed, bytes);
+                out.on_sent(now, batch.closed, bytes);
                 match fate {
-                    Fate::Deliver => deliver(batch, &mut inbound, &mut out, &mut applied),
+                    Fate::Deliver => deliver(batch, &mut inbound, &mut out, &mut applied, now),
                     Fate::Drop => {}
                     Fate::Duplicate => {
-                        deliver(batch.clone(), &mut inbound, &mut out, &mut applied);
-                        deliver(batch, &mut inbound, &mut out, &mut applied);
+                        deliver(batch.clone(), &mut inbound, &mut out, &mut applied, now);
+                        deliver(batch, &mut inbound, &mut out, &mut applied, now);
                     }
                     Fate::Delay => delayed.push(batch),
                     Fate::Restart => {
                         for b in delayed.drain(..) {
-                            deliver(b, &mut inbound, &mut out, &mut applied);
+                            deliver(b, &mut inbound, &mut out, &mut applied, now);
                         }
                         out.restart_from(inbound.cursor);
                     }

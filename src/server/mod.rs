@@ -194,6 +194,7 @@ impl Node {
                 store: engine.store().clone(),
                 hlc: engine.clock().clone(),
                 membership: m.clone(),
+                acked: engine.region().acked_cursors().clone(),
             })),
             _ => None,
         };

@@ -15,18 +15,25 @@
 //! (gossip's leader hint, else any live node there, then the `NotLeader`
 //! answers), asks for the destination's cursor with an empty probe, and
 //! then sends the change log in `(cursor, applied]` as batches cut by
-//! [`cut_batch`], one batch in flight: the destination acknowledges each
+//! [`cut_batch`], several in flight (the [`Outbound`] window, paced over
+//! the measured round trip), in order: the destination acknowledges each
 //! with its new cursor ([`Outbound::on_ack`]) or refuses it with the cursor
 //! to resend from ([`Outbound::restart_from`]). Any error restarts the
 //! stream from the destination's cursor after [`RETRY_PAUSE`]: nothing is
 //! lost or applied twice, because the destination's cursor decides.
+//!
+//! Every cursor a destination names is published to the engine's
+//! [`AckedCursors`], where `sync-N` writes wait for N regions to reach them.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
 use crate::clock::Hlc;
+use crate::engine::replicated::AckedCursors;
 use crate::membership::Membership;
 use crate::peer::{PeerRequestV1, PeerResponseV1};
 use crate::raft::types::{CommandV1, LogOpV1, RangeCommand, ReplicateV1, ReplicatedChangeV1};
@@ -67,6 +74,9 @@ pub struct StreamContext {
     pub hlc: Arc<Hlc>,
     /// Gossip: where the other regions' nodes are.
     pub membership: Membership,
+    /// Where every stream publishes its destination's acknowledged cursor
+    /// (the engine's `sync-N` writes wait on it).
+    pub acked: Arc<AckedCursors>,
 }
 
 /// Starts the supervisor; abort the handle to stop every stream.
@@ -254,26 +264,76 @@ fn candidates(ctx: &StreamContext, range: u64, region: &str) -> Vec<SocketAddr> 
     out
 }
 
-/// Sends `batch` to the range's leader in `region`, starting at `*dest`
-/// and following `NotLeader` answers; returns (applied, cursor).
-async fn send(
-    ctx: &StreamContext,
-    g: &RangeGroup,
-    region: &str,
-    dest: &mut Option<SocketAddr>,
-    batch: ReplicateV1,
-) -> Result<(bool, Timestamp), StreamEnd> {
-    let batch = postcard::to_allocvec(&batch)
+/// Encodes `batch` as the peer request for `g`'s range.
+fn request(g: &RangeGroup, batch: &ReplicateV1) -> Result<PeerRequestV1, StreamEnd> {
+    let batch = postcard::to_allocvec(batch)
         .map_err(|e| StreamEnd::Peer(format!("encode a replication batch: {e}")))?;
-    let req = PeerRequestV1::Replicate {
+    Ok(PeerRequestV1::Replicate {
         range: g.desc.id,
         start: g.desc.start.clone(),
         end: g.desc.end.clone(),
         batch,
-    };
+    })
+}
+
+/// One exchange with `addr`, bounded by [`EXCHANGE_TIMEOUT`].
+async fn exchange(
+    ctx: &StreamContext,
+    addr: SocketAddr,
+    req: &PeerRequestV1,
+) -> Result<PeerResponseV1, StreamEnd> {
+    match tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        ctx.host.router().exchange(addr, req, MAX_REPLY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(StreamEnd::Peer(e.to_string())),
+        Err(_) => Err(StreamEnd::Peer(format!(
+            "{addr}: no reply in {EXCHANGE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// What a destination answered to a batch: (applied, cursor), or why the
+/// stream must restart.
+fn replicated(addr: SocketAddr, reply: PeerResponseV1) -> Result<(bool, Timestamp), StreamEnd> {
+    match reply {
+        PeerResponseV1::Replicated { applied, cursor } => Ok((applied, Timestamp(cursor))),
+        PeerResponseV1::NotLeader { leader } => Err(StreamEnd::Peer(format!(
+            "{addr} no longer leads the range (leader: {leader:?})"
+        ))),
+        PeerResponseV1::Err { code, message } => {
+            Err(StreamEnd::Peer(format!("{addr} refused: {code} {message}")))
+        }
+        other => Err(StreamEnd::Peer(format!(
+            "{addr}: unexpected reply {other:?}"
+        ))),
+    }
+}
+
+/// Finds the range's leader in `region` with an empty batch (the probe),
+/// following `NotLeader` answers; returns its address and its cursor for
+/// this origin.
+async fn probe(
+    ctx: &StreamContext,
+    g: &RangeGroup,
+    region: &str,
+) -> Result<(SocketAddr, Timestamp), StreamEnd> {
+    let req = request(
+        g,
+        &ReplicateV1 {
+            origin: ctx.host.scope().local.clone(),
+            after: 0,
+            closed: 0,
+            records: Vec::new(),
+        },
+    )?;
+    let mut dest: Option<SocketAddr> = None;
     let mut tried = Vec::new();
     for _ in 0..=MAX_REDIRECTS {
-        let addr = match *dest {
+        let addr = match dest {
             Some(a) => a,
             None => candidates(ctx, g.desc.id, region)
                 .into_iter()
@@ -281,39 +341,11 @@ async fn send(
                 .ok_or_else(|| StreamEnd::NoNode(region.to_string()))?,
         };
         tried.push(addr);
-        let reply = tokio::time::timeout(
-            EXCHANGE_TIMEOUT,
-            ctx.host.router().exchange(addr, &req, MAX_REPLY_BYTES),
-        )
-        .await;
-        match reply {
-            Ok(Ok(PeerResponseV1::Replicated { applied, cursor })) => {
-                *dest = Some(addr);
-                return Ok((applied, Timestamp(cursor)));
+        match exchange(ctx, addr, &req).await? {
+            PeerResponseV1::NotLeader { leader } => {
+                dest = leader.and_then(|l| l.parse().ok());
             }
-            Ok(Ok(PeerResponseV1::NotLeader { leader })) => {
-                *dest = leader.and_then(|l| l.parse().ok());
-            }
-            Ok(Ok(PeerResponseV1::Err { code, message })) => {
-                *dest = None;
-                return Err(StreamEnd::Peer(format!("{addr} refused: {code} {message}")));
-            }
-            Ok(Ok(other)) => {
-                *dest = None;
-                return Err(StreamEnd::Peer(format!(
-                    "{addr}: unexpected reply {other:?}"
-                )));
-            }
-            Ok(Err(e)) => {
-                *dest = None;
-                return Err(StreamEnd::Peer(e.to_string()));
-            }
-            Err(_) => {
-                *dest = None;
-                return Err(StreamEnd::Peer(format!(
-                    "{addr}: no reply in {EXCHANGE_TIMEOUT:?}"
-                )));
-            }
+            other => return replicated(addr, other).map(|(_, cursor)| (addr, cursor)),
         }
     }
     Err(StreamEnd::Peer(format!(
@@ -338,21 +370,28 @@ fn payload_bytes(ops: &[LogOpV1]) -> usize {
         .sum()
 }
 
+/// A batch's exchange as it completes: the reply, when it was sent, and
+/// its payload bytes.
+type Sent = (Result<PeerResponseV1, StreamEnd>, Instant, usize);
+
 /// One attempt: probe the cursor, then stream until an error.
+///
+/// Up to the [`Outbound`] window of batches is in flight at once, each its
+/// own exchange with the destination's leader, spaced by the window's
+/// pacing. Replies are handled in the order the batches were sent
+/// (`FuturesOrdered`), so an ack always describes a prefix of what was
+/// sent. A refusal (the destination's cursor is not where a batch starts:
+/// a batch was lost, or overtaken by a later one) drops whatever is still
+/// in flight and resends from the cursor it names; any error ends the
+/// attempt, and the next one starts from the destination's cursor again.
 async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result<(), StreamEnd> {
     let origin = ctx.host.scope().local.clone();
     let labels = [
         ("range", g.desc.id.to_string()),
         ("destination", region.to_string()),
     ];
-    let mut dest = None;
-    let probe = ReplicateV1 {
-        origin: origin.clone(),
-        after: 0,
-        closed: 0,
-        records: Vec::new(),
-    };
-    let (_, cursor) = send(ctx, g, region, &mut dest, probe).await?;
+    let (addr, cursor) = probe(ctx, g, region).await?;
+    ctx.acked.publish(g.desc.id, region, cursor);
     let start = ctx
         .store
         .change_log_start(g.desc.id)
@@ -361,64 +400,113 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         return Err(StreamEnd::Behind { cursor, start });
     }
     let mut out = Outbound::resume_from(cursor);
+    let mut in_flight = FuturesOrdered::new();
     tracing::info!(range = g.desc.id, destination = %region, cursor = cursor.0, "replication stream started");
     loop {
         if !is_leader(&ctx.host, g) {
             return Err(StreamEnd::NotLeader);
         }
-        let Some(after) = out.next_after() else {
-            // One batch in flight at most: the loop below waits for its ack.
-            return Err(StreamEnd::Peer("stream window full".into()));
-        };
-        // Everything at or below the applied timestamp is in the change log
-        // (same batch), and every later local write is stamped above it.
-        // Register for the next apply before reading it, so none is missed.
+        // Register for the next apply before reading the applied
+        // timestamp, so none is missed while the window is being filled.
         let moved = g.applied_changed().notified();
-        let closed = g.applied_ts();
-        if closed <= after {
-            let _ = tokio::time::timeout(IDLE_POLL, moved).await;
-            continue;
+        while let Some(after) = out.next_after(Instant::now()) {
+            // Everything at or below the applied timestamp is in the change
+            // log (same batch), and every later local write is stamped
+            // above it.
+            let closed = g.applied_ts();
+            if closed <= after {
+                break;
+            }
+            let (wire, bytes) = next_batch(ctx, g, &origin, after, closed).await?;
+            let req = request(g, &wire)?;
+            let sent_at = Instant::now();
+            out.on_sent(sent_at, Timestamp(wire.closed), bytes);
+            in_flight.push_back(async move { (exchange(ctx, addr, &req).await, sent_at, bytes) });
         }
-        let records = {
-            let store = ctx.store.clone();
-            let range = g.desc.id;
-            tokio::task::spawn_blocking(move || {
-                store.read_changes(range, after, closed, MAX_BATCH_BYTES)
-            })
-            .await
-            .map_err(|e| StreamEnd::Log(e.to_string()))?
-            .map_err(|e| StreamEnd::Log(e.to_string()))?
-        };
-        let (batch, bytes) = cut_batch(after, records.into_iter().map(change_of), closed, |ops| {
-            payload_bytes(ops)
-        });
-        let sent_closed = batch.closed;
-        let wire = ReplicateV1 {
-            origin: origin.clone(),
-            after: batch.after.0,
-            closed: batch.closed.0,
-            records: batch
-                .records
-                .into_iter()
-                .map(|r| ReplicatedChangeV1 {
-                    ts: r.ts.0,
-                    ops: r.payload,
-                })
-                .collect(),
-        };
-        let started = Instant::now();
-        out.on_sent(sent_closed, bytes);
-        let (applied, cursor) = send(ctx, g, region, &mut dest, wire).await?;
-        metrics::histogram!("meridian_replication_batch_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
-        if applied {
-            out.on_ack(cursor);
-            metrics::counter!("meridian_replication_bytes_total", &labels).increment(bytes as u64);
-        } else {
-            tracing::debug!(range = g.desc.id, destination = %region, cursor = cursor.0, "destination asked to resend from its cursor");
-            out.restart_from(cursor);
+        let now = Instant::now();
+        let wake = out
+            .poll_timeout()
+            .filter(|t| *t > now)
+            .map_or(now + IDLE_POLL, |t| t.min(now + IDLE_POLL));
+        let can_send = out.next_after(now).is_some();
+        tokio::select! {
+            Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
+                let (applied, cursor) = on_reply(ctx, g, region, addr, &labels, sent)?;
+                if applied {
+                    out.on_ack(Instant::now(), cursor);
+                } else {
+                    tracing::debug!(range = g.desc.id, destination = %region, cursor = cursor.0, "destination asked to resend from its cursor");
+                    out.restart_from(cursor);
+                    in_flight = FuturesOrdered::new();
+                }
+                let lag = staleness_ms(wall_now(), out.acked()) as f64 / 1000.0;
+                metrics::gauge!("meridian_replication_acked_lag_seconds", &labels).set(lag);
+            }
+            () = moved, if can_send => {}
+            () = tokio::time::sleep_until(wake.into()) => {}
         }
-        let lag = staleness_ms(wall_now(), out.acked()) as f64 / 1000.0;
-        metrics::gauge!("meridian_replication_acked_lag_seconds", &labels).set(lag);
     }
+}
+
+/// Reads the change log in `(after, closed]` and cuts the next batch.
+async fn next_batch(
+    ctx: &StreamContext,
+    g: &RangeGroup,
+    origin: &str,
+    after: Timestamp,
+    closed: Timestamp,
+) -> Result<(ReplicateV1, usize), StreamEnd> {
+    let records = {
+        let store = ctx.store.clone();
+        let range = g.desc.id;
+        tokio::task::spawn_blocking(move || {
+            store.read_changes(range, after, closed, MAX_BATCH_BYTES)
+        })
+        .await
+        .map_err(|e| StreamEnd::Log(e.to_string()))?
+        .map_err(|e| StreamEnd::Log(e.to_string()))?
+    };
+    let (batch, bytes) = cut_batch(after, records.into_iter().map(change_of), closed, |ops| {
+        payload_bytes(ops)
+    });
+    let wire = ReplicateV1 {
+        origin: origin.to_string(),
+        after: batch.after.0,
+        closed: batch.closed.0,
+        records: batch
+            .records
+            .into_iter()
+            .map(|r| ReplicatedChangeV1 {
+                ts: r.ts.0,
+                ops: r.payload,
+            })
+            .collect(),
+    };
+    Ok((wire, bytes))
+}
+
+/// Handles the reply to one batch: metrics, the destination's cursor
+/// published for `sync-N` writes, and (applied, cursor) for the window.
+fn on_reply(
+    ctx: &StreamContext,
+    g: &RangeGroup,
+    region: &str,
+    addr: SocketAddr,
+    labels: &[(&'static str, String); 2],
+    (reply, sent_at, bytes): Sent,
+) -> Result<(bool, Timestamp), StreamEnd> {
+    let (applied, cursor) = replicated(addr, reply?)?;
+    metrics::histogram!("meridian_replication_batch_seconds", labels)
+        .record(sent_at.elapsed().as_secs_f64());
+    // A refusal names the destination's cursor too: a durable fact either way.
+    ctx.acked.publish(g.desc.id, region, cursor);
+    if applied {
+        metrics::counter!("meridian_replication_bytes_total", labels).increment(bytes as u64);
+    } else {
+        // The batch did not continue the destination's cursor: an earlier
+        // one was lost, or this one overtook it on its way (each batch is
+        // its own QUIC stream, proposed as it arrives).
+        metrics::counter!("meridian_replication_resends_total", labels).increment(1);
+    }
+    Ok((applied, cursor))
 }

@@ -184,11 +184,17 @@ impl WanDev {
     /// dev` checks before its demo. If it exits before, it is started once
     /// more, saying so.
     pub fn start(offset: u16) -> WanDev {
-        match Self::try_start(offset) {
+        Self::start_with(offset, None)
+    }
+
+    /// [`WanDev::start`] with `--topology topology` (regions/wan-3.toml
+    /// when `None`).
+    pub fn start_with(offset: u16, topology: Option<&Path>) -> WanDev {
+        match Self::try_start(offset, topology) {
             Ok(dev) => dev,
             Err(StartFailure::Exited(out)) => {
                 println!("meridian dev exited before it was ready; starting it once more:\n{out}");
-                match Self::try_start(offset) {
+                match Self::try_start(offset, topology) {
                     Ok(dev) => dev,
                     Err(StartFailure::Exited(out) | StartFailure::TimedOut(out)) => {
                         panic!("meridian dev did not come up twice:\n{out}")
@@ -199,13 +205,17 @@ impl WanDev {
         }
     }
 
-    fn try_start(offset: u16) -> Result<WanDev, StartFailure> {
+    fn try_start(offset: u16, topology: Option<&Path>) -> Result<WanDev, StartFailure> {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let mut dev = clean_command(&bin())
-            .current_dir(dir.path())
+        let mut cmd = clean_command(&bin());
+        cmd.current_dir(dir.path())
             .args(["dev", "--dir", "meridian-dev", "--port-offset"])
-            .arg(offset.to_string())
+            .arg(offset.to_string());
+        if let Some(t) = topology {
+            cmd.arg("--topology").arg(t);
+        }
+        let mut dev = cmd
             .envs(NODE_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -355,6 +365,39 @@ impl WanDev {
             "meridian {full:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The emulator's control API (from an env file `meridian dev` wrote).
+    pub fn control_addr(&self) -> std::net::SocketAddr {
+        self.env(REGIONS[0])
+            .iter()
+            .find(|(k, _)| k == "MERIDIAN_WAN_CONTROL")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("MERIDIAN_WAN_CONTROL in the env file")
+    }
+
+    async fn control(&self, req: meridian_chaos::control::Request) {
+        use meridian_chaos::control::{send, Response};
+        match send(self.control_addr(), &req).await {
+            Ok(Response { ok: true, .. }) => {}
+            other => panic!("{req}: {other:?}"),
+        }
+    }
+
+    /// Cuts `region` off every other region at once (packets in flight
+    /// included), through the emulator's control API (no CLI process in
+    /// between, so a test can cut right after an acknowledgement).
+    pub async fn isolate(&self, region: &str) {
+        let cut = meridian_chaos::Partition::Isolate {
+            region: region.into(),
+        };
+        self.control(meridian_chaos::control::Request::Partition(cut))
+            .await;
+    }
+
+    /// Removes every partition (through the control API).
+    pub async fn heal(&self) {
+        self.control(meridian_chaos::control::Request::Heal).await;
     }
 
     /// The name of the node that leads, in `region`, the range holding
