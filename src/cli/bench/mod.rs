@@ -588,6 +588,88 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> BenchArgs {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        <BenchCli as clap::Parser>::try_parse_from(argv)
+            .expect("bench flags parse")
+            .args
+    }
+
+    #[test]
+    fn read_levels_follow_the_workload_and_the_system() {
+        use crate::replication::read::ReadLevel;
+        let a = parse(&[
+            "--workload",
+            "get,lag",
+            "--lag-reader",
+            "eu-west=http://x:1",
+        ]);
+        assert_eq!(read_of(&a, Workload::Get).unwrap(), Read::Default);
+        assert_eq!(
+            read_of(&a, Workload::Lag).unwrap(),
+            Read::Level(ReadLevel::Eventual)
+        );
+        assert_eq!(read_name(&a, Workload::Lag).as_deref(), Some("eventual"));
+        assert_eq!(read_name(&a, Workload::Get), None);
+        let e = parse(&[
+            "--system",
+            "etcd",
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "a=http://x:1",
+        ]);
+        assert_eq!(read_of(&e, Workload::Lag).unwrap(), Read::Serializable);
+        assert_eq!(
+            read_name(&e, Workload::Lag).as_deref(),
+            Some("serializable")
+        );
+        let b = parse(&["--workload", "get", "--consistency", "bounded:1000"]);
+        assert!(matches!(
+            read_of(&b, Workload::Get).unwrap(),
+            Read::Level(ReadLevel::Bounded {
+                max_staleness_ms: 1000,
+                ..
+            })
+        ));
+        assert_eq!(
+            read_name(&b, Workload::Get).as_deref(),
+            Some("bounded:1000")
+        );
+        check_args(&b).unwrap();
+        // The serializable workload has its own level.
+        let s = parse(&["--workload", "serializable", "--consistency", "eventual"]);
+        assert!(check_args(&s).is_err());
+    }
+
+    #[test]
+    fn lag_flags_are_checked_before_anything_connects() {
+        let ok = [
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "eu-west=127.0.2.200@127.1.2.1:1",
+        ];
+        check_args(&parse(&ok)).unwrap();
+        let err = |args: &[&str]| check_args(&parse(args)).unwrap_err().to_string();
+        assert!(err(&["--workload", "lag"]).contains("--lag-reader"));
+        assert!(err(&["--workload", "put", "--lag-reader", "a=b:1"]).contains("lag only"));
+        assert!(err(&["--workload", "lag", "--lag-reader", "nameless"]).contains("NAME="));
+        let etcd_bind = [
+            "--system",
+            "etcd",
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "a=1.2.3.4@http://b:1",
+        ];
+        assert!(err(&etcd_bind).contains("cannot bind"));
+        let mut zero = ok.to_vec();
+        zero.extend(["--lag-interval-ms", "0"]);
+        assert!(err(&zero).contains("--lag-interval-ms"));
+        assert_eq!(parse(&["--preload", "only"]).preload, Preload::Only);
+    }
+
     #[test]
     fn key_names_sort_numerically() {
         assert!(key_name("bench/", 9) < key_name("bench/", 10));
