@@ -68,7 +68,7 @@
 #                      own address; peer traffic always crosses the emulator)
 # Env: KEEP_WORK=1 keeps the temporary directory (logs, data, topology).
 #
-# Needs: cargo, protoc (Debian: protobuf-compiler), etcd, etcdctl, curl,
+# Needs: cargo, protoc (Debian: protobuf-compiler), etcd, etcdctl,
 # python3, ss, unshare and mount (root, or unprivileged user namespaces).
 set -euo pipefail
 
@@ -122,7 +122,7 @@ IFS=, read -r -a CLIENTS <<<"$clients_list"
 readonly ETCD_CLIENT_PORT=$((ETCD_BASE_CLIENT_PORT + port_offset))
 readonly ETCD_PEER_PORT=$((ETCD_BASE_PEER_PORT + port_offset))
 
-require_tools cargo etcd etcdctl curl python3 ss timeout unshare mount
+require_tools cargo etcd etcdctl python3 ss timeout unshare mount
 setup_output compare_etcd_wan
 scrub_env
 
@@ -468,7 +468,7 @@ ms = lambda us: f"{us / 1000:,.2f}"
 clients = sorted({c for (_, _, _, c) in runs})
 
 print("Latency per region and operation, ms (p50 / p99); ratio = etcd p99 / Meridian p99 of the")
-print("etcd operation named (above 1: Meridian faster). Errors shown when not zero.")
+print("etcd operation named (above 1: Meridian faster). Failed requests shown when not zero.")
 head = ("region", "clients", "Meridian operation", "ops/s", "Meridian p50 / p99",
         "etcd operation", "etcd p50 / p99", "p99 ratio")
 print("| " + " | ".join(head) + " |")
@@ -479,7 +479,7 @@ for region in REGIONS:
             m, e = runs.get(("meridian", region, op, c)), runs.get(("etcd", region, eop, c))
             if not m:
                 continue
-            err = lambda r: f" ({r['errors']} errors)" if r and r["errors"] else ""
+            err = lambda r: f" ({r['errors']} failed)" if r and r["errors"] else ""
             cells = [region, str(c), op, f"{m['ops_per_sec']:,.0f}",
                      f"{ms(m['p50_us'])} / {ms(m['p99_us'])}{err(m)}", eop,
                      f"{ms(e['p50_us'])} / {ms(e['p99_us'])}{err(e)}" if e else "-",
