@@ -4,10 +4,17 @@
 //!
 //! Each of `--clients` workers issues one request at a time for
 //! `--duration-secs`; latencies go into per-worker HDR histograms (merged at
-//! the end). The get and serializable workloads first load `--keys` keys.
-//! Results print as a table and, with `--json-out FILE`, as JSON lines
-//! appended to FILE.
+//! the end). The get and serializable workloads first load `--keys` keys
+//! (`--preload` skips that, or does only that). Keys are `--key-prefix`
+//! followed by a number, so the prefix picks the policy a run exercises
+//! (strong, causal, eventual); `--consistency` picks the read level of the
+//! get workload. In a multi-region cluster the region is where the client
+//! sends from (`--bind`, `MERIDIAN_BIND`) and which endpoints it is given;
+//! `--region` records it. The `lag` workload ([`lag`]) measures how long a
+//! write acknowledged here takes to show in other regions. Results print
+//! as a table and, with `--json-out FILE`, as JSON lines appended to FILE.
 
+mod lag;
 mod target;
 
 use std::path::PathBuf;
@@ -19,7 +26,8 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-pub use target::Target;
+pub use lag::{LagReaderSpec, LagResult};
+pub use target::{Read, Target};
 
 /// Upper bound on `--clients` (each is a task; more would only measure the scheduler).
 pub const MAX_BENCH_CLIENTS: usize = 4096;
@@ -27,6 +35,10 @@ pub const MAX_BENCH_CLIENTS: usize = 4096;
 pub const MAX_BENCH_SECS: u64 = 3600;
 /// Highest latency the histograms track (60 s, in microseconds).
 const HIST_MAX_MICROS: u64 = 60_000_000;
+/// Longest `--key-prefix`, bytes.
+const MAX_KEY_PREFIX_BYTES: usize = 256;
+/// Upper bound on `--lag-interval-ms` and `--lag-poll-ms`.
+const MAX_LAG_PAUSE_MS: u64 = 10_000;
 
 /// What to run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -44,12 +56,27 @@ pub enum System {
 pub enum Workload {
     /// Puts of random keys.
     Put,
-    /// Linearizable gets of preloaded keys.
+    /// Gets of preloaded keys: linearizable (Meridian: the key prefix's
+    /// own level) unless `--consistency` names another.
     Get,
     /// Serializable gets of preloaded keys: served by whichever node
     /// receives them from what it has applied (Meridian:
     /// `ReadConsistency::Serializable`; etcd: `serializable` range requests).
     Serializable,
+    /// Replication lag: one paced writer here, a poller per `--lag-reader`
+    /// region (see the `lag` module); `--clients` does not apply.
+    Lag,
+}
+
+/// Whether the get workloads load their keys first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preload {
+    /// Load `--keys` keys before the first get or serializable run.
+    Auto,
+    /// Do not load (another run did, e.g. from the key's home region).
+    Skip,
+    /// Load the keys, then exit without running anything.
+    Only,
 }
 
 /// `meridian bench` arguments.
@@ -70,9 +97,42 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
-    /// Key space size (keys are `bench/<n>`).
+    /// Key space size (keys are `<key-prefix><n>`).
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Prefix of every key: with prefix policies it picks the consistency
+    /// a run exercises (e.g. a strong, a causal and an eventual prefix).
+    #[arg(long, default_value = "bench/")]
+    pub key_prefix: String,
+    /// Read level of the get workload and of the lag readers: linearizable,
+    /// serializable, bounded:MS, causal (no token) or eventual for
+    /// Meridian; linearizable or serializable for etcd. Default: the key
+    /// prefix's own level for get (Meridian; etcd: linearizable); eventual
+    /// (etcd: serializable) for lag readers.
+    #[arg(long, value_name = "LEVEL")]
+    pub consistency: Option<String>,
+    /// Region the client is in, recorded with the results (a label: the
+    /// source address, `--bind` or MERIDIAN_BIND, is what puts it there).
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Whether the get workloads load their keys first.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub preload: Preload,
+    /// A region whose reader polls for the lag workload's writes,
+    /// NAME=[BIND@]ENDPOINTS: for Meridian the source address that puts the
+    /// reader in that region and that region's endpoints; for etcd the
+    /// member's URL. Repeatable.
+    #[arg(long = "lag-reader", value_name = "NAME=[BIND@]ENDPOINTS")]
+    pub lag_readers: Vec<String>,
+    /// Milliseconds between two writes of the lag workload (a write that
+    /// takes longer delays the next one).
+    #[arg(long, default_value_t = 10)]
+    pub lag_interval_ms: u64,
+    /// Milliseconds a lag reader waits between polls (0: back to back).
+    /// With the read's own latency this is the measurement's resolution,
+    /// reported as `poll_mean_us`.
+    #[arg(long, default_value_t = 1)]
+    pub lag_poll_ms: u64,
     /// Connections shared by the clients (round-robin). With several
     /// `--endpoints`, connection i starts at the i-th endpoint (mod their
     /// number), so connections spread over the nodes; writes and
@@ -103,6 +163,13 @@ pub struct RunResult {
     pub workload: Workload,
     /// Concurrent clients.
     pub clients: usize,
+    /// Region of the client (`--region`).
+    pub region: String,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Read level asked with `--consistency` (get workload), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
     /// Label.
     pub label: String,
     /// Successful operations.
@@ -140,7 +207,7 @@ impl XorShift {
     }
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, HIST_MAX_MICROS, 3)?)
 }
 
@@ -164,40 +231,137 @@ fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
             crate::limits::HARD_MAX_VALUE_BYTES
         );
     }
+    if args.key_prefix.len() > MAX_KEY_PREFIX_BYTES {
+        anyhow::bail!("--key-prefix must be at most {MAX_KEY_PREFIX_BYTES} bytes");
+    }
+    check_lag_args(args)?;
+    for &w in &args.workload {
+        read_of(args, w)?;
+    }
     Ok(())
+}
+
+fn check_lag_args(args: &BenchArgs) -> anyhow::Result<()> {
+    let lag = args.workload.contains(&Workload::Lag);
+    if lag && args.lag_readers.is_empty() {
+        anyhow::bail!("--workload lag needs at least one --lag-reader");
+    }
+    if !lag && !args.lag_readers.is_empty() {
+        anyhow::bail!("--lag-reader applies to --workload lag only");
+    }
+    if args.lag_readers.len() > lag::MAX_LAG_READERS {
+        anyhow::bail!("at most {} --lag-reader", lag::MAX_LAG_READERS);
+    }
+    for spec in &args.lag_readers {
+        let spec: LagReaderSpec = spec
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--lag-reader {e}"))?;
+        if spec.bind.is_some() && args.system == System::Etcd {
+            anyhow::bail!(
+                "--lag-reader {}: an etcd client cannot bind (no BIND@)",
+                spec.name
+            );
+        }
+    }
+    if args.lag_interval_ms == 0 || args.lag_interval_ms > MAX_LAG_PAUSE_MS {
+        anyhow::bail!("--lag-interval-ms must be 1..={MAX_LAG_PAUSE_MS}");
+    }
+    if args.lag_poll_ms > MAX_LAG_PAUSE_MS {
+        anyhow::bail!("--lag-poll-ms must be 0..={MAX_LAG_PAUSE_MS}");
+    }
+    Ok(())
+}
+
+/// How `workload` reads, from `--consistency`: the get workload reads at
+/// the level asked (default: [`Read::Default`]), the serializable one
+/// serializably (asking for a level too is a usage error), lag readers
+/// eventually (etcd: serializably). Put takes none.
+fn read_of(args: &BenchArgs, workload: Workload) -> anyhow::Result<Read> {
+    let asked = args.consistency.as_deref();
+    match (workload, asked) {
+        (Workload::Put, _) => Ok(Read::Default),
+        (Workload::Serializable, Some(_)) => {
+            anyhow::bail!("--workload serializable reads serializably; use --workload get --consistency LEVEL")
+        }
+        (Workload::Serializable, None) => Ok(Read::Serializable),
+        (Workload::Get, None) => Ok(Read::Default),
+        (Workload::Lag, None) if args.system == System::Etcd => Ok(Read::Serializable),
+        (Workload::Lag, None) => Ok(Read::Level(crate::replication::read::ReadLevel::Eventual)),
+        (Workload::Get | Workload::Lag, Some(level)) => Read::parse(args.system, level),
+    }
+}
+
+/// The read level `workload` runs at as recorded in the results.
+fn read_name(args: &BenchArgs, workload: Workload) -> Option<String> {
+    match (workload, args.system) {
+        (Workload::Lag, System::Etcd) => Some(
+            args.consistency
+                .clone()
+                .unwrap_or_else(|| "serializable".into()),
+        ),
+        (Workload::Lag, System::Meridian) => Some(
+            args.consistency
+                .clone()
+                .unwrap_or_else(|| "eventual".into()),
+        ),
+        (Workload::Get, _) => args.consistency.clone(),
+        _ => None,
+    }
 }
 
 /// Runs every (workload, clients) combination and prints the figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     check_args(&args)?;
     let targets = Arc::new(target::connect_all(&args).await?);
+    let result = run_all(&args, &targets).await;
+    for t in targets.iter() {
+        t.close().await;
+    }
+    result
+}
+
+async fn run_all(args: &BenchArgs, targets: &Arc<Vec<Target>>) -> anyhow::Result<()> {
     let value = vec![b'x'; args.value_size];
+    if args.preload == Preload::Only {
+        return preload(targets, &args.key_prefix, args.keys, &value).await;
+    }
     println!(
         "{:<9} {:<5} {:>7} {:>10} {:>8} {:>12} {:>9} {:>9} {:>9}",
         "system", "op", "clients", "ops", "errors", "ops/s", "p50_us", "p99_us", "p999_us"
     );
+    let mut loaded = args.preload == Preload::Skip;
     for &workload in &args.workload {
         for t in targets.iter() {
-            t.settle(&key_name(0))
+            t.settle(&key_name(&args.key_prefix, 0))
                 .await
                 .context("finding the leader before the run")?;
         }
-        if matches!(workload, Workload::Get | Workload::Serializable) {
-            preload(&targets, args.keys, &value).await?;
+        if !loaded && matches!(workload, Workload::Get | Workload::Serializable) {
+            preload(targets, &args.key_prefix, args.keys, &value).await?;
+            loaded = true;
+        }
+        let read = read_of(args, workload)?;
+        if workload == Workload::Lag {
+            let name = read_name(args, workload).unwrap_or_default();
+            for r in lag::run(args, &targets[0], read, &name).await? {
+                print_lag(&r);
+                append_json(args, &r)?;
+            }
+            continue;
         }
         for &clients in &args.clients {
             let r = if workload == Workload::Serializable {
                 // Fresh connections, spread over the endpoints and left where
                 // they start (a serializable read is served by any node), not
                 // the ones that followed redirects to the leader.
-                let fresh = Arc::new(target::connect_all(&args).await?);
-                let r = run_one(&args, &fresh, workload, clients, &value).await;
+                let fresh = Arc::new(target::connect_all(args).await?);
+                let r = run_one(args, &fresh, workload, read, clients, &value).await;
                 for t in fresh.iter() {
                     t.close().await;
                 }
                 r?
             } else {
-                run_one(&args, &targets, workload, clients, &value).await?
+                run_one(args, targets, workload, read, clients, &value).await?
             };
             println!(
                 "{:<9} {:<5} {:>7} {:>10} {:>8} {:>12.0} {:>9} {:>9} {:>9}",
@@ -214,34 +378,67 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             if let Some(e) = &r.first_error {
                 eprintln!("  {} error(s); the first: {e}", r.errors);
             }
-            if let Some(path) = &args.json_out {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?;
-                writeln!(f, "{}", serde_json::to_string(&r)?)?;
-            }
+            append_json(args, &r)?;
         }
-    }
-    for t in targets.iter() {
-        t.close().await;
     }
     Ok(())
 }
 
-async fn preload(targets: &Arc<Vec<Target>>, keys: u64, value: &[u8]) -> anyhow::Result<()> {
+fn print_lag(r: &LagResult) {
+    println!(
+        "{:<9} lag {} -> {}: {} writes (p50 {} us, p99 {} us), seen {}, lost {}; \
+         lag after ack p50 {} us, p99 {} us, max {} us; poll every {} us",
+        format!("{:?}", r.system).to_lowercase(),
+        r.region,
+        r.reader,
+        r.writes,
+        r.write_p50_us,
+        r.write_p99_us,
+        r.seen,
+        r.lost,
+        r.p50_us,
+        r.p99_us,
+        r.max_us,
+        r.poll_mean_us
+    );
+    if let Some(e) = &r.first_error {
+        eprintln!(
+            "  {} write and {} read error(s); the first: {e}",
+            r.write_errors, r.read_errors
+        );
+    }
+}
+
+fn append_json(args: &BenchArgs, r: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(path) = &args.json_out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{}", serde_json::to_string(r)?)?;
+    }
+    Ok(())
+}
+
+async fn preload(
+    targets: &Arc<Vec<Target>>,
+    prefix: &str,
+    keys: u64,
+    value: &[u8],
+) -> anyhow::Result<()> {
     // Load with 32 concurrent writers so the preload is quick even at fsync=always.
     let workers = 32u64.min(keys);
     let mut tasks = Vec::new();
     for w in 0..workers {
         let targets = targets.clone();
         let value = value.to_vec();
+        let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
             let t = &targets[usize::try_from(w).unwrap_or(0) % targets.len()];
             let mut k = w;
             while k < keys {
-                t.put(&key_name(k), &value)
+                t.put(&key_name(&prefix, k), &value)
                     .await
                     .with_context(|| format!("preloading key {k} of {keys}"))?;
                 k += workers;
@@ -255,14 +452,15 @@ async fn preload(targets: &Arc<Vec<Target>>, keys: u64, value: &[u8]) -> anyhow:
     Ok(())
 }
 
-fn key_name(k: u64) -> Vec<u8> {
-    format!("bench/{k:010}").into_bytes()
+fn key_name(prefix: &str, k: u64) -> Vec<u8> {
+    format!("{prefix}{k:010}").into_bytes()
 }
 
 async fn run_one(
     args: &BenchArgs,
     targets: &Arc<Vec<Target>>,
     workload: Workload,
+    read: Read,
     clients: usize,
     value: &[u8],
 ) -> anyhow::Result<RunResult> {
@@ -273,6 +471,7 @@ async fn run_one(
         let targets = targets.clone();
         let value = value.to_vec();
         let keys = args.keys;
+        let prefix = args.key_prefix.clone();
         tasks.push(tokio::spawn(async move {
             let target = &targets[c % targets.len()];
             let mut hist = new_histogram()?;
@@ -280,12 +479,13 @@ async fn run_one(
             let mut errors = 0u64;
             let mut first_error = None;
             while Instant::now() < deadline {
-                let key = key_name(rng.next() % keys);
+                let key = key_name(&prefix, rng.next() % keys);
                 let t0 = Instant::now();
                 let result = match workload {
                     Workload::Put => target.put(&key, &value).await,
-                    Workload::Get => target.get(&key).await,
-                    Workload::Serializable => target.get_serializable(&key).await,
+                    Workload::Get | Workload::Serializable | Workload::Lag => {
+                        target.read(&key, read).await.map(drop)
+                    }
                 };
                 let micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 match result {
@@ -313,6 +513,9 @@ async fn run_one(
         system: args.system,
         workload,
         clients,
+        region: args.region.clone(),
+        key_prefix: args.key_prefix.clone(),
+        consistency: read_name(args, workload),
         label: args.label.clone(),
         ops: hist.len(),
         errors,
@@ -385,8 +588,91 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> BenchArgs {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        <BenchCli as clap::Parser>::try_parse_from(argv)
+            .expect("bench flags parse")
+            .args
+    }
+
+    #[test]
+    fn read_levels_follow_the_workload_and_the_system() {
+        use crate::replication::read::ReadLevel;
+        let a = parse(&[
+            "--workload",
+            "get,lag",
+            "--lag-reader",
+            "eu-west=http://x:1",
+        ]);
+        assert_eq!(read_of(&a, Workload::Get).unwrap(), Read::Default);
+        assert_eq!(
+            read_of(&a, Workload::Lag).unwrap(),
+            Read::Level(ReadLevel::Eventual)
+        );
+        assert_eq!(read_name(&a, Workload::Lag).as_deref(), Some("eventual"));
+        assert_eq!(read_name(&a, Workload::Get), None);
+        let e = parse(&[
+            "--system",
+            "etcd",
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "a=http://x:1",
+        ]);
+        assert_eq!(read_of(&e, Workload::Lag).unwrap(), Read::Serializable);
+        assert_eq!(
+            read_name(&e, Workload::Lag).as_deref(),
+            Some("serializable")
+        );
+        let b = parse(&["--workload", "get", "--consistency", "bounded:1000"]);
+        assert!(matches!(
+            read_of(&b, Workload::Get).unwrap(),
+            Read::Level(ReadLevel::Bounded {
+                max_staleness_ms: 1000,
+                ..
+            })
+        ));
+        assert_eq!(
+            read_name(&b, Workload::Get).as_deref(),
+            Some("bounded:1000")
+        );
+        check_args(&b).unwrap();
+        // The serializable workload has its own level.
+        let s = parse(&["--workload", "serializable", "--consistency", "eventual"]);
+        assert!(check_args(&s).is_err());
+    }
+
+    #[test]
+    fn lag_flags_are_checked_before_anything_connects() {
+        let ok = [
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "eu-west=127.0.2.200@127.1.2.1:1",
+        ];
+        check_args(&parse(&ok)).unwrap();
+        let err = |args: &[&str]| check_args(&parse(args)).unwrap_err().to_string();
+        assert!(err(&["--workload", "lag"]).contains("--lag-reader"));
+        assert!(err(&["--workload", "put", "--lag-reader", "a=b:1"]).contains("lag only"));
+        assert!(err(&["--workload", "lag", "--lag-reader", "nameless"]).contains("NAME="));
+        let etcd_bind = [
+            "--system",
+            "etcd",
+            "--workload",
+            "lag",
+            "--lag-reader",
+            "a=1.2.3.4@http://b:1",
+        ];
+        assert!(err(&etcd_bind).contains("cannot bind"));
+        let mut zero = ok.to_vec();
+        zero.extend(["--lag-interval-ms", "0"]);
+        assert!(err(&zero).contains("--lag-interval-ms"));
+        assert_eq!(parse(&["--preload", "only"]).preload, Preload::Only);
+    }
+
     #[test]
     fn key_names_sort_numerically() {
-        assert!(key_name(9) < key_name(10));
+        assert!(key_name("bench/", 9) < key_name("bench/", 10));
+        assert_eq!(key_name("ads/b/", 7), b"ads/b/0000000007".to_vec());
     }
 }

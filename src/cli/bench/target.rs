@@ -2,7 +2,43 @@
 
 use super::{BenchArgs, System};
 use crate::client::Client;
+use crate::engine::levels::{parse_read_choice, ReadChoice};
+use crate::replication::read::ReadLevel;
 use crate::types::ReadConsistency;
+
+/// How a get reads (`--consistency`, docs/consistency.md "Read levels").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Meridian: the key prefix's own level (linearizable for a strong
+    /// prefix, at its home region). etcd: linearizable.
+    Default,
+    /// From what the receiving node has applied (both systems).
+    Serializable,
+    /// A per-call level (Meridian only): linearizable, bounded, causal or
+    /// eventual.
+    Level(ReadLevel),
+}
+
+impl Read {
+    /// Parses `--consistency` for `system`. etcd has only linearizable and
+    /// serializable reads; a bounded read must name its bound (`bounded:MS`),
+    /// since the bench has no policy lookup on its request path.
+    pub fn parse(system: System, consistency: &str) -> anyhow::Result<Read> {
+        let choice = parse_read_choice(consistency, None, None)
+            .map_err(|e| anyhow::anyhow!("--consistency {consistency}: {e}"))?;
+        match (system, choice) {
+            (_, ReadChoice::Serializable) => Ok(Read::Serializable),
+            (System::Etcd, ReadChoice::Level(ReadLevel::Linearizable)) => Ok(Read::Default),
+            (System::Etcd, _) => anyhow::bail!(
+                "--consistency {consistency}: etcd reads are linearizable or serializable"
+            ),
+            (System::Meridian, ReadChoice::Level(level)) => Ok(Read::Level(level)),
+            (System::Meridian, ReadChoice::BoundedByPolicy(_)) => {
+                anyhow::bail!("--consistency bounded needs its bound here: bounded:MS")
+            }
+        }
+    }
+}
 
 /// One connection to the system under test.
 pub enum Target {
@@ -43,6 +79,29 @@ async fn connect(args: &BenchArgs, i: usize) -> anyhow::Result<Target> {
     }
 }
 
+/// One connection of `system` to `endpoints`: a Meridian client sending
+/// from `bind` (its region, in a multi-region `meridian dev`) with the
+/// rest of `args`' connection flags, or an etcd client (which cannot
+/// choose its source address, so `bind` must be `None`).
+pub async fn connect_to(
+    args: &BenchArgs,
+    endpoints: &str,
+    bind: Option<&str>,
+) -> anyhow::Result<Target> {
+    match args.system {
+        System::Meridian => {
+            let mut conn = args.conn.clone();
+            conn.endpoints = endpoints.to_string();
+            conn.bind = bind.map(str::to_string);
+            Ok(Target::Meridian(conn.connect().await?))
+        }
+        System::Etcd if bind.is_some() => {
+            anyhow::bail!("an etcd client cannot choose its source address (BIND@)")
+        }
+        System::Etcd => connect_etcd(endpoints).await,
+    }
+}
+
 #[cfg(feature = "etcd")]
 async fn connect_etcd(endpoints: &str) -> anyhow::Result<Target> {
     let eps: Vec<&str> = endpoints.split(',').map(str::trim).collect();
@@ -70,18 +129,32 @@ impl Target {
         Ok(())
     }
 
-    /// One linearizable get.
-    pub async fn get(&self, key: &[u8]) -> anyhow::Result<()> {
+    /// One get of `key` as `read` says; returns the value, if any.
+    pub async fn read(&self, key: &[u8], read: Read) -> anyhow::Result<Option<Vec<u8>>> {
         match self {
             Target::Meridian(c) => {
-                c.get(key).await?;
+                let kv = match read {
+                    Read::Default => c.get(key).await?.kv,
+                    Read::Serializable => {
+                        c.get_with(key, None, ReadConsistency::Serializable)
+                            .await?
+                            .kv
+                    }
+                    Read::Level(level) => c.get_at_level(key, level).await?.kv,
+                };
+                Ok(kv.map(|kv| kv.value))
             }
             #[cfg(feature = "etcd")]
             Target::Etcd(kv) => {
-                kv.clone().get(key, None).await?;
+                let opts = match read {
+                    Read::Serializable => Some(etcd_client::GetOptions::new().with_serializable()),
+                    Read::Default => None,
+                    Read::Level(_) => anyhow::bail!("etcd has no per-call read levels"),
+                };
+                let resp = kv.clone().get(key, opts).await?;
+                Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
             }
         }
-        Ok(())
     }
 
     /// Points a Meridian connection at the leader of `key`'s range before
@@ -97,22 +170,6 @@ impl Target {
         Ok(())
     }
 
-    /// One serializable get: answered by the node that receives it, from
-    /// what it has applied (no leader round trip; possibly stale).
-    pub async fn get_serializable(&self, key: &[u8]) -> anyhow::Result<()> {
-        match self {
-            Target::Meridian(c) => {
-                c.get_with(key, None, ReadConsistency::Serializable).await?;
-            }
-            #[cfg(feature = "etcd")]
-            Target::Etcd(kv) => {
-                let opts = etcd_client::GetOptions::new().with_serializable();
-                kv.clone().get(key, Some(opts)).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Closes the connection.
     #[allow(irrefutable_let_patterns)] // only Meridian without the etcd feature
     pub async fn close(&self) {
@@ -124,7 +181,39 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    use super::rotate_endpoints;
+    use super::super::System;
+    use super::{rotate_endpoints, Read};
+    use crate::replication::read::{OnStale, ReadLevel};
+
+    #[test]
+    fn read_levels_parse_per_system() {
+        let m = |s| Read::parse(System::Meridian, s);
+        assert_eq!(m("serializable").unwrap(), Read::Serializable);
+        assert_eq!(m("eventual").unwrap(), Read::Level(ReadLevel::Eventual));
+        assert_eq!(
+            m("bounded:1000").unwrap(),
+            Read::Level(ReadLevel::Bounded {
+                max_staleness_ms: 1000,
+                on_stale: OnStale::Redirect
+            })
+        );
+        assert_eq!(
+            m("linearizable").unwrap(),
+            Read::Level(ReadLevel::Linearizable)
+        );
+        assert!(matches!(
+            m("causal").unwrap(),
+            Read::Level(ReadLevel::Causal { .. })
+        ));
+        // A bound from the policy would need a lookup per run: refused.
+        assert!(m("bounded").unwrap_err().to_string().contains("bounded:MS"));
+        assert!(m("strong").is_err());
+        let e = |s| Read::parse(System::Etcd, s);
+        assert_eq!(e("linearizable").unwrap(), Read::Default);
+        assert_eq!(e("serializable").unwrap(), Read::Serializable);
+        let err = e("eventual").unwrap_err().to_string();
+        assert!(err.contains("etcd"), "{err}");
+    }
 
     #[test]
     fn connections_start_at_successive_endpoints() {
