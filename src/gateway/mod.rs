@@ -172,9 +172,11 @@ where
         Ok(response) => response,
         Err(e) => {
             let e = match e {
-                GatewayError::Api(e) => {
-                    GatewayError::Api(crate::wire::with_home_address(e, state.membership.as_ref()))
-                }
+                GatewayError::Api(e) => GatewayError::Api(crate::wire::with_home_address(
+                    e,
+                    state.membership.as_ref(),
+                    None,
+                )),
                 other => other,
             };
             span.in_scope(|| {

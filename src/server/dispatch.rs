@@ -153,6 +153,13 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
         Err(e) => return error(e.into()),
     };
     let op = op_name(&request);
+    // The range a refusal's home-region address should lead to.
+    let range = match crate::client::routes::Target::of(&request) {
+        crate::client::routes::Target::Key(k) => {
+            ctx.engine.region().range_of(&k).ok().map(|r| r.id)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request));
     let result = match level_of(&request) {
@@ -175,7 +182,7 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => response,
-        Err(e) => wire::error_response(&with_home_address(e, ctx)),
+        Err(e) => wire::error_response(&wire::with_home_address(e, ctx.membership.as_ref(), range)),
     }
 }
 
@@ -262,10 +269,6 @@ async fn handle_level(
 
 /// Fills a `WrongRegion` error's address from gossip (see
 /// [`wire::with_home_address`]).
-fn with_home_address(e: ApiError, ctx: &Context) -> ApiError {
-    wire::with_home_address(e, ctx.membership.as_ref())
-}
-
 fn op_name(r: &RequestV1) -> &'static str {
     match r {
         RequestV1::Get { .. } => "get",

@@ -871,12 +871,15 @@ pub fn members_v1(m: &crate::membership::Membership) -> Vec<MemberV1> {
 const MAX_HOME_CANDIDATES: usize = 1_024;
 
 /// Fills a `WrongRegion` error's address, when it has none, with the client
-/// address of a live node of its home region as gossip knows it (lowest
-/// measured RTT first), so a client can follow it. Shared by the QUIC
-/// server and the gateway, like [`members_v1`].
+/// address of a live node of its home region as gossip knows it: the home
+/// region's leader of `range` when gossip has a hint for it (so a strong
+/// request from afar costs one WAN round trip, not a second hop from a
+/// follower), else the live home node with the lowest measured RTT. Shared
+/// by the QUIC server and the gateway, like [`members_v1`].
 pub fn with_home_address(
     mut e: ApiError,
     membership: Option<&crate::membership::Membership>,
+    range: Option<u64>,
 ) -> ApiError {
     use crate::membership::{MemberState, MemberView};
     if e.code != ErrorCode::WrongRegion || e.leader_hint.is_some() {
@@ -886,15 +889,35 @@ pub fn with_home_address(
         return e;
     };
     let rtt = |v: &MemberView| v.rtt_ms.unwrap_or(f64::MAX);
-    e.leader_hint = m
+    let leader = range
+        .and_then(|r| m.leader_hint(r, home))
+        .map(|h| h.leader_node);
+    let live: Vec<MemberView> = m
         .members()
         .into_iter()
         .take(MAX_HOME_CANDIDATES)
         .filter(|v| v.identity.region == home)
         .filter(|v| matches!(v.state, MemberState::Alive | MemberState::Suspect))
-        .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
-        .map(|v| v.identity.client_addr.to_string());
+        .collect();
+    let candidates: Vec<(&str, f64)> = live
+        .iter()
+        .map(|v| (v.identity.node_id.as_str(), rtt(v)))
+        .collect();
+    e.leader_hint = pick_home_node(&candidates, leader.as_deref())
+        .map(|i| live[i].identity.client_addr.to_string());
     e
+}
+
+/// Which of a home region's live `candidates` (name, measured RTT) a
+/// refusal names: the range's `leader` when it is one of them, else the
+/// nearest. Returns its index.
+fn pick_home_node(candidates: &[(&str, f64)], leader: Option<&str>) -> Option<usize> {
+    candidates
+        .iter()
+        .position(|(name, _)| Some(*name) == leader)
+        .or_else(|| {
+            (0..candidates.len()).min_by(|&a, &b| candidates[a].1.total_cmp(&candidates[b].1))
+        })
 }
 
 /// Builds the error response for `err`.
@@ -1056,6 +1079,15 @@ impl From<TxnV1> for Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_home_leader_when_gossip_knows_it() {
+        let c = [("us-2", 3.0), ("us-1", 1.0), ("us-3", 9.0)];
+        assert_eq!(pick_home_node(&c, Some("us-3")), Some(2), "the leader");
+        assert_eq!(pick_home_node(&c, None), Some(1), "else the nearest");
+        assert_eq!(pick_home_node(&c, Some("gone")), Some(1), "a dead leader");
+        assert_eq!(pick_home_node(&[], Some("us-1")), None);
+    }
 
     // Frozen bytes: these exact encodings are what deployed v1 peers send.
     // If one of these fails, you changed the wire format: add a new variant
