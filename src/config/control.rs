@@ -10,8 +10,11 @@
 //! are fixed for the life of the process and `meridian policy set` is
 //! refused with a clear error.
 //!
-//! Its timers are separate from `[raft]`'s: its heartbeats cross the WAN, so
-//! they must exceed the worst round trip between voters.
+//! Its timers are separate from `[raft]`'s: its heartbeats cross the WAN.
+//! openraft times an AppendEntries out at 3/4 of the heartbeat interval,
+//! so the interval must be well above 4/3 of the worst round trip from any
+//! voter to any member (twice it is a safe choice), or the farthest
+//! members never receive a change.
 //!
 //! ```toml
 //! [control]
@@ -93,8 +96,9 @@ pub struct RawControl {
     pub bootstrap: bool,
     /// Every member, this node included (1..=64; 1..=7 voters).
     pub members: Vec<RawControlMember>,
-    /// Leader heartbeat, ms; must exceed the worst RTT between voters.
-    /// Default 250.
+    /// Leader heartbeat, ms; must be well above 4/3 of the worst RTT from
+    /// a voter to any member (an AppendEntries times out at 3/4 of it).
+    /// Default 250 (round trips up to about 150 ms).
     pub heartbeat_interval_ms: u64,
     /// Minimum election timeout, ms (> heartbeat). Default 1500.
     pub election_timeout_min_ms: u64,

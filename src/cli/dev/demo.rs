@@ -299,17 +299,27 @@ async fn policy_change(layout: &[RegionPlan], tls: &TlsFiles) -> anyhow::Result<
         changed.epoch,
         ms(started.elapsed())
     );
+    // In force in a region once every node of it serves the new policy
+    // (each node is asked alone: voters and learners alike).
     for region in layout {
-        let reader = Client::connect(client_config(region, region, tls)).await?;
+        let mut readers = Vec::new();
+        for addr in region.endpoints() {
+            let mut cfg = client_config(region, region, tls);
+            cfg.endpoints = vec![addr];
+            readers.push(Client::connect(cfg).await?);
+        }
         let seen = async {
             loop {
-                let p = reader.policy_of("demo/x").await?;
-                if p.max_staleness_ms == DEMO_STALENESS_MS {
+                let mut all = true;
+                for r in &readers {
+                    all &= r.policy_of("demo/x").await?.max_staleness_ms == DEMO_STALENESS_MS;
+                }
+                if all {
                     return anyhow::Ok(started.elapsed());
                 }
                 if started.elapsed() > REPLICATION_WAIT {
                     bail!(
-                        "the policy change did not reach {} within {REPLICATION_WAIT:?}",
+                        "the policy change did not reach every node of {} within {REPLICATION_WAIT:?}",
                         region.name
                     );
                 }
@@ -317,7 +327,9 @@ async fn policy_change(layout: &[RegionPlan], tls: &TlsFiles) -> anyhow::Result<
             }
         }
         .await;
-        reader.close().await;
+        for r in &readers {
+            r.close().await;
+        }
         println!(
             "demo: policy in force in {:<9} after {:>7.1} ms",
             region.name,
