@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::wan_dev::env_file;
 use common::TestCerts;
 use meridian::client::{Client, ClientConfig};
 use meridian::transport::{self, EndpointLimits};
@@ -406,16 +407,6 @@ fn replication_lag(out: &[String], from: &str, to: &str) -> f64 {
         .nth(7)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("unparsable: {line}"))
-}
-
-/// `export NAME=value` lines of an env file `meridian dev` wrote.
-fn env_file(path: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Runs the CLI with exactly `env`'s MERIDIAN_* variables (bounded).

@@ -27,11 +27,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use common::register::{CasRegister, RegOp, RegRet};
 use common::wan_dev::{long_tests, WanDev, REGIONS};
 use meridian::client::{Client, ClientError, LevelGetResponse, Session, SessionToken};
 use meridian::replication::read::ReadLevel;
 use meridian::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 
 /// Port offsets of this file's clusters (tests/wan.rs uses 20000-22000):
 /// the long variants' own, one per test; the short variants share the
@@ -148,52 +149,6 @@ fn quantile_ms(samples: &[Duration], q: f64) -> f64 {
 // ---------------------------------------------------------------------------
 // Strong: linearizability across regions under home-leader kills.
 // ---------------------------------------------------------------------------
-
-/// A register holding an optional value, with read, write and CAS (as in
-/// tests/linearizability.rs).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct CasRegister(Option<u64>);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum RegOp {
-    Read,
-    Write(u64),
-    /// Set to `new` if the value is `expected`.
-    Cas {
-        expected: u64,
-        new: u64,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum RegRet {
-    Read(Option<u64>),
-    WriteOk,
-    Cas(bool),
-}
-
-impl SequentialSpec for CasRegister {
-    type Op = RegOp;
-    type Ret = RegRet;
-
-    fn invoke(&mut self, op: &RegOp) -> RegRet {
-        match op {
-            RegOp::Read => RegRet::Read(self.0),
-            RegOp::Write(v) => {
-                self.0 = Some(*v);
-                RegRet::WriteOk
-            }
-            RegOp::Cas { expected, new } => {
-                if self.0 == Some(*expected) {
-                    self.0 = Some(*new);
-                    RegRet::Cas(true)
-                } else {
-                    RegRet::Cas(false)
-                }
-            }
-        }
-    }
-}
 
 /// Operations the clients of every region must complete after the last
 /// restart: the remote regions found the new home leader.

@@ -153,13 +153,6 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
         Err(e) => return error(e.into()),
     };
     let op = op_name(&request);
-    // The range a refusal's home-region address should lead to.
-    let range = match crate::client::routes::Target::of(&request) {
-        crate::client::routes::Target::Key(k) => {
-            ctx.engine.region().range_of(&k).ok().map(|r| r.id)
-        }
-        _ => None,
-    };
     let started = Instant::now();
     let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request));
     let result = match level_of(&request) {
@@ -182,7 +175,25 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => response,
-        Err(e) => wire::error_response(&wire::with_home_address(e, ctx.membership.as_ref(), range)),
+        Err(e) => {
+            // Only a WrongRegion refusal needs the key's range (to name the
+            // home leader): decode the frame again there, off the hot path.
+            let range = (e.code == ErrorCode::WrongRegion)
+                .then(|| refused_range(frame, ctx))
+                .flatten();
+            wire::error_response(&wire::with_home_address(e, ctx.membership.as_ref(), range))
+        }
+    }
+}
+
+/// The range of the key a request in `frame` targets, if it names one.
+fn refused_range(frame: &[u8], ctx: &Context) -> Option<u64> {
+    let request = wire::decode_request(frame).ok()?;
+    match crate::client::routes::Target::of(&request) {
+        crate::client::routes::Target::Key(k) => {
+            ctx.engine.region().range_of(&k).ok().map(|r| r.id)
+        }
+        _ => None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod dev;
 pub mod http;
+pub mod register;
 pub mod wan_dev;
 
 use std::net::SocketAddr;
