@@ -130,32 +130,6 @@ node_pids=()   # the `meridian serve` children of `meridian dev` (not our childr
 etcd_pids=()
 perf_pids=()
 
-alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
-
-wait_gone() { # pid secs: true once pid is gone
-    local pid="$1" waited=0
-    while alive "$pid" && (( waited < $2 * 10 )); do sleep 0.1; waited=$((waited + 1)); done
-    ! alive "$pid"
-}
-
-stop_child() { # name pid (a child of this shell)
-    local name="$1" pid="$2"
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_gone "$pid" "$STOP_TIMEOUT_SECS"; then
-        echo "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_SECS}s; sending SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# A node `meridian dev` started, still running from our binary (a pid is only
-# signalled if it still is that process, never a reused pid).
-is_our_node() { # pid
-    alive "$1" && [[ "$(readlink "/proc/$1/cwd" 2>/dev/null)" == "$work/meridian-dev" ]] \
-        && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- ' serve --config '
-}
-
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
@@ -386,7 +360,6 @@ for r in runs.values():
     if r.get("first_error"):
         print(f"  {r['system']} {r['workload']} c={r['clients']}: {r['errors']} errors, first: {r['first_error']}")
 
-
 def prom(file):
     """Prometheus text scrape -> {name{labels}: value} (summaries' quantile lines skipped)."""
     out = {}
@@ -403,12 +376,10 @@ def prom(file):
                 pass
     return out
 
-
 def delta(prefix, server, name):
     a = prom(f"{prefix}.before.s{server}.prom")
     b = prom(f"{prefix}.after.s{server}.prom")
     return b.get(name, 0.0) - a.get(name, 0.0), b
-
 
 def fsyncs(prefix, server):
     """fsync + fdatasync calls counted by perf stat for one server, or None."""
@@ -422,7 +393,6 @@ def fsyncs(prefix, server):
             if len(parts) > 2 and parts[2].startswith("syscalls:") and parts[0].isdigit():
                 n += int(parts[0])
     return n
-
 
 print()
 print("Server side during the put runs (from /metrics deltas and perf syscall counts):")
@@ -486,7 +456,6 @@ for c in sorted({c for (w, c, _) in runs if w == "put"}):
             per_put = "n/a"
         print(f"| {system} | {c} | {puts:,} | {lat} | {entries} | {fs_mean} | {per_put} | {snaps} |")
 
-
 def cpu(file):
     out = {}
     if os.path.exists(file):
@@ -498,7 +467,6 @@ def cpu(file):
                 else:
                     out.setdefault(p[0], []).append(int(p[2]))
     return out
-
 
 print()
 print("CPU during the put runs (from /proc, over the whole bench call; 2 cores):")

@@ -149,32 +149,6 @@ dev_pid=""
 node_pids=()   # the `meridian serve` children of `meridian dev` (not our children)
 etcd_pids=()
 
-alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
-
-wait_gone() { # pid secs: true once pid is gone
-    local pid="$1" waited=0
-    while alive "$pid" && (( waited < $2 * 10 )); do sleep 0.1; waited=$((waited + 1)); done
-    ! alive "$pid"
-}
-
-stop_child() { # name pid (a child of this shell)
-    local name="$1" pid="$2"
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_gone "$pid" "$STOP_TIMEOUT_SECS"; then
-        echo "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_SECS}s; sending SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# A node `meridian dev` started, still running from our binary (a pid is only
-# signalled if it still is that process, never a reused pid).
-is_our_node() { # pid
-    alive "$1" && [[ "$(readlink "/proc/$1/cwd" 2>/dev/null)" == "$work/meridian-dev" ]] \
-        && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- ' serve --config '
-}
-
 cleanup() {
     local rc=$? pid i
     trap - EXIT INT TERM
