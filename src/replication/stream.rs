@@ -37,6 +37,15 @@ pub const MAX_IN_FLIGHT_BATCHES: usize = 8;
 pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 1_024;
+/// Shortest spacing between a batch that carries no records (only a
+/// closed timestamp) and the batch sent before it. Records go at once;
+/// closes alone go at the idle close rate
+/// ([`super::frontier::CLOSE_INTERVAL_MS`]). Without it every region's
+/// applying of another region's close moved its own applied timestamp,
+/// which it then sent on as a close of its own: closes ping-ponged between
+/// regions as fast as the pacing allowed, each one a Raft entry.
+pub const CLOSE_ONLY_EVERY: Duration =
+    Duration::from_millis(super::frontier::CLOSE_INTERVAL_MS);
 /// Most bytes of record payloads in one batch (at least one record is
 /// always sent, however large, so a batch is at most one record over this).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -207,6 +216,17 @@ impl Outbound {
             return None;
         }
         self.last_sent_at.map(|t| t + self.pacing_interval())
+    }
+
+    /// Whether a batch with no records (a close only) may go at `now`:
+    /// [`CLOSE_ONLY_EVERY`] after the last batch of any kind.
+    pub fn close_only_due(&self, now: Instant) -> bool {
+        self.close_only_at().is_none_or(|t| now >= t)
+    }
+
+    /// When a close-only batch may go next (`None`: at once).
+    pub fn close_only_at(&self) -> Option<Instant> {
+        self.last_sent_at.map(|t| t + CLOSE_ONLY_EVERY)
     }
 
     /// Records that a batch continuing from [`Outbound::next_after`] and
@@ -457,6 +477,26 @@ mod tests {
             out.pacing_interval() > Duration::ZERO,
             "a restart keeps the estimate"
         );
+    }
+
+    #[test]
+    fn closes_without_records_wait_for_the_close_interval() {
+        let t0 = Instant::now();
+        let mut out = Outbound::resume_from(ts(0));
+        assert!(out.close_only_due(t0), "a fresh stream closes at once");
+        out.on_sent(t0, ts(5), 10);
+        let soon = t0 + CLOSE_ONLY_EVERY / 2;
+        assert!(
+            !out.close_only_due(soon),
+            "a close alone right after a batch is held"
+        );
+        assert_eq!(
+            out.next_after(soon),
+            Some(ts(5)),
+            "records are not held by the close interval"
+        );
+        assert_eq!(out.close_only_at(), Some(t0 + CLOSE_ONLY_EVERY));
+        assert!(out.close_only_due(t0 + CLOSE_ONLY_EVERY));
     }
 
     #[test]

@@ -409,6 +409,8 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         // Register for the next apply before reading the applied
         // timestamp, so none is missed while the window is being filled.
         let moved = g.applied_changed().notified();
+        // When a close with no records was held back (CLOSE_ONLY_EVERY).
+        let mut held_close = None;
         while let Some(after) = out.next_after(Instant::now()) {
             // Everything at or below the applied timestamp is in the change
             // log (same batch), and every later local write is stamped
@@ -418,6 +420,10 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
                 break;
             }
             let (wire, bytes) = next_batch(ctx, g, &origin, after, closed).await?;
+            if wire.records.is_empty() && !out.close_only_due(Instant::now()) {
+                held_close = out.close_only_at();
+                break;
+            }
             let req = request(g, &wire)?;
             let sent_at = Instant::now();
             out.on_sent(sent_at, Timestamp(wire.closed), bytes);
@@ -426,8 +432,10 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         let now = Instant::now();
         let wake = out
             .poll_timeout()
+            .into_iter()
+            .chain(held_close)
             .filter(|t| *t > now)
-            .map_or(now + IDLE_POLL, |t| t.min(now + IDLE_POLL));
+            .fold(now + IDLE_POLL, Instant::min);
         let can_send = out.next_after(now).is_some();
         tokio::select! {
             Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
