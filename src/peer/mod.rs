@@ -23,6 +23,9 @@
 //!   origin region's changes to a range, or an empty probe), one
 //!   [`PeerResponseV1::Replicated`] (the destination's cursor after it) or
 //!   [`PeerResponseV1::NotLeader`] (send it to the range's leader there).
+//! - Catch-up: one [`PeerRequestV1::CatchUp`] frame per chunk of the
+//!   origin's state (when the destination is behind the origin's change
+//!   log), answered like a replication batch.
 //!
 //! Enums are only ever appended to; frozen-bytes tests pin the layout.
 //! This module holds types and their encoding only, no logic.
@@ -128,6 +131,20 @@ pub enum PeerRequestV1 {
     /// role. Answered with [`PeerResponseV1::PolicyChanged`],
     /// [`PeerResponseV1::NotLeader`] or an error.
     Policy(PolicyChangeV1),
+    /// One chunk of a cross-region catch-up, for the range's leader in the
+    /// destination region, which proposes it to its group; answered like
+    /// [`PeerRequestV1::Replicate`].
+    CatchUp {
+        /// The range (Raft group) addressed.
+        range: u64,
+        /// The range's first key at the origin.
+        start: Vec<u8>,
+        /// The range's end at the origin (exclusive; `None`: unbounded).
+        end: Option<Vec<u8>>,
+        /// postcard of the chunk, the Raft log's own `CatchUpV1`.
+        #[serde(with = "serde_bytes")]
+        chunk: Vec<u8>,
+    },
 }
 
 /// A policy change, version 1.
@@ -292,6 +309,19 @@ mod tests {
             leader: Some("x".into()),
         };
         assert_eq!(encode(&elsewhere), vec![0, 1, 5, 1, 1, b'x']);
+    }
+
+    #[test]
+    fn frozen_catch_up_request() {
+        let req = PeerRequestV1::CatchUp {
+            range: 2,
+            start: b"a".to_vec(),
+            end: Some(b"b".to_vec()),
+            chunk: vec![7],
+        };
+        let bytes = encode(&req);
+        assert_eq!(bytes, vec![0, 1, 4, 2, 1, b'a', 1, 1, b'b', 1, 7]);
+        assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::point::RangeSnapshotData;
 use super::state_machine::{snapshot_dir, RangeStateMachine, ReplicationScope};
 use super::transfer::{self, Offer};
 use super::types::{
-    CommandV1, NodeId, RangeCommand, RangeDescriptor, RangeId, RangeTypes, ReplicateV1,
+    CatchUpV1, CommandV1, NodeId, RangeCommand, RangeDescriptor, RangeId, RangeTypes, ReplicateV1,
 };
 use crate::clock::Hlc;
 use crate::error_code::{ApiError, ErrorCode};
@@ -423,44 +423,15 @@ impl RaftHost {
         end: Option<Vec<u8>>,
         batch: &[u8],
     ) -> PeerResponseV1 {
-        let refuse = |code, msg: String| PeerResponseV1::error(&ApiError::new(code, msg));
         let batch: ReplicateV1 = match decode(batch) {
             Ok(b) => b,
             Err(e) => return PeerResponseV1::error(&e),
         };
-        let group = match self.group_or_err(range) {
-            Ok(g) => g,
-            Err(e) => return PeerResponseV1::error(&e),
-        };
-        if group.desc.start != start || group.desc.end != end {
-            return refuse(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "range {range} spans different keys here than at the origin: \
-                     every region must configure the same raft.range_prefixes"
-                ),
-            );
-        }
-        if !self.scope.others.contains(&batch.origin) {
-            return refuse(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "region `{}` is not one this node replicates with (replication.regions: {})",
-                    batch.origin,
-                    self.scope.others.join(",")
-                ),
-            );
-        }
-        if let Err(e) = self.hlc.check_remote(Timestamp(batch.closed)) {
-            return refuse(
-                ErrorCode::ClockOffset,
-                format!("replication batch refused: {e}"),
-            );
-        }
-        let now = match self.hlc.now() {
-            Ok(t) => t,
-            Err(e) => return refuse(ErrorCode::StorageFailure, e.to_string()),
-        };
+        let (group, now) =
+            match self.inbound_target(range, &start, &end, &batch.origin, batch.closed) {
+                Ok(t) => t,
+                Err(reply) => return reply,
+            };
         let origin = batch.origin.clone();
         let (after, closed) = (batch.after, batch.closed);
         let record_ts: Vec<u64> = batch.records.iter().map(|r| r.ts).collect();
@@ -481,33 +452,96 @@ impl RaftHost {
             *proposed = (*proposed).max(closed);
         }
         order.moved.notify_waiters();
-        match tokio::time::timeout(REPLICATE_TIMEOUT, reply).await {
-            Ok(Ok(Ok(resp))) => {
-                order.advance(resp.data.version).await;
-                if resp.data.succeeded {
-                    self.record_apply_lag(range, &origin, after, &record_ts);
-                }
-                PeerResponseV1::Replicated {
-                    applied: resp.data.succeeded,
-                    cursor: resp.data.version,
-                }
+        let answer = inbound_reply(reply, "replication batch").await;
+        if let PeerResponseV1::Replicated { applied, cursor } = answer {
+            order.advance(cursor).await;
+            if applied {
+                self.record_apply_lag(range, &origin, after, &record_ts);
             }
-            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => PeerResponseV1::NotLeader {
-                leader: f.leader_node.map(|n| n.addr),
-            },
-            Ok(Ok(Err(e))) => refuse(
-                ErrorCode::OutcomeUnknown,
-                format!("replication batch outcome unknown: {e}"),
-            ),
-            Ok(Err(_)) => refuse(
-                ErrorCode::OutcomeUnknown,
-                "replication batch outcome unknown: the range dropped its proposal".into(),
-            ),
-            Err(_) => refuse(
-                ErrorCode::OutcomeUnknown,
-                "replication batch timed out waiting for commit; resend from the cursor".into(),
-            ),
         }
+        answer
+    }
+
+    /// Serves one chunk of a cross-region catch-up of `range` (the origin's
+    /// state, sent when this region's cursor is below where the origin's
+    /// change log is complete): the checks of
+    /// [`RaftHost::handle_replicate`], then the chunk is proposed to the
+    /// group, whose apply merges it (`replication::catch_up`). Chunks come
+    /// one at a time, each after the previous one's answer.
+    pub async fn handle_catch_up(
+        &self,
+        range: RangeId,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        chunk: &[u8],
+    ) -> PeerResponseV1 {
+        let chunk: CatchUpV1 = match decode(chunk) {
+            Ok(c) => c,
+            Err(e) => return PeerResponseV1::error(&e),
+        };
+        let (group, now) = match self.inbound_target(range, &start, &end, &chunk.origin, chunk.at) {
+            Ok(t) => t,
+            Err(reply) => return reply,
+        };
+        let cmd = RangeCommand {
+            proposed_at: now.0,
+            op: CommandV1::CatchUp(chunk),
+        };
+        let (responder, reply) = openraft::impls::ProgressResponder::complete_only();
+        if let Err(e) = group.raft.client_write_ff(cmd, Some(responder)).await {
+            return refuse(
+                ErrorCode::Unavailable,
+                format!("range {range} stopped: {e}"),
+            );
+        }
+        inbound_reply(reply, "catch-up chunk").await
+    }
+
+    /// The checks every inbound stream message passes: both regions agree
+    /// on the range's span, `origin` is a region the range replicates with,
+    /// and `closed` (which bounds every timestamp the message carries) is
+    /// within `clock.max_offset_ms` of our clock. Returns the group and the
+    /// clock's time to propose at.
+    fn inbound_target(
+        &self,
+        range: RangeId,
+        start: &[u8],
+        end: &Option<Vec<u8>>,
+        origin: &str,
+        closed: u64,
+    ) -> Result<(Arc<RangeGroup>, Timestamp), PeerResponseV1> {
+        let group = self
+            .group_or_err(range)
+            .map_err(|e| PeerResponseV1::error(&e))?;
+        if group.desc.start != start || group.desc.end != *end {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "range {range} spans different keys here than at the origin: \
+                     every region must configure the same raft.range_prefixes"
+                ),
+            ));
+        }
+        if !self.scope.others.iter().any(|r| r == origin) {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "region `{origin}` is not one this node replicates with (replication.regions: {})",
+                    self.scope.others.join(",")
+                ),
+            ));
+        }
+        if let Err(e) = self.hlc.check_remote(Timestamp(closed)) {
+            return Err(refuse(
+                ErrorCode::ClockOffset,
+                format!("replication message refused: {e}"),
+            ));
+        }
+        let now = self
+            .hlc
+            .now()
+            .map_err(|e| refuse(ErrorCode::StorageFailure, e.to_string()))?;
+        Ok((group, now))
     }
 
     fn inbound_order(&self, range: RangeId, origin: &str) -> Arc<InboundOrder> {
@@ -734,5 +768,46 @@ impl RaftHost {
                 }
             });
         }
+    }
+}
+
+/// An error reply to an inbound stream message; nothing was changed.
+fn refuse(code: ErrorCode, message: String) -> PeerResponseV1 {
+    PeerResponseV1::error(&ApiError::new(code, message))
+}
+
+/// The answer to an inbound stream message proposed to a group: the
+/// destination's cursor once it applied (or refused) it, where the range's
+/// leader is, or why the outcome is unknown (the sender resends from the
+/// cursor either way). `what` names the message in errors.
+async fn inbound_reply<F, E>(reply: F, what: &str) -> PeerResponseV1
+where
+    F: std::future::Future<
+        Output = Result<
+            Result<openraft::raft::ClientWriteResponse<RangeTypes>, ClientWriteError<RangeTypes>>,
+            E,
+        >,
+    >,
+{
+    match tokio::time::timeout(REPLICATE_TIMEOUT, reply).await {
+        Ok(Ok(Ok(resp))) => PeerResponseV1::Replicated {
+            applied: resp.data.succeeded,
+            cursor: resp.data.version,
+        },
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => PeerResponseV1::NotLeader {
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        Ok(Ok(Err(e))) => refuse(
+            ErrorCode::OutcomeUnknown,
+            format!("{what} outcome unknown: {e}"),
+        ),
+        Ok(Err(_)) => refuse(
+            ErrorCode::OutcomeUnknown,
+            format!("{what} outcome unknown: the range dropped its proposal"),
+        ),
+        Err(_) => refuse(
+            ErrorCode::OutcomeUnknown,
+            format!("{what} timed out waiting for commit; resend from the cursor"),
+        ),
     }
 }

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use super::point::{RangePoints, RangeSnapshotData, SnapshotPoint};
 use super::snapshot::SnapshotFile;
-use super::types::{CommandV1, RangeCommand, RangeDescriptor, RangeReply, RangeTypes, ReplicateV1};
+use super::types::{
+    CatchUpV1, CommandV1, RangeCommand, RangeDescriptor, RangeReply, RangeTypes, ReplicateV1,
+};
 use crate::clock::Hlc;
 use crate::decide::{decide, record_in_overlay, KeyState, Overlay};
 use crate::replication::stream::{Batch, Inbound, Record};
@@ -553,6 +555,134 @@ impl RangeStateMachine {
     }
 }
 
+/// Live keys one page of the catch-up's scan of the destination reads.
+const CATCH_UP_SCAN_PAGE: usize = 1_000;
+
+impl RangeStateMachine {
+    /// Applies one chunk of another region's state (the entry `log_id`)
+    /// by the rules of [`crate::replication::catch_up`]: merges its versions
+    /// above the origin's cursor, deletes at the origin's horizon the keys
+    /// of the chunk's span that the origin's collected tombstones deleted,
+    /// and on the last chunk moves the cursor to the chunk's `at` and raises
+    /// the range's gc horizon. Slices of the storage cap, the last carrying
+    /// the applied state (a crash between slices re-applies the entry;
+    /// merging is idempotent). A chunk not above the cursor, or from a
+    /// region the range does not replicate with, changes nothing; its reply
+    /// (`succeeded = false`) carries the cursor.
+    fn apply_catch_up(
+        &mut self,
+        log_id: LogId,
+        proposed_at: u64,
+        chunk: CatchUpV1,
+        pending: &mut PendingApply,
+    ) -> io::Result<RangeReply> {
+        use crate::replication::catch_up::{
+            collected_deletions, raised_horizon, versions_to_merge,
+        };
+        use crate::types::Op;
+        self.flush(pending)?;
+        self.state.applied = Some(log_id);
+        self.state.last_ts = proposed_at.max(self.state.last_ts.saturating_add(1));
+        let cursor = Timestamp(self.cursors.get(&chunk.origin).copied().unwrap_or(0));
+        let refused = RangeReply {
+            succeeded: false,
+            version: cursor.0,
+        };
+        if !self.scope.others.contains(&chunk.origin) || Timestamp(chunk.at) <= cursor {
+            tracing::debug!(range = self.range.id, origin = %chunk.origin, at = chunk.at, cursor = cursor.0, "catch-up chunk refused");
+            return Ok(refused);
+        }
+        let horizon = Timestamp(chunk.horizon);
+        // The chunk's span within the range (a sender's span outside it is
+        // clamped: this range's keys only).
+        let from = chunk.from.clone().max(self.range.start.clone());
+        let to = match (&chunk.to, &self.range.end) {
+            (Some(a), Some(b)) => Some(a.clone().min(b.clone())),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        let deletions = {
+            let origin_keys: std::collections::HashSet<&[u8]> =
+                chunk.versions.iter().map(|v| v.key.as_slice()).collect();
+            let mut local = Vec::new();
+            let mut start = from.clone();
+            loop {
+                let page = self
+                    .store
+                    .scan(&start, to.as_deref(), Timestamp::MAX, CATCH_UP_SCAN_PAGE)
+                    .map_err(|e| io_err("scan for catch-up", e))?;
+                local.extend(page.items.into_iter().map(|kv| (kv.key, kv.version)));
+                match page.next_key {
+                    Some(k) => start = k,
+                    None => break,
+                }
+            }
+            collected_deletions(
+                &origin_keys,
+                local.iter().map(|(k, v)| (k.as_slice(), *v)),
+                horizon,
+                Timestamp(chunk.origin_frontier),
+                cursor,
+            )
+        };
+        let mut records: Vec<WriteRecord> = chunk
+            .versions
+            .into_iter()
+            .filter(|v| versions_to_merge(Timestamp(v.ts), cursor))
+            .map(|v| WriteRecord {
+                ts: Timestamp(v.ts),
+                ops: vec![match v.value {
+                    Some(value) => Op::Put { key: v.key, value },
+                    None => Op::Delete { key: v.key },
+                }],
+            })
+            .collect();
+        let deleted = deletions.len();
+        records.extend(deletions.into_iter().map(|key| WriteRecord {
+            ts: horizon,
+            ops: vec![Op::Delete { key }],
+        }));
+        if let Some(top) = records.iter().map(|r| r.ts.0).max() {
+            self.state.last_ts = self.state.last_ts.max(top);
+        }
+        if chunk.last {
+            self.cursors.insert(chunk.origin.clone(), chunk.at);
+        }
+        let (applied, applied_bytes) = applied_meta(self.range.id, &self.state)?;
+        let (cursors, cursor_bytes) = cursors_meta(self.range.id, &self.cursors)?;
+        let meta = [
+            (applied.as_str(), applied_bytes),
+            (cursors.as_str(), cursor_bytes),
+        ];
+        let mut slices = records.chunks(APPLY_BATCH_RECORDS).peekable();
+        if slices.peek().is_none() {
+            self.store
+                .merge_versions(&[], &meta)
+                .map_err(|e| io_err("apply catch-up chunk", e))?;
+        }
+        while let Some(slice) = slices.next() {
+            let with: &[(&str, Vec<u8>)] = if slices.peek().is_none() { &meta } else { &[] };
+            self.store
+                .merge_versions(slice, with)
+                .map_err(|e| io_err("apply catch-up chunk", e))?;
+        }
+        if chunk.last {
+            let to = raised_horizon(horizon, Timestamp(self.frontier()));
+            self.store
+                .raise_gc_horizon(&self.range.start, self.range.end.as_deref(), to)
+                .map_err(|e| io_err("raise gc horizon after catch-up", e))?;
+        }
+        tracing::info!(range = self.range.id, origin = %chunk.origin, merged = records.len() - deleted, deleted, last = chunk.last, "catch-up chunk applied");
+        let last = Timestamp(self.state.last_ts);
+        self.hlc.observe(last);
+        self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
+        self.publish_frontier();
+        Ok(RangeReply {
+            succeeded: true,
+            version: self.cursors.get(&chunk.origin).copied().unwrap_or(0),
+        })
+    }
+}
+
 fn op_bytes(op: &crate::types::Op) -> usize {
     match op {
         crate::types::Op::Put { key, value } => key.len() + value.len(),
@@ -684,6 +814,10 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
                     proposed_at,
                     op: CommandV1::Replicate(batch),
                 }) => self.apply_replicate(entry.log_id, proposed_at, batch, &mut pending)?,
+                EntryPayload::Normal(RangeCommand {
+                    proposed_at,
+                    op: CommandV1::CatchUp(chunk),
+                }) => self.apply_catch_up(entry.log_id, proposed_at, chunk, &mut pending)?,
                 EntryPayload::Normal(cmd) => self.apply_command(cmd, &mut pending)?,
             };
             self.state.applied = Some(entry.log_id);

@@ -73,6 +73,60 @@ pub enum CommandV1 {
     /// replication): applied exactly once through the range's cursor for
     /// its origin (`replication::stream::Inbound`).
     Replicate(ReplicateV1),
+    /// One chunk of another region's state of this range, sent when this
+    /// region's cursor for it is below where its change log is complete
+    /// (cross-region catch-up, `replication::catch_up`).
+    CatchUp(CatchUpV1),
+}
+
+/// A chunk of a cross-region catch-up in the log, version 1: the origin's
+/// stored versions of the keys in `[from, to)` as of its applied timestamp
+/// `at`, read from one frozen view of its store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpV1 {
+    /// The region whose state this is.
+    pub origin: String,
+    /// The origin's applied timestamp when its view was frozen: the view
+    /// holds every version at or below it (versions above are left out).
+    pub at: u64,
+    /// The origin's gc horizon for the range, read after the view was
+    /// frozen: the view holds every version above it, and below it only
+    /// each key's newest (a key whose newest was a tombstone may be gone).
+    pub horizon: u64,
+    /// The origin's frontier for the range when the view was frozen: every
+    /// region's writes at or below it had been applied there.
+    pub origin_frontier: u64,
+    /// First key the chunk covers.
+    pub from: Vec<u8>,
+    /// First key after the chunk (`None`: to the range's end).
+    pub to: Option<Vec<u8>>,
+    /// Every version of the view in `[from, to)`, at or below `at`.
+    pub versions: Vec<CatchUpVersionV1>,
+    /// The last chunk: once applied, the destination's cursor for the
+    /// origin is `at`.
+    pub last: bool,
+}
+
+/// One version of a [`CatchUpV1`] chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpVersionV1 {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its HLC version.
+    pub ts: u64,
+    /// The value; `None` for a tombstone.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+impl CatchUpV1 {
+    /// About how many bytes the chunk's keys and values take.
+    pub fn payload_bytes(&self) -> usize {
+        self.versions
+            .iter()
+            .map(|v| v.key.len() + v.value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
 }
 
 /// A replication batch in the log, version 1: the origin region's changes
@@ -130,7 +184,7 @@ impl CommandV1 {
             CommandV1::Put { key, value } => Some(WriteKind::Put { key, value }),
             CommandV1::Delete { key } => Some(WriteKind::Delete { key }),
             CommandV1::Txn(t) => Some(WriteKind::Txn(Txn::from(t))),
-            CommandV1::Barrier | CommandV1::Replicate(_) => None,
+            CommandV1::Barrier | CommandV1::Replicate(_) | CommandV1::CatchUp(_) => None,
         }
     }
 }
@@ -150,6 +204,7 @@ impl RangeCommand {
                 CommandV1::Txn(t) => postcard::to_allocvec(t).map_or(0, |b| b.len()),
                 CommandV1::Barrier => 0,
                 CommandV1::Replicate(r) => r.payload_bytes() + 16 * r.records.len(),
+                CommandV1::CatchUp(c) => c.payload_bytes() + 16 * c.versions.len(),
             }
     }
 }
@@ -168,6 +223,14 @@ impl fmt::Display for RangeCommand {
                 r.origin,
                 r.records.len(),
                 r.closed
+            ),
+            CommandV1::CatchUp(c) => write!(
+                f,
+                "catch-up(from {}, {} versions, at {}{})",
+                c.origin,
+                c.versions.len(),
+                c.at,
+                if c.last { ", last" } else { "" }
             ),
         }
     }
@@ -433,6 +496,44 @@ mod tests {
         assert_eq!(
             bytes,
             vec![1, 4, 2, b'e', b'u', 2, 9, 1, 5, 2, 0, 1, b'k', 1, b'v', 1, 1, b'd']
+        );
+        let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn frozen_catch_up_command_bytes() {
+        let cmd = RangeCommand {
+            proposed_at: 1,
+            op: CommandV1::CatchUp(CatchUpV1 {
+                origin: "eu".into(),
+                at: 9,
+                horizon: 3,
+                origin_frontier: 8,
+                from: b"a".to_vec(),
+                to: Some(b"c".to_vec()),
+                versions: vec![
+                    CatchUpVersionV1 {
+                        key: b"a".to_vec(),
+                        ts: 5,
+                        value: Some(b"v".to_vec()),
+                    },
+                    CatchUpVersionV1 {
+                        key: b"b".to_vec(),
+                        ts: 4,
+                        value: None,
+                    },
+                ],
+                last: true,
+            }),
+        };
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(
+            bytes,
+            vec![
+                1, 5, 2, b'e', b'u', 9, 3, 8, 1, b'a', 1, 1, b'c', 2, 1, b'a', 5, 1, 1, b'v', 1,
+                b'b', 4, 0, 1
+            ]
         );
         let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, cmd);

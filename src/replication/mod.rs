@@ -16,15 +16,19 @@
 //!   restarts.
 //! - [`sync`]: when a `sync-N` write is confirmed (N other regions'
 //!   acknowledged cursors at or past its version).
+//! - [`catch_up`]: what a destination behind the origin's change log does
+//!   with a chunk of the origin's state (which versions to merge, which
+//!   keys the origin's collected tombstones deleted).
 //! - [`frontier`]: a range's frontier in a region (the slowest writer's
 //!   closed timestamp) and when an idle leader closes a new timestamp.
 //!
 //! The IO lives elsewhere: `server::streams` drives [`stream`], the range
 //! state machines apply batches through [`stream::Inbound`], and the
 //! engine drives [`read`] and waits on [`sync`] (docs/architecture.md,
-//! "Cross-region replication"). Not wired yet: the control range that
+//! "Cross-region replication"); the control range (`engine::control`)
 //! stores the policy table.
 
+pub mod catch_up;
 pub mod frontier;
 pub mod policy;
 pub mod read;

@@ -44,8 +44,7 @@ pub const MAX_BATCH_RECORDS: usize = 1_024;
 /// applying of another region's close moved its own applied timestamp,
 /// which it then sent on as a close of its own: closes ping-ponged between
 /// regions as fast as the pacing allowed, each one a Raft entry.
-pub const CLOSE_ONLY_EVERY: Duration =
-    Duration::from_millis(super::frontier::CLOSE_INTERVAL_MS);
+pub const CLOSE_ONLY_EVERY: Duration = Duration::from_millis(super::frontier::CLOSE_INTERVAL_MS);
 /// Most bytes of record payloads in one batch (at least one record is
 /// always sent, however large, so a batch is at most one record over this).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;

@@ -194,6 +194,19 @@ async fn serve(
                 .instrument(span)
                 .await
         }
+        PeerRequestV1::CatchUp {
+            range,
+            start,
+            end,
+            chunk,
+        } => {
+            let span = tracing::info_span!("catch_up_receive", range, bytes = chunk.len());
+            hosts
+                .region
+                .handle_catch_up(range, start, end, &chunk)
+                .instrument(span)
+                .await
+        }
         PeerRequestV1::Policy(change) => {
             let control = match crate::engine::control::required(hosts.control.as_deref()) {
                 Ok(c) => c,

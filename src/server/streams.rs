@@ -36,11 +36,15 @@ use crate::clock::Hlc;
 use crate::engine::replicated::AckedCursors;
 use crate::membership::Membership;
 use crate::peer::{PeerRequestV1, PeerResponseV1};
-use crate::raft::types::{CommandV1, LogOpV1, RangeCommand, ReplicateV1, ReplicatedChangeV1};
+use crate::raft::types::{
+    CatchUpV1, CatchUpVersionV1, CommandV1, LogOpV1, RangeCommand, ReplicateV1, ReplicatedChangeV1,
+};
 use crate::raft::{RaftHost, RangeGroup};
+use crate::replication::catch_up::MAX_CHUNK_BYTES;
 use crate::replication::frontier::{needs_close, CLOSE_INTERVAL_MS};
 use crate::replication::read::staleness_ms;
 use crate::replication::stream::{cut_batch, Outbound, Record, MAX_BATCH_BYTES};
+use crate::storage::changes::CatchUpResume;
 use crate::storage::{MvccStore, WriteRecord};
 use crate::types::Timestamp;
 
@@ -48,9 +52,6 @@ use crate::types::Timestamp;
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(CLOSE_INTERVAL_MS / 2);
 /// Pause before a stream retries after an error.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// Pause before a stream whose destination is behind the change log
-/// checks again (a leader change may bring a replica with more log).
-pub const BEHIND_PAUSE: Duration = Duration::from_secs(10);
 /// Longest a stream with nothing new to send waits before looking again
 /// (it is woken as soon as the range applies something; this bounds a
 /// missed wake-up and the leadership check).
@@ -205,11 +206,6 @@ enum StreamEnd {
     Log(String),
     #[error("no longer the range's leader")]
     NotLeader,
-    #[error(
-        "the destination's cursor {cursor} is below where this replica's change log is \
-         complete ({start}): it needs a cross-region snapshot, which this build cannot send yet"
-    )]
-    Behind { cursor: Timestamp, start: Timestamp },
 }
 
 /// One outbound stream until this node stops leading the range.
@@ -221,13 +217,6 @@ async fn stream(ctx: StreamContext, g: Arc<RangeGroup>, region: String) {
         }
         match run_stream(&ctx, &g, &region).await {
             Err(StreamEnd::NotLeader) => return,
-            Err(e @ StreamEnd::Behind { .. }) => {
-                metrics::counter!("meridian_replication_stream_restarts_total",
-                    "range" => range.clone(), "destination" => region.clone())
-                .increment(1);
-                tracing::error!(range = g.desc.id, destination = %region, error = %e, "replication stream cannot continue");
-                tokio::time::sleep(BEHIND_PAUSE).await;
-            }
             Err(e) => {
                 metrics::counter!("meridian_replication_stream_restarts_total",
                     "range" => range.clone(), "destination" => region.clone())
@@ -396,9 +385,13 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
         .store
         .change_log_start(g.desc.id)
         .map_err(|e| StreamEnd::Log(e.to_string()))?;
-    if cursor < start {
-        return Err(StreamEnd::Behind { cursor, start });
-    }
+    let cursor = if cursor < start {
+        tracing::warn!(range = g.desc.id, destination = %region, cursor = cursor.0, log_start = start.0,
+            "destination is behind this replica's change log: catching it up from the range's state");
+        catch_up(ctx, g, region, addr, &labels).await?
+    } else {
+        cursor
+    };
     let mut out = Outbound::resume_from(cursor);
     let mut in_flight = FuturesOrdered::new();
     tracing::info!(range = g.desc.id, destination = %region, cursor = cursor.0, "replication stream started");
@@ -452,6 +445,102 @@ async fn run_stream(ctx: &StreamContext, g: &RangeGroup, region: &str) -> Result
             }
             () = moved, if can_send => {}
             () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// Brings a destination whose cursor is below where this replica's change
+/// log is complete up to the range's state (`replication::catch_up`): one
+/// frozen view of the store, sent in chunks of about
+/// [`MAX_CHUNK_BYTES`] in key order, one exchange at a time, each
+/// proposed and applied by the destination's group before the next goes.
+/// Returns the destination's cursor after it (the view's applied
+/// timestamp; or the cursor it already had, if it refused the first chunk
+/// as not new). An interrupted catch-up starts over: merging is
+/// idempotent.
+async fn catch_up(
+    ctx: &StreamContext,
+    g: &RangeGroup,
+    region: &str,
+    addr: SocketAddr,
+    labels: &[(&'static str, String); 2],
+) -> Result<Timestamp, StreamEnd> {
+    // Both read before the view is frozen: it holds every version at or
+    // below them. The horizon is read after: the view is complete above it.
+    let origin_frontier = g.frontier_ts();
+    let at = g.applied_ts();
+    let view = Arc::new(
+        ctx.store
+            .frozen_view()
+            .map_err(|e| StreamEnd::Log(e.to_string()))?,
+    );
+    let horizon = ctx.store.gc_horizon_at(&g.desc.start);
+    let origin = ctx.host.scope().local.clone();
+    let mut from = CatchUpResume {
+        key: g.desc.start.clone(),
+        below: None,
+    };
+    let (mut chunks, mut versions) = (0u64, 0usize);
+    loop {
+        if !is_leader(&ctx.host, g) {
+            return Err(StreamEnd::NotLeader);
+        }
+        let chunk = {
+            let (view, start, end) = (view.clone(), from.clone(), g.desc.end.clone());
+            tokio::task::spawn_blocking(move || {
+                view.catch_up_chunk(&start, end.as_deref(), at, MAX_CHUNK_BYTES)
+            })
+            .await
+            .map_err(|e| StreamEnd::Log(e.to_string()))?
+            .map_err(|e| StreamEnd::Log(e.to_string()))?
+        };
+        let bytes: usize = chunk
+            .versions
+            .iter()
+            .map(|v| v.key.len() + v.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        versions += chunk.versions.len();
+        let wire = CatchUpV1 {
+            origin: origin.clone(),
+            at: at.0,
+            horizon: horizon.0,
+            origin_frontier: origin_frontier.0,
+            from: from.key.clone(),
+            to: chunk.next.as_ref().map(|n| n.key.clone()),
+            versions: chunk
+                .versions
+                .into_iter()
+                .map(|v| CatchUpVersionV1 {
+                    key: v.key,
+                    ts: v.version.0,
+                    value: v.value,
+                })
+                .collect(),
+            last: chunk.next.is_none(),
+        };
+        let req = PeerRequestV1::CatchUp {
+            range: g.desc.id,
+            start: g.desc.start.clone(),
+            end: g.desc.end.clone(),
+            chunk: postcard::to_allocvec(&wire)
+                .map_err(|e| StreamEnd::Peer(format!("encode a catch-up chunk: {e}")))?,
+        };
+        let (applied, cursor) = replicated(addr, exchange(ctx, addr, &req).await?)?;
+        chunks += 1;
+        if !applied {
+            // The destination's cursor is at or past the view: nothing to do.
+            return Ok(cursor);
+        }
+        metrics::counter!("meridian_replication_bytes_total", labels).increment(bytes as u64);
+        match chunk.next {
+            Some(next) => from = next,
+            None => {
+                metrics::counter!("meridian_replication_catch_ups_total", labels).increment(1);
+                tracing::info!(range = g.desc.id, destination = %region, chunks, versions, at = at.0,
+                    "destination caught up from the range's state");
+                ctx.acked.publish(g.desc.id, region, cursor);
+                return Ok(cursor);
+            }
         }
     }
 }

@@ -313,6 +313,79 @@ impl MvccStore {
     }
 }
 
+/// One chunk of a cross-region catch-up read from a [`super::FrozenView`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatchUpChunk {
+    /// The versions, in key order, newest first per key.
+    pub versions: Vec<super::RawVersion>,
+    /// Where the next chunk starts (`None`: the span is done).
+    pub next: Option<CatchUpResume>,
+}
+
+/// Where a catch-up chunk starts: at `key`, and (when the previous chunk
+/// ended inside that key's versions) only with its versions below `below`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUpResume {
+    /// The first key of the chunk.
+    pub key: Vec<u8>,
+    /// Versions of `key` at or above this were in the previous chunk.
+    pub below: Option<Timestamp>,
+}
+
+impl super::FrozenView {
+    /// Every version (tombstones included) of the user keys from `from` up
+    /// to `end` (exclusive) at or below `at`, in key order and newest first
+    /// per key, until the chunk holds `max_bytes` of keys and values (at
+    /// least one version; a chunk exceeds `max_bytes` by at most one
+    /// version). `next` says where the next chunk starts; a key whose
+    /// versions do not fit is split between chunks.
+    pub fn catch_up_chunk(
+        &self,
+        from: &CatchUpResume,
+        end: Option<&[u8]>,
+        at: Timestamp,
+        max_bytes: usize,
+    ) -> Result<CatchUpChunk, StorageError> {
+        let mut out = CatchUpChunk::default();
+        if end.is_some_and(|e| e <= from.key.as_slice()) {
+            return Ok(out);
+        }
+        let mut bytes = 0usize;
+        // The key being read, and whether this chunk holds any of its versions.
+        let mut current: Option<(Vec<u8>, bool)> = None;
+        for guard in self
+            .snapshot
+            .range(&self.data, super::encoded_bounds(&from.key, end))
+        {
+            let (key, value) = guard.into_inner().map_err(StorageError::fjall)?;
+            let (user_key, version) = encoding::decode_version_key(&key)?;
+            if version > at || (user_key == from.key && from.below.is_some_and(|b| version >= b)) {
+                continue;
+            }
+            let started = match &current {
+                Some((k, started)) if *k == user_key => *started,
+                _ => false,
+            };
+            if bytes >= max_bytes && !out.versions.is_empty() {
+                out.next = Some(CatchUpResume {
+                    below: started.then(|| Timestamp(version.0.saturating_add(1))),
+                    key: user_key,
+                });
+                return Ok(out);
+            }
+            let value = encoding::decode_record(&value)?.map(<[u8]>::to_vec);
+            bytes += user_key.len() + value.as_ref().map_or(0, Vec::len);
+            current = Some((user_key.clone(), true));
+            out.versions.push(super::RawVersion {
+                key: user_key,
+                version,
+                value,
+            });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +409,92 @@ mod tests {
             ts: Timestamp(ts),
             ops,
         }
+    }
+
+    #[test]
+    fn catch_up_chunks_cover_the_span_at_their_timestamp() {
+        let (_d, store) = open();
+        store
+            .apply_batch(&[
+                rec(10, vec![put("a", "1"), put("b", "1"), put("c", "1")]),
+                rec(20, vec![put("a", "2"), Op::Delete { key: b"b".to_vec() }]),
+                rec(30, vec![put("c", "3"), put("d", "3")]),
+            ])
+            .unwrap();
+        let view = store.frozen_view().unwrap();
+        // At 25: every version at or below it, newest first per key; "d"
+        // (only above 25) contributes nothing. Two bytes per chunk: a chunk
+        // stops once it holds two, so "a" is split between chunks.
+        let mut seen = Vec::new();
+        let mut from = CatchUpResume {
+            key: b"a".to_vec(),
+            below: None,
+        };
+        let mut chunks = Vec::new();
+        loop {
+            let c = view
+                .catch_up_chunk(&from, Some(b"e"), Timestamp(25), 2)
+                .unwrap();
+            assert!(!c.versions.is_empty() || c.next.is_none());
+            seen.extend(
+                c.versions
+                    .iter()
+                    .map(|v| (v.key.clone(), v.version.0, v.value.clone())),
+            );
+            chunks.push(c.next.clone());
+            match c.next {
+                Some(n) => from = n,
+                None => break,
+            }
+            assert!(chunks.len() < 10, "the chunks must end");
+        }
+        let v = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(
+            seen,
+            vec![
+                (b"a".to_vec(), 20, v("2")),
+                (b"a".to_vec(), 10, v("1")),
+                (b"b".to_vec(), 20, None),
+                (b"b".to_vec(), 10, v("1")),
+                (b"c".to_vec(), 10, v("1")),
+            ]
+        );
+        assert_eq!(
+            chunks,
+            vec![
+                // a@20 (2 bytes) fills it: "a" is split, resumes below 11.
+                Some(CatchUpResume {
+                    key: b"a".to_vec(),
+                    below: Some(Timestamp(11)),
+                }),
+                // a@10 (2 bytes).
+                Some(CatchUpResume {
+                    key: b"b".to_vec(),
+                    below: None,
+                }),
+                // b@20 (a tombstone: 1 byte), b@10 (3).
+                Some(CatchUpResume {
+                    key: b"c".to_vec(),
+                    below: None,
+                }),
+                // c@10.
+                None,
+            ]
+        );
+        // A large budget takes the whole span at once; the end bound holds.
+        let all = view
+            .catch_up_chunk(
+                &CatchUpResume {
+                    key: Vec::new(),
+                    below: None,
+                },
+                Some(b"c"),
+                Timestamp(u64::MAX),
+                1 << 20,
+            )
+            .unwrap();
+        assert_eq!(all.versions.len(), 4);
+        assert_eq!(all.next, None);
     }
 
     #[test]
