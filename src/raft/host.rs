@@ -430,7 +430,7 @@ impl RaftHost {
         let (group, now) =
             match self.inbound_target(range, &start, &end, &batch.origin, batch.closed) {
                 Ok(t) => t,
-                Err(reply) => return reply,
+                Err(reply) => return *reply,
             };
         let origin = batch.origin.clone();
         let (after, closed) = (batch.after, batch.closed);
@@ -481,7 +481,7 @@ impl RaftHost {
         };
         let (group, now) = match self.inbound_target(range, &start, &end, &chunk.origin, chunk.at) {
             Ok(t) => t,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         let cmd = RangeCommand {
             proposed_at: now.0,
@@ -509,38 +509,38 @@ impl RaftHost {
         end: &Option<Vec<u8>>,
         origin: &str,
         closed: u64,
-    ) -> Result<(Arc<RangeGroup>, Timestamp), PeerResponseV1> {
+    ) -> Result<(Arc<RangeGroup>, Timestamp), Box<PeerResponseV1>> {
         let group = self
             .group_or_err(range)
-            .map_err(|e| PeerResponseV1::error(&e))?;
+            .map_err(|e| Box::new(PeerResponseV1::error(&e)))?;
         if group.desc.start != start || group.desc.end != *end {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 ErrorCode::InvalidArgument,
                 format!(
                     "range {range} spans different keys here than at the origin: \
                      every region must configure the same raft.range_prefixes"
                 ),
-            ));
+            )));
         }
         if !self.scope.others.iter().any(|r| r == origin) {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 ErrorCode::InvalidArgument,
                 format!(
                     "region `{origin}` is not one this node replicates with (replication.regions: {})",
                     self.scope.others.join(",")
                 ),
-            ));
+            )));
         }
         if let Err(e) = self.hlc.check_remote(Timestamp(closed)) {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 ErrorCode::ClockOffset,
                 format!("replication message refused: {e}"),
-            ));
+            )));
         }
         let now = self
             .hlc
             .now()
-            .map_err(|e| refuse(ErrorCode::StorageFailure, e.to_string()))?;
+            .map_err(|e| Box::new(refuse(ErrorCode::StorageFailure, e.to_string())))?;
         Ok((group, now))
     }
 

@@ -1060,6 +1060,123 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(7));
     }
 
+    fn catch_up(
+        at: u64,
+        span: (&str, Option<&str>),
+        versions: &[(&str, u64, Option<&str>)],
+        last: bool,
+    ) -> CommandV1 {
+        CommandV1::CatchUp(CatchUpV1 {
+            origin: "eu".into(),
+            at,
+            horizon: 300,
+            origin_frontier: 450,
+            from: span.0.as_bytes().to_vec(),
+            to: span.1.map(|t| t.as_bytes().to_vec()),
+            versions: versions
+                .iter()
+                .map(|(k, ts, v)| super::super::types::CatchUpVersionV1 {
+                    key: k.as_bytes().to_vec(),
+                    ts: *ts,
+                    value: v.map(|v| v.as_bytes().to_vec()),
+                })
+                .collect(),
+            last,
+        })
+    }
+
+    /// A catch-up (the origin's change log no longer reaches this region's
+    /// cursor) merges the origin's state above the cursor, deletes the keys
+    /// whose tombstones the origin collected, keeps what the origin cannot
+    /// have seen, moves the cursor only with the last chunk, raises the gc
+    /// horizon, and refuses a chunk that is not ahead of the cursor.
+    #[tokio::test]
+    async fn a_catch_up_brings_the_origins_state_and_its_collected_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_scoped(&store);
+        apply_one(
+            &mut sm,
+            1,
+            replicate("eu", 0, 100, &[(50, "a"), (60, "b"), (70, "c")]),
+        )
+        .await;
+        // A write from ap above eu's frontier: eu may not have seen it.
+        apply_one(&mut sm, 2, replicate("ap", 0, 1000, &[(480, "y")])).await;
+        // eu since: a rewritten at 400, b deleted and its tombstone
+        // collected (below eu's horizon 300), c unchanged, d new.
+        apply_one(
+            &mut sm,
+            3,
+            catch_up(
+                500,
+                ("", Some("c")),
+                &[("a", 400, Some("a2")), ("a", 50, Some("a@50"))],
+                false,
+            ),
+        )
+        .await;
+        assert_eq!(
+            sm.cursors().get("eu"),
+            Some(&100),
+            "only the last chunk moves the cursor"
+        );
+        assert_eq!(
+            store.get(b"a", Timestamp::MAX).unwrap().unwrap().value,
+            b"a2"
+        );
+        assert!(
+            store.get(b"b", Timestamp::MAX).unwrap().is_none(),
+            "collected deletion applied"
+        );
+        let b = store.history(b"b", 10).unwrap();
+        assert_eq!(
+            b[0].version,
+            Timestamp(300),
+            "deleted at the origin's horizon"
+        );
+        assert_eq!(
+            store.history(b"a", 10).unwrap().len(),
+            2,
+            "a@50 not merged twice"
+        );
+        apply_one(
+            &mut sm,
+            4,
+            catch_up(
+                500,
+                ("c", None),
+                &[("c", 70, Some("c@70")), ("d", 350, Some("d"))],
+                true,
+            ),
+        )
+        .await;
+        assert_eq!(sm.cursors().get("eu"), Some(&500));
+        assert!(store.get(b"c", Timestamp::MAX).unwrap().is_some());
+        assert_eq!(
+            store.get(b"d", Timestamp::MAX).unwrap().unwrap().value,
+            b"d"
+        );
+        assert!(
+            store.get(b"y", Timestamp::MAX).unwrap().is_some(),
+            "unseen by eu: kept"
+        );
+        assert_eq!(store.gc_horizon_at(b"a"), Timestamp(300));
+        // Not ahead of the cursor: refused, nothing written.
+        apply_one(
+            &mut sm,
+            5,
+            catch_up(500, ("", None), &[("z", 450, Some("z"))], true),
+        )
+        .await;
+        assert!(store.get(b"z", Timestamp::MAX).unwrap().is_none());
+        assert_eq!(sm.cursors().get("eu"), Some(&500));
+        // The cursor survives a restart like a batch's.
+        drop(sm);
+        let sm = open_scoped(&store);
+        assert_eq!(sm.cursors().get("eu"), Some(&500));
+    }
+
     /// A data directory written by a single node before single nodes ran
     /// Raft holds versions but no applied state: the range adopts them
     /// (reads at its applied timestamp see them, later entries land above

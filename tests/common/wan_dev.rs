@@ -142,6 +142,8 @@ pub struct WanDev {
     procs: Mutex<Procs>,
     /// How long start-up took.
     pub start_time: Duration,
+    /// The config overrides every node was started with (restarts too).
+    env: Vec<(String, String)>,
 }
 
 /// The node processes, changed by kills and restarts.
@@ -190,11 +192,17 @@ impl WanDev {
     /// [`WanDev::start`] with `--topology topology` (regions/wan-3.toml
     /// when `None`).
     pub fn start_with(offset: u16, topology: Option<&Path>) -> WanDev {
-        match Self::try_start(offset, topology) {
+        Self::start_with_env(offset, topology, &[])
+    }
+
+    /// [`WanDev::start_with`], with `env` (`MERIDIAN_<SECTION>__<FIELD>`
+    /// config overrides) set for `meridian dev` and so for every node.
+    pub fn start_with_env(offset: u16, topology: Option<&Path>, env: &[(&str, &str)]) -> WanDev {
+        match Self::try_start(offset, topology, env) {
             Ok(dev) => dev,
             Err(StartFailure::Exited(out)) => {
                 println!("meridian dev exited before it was ready; starting it once more:\n{out}");
-                match Self::try_start(offset, topology) {
+                match Self::try_start(offset, topology, env) {
                     Ok(dev) => dev,
                     Err(StartFailure::Exited(out) | StartFailure::TimedOut(out)) => {
                         panic!("meridian dev did not come up twice:\n{out}")
@@ -205,7 +213,11 @@ impl WanDev {
         }
     }
 
-    fn try_start(offset: u16, topology: Option<&Path>) -> Result<WanDev, StartFailure> {
+    fn try_start(
+        offset: u16,
+        topology: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<WanDev, StartFailure> {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let mut cmd = clean_command(&bin());
@@ -217,6 +229,7 @@ impl WanDev {
         }
         let mut dev = cmd
             .envs(NODE_ENV)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -238,6 +251,10 @@ impl WanDev {
             out: Vec::new(),
             procs: Mutex::new(Procs::default()),
             start_time: Duration::ZERO,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let ready = cluster.read_until_ready(&lines);
         let pids = cluster.procs().all_pids.clone();
@@ -437,6 +454,24 @@ impl WanDev {
         }
     }
 
+    /// SIGKILLs node `name`, waits (bounded) until it is gone, and deletes
+    /// its data directory: a node whose disk was lost. [`WanDev::restart`]
+    /// then starts it empty.
+    pub fn wipe(&self, name: &str) {
+        let pid = self.procs().pids[name];
+        self.kill9(name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while is_live_node(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} (pid {pid}) did not exit after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let data = self.dev_dir().join(name);
+        std::fs::remove_dir_all(&data).unwrap_or_else(|e| panic!("remove {}: {e}", data.display()));
+    }
+
     /// Starts node `name` again from its config and data directory, as
     /// `meridian dev` did (`meridian serve --config NAME.toml` in its
     /// directory), its output appended to its log.
@@ -450,6 +485,7 @@ impl WanDev {
         let child = clean_command(&bin())
             .current_dir(&dir)
             .envs(NODE_ENV)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["serve", "--config", &format!("{name}.toml")])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
