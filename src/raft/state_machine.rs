@@ -443,12 +443,9 @@ impl RangeStateMachine {
         self.store
             .apply_range_batch(&pending.records, &[(name.as_str(), bytes)], log_range)
             .map_err(|e| io_err("apply batch", e))?;
-        let last = Timestamp(self.state.last_ts);
         // Keep the local clock above every applied version, so this node
         // (if it becomes leader) proposes above them.
-        self.hlc.observe(last);
-        self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
-        self.publish_frontier();
+        self.publish_applied();
         pending.records.clear();
         pending.overlay.clear();
         pending.bytes = 0;
@@ -526,6 +523,21 @@ impl RangeStateMachine {
             self.state.last_ts = self.state.last_ts.max(last.ts.0);
         }
         self.cursors.insert(origin, accepted.cursor.0);
+        self.merge_with_state(&records, "apply replication batch")?;
+        self.publish_applied();
+        Ok(RangeReply {
+            succeeded: true,
+            version: accepted.cursor.0,
+        })
+    }
+}
+
+impl RangeStateMachine {
+    /// Merges another region's `records` with the applied state and the
+    /// cursors in slices of the storage cap, the last slice carrying the
+    /// state (a crash between slices re-applies the entry; merging is
+    /// idempotent). `what` names the operation in errors.
+    fn merge_with_state(&mut self, records: &[WriteRecord], what: &str) -> io::Result<()> {
         let (applied, applied_bytes) = applied_meta(self.range.id, &self.state)?;
         let (cursors, cursor_bytes) = cursors_meta(self.range.id, &self.cursors)?;
         let meta = [
@@ -536,22 +548,24 @@ impl RangeStateMachine {
         if slices.peek().is_none() {
             self.store
                 .merge_versions(&[], &meta)
-                .map_err(|e| io_err("apply replication batch", e))?;
+                .map_err(|e| io_err(what, e))?;
         }
         while let Some(slice) = slices.next() {
             let with: &[(&str, Vec<u8>)] = if slices.peek().is_none() { &meta } else { &[] };
             self.store
                 .merge_versions(slice, with)
-                .map_err(|e| io_err("apply replication batch", e))?;
+                .map_err(|e| io_err(what, e))?;
         }
+        Ok(())
+    }
+
+    /// Publishes the applied timestamp reached (the clock kept above it,
+    /// waiters woken through the frontier).
+    fn publish_applied(&mut self) {
         let last = Timestamp(self.state.last_ts);
         self.hlc.observe(last);
         self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
         self.publish_frontier();
-        Ok(RangeReply {
-            succeeded: true,
-            version: accepted.cursor.0,
-        })
     }
 }
 
@@ -647,24 +661,7 @@ impl RangeStateMachine {
         if chunk.last {
             self.cursors.insert(chunk.origin.clone(), chunk.at);
         }
-        let (applied, applied_bytes) = applied_meta(self.range.id, &self.state)?;
-        let (cursors, cursor_bytes) = cursors_meta(self.range.id, &self.cursors)?;
-        let meta = [
-            (applied.as_str(), applied_bytes),
-            (cursors.as_str(), cursor_bytes),
-        ];
-        let mut slices = records.chunks(APPLY_BATCH_RECORDS).peekable();
-        if slices.peek().is_none() {
-            self.store
-                .merge_versions(&[], &meta)
-                .map_err(|e| io_err("apply catch-up chunk", e))?;
-        }
-        while let Some(slice) = slices.next() {
-            let with: &[(&str, Vec<u8>)] = if slices.peek().is_none() { &meta } else { &[] };
-            self.store
-                .merge_versions(slice, with)
-                .map_err(|e| io_err("apply catch-up chunk", e))?;
-        }
+        self.merge_with_state(&records, "apply catch-up chunk")?;
         if chunk.last {
             let to = raised_horizon(horizon, Timestamp(self.frontier()));
             self.store
@@ -672,10 +669,7 @@ impl RangeStateMachine {
                 .map_err(|e| io_err("raise gc horizon after catch-up", e))?;
         }
         tracing::info!(range = self.range.id, origin = %chunk.origin, merged = records.len() - deleted, deleted, last = chunk.last, "catch-up chunk applied");
-        let last = Timestamp(self.state.last_ts);
-        self.hlc.observe(last);
-        self.applied_ts.fetch_max(last.0, Ordering::AcqRel);
-        self.publish_frontier();
+        self.publish_applied();
         Ok(RangeReply {
             succeeded: true,
             version: self.cursors.get(&chunk.origin).copied().unwrap_or(0),
