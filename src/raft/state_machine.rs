@@ -80,10 +80,33 @@ fn meta_name(range: u64) -> String {
     format!("raft/{range}/applied")
 }
 
+/// Format byte of the applied-state and install-marker entries:
+/// `[2] ++ postcard(..)`. The first builds wrote them as bare postcard
+/// (format 1, no marker), which always starts with 0 or 1 (the tag of the
+/// leading `Option<LogId>`), so both are told apart by the first byte and
+/// format 1 is still read.
+const META_FORMAT_V2: u8 = 2;
+
+/// Encodes a versioned metadata value (`[2] ++ postcard(value)`).
+fn encode_versioned<T: Serialize>(what: &str, value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_extend(value, vec![META_FORMAT_V2]).map_err(|e| io_err(what, e))
+}
+
+/// Decodes a value [`encode_versioned`] wrote, or the unmarked format 1.
+fn decode_versioned<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    match bytes.first() {
+        Some(&META_FORMAT_V2) => postcard::from_bytes(&bytes[1..]).map_err(|e| io_err(what, e)),
+        Some(0 | 1) => postcard::from_bytes(bytes).map_err(|e| io_err(what, e)),
+        other => Err(io_err(what, format!("unknown format byte {other:?}"))),
+    }
+}
+
 /// The metadata entry that records `state` as range `range`'s applied state.
 fn applied_meta(range: u64, state: &AppliedState) -> io::Result<(String, Vec<u8>)> {
-    let bytes = postcard::to_allocvec(state).map_err(|e| io_err("encode applied state", e))?;
-    Ok((meta_name(range), bytes))
+    Ok((
+        meta_name(range),
+        encode_versioned("encode applied state", state)?,
+    ))
 }
 
 /// Format byte of the cursors entry.
@@ -246,9 +269,7 @@ impl RangeStateMachine {
             .meta_get(&meta_name(range.id))
             .map_err(|e| io_err("load applied state", e))?;
         let state: AppliedState = match raw {
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|e| io_err("decode applied state", e))?
-            }
+            Some(bytes) => decode_versioned("decode applied state", &bytes)?,
             None => adopt_unreplicated_data(&range, &store, &hlc)?,
         };
         let cursors = match store
@@ -300,8 +321,7 @@ impl RangeStateMachine {
         let Some(raw) = raw.filter(|r| !r.is_empty()) else {
             return Ok(());
         };
-        let marker: InstallMarker =
-            postcard::from_bytes(&raw).map_err(|e| io_err("decode install marker", e))?;
+        let marker: InstallMarker = decode_versioned("decode install marker", &raw)?;
         tracing::warn!(range = self.range.id, path = %marker.path, "redoing an interrupted snapshot install");
         let (file, _) = SnapshotFile::open_verified(std::path::Path::new(&marker.path))?;
         let (state, cursors) = install_from_file(&self.points, &self.range, &marker.meta, &file)?;
@@ -867,7 +887,7 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
             meta: meta.clone(),
             path: file.path().to_string_lossy().into_owned(),
         };
-        let marker = postcard::to_allocvec(&marker).map_err(|e| io_err("encode marker", e))?;
+        let marker = encode_versioned("encode marker", &marker)?;
         self.store
             .meta_put_durable(&marker_name(self.range.id), &marker)
             .map_err(|e| io_err("record install marker", e))?;
@@ -1053,6 +1073,35 @@ mod tests {
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(7));
     }
+
+    /// The applied state's disk format: `[2] ++ postcard`, pinned; the
+    /// unmarked format 1 of the first builds is still read.
+    #[test]
+    fn frozen_applied_state_bytes_and_format_1_still_read() {
+        let state = AppliedState {
+            applied: Some(openraft::testing::log_id::<RangeTypes>(3, 1, 7)),
+            membership: Membership::default(),
+            last_ts: 5,
+        };
+        let (_, bytes) = applied_meta(1, &state).unwrap();
+        assert_eq!(bytes, FROZEN_APPLIED);
+        let back: AppliedState = decode_versioned("test", &bytes).unwrap();
+        assert_eq!((back.applied, back.last_ts), (state.applied, 5));
+        let legacy = postcard::to_allocvec(&state).unwrap();
+        assert_eq!(
+            &bytes[1..],
+            legacy.as_slice(),
+            "format 2 is format 1 behind a marker"
+        );
+        let back: AppliedState = decode_versioned("test", &legacy).unwrap();
+        assert_eq!((back.applied, back.last_ts), (state.applied, 5));
+        assert!(decode_versioned::<AppliedState>("test", &[9, 0]).is_err());
+        assert!(decode_versioned::<AppliedState>("test", &[]).is_err());
+    }
+
+    /// Format byte, `Some(LogId { term 3, node 1, index 7 })`, the empty
+    /// membership, `last_ts` 5.
+    const FROZEN_APPLIED: &[u8] = &[2, 1, 3, 1, 7, 0, 0, 0, 5];
 
     fn catch_up(
         at: u64,
@@ -1601,6 +1650,7 @@ mod tests {
             meta: meta.clone(),
             path: received.path().to_string_lossy().into_owned(),
         };
+        // Written unmarked (format 1), as the first builds did: still read.
         b.meta_put_durable(&marker_name(1), &postcard::to_allocvec(&marker).unwrap())
             .unwrap();
         b.clear_range_step(b"", None, 1).unwrap();
