@@ -1,6 +1,6 @@
 //! Cross-region catch-up on the three-region `meridian dev` (nine real
 //! `meridian serve` processes behind the WAN emulator): a region whose
-//! nodes lost their disks comes back empty, with a cursor of zero, while
+//! nodes lost their range data comes back empty, with a cursor of zero, while
 //! the other regions' change logs were collected long ago (a history
 //! window of 2 s here): it is brought up to their state by a catch-up in
 //! chunks (`replication::catch_up`), not left with a stream that cannot
@@ -120,7 +120,7 @@ async fn counter(dev: &WanDev, nodes: &[&str], name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_region_that_lost_its_disks_catches_up_from_the_other_regions_state() {
+async fn a_region_that_lost_its_range_data_catches_up_from_the_other_regions_state() {
     let dev = WanDev::start_with_env(
         OFFSET,
         None,
@@ -162,11 +162,27 @@ async fn a_region_that_lost_its_disks_catches_up_from_the_other_regions_state() 
     for node in ["ap-south-1", "ap-south-2", "ap-south-3"] {
         dev.restart(node);
     }
+    println!(
+        "ap-south restarted empty at {:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    );
     let took = wait_for_content(&dev, "ap-south", &want).await;
     println!(
         "ap-south caught up {:.1} s after its nodes restarted empty",
         took.as_secs_f64()
     );
+    // When the home region's leaders began each catch-up (their warnings).
+    for node in ["us-east-1", "us-east-2", "us-east-3"] {
+        for line in dev
+            .log_tail(node, usize::MAX)
+            .lines()
+            .filter(|l| l.contains("catching it up"))
+        {
+            println!("{node}: {line}");
+        }
+    }
     let after = counter(
         &dev,
         &["us-east-1", "us-east-2", "us-east-3"],

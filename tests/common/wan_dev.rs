@@ -455,8 +455,12 @@ impl WanDev {
     }
 
     /// SIGKILLs node `name`, waits (bounded) until it is gone, and deletes
-    /// its data directory: a node whose disk was lost. [`WanDev::restart`]
-    /// then starts it empty.
+    /// its data directory except the control range's store (`control/`):
+    /// a node whose range data was lost. [`WanDev::restart`] then starts
+    /// its ranges empty. The control range's replica is kept because a
+    /// control voter that loses its state must rejoin under a new identity
+    /// (Raft's votes and log must survive), which is not what this
+    /// simulates.
     pub fn wipe(&self, name: &str) {
         let pid = self.procs().pids[name];
         self.kill9(name);
@@ -469,7 +473,18 @@ impl WanDev {
             std::thread::sleep(Duration::from_millis(50));
         }
         let data = self.dev_dir().join(name);
-        std::fs::remove_dir_all(&data).unwrap_or_else(|e| panic!("remove {}: {e}", data.display()));
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "control") {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+        }
     }
 
     /// Starts node `name` again from its config and data directory, as
