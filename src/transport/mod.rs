@@ -361,13 +361,32 @@ pub fn client_endpoint_on(
     Ok(endpoint)
 }
 
+/// Longest a peer connection may stay silent before it is dropped (QUIC's
+/// idle timeout, the lower of the two ends' wins, so the dialling node's
+/// value holds). A peer's process that died sends nothing, not even a
+/// close; until the connection times out, every request on it waits for a
+/// reply that cannot come, and a restarted peer at the same address is not
+/// dialled again. 3 s of silence, with a keep-alive every
+/// [`PEER_KEEP_ALIVE_MS`], is six missed pings: far beyond the widest
+/// round trip between regions and a loaded host's scheduling stalls.
+pub const PEER_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// Keep-alive interval of a peer connection (see [`PEER_IDLE_TIMEOUT_MS`]).
+pub const PEER_KEEP_ALIVE_MS: u64 = 500;
+
 /// The client config a node dials its peers with: its node certificate
-/// (which must be one) and the peer protocol's ALPN [`ALPN_PEER`].
+/// (which must be one), the peer protocol's ALPN [`ALPN_PEER`], and
+/// `limits` with the idle timeout and keep-alive lowered to
+/// [`PEER_IDLE_TIMEOUT_MS`] and [`PEER_KEEP_ALIVE_MS`].
 pub fn peer_client_config(
     tls: &TlsFiles,
     limits: &EndpointLimits,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let transport = tls::transport_config(limits)?;
+    let limits = EndpointLimits {
+        idle_timeout_ms: limits.idle_timeout_ms.min(PEER_IDLE_TIMEOUT_MS),
+        keep_alive_ms: limits.keep_alive_ms.min(PEER_KEEP_ALIVE_MS),
+        ..limits.clone()
+    };
+    let transport = tls::transport_config(&limits)?;
     let id = load_node_identity(tls)?;
     tls::client_config(&id, transport, ALPN_PEER)
 }
