@@ -531,3 +531,59 @@ fn role_of_reads_each_issued_certificate() {
         Err(certs::CertError::NoRole)
     ));
 }
+
+/// A peer connection to a node that went silent (its process stopped, as
+/// after a SIGKILL: no close, nothing at all) is dropped after the peer
+/// idle timeout (`transport::PEER_IDLE_TIMEOUT_MS`), not the clients' 30 s,
+/// so the next request to that address dials afresh (a restarted node is
+/// reached again). The server runs on a runtime of its own thread, which
+/// the test then blocks: its endpoint stops answering anything.
+#[tokio::test]
+async fn a_silent_peer_connection_is_dropped_after_the_peer_idle_timeout() {
+    let pki = pki();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<()>();
+    let node = pki.node.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = transport::server_endpoint(
+                "127.0.0.1:0".parse().unwrap(),
+                &node,
+                &EndpointLimits::default(),
+            )
+            .unwrap();
+            addr_tx.send(server.local_addr().unwrap()).unwrap();
+            let conn = server.accept().await.unwrap().await.unwrap();
+            accepted_tx.send(()).unwrap();
+            // The only thread of this runtime sleeps: the endpoint goes
+            // silent with the connection open, as a killed process would.
+            std::thread::sleep(Duration::from_secs(20));
+            drop(conn);
+        });
+    });
+    let addr: SocketAddr = addr_rx.recv_timeout(WAIT).unwrap();
+    let endpoint = transport::client_endpoint(&pki.node, &EndpointLimits::default()).unwrap();
+    let config = transport::peer_client_config(&pki.node, &EndpointLimits::default()).unwrap();
+    let conn = tokio::time::timeout(WAIT, transport::connect_peer(&endpoint, &config, addr))
+        .await
+        .expect("bounded")
+        .unwrap();
+    accepted_rx.recv_timeout(WAIT).unwrap();
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("a silent peer's connection is dropped well before the clients' 30 s idle timeout");
+    assert!(
+        matches!(reason, quinn::ConnectionError::TimedOut),
+        "dropped for silence, not {reason:?}"
+    );
+    println!(
+        "silent peer connection dropped after {:.1} s (bound {} ms)",
+        started.elapsed().as_secs_f64(),
+        transport::PEER_IDLE_TIMEOUT_MS
+    );
+}
