@@ -159,11 +159,32 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# curl, with the dev cluster's CA and client certificate for an https URL
+# (a gateway with server.http_tls = true asks every request for one).
+curl_url() { # curl-args... url (last)
+    local url="${*: -1}"
+    if [[ "$url" == https://* ]]; then
+        curl --cacert "$MERIDIAN_CA" --cert "$MERIDIAN_CERT" --key "$MERIDIAN_KEY" "$@"
+    else
+        curl "$@"
+    fi
+}
+
+# The scheme of Meridian node i's gateway (0-based): https when its config
+# turns TLS on.
+meridian_scheme() { # i
+    if grep -qs '^http_tls = true' "$work/meridian-dev/node$(($1 + 1)).toml"; then
+        echo https
+    else
+        echo http
+    fi
+}
+
 wait_http() { # name pid url expected-substring
     local name="$1" pid="$2" url="$3" want="$4" body deadline=$((SECONDS + READY_TIMEOUT_SECS))
     while (( SECONDS < deadline )); do
         alive "$pid" || { echo "$name exited during startup; see its log in $work" >&2; return 1; }
-        body="$(curl -fsS --max-time 1 "$url" 2>/dev/null || true)"
+        body="$(curl_url -fsS --max-time 1 "$url" 2>/dev/null || true)"
         [[ "$body" == *"$want"* ]] && return 0
         sleep 0.2
     done
@@ -214,7 +235,7 @@ source "$work/meridian-dev/env"   # MERIDIAN_ENDPOINTS (all three nodes), MERIDI
 
 for i in 0 1 2; do
     wait_http "etcd ${ETCD_NAMES[i]}" "${etcd_pids[i]}" "http://$HOST:${ETCD_CLIENT_PORTS[i]}/health" '"health":"true"'
-    wait_http "meridian node$((i + 1))" "${node_pids[i]}" "http://$HOST:${meridian_http_ports[i]}/ready" '"ready"'
+    wait_http "meridian node$((i + 1))" "${node_pids[i]}" "$(meridian_scheme "$i")://$HOST:${meridian_http_ports[i]}/ready" '"ready"'
 done
 echo "   meridian: $MERIDIAN_ENDPOINTS (node pids ${node_pids[*]})"
 echo "   etcd:     $etcd_endpoints (pids ${etcd_pids[*]})"
@@ -283,11 +304,11 @@ scrape() { # system prefix
     } >"$2.cpu"
     for i in 0 1 2; do
         if [[ "$1" == meridian ]]; then
-            url="http://$HOST:${meridian_http_ports[i]}/metrics"
+            url="$(meridian_scheme "$i")://$HOST:${meridian_http_ports[i]}/metrics"
         else
             url="http://$HOST:${ETCD_CLIENT_PORTS[i]}/metrics"
         fi
-        curl -fsS --max-time 5 "$url" >"$2.s$((i + 1)).prom" 2>/dev/null || rm -f "$2.s$((i + 1)).prom"
+        curl_url -fsS --max-time 5 "$url" >"$2.s$((i + 1)).prom" 2>/dev/null || rm -f "$2.s$((i + 1)).prom"
     done
 }
 
