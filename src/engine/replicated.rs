@@ -463,6 +463,26 @@ impl Replicated {
     }
 }
 
+/// Counts a proposal in `meridian_raft_proposals_pending{range}` from the
+/// moment it waits for a slot until its caller has the outcome (or gave
+/// up: dropping the future drops the guard).
+struct PendingProposal(metrics::Gauge);
+
+impl PendingProposal {
+    fn start(range: u64) -> Self {
+        let gauge =
+            metrics::gauge!("meridian_raft_proposals_pending", "range" => range.to_string());
+        gauge.increment(1.0);
+        PendingProposal(gauge)
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,25 +526,5 @@ mod tests {
             Err(0),
             "other ranges are separate"
         );
-    }
-}
-
-/// Counts a proposal in `meridian_raft_proposals_pending{range}` from the
-/// moment it waits for a slot until its caller has the outcome (or gave
-/// up: dropping the future drops the guard).
-struct PendingProposal(metrics::Gauge);
-
-impl PendingProposal {
-    fn start(range: u64) -> Self {
-        let gauge =
-            metrics::gauge!("meridian_raft_proposals_pending", "range" => range.to_string());
-        gauge.increment(1.0);
-        PendingProposal(gauge)
-    }
-}
-
-impl Drop for PendingProposal {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
     }
 }
