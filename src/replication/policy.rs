@@ -303,7 +303,7 @@ impl PolicyTable {
     pub fn min_staleness_ms_in(&self, start: &[u8], end: Option<&[u8]>) -> u64 {
         let (prefix, first) = self.policy_of(start);
         let inside_one_prefix = prefix.zip(end).is_some_and(|(p, e)| {
-            e.starts_with(p) || prefix_successor(p).is_some_and(|s| e <= s.as_slice())
+            e.starts_with(p) || crate::types::prefix_end(p).is_some_and(|s| e <= s.as_slice())
         });
         let default = (!inside_one_prefix).then_some(self.default.max_staleness_ms);
         self.by_prefix
@@ -388,19 +388,6 @@ impl PolicyTable {
         }
         Ok(())
     }
-}
-
-/// The first key after every key that starts with `prefix`, or `None`
-/// when there is none (`prefix` empty or all 0xff bytes).
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut s = prefix.to_vec();
-    while let Some(last) = s.pop() {
-        if last < u8::MAX {
-            s.push(last + 1);
-            return Some(s);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
