@@ -33,25 +33,112 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// Rendered as a Prometheus summary (quantiles over a rolling window,
+    /// `_sum` and `_count`): the exporter's default without buckets.
+    Histogram,
+}
+
+/// Every metric a node exports that is described here, with its HELP text
+/// (gossip's and the HTTP gateway's describe their own). Names follow
+/// Prometheus conventions: base units last (`_seconds`, `_bytes`,
+/// `_entries`), `_total` on counters and only on counters.
+const METRICS: &[(Kind, &str, &str)] = &[
+    // Client requests.
+    (Kind::Counter, "meridian_requests_total", "Client requests by operation and outcome code (OK or an MER- code)."),
+    (Kind::Histogram, "meridian_request_duration_seconds", "Client request latency by operation, seconds."),
+    (Kind::Counter, "meridian_connections_refused_total", "QUIC connections refused, by reason (handshakes, limit, handshake, peer_role)."),
+    (Kind::Gauge, "meridian_client_connections", "Client connections open (peers not counted)."),
+    (Kind::Counter, crate::engine::levels::METRIC_LEVEL_READS, "Reads by consistency level and outcome (leader, local, redirect, too_stale, not_allowed)."),
+    (Kind::Histogram, crate::engine::levels::METRIC_CAUSAL_WAIT, "Time causal reads waited for the frontier to reach their token, seconds."),
+    // Raft.
+    (Kind::Gauge, "meridian_raft_is_leader", "1 if this node leads the range's Raft group in its region, else 0."),
+    (Kind::Gauge, "meridian_raft_term", "Current Raft term of the range's group on this node."),
+    (Kind::Gauge, "meridian_raft_commit_index", "Highest Raft log index this node knows committed, per range."),
+    (Kind::Gauge, "meridian_raft_applied_index", "Highest Raft log index applied on this node, per range."),
+    (Kind::Gauge, "meridian_raft_commit_lag_entries", "Raft log entries on this node not yet known committed, per range."),
+    (Kind::Gauge, "meridian_raft_apply_lag_entries", "Committed Raft log entries not yet applied on this node, per range."),
+    (Kind::Counter, "meridian_raft_leader_changes_total", "Changes of the range's leader as this node saw them (elections and losses)."),
+    (Kind::Gauge, "meridian_raft_proposals_pending", "Writes proposed on this node waiting to be applied, per range."),
+    (Kind::Histogram, "meridian_raft_proposal_duration_seconds", "Time from proposing a write to its being applied, seconds, per range."),
+    (Kind::Histogram, "meridian_raft_log_sync_seconds", "Duration of one Raft log fsync (group commit), seconds."),
+    (Kind::Histogram, "meridian_raft_log_sync_appends", "Raft log appends made durable by one fsync."),
+    (Kind::Counter, "meridian_raft_snapshots_built_total", "Snapshot points recorded."),
+    (Kind::Histogram, "meridian_raft_snapshot_build_seconds", "Time to record one snapshot point (a metadata write and a sync), seconds."),
+    (Kind::Histogram, "meridian_raft_snapshot_materialize_seconds", "Time to write one snapshot point's file for a lagging follower, seconds."),
+    (Kind::Histogram, "meridian_raft_snapshot_materialize_bytes", "Size of one materialised snapshot file, bytes."),
+    (Kind::Counter, "meridian_raft_snapshot_stale_points_total", "Snapshot requests that found their point already replaced."),
+    (Kind::Counter, "meridian_raft_snapshots_sent_total", "Snapshots sent to a follower and installed there."),
+    (Kind::Counter, "meridian_raft_snapshots_installed_total", "Snapshots installed on this node."),
+    (Kind::Counter, "meridian_raft_snapshot_sent_bytes_total", "Snapshot bytes sent to followers."),
+    (Kind::Counter, "meridian_raft_snapshot_received_bytes_total", "Snapshot bytes received from leaders."),
+    // Storage.
+    (Kind::Gauge, "meridian_storage_size_bytes", "Bytes the store occupies on disk (data, Raft log, journal)."),
+    (Kind::Gauge, "meridian_storage_poisoned", "1 once a failed write or fsync poisoned the store (restart needed), else 0."),
+    (Kind::Counter, "meridian_storage_poisoned_total", "Write or fsync failures that poisoned the store."),
+    (Kind::Histogram, "meridian_storage_sync_seconds", "Duration of one store-wide persist (fsync under storage.fsync = always), seconds."),
+    (Kind::Counter, "meridian_storage_gc_removed_versions_total", "Old versions removed by garbage-collection steps."),
+    (Kind::Counter, crate::engine::METRIC_GC_REMOVED, "Old versions removed by garbage collection, as the collector counts them."),
+    (Kind::Counter, crate::engine::METRIC_GC_SWEEPS, "Garbage-collection sweeps completed."),
+    (Kind::Gauge, crate::engine::METRIC_GC_LAST_SWEEP, "Unix time the last garbage-collection sweep completed, seconds."),
+    (Kind::Gauge, crate::engine::METRIC_GC_HORIZON_AGE, "How far the range's collection horizon is behind the wall clock, seconds."),
+    // Clock.
+    (Kind::Counter, crate::clock::METRIC_OFFSET_REJECTIONS, "Remote timestamps refused for being more than max_offset_ms ahead."),
+    (Kind::Counter, crate::clock::METRIC_OFFSET_OBSERVED, "Committed timestamps applied while more than max_offset_ms ahead."),
+    (Kind::Gauge, "meridian_clock_remote_ahead_seconds", "Largest lead of a remote timestamp over this node's wall clock in the last sampling window, seconds."),
+    (Kind::Gauge, "meridian_clock_max_offset_seconds", "The configured clock.max_offset_ms, seconds."),
+    // Cross-region replication.
+    (Kind::Gauge, "meridian_replication_acked_lag_seconds", "How far the destination's acknowledged cursor is behind the clock, seconds (origin's range leader)."),
+    (Kind::Histogram, "meridian_replication_batch_seconds", "Replication batch round trip, send to acknowledgement, seconds."),
+    (Kind::Counter, "meridian_replication_bytes_total", "Replication bytes sent, per range and destination."),
+    (Kind::Counter, "meridian_replication_resends_total", "Replication batches sent again after a loss or a restart."),
+    (Kind::Counter, "meridian_replication_stream_restarts_total", "Replication streams restarted, per range and destination."),
+    (Kind::Counter, "meridian_replication_catch_ups_total", "Cross-region catch-ups from a frozen view, per range and destination."),
+    (Kind::Histogram, "meridian_replication_lag_seconds", "Apply time at the destination minus the change's origin HLC time, seconds."),
+    (Kind::Gauge, "meridian_replication_frontier_age_seconds", "How far the range's frontier on this node is behind the clock, seconds."),
+    (Kind::Gauge, crate::engine::METRIC_MAX_STALENESS, "Tightest max_staleness_ms of the policies governing the range, seconds."),
+    (Kind::Histogram, "meridian_sync_confirm_duration_seconds", "Time for sync-N writes to be confirmed by N other regions, seconds."),
+    (Kind::Counter, "meridian_sync_unconfirmed_total", "sync-N writes not confirmed by N other regions in time (MER-3005)."),
+    // Control range.
+    (Kind::Gauge, "meridian_control_policy_version", "Version of the control range's policy table installed on this node."),
+];
+
+/// Counters and gauges without labels that exist from start-up at zero,
+/// so a dashboard or an alert sees 0 rather than no data before the first
+/// event (the convention of Prometheus client libraries).
+const ZERO_AT_START: &[&str] = &[
+    "meridian_raft_snapshots_built_total",
+    "meridian_raft_snapshot_stale_points_total",
+    "meridian_raft_snapshots_sent_total",
+    "meridian_raft_snapshots_installed_total",
+    "meridian_raft_snapshot_sent_bytes_total",
+    "meridian_raft_snapshot_received_bytes_total",
+    "meridian_storage_poisoned_total",
+    "meridian_storage_gc_removed_versions_total",
+    crate::engine::METRIC_GC_REMOVED,
+    crate::engine::METRIC_GC_SWEEPS,
+    crate::clock::METRIC_OFFSET_REJECTIONS,
+    crate::clock::METRIC_OFFSET_OBSERVED,
+];
+
 fn describe_metrics() {
-    use metrics::{describe_counter, describe_histogram, Unit};
-    describe_counter!(
-        "meridian_requests_total",
-        "Client requests by operation and outcome code"
-    );
-    describe_histogram!(
-        "meridian_request_duration_seconds",
-        Unit::Seconds,
-        "Client request latency by operation"
-    );
-    describe_counter!(
-        crate::engine::METRIC_GC_REMOVED,
-        "Old versions removed by garbage collection"
-    );
-    describe_counter!(
-        crate::clock::METRIC_OFFSET_REJECTIONS,
-        "Remote timestamps refused for exceeding max_offset_ms"
-    );
+    for &(kind, name, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+    for &name in ZERO_AT_START {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in ["handshakes", "limit", "handshake", "peer_role"] {
+        metrics::counter!("meridian_connections_refused_total", "reason" => reason).absolute(0);
+    }
 }
 
 /// Installs the global tracing subscriber (first call wins; later calls are no-ops).

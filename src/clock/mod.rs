@@ -169,6 +169,9 @@ pub struct Hlc {
     persist_lock: Mutex<()>,
     persist_window_ms: i64,
     max_offset_ms: u64,
+    /// The most any remote timestamp checked or observed since the last
+    /// [`Hlc::take_max_remote_ahead_ms`] was ahead of our wall clock, ms.
+    max_remote_ahead_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Hlc {
@@ -218,7 +221,23 @@ impl Hlc {
             persist_lock: Mutex::new(()),
             persist_window_ms: i64::try_from(persist_window_ms).unwrap_or(i64::MAX),
             max_offset_ms,
+            max_remote_ahead_ms: AtomicI64::new(0),
         })
+    }
+
+    /// The configured `max_offset_ms`.
+    pub fn max_offset_ms(&self) -> u64 {
+        self.max_offset_ms
+    }
+
+    /// The most any remote timestamp checked ([`Hlc::check_remote`]) or
+    /// observed ([`Hlc::observe`]) since the previous call was ahead of
+    /// this node's wall clock, in ms (0 when none was ahead), and starts a
+    /// new window. This is the offset the refusal rule compares with
+    /// `max_offset_ms`; a node publishes it as
+    /// `meridian_clock_remote_ahead_seconds`.
+    pub fn take_max_remote_ahead_ms(&self) -> i64 {
+        self.max_remote_ahead_ms.swap(0, Ordering::Relaxed)
     }
 
     /// Issues a new timestamp, strictly greater than every one issued before.
@@ -265,6 +284,8 @@ impl Hlc {
     pub fn check_remote(&self, remote: Timestamp) -> Result<(), ClockError> {
         let wall = self.wall.now_unix_ms();
         let ahead_ms = remote.physical_unix_ms().saturating_sub(wall);
+        self.max_remote_ahead_ms
+            .fetch_max(ahead_ms, Ordering::Relaxed);
         if ahead_ms > i64::try_from(self.max_offset_ms).unwrap_or(i64::MAX) {
             metrics::counter!(METRIC_OFFSET_REJECTIONS).increment(1);
             tracing::warn!(%remote, ahead_ms, max_offset_ms = self.max_offset_ms, "refused remote timestamp");
@@ -284,6 +305,8 @@ impl Hlc {
     pub fn observe(&self, ts: Timestamp) {
         let wall = self.wall.now_unix_ms();
         let ahead_ms = ts.physical_unix_ms().saturating_sub(wall);
+        self.max_remote_ahead_ms
+            .fetch_max(ahead_ms, Ordering::Relaxed);
         if ahead_ms > i64::try_from(self.max_offset_ms).unwrap_or(i64::MAX) {
             metrics::counter!(METRIC_OFFSET_OBSERVED).increment(1);
             tracing::warn!(%ts, ahead_ms, "applied a committed timestamp far ahead of the local clock");
@@ -423,6 +446,26 @@ mod tests {
         let merged = hlc.update(near).unwrap();
         assert!(merged > near && merged > before);
         assert!(hlc.now().unwrap() > near);
+    }
+
+    #[test]
+    fn the_largest_remote_lead_is_reported_once_per_window() {
+        let wall = Arc::new(ManualPhysicalClock::new(T0));
+        let hlc = Hlc::open(wall.clone(), MemMark::default(), 500, 1000).unwrap();
+        assert_eq!(hlc.take_max_remote_ahead_ms(), 0);
+        hlc.check_remote(Timestamp::from_parts(T0 + 120, 0).unwrap())
+            .unwrap();
+        hlc.observe(Timestamp::from_parts(T0 + 300, 0).unwrap());
+        // A refused timestamp counts too: it is the offset being watched.
+        assert!(hlc
+            .check_remote(Timestamp::from_parts(T0 + 700, 0).unwrap())
+            .is_err());
+        hlc.check_remote(Timestamp::from_parts(T0 - 50, 0).unwrap())
+            .unwrap();
+        assert_eq!(hlc.take_max_remote_ahead_ms(), 700);
+        // A new window starts empty.
+        assert_eq!(hlc.take_max_remote_ahead_ms(), 0);
+        assert_eq!(hlc.max_offset_ms(), 500);
     }
 
     #[test]

@@ -57,6 +57,18 @@ fn write_keys(kind: &WriteKind) -> Vec<&[u8]> {
 /// Metric: versions removed by garbage collection.
 pub const METRIC_GC_REMOVED: &str = "meridian_gc_removed_versions_total";
 
+/// Metric: the tightest staleness bound of the policies governing a range, seconds.
+pub const METRIC_MAX_STALENESS: &str = "meridian_replication_max_staleness_seconds";
+
+/// Metric: completed garbage-collection sweeps.
+pub const METRIC_GC_SWEEPS: &str = "meridian_storage_gc_sweeps_total";
+
+/// Metric: Unix time at which the last garbage-collection sweep finished, seconds.
+pub const METRIC_GC_LAST_SWEEP: &str = "meridian_storage_gc_last_sweep_timestamp_seconds";
+
+/// Metric: how far a range's collection horizon is behind the wall clock, seconds.
+pub const METRIC_GC_HORIZON_AGE: &str = "meridian_storage_gc_horizon_age_seconds";
+
 /// Result of a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -178,7 +190,7 @@ impl Engine {
             .name("meridian-gc".into())
             .spawn(move || collector.run(gc_stop_rx))
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("spawn gc: {e}")))?;
-        Ok(Engine {
+        let engine = Engine {
             region,
             store,
             hlc,
@@ -189,7 +201,25 @@ impl Engine {
             },
             policies: std::sync::RwLock::new(opts.replication.table),
             gc: std::sync::Mutex::new(Some((gc_stop, gc))),
-        })
+        };
+        engine.publish_staleness_bounds();
+        Ok(engine)
+    }
+
+    /// Sets `meridian_replication_max_staleness_seconds{range}` for every
+    /// range: the tightest `max_staleness_ms` of the policies governing its
+    /// keys, which the alert on `meridian_replication_frontier_age_seconds`
+    /// compares against.
+    fn publish_staleness_bounds(&self) {
+        let table = self
+            .policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in self.region.ranges() {
+            let ms = table.min_staleness_ms_in(&r.start, r.end.as_deref());
+            metrics::gauge!(METRIC_MAX_STALENESS, "range" => r.id.to_string())
+                .set(ms as f64 / 1000.0);
+        }
     }
 
     /// The request limits in force.
@@ -235,6 +265,8 @@ impl Engine {
             return Ok(false);
         }
         *current = table;
+        drop(current);
+        self.publish_staleness_bounds();
         Ok(true)
     }
 
@@ -918,6 +950,9 @@ impl Collector {
             wait = if self.step() {
                 GC_STEP_PAUSE
             } else {
+                metrics::counter!(METRIC_GC_SWEEPS).increment(1);
+                let now_ms = crate::clock::PhysicalClock::now_unix_ms(&crate::clock::SystemClock);
+                metrics::gauge!(METRIC_GC_LAST_SWEEP).set(now_ms as f64 / 1000.0);
                 self.interval
             };
         }
@@ -930,6 +965,10 @@ impl Collector {
             let Some(h) = horizon_below(g.frontier_ts(), self.history_window) else {
                 continue; // nothing applied long enough ago
             };
+            let now_ms = crate::clock::PhysicalClock::now_unix_ms(&crate::clock::SystemClock);
+            let age_ms = now_ms.saturating_sub(h.physical_unix_ms()).max(0);
+            metrics::gauge!(METRIC_GC_HORIZON_AGE, "range" => g.desc.id.to_string())
+                .set(age_ms as f64 / 1000.0);
             let stats = self.store.gc_span(g.desc.id, h, GC_BATCH_VERSIONS);
             more |= self.record(g.desc.id, stats);
             // The change log is kept as long as the history: a history window

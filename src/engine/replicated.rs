@@ -254,6 +254,7 @@ impl Replicated {
     ) -> Result<TxnOutcome, ApiError> {
         let group = self.group(range)?;
         let started = std::time::Instant::now();
+        let _pending = PendingProposal::start(range.id);
         // The semaphore is never closed, so acquiring only waits.
         let _slot = self
             .pending
@@ -459,6 +460,26 @@ impl Replicated {
                 range.id
             ))),
         }
+    }
+}
+
+/// Counts a proposal in `meridian_raft_proposals_pending{range}` from the
+/// moment it waits for a slot until its caller has the outcome (or gave
+/// up: dropping the future drops the guard).
+struct PendingProposal(metrics::Gauge);
+
+impl PendingProposal {
+    fn start(range: u64) -> Self {
+        let gauge =
+            metrics::gauge!("meridian_raft_proposals_pending", "range" => range.to_string());
+        gauge.increment(1.0);
+        PendingProposal(gauge)
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -18,7 +18,7 @@ use rand::{RngExt, SeedableRng};
 use super::broadcast::{self, BroadcastStore, Handler};
 use super::identity::GossipId;
 use super::seal::{Sealer, NONCE_LEN};
-use super::stats::{GossipStats, METRIC_MEMBERS};
+use super::stats::{GossipStats, METRIC_MEMBERS, METRIC_RTT};
 use super::timers::GossipTimers;
 use super::view::{
     region_counts, HealthReport, Incarnation, MemberState, MemberView, MembershipEvent, Snapshot,
@@ -511,6 +511,21 @@ impl GossipCore {
         }
     }
 
+    /// Sets `meridian_gossip_rtt_seconds{peer_region}`: the mean smoothed
+    /// RTT over the live members of `region` this node has measured.
+    fn publish_region_rtt(&self, region: &str) {
+        let (sum_ms, n) = self
+            .tracked
+            .values()
+            .filter(|t| t.id.region == region && t.state.is_active())
+            .filter_map(|t| self.rtt.srtt(&t.id.node_id))
+            .fold((0.0, 0u32), |(sum, n), ms| (sum + ms, n + 1));
+        if n > 0 {
+            metrics::gauge!(METRIC_RTT, "peer_region" => region.to_owned())
+                .set(sum_ms / f64::from(n) / 1e3);
+        }
+    }
+
     fn on_pong(&mut self, now: Instant, pong: PongV1) {
         if pong.responder.node_id == self.identity().node_id {
             return;
@@ -519,6 +534,7 @@ impl GossipCore {
             return;
         };
         self.members_dirty = true;
+        self.publish_region_rtt(&pong.responder.region);
         // Announce to a seed that answered while we are not in a cluster,
         // or that is not a live member of ours: a cluster that split at
         // start-up (each part joined through the seeds that answered first)

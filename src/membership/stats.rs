@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Gauge: members by state as this node sees them (self included).
-pub const METRIC_MEMBERS: &str = "meridian_members";
+pub const METRIC_MEMBERS: &str = "meridian_gossip_members";
 /// Counter: members this node saw become Suspect.
 pub const METRIC_SUSPICIONS: &str = "meridian_gossip_suspicions_total";
 /// Counter: suspicions this node saw refuted (false suspicions).
@@ -26,6 +26,9 @@ pub const METRIC_DROPPED: &str = "meridian_gossip_dropped_total";
 pub const METRIC_PROTOCOL_ERRORS: &str = "meridian_gossip_protocol_errors_total";
 /// Counter: times this node was declared Down while alive and rejoined.
 pub const METRIC_REJOINS: &str = "meridian_gossip_rejoins_total";
+/// Gauge `{peer_region}`: mean smoothed round trip to the live members of
+/// a region, seconds (this node's own region included).
+pub const METRIC_RTT: &str = "meridian_gossip_rtt_seconds";
 
 /// `reason` labels of [`METRIC_AUTH_DROPPED`], in [`GossipStatsSnapshot`]
 /// order.
@@ -61,6 +64,27 @@ pub fn describe_metrics() {
         "Authenticated gossip messages the protocol refused."
     );
     metrics::describe_counter!(METRIC_REJOINS, "Rejoins after being declared Down.");
+    // Event counters exist from start-up at 0, so dashboards and alerts
+    // see "none" rather than no data.
+    for name in [
+        METRIC_SUSPICIONS,
+        METRIC_REFUTED,
+        METRIC_DOWNS,
+        METRIC_PACKETS_SENT,
+        METRIC_PACKETS_RECEIVED,
+        METRIC_PROTOCOL_ERRORS,
+        METRIC_REJOINS,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in AUTH_DROP_REASONS {
+        metrics::counter!(METRIC_AUTH_DROPPED, "reason" => reason).absolute(0);
+    }
+    metrics::describe_gauge!(
+        METRIC_RTT,
+        metrics::Unit::Seconds,
+        "Mean smoothed gossip round trip to the live members of peer_region."
+    );
 }
 
 /// Live counters of one node.

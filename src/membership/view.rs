@@ -27,7 +27,7 @@ impl MemberState {
         matches!(self, MemberState::Alive | MemberState::Suspect)
     }
 
-    /// The `state` label of `meridian_members`.
+    /// The `state` label of `meridian_gossip_members`.
     pub fn label(self) -> &'static str {
         match self {
             MemberState::Alive => "alive",

@@ -740,9 +740,21 @@ impl RaftHost {
             let range_id = g.desc.id;
             tokio::spawn(async move {
                 let mut hinted_term = None;
+                let mut seen_leader = None;
                 loop {
                     {
                         let m = rx.borrow_watched();
+                        // A change of the leader this node knows of (a new
+                        // leader elected, or the old one lost): counted
+                        // once per node, so a flapping range shows on
+                        // every member.
+                        if m.current_leader != seen_leader {
+                            if seen_leader.is_some() || m.current_leader.is_some() {
+                                metrics::counter!("meridian_raft_leader_changes_total", "range" => range.clone())
+                                    .increment(1);
+                            }
+                            seen_leader = m.current_leader;
+                        }
                         if let Some((membership, name)) = &hints {
                             if m.current_leader == Some(me) && hinted_term != Some(m.current_term) {
                                 hinted_term = Some(m.current_term);
@@ -761,6 +773,11 @@ impl RaftHost {
                         metrics::gauge!("meridian_raft_commit_index", &labels).set(commit as f64);
                         let applied = m.last_applied.map_or(0, |l| l.index);
                         metrics::gauge!("meridian_raft_applied_index", &labels).set(applied as f64);
+                        let last = m.last_log_index.unwrap_or(0);
+                        metrics::gauge!("meridian_raft_commit_lag_entries", &labels)
+                            .set(last.saturating_sub(commit) as f64);
+                        metrics::gauge!("meridian_raft_apply_lag_entries", &labels)
+                            .set(commit.saturating_sub(applied) as f64);
                     }
                     if rx.changed().await.is_err() {
                         break; // the group shut down

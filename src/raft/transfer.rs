@@ -91,7 +91,10 @@ pub async fn send_snapshot(
     }
     let _ = send.finish();
     match read_reply(&mut recv, SNAPSHOT_INSTALL_TIMEOUT_MS).await? {
-        PeerResponseV1::SnapshotInstalled(bytes) => Ok(bytes),
+        PeerResponseV1::SnapshotInstalled(bytes) => {
+            metrics::counter!("meridian_raft_snapshots_sent_total").increment(1);
+            Ok(bytes)
+        }
         PeerResponseV1::Err { code, message } => Err(net("refused", format!("{code} {message}"))),
         other => Err(net("unexpected reply", format!("{other:?}"))),
     }

@@ -295,6 +295,27 @@ impl PolicyTable {
         }
     }
 
+    /// The smallest `max_staleness_ms` of the policies that govern some
+    /// key in `[start, end)` (`end` `None`: to the end of the keyspace):
+    /// the policy of `start`, of every configured prefix inside the span,
+    /// and the default unless the span lies inside one prefix. It is never
+    /// looser than the bound of any key in the span.
+    pub fn min_staleness_ms_in(&self, start: &[u8], end: Option<&[u8]>) -> u64 {
+        let (prefix, first) = self.policy_of(start);
+        let inside_one_prefix = prefix.zip(end).is_some_and(|(p, e)| {
+            e.starts_with(p) || crate::types::prefix_end(p).is_some_and(|s| e <= s.as_slice())
+        });
+        let default = (!inside_one_prefix).then_some(self.default.max_staleness_ms);
+        self.by_prefix
+            .range(start.to_vec()..)
+            .take_while(|(p, _)| end.is_none_or(|e| p.as_slice() < e))
+            .map(|(_, policy)| policy.max_staleness_ms)
+            .chain([first.max_staleness_ms])
+            .chain(default)
+            .min()
+            .unwrap_or(first.max_staleness_ms)
+    }
+
     /// Sets (or replaces) the policy of `prefix`. Refused, with nothing
     /// changed, when the policy names an unknown region or the prefix nests
     /// with another policy's prefix.
@@ -385,6 +406,25 @@ mod tests {
     fn table() -> PolicyTable {
         let regions = vec!["us-east".into(), "eu-west".into(), "ap-south".into()];
         PolicyTable::new(regions, policy(Consistency::Strong, "us-east")).unwrap()
+    }
+
+    #[test]
+    fn min_staleness_in_a_span_counts_its_start_and_the_prefixes_inside() {
+        let mut t = table(); // default bound 5 s
+        let bound = |ms| Policy {
+            max_staleness_ms: ms,
+            ..policy(Consistency::Eventual, "us-east")
+        };
+        t.set(b"a/", bound(2_000)).unwrap();
+        t.set(b"c/", bound(9_000)).unwrap();
+        // Only the default governs a span without prefixes.
+        assert_eq!(t.min_staleness_ms_in(b"x", Some(b"z")), 5_000);
+        // A prefix inside the span tightens it; one past its end does not.
+        assert_eq!(t.min_staleness_ms_in(b"", Some(b"b")), 2_000);
+        assert_eq!(t.min_staleness_ms_in(b"b", Some(b"c/")), 5_000);
+        // A span starting inside a looser prefix still has default keys after it.
+        assert_eq!(t.min_staleness_ms_in(b"c/", None), 5_000);
+        assert_eq!(t.min_staleness_ms_in(b"c/", Some(b"c0")), 9_000);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod control;
 mod dispatch;
+mod gauges;
 mod peer;
 mod region;
 pub mod streams;
@@ -79,6 +80,8 @@ pub struct Node {
     http_task: Option<tokio::task::JoinHandle<()>>,
     /// The cross-region replication streams (multi-region only).
     streams_task: Option<tokio::task::JoinHandle<()>>,
+    /// The node-wide gauge sampler.
+    gauges_task: tokio::task::JoinHandle<()>,
     /// This node's replica of the control range and its follower task.
     control: Option<(Arc<ControlRange>, tokio::task::JoinHandle<()>)>,
 }
@@ -177,6 +180,12 @@ impl Node {
             control: control.clone(),
         });
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
+        let gauges_task = gauges::spawn(gauges::Sources {
+            store: engine.store().clone(),
+            hlc: engine.clock().clone(),
+            conn_limit: conn_limit.clone(),
+            max_connections: cfg.max_connections,
+        });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
         region::bootstrap(&host, &rc).await?;
         let control = match (control, &cfg.control) {
@@ -230,6 +239,7 @@ impl Node {
             accept_task,
             http_task,
             streams_task,
+            gauges_task,
             control,
         })
     }
@@ -267,6 +277,7 @@ impl Node {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept_task.abort();
+        self.gauges_task.abort();
         if let Some(t) = self.streams_task {
             t.abort();
         }

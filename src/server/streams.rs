@@ -211,6 +211,16 @@ enum StreamEnd {
 /// One outbound stream until this node stops leading the range.
 async fn stream(ctx: StreamContext, g: Arc<RangeGroup>, region: String) {
     let range = g.desc.id.to_string();
+    // The stream's event counters exist from its start, at 0: a dashboard
+    // shows "no restarts" rather than no data.
+    for name in [
+        "meridian_replication_stream_restarts_total",
+        "meridian_replication_resends_total",
+        "meridian_replication_catch_ups_total",
+    ] {
+        metrics::counter!(name, "range" => range.clone(), "destination" => region.clone())
+            .increment(0);
+    }
     loop {
         if !is_leader(&ctx.host, &g) {
             return;

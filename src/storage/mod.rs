@@ -989,6 +989,17 @@ impl MvccStore {
         self.inner.poisoned.load(Ordering::Acquire)
     }
 
+    /// Bytes the store occupies on disk (every keyspace, the Raft log's
+    /// included, and the journal), as fjall counts them; `None` if fjall
+    /// cannot tell (the error is logged at debug: it is only a metric).
+    pub fn disk_space_bytes(&self) -> Option<u64> {
+        self.inner
+            .db
+            .disk_space()
+            .map_err(|e| tracing::debug!(error = %e, "cannot measure the store's disk space"))
+            .ok()
+    }
+
     fn check_poisoned(&self) -> Result<(), StorageError> {
         if self.is_poisoned() {
             return Err(StorageError::Poisoned);

@@ -17,6 +17,7 @@
 //! the other regions; gossip spans every region.
 
 mod demo;
+mod prometheus;
 mod topology;
 mod wan;
 
@@ -320,9 +321,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cert: certs_dir.join("client.pem"),
         key: certs_dir.join("client.key"),
     };
-    let result = match write_env_files(&dir, &tls, &layout, control) {
-        Ok(env_files) => {
+    let written = write_env_files(&dir, &tls, &layout, control).and_then(|env| {
+        let prometheus = prometheus::write_config(&dir, &layout)?;
+        Ok((env, prometheus))
+    });
+    let result = match written {
+        Ok((env_files, prometheus)) => {
             announce(&dir, &layout, &nodes, &env_files, emulator.as_ref());
+            prometheus::announce(&prometheus, &dir, args.port_offset);
             serve(&args, &topo, &layout, &tls, &mut nodes, emulator.as_ref()).await
         }
         Err(e) => Err(e),
