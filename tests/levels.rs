@@ -434,7 +434,8 @@ async fn a_strong_prefix_homed_elsewhere_refuses_local_writes_and_the_sdk_follow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bounded_reads_fail_too_stale_while_no_other_region_closes_the_frontier() {
+async fn bounded_reads_fail_too_stale_while_no_other_region_closes_the_frontier_except_at_a_strong_home(
+) {
     let (a, b) = two_regions().await;
     let cb = bounded(Client::connect(client_config(b.quic_addr(), &a)))
         .await
@@ -453,12 +454,16 @@ async fn bounded_reads_fail_too_stale_while_no_other_region_closes_the_frontier(
         .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::TooStale), "{e}");
     assert!(e.to_string().contains("bound of 10 ms"), "{e}");
-    // At its own home region there is nowhere fresher to go: too stale
-    // even when asked to redirect.
-    let e = bounded(cb.get_at_level("loc/x", tight(OnStale::Redirect)))
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ErrorCode::TooStale), "{e}");
+    // At its own home region a strong prefix (written only there) is
+    // served by the range leader, fresher than any bound, whatever
+    // `on_stale` says.
+    for on_stale in [OnStale::Redirect, OnStale::Fail] {
+        let r = bounded(cb.get_at_level("loc/x", tight(on_stale)))
+            .await
+            .unwrap();
+        assert_eq!(r.kv.unwrap().value, b"1");
+        assert_eq!(r.staleness_ms, 0, "served at the leader");
+    }
     // Eventual never waits and reads the latest local state: r2's own
     // write, above the stalled frontier, reporting how stale that is.
     let ev = bounded(cb.get_at_level("ev/x", ReadLevel::Eventual))

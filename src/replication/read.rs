@@ -150,10 +150,20 @@ pub fn decide(input: &ReadInput<'_>, level: &ReadLevel) -> ReadDecision {
         } => {
             if lag <= max_staleness_ms {
                 local
+            } else if at_home
+                && (input.policy.consistency == Consistency::Strong || input.only_region)
+            {
+                // Only the home region writes a strong prefix (and a lone
+                // region writes everything): its leader's linearizable read
+                // is as fresh as any read can be, whatever the bound, and
+                // never leaves the region.
+                ReadDecision::Leader
             } else {
                 match on_stale {
                     OnStale::Redirect if !at_home => ReadDecision::Redirect,
-                    // At home there is nowhere fresher to send it.
+                    // At the home of a prefix other regions write too, no
+                    // node has their writes past the frontier: nowhere is
+                    // fresher.
                     OnStale::Redirect | OnStale::Fail => {
                         ReadDecision::TooStale { staleness_ms: lag }
                     }
@@ -289,11 +299,27 @@ mod tests {
         let at_home = input(&p, "us-east", 8_000, 10_000);
         assert_eq!(
             decide(&at_home, &BOUNDED_1S),
+            ReadDecision::Leader,
+            "only the home region writes a strong prefix: its leader is fresher than any bound"
+        );
+        assert_eq!(decide(&at_home, &fail), ReadDecision::Leader);
+        // A prefix every region writes: at its home no node has the other
+        // regions' writes past the frontier.
+        let causal = policy(Consistency::Causal);
+        let causal_home = input(&causal, "us-east", 8_000, 10_000);
+        assert_eq!(
+            decide(&causal_home, &BOUNDED_1S),
             ReadDecision::TooStale {
                 staleness_ms: 2_000
             },
             "no fresher region to redirect to"
         );
+        // A lone region writes everything: its leader serves any prefix.
+        let lone = ReadInput {
+            only_region: true,
+            ..causal_home
+        };
+        assert_eq!(decide(&lone, &BOUNDED_1S), ReadDecision::Leader);
     }
 
     #[test]
