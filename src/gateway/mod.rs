@@ -23,6 +23,7 @@ mod dto;
 mod error;
 mod handlers;
 mod openapi;
+mod strict;
 
 use std::future::Future;
 use std::io;
@@ -131,10 +132,54 @@ fn router(state: GatewayState) -> Router {
         .route("/openapi.json", get(openapi::serve_document))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
+        // Runs before routing and extraction, so no handler sees a request
+        // with an encoding it cannot read or a malformed escape.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         // Bodies past the limit fail the Bytes extractor with 413, which
         // `handlers::body` turns into MER-1003.
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Refuses, before any handler runs, what no route can read: a body in a
+/// `Content-Encoding` other than identity (415), and a path or query string
+/// with a malformed percent-escape or escaped bytes that are not UTF-8 (400;
+/// see `strict.rs`).
+async fn guard(
+    axum::extract::State(state): axum::extract::State<GatewayState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match check_request(&request) {
+        Ok(()) => next.run(request).await,
+        Err(e) => observe(&state, "refused", async { Err(e) }).await,
+    }
+}
+
+fn check_request(request: &axum::extract::Request) -> Result<(), GatewayError> {
+    for value in request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+    {
+        let encodings = value.to_str().unwrap_or("(not ASCII)");
+        let unsupported = encodings
+            .split(',')
+            .map(str::trim)
+            .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        if let Some(encoding) = unsupported {
+            return Err(GatewayError::api(
+                ErrorCode::UnsupportedEncoding,
+                format!(
+                    "Content-Encoding {encoding:?} is not supported; the gateway stores request bodies as sent and decodes none"
+                ),
+            ));
+        }
+    }
+    strict::check_percent_encoding(request.uri().path(), "path")?;
+    if let Some(query) = request.uri().query() {
+        strict::check_percent_encoding(query, "query string")?;
+    }
+    Ok(())
 }
 
 fn describe_metrics() {
@@ -263,7 +308,60 @@ struct IdleTimeoutStream {
     stream: TcpStream,
     idle_timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// A JSON reply being written in place of hyper's bodiless one (see
+    /// [`automatic_reply`]), and how many bytes of it are out.
+    replacing: Option<(Vec<u8>, usize)>,
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// hyper answers a request it cannot parse (a bad method, URI or header:
+/// 400; a URI over 64 KiB: 414; a header section over its buffer: 431) by
+/// itself, with an empty body, before any of our code sees the request.
+/// Those replies are the only ones of these statuses with
+/// `content-length: 0` (ours always carry a JSON error), so this recognises
+/// such a head and returns our JSON reply for it: the same status, a stable
+/// code and a remedy, and `connection: close` as hyper closes anyway.
+fn automatic_reply(head: &[u8]) -> Option<Vec<u8>> {
+    let (code, status, message) = if head.starts_with(b"HTTP/1.1 400 ") {
+        (
+            ErrorCode::MalformedRequest,
+            400,
+            "the HTTP request could not be parsed: its method, URI, a header name or value, or its version is malformed",
+        )
+    } else if head.starts_with(b"HTTP/1.1 414 ") {
+        (
+            ErrorCode::UriTooLong,
+            414,
+            "the request URI is longer than the gateway reads (64 KiB)",
+        )
+    } else if head.starts_with(b"HTTP/1.1 431 ") {
+        (
+            ErrorCode::HeadersTooLarge,
+            431,
+            "the request's header section is larger than the gateway reads (at most 100 fields, about 400 KiB)",
+        )
+    } else {
+        return None;
+    };
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head_text = std::str::from_utf8(&head[..end]).ok()?.to_ascii_lowercase();
+    if end + 4 != head.len() || !head_text.contains("\r\ncontent-length: 0") {
+        return None;
+    }
+    metrics::counter!(METRIC_HTTP_REQUESTS, "op" => "unparsable", "status" => status.to_string())
+        .increment(1);
+    let body = GatewayError::api(code, message).to_json();
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut reply = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(&body);
+    Some(reply)
 }
 
 impl IdleTimeoutStream {
@@ -272,6 +370,7 @@ impl IdleTimeoutStream {
             stream,
             idle_timeout,
             deadline: Box::pin(tokio::time::sleep(idle_timeout)),
+            replacing: None,
             _slot: slot,
         }
     }
@@ -280,6 +379,29 @@ impl IdleTimeoutStream {
         self.deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + self.idle_timeout);
+    }
+
+    /// Writes our JSON reply in place of hyper's automatic one (`data`), if
+    /// `data` is such a reply; `None` when it is not. Reports all of `data`
+    /// written once ours is out.
+    fn poll_replace(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            self.replacing = Some((automatic_reply(data)?, 0));
+        }
+        let (reply, sent) = self.replacing.as_mut()?;
+        while *sent < reply.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &reply[*sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(self.pending_or_timed_out(cx)),
+            }
+        }
+        self.replacing = None;
+        self.progressed();
+        Some(Poll::Ready(Ok(data.len())))
     }
 
     /// Maps a pending operation to `TimedOut` once the deadline has passed.
@@ -321,6 +443,9 @@ impl AsyncWrite for IdleTimeoutStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(replaced) = this.poll_replace(cx, data) {
+            return replaced;
+        }
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
@@ -338,6 +463,11 @@ impl AsyncWrite for IdleTimeoutStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(replaced) = this.poll_replace(cx, first) {
+                return replaced;
+            }
+        }
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
