@@ -653,3 +653,233 @@ async fn stopping_the_node_closes_keep_alive_connections() {
         "unexpected bytes after stop: {read:?}"
     );
 }
+
+/// Asserts that `key` has no live value and no history: a refused request
+/// wrote nothing.
+async fn assert_never_written(addr: SocketAddr, key_path: &str) {
+    get(addr, &format!("/v1/kv/{key_path}"))
+        .await
+        .assert_error(404, "not_found");
+    let history = get(addr, &format!("/v1/history/{key_path}")).await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    assert_eq!(history.json()["entries"], json!([]), "{}", history.text());
+}
+
+/// Issue 12: positional (array) forms of a transaction, its operations or
+/// its compares bypassed the named-field rule and were executed.
+#[tokio::test]
+async fn txn_bodies_are_objects_with_named_fields_only() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for body in [
+        r#"[[],[{"put":{"key":"probe/positional","value":"x"}}],[]]"#,
+        r#"{"success":[{"put":["probe/positional","x"]}]}"#,
+        r#"{"compares":[["probe/positional","equal",null,null,false]],"success":[{"put":{"key":"probe/positional","value":"x"}}]}"#,
+        r#"{"success":[["probe/positional","x"]]}"#,
+    ] {
+        let r = request(addr, "POST", "/v1/txn", body.as_bytes()).await;
+        let v = r.assert_error(400, "MER-1005");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("JSON object"), "{body}: {v}");
+        assert!(
+            !v["error"]["remedy"].as_str().unwrap().contains("SDK"),
+            "the remedy fits a JSON body: {v}"
+        );
+    }
+    assert_never_written(addr, "probe/positional").await;
+    stop(node).await;
+}
+
+/// Issue 12: an exists compare with an ordering operator ran.
+#[tokio::test]
+async fn exists_compares_take_equal_or_not_equal_only() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for op in ["less", "greater"] {
+        let body = json!({
+            "compares": [{"key": "probe/exists", "op": op, "exists": true}],
+            "failure": [{"put": {"key": "probe/exists", "value": "x"}}],
+        });
+        let v = post_txn(addr, &body).await.assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("equal or not_equal"),
+            "{v}"
+        );
+    }
+    let over = json!({
+        "compares": [{"key": "probe/exists", "op": "equal", "version": 9_223_372_036_854_775_808u64}],
+        "failure": [{"put": {"key": "probe/exists", "value": "x"}}],
+    });
+    post_txn(addr, &over).await.assert_error(400, "MER-1007");
+    assert_never_written(addr, "probe/exists").await;
+    stop(node).await;
+}
+
+/// Issue 12: `%ZZ` was stored literally (so `%ZZ` and `%25ZZ` named one
+/// key), invalid UTF-8 in a query was replaced with U+FFFD, and dot
+/// segments were stored though no ordinary client can name them.
+#[tokio::test]
+async fn percent_escapes_are_strict_and_dot_segments_refused() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for (method, path) in [
+        ("PUT", "/v1/kv/probe/%ZZ"),
+        ("PUT", "/v1/kv/probe/%2"),
+        ("PUT", "/v1/kv/probe/%FF"),
+        ("GET", "/v1/kv?prefix=probe%2F%FF"),
+        ("GET", "/v1/kv/probe/x?consistency=%C3"),
+    ] {
+        let v = request(addr, method, path, b"x")
+            .await
+            .assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("percent")
+                || v["error"]["message"].as_str().unwrap().contains("UTF-8"),
+            "{path}: {v}"
+        );
+    }
+    for path in [
+        "/v1/kv/probe/../x",
+        "/v1/kv/probe/./x",
+        "/v1/kv/probe/%2E%2E/x",
+        "/v1/kv/probe/..",
+    ] {
+        let v = request(addr, "PUT", path, b"x")
+            .await
+            .assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("segment"),
+            "{path}: {v}"
+        );
+    }
+    let dotted = json!({"success": [{"put": {"key": "probe/../x", "value": "x"}}]});
+    post_txn(addr, &dotted).await.assert_error(400, "MER-1007");
+    // Nothing under probe/ was written by any of them.
+    let listed = get(addr, "/v1/kv?prefix=probe/").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["kvs"], json!([]), "{}", listed.text());
+    // A literal '%' is written %25 and round-trips.
+    put(addr, "pct%25ZZ", b"v").await;
+    assert_eq!(get(addr, "/v1/kv/pct%25ZZ").await.json()["key"], "pct%ZZ");
+    stop(node).await;
+}
+
+/// Issue 12: a gzip body was stored compressed as the value.
+#[tokio::test]
+async fn content_encoding_is_refused_with_415() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let reply = timeout(REQUEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let head = "PUT /v1/kv/probe/gz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc";
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        parse_reply(&raw)
+    })
+    .await
+    .unwrap();
+    reply.assert_error(415, "MER-1011");
+    assert_never_written(addr, "probe/gz").await;
+    stop(node).await;
+}
+
+/// Issue 12: hyper's own 414 and header-level 400 had empty bodies.
+#[tokio::test]
+async fn unparsable_requests_get_the_json_error_body() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let exchange = |raw: Vec<u8>| async move {
+        timeout(REQUEST_TIMEOUT, async {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(&raw).await;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            parse_reply(&out)
+        })
+        .await
+        .unwrap()
+    };
+    let long = format!(
+        "PUT /v1/kv/probe/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+        "a".repeat(70_000)
+    );
+    exchange(long.into_bytes())
+        .await
+        .assert_error(414, "MER-1012");
+    let bad_header =
+        b"PUT /v1/kv/probe/h HTTP/1.1\r\nHost: x\r\nBad Header\r\nContent-Length: 1\r\n\r\nx"
+            .to_vec();
+    exchange(bad_header).await.assert_error(400, "MER-1005");
+    assert_never_written(addr, "probe/h").await;
+    stop(node).await;
+}
+
+/// Issue 12: `at=` in milliseconds without `.logical` was read as a packed
+/// value; a timestamp ahead of the clock answered 500 (MER-3002).
+#[tokio::test]
+async fn at_and_token_are_refused_clearly() {
+    let node = start().await;
+    let addr = node.http_addr();
+    put(addr, "probe/at", b"v").await;
+    let v = get(addr, "/v1/kv/probe/at?at=1795639112708")
+        .await
+        .assert_error(400, "MER-1007");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(".0"),
+        "{v}"
+    );
+    get(addr, "/v1/kv?prefix=probe/&at=10051549251499544616")
+        .await
+        .assert_error(400, "MER-1007");
+    get(
+        addr,
+        "/v1/kv/probe/at?consistency=causal&token=18446744073709551615",
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    // Members answer an empty view without gossip, not an error.
+    let members = get(addr, "/v1/members").await;
+    assert_eq!(members.status, 200, "{}", members.text());
+    assert_eq!(members.json()["members"], json!([]));
+    stop(node).await;
+}
+
+/// Issue 12: a range page was bounded in entries only (10,000 entries of
+/// large values made one 32 MB page). Pages end at limits.max_scan_page_bytes.
+#[tokio::test]
+async fn range_pages_are_bounded_in_bytes() {
+    let node = TestNode::start_with(|cfg| {
+        cfg.limits.max_scan_page_bytes = 64 * 1024;
+    });
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let value = vec![b'v'; 20 * 1024];
+    for i in 0..10 {
+        put(addr, &format!("big/{i}"), &value).await;
+    }
+    let mut token: Option<String> = None;
+    let mut seen = 0;
+    for _ in 0..MAX_PAGES {
+        let path = match &token {
+            None => "/v1/kv?prefix=big/&limit=100".to_owned(),
+            Some(t) => format!("/v1/kv?prefix=big/&limit=100&page_token={t}"),
+        };
+        let r = get(addr, &path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let kvs = v["kvs"].as_array().unwrap().len();
+        // 64 KiB of keys and values hold three 20 KiB pairs.
+        assert!(kvs <= 3, "{kvs} pairs in one page");
+        seen += kvs;
+        token = v["next_page_token"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, 10, "every pair is listed across pages");
+    stop(node).await;
+}

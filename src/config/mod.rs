@@ -216,6 +216,10 @@ pub struct RawLimits {
     pub max_txn_ops: usize,
     /// Maximum keys per range page (1..=100000). Default 10000.
     pub max_scan_page: usize,
+    /// Most bytes of keys and values in one range page (64 KiB..=64 MiB);
+    /// a page ends before it would pass them and continues with its page
+    /// token. Default 4 MiB.
+    pub max_scan_page_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -226,6 +230,7 @@ impl Default for RawLimits {
             max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+            max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
         }
     }
 }
@@ -299,6 +304,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Maximum keys per range page.
     pub max_scan_page: usize,
+    /// Most key and value bytes per range page.
+    pub max_scan_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -309,6 +316,7 @@ impl Default for Limits {
             max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+            max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
         }
     }
 }
@@ -650,12 +658,19 @@ impl RawLimits {
             1,
             limits::HARD_MAX_SCAN_PAGE,
         )?;
+        let page_bytes = check_range(
+            "limits.max_scan_page_bytes",
+            self.max_scan_page_bytes,
+            limits::MIN_SCAN_PAGE_BYTES,
+            limits::HARD_MAX_SCAN_PAGE_BYTES,
+        )?;
         Ok(Limits {
             max_key_bytes: key,
             max_value_bytes: value,
             max_request_bytes: request,
             max_txn_ops: ops,
             max_scan_page: page,
+            max_scan_page_bytes: page_bytes,
         })
     }
 }

@@ -771,7 +771,13 @@ impl Engine {
         let end = clip.clone().or(end);
         let page = self
             .store
-            .scan(start, end.as_deref(), ts, limit)
+            .scan_bounded(
+                start,
+                end.as_deref(),
+                ts,
+                limit,
+                self.limits.max_scan_page_bytes,
+            )
             .map_err(storage_error)?;
         Ok(RangePage {
             kvs: page.items,

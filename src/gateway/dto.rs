@@ -59,7 +59,10 @@ fn json_error(what: &str, path: &str, e: serde_json::Error) -> ApiError {
         serde_json::error::Category::Syntax => format!("not valid JSON ({e})"),
         _ => e.to_string(),
     };
-    ApiError::new(ErrorCode::MalformedRequest, format!("{what}{place}: {detail}"))
+    ApiError::new(
+        ErrorCode::MalformedRequest,
+        format!("{what}{place}: {detail}"),
+    )
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -136,7 +139,9 @@ pub(crate) struct KeyPath {
     /// escape, and the decoded bytes are UTF-8); may contain `/`. 1..=
     /// `max_key_bytes` (4096) bytes after decoding (413 MER-1001 past
     /// that), and no `.` or `..` segment (400 MER-1007).
-    #[param(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    // No `pattern` for the dot-segment rule: with the length bounds it
+    // leaves generators too few strings; the description states it.
+    #[param(min_length = 1, max_length = 4096)]
     key: String,
 }
 
@@ -146,7 +151,7 @@ pub(crate) struct KeyPath {
 #[allow(dead_code)] // never built: it exists for its schema
 pub(crate) struct PrefixPath {
     /// The key prefix, percent-encoded as a key is; may contain `/`.
-    #[param(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[param(min_length = 1, max_length = 4096)]
     prefix: String,
 }
 
@@ -689,9 +694,15 @@ impl CompareJson {
 
 /// The operators each target takes: existence is equal or not, never
 /// ordered; a version is at most [`MAX_JSON_INTEGER`] (JSON's int64).
-fn check_compare_op(index: usize, op: CompareOpJson, target: &CompareTarget) -> Result<(), ApiError> {
+fn check_compare_op(
+    index: usize,
+    op: CompareOpJson,
+    target: &CompareTarget,
+) -> Result<(), ApiError> {
     match target {
-        CompareTarget::Exists(_) if !matches!(op, CompareOpJson::Equal | CompareOpJson::NotEqual) => {
+        CompareTarget::Exists(_)
+            if !matches!(op, CompareOpJson::Equal | CompareOpJson::NotEqual) =>
+        {
             Err(invalid(format!(
                 "compares[{index}]: an exists compare takes op equal or not_equal, not {}",
                 op.as_str()
@@ -730,7 +741,11 @@ pub(crate) enum CompareSchema {
 #[allow(dead_code)] // never built: it exists for its schema
 pub(crate) struct ValueCompare {
     /// The key compared (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
-    #[schema(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     key: String,
     /// The relation of the stored value to `value`.
     op: CompareOpJson,
@@ -744,7 +759,11 @@ pub(crate) struct ValueCompare {
 #[allow(dead_code)] // never built: it exists for its schema
 pub(crate) struct VersionCompare {
     /// The key compared.
-    #[schema(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     key: String,
     /// The relation of the stored version to `version`.
     op: CompareOpJson,
@@ -759,7 +778,11 @@ pub(crate) struct VersionCompare {
 #[allow(dead_code)] // never built: it exists for its schema
 pub(crate) struct ExistsCompare {
     /// The key compared.
-    #[schema(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     key: String,
     /// equal or not_equal (existence has no order).
     op: ExistsOpJson,
@@ -812,7 +835,11 @@ pub(crate) struct DeleteOp {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutOpJson {
     /// The key (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
-    #[schema(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     pub(crate) key: String,
     /// The value (UTF-8).
     pub(crate) value: String,
@@ -823,7 +850,11 @@ pub(crate) struct PutOpJson {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteOpJson {
     /// The key (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
-    #[schema(min_length = 1, max_length = 4096, pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     pub(crate) key: String,
 }
 

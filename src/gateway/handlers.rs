@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::dto::{
-    encode_page_token, KeyPath, PrefixPath, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryQuery, HistoryResponse, KvItem, MemberJson, MembersResponse,
-    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PutResponse, RangeQuery,
-    RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
+    encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
+    HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, KvItem, MemberJson, MembersResponse,
+    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath, PutResponse,
+    RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
 use super::{observe, GatewayState};
@@ -59,8 +59,20 @@ fn body(b: Result<Bytes, BytesRejection>, state: &GatewayState) -> Result<Bytes,
     })
 }
 
-fn at(raw: Option<&str>) -> Result<Option<Timestamp>, GatewayError> {
-    Ok(raw.map(parse_timestamp).transpose()?)
+/// `at=`, refused (400 MER-1007) when further ahead of this node's clock
+/// than clock.max_offset_ms: a snapshot the caller asked for, not a peer's
+/// clock offset (which the engine would report as MER-3002).
+fn at(state: &GatewayState, raw: Option<&str>) -> Result<Option<Timestamp>, GatewayError> {
+    let Some(ts) = raw.map(parse_timestamp).transpose()? else {
+        return Ok(None);
+    };
+    state.engine.clock().check_remote(ts).map_err(|e| {
+        GatewayError::api(
+            ErrorCode::InvalidArgument,
+            format!("at={ts} is in the future of this node: {e}"),
+        )
+    })?;
+    Ok(Some(ts))
 }
 
 fn empty_key() -> GatewayError {
@@ -154,7 +166,7 @@ pub(crate) async fn get_key(
     observe(&state, "get", async {
         let key = path_key(path)?;
         let q = query(q)?;
-        let at = at(q.at.as_deref())?;
+        let at = at(&state, q.at.as_deref())?;
         let choice = read_choice(
             &state,
             q.consistency.as_deref(),
@@ -279,7 +291,7 @@ pub(crate) async fn range(
     observe(&state, "range", async {
         let q = query(q)?;
         let bounds = q.bounds()?;
-        let at = at(q.at.as_deref())?;
+        let at = at(&state, q.at.as_deref())?;
         let choice = read_choice(
             &state,
             q.consistency.as_deref(),

@@ -384,7 +384,11 @@ impl IdleTimeoutStream {
     /// Writes our JSON reply in place of hyper's automatic one (`data`), if
     /// `data` is such a reply; `None` when it is not. Reports all of `data`
     /// written once ours is out.
-    fn poll_replace(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Option<Poll<io::Result<usize>>> {
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
         if self.replacing.is_none() {
             self.replacing = Some((automatic_reply(data)?, 0));
         }

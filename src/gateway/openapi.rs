@@ -8,10 +8,11 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::dto::{
-    CompareOpJson, CompareSchema, ConsistencyJson, ReplicationJson, DeleteOp, DeleteOpJson, ExistsCompare, ExistsOpJson, OnStale, OpSchema, PutOp, ValueCompare, VersionCompare, DeleteResponse, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse,
-    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PolicyJson, PutOpJson,
-    PutResponse, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+    CompareOpJson, CompareSchema, ConsistencyJson, DeleteOp, DeleteOpJson, DeleteResponse,
+    ExistsCompare, ExistsOpJson, GetResponse, HealthResponse, HistoryEntryJson, HistoryResponse,
+    KvItem, MemberJson, MembersResponse, OnStale, OpSchema, PoliciesResponse, PolicyChangeRequest,
+    PolicyChangedResponse, PolicyJson, PutOp, PutOpJson, PutResponse, RangeResponse, RawValue,
+    ReplicationJson, StatusResponse, TxnRequest, TxnResponse, ValueCompare, VersionCompare,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;

@@ -527,6 +527,20 @@ impl MvccStore {
         at: Timestamp,
         limit: usize,
     ) -> Result<ScanPage, StorageError> {
+        self.scan_bounded(start, end, at, limit, usize::MAX)
+    }
+
+    /// [`Store::scan`] that also ends the page before its keys and values
+    /// pass `max_bytes` (a page holds at least one pair), so a page of
+    /// large values cannot hold `limit` of them in memory.
+    pub fn scan_bounded(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        at: Timestamp,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StorageError> {
         if limit == 0 {
             return Err(StorageError::invalid("scan limit must be at least 1"));
         }
@@ -535,7 +549,14 @@ impl MvccStore {
             return Ok(ScanPage::default());
         }
         let limit = limit.min(limits::HARD_MAX_SCAN_PAGE);
-        mvcc::scan(&src, start, end, at, limit, mvcc::SCAN_VISIT_BUDGET)
+        mvcc::scan(
+            &src,
+            start,
+            end,
+            at,
+            (limit, max_bytes),
+            mvcc::SCAN_VISIT_BUDGET,
+        )
     }
 
     /// Up to `limit` (clamped to [`limits::MAX_HISTORY_PAGE`]) stored versions

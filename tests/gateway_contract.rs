@@ -1,0 +1,151 @@
+//! The gateway's OpenAPI document is its contract: schemathesis, with every
+//! check and every phase (examples, coverage, fuzzing, stateful), runs
+//! against a live in-process node on loopback and must find nothing.
+//!
+//! schemathesis is a Python tool: `.ci/run` installs a pinned version into a
+//! virtual environment and points `MERIDIAN_SCHEMATHESIS` at its `st`.
+//! Without it the test fails under `CI=true` and is skipped (with the
+//! reason printed) elsewhere. `MERIDIAN_LONG_TESTS=1` runs longer, with a
+//! fresh seed; CI runs a fixed seed so a failure reproduces.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestNode;
+
+/// Bound on starting or stopping the node.
+const NODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Test cases per operation and phase, and the whole run's time budget:
+/// the CI size (about a minute on 2 cores) and the long one.
+const CI_MAX_EXAMPLES: u32 = 25;
+const CI_MAX_SECONDS: u64 = 150;
+const LONG_MAX_EXAMPLES: u32 = 500;
+const LONG_MAX_SECONDS: u64 = 1_200;
+
+/// The schemathesis CLI to run, if installed.
+fn schemathesis() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MERIDIAN_SCHEMATHESIS") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = Command::new("st")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    on_path
+        .is_ok_and(|s| s.success())
+        .then(|| PathBuf::from("st"))
+}
+
+/// Kills the child when dropped, so a failing test leaves no process.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn long_run() -> bool {
+    std::env::var("MERIDIAN_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_with_every_check_and_phase() {
+    let Some(st) = schemathesis() else {
+        let reason =
+            "schemathesis is not installed: run .ci/run, or set MERIDIAN_SCHEMATHESIS to its `st`";
+        assert!(std::env::var("CI").is_err(), "{reason}");
+        eprintln!("skipped: {reason}");
+        return;
+    };
+    let node = tokio::time::timeout(NODE_TIMEOUT, TestNode::start())
+        .await
+        .expect("node start timed out");
+    let url = format!("http://{}/openapi.json", node.http_addr());
+    let config =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
+    let (examples, seconds) = if long_run() {
+        (LONG_MAX_EXAMPLES, LONG_MAX_SECONDS)
+    } else {
+        (CI_MAX_EXAMPLES, CI_MAX_SECONDS)
+    };
+    let mut command = Command::new(&st);
+    command
+        .arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(&url)
+        .args(["--checks", "all"])
+        .args(["--phases", "examples,coverage,fuzzing,stateful"])
+        .args(["--max-examples", &examples.to_string()])
+        .args(["--max-time", &seconds.to_string()])
+        .args(["--workers", "2", "--no-color", "--output-truncate", "true"])
+        .args(["--request-timeout", "35"]);
+    if !long_run() {
+        command.args(["--seed", "1"]);
+    }
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", st.display()));
+    let child = Reaped(child);
+    // The run is bounded by --max-time; this bounds the wait for it.
+    let bound = Duration::from_secs(seconds + 120);
+    let output = tokio::time::timeout(
+        bound,
+        tokio::task::spawn_blocking(move || {
+            let mut child = child;
+            let stdout = child.0.stdout.take();
+            let stderr = child.0.stderr.take();
+            let read = |pipe: Option<std::process::ChildStdout>| {
+                let mut text = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = std::io::Read::read_to_string(&mut p, &mut text);
+                }
+                text
+            };
+            let err_thread = std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut p) = stderr {
+                    let _ = std::io::Read::read_to_string(&mut p, &mut text);
+                }
+                text
+            });
+            let out = read(stdout);
+            let err = err_thread.join().unwrap_or_default();
+            let status = child.0.wait();
+            (status, out, err)
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("schemathesis did not finish within {bound:?}"))
+    .expect("the waiting task");
+    let (status, stdout, stderr) = output;
+    eprintln!(
+        "schemathesis ran {:.0?} (max {examples} examples per operation)",
+        started.elapsed()
+    );
+    let tail: String = {
+        let lines: Vec<&str> = stdout.lines().collect();
+        lines[lines.len().saturating_sub(120)..].join("\n")
+    };
+    tokio::time::timeout(NODE_TIMEOUT, node.stop())
+        .await
+        .expect("node stop timed out");
+    let status = status.expect("schemathesis exit status");
+    assert!(
+        status.success(),
+        "schemathesis found problems ({status}):\n{tail}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Stateful") && stdout.contains("Coverage"),
+        "not every phase ran:\n{tail}"
+    );
+}
