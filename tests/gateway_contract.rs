@@ -19,9 +19,10 @@ use common::TestNode;
 /// Bound on starting or stopping the node.
 const NODE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Test cases per operation and phase, and the whole run's time budget:
-/// the CI size (about a minute on 2 cores) and the long one.
+/// the CI size (one pass over every phase, under two minutes on 2 cores)
+/// and the long one.
 const CI_MAX_EXAMPLES: u32 = 25;
-const CI_MAX_SECONDS: u64 = 150;
+const CI_MAX_SECONDS: u64 = 100;
 const LONG_MAX_EXAMPLES: u32 = 500;
 const LONG_MAX_SECONDS: u64 = 1_200;
 
@@ -84,7 +85,9 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", &examples.to_string()])
         .args(["--max-time", &seconds.to_string()])
-        .args(["--workers", "2", "--no-color", "--output-truncate", "true"])
+        // One worker: with two, CPython 3.11.7 intermittently fails inside
+        // hypothesis with "AST constructor recursion depth mismatch".
+        .args(["--workers", "1", "--no-color", "--output-truncate", "true"])
         .args(["--request-timeout", "35"]);
     if !long_run() {
         command.args(["--seed", "1"]);
