@@ -64,7 +64,7 @@ impl From<ApiError> for GatewayError {
 
 impl GatewayError {
     /// The JSON body of this error (for replies built outside axum).
-    pub(crate) fn to_json(self) -> Vec<u8> {
+    pub(crate) fn into_json(self) -> Vec<u8> {
         serde_json::to_vec(&self.body()).unwrap_or_default()
     }
 

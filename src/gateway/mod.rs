@@ -350,7 +350,7 @@ fn automatic_reply(head: &[u8]) -> Option<Vec<u8>> {
     }
     metrics::counter!(METRIC_HTTP_REQUESTS, "op" => "unparsable", "status" => status.to_string())
         .increment(1);
-    let body = GatewayError::api(code, message).to_json();
+    let body = GatewayError::api(code, message).into_json();
     let reason = axum::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
