@@ -201,9 +201,11 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
     )
     .await
     .assert_error(409, "MER-1010");
+    // An unknown field makes the body malformed (MER-1005), as in a
+    // transaction; bad values are MER-1007.
     request(http, "PUT", "/v1/policies/web/", br#"{"colour":"red"}"#)
         .await
-        .assert_error(400, "MER-1007");
+        .assert_error(400, "MER-1005");
     request(http, "PUT", "/v1/policies", br#"{}"#)
         .await
         .assert_error(400, "MER-1007");
