@@ -654,6 +654,20 @@ async fn stopping_the_node_closes_keep_alive_connections() {
     );
 }
 
+/// Sends raw bytes (a request no HTTP library would write) and reads the
+/// whole reply.
+async fn raw_exchange(addr: SocketAddr, raw: Vec<u8>) -> Reply {
+    timeout(REQUEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&raw).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        parse_reply(&out)
+    })
+    .await
+    .expect("reply within REQUEST_TIMEOUT")
+}
+
 /// Asserts that `key` has no live value and no history: a refused request
 /// wrote nothing.
 async fn assert_never_written(addr: SocketAddr, key_path: &str) {
@@ -772,16 +786,8 @@ async fn percent_escapes_are_strict_and_dot_segments_refused() {
 async fn content_encoding_is_refused_with_415() {
     let node = start().await;
     let addr = node.http_addr();
-    let reply = timeout(REQUEST_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = "PUT /v1/kv/probe/gz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc";
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        parse_reply(&raw)
-    })
-    .await
-    .unwrap();
+    let head = "PUT /v1/kv/probe/gz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc";
+    let reply = raw_exchange(addr, head.as_bytes().to_vec()).await;
     reply.assert_error(415, "MER-1011");
     assert_never_written(addr, "probe/gz").await;
     stop(node).await;
@@ -792,17 +798,7 @@ async fn content_encoding_is_refused_with_415() {
 async fn unparsable_requests_get_the_json_error_body() {
     let node = start().await;
     let addr = node.http_addr();
-    let exchange = |raw: Vec<u8>| async move {
-        timeout(REQUEST_TIMEOUT, async {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            let _ = s.write_all(&raw).await;
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out).await;
-            parse_reply(&out)
-        })
-        .await
-        .unwrap()
-    };
+    let exchange = |raw: Vec<u8>| raw_exchange(addr, raw);
     let long = format!(
         "PUT /v1/kv/probe/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
         "a".repeat(70_000)
