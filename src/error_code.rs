@@ -71,6 +71,9 @@ pub enum ErrorCode {
     /// MER-1013: the HTTP request's header section is larger than the
     /// gateway reads (too many or too long header fields).
     HeadersTooLarge,
+    /// MER-2003: the HTTPS gateway got a request on a connection without a
+    /// client certificate; nothing was read or written.
+    CertificateRequired,
 }
 
 /// Every code, for lookups and tests.
@@ -98,6 +101,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::UnsupportedEncoding,
     ErrorCode::UriTooLong,
     ErrorCode::HeadersTooLarge,
+    ErrorCode::CertificateRequired,
 ];
 
 impl ErrorCode {
@@ -127,6 +131,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedEncoding => "MER-1011",
             ErrorCode::UriTooLong => "MER-1012",
             ErrorCode::HeadersTooLarge => "MER-1013",
+            ErrorCode::CertificateRequired => "MER-2003",
         }
     }
 
@@ -183,6 +188,9 @@ impl ErrorCode {
                 "shorten the URI: use a shorter key, or fewer or shorter query parameters"
             }
             ErrorCode::HeadersTooLarge => "send fewer or shorter header fields",
+            ErrorCode::CertificateRequired => {
+                "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
+            }
         }
     }
 }
@@ -272,6 +280,7 @@ mod tests {
         assert_eq!(ErrorCode::UnsupportedEncoding.as_u16(), 1011);
         assert_eq!(ErrorCode::UriTooLong.as_u16(), 1012);
         assert_eq!(ErrorCode::HeadersTooLarge.as_u16(), 1013);
-        assert_eq!(ALL.last(), Some(&ErrorCode::HeadersTooLarge));
+        assert_eq!(ErrorCode::CertificateRequired.as_u16(), 2003);
+        assert_eq!(ALL.last(), Some(&ErrorCode::CertificateRequired));
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use common::http::{parse_reply, request, Reply};
+use common::http::{parse_reply, request, Https, Reply};
 use common::TestNode;
 
 /// Bound on one HTTP exchange.
@@ -878,4 +878,159 @@ async fn range_pages_are_bounded_in_bytes() {
     }
     assert_eq!(seen, 10, "every pair is listed across pages");
     stop(node).await;
+}
+
+// ---- HTTPS and roles (issue 12, Build 4) ----
+
+/// A node whose gateway speaks HTTPS (`server.http_tls`), and HTTPS clients
+/// presenting its test CA's `client` and `admin` certificates.
+async fn https_node() -> (TestNode, Https, Https) {
+    let node = timeout(
+        NODE_TIMEOUT,
+        TestNode::start_with(|cfg| cfg.http_tls = true),
+    )
+    .await
+    .expect("node start");
+    let client = Https::with_cert(&node.certs.dir, "client");
+    let admin = Https::with_cert(&node.certs.dir, "admin");
+    (node, client, admin)
+}
+
+/// The key was never written: an admin reading it over HTTPS gets 404.
+async fn assert_absent(admin: &Https, addr: SocketAddr, key: &str) {
+    let r = admin
+        .request(addr, "GET", &format!("/v1/kv/{key}"), b"")
+        .await;
+    assert_eq!(r.status, 404, "{key} must not exist: {}", r.text());
+}
+
+#[tokio::test]
+async fn https_refuses_a_request_without_a_client_certificate() {
+    let (node, client, admin) = https_node().await;
+    let addr = node.http_addr();
+    let anonymous = Https::new(&node.certs.dir.join("ca.pem"), None);
+    for (method, path, body) in [
+        ("PUT", "/v1/kv/tls/anonymous", &b"x"[..]),
+        ("GET", "/v1/kv/tls/anonymous", b""),
+        ("GET", "/metrics", b""),
+        ("PUT", "/v1/policies/tls/", br#"{"consistency":"eventual"}"#),
+    ] {
+        anonymous
+            .request(addr, method, path, body)
+            .await
+            .assert_error(401, "MER-2003");
+    }
+    assert_absent(&admin, addr, "tls/anonymous").await;
+    // The same request with the client certificate is served.
+    let r = client
+        .request(addr, "PUT", "/v1/kv/tls/anonymous", b"x")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Plain HTTP to an HTTPS gateway is no request at all.
+    let plain = timeout(REQUEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PUT /v1/kv/tls/plain HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply).await;
+        reply
+    })
+    .await
+    .expect("the server closes a connection that does not speak TLS");
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "plain HTTP was served");
+    assert_absent(&admin, addr, "tls/plain").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn https_refuses_a_certificate_from_another_ca() {
+    let (node, _client, admin) = https_node().await;
+    let addr = node.http_addr();
+    let other = tempfile::tempdir().unwrap();
+    let other_certs = common::TestCerts::new(other.path());
+    // Trusts the node's CA (so the server is accepted) but presents a
+    // client certificate that another CA signed.
+    let foreign = Https::new(
+        &node.certs.dir.join("ca.pem"),
+        Some((
+            &other_certs.dir.join("admin.pem"),
+            &other_certs.dir.join("admin.key"),
+        )),
+    );
+    let refused = foreign
+        .try_request(addr, "PUT", "/v1/kv/tls/foreign", b"x")
+        .await;
+    let err = match refused {
+        Ok(reply) => panic!(
+            "a foreign certificate was answered: {} {}",
+            reply.status,
+            reply.text()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("alert") || err.contains("reset") || err.contains("closed"),
+        "the handshake is refused: {err}"
+    );
+    assert_absent(&admin, addr, "tls/foreign").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn https_client_role_is_refused_admin_routes_which_admin_passes() {
+    let (node, client, admin) = https_node().await;
+    let addr = node.http_addr();
+    // The data API is open to a client certificate, as on QUIC.
+    let r = client.request(addr, "PUT", "/v1/kv/tls/data", b"v").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = client.request(addr, "GET", "/v1/policies", b"").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    for (method, path, body) in [
+        ("PUT", "/v1/policies", &br#"{"consistency":"eventual"}"#[..]),
+        ("PUT", "/v1/policies/tls/", br#"{"consistency":"eventual"}"#),
+        ("DELETE", "/v1/policies/tls/", b""),
+    ] {
+        let v = client
+            .request(addr, method, path, body)
+            .await
+            .assert_error(403, "MER-2001");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("role client"), "{message}");
+        // An admin certificate passes the role check: this single node has
+        // no control range, so the change itself is refused with MER-1010
+        // (tests/control.rs shows an admin change committing over HTTPS).
+        admin
+            .request(addr, method, path, body)
+            .await
+            .assert_error(409, "MER-1010");
+    }
+    let after = client.request(addr, "GET", "/v1/policies", b"").await;
+    assert_eq!(after.json(), before.json(), "refusals change nothing");
+    node.stop().await;
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[node]\ndata_dir = \"data\"\n[server]\nlisten_addr = \"127.0.0.1:0\"\nhttp_addr = \"0.0.0.0:0\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a plain gateway on 0.0.0.0 started");
+    assert!(stderr.contains("server.http_tls"), "{stderr}");
+    assert!(stderr.contains("server.http_insecure"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the config is valid"
+    );
 }

@@ -101,6 +101,18 @@ pub struct RawServer {
     pub advertise_addr: String,
     /// HTTP/JSON gateway address (TCP); empty disables it. Default `127.0.0.1:7380`.
     pub http_addr: String,
+    /// Serve the gateway over HTTPS with the `[tls]` node certificate, and
+    /// require a client certificate from the cluster CA on every request; its
+    /// role decides what the caller may do, as on the QUIC protocol. Default
+    /// `false`: plain HTTP, which has no authentication (every caller may do
+    /// what an admin may), so it is allowed only on a loopback `http_addr`
+    /// unless `http_insecure` is set.
+    pub http_tls: bool,
+    /// Allow plain HTTP (`http_tls = false`) on an `http_addr` that is not
+    /// loopback. Anyone who reaches that address gets admin access without a
+    /// certificate; set it only behind a network boundary you trust.
+    /// Default `false`.
+    pub http_insecure: bool,
     /// Maximum concurrent QUIC connections (1..=65536). Default 1024.
     pub max_connections: usize,
     /// Maximum concurrent requests (bidi streams) per connection (1..=10000). Default 256.
@@ -117,6 +129,8 @@ impl Default for RawServer {
             listen_addr: "127.0.0.1:7379".into(),
             advertise_addr: String::new(),
             http_addr: "127.0.0.1:7380".into(),
+            http_tls: false,
+            http_insecure: false,
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
             rate_limit_rps: 0,
@@ -339,6 +353,10 @@ pub struct NodeConfig {
     pub advertise_addr: Option<SocketAddr>,
     /// HTTP gateway address, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// `server.http_tls`: the gateway speaks HTTPS and requires client
+    /// certificates. When false, [`NodeConfig::http_addr`] is loopback or
+    /// `server.http_insecure` was set.
+    pub http_tls: bool,
     /// Maximum concurrent connections.
     pub max_connections: usize,
     /// Maximum in-flight requests per connection.
@@ -496,6 +514,34 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Plain HTTP has no authentication, so it may listen only where nobody but
+/// this host reaches it, unless the operator says explicitly that it is
+/// insecure (issue 12; docs/operations.md, "HTTP gateway").
+fn check_http_security(
+    http_addr: Option<SocketAddr>,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if tls && insecure {
+        return Err(invalid(
+            "server.http_insecure",
+            "applies only to plain HTTP (server.http_tls = false); remove it",
+            "true",
+        ));
+    }
+    match http_addr {
+        Some(addr) if !tls && !insecure && !addr.ip().is_loopback() => Err(invalid(
+            "server.http_tls",
+            "is false, but server.http_addr is not a loopback address: plain HTTP has no \
+             authentication, so anyone reaching it could change data and policies. Set \
+             server.http_tls = true (HTTPS with client certificates), bind a loopback \
+             address, or set server.http_insecure = true to accept the risk",
+            "false",
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl RawConfig {
     /// Validates every field; `base` is the directory relative paths are resolved against.
     pub fn validate(self, base: &Path) -> Result<NodeConfig, ConfigError> {
@@ -512,6 +558,7 @@ impl RawConfig {
             "" => None,
             a => Some(parse_addr("server.http_addr", a)?),
         };
+        check_http_security(http_addr, s.http_tls, s.http_insecure)?;
         let max_connections = check_range("server.max_connections", s.max_connections, 1, 65_536)?;
         let max_streams = check_range(
             "server.max_streams_per_connection",
@@ -591,6 +638,7 @@ impl RawConfig {
             listen_addr,
             advertise_addr,
             http_addr,
+            http_tls: s.http_tls,
             max_connections,
             max_streams_per_connection: max_streams,
             rate_limit_rps: (s.rate_limit_rps > 0).then_some(s.rate_limit_rps),
@@ -722,6 +770,27 @@ mod tests {
         assert!(err.to_string().contains("node.id"), "{err}");
         let err = parse("[server]\nlisten_addr = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    }
+
+    /// Issue 12: plain HTTP only on loopback unless explicitly insecure.
+    #[test]
+    fn plain_http_is_refused_beyond_loopback_unless_insecure() {
+        for addr in ["0.0.0.0:7380", "[::]:7380", "10.1.2.3:7380"] {
+            let err = parse(&format!("[server]\nhttp_addr = \"{addr}\"\n")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("`server.http_tls`"), "{msg}");
+            assert!(msg.contains("server.http_insecure = true"), "{msg}");
+        }
+        for ok in [
+            "[server]\nhttp_addr = \"127.0.3.4:7380\"\n",
+            "[server]\nhttp_addr = \"[::1]:7380\"\n",
+            "[server]\nhttp_addr = \"0.0.0.0:7380\"\nhttp_tls = true\n",
+            "[server]\nhttp_addr = \"0.0.0.0:7380\"\nhttp_insecure = true\n",
+        ] {
+            parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = parse("[server]\nhttp_tls = true\nhttp_insecure = true\n").unwrap_err();
+        assert!(err.to_string().contains("`server.http_insecure`"), "{err}");
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
         ErrorCode::Compacted => StatusCode::GONE,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::CertificateRequired => StatusCode::UNAUTHORIZED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NotLeader | ErrorCode::WrongRegion => StatusCode::MISDIRECTED_REQUEST,

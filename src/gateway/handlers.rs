@@ -8,7 +8,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,10 +20,11 @@ use super::dto::{
     RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
-use super::{observe, GatewayState};
+use super::{observe, Caller, GatewayState};
 use crate::engine::levels::{parse_read_choice, ReadChoice};
 use crate::error_code::ErrorCode;
 use crate::replication::read::ReadLevel;
+use crate::transport::ADMIN_ROLES;
 use crate::types::{ReadConsistency, Timestamp};
 
 /// Content type of the Prometheus text exposition format.
@@ -380,9 +381,11 @@ async fn change_policy(
         (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
 pub(crate) async fn set_default_policy(
     State(state): State<GatewayState>,
+    Extension(caller): Extension<Caller>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     observe(&state, "policy_set", async {
+        caller.require(ADMIN_ROLES)?;
         let set = PolicyChangeRequest::parse(&body(raw, &state)?, None)?;
         change_policy(&state, crate::peer::PolicyChangeV1::Set(set)).await
     })
@@ -402,10 +405,12 @@ pub(crate) async fn set_default_policy(
         (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
 pub(crate) async fn set_prefix_policy(
     State(state): State<GatewayState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     observe(&state, "policy_set", async {
+        caller.require(ADMIN_ROLES)?;
         let prefix = path_key(path)?.into_bytes();
         let set = PolicyChangeRequest::parse(&body(raw, &state)?, Some(prefix))?;
         change_policy(&state, crate::peer::PolicyChangeV1::Set(set)).await
@@ -426,9 +431,11 @@ pub(crate) async fn set_prefix_policy(
         (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
 pub(crate) async fn remove_policy(
     State(state): State<GatewayState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     observe(&state, "policy_remove", async {
+        caller.require(ADMIN_ROLES)?;
         let prefix = path_key(path)?.into_bytes();
         change_policy(&state, crate::peer::PolicyChangeV1::Remove { prefix }).await
     })

@@ -22,8 +22,11 @@ use super::{observe, GatewayState};
 #[openapi(
     info(
         title = "Meridian HTTP gateway",
-        description = "HTTP/JSON access to one Meridian node. Plain HTTP (no TLS) in this version; \
-                       it binds loopback by default. Every error reply is {\"error\": {code, message, remedy}}."
+        description = "HTTP/JSON access to one Meridian node. With server.http_tls the node serves HTTPS \
+                       and every request needs a client certificate from the cluster CA (mutual TLS); its role \
+                       (client, admin, node) grants what it grants on the QUIC protocol, and policy changes need \
+                       admin. Plain HTTP (no authentication) is allowed only on loopback unless the node is \
+                       configured insecure. Every error reply is {\"error\": {code, message, remedy}}."
     ),
     paths(
         handlers::get_key,
@@ -101,11 +104,14 @@ pub(crate) fn document() -> utoipa::openapi::OpenApi {
 /// The answers any route can give before its handler runs (see
 /// `gateway::guard` and `gateway::automatic_reply`), each with the JSON
 /// error body: 400 (a malformed HTTP request, percent-escape or query),
-/// 414, 415 and 431.
+/// 401 and 403 (HTTPS without a usable client certificate), 414, 415 and
+/// 431.
 fn add_refusals_of_every_route(operation: &mut utoipa::openapi::path::Operation) {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     let refusals = [
         ("400", "Malformed HTTP request (MER-1005), or a malformed percent-escape or non-UTF-8 bytes in the path or query string (MER-1007)"),
+        ("401", "HTTPS: the connection presented no client certificate (MER-2003); nothing was read or written"),
+        ("403", "HTTPS: the client certificate carries no usable Meridian role (MER-2001); nothing was read or written"),
         ("414", "URI longer than 64 KiB (MER-1012)"),
         ("415", "A Content-Encoding other than identity (MER-1011); nothing was read"),
         ("431", "Header section too large (MER-1013)"),

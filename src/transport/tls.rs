@@ -94,6 +94,23 @@ pub(super) fn server_config(
     Ok(config)
 }
 
+/// The gateway's HTTPS server side (see [`super::https_server_config`]).
+pub(super) fn https_server_config(id: &Identity) -> Result<rustls::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(TransportError::Verifier)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TransportError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|source| id.cert_and_key_error(source))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// Client side: verifies the server against our CA only, presents our
 /// certificate and offers `alpn` ([`ALPN`] or [`ALPN_PEER`]).
 pub(super) fn client_config(
