@@ -113,6 +113,12 @@ pub struct RawServer {
     /// certificate; set it only behind a network boundary you trust.
     /// Default `false`.
     pub http_insecure: bool,
+    /// Bytes of range pages the gateway reads and sends at once; each range
+    /// request reserves its page's worst case (`limits.max_scan_page_bytes`,
+    /// or one pair if larger, plus 128 B × `limits.max_scan_page`) and waits
+    /// up to 10 s for it, then gets MER-3003 (503). At least one page's
+    /// reservation, at most 64 GiB. Default 256 MiB.
+    pub http_response_budget_bytes: usize,
     /// Maximum concurrent QUIC connections (1..=65536). Default 1024.
     pub max_connections: usize,
     /// Maximum concurrent requests (bidi streams) per connection (1..=10000). Default 256.
@@ -131,6 +137,7 @@ impl Default for RawServer {
             http_addr: "127.0.0.1:7380".into(),
             http_tls: false,
             http_insecure: false,
+            http_response_budget_bytes: DEFAULT_HTTP_RESPONSE_BUDGET_BYTES,
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
             rate_limit_rps: 0,
@@ -322,6 +329,23 @@ pub struct Limits {
     pub max_scan_page_bytes: usize,
 }
 
+/// Memory one pair of a range page costs beyond its key and value bytes
+/// (the `KeyValue` and its two vectors' headers, rounded up).
+pub const PAGE_ENTRY_OVERHEAD_BYTES: usize = 128;
+
+impl Limits {
+    /// The most memory one range page holds: its byte bound, or one pair
+    /// that is larger on its own (a page always takes its first pair), plus
+    /// the per-pair overhead of a full page. The gateway reserves this much
+    /// of `server.http_response_budget_bytes` per range request.
+    pub fn page_reservation_bytes(&self) -> usize {
+        let pair = self.max_key_bytes + self.max_value_bytes;
+        self.max_scan_page_bytes
+            .max(pair)
+            .saturating_add(PAGE_ENTRY_OVERHEAD_BYTES.saturating_mul(self.max_scan_page))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -357,6 +381,9 @@ pub struct NodeConfig {
     /// certificates. When false, [`NodeConfig::http_addr`] is loopback or
     /// `server.http_insecure` was set.
     pub http_tls: bool,
+    /// `server.http_response_budget_bytes`: range pages the gateway holds at
+    /// once, in bytes.
+    pub http_response_budget_bytes: usize,
     /// Maximum concurrent connections.
     pub max_connections: usize,
     /// Maximum in-flight requests per connection.
@@ -514,6 +541,11 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Default of `server.http_response_budget_bytes`: 256 MiB.
+pub const DEFAULT_HTTP_RESPONSE_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// Ceiling of `server.http_response_budget_bytes`: 64 GiB.
+pub const MAX_HTTP_RESPONSE_BUDGET_BYTES: usize = 64 * 1024 * 1024 * 1024;
+
 /// Plain HTTP has no authentication, so it may listen only where nobody but
 /// this host reaches it, unless the operator says explicitly that it is
 /// insecure (issue 12; docs/operations.md, "HTTP gateway").
@@ -598,6 +630,13 @@ impl RawConfig {
             MAX_INJECTED_CLOCK_OFFSET_MS,
         )?;
         let limits = self.limits.validate()?;
+        let page = limits.page_reservation_bytes();
+        let http_response_budget_bytes = check_range(
+            "server.http_response_budget_bytes",
+            s.http_response_budget_bytes,
+            page,
+            MAX_HTTP_RESPONSE_BUDGET_BYTES,
+        )?;
         let raft = self.raft.validate(&raft::SelfNode {
             name: &self.node.id,
             region: &self.node.region,
@@ -639,6 +678,7 @@ impl RawConfig {
             advertise_addr,
             http_addr,
             http_tls: s.http_tls,
+            http_response_budget_bytes,
             max_connections,
             max_streams_per_connection: max_streams,
             rate_limit_rps: (s.rate_limit_rps > 0).then_some(s.rate_limit_rps),
@@ -770,6 +810,23 @@ mod tests {
         assert!(err.to_string().contains("node.id"), "{err}");
         let err = parse("[server]\nlisten_addr = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn the_response_budget_holds_at_least_one_page() {
+        let limits = Limits::default();
+        assert_eq!(
+            limits.page_reservation_bytes(),
+            4 * 1024 * 1024 + PAGE_ENTRY_OVERHEAD_BYTES * 10_000
+        );
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.http_response_budget_bytes, 256 * 1024 * 1024);
+        let err = parse("[server]\nhttp_response_budget_bytes = 1048576\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`server.http_response_budget_bytes`"),
+            "{err}"
+        );
     }
 
     /// Issue 12: plain HTTP only on loopback unless explicitly insecure.

@@ -15,7 +15,7 @@ use axum::Json;
 
 use super::dto::{
     encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, KvItem, MemberJson, MembersResponse,
+    HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, MemberJson, MembersResponse,
     PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath, PutResponse,
     RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
 };
@@ -283,7 +283,7 @@ pub(crate) async fn empty_key_route(State(state): State<GatewayState>) -> Respon
         (status = 410, description = "Snapshot below the GC horizon (MER-1008)", body = ErrorBody),
         (status = 413, description = "A bound longer than max_key_bytes (MER-1001)", body = ErrorBody),
         (status = 421, description = "This region is not the prefix's home (MER-3006)", body = ErrorBody),
-        (status = 503, description = "A bounded read with on_stale=fail found this region too stale (MER-3007)", body = ErrorBody),
+        (status = 503, description = "A bounded read with on_stale=fail found this region too stale (MER-3007); or range replies held the gateway's whole memory budget (server.http_response_budget_bytes) for 10 s (MER-3003), nothing read", body = ErrorBody),
     ))]
 pub(crate) async fn range(
     State(state): State<GatewayState>,
@@ -301,6 +301,11 @@ pub(crate) async fn range(
         )?;
         let (start, end, limit) = (bounds.start, bounds.end, q.limit.unwrap_or(0));
         let engine = &state.engine;
+        // Before the page is read: held until the reply has been sent.
+        let reservation = state
+            .responses
+            .reserve(engine.limits().page_reservation_bytes())
+            .await?;
         let bound = engine.policy_of(&start).1.max_staleness_ms;
         let (page, meta) = match level_of(choice, bound) {
             Served::PrefixDefault => {
@@ -330,15 +335,15 @@ pub(crate) async fn range(
                 (r.value, meta)
             }
         };
-        Ok(Json(RangeResponse {
-            kvs: page.kvs.iter().map(KvItem::from).collect(),
+        let envelope = RangeResponse {
+            kvs: Vec::new(),
             next_page_token: page.next.as_deref().map(encode_page_token),
             served_at: meta.served_at.0,
             served_at_str: meta.served_at.to_string(),
             staleness_ms: meta.staleness_ms,
             token: meta.token.0.to_string(),
-        })
-        .into_response())
+        };
+        super::budget::stream_page(page.kvs, envelope, reservation)
     })
     .await
 }

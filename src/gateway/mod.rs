@@ -25,6 +25,7 @@
 //! handshake. Plain HTTP has no authentication, so config validation allows
 //! it only on loopback unless `server.http_insecure` is set.
 
+mod budget;
 mod dto;
 mod error;
 mod handlers;
@@ -95,7 +96,11 @@ pub struct GatewayState {
     /// This node's replica of the control range, when configured (policy
     /// changes).
     pub control: Option<Arc<crate::engine::control::ControlRange>>,
+    /// Range pages being read and sent at once (`budget.rs`).
+    pub responses: budget::ResponseBudget,
 }
+
+pub use budget::{ResponseBudget, RESPONSE_BUDGET_WAIT};
 
 /// Who sent a request, as far as the connection tells.
 #[derive(Clone, Debug)]

@@ -219,6 +219,7 @@ impl Node {
                     started: Instant::now(),
                     membership: membership.clone(),
                     control: control.as_ref().map(|(c, _)| c.clone()),
+                    responses: crate::gateway::ResponseBudget::new(cfg.http_response_budget_bytes),
                 };
                 let task = tokio::spawn(crate::gateway::serve(listener, state, https));
                 (Some(bound), Some(task))
