@@ -1034,3 +1034,57 @@ fn plain_http_beyond_loopback_is_refused_at_startup() {
         "nothing is created before the config is valid"
     );
 }
+
+/// Issue 12: history had no byte bound (1,000 versions of 1 MiB in one
+/// reply). A page now ends before its values pass
+/// `limits.max_scan_page_bytes` (4 MiB), and `next_before` continues.
+#[tokio::test]
+async fn history_pages_are_bounded_in_bytes_and_continue_with_next_before() {
+    const MIB: usize = 1024 * 1024;
+    let node = timeout(NODE_TIMEOUT, TestNode::start())
+        .await
+        .expect("node start");
+    let addr = node.http_addr();
+    let mut versions = Vec::new();
+    for i in 0..6u8 {
+        let v = put(addr, "hist/big", &vec![b'a' + i; MIB]).await;
+        versions.push(v["version"].as_u64().unwrap());
+    }
+    versions.reverse(); // newest first, as history lists them
+    let first = get(addr, "/v1/history/hist/big").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let page: Vec<u64> = first["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, versions[..4], "4 MiB of values: four versions");
+    let next = first["next_before"].as_u64().expect("a continuation");
+    assert_eq!(next, versions[3]);
+    let second = get(addr, &format!("/v1/history/hist/big?before={next}")).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second = second.json();
+    let rest: Vec<u64> = second["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rest, versions[4..], "the older two");
+    assert!(second["next_before"].is_null(), "{}", second["next_before"]);
+    assert_eq!(second["entries"][1]["value"].as_str().unwrap().len(), MIB);
+    // A malformed `before` is a 400 that names it.
+    let bad = get(addr, "/v1/history/hist/big?before=soon")
+        .await
+        .assert_error(400, "MER-1007");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before="),
+        "{bad}"
+    );
+    node.stop().await;
+}

@@ -283,9 +283,15 @@ impl RangeQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
-    /// Most versions to return, newest first; 0 or absent means the maximum (1000).
+    /// Most versions to return, newest first; 0 or absent means the maximum
+    /// (1000). A page also ends before its values pass
+    /// `limits.max_scan_page_bytes` (4 MiB by default; one version always fits).
     #[param(minimum = 0, maximum = 1000)]
     pub(crate) limit: Option<usize>,
+    /// Only versions older than this timestamp: a previous page's
+    /// `next_before`, as a packed u64 or `unix_ms.logical`.
+    #[param(pattern = r"^([1-9][0-9]{13,19}|-?[0-9]{1,16}\.[0-9]{1,7})$")]
+    pub(crate) before: Option<String>,
 }
 
 /// Reply of `GET /v1/kv/{key}`.
@@ -983,6 +989,9 @@ impl From<&VersionEntry> for HistoryEntryJson {
 pub(crate) struct HistoryResponse {
     /// Versions, newest first, up to the closed timestamp.
     pub(crate) entries: Vec<HistoryEntryJson>,
+    /// Pass as `before` for the older versions; null when there are none.
+    /// Set when the page ended at `limit` or at its byte bound.
+    pub(crate) next_before: Option<u64>,
     /// The closed timestamp the history was cut at.
     pub(crate) served_at: u64,
     /// `served_at` as `unix_ms.logical`.

@@ -478,8 +478,8 @@ pub(crate) async fn txn(
 #[utoipa::path(get, path = "/v1/history/{key}", tag = "kv",
     params(KeyPath, HistoryQuery),
     responses(
-        (status = 200, description = "Versions newest first (empty when the key never existed)", body = HistoryResponse),
-        (status = 400, description = "Bad key or limit (MER-1007)", body = ErrorBody),
+        (status = 200, description = "Versions newest first (empty when the key never existed); at most `limit` and about limits.max_scan_page_bytes of values per page, `next_before` continues", body = HistoryResponse),
+        (status = 400, description = "Bad key, limit or before (MER-1007)", body = ErrorBody),
         (status = 413, description = "Key longer than max_key_bytes (MER-1001)", body = ErrorBody)))]
 pub(crate) async fn history(
     State(state): State<GatewayState>,
@@ -488,10 +488,25 @@ pub(crate) async fn history(
 ) -> Response {
     observe(&state, "history", async {
         let key = path_key(path)?;
-        let limit = query(q)?.limit.unwrap_or(0);
-        let served = state.engine.history(key.into_bytes(), limit).await?;
+        let q = query(q)?;
+        // parse_timestamp names `at=` in its messages; this parameter is `before`.
+        let before = q
+            .before
+            .as_deref()
+            .map(|raw| {
+                parse_timestamp(raw)
+                    .map_err(|e| GatewayError::api(e.code, e.message.replacen("at=", "before=", 1)))
+            })
+            .transpose()?;
+        let max_bytes = state.engine.limits().max_scan_page_bytes;
+        let served = state
+            .engine
+            .history_page(key.into_bytes(), before, q.limit.unwrap_or(0), max_bytes)
+            .await?;
+        let (entries, next) = served.value;
         Ok(Json(HistoryResponse {
-            entries: served.value.iter().map(HistoryEntryJson::from).collect(),
+            entries: entries.iter().map(HistoryEntryJson::from).collect(),
+            next_before: next.map(|t| t.0),
             served_at: served.served_at.0,
             served_at_str: served.served_at.to_string(),
         })

@@ -568,6 +568,23 @@ impl MvccStore {
         mvcc::history(&src, key, limit.min(limits::MAX_HISTORY_PAGE))
     }
 
+    /// One page of `key`'s versions below `before` (all when `None`), newest
+    /// first: at most `limit` (capped at [`limits::MAX_HISTORY_PAGE`]) and
+    /// ending before the values pass `max_bytes` (at least one version).
+    /// `true` when older versions remain; continue below the last one.
+    pub fn history_page(
+        &self,
+        key: &[u8],
+        before: Option<Timestamp>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<VersionEntry>, bool), StorageError> {
+        self.check_poisoned()?;
+        let src = self.source();
+        let limit = limit.min(limits::MAX_HISTORY_PAGE);
+        mvcc::history_page(&src, key, before, limit, max_bytes)
+    }
+
     /// Writes all `records` as one atomic fjall batch (group commit). Does
     /// not fsync: call [`MvccStore::sync`] before acknowledging.
     ///

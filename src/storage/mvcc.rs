@@ -79,10 +79,31 @@ pub(crate) fn history(
     key: &[u8],
     limit: usize,
 ) -> Result<Vec<VersionEntry>, StorageError> {
-    let lower = Bound::Included(encoding::key_prefix(key));
+    Ok(history_page(src, key, None, limit, usize::MAX)?.0)
+}
+
+/// Up to `limit` versions of `key` below `before` (all when `None`), newest
+/// first, ending before their values pass `max_bytes` (one version is
+/// always taken, so a page makes progress). The second value says whether
+/// older versions remain: pass the last version as the next `before`.
+pub(crate) fn history_page(
+    src: &impl VersionSource,
+    key: &[u8],
+    before: Option<Timestamp>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<VersionEntry>, bool), StorageError> {
+    let lower = match before {
+        None => Bound::Included(encoding::key_prefix(key)),
+        Some(Timestamp(0)) => return Ok((Vec::new(), false)),
+        // Newer versions sort first: everything below `before` starts at
+        // its predecessor's encoding.
+        Some(b) => Bound::Included(encoding::encode_version_key(key, Timestamp(b.0 - 1))),
+    };
     let upper = Bound::Included(encoding::key_prefix_last(key));
-    let mut out = Vec::with_capacity(limit.min(64));
-    for entry in src.range(lower, upper).take(limit) {
+    let mut out: Vec<VersionEntry> = Vec::with_capacity(limit.min(64));
+    let mut bytes = 0usize;
+    for entry in src.range(lower, upper) {
         let (raw_key, raw_value) = entry?;
         let (user_key, version) = encoding::decode_version_key(&raw_key)?;
         if user_key != key {
@@ -91,12 +112,18 @@ pub(crate) fn history(
             });
         }
         let value = encoding::decode_record(&raw_value)?.map(<[u8]>::to_vec);
+        let size = value.as_ref().map_or(0, Vec::len);
+        let over_bytes = !out.is_empty() && bytes.saturating_add(size) > max_bytes;
+        if out.len() == limit || over_bytes {
+            return Ok((out, true));
+        }
+        bytes += size;
         debug_assert!(out
             .last()
             .is_none_or(|prev: &VersionEntry| prev.version > version));
         out.push(VersionEntry { version, value });
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// A range scan in progress: which key it is inside and what it has found.
