@@ -51,6 +51,19 @@ impl Drop for Reaped {
     }
 }
 
+/// A missing tool fails the test under `CI=true` and skips it elsewhere,
+/// with `reason` printed.
+fn skip_unless_ci(reason: &str) {
+    assert!(std::env::var("CI").is_err(), "{reason}");
+    eprintln!("skipped: {reason}");
+}
+
+async fn start_node() -> TestNode {
+    tokio::time::timeout(NODE_TIMEOUT, TestNode::start())
+        .await
+        .expect("node start timed out")
+}
+
 fn long_run() -> bool {
     std::env::var("MERIDIAN_LONG_TESTS").is_ok_and(|v| v == "1")
 }
@@ -58,15 +71,11 @@ fn long_run() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_with_every_check_and_phase() {
     let Some(st) = schemathesis() else {
-        let reason =
-            "schemathesis is not installed: run .ci/run, or set MERIDIAN_SCHEMATHESIS to its `st`";
-        assert!(std::env::var("CI").is_err(), "{reason}");
-        eprintln!("skipped: {reason}");
-        return;
+        return skip_unless_ci(
+            "schemathesis is not installed: run .ci/run, or set MERIDIAN_SCHEMATHESIS to its `st`",
+        );
     };
-    let node = tokio::time::timeout(NODE_TIMEOUT, TestNode::start())
-        .await
-        .expect("node start timed out");
+    let node = start_node().await;
     let url = format!("http://{}/openapi.json", node.http_addr());
     let config =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/schemathesis.toml");
@@ -215,15 +224,12 @@ fn run_bounded(mut command: Command, dir: &std::path::Path, bound: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_generated_from_the_document_works() {
     let Some((generator, python)) = python_client_generator() else {
-        let reason = "openapi-python-client is not installed: run .ci/run, or set \
-                      MERIDIAN_OPENAPI_PYTHON_CLIENT to its executable in a virtual environment";
-        assert!(std::env::var("CI").is_err(), "{reason}");
-        eprintln!("skipped: {reason}");
-        return;
+        return skip_unless_ci(
+            "openapi-python-client is not installed: run .ci/run, or set \
+             MERIDIAN_OPENAPI_PYTHON_CLIENT to its executable in a virtual environment",
+        );
     };
-    let node = tokio::time::timeout(NODE_TIMEOUT, TestNode::start())
-        .await
-        .expect("node start timed out");
+    let node = start_node().await;
     let addr = node.http_addr();
     let doc = common::http::request(addr, "GET", "/openapi.json", b"").await;
     assert_eq!(doc.status, 200, "{}", doc.text());
