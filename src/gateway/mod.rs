@@ -18,7 +18,7 @@
 //!
 //! **Security.** With `server.http_tls` the gateway speaks HTTPS with the
 //! node's certificate and reads the caller's client certificate (verified
-//! against the cluster CA) into a [`Caller`]; the role in it grants what it
+//! against the cluster CA) into a `Caller`; the role in it grants what it
 //! grants over QUIC (`transport::DATA_ROLES`, `transport::ADMIN_ROLES`, one
 //! mapping for both front ends). A connection without a certificate gets
 //! MER-2003 (401) on every route; a certificate from another CA fails the

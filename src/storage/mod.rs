@@ -530,7 +530,7 @@ impl MvccStore {
         self.scan_bounded(start, end, at, limit, usize::MAX)
     }
 
-    /// [`Store::scan`] that also ends the page before its keys and values
+    /// [`MvccStore::scan`] that also ends the page before its keys and values
     /// pass `max_bytes` (a page holds at least one pair), so a page of
     /// large values cannot hold `limit` of them in memory.
     pub fn scan_bounded(
