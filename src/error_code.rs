@@ -63,6 +63,17 @@ pub enum ErrorCode {
     /// prefix strong or moving a strong prefix's home at run time), or the
     /// cluster has no control range to hold it.
     PolicyRefused,
+    /// MER-1011: the HTTP request body is encoded (`Content-Encoding`) in a
+    /// way the gateway does not decode; nothing was read or written.
+    UnsupportedEncoding,
+    /// MER-1012: the HTTP request's URI is longer than the gateway reads.
+    UriTooLong,
+    /// MER-1013: the HTTP request's header section is larger than the
+    /// gateway reads (too many or too long header fields).
+    HeadersTooLarge,
+    /// MER-2003: the HTTPS gateway got a request on a connection without a
+    /// client certificate; nothing was read or written.
+    CertificateRequired,
 }
 
 /// Every code, for lookups and tests.
@@ -87,6 +98,10 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::TooStale,
     ErrorCode::LevelNotAllowed,
     ErrorCode::PolicyRefused,
+    ErrorCode::UnsupportedEncoding,
+    ErrorCode::UriTooLong,
+    ErrorCode::HeadersTooLarge,
+    ErrorCode::CertificateRequired,
 ];
 
 impl ErrorCode {
@@ -113,6 +128,10 @@ impl ErrorCode {
             ErrorCode::TooStale => "MER-3007",
             ErrorCode::LevelNotAllowed => "MER-1009",
             ErrorCode::PolicyRefused => "MER-1010",
+            ErrorCode::UnsupportedEncoding => "MER-1011",
+            ErrorCode::UriTooLong => "MER-1012",
+            ErrorCode::HeadersTooLarge => "MER-1013",
+            ErrorCode::CertificateRequired => "MER-2003",
         }
     }
 
@@ -161,6 +180,16 @@ impl ErrorCode {
             }
             ErrorCode::PolicyRefused => {
                 "keep the prefix's guarantee (use a new prefix for data that needs a stronger one), or configure [control] to change policies at run time"
+            }
+            ErrorCode::UnsupportedEncoding => {
+                "send the body uncompressed, without a Content-Encoding header (or with identity)"
+            }
+            ErrorCode::UriTooLong => {
+                "shorten the URI: use a shorter key, or fewer or shorter query parameters"
+            }
+            ErrorCode::HeadersTooLarge => "send fewer or shorter header fields",
+            ErrorCode::CertificateRequired => {
+                "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
             }
         }
     }
@@ -248,6 +277,10 @@ mod tests {
         assert_eq!(ErrorCode::TooStale.as_u16(), 3007);
         assert_eq!(ErrorCode::LevelNotAllowed.as_u16(), 1009);
         assert_eq!(ErrorCode::PolicyRefused.as_u16(), 1010);
-        assert_eq!(ALL.last(), Some(&ErrorCode::PolicyRefused));
+        assert_eq!(ErrorCode::UnsupportedEncoding.as_u16(), 1011);
+        assert_eq!(ErrorCode::UriTooLong.as_u16(), 1012);
+        assert_eq!(ErrorCode::HeadersTooLarge.as_u16(), 1013);
+        assert_eq!(ErrorCode::CertificateRequired.as_u16(), 2003);
+        assert_eq!(ALL.last(), Some(&ErrorCode::CertificateRequired));
     }
 }

@@ -36,6 +36,15 @@ pub const DEFAULT_MAX_SCAN_PAGE: usize = 10_000;
 /// Ceiling for `limits.max_scan_page`.
 pub const HARD_MAX_SCAN_PAGE: usize = 100_000;
 
+/// Default bound on the key and value bytes of one range page (config
+/// `limits.max_scan_page_bytes`): a page of 10,000 pairs of 1 MiB values
+/// would otherwise be 10 GB, built in memory before it is sent.
+pub const DEFAULT_MAX_SCAN_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Floor for `limits.max_scan_page_bytes`.
+pub const MIN_SCAN_PAGE_BYTES: usize = 64 * 1024;
+/// Ceiling for `limits.max_scan_page_bytes`.
+pub const HARD_MAX_SCAN_PAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Maximum versions returned by one history request.
 pub const MAX_HISTORY_PAGE: usize = 1_000;
 

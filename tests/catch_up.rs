@@ -109,7 +109,9 @@ async fn counter(dev: &WanDev, nodes: &[&str], name: &str) -> f64 {
             .find_map(|l| l.strip_prefix("http_addr = "))
             .map(|v| v.trim_matches('"').parse().unwrap())
             .expect("http_addr in the node's config");
-        let reply = common::http::request(http, "GET", "/metrics", b"").await;
+        let reply = common::http::Https::with_cert(&dev.dev_dir().join("certs"), "client")
+            .request(http, "GET", "/metrics", b"")
+            .await;
         sum += String::from_utf8_lossy(&reply.body)
             .lines()
             .filter(|l| l.starts_with(name))

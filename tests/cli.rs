@@ -560,27 +560,21 @@ fn an_oversized_value_is_refused_with_its_limit_and_nothing_is_written() {
 }
 
 /// Sends one HTTP/1.1 request and returns the status code and body.
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
+/// One request to a dev cluster's HTTPS gateway with its client
+/// certificate: the status and the body.
+fn http(
+    https: &common::http::Https,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    let reply = runtime.block_on(https.request(addr.parse().unwrap(), method, path, body));
+    (reply.status, reply.text())
 }
 
 #[test]
@@ -597,7 +591,9 @@ fn a_write_that_cannot_commit_reports_outcome_unknown_everywhere() {
     }
     let only_leader = with_endpoints(&env, &[cluster.quic_addr(&leader)]);
     let http_addr = cluster.http_addr(&leader);
-    let gateway = std::thread::spawn(move || http(&http_addr, "PUT", "/v1/kv/config/h", b"v"));
+    let https = cluster.https("client");
+    let gateway =
+        std::thread::spawn(move || http(&https, &http_addr, "PUT", "/v1/kv/config/h", b"v"));
     let put = run(
         &["kv", "put", "config/x", "v", "--timeout-ms", "30000"],
         &only_leader,
@@ -609,4 +605,56 @@ fn a_write_that_cannot_commit_reports_outcome_unknown_everywhere() {
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("MER-3005"), "{body}");
     drop(cluster);
+}
+
+/// The README's curl command works against `meridian dev`: HTTPS with the
+/// dev CA and the dev client certificate. Without the certificate the
+/// gateway answers 401 with MER-2003 and nothing is written.
+#[test]
+fn curl_with_the_dev_client_certificate_works() {
+    let curl = std::process::Command::new("curl").arg("--version").output();
+    if !curl.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "curl is required under CI=true (install it in .ci/run)"
+        );
+        eprintln!("skipped: no curl binary on PATH");
+        return;
+    }
+    let cluster = DevCluster::start();
+    let leader = config_leader(&cluster.cli_env());
+    let base = format!("https://{}", cluster.http_addr(&leader));
+    let certs = cluster.certs_dir();
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {extra:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let with_cert = |extra: &[&str]| {
+        let cert = certs.join("client.pem");
+        let key = certs.join("client.key");
+        let mut args = vec![
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        curl(&args)
+    };
+    let url = format!("{base}/v1/kv/config/curl");
+    let refused = curl(&["-X", "PUT", "--data-binary", "nope", &url]);
+    assert!(refused.contains("MER-2003"), "{refused}");
+    let absent = with_cert(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(absent, "404", "the refused write wrote nothing");
+    let put = with_cert(&["-X", "PUT", "--data-binary", "from curl", &url]);
+    assert!(put.contains("\"version\""), "{put}");
+    let got = with_cert(&[&url]);
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["value"], "from curl", "{got}");
 }

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::dev::DevCluster;
-use common::http::request;
 use meridian::client::{Client, ClientConfig, ClientError};
 use meridian::error_code::ErrorCode;
 use meridian::replication::read::ReadLevel;
@@ -169,14 +168,39 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
     // Over HTTP, through any node's gateway (the node forwards the change
     // to the control leader): a change, then refusals with the JSON error
     // shape and the status of their code.
+    // The gateway speaks HTTPS; policy changes need an admin certificate,
+    // as on QUIC: a client certificate is refused and changes nothing.
     let http = cluster.http_addr("node3").parse().unwrap();
-    let ok = request(
-        http,
-        "PUT",
-        "/v1/policies/web/",
-        br#"{"consistency":"causal"}"#,
-    )
-    .await;
+    let https = cluster.https("admin");
+    let table = admin.policies().await.unwrap();
+    cluster
+        .https("client")
+        .request(
+            http,
+            "PUT",
+            "/v1/policies/web/",
+            br#"{"consistency":"causal"}"#,
+        )
+        .await
+        .assert_error(403, "MER-2001");
+    cluster
+        .https("client")
+        .request(http, "DELETE", "/v1/policies/config/", b"")
+        .await
+        .assert_error(403, "MER-2001");
+    assert_eq!(
+        admin.policies().await.unwrap(),
+        table,
+        "a refusal changes nothing"
+    );
+    let ok = https
+        .request(
+            http,
+            "PUT",
+            "/v1/policies/web/",
+            br#"{"consistency":"causal"}"#,
+        )
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let v = ok.json();
     assert!(v["version"].as_u64().unwrap() > changed.version, "{v}");
@@ -193,24 +217,31 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
         wait_policy(&cluster, name, "web/", ConsistencyV1::Causal).await;
     }
     let before = admin.policies().await.unwrap();
-    request(
-        http,
-        "PUT",
-        "/v1/policies/web/",
-        br#"{"consistency":"strong"}"#,
-    )
-    .await
-    .assert_error(409, "MER-1010");
-    request(http, "PUT", "/v1/policies/web/", br#"{"colour":"red"}"#)
+    https
+        .request(
+            http,
+            "PUT",
+            "/v1/policies/web/",
+            br#"{"consistency":"strong"}"#,
+        )
+        .await
+        .assert_error(409, "MER-1010");
+    // An unknown field makes the body malformed (MER-1005), as in a
+    // transaction; bad values are MER-1007.
+    https
+        .request(http, "PUT", "/v1/policies/web/", br#"{"colour":"red"}"#)
+        .await
+        .assert_error(400, "MER-1005");
+    https
+        .request(http, "PUT", "/v1/policies", br#"{}"#)
         .await
         .assert_error(400, "MER-1007");
-    request(http, "PUT", "/v1/policies", br#"{}"#)
+    https
+        .request(http, "PUT", "/v1/policies", br#"{"home":"mars"}"#)
         .await
         .assert_error(400, "MER-1007");
-    request(http, "PUT", "/v1/policies", br#"{"home":"mars"}"#)
-        .await
-        .assert_error(400, "MER-1007");
-    request(http, "DELETE", "/v1/policies/absent/", b"")
+    https
+        .request(http, "DELETE", "/v1/policies/absent/", b"")
         .await
         .assert_error(400, "MER-1007");
     assert_eq!(

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use common::http::{parse_reply, request, Reply};
+use common::http::{parse_reply, request, Https, Reply};
 use common::TestNode;
 
 /// Bound on one HTTP exchange.
@@ -652,4 +652,439 @@ async fn stopping_the_node_closes_keep_alive_connections() {
         matches!(read, Ok(0) | Err(_)),
         "unexpected bytes after stop: {read:?}"
     );
+}
+
+/// Sends raw bytes (a request no HTTP library would write) and reads the
+/// whole reply.
+async fn raw_exchange(addr: SocketAddr, raw: Vec<u8>) -> Reply {
+    timeout(REQUEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&raw).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        parse_reply(&out)
+    })
+    .await
+    .expect("reply within REQUEST_TIMEOUT")
+}
+
+/// Asserts that `key` has no live value and no history: a refused request
+/// wrote nothing.
+async fn assert_never_written(addr: SocketAddr, key_path: &str) {
+    get(addr, &format!("/v1/kv/{key_path}"))
+        .await
+        .assert_error(404, "not_found");
+    let history = get(addr, &format!("/v1/history/{key_path}")).await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    assert_eq!(history.json()["entries"], json!([]), "{}", history.text());
+}
+
+/// Issue 12: positional (array) forms of a transaction, its operations or
+/// its compares bypassed the named-field rule and were executed.
+#[tokio::test]
+async fn txn_bodies_are_objects_with_named_fields_only() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for body in [
+        r#"[[],[{"put":{"key":"probe/positional","value":"x"}}],[]]"#,
+        r#"{"success":[{"put":["probe/positional","x"]}]}"#,
+        r#"{"compares":[["probe/positional","equal",null,null,false]],"success":[{"put":{"key":"probe/positional","value":"x"}}]}"#,
+        r#"{"success":[["probe/positional","x"]]}"#,
+    ] {
+        let r = request(addr, "POST", "/v1/txn", body.as_bytes()).await;
+        let v = r.assert_error(400, "MER-1005");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("JSON object"), "{body}: {v}");
+        assert!(
+            !v["error"]["remedy"].as_str().unwrap().contains("SDK"),
+            "the remedy fits a JSON body: {v}"
+        );
+    }
+    assert_never_written(addr, "probe/positional").await;
+    stop(node).await;
+}
+
+/// Issue 12: an exists compare with an ordering operator ran.
+#[tokio::test]
+async fn exists_compares_take_equal_or_not_equal_only() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for op in ["less", "greater"] {
+        let body = json!({
+            "compares": [{"key": "probe/exists", "op": op, "exists": true}],
+            "failure": [{"put": {"key": "probe/exists", "value": "x"}}],
+        });
+        let v = post_txn(addr, &body).await.assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("equal or not_equal"),
+            "{v}"
+        );
+    }
+    let over = json!({
+        "compares": [{"key": "probe/exists", "op": "equal", "version": 9_223_372_036_854_775_808u64}],
+        "failure": [{"put": {"key": "probe/exists", "value": "x"}}],
+    });
+    post_txn(addr, &over).await.assert_error(400, "MER-1007");
+    assert_never_written(addr, "probe/exists").await;
+    stop(node).await;
+}
+
+/// Issue 12: `%ZZ` was stored literally (so `%ZZ` and `%25ZZ` named one
+/// key), invalid UTF-8 in a query was replaced with U+FFFD, and dot
+/// segments were stored though no ordinary client can name them.
+#[tokio::test]
+async fn percent_escapes_are_strict_and_dot_segments_refused() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for (method, path) in [
+        ("PUT", "/v1/kv/probe/%ZZ"),
+        ("PUT", "/v1/kv/probe/%2"),
+        ("PUT", "/v1/kv/probe/%FF"),
+        ("GET", "/v1/kv?prefix=probe%2F%FF"),
+        ("GET", "/v1/kv/probe/x?consistency=%C3"),
+    ] {
+        let v = request(addr, method, path, b"x")
+            .await
+            .assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("percent")
+                || v["error"]["message"].as_str().unwrap().contains("UTF-8"),
+            "{path}: {v}"
+        );
+    }
+    for path in [
+        "/v1/kv/probe/../x",
+        "/v1/kv/probe/./x",
+        "/v1/kv/probe/%2E%2E/x",
+        "/v1/kv/probe/..",
+    ] {
+        let v = request(addr, "PUT", path, b"x")
+            .await
+            .assert_error(400, "MER-1007");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("segment"),
+            "{path}: {v}"
+        );
+    }
+    let dotted = json!({"success": [{"put": {"key": "probe/../x", "value": "x"}}]});
+    post_txn(addr, &dotted).await.assert_error(400, "MER-1007");
+    // Nothing under probe/ was written by any of them.
+    let listed = get(addr, "/v1/kv?prefix=probe/").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["kvs"], json!([]), "{}", listed.text());
+    // A literal '%' is written %25 and round-trips.
+    put(addr, "pct%25ZZ", b"v").await;
+    assert_eq!(get(addr, "/v1/kv/pct%25ZZ").await.json()["key"], "pct%ZZ");
+    stop(node).await;
+}
+
+/// Issue 12: a gzip body was stored compressed as the value.
+#[tokio::test]
+async fn content_encoding_is_refused_with_415() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let head = "PUT /v1/kv/probe/gz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc";
+    let reply = raw_exchange(addr, head.as_bytes().to_vec()).await;
+    reply.assert_error(415, "MER-1011");
+    assert_never_written(addr, "probe/gz").await;
+    stop(node).await;
+}
+
+/// Issue 12: hyper's own 414 and header-level 400 had empty bodies.
+#[tokio::test]
+async fn unparsable_requests_get_the_json_error_body() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let exchange = |raw: Vec<u8>| raw_exchange(addr, raw);
+    let long = format!(
+        "PUT /v1/kv/probe/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+        "a".repeat(70_000)
+    );
+    exchange(long.into_bytes())
+        .await
+        .assert_error(414, "MER-1012");
+    let bad_header =
+        b"PUT /v1/kv/probe/h HTTP/1.1\r\nHost: x\r\nBad Header\r\nContent-Length: 1\r\n\r\nx"
+            .to_vec();
+    exchange(bad_header).await.assert_error(400, "MER-1005");
+    assert_never_written(addr, "probe/h").await;
+    stop(node).await;
+}
+
+/// Issue 12: `at=` in milliseconds without `.logical` was read as a packed
+/// value; a timestamp ahead of the clock answered 500 (MER-3002).
+#[tokio::test]
+async fn at_and_token_are_refused_clearly() {
+    let node = start().await;
+    let addr = node.http_addr();
+    put(addr, "probe/at", b"v").await;
+    let v = get(addr, "/v1/kv/probe/at?at=1795639112708")
+        .await
+        .assert_error(400, "MER-1007");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(".0"),
+        "{v}"
+    );
+    get(addr, "/v1/kv?prefix=probe/&at=10051549251499544616")
+        .await
+        .assert_error(400, "MER-1007");
+    get(
+        addr,
+        "/v1/kv/probe/at?consistency=causal&token=18446744073709551615",
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    // Members answer an empty view without gossip, not an error.
+    let members = get(addr, "/v1/members").await;
+    assert_eq!(members.status, 200, "{}", members.text());
+    assert_eq!(members.json()["members"], json!([]));
+    stop(node).await;
+}
+
+/// Issue 12: a range page was bounded in entries only (10,000 entries of
+/// large values made one 32 MB page). Pages end at limits.max_scan_page_bytes.
+#[tokio::test]
+async fn range_pages_are_bounded_in_bytes() {
+    let node = TestNode::start_with(|cfg| {
+        cfg.limits.max_scan_page_bytes = 64 * 1024;
+    });
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let value = vec![b'v'; 20 * 1024];
+    for i in 0..10 {
+        put(addr, &format!("big/{i}"), &value).await;
+    }
+    let mut token: Option<String> = None;
+    let mut seen = 0;
+    for _ in 0..MAX_PAGES {
+        let path = match &token {
+            None => "/v1/kv?prefix=big/&limit=100".to_owned(),
+            Some(t) => format!("/v1/kv?prefix=big/&limit=100&page_token={t}"),
+        };
+        let r = get(addr, &path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let kvs = v["kvs"].as_array().unwrap().len();
+        // 64 KiB of keys and values hold three 20 KiB pairs.
+        assert!(kvs <= 3, "{kvs} pairs in one page");
+        seen += kvs;
+        token = v["next_page_token"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, 10, "every pair is listed across pages");
+    stop(node).await;
+}
+
+// ---- HTTPS and roles (issue 12, Build 4) ----
+
+/// A node whose gateway speaks HTTPS (`server.http_tls`), and HTTPS clients
+/// presenting its test CA's `client` and `admin` certificates.
+async fn https_node() -> (TestNode, Https, Https) {
+    let node = timeout(
+        NODE_TIMEOUT,
+        TestNode::start_with(|cfg| cfg.http_tls = true),
+    )
+    .await
+    .expect("node start");
+    let client = Https::with_cert(&node.certs.dir, "client");
+    let admin = Https::with_cert(&node.certs.dir, "admin");
+    (node, client, admin)
+}
+
+/// The key was never written: an admin reading it over HTTPS gets 404.
+async fn assert_absent(admin: &Https, addr: SocketAddr, key: &str) {
+    let r = admin
+        .request(addr, "GET", &format!("/v1/kv/{key}"), b"")
+        .await;
+    assert_eq!(r.status, 404, "{key} must not exist: {}", r.text());
+}
+
+#[tokio::test]
+async fn https_refuses_a_request_without_a_client_certificate() {
+    let (node, client, admin) = https_node().await;
+    let addr = node.http_addr();
+    let anonymous = Https::new(&node.certs.dir.join("ca.pem"), None);
+    for (method, path, body) in [
+        ("PUT", "/v1/kv/tls/anonymous", &b"x"[..]),
+        ("GET", "/v1/kv/tls/anonymous", b""),
+        ("GET", "/metrics", b""),
+        ("PUT", "/v1/policies/tls/", br#"{"consistency":"eventual"}"#),
+    ] {
+        anonymous
+            .request(addr, method, path, body)
+            .await
+            .assert_error(401, "MER-2003");
+    }
+    assert_absent(&admin, addr, "tls/anonymous").await;
+    // The same request with the client certificate is served.
+    let r = client
+        .request(addr, "PUT", "/v1/kv/tls/anonymous", b"x")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Plain HTTP to an HTTPS gateway is no request at all.
+    let plain = timeout(REQUEST_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PUT /v1/kv/tls/plain HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply).await;
+        reply
+    })
+    .await
+    .expect("the server closes a connection that does not speak TLS");
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "plain HTTP was served");
+    assert_absent(&admin, addr, "tls/plain").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn https_refuses_a_certificate_from_another_ca() {
+    let (node, _client, admin) = https_node().await;
+    let addr = node.http_addr();
+    let other = tempfile::tempdir().unwrap();
+    let other_certs = common::TestCerts::new(other.path());
+    // Trusts the node's CA (so the server is accepted) but presents a
+    // client certificate that another CA signed.
+    let foreign = Https::new(
+        &node.certs.dir.join("ca.pem"),
+        Some((
+            &other_certs.dir.join("admin.pem"),
+            &other_certs.dir.join("admin.key"),
+        )),
+    );
+    let refused = foreign
+        .try_request(addr, "PUT", "/v1/kv/tls/foreign", b"x")
+        .await;
+    let err = match refused {
+        Ok(reply) => panic!(
+            "a foreign certificate was answered: {} {}",
+            reply.status,
+            reply.text()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("alert") || err.contains("reset") || err.contains("closed"),
+        "the handshake is refused: {err}"
+    );
+    assert_absent(&admin, addr, "tls/foreign").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn https_client_role_is_refused_admin_routes_which_admin_passes() {
+    let (node, client, admin) = https_node().await;
+    let addr = node.http_addr();
+    // The data API is open to a client certificate, as on QUIC.
+    let r = client.request(addr, "PUT", "/v1/kv/tls/data", b"v").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = client.request(addr, "GET", "/v1/policies", b"").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    for (method, path, body) in [
+        ("PUT", "/v1/policies", &br#"{"consistency":"eventual"}"#[..]),
+        ("PUT", "/v1/policies/tls/", br#"{"consistency":"eventual"}"#),
+        ("DELETE", "/v1/policies/tls/", b""),
+    ] {
+        let v = client
+            .request(addr, method, path, body)
+            .await
+            .assert_error(403, "MER-2001");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("role client"), "{message}");
+        // An admin certificate passes the role check: this single node has
+        // no control range, so the change itself is refused with MER-1010
+        // (tests/control.rs shows an admin change committing over HTTPS).
+        admin
+            .request(addr, method, path, body)
+            .await
+            .assert_error(409, "MER-1010");
+    }
+    let after = client.request(addr, "GET", "/v1/policies", b"").await;
+    assert_eq!(after.json(), before.json(), "refusals change nothing");
+    node.stop().await;
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[node]\ndata_dir = \"data\"\n[server]\nlisten_addr = \"127.0.0.1:0\"\nhttp_addr = \"0.0.0.0:0\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a plain gateway on 0.0.0.0 started");
+    assert!(stderr.contains("server.http_tls"), "{stderr}");
+    assert!(stderr.contains("server.http_insecure"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the config is valid"
+    );
+}
+
+/// Issue 12: history had no byte bound (1,000 versions of 1 MiB in one
+/// reply). A page now ends before its values pass
+/// `limits.max_scan_page_bytes` (4 MiB), and `next_before` continues.
+#[tokio::test]
+async fn history_pages_are_bounded_in_bytes_and_continue_with_next_before() {
+    const MIB: usize = 1024 * 1024;
+    let node = timeout(NODE_TIMEOUT, TestNode::start())
+        .await
+        .expect("node start");
+    let addr = node.http_addr();
+    let mut versions = Vec::new();
+    for i in 0..6u8 {
+        let v = put(addr, "hist/big", &vec![b'a' + i; MIB]).await;
+        versions.push(v["version"].as_u64().unwrap());
+    }
+    versions.reverse(); // newest first, as history lists them
+    let first = get(addr, "/v1/history/hist/big").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let page: Vec<u64> = first["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, versions[..4], "4 MiB of values: four versions");
+    let next = first["next_before"].as_u64().expect("a continuation");
+    assert_eq!(next, versions[3]);
+    let second = get(addr, &format!("/v1/history/hist/big?before={next}")).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second = second.json();
+    let rest: Vec<u64> = second["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rest, versions[4..], "the older two");
+    assert!(second["next_before"].is_null(), "{}", second["next_before"]);
+    assert_eq!(second["entries"][1]["value"].as_str().unwrap().len(), MIB);
+    // A malformed `before` is a 400 that names it.
+    let bad = get(addr, "/v1/history/hist/big?before=soon")
+        .await
+        .assert_error(400, "MER-1007");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before="),
+        "{bad}"
+    );
+    node.stop().await;
 }

@@ -333,7 +333,9 @@ async fn check_every_node_metrics(dev: &WanDev) {
         for j in 1..=3 {
             let node = format!("{region}-{j}");
             let addr: SocketAddr = http_bind(dev, &node).parse().unwrap();
-            let reply = http::request(addr, "GET", "/metrics", b"").await;
+            let reply = http::Https::with_cert(&dev.dev_dir().join("certs"), "client")
+                .request(addr, "GET", "/metrics", b"")
+                .await;
             assert_eq!(reply.status, 200, "{node} /metrics");
             let text = reply.text();
             // Series every node has (request series only exist on nodes

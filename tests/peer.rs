@@ -152,21 +152,18 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// A snapshot-install counter from a node's /metrics (0 when absent).
-async fn metric(http: &str, name: &str) -> f64 {
-    let Ok(Ok(mut stream)) =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(http)).await
-    else {
+/// A snapshot-install counter from a node's /metrics (0 when absent or
+/// unreachable), over the dev cluster's HTTPS gateway.
+async fn metric(https: &common::http::Https, http: &str, name: &str) -> f64 {
+    let Ok(addr) = http.parse() else {
         return 0.0;
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n");
-    if stream.write_all(req.as_bytes()).await.is_err() {
+    let Ok(reply) = https.try_request(addr, "GET", "/metrics", b"").await else {
         return 0.0;
-    }
-    let mut body = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await;
-    body.lines()
+    };
+    reply
+        .text()
+        .lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -268,6 +265,7 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
     let leader_idle = rss_bytes(leader_pid).unwrap_or(0);
 
     let follower_http = node_file(&cluster, &follower_name, "http_addr");
+    let https = cluster.https("client");
     cluster.restart(&follower_name);
     let follower_pid = cluster.pids[&follower_name];
     let started = Instant::now();
@@ -281,7 +279,12 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
     loop {
         follower_peak = follower_peak.max(rss_bytes(follower_pid).unwrap_or(0));
         leader_peak = leader_peak.max(rss_bytes(leader_pid).unwrap_or(0));
-        let installed = metric(&follower_http, "meridian_raft_snapshots_installed_total").await;
+        let installed = metric(
+            &https,
+            &follower_http,
+            "meridian_raft_snapshots_installed_total",
+        )
+        .await;
         if installed >= 1.0 {
             let applied = applied_on_each(&cluster).await;
             if applied.iter().all(|a| a.is_some() && *a == applied[0]) {

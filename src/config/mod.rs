@@ -101,6 +101,24 @@ pub struct RawServer {
     pub advertise_addr: String,
     /// HTTP/JSON gateway address (TCP); empty disables it. Default `127.0.0.1:7380`.
     pub http_addr: String,
+    /// Serve the gateway over HTTPS with the `[tls]` node certificate, and
+    /// require a client certificate from the cluster CA on every request; its
+    /// role decides what the caller may do, as on the QUIC protocol. Default
+    /// `false`: plain HTTP, which has no authentication (every caller may do
+    /// what an admin may), so it is allowed only on a loopback `http_addr`
+    /// unless `http_insecure` is set.
+    pub http_tls: bool,
+    /// Allow plain HTTP (`http_tls = false`) on an `http_addr` that is not
+    /// loopback. Anyone who reaches that address gets admin access without a
+    /// certificate; set it only behind a network boundary you trust.
+    /// Default `false`.
+    pub http_insecure: bool,
+    /// Bytes of range pages the gateway reads and sends at once; each range
+    /// request reserves its page's worst case (`limits.max_scan_page_bytes`,
+    /// or one pair if larger, plus 128 B × `limits.max_scan_page`) and waits
+    /// up to 10 s for it, then gets MER-3003 (503). At least one page's
+    /// reservation, at most 64 GiB. Default 256 MiB.
+    pub http_response_budget_bytes: usize,
     /// Maximum concurrent QUIC connections (1..=65536). Default 1024.
     pub max_connections: usize,
     /// Maximum concurrent requests (bidi streams) per connection (1..=10000). Default 256.
@@ -117,6 +135,9 @@ impl Default for RawServer {
             listen_addr: "127.0.0.1:7379".into(),
             advertise_addr: String::new(),
             http_addr: "127.0.0.1:7380".into(),
+            http_tls: false,
+            http_insecure: false,
+            http_response_budget_bytes: DEFAULT_HTTP_RESPONSE_BUDGET_BYTES,
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
             rate_limit_rps: 0,
@@ -216,6 +237,10 @@ pub struct RawLimits {
     pub max_txn_ops: usize,
     /// Maximum keys per range page (1..=100000). Default 10000.
     pub max_scan_page: usize,
+    /// Most bytes of keys and values in one range page (64 KiB..=64 MiB);
+    /// a page ends before it would pass them and continues with its page
+    /// token. Default 4 MiB.
+    pub max_scan_page_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -226,6 +251,7 @@ impl Default for RawLimits {
             max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+            max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
         }
     }
 }
@@ -299,6 +325,25 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Maximum keys per range page.
     pub max_scan_page: usize,
+    /// Most key and value bytes per range page.
+    pub max_scan_page_bytes: usize,
+}
+
+/// Memory one pair of a range page costs beyond its key and value bytes
+/// (the `KeyValue` and its two vectors' headers, rounded up).
+pub const PAGE_ENTRY_OVERHEAD_BYTES: usize = 128;
+
+impl Limits {
+    /// The most memory one range page holds: its byte bound, or one pair
+    /// that is larger on its own (a page always takes its first pair), plus
+    /// the per-pair overhead of a full page. The gateway reserves this much
+    /// of `server.http_response_budget_bytes` per range request.
+    pub fn page_reservation_bytes(&self) -> usize {
+        let pair = self.max_key_bytes + self.max_value_bytes;
+        self.max_scan_page_bytes
+            .max(pair)
+            .saturating_add(PAGE_ENTRY_OVERHEAD_BYTES.saturating_mul(self.max_scan_page))
+    }
 }
 
 impl Default for Limits {
@@ -309,6 +354,7 @@ impl Default for Limits {
             max_request_bytes: limits::DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
+            max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
         }
     }
 }
@@ -331,6 +377,13 @@ pub struct NodeConfig {
     pub advertise_addr: Option<SocketAddr>,
     /// HTTP gateway address, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// `server.http_tls`: the gateway speaks HTTPS and requires client
+    /// certificates. When false, [`NodeConfig::http_addr`] is loopback or
+    /// `server.http_insecure` was set.
+    pub http_tls: bool,
+    /// `server.http_response_budget_bytes`: range pages the gateway holds at
+    /// once, in bytes.
+    pub http_response_budget_bytes: usize,
     /// Maximum concurrent connections.
     pub max_connections: usize,
     /// Maximum in-flight requests per connection.
@@ -488,6 +541,39 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Default of `server.http_response_budget_bytes`: 256 MiB.
+pub const DEFAULT_HTTP_RESPONSE_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// Ceiling of `server.http_response_budget_bytes`: 64 GiB.
+pub const MAX_HTTP_RESPONSE_BUDGET_BYTES: usize = 64 * 1024 * 1024 * 1024;
+
+/// Plain HTTP has no authentication, so it may listen only where nobody but
+/// this host reaches it, unless the operator says explicitly that it is
+/// insecure (issue 12; docs/operations.md, "HTTP gateway").
+fn check_http_security(
+    http_addr: Option<SocketAddr>,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if tls && insecure {
+        return Err(invalid(
+            "server.http_insecure",
+            "applies only to plain HTTP (server.http_tls = false); remove it",
+            "true",
+        ));
+    }
+    match http_addr {
+        Some(addr) if !tls && !insecure && !addr.ip().is_loopback() => Err(invalid(
+            "server.http_tls",
+            "is false, but server.http_addr is not a loopback address: plain HTTP has no \
+             authentication, so anyone reaching it could change data and policies. Set \
+             server.http_tls = true (HTTPS with client certificates), bind a loopback \
+             address, or set server.http_insecure = true to accept the risk",
+            "false",
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl RawConfig {
     /// Validates every field; `base` is the directory relative paths are resolved against.
     pub fn validate(self, base: &Path) -> Result<NodeConfig, ConfigError> {
@@ -504,6 +590,7 @@ impl RawConfig {
             "" => None,
             a => Some(parse_addr("server.http_addr", a)?),
         };
+        check_http_security(http_addr, s.http_tls, s.http_insecure)?;
         let max_connections = check_range("server.max_connections", s.max_connections, 1, 65_536)?;
         let max_streams = check_range(
             "server.max_streams_per_connection",
@@ -543,6 +630,13 @@ impl RawConfig {
             MAX_INJECTED_CLOCK_OFFSET_MS,
         )?;
         let limits = self.limits.validate()?;
+        let page = limits.page_reservation_bytes();
+        let http_response_budget_bytes = check_range(
+            "server.http_response_budget_bytes",
+            s.http_response_budget_bytes,
+            page,
+            MAX_HTTP_RESPONSE_BUDGET_BYTES,
+        )?;
         let raft = self.raft.validate(&raft::SelfNode {
             name: &self.node.id,
             region: &self.node.region,
@@ -583,6 +677,8 @@ impl RawConfig {
             listen_addr,
             advertise_addr,
             http_addr,
+            http_tls: s.http_tls,
+            http_response_budget_bytes,
             max_connections,
             max_streams_per_connection: max_streams,
             rate_limit_rps: (s.rate_limit_rps > 0).then_some(s.rate_limit_rps),
@@ -650,12 +746,19 @@ impl RawLimits {
             1,
             limits::HARD_MAX_SCAN_PAGE,
         )?;
+        let page_bytes = check_range(
+            "limits.max_scan_page_bytes",
+            self.max_scan_page_bytes,
+            limits::MIN_SCAN_PAGE_BYTES,
+            limits::HARD_MAX_SCAN_PAGE_BYTES,
+        )?;
         Ok(Limits {
             max_key_bytes: key,
             max_value_bytes: value,
             max_request_bytes: request,
             max_txn_ops: ops,
             max_scan_page: page,
+            max_scan_page_bytes: page_bytes,
         })
     }
 }
@@ -707,6 +810,44 @@ mod tests {
         assert!(err.to_string().contains("node.id"), "{err}");
         let err = parse("[server]\nlisten_addr = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn the_response_budget_holds_at_least_one_page() {
+        let limits = Limits::default();
+        assert_eq!(
+            limits.page_reservation_bytes(),
+            4 * 1024 * 1024 + PAGE_ENTRY_OVERHEAD_BYTES * 10_000
+        );
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.http_response_budget_bytes, 256 * 1024 * 1024);
+        let err = parse("[server]\nhttp_response_budget_bytes = 1048576\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`server.http_response_budget_bytes`"),
+            "{err}"
+        );
+    }
+
+    /// Issue 12: plain HTTP only on loopback unless explicitly insecure.
+    #[test]
+    fn plain_http_is_refused_beyond_loopback_unless_insecure() {
+        for addr in ["0.0.0.0:7380", "[::]:7380", "10.1.2.3:7380"] {
+            let err = parse(&format!("[server]\nhttp_addr = \"{addr}\"\n")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("`server.http_tls`"), "{msg}");
+            assert!(msg.contains("server.http_insecure = true"), "{msg}");
+        }
+        for ok in [
+            "[server]\nhttp_addr = \"127.0.3.4:7380\"\n",
+            "[server]\nhttp_addr = \"[::1]:7380\"\n",
+            "[server]\nhttp_addr = \"0.0.0.0:7380\"\nhttp_tls = true\n",
+            "[server]\nhttp_addr = \"0.0.0.0:7380\"\nhttp_insecure = true\n",
+        ] {
+            parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = parse("[server]\nhttp_tls = true\nhttp_insecure = true\n").unwrap_err();
+        assert!(err.to_string().contains("`server.http_insecure`"), "{err}");
     }
 
     #[test]

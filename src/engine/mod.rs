@@ -803,7 +803,13 @@ impl Engine {
         let end = clip.clone().or(end);
         let page = self
             .store
-            .scan(start, end.as_deref(), ts, limit)
+            .scan_bounded(
+                start,
+                end.as_deref(),
+                ts,
+                limit,
+                self.limits.max_scan_page_bytes,
+            )
             .map_err(storage_error)?;
         Ok(RangePage {
             kvs: page.items,
@@ -817,6 +823,26 @@ impl Engine {
         key: Vec<u8>,
         limit: usize,
     ) -> Result<Served<Vec<VersionEntry>>, ApiError> {
+        // The QUIC request has no continuation, so its reply keeps every
+        // version up to `limit` (its frame limits bound it).
+        let page = self.history_page(key, None, limit, usize::MAX).await?;
+        Ok(Served {
+            value: page.value.0,
+            served_at: page.served_at,
+        })
+    }
+
+    /// One page of a key's versions below `before` (newest first), ending
+    /// at `limit` versions or before the values pass `max_bytes` (at least
+    /// one version). The second value is the `before` of the next page when
+    /// older versions remain.
+    pub async fn history_page(
+        &self,
+        key: Vec<u8>,
+        before: Option<Timestamp>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Served<(Vec<VersionEntry>, Option<Timestamp>)>, ApiError> {
         self.check_key(&key)?;
         if limit > MAX_HISTORY_PAGE {
             return Err(ApiError::new(
@@ -827,12 +853,20 @@ impl Engine {
         let limit = if limit == 0 { MAX_HISTORY_PAGE } else { limit };
         let r = &self.region;
         let ts = r.read_ts(&self.hlc, r.range_of(&key)?, None).await?;
-        let entries = self.store.history(&key, limit).map_err(storage_error)?;
+        let (entries, more) = self
+            .store
+            .history_page(&key, before, limit, max_bytes)
+            .map_err(storage_error)?;
+        let next = if more {
+            entries.last().map(|e| e.version)
+        } else {
+            None
+        };
         // Versions above the range's applied timestamp are not acknowledged
         // yet (a newer entry being applied): hide them.
         let entries = entries.into_iter().filter(|e| e.version <= ts).collect();
         Ok(Served {
-            value: entries,
+            value: (entries, next),
             served_at: ts,
         })
     }

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::strict::{self, Object};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::types::{
     prefix_end, Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry,
@@ -26,6 +27,43 @@ const TOKEN_DECODER: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+
+/// The largest integer a request may carry: JSON clients read numbers as
+/// int64 (or as doubles, exact to 2^53; HLC values are read back as
+/// strings for that reason), and the OpenAPI document declares int64.
+pub(crate) const MAX_JSON_INTEGER: u64 = i64::MAX as u64;
+
+/// Parses `body` as `T` read from a JSON object; errors say where (the
+/// JSON path and line/column) in words a caller can act on.
+pub(crate) fn parse_json_object<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(what, &path, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error(what, ".", e))?;
+    Ok(value)
+}
+
+fn json_error(what: &str, path: &str, e: serde_json::Error) -> ApiError {
+    let place = if path == "." {
+        String::new()
+    } else {
+        format!(" at {path}")
+    };
+    let detail = match e.classify() {
+        serde_json::error::Category::Eof => format!("the JSON ends early ({e})"),
+        serde_json::error::Category::Syntax => format!("not valid JSON ({e})"),
+        _ => e.to_string(),
+    };
+    ApiError::new(
+        ErrorCode::MalformedRequest,
+        format!("{what}{place}: {detail}"),
+    )
+}
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)
@@ -41,8 +79,15 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
-/// Parses a snapshot timestamp: the packed `u64`, or `unix_ms.logical` as
-/// printed by [`Timestamp`]'s `Display` (and in `served_at_str`).
+/// The smallest bare integer `at=` takes as a packed HLC value: 10^13. Unix
+/// milliseconds stay below it until the year 2286, and packed values pass it
+/// 40 minutes after the HLC epoch (2024-01-01), so a bare number below it is
+/// milliseconds written without `.logical`, refused rather than misread.
+pub(crate) const MIN_PACKED_TIMESTAMP: u64 = 10_000_000_000_000;
+
+/// Parses a snapshot timestamp: the packed `u64` (at least
+/// [`MIN_PACKED_TIMESTAMP`]), or `unix_ms.logical` as printed by
+/// [`Timestamp`]'s `Display` (and in `served_at_str`).
 pub(crate) fn parse_timestamp(s: &str) -> Result<Timestamp, ApiError> {
     let bad = || {
         invalid(format!(
@@ -50,7 +95,15 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<Timestamp, ApiError> {
         ))
     };
     match s.split_once('.') {
-        None => s.parse::<u64>().map(Timestamp).map_err(|_| bad()),
+        None => {
+            let packed = s.parse::<u64>().map_err(|_| bad())?;
+            if packed < MIN_PACKED_TIMESTAMP {
+                return Err(invalid(format!(
+                    "at={s} is ambiguous: as a packed HLC value it is minutes after the HLC epoch, so it is probably Unix milliseconds; write {s}.0 (unix_ms.logical) or pass a reply's served_at"
+                )));
+            }
+            Ok(Timestamp(packed))
+        }
         Some((ms, logical)) => {
             let ms = ms.parse::<i64>().map_err(|_| bad())?;
             let logical = logical.parse::<u64>().map_err(|_| bad())?;
@@ -64,23 +117,71 @@ pub(crate) fn encode_page_token(next: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(next)
 }
 
+/// `on_stale=`: what a bounded read does when this region is too stale.
+/// Only documents the parameter's values (the handler reads the text).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum OnStale {
+    /// 421 MER-3006 naming the home region.
+    Redirect,
+    /// 503 MER-3007.
+    Fail,
+}
+
+/// The `{key}` of a key route (documents the path parameter; the handler
+/// reads it from the path).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct KeyPath {
+    /// The key, percent-encoded (RFC 3986: every `%` starts a complete
+    /// escape, and the decoded bytes are UTF-8); may contain `/`. 1..=
+    /// `max_key_bytes` (4096) bytes after decoding (413 MER-1001 past
+    /// that), and no `.` or `..` segment (400 MER-1007).
+    // No `pattern` for the dot-segment rule: with the length bounds it
+    // leaves generators too few strings; the description states it.
+    #[param(min_length = 1, max_length = 4096)]
+    key: String,
+}
+
+/// The `{prefix}` of a policy route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct PrefixPath {
+    /// The key prefix, percent-encoded as a key is; may contain `/`.
+    #[param(min_length = 1, max_length = 4096)]
+    prefix: String,
+}
+
 /// Query of `GET /v1/kv/{key}`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetQuery {
-    /// Snapshot timestamp: a u64 HLC value or `unix_ms.logical`. Default: latest.
-    /// Only with linearizable or serializable reads.
+    /// Snapshot timestamp: a packed u64 HLC value (a reply's `served_at`,
+    /// at least 10^13) or `unix_ms.logical` (a reply's `served_at_str`).
+    /// Default: latest. Not with bounded, causal or eventual reads. A
+    /// timestamp ahead of the node's clock is refused (400 MER-1007), one
+    /// below the garbage-collection horizon is gone (410 MER-1008).
+    #[param(pattern = r"^([1-9][0-9]{13,19}|-?[0-9]{1,16}\.[0-9]{1,7})$")]
     pub(crate) at: Option<String>,
-    /// Read level: `linearizable`, `serializable`, `bounded:MS`, `causal`
-    /// or `eventual` (docs/consistency.md, "Read levels"). Absent: the key
-    /// prefix's own level (linearizable for a strong prefix).
+    /// Read level: `linearizable`, `serializable`, `bounded` (the prefix's
+    /// `max_staleness_ms`), `bounded:MS`, `causal` or `eventual`
+    /// (docs/consistency.md, "Read levels"). Absent: the key prefix's own
+    /// level (linearizable for a strong prefix). A level above the
+    /// prefix's consistency is refused (400 MER-1009).
+    #[param(pattern = r"^(linearizable|serializable|bounded|bounded:[0-9]{1,8}|causal|eventual)$")]
     pub(crate) consistency: Option<String>,
-    /// Session token of a causal read: a previous reply's `token`.
+    /// Session token of a causal read: a previous reply's `token`. Only
+    /// with `consistency=causal`.
+    #[param(pattern = r"^[0-9]{1,20}$")]
     pub(crate) token: Option<String>,
     /// What a bounded read does when this region is too stale:
     /// `redirect` (default; 421 MER-3006 naming the home region) or `fail`
-    /// (503 MER-3007).
+    /// (503 MER-3007). Only with `consistency=bounded...`.
+    #[param(value_type = Option<OnStale>)]
     pub(crate) on_stale: Option<String>,
 }
 
@@ -90,24 +191,39 @@ pub(crate) struct GetQuery {
 #[into_params(parameter_in = Query)]
 pub(crate) struct RangeQuery {
     /// List the keys starting with this prefix (not with `start`/`end`).
+    /// At most `max_key_bytes` (4096) bytes.
+    #[param(max_length = 4096)]
     pub(crate) prefix: Option<String>,
-    /// First key of the range, inclusive. Default: the first key.
+    /// First key of the range, inclusive. Default: the first key. At most
+    /// `max_key_bytes` (4096) bytes.
+    #[param(max_length = 4096)]
     pub(crate) start: Option<String>,
-    /// End of the range, exclusive. Default: no end.
+    /// End of the range, exclusive. Default: no end. At most
+    /// `max_key_bytes` (4096) bytes.
+    #[param(max_length = 4096)]
     pub(crate) end: Option<String>,
-    /// Page size; 0 or absent means the default (1000), at most `max_scan_page`.
+    /// Most pairs in the page; 0 or absent means the default (1000), at
+    /// most `limits.max_scan_page` (10000). A page also ends before its
+    /// JSON passes `limits.max_scan_page_bytes` (4 MiB by default).
+    #[param(minimum = 0, maximum = 10000)]
     pub(crate) limit: Option<usize>,
     /// Snapshot timestamp, as for `GET /v1/kv/{key}`. Keep it equal across pages
     /// (use the first page's `served_at`) for a consistent listing.
+    #[param(pattern = r"^([1-9][0-9]{13,19}|-?[0-9]{1,16}\.[0-9]{1,7})$")]
     pub(crate) at: Option<String>,
-    /// `next_page_token` of the previous page.
+    /// `next_page_token` of the previous page (base64url); a token from
+    /// another listing is refused (400 MER-1007).
+    #[param(pattern = r"^[A-Za-z0-9_-]+={0,2}$", max_length = 8192)]
     pub(crate) page_token: Option<String>,
     /// Read level, as for `GET /v1/kv/{key}`; decided for the policy of the
     /// page's first key (a page stops at a policy boundary).
+    #[param(pattern = r"^(linearizable|serializable|bounded|bounded:[0-9]{1,8}|causal|eventual)$")]
     pub(crate) consistency: Option<String>,
     /// Session token of a causal read.
+    #[param(pattern = r"^[0-9]{1,20}$")]
     pub(crate) token: Option<String>,
     /// `redirect` (default) or `fail`, for bounded reads.
+    #[param(value_type = Option<OnStale>)]
     pub(crate) on_stale: Option<String>,
 }
 
@@ -136,6 +252,20 @@ impl RangeQuery {
         let Some(token) = &self.page_token else {
             return Ok(RangeBounds { start, end });
         };
+        // Strictly the alphabet `encode_page_token` writes (padding
+        // tolerated): the lenient decoder alone would take some strings no
+        // reply ever held.
+        let body = token.trim_end_matches('=');
+        let well_formed = !body.is_empty()
+            && token.len() - body.len() <= 2
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !well_formed {
+            return Err(invalid(
+                "page_token is not a next_page_token from a reply (base64url)",
+            ));
+        }
         let resume = TOKEN_DECODER
             .decode(token)
             .map_err(|e| invalid(format!("page_token is not base64url: {e}")))?;
@@ -153,8 +283,15 @@ impl RangeQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
-    /// Most versions to return, newest first; 0 or absent means the maximum (1000).
+    /// Most versions to return, newest first; 0 or absent means the maximum
+    /// (1000). A page also ends before its values pass
+    /// `limits.max_scan_page_bytes` (4 MiB by default; one version always fits).
+    #[param(minimum = 0, maximum = 1000)]
     pub(crate) limit: Option<usize>,
+    /// Only versions older than this timestamp: a previous page's
+    /// `next_before`, as a packed u64 or `unix_ms.logical`.
+    #[param(pattern = r"^([1-9][0-9]{13,19}|-?[0-9]{1,16}\.[0-9]{1,7})$")]
+    pub(crate) before: Option<String>,
 }
 
 /// Reply of `GET /v1/kv/{key}`.
@@ -339,22 +476,76 @@ impl PoliciesResponse {
 
 /// Body of `PUT /v1/policies` (the default policy) and `PUT
 /// /v1/policies/{prefix}`: the fields to change; the others keep their
-/// value. At least one is required.
+/// value. At least one is required; `null` is not a value (leave the field
+/// out instead).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub(crate) struct PolicyChangeRequest {
     /// strong, causal or eventual.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::present")]
+    #[schema(value_type = ConsistencyJson, required = false)]
     pub(crate) consistency: Option<String>,
-    /// The home region.
-    #[serde(default)]
+    /// The home region: one of the cluster's regions (`GET /v1/policies`
+    /// lists them).
+    #[serde(default, deserialize_with = "strict::present")]
+    #[schema(value_type = String, required = false, min_length = 1)]
     pub(crate) home: Option<String>,
-    /// async or sync-N.
-    #[serde(default)]
+    /// async or sync-N (N = 1..=8, at most the other regions).
+    #[serde(default, deserialize_with = "strict::present")]
+    #[schema(value_type = ReplicationJson, required = false)]
     pub(crate) replication: Option<String>,
     /// Default staleness bound of bounded reads, ms (0..=86400000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::present")]
+    #[schema(value_type = u64, required = false, minimum = 0, maximum = 86_400_000)]
     pub(crate) max_staleness_ms: Option<u64>,
+}
+
+/// A prefix's replication: async, or sync-N (acknowledged after N other
+/// regions applied the write; N at most the number of other regions).
+#[derive(ToSchema)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum ReplicationJson {
+    /// Acknowledged once the home region committed.
+    #[schema(rename = "async")]
+    Async,
+    /// One other region.
+    #[schema(rename = "sync-1")]
+    Sync1,
+    /// Two other regions.
+    #[schema(rename = "sync-2")]
+    Sync2,
+    /// Three other regions.
+    #[schema(rename = "sync-3")]
+    Sync3,
+    /// Four other regions.
+    #[schema(rename = "sync-4")]
+    Sync4,
+    /// Five other regions.
+    #[schema(rename = "sync-5")]
+    Sync5,
+    /// Six other regions.
+    #[schema(rename = "sync-6")]
+    Sync6,
+    /// Seven other regions.
+    #[schema(rename = "sync-7")]
+    Sync7,
+    /// Eight other regions.
+    #[schema(rename = "sync-8")]
+    Sync8,
+}
+
+/// A prefix's consistency.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum ConsistencyJson {
+    /// Linearizable, homed writes.
+    Strong,
+    /// Causal, writes anywhere.
+    Causal,
+    /// Eventual, writes anywhere.
+    Eventual,
 }
 
 impl PolicyChangeRequest {
@@ -364,12 +555,8 @@ impl PolicyChangeRequest {
         body: &[u8],
         prefix: Option<Vec<u8>>,
     ) -> Result<crate::wire::SetPolicyV1, ApiError> {
-        let req: PolicyChangeRequest = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("policy change body is not valid: {e}"),
-            )
-        })?;
+        let Object(req): Object<PolicyChangeRequest> =
+            parse_json_object(body, "policy change body")?;
         let bad = |field: &str, e: crate::replication::policy::PolicyError| {
             ApiError::new(ErrorCode::InvalidArgument, format!("{field}: {e}"))
         };
@@ -443,6 +630,17 @@ pub(crate) enum CompareOpJson {
     Greater,
 }
 
+impl CompareOpJson {
+    fn as_str(self) -> &'static str {
+        match self {
+            CompareOpJson::Equal => "equal",
+            CompareOpJson::NotEqual => "not_equal",
+            CompareOpJson::Less => "less",
+            CompareOpJson::Greater => "greater",
+        }
+    }
+}
+
 impl From<CompareOpJson> for CompareOp {
     fn from(op: CompareOpJson) -> Self {
         match op {
@@ -490,6 +688,8 @@ impl CompareJson {
             )))
             }
         };
+        check_compare_op(index, self.op, &target)?;
+        strict::check_no_dot_segments(&self.key, &format!("compares[{index}].key"))?;
         Ok(Compare {
             key: self.key.into_bytes(),
             op: self.op.into(),
@@ -498,11 +698,154 @@ impl CompareJson {
     }
 }
 
+/// The operators each target takes: existence is equal or not, never
+/// ordered; a version is at most [`MAX_JSON_INTEGER`] (JSON's int64).
+fn check_compare_op(
+    index: usize,
+    op: CompareOpJson,
+    target: &CompareTarget,
+) -> Result<(), ApiError> {
+    match target {
+        CompareTarget::Exists(_)
+            if !matches!(op, CompareOpJson::Equal | CompareOpJson::NotEqual) =>
+        {
+            Err(invalid(format!(
+                "compares[{index}]: an exists compare takes op equal or not_equal, not {}",
+                op.as_str()
+            )))
+        }
+        CompareTarget::Version(v) if v.0 > MAX_JSON_INTEGER => Err(invalid(format!(
+            "compares[{index}].version {} is above {MAX_JSON_INTEGER} (int64)",
+            v.0
+        ))),
+        _ => Ok(()),
+    }
+}
+
+// The schemas below state the rules `CompareJson` and `OpJson` enforce in
+// the shape a generator can follow (exactly one target, the operators each
+// target takes, one operation per object). The handler parses with the
+// types above, whose errors name what is wrong; `schema_examples_parse`
+// (tests below) and the schemathesis run keep the two in step.
+
+/// A transaction guard: the key, an operator and exactly one target.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum CompareSchema {
+    /// Compare the value.
+    Value(ValueCompare),
+    /// Compare the version.
+    Version(VersionCompare),
+    /// Compare existence.
+    Exists(ExistsCompare),
+}
+
+/// Compares the current value (a missing key never matches).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct ValueCompare {
+    /// The key compared (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
+    key: String,
+    /// The relation of the stored value to `value`.
+    op: CompareOpJson,
+    /// The operand.
+    value: String,
+}
+
+/// Compares the current version; a missing key has version 0.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct VersionCompare {
+    /// The key compared.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
+    key: String,
+    /// The relation of the stored version to `version`.
+    op: CompareOpJson,
+    /// The operand (an HLC timestamp, int64).
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    version: u64,
+}
+
+/// Compares existence: equal or not_equal only.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct ExistsCompare {
+    /// The key compared.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
+    key: String,
+    /// equal or not_equal (existence has no order).
+    op: ExistsOpJson,
+    /// The operand.
+    exists: bool,
+}
+
+/// The operators an exists compare takes.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum ExistsOpJson {
+    /// Exists as `exists` says.
+    Equal,
+    /// Exists otherwise.
+    NotEqual,
+}
+
+/// One operation: `{"put": {...}}` or `{"delete": {...}}`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) enum OpSchema {
+    /// Set a key.
+    Put(PutOp),
+    /// Delete a key.
+    Delete(DeleteOp),
+}
+
+/// `{"put": {...}}`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct PutOp {
+    /// The write.
+    put: PutOpJson,
+}
+
+/// `{"delete": {...}}`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub(crate) struct DeleteOp {
+    /// The delete.
+    delete: DeleteOpJson,
+}
+
 /// Body of a `put` operation.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutOpJson {
-    /// The key.
+    /// The key (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     pub(crate) key: String,
     /// The value (UTF-8).
     pub(crate) value: String,
@@ -512,7 +855,12 @@ pub(crate) struct PutOpJson {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteOpJson {
-    /// The key.
+    /// The key (UTF-8, 1..=`max_key_bytes` bytes, no `.` or `..` segment).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)?)*$"
+    )]
     pub(crate) key: String,
 }
 
@@ -521,22 +869,29 @@ pub(crate) struct DeleteOpJson {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum OpJson {
     /// Set a key.
-    Put(PutOpJson),
+    Put(#[serde(deserialize_with = "strict::object")] PutOpJson),
     /// Delete a key.
-    Delete(DeleteOpJson),
+    Delete(#[serde(deserialize_with = "strict::object")] DeleteOpJson),
 }
 
-impl From<OpJson> for Op {
-    fn from(op: OpJson) -> Self {
-        match op {
-            OpJson::Put(p) => Op::Put {
-                key: p.key.into_bytes(),
-                value: p.value.into_bytes(),
-            },
-            OpJson::Delete(d) => Op::Delete {
-                key: d.key.into_bytes(),
-            },
-        }
+impl OpJson {
+    /// The engine's operation; `at` names it in errors (`success[2]`).
+    fn into_op(self, at: &str) -> Result<Op, ApiError> {
+        Ok(match self {
+            OpJson::Put(p) => {
+                strict::check_no_dot_segments(&p.key, &format!("{at}.put.key"))?;
+                Op::Put {
+                    key: p.key.into_bytes(),
+                    value: p.value.into_bytes(),
+                }
+            }
+            OpJson::Delete(d) => {
+                strict::check_no_dot_segments(&d.key, &format!("{at}.delete.key"))?;
+                Op::Delete {
+                    key: d.key.into_bytes(),
+                }
+            }
+        })
     }
 }
 
@@ -545,28 +900,31 @@ impl From<OpJson> for Op {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TxnRequest {
     /// Guards; all must hold. Empty means "always succeed".
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::objects")]
+    #[schema(value_type = Vec<CompareSchema>, max_items = 128)]
     pub(crate) compares: Vec<CompareJson>,
     /// Operations applied when every compare holds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::objects")]
+    #[schema(value_type = Vec<OpSchema>, max_items = 128)]
     pub(crate) success: Vec<OpJson>,
     /// Operations applied otherwise.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::objects")]
+    #[schema(value_type = Vec<OpSchema>, max_items = 128)]
     pub(crate) failure: Vec<OpJson>,
 }
 
 impl TxnRequest {
-    /// Parses a request body; syntax and unknown fields are `MalformedRequest`.
+    /// Parses a request body: a JSON object with named fields only (arrays
+    /// in place of objects and unknown fields are refused), else
+    /// `MalformedRequest` naming where.
     pub(crate) fn parse(body: &[u8]) -> Result<TxnRequest, ApiError> {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::MalformedRequest,
-                format!("transaction body is not valid: {e}"),
-            )
-        })
+        let Object(txn) = parse_json_object(body, "transaction body")?;
+        Ok(txn)
     }
 
-    /// Converts to the engine's transaction, checking each compare has one target.
+    /// Converts to the engine's transaction, checking each compare has one
+    /// target and an operator that target takes, and no key has a dot
+    /// segment.
     pub(crate) fn into_txn(self) -> Result<Txn, ApiError> {
         let compares = self
             .compares
@@ -574,10 +932,17 @@ impl TxnRequest {
             .enumerate()
             .map(|(i, c)| c.into_compare(i))
             .collect::<Result<_, _>>()?;
+        let ops = |branch: Vec<OpJson>, name: &str| {
+            branch
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| op.into_op(&format!("{name}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Txn {
             compares,
-            success: self.success.into_iter().map(Op::from).collect(),
-            failure: self.failure.into_iter().map(Op::from).collect(),
+            success: ops(self.success, "success")?,
+            failure: ops(self.failure, "failure")?,
         })
     }
 }
@@ -624,6 +989,9 @@ impl From<&VersionEntry> for HistoryEntryJson {
 pub(crate) struct HistoryResponse {
     /// Versions, newest first, up to the closed timestamp.
     pub(crate) entries: Vec<HistoryEntryJson>,
+    /// Pass as `before` for the older versions; null when there are none.
+    /// Set when the page ended at `limit` or at its byte bound.
+    pub(crate) next_before: Option<u64>,
     /// The closed timestamp the history was cut at.
     pub(crate) served_at: u64,
     /// `served_at` as `unix_ms.logical`.

@@ -63,6 +63,11 @@ impl From<ApiError> for GatewayError {
 }
 
 impl GatewayError {
+    /// The JSON body of this error (for replies built outside axum).
+    pub(crate) fn into_json(self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
     /// Shorthand for an [`ApiError`] with `code`.
     pub(crate) fn api(code: ErrorCode, message: impl Into<String>) -> Self {
         GatewayError::Api(ApiError::new(code, message))
@@ -83,7 +88,7 @@ impl GatewayError {
             GatewayError::Api(e) => {
                 home_region = e.home_region;
                 address = e.leader_hint;
-                (e.code.as_str().to_owned(), e.message, e.code.remedy())
+                (e.code.as_str().to_owned(), e.message, http_remedy(e.code))
             }
             GatewayError::NotFound(message) => (
                 NOT_FOUND_CODE.to_owned(),
@@ -115,6 +120,21 @@ impl IntoResponse for GatewayError {
     }
 }
 
+/// What an HTTP caller should do about `code`. Most remedies are the
+/// code's own; a few speak of SDKs or certificates in QUIC terms and read
+/// differently for someone holding curl.
+pub(crate) fn http_remedy(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::MalformedRequest => {
+            "send the request as /openapi.json describes it: a well-formed HTTP request, and a JSON object with the documented field names (no arrays in place of objects, no unknown fields)"
+        }
+        ErrorCode::PermissionDenied => {
+            "connect with a client certificate whose role may call this route (policy changes need the admin role: meridian certs issue --role admin)"
+        }
+        other => other.remedy(),
+    }
+}
+
 /// The HTTP status for each stable code. The match is exhaustive on purpose:
 /// a new [`ErrorCode`] does not compile until it is given a status here.
 pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
@@ -128,12 +148,16 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
         ErrorCode::Compacted => StatusCode::GONE,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::CertificateRequired => StatusCode::UNAUTHORIZED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NotLeader | ErrorCode::WrongRegion => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::TooStale => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::LevelNotAllowed => StatusCode::BAD_REQUEST,
         ErrorCode::PolicyRefused => StatusCode::CONFLICT,
+        ErrorCode::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+        ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         // Not a refusal: the write may have been applied. 504 says "no
         // definite answer from upstream", and the body's code says the rest.
         ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,

@@ -16,13 +16,21 @@
 //! message, remedy}}` with a status derived from the code (see `error.rs`);
 //! axum's plain-text rejections never reach a client.
 //!
-//! There is no TLS and no authentication here in this version, which is why
-//! the default `server.http_addr` is loopback (`127.0.0.1:7380`).
+//! **Security.** With `server.http_tls` the gateway speaks HTTPS with the
+//! node's certificate and reads the caller's client certificate (verified
+//! against the cluster CA) into a `Caller`; the role in it grants what it
+//! grants over QUIC (`transport::DATA_ROLES`, `transport::ADMIN_ROLES`, one
+//! mapping for both front ends). A connection without a certificate gets
+//! MER-2003 (401) on every route; a certificate from another CA fails the
+//! handshake. Plain HTTP has no authentication, so config validation allows
+//! it only on loopback unless `server.http_insecure` is set.
 
+mod budget;
 mod dto;
 mod error;
 mod handlers;
 mod openapi;
+mod strict;
 
 use std::future::Future;
 use std::io;
@@ -41,7 +49,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use crate::certs::Role;
 use crate::error_code::ErrorCode;
+use crate::transport::{self, PeerIdentity};
 use error::GatewayError;
 
 /// Most HTTP connections served at once; further connections wait in the
@@ -57,6 +67,13 @@ pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Back-off after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest a TLS handshake may take; a client that stalls it loses its
+/// connection (its slot counts against [`MAX_HTTP_CONNECTIONS`] meanwhile).
+pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Metric: TLS handshakes the HTTPS gateway refused or that timed out
+/// (a certificate from another CA, no TLS at all, a stalled client).
+pub const METRIC_HTTPS_HANDSHAKE_FAILURES: &str = "meridian_http_tls_handshake_failures_total";
 
 /// Metric: gateway requests by route (`op`) and HTTP `status`.
 pub const METRIC_HTTP_REQUESTS: &str = "meridian_http_requests_total";
@@ -79,19 +96,84 @@ pub struct GatewayState {
     /// This node's replica of the control range, when configured (policy
     /// changes).
     pub control: Option<Arc<crate::engine::control::ControlRange>>,
+    /// Range pages being read and sent at once (`budget.rs`).
+    pub responses: budget::ResponseBudget,
 }
 
-/// Serves the gateway on `listener` until the task is aborted.
+pub use budget::{ResponseBudget, RESPONSE_BUDGET_WAIT};
+
+/// Who sent a request, as far as the connection tells.
+#[derive(Clone, Debug)]
+pub(crate) enum Caller {
+    /// Plain HTTP: no authentication (loopback, or `server.http_insecure`).
+    /// Allowed everything, as the config's docs say.
+    Plain,
+    /// HTTPS without a client certificate.
+    Anonymous,
+    /// HTTPS with a certificate chained to the cluster CA but without a
+    /// usable role or name; why, for the error message.
+    Unusable(String),
+    /// HTTPS with a certificate chained to the cluster CA.
+    Certified(PeerIdentity),
+}
+
+impl Caller {
+    /// Allows the caller if it may act as one of `allowed`: the QUIC
+    /// protocol's rule ([`transport::require_role`]) for certified callers.
+    pub(crate) fn require(&self, allowed: &[Role]) -> Result<(), GatewayError> {
+        match self {
+            Caller::Plain => Ok(()),
+            Caller::Anonymous => Err(GatewayError::api(
+                ErrorCode::CertificateRequired,
+                "this gateway speaks HTTPS with client certificates, and the connection presented none",
+            )),
+            Caller::Unusable(why) => Err(GatewayError::api(
+                ErrorCode::PermissionDenied,
+                format!("the client certificate carries no usable Meridian role: {why}"),
+            )),
+            Caller::Certified(id) => transport::require_role(id, allowed)
+                .map_err(|e| GatewayError::api(ErrorCode::PermissionDenied, e.to_string())),
+        }
+    }
+
+    /// The caller of a TLS connection, from its verified certificate chain.
+    fn of_tls(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Caller {
+        match chain {
+            None | Some([]) => Caller::Anonymous,
+            Some(chain) => match transport::identity_of(chain) {
+                Ok(id) => Caller::Certified(id),
+                Err(e) => Caller::Unusable(e.to_string()),
+            },
+        }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        stream.io().caller.clone()
+    }
+}
+
+/// Serves the gateway on `listener` until the task is aborted: HTTPS with
+/// `tls` (see [`transport::https_server_config`]), plain HTTP without.
 ///
 /// Aborting it stops accepting and asks open connections to close once their
 /// current request is answered (hyper's graceful shutdown), so keep-alive
 /// connections do not outlive the node.
-pub async fn serve(listener: TcpListener, state: GatewayState) {
+pub async fn serve(
+    listener: TcpListener,
+    state: GatewayState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     describe_metrics();
     let local = listener.local_addr().ok();
-    let app = router(state);
-    let listener = LimitedListener::new(listener, MAX_HTTP_CONNECTIONS, HTTP_IDLE_TIMEOUT);
-    tracing::info!(addr = ?local, "HTTP gateway serving (plain HTTP, no TLS)");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let app = router(state).into_make_service_with_connect_info::<Caller>();
+    let listener = LimitedListener::new(listener, MAX_HTTP_CONNECTIONS, HTTP_IDLE_TIMEOUT)
+        .with_tls(tls.map(tokio_rustls::TlsAcceptor::from));
+    tracing::info!(addr = ?local, scheme, "HTTP gateway serving");
     // axum's connection tasks watch a channel whose receiver lives in this
     // future: dropping it on abort starts their graceful shutdown. Pinned by
     // tests/gateway.rs `stopping_the_node_closes_keep_alive_connections`.
@@ -131,16 +213,85 @@ fn router(state: GatewayState) -> Router {
         .route("/openapi.json", get(openapi::serve_document))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
+        // Runs before routing and extraction, so no handler sees a request
+        // with an encoding it cannot read or a malformed escape.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         // Bodies past the limit fail the Bytes extractor with 413, which
         // `handlers::body` turns into MER-1003.
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
+/// Refuses, before any handler runs, a caller without a certificate the
+/// data API accepts (401/403 on HTTPS), and what no route can read: a body
+/// in a `Content-Encoding` other than identity (415), and a path or query
+/// string with a malformed percent-escape or escaped bytes that are not
+/// UTF-8 (400; see `strict.rs`). Handlers find the [`Caller`] in the
+/// request's extensions, for their own role checks (policy changes).
+async fn guard(
+    axum::extract::State(state): axum::extract::State<GatewayState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Caller>>()
+        .map(|info| info.0.clone());
+    let checked = match caller {
+        // Every connection is accepted by `LimitedListener`, which knows
+        // its caller; a request without one did not come through `serve`.
+        None => Err(GatewayError::api(
+            ErrorCode::Internal,
+            "the request reached the gateway without its connection's caller",
+        )),
+        Some(caller) => caller
+            .require(transport::DATA_ROLES)
+            .and_then(|()| check_request(&request))
+            .map(|()| caller),
+    };
+    match checked {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => observe(&state, "refused", async { Err(e) }).await,
+    }
+}
+
+fn check_request(request: &axum::extract::Request) -> Result<(), GatewayError> {
+    for value in request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+    {
+        let encodings = value.to_str().unwrap_or("(not ASCII)");
+        let unsupported = encodings
+            .split(',')
+            .map(str::trim)
+            .find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        if let Some(encoding) = unsupported {
+            return Err(GatewayError::api(
+                ErrorCode::UnsupportedEncoding,
+                format!(
+                    "Content-Encoding {encoding:?} is not supported; the gateway stores request bodies as sent and decodes none"
+                ),
+            ));
+        }
+    }
+    strict::check_percent_encoding(request.uri().path(), "path")?;
+    if let Some(query) = request.uri().query() {
+        strict::check_percent_encoding(query, "query string")?;
+    }
+    Ok(())
+}
+
 fn describe_metrics() {
     metrics::describe_counter!(
         METRIC_HTTP_REQUESTS,
         "HTTP gateway requests by route and status"
+    );
+    metrics::describe_counter!(
+        METRIC_HTTPS_HANDSHAKE_FAILURES,
+        "HTTPS handshakes refused or timed out (certificate from another CA, not TLS, stalled)"
     );
     metrics::describe_histogram!(
         METRIC_HTTP_SECONDS,
@@ -198,11 +349,17 @@ where
 }
 
 /// A listener that holds a slot per open connection and wraps each stream in
-/// an idle timeout. The bounds are parameters so tests can make them small.
-struct LimitedListener {
+/// an idle timeout; with TLS, it runs each handshake in a task of its own
+/// (bounded by [`HTTPS_HANDSHAKE_TIMEOUT`]) so a slow client never holds up
+/// the others, and hands over only connections whose handshake completed.
+/// The bounds are parameters so tests can make them small.
+pub(crate) struct LimitedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     idle_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Handshakes under way; at most one per slot.
+    handshakes: tokio::task::JoinSet<Option<(IdleTimeoutStream, SocketAddr)>>,
 }
 
 impl LimitedListener {
@@ -211,7 +368,65 @@ impl LimitedListener {
             inner,
             slots: Arc::new(Semaphore::new(max_connections)),
             idle_timeout,
+            tls: None,
+            handshakes: tokio::task::JoinSet::new(),
         }
+    }
+
+    fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// The next TCP connection on `inner`, once one of `slots` is free.
+/// Cancel-safe: a slot taken before the cancellation is released with its
+/// permit.
+async fn accept_tcp(
+    inner: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (TcpStream, SocketAddr, Option<OwnedSemaphorePermit>) {
+    // The semaphore is never closed, so this is always `Some`; holding an
+    // `Option` avoids an unwrap on a case that cannot happen.
+    let slot = slots.clone().acquire_owned().await.ok();
+    loop {
+        match inner.accept().await {
+            Ok((stream, addr)) => {
+                // Small JSON replies: do not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                return (stream, addr, slot);
+            }
+            Err(e) if is_per_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "HTTP accept failed; backing off");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Completes the TLS handshake of one connection, within
+/// [`HTTPS_HANDSHAKE_TIMEOUT`]; `None` (counted and logged) when it fails.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+    idle_timeout: Duration,
+) -> Option<(IdleTimeoutStream, SocketAddr)> {
+    let failed = |reason: String| {
+        metrics::counter!(METRIC_HTTPS_HANDSHAKE_FAILURES).increment(1);
+        tracing::debug!(%addr, %reason, "HTTPS handshake failed");
+        None
+    };
+    match tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let caller = Caller::of_tls(tls.get_ref().1.peer_certificates());
+            let io = GatewayIo::Tls(Box::new(tls));
+            Some((IdleTimeoutStream::new(io, caller, slot, idle_timeout), addr))
+        }
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed("timed out".to_owned()),
     }
 }
 
@@ -220,23 +435,26 @@ impl axum::serve::Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // The semaphore is never closed, so this is always `Some`; holding an
-        // `Option` avoids an unwrap on a case that cannot happen.
-        let slot = self.slots.clone().acquire_owned().await.ok();
         loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    // Small JSON replies: do not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        IdleTimeoutStream::new(stream, slot, self.idle_timeout),
-                        addr,
-                    );
+            let Some(acceptor) = self.tls.clone() else {
+                let (stream, addr, slot) = accept_tcp(&self.inner, &self.slots).await;
+                let io = GatewayIo::Plain(stream);
+                return (
+                    IdleTimeoutStream::new(io, Caller::Plain, slot, self.idle_timeout),
+                    addr,
+                );
+            };
+            // Both branches are cancel-safe (see `accept_tcp`; JoinSet's
+            // join_next), so losing the race drops nothing but a free slot.
+            tokio::select! {
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
                 }
-                Err(e) if is_per_connection_error(&e) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "HTTP accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                (stream, addr, slot) = accept_tcp(&self.inner, &self.slots) => {
+                    let idle = self.idle_timeout;
+                    self.handshakes.spawn(handshake(acceptor, stream, addr, slot, idle));
                 }
             }
         }
@@ -257,21 +475,147 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// A TCP stream that fails with `TimedOut` once it has made no progress for
-/// its idle timeout, and releases its connection slot when dropped.
-struct IdleTimeoutStream {
-    stream: TcpStream,
+/// A connection's byte stream: plain TCP or TLS over TCP.
+enum GatewayIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for GatewayIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GatewayIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            GatewayIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for GatewayIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GatewayIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            GatewayIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GatewayIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            GatewayIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            GatewayIo::Plain(s) => s.is_write_vectored(),
+            GatewayIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GatewayIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            GatewayIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GatewayIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            GatewayIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection (plain or TLS; our replies are written above TLS) that fails
+/// with `TimedOut` once it has made no progress for its idle timeout, knows
+/// its [`Caller`], and releases its connection slot when dropped.
+pub(crate) struct IdleTimeoutStream {
+    stream: GatewayIo,
+    caller: Caller,
     idle_timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// A JSON reply being written in place of hyper's bodiless one (see
+    /// [`automatic_reply`]), and how many bytes of it are out.
+    replacing: Option<(Vec<u8>, usize)>,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
+/// hyper answers a request it cannot parse (a bad method, URI or header:
+/// 400; a URI over 64 KiB: 414; a header section over its buffer: 431) by
+/// itself, with an empty body, before any of our code sees the request.
+/// Those replies are the only ones of these statuses with
+/// `content-length: 0` (ours always carry a JSON error), so this recognises
+/// such a head and returns our JSON reply for it: the same status, a stable
+/// code and a remedy, and `connection: close` as hyper closes anyway.
+fn automatic_reply(head: &[u8]) -> Option<Vec<u8>> {
+    let (code, status, message) = if head.starts_with(b"HTTP/1.1 400 ") {
+        (
+            ErrorCode::MalformedRequest,
+            400,
+            "the HTTP request could not be parsed: its method, URI, a header name or value, or its version is malformed",
+        )
+    } else if head.starts_with(b"HTTP/1.1 414 ") {
+        (
+            ErrorCode::UriTooLong,
+            414,
+            "the request URI is longer than the gateway reads (64 KiB)",
+        )
+    } else if head.starts_with(b"HTTP/1.1 431 ") {
+        (
+            ErrorCode::HeadersTooLarge,
+            431,
+            "the request's header section is larger than the gateway reads (at most 100 fields, about 400 KiB)",
+        )
+    } else {
+        return None;
+    };
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head_text = std::str::from_utf8(&head[..end]).ok()?.to_ascii_lowercase();
+    if end + 4 != head.len() || !head_text.contains("\r\ncontent-length: 0") {
+        return None;
+    }
+    metrics::counter!(METRIC_HTTP_REQUESTS, "op" => "unparsable", "status" => status.to_string())
+        .increment(1);
+    let body = GatewayError::api(code, message).into_json();
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut reply = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(&body);
+    Some(reply)
+}
+
 impl IdleTimeoutStream {
-    fn new(stream: TcpStream, slot: Option<OwnedSemaphorePermit>, idle_timeout: Duration) -> Self {
+    fn new(
+        stream: GatewayIo,
+        caller: Caller,
+        slot: Option<OwnedSemaphorePermit>,
+        idle_timeout: Duration,
+    ) -> Self {
         IdleTimeoutStream {
             stream,
+            caller,
             idle_timeout,
             deadline: Box::pin(tokio::time::sleep(idle_timeout)),
+            replacing: None,
             _slot: slot,
         }
     }
@@ -280,6 +624,33 @@ impl IdleTimeoutStream {
         self.deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + self.idle_timeout);
+    }
+
+    /// Writes our JSON reply in place of hyper's automatic one (`data`), if
+    /// `data` is such a reply; `None` when it is not. Reports all of `data`
+    /// written once ours is out.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            self.replacing = Some((automatic_reply(data)?, 0));
+        }
+        let (reply, sent) = self.replacing.as_mut()?;
+        while *sent < reply.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &reply[*sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(self.pending_or_timed_out(cx)),
+            }
+        }
+        self.replacing = None;
+        self.progressed();
+        Some(Poll::Ready(Ok(data.len())))
     }
 
     /// Maps a pending operation to `TimedOut` once the deadline has passed.
@@ -321,6 +692,9 @@ impl AsyncWrite for IdleTimeoutStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(replaced) = this.poll_replace(cx, data) {
+            return replaced;
+        }
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
@@ -338,6 +712,11 @@ impl AsyncWrite for IdleTimeoutStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(replaced) = this.poll_replace(cx, first) {
+                return replaced;
+            }
+        }
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {

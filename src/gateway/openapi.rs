@@ -8,10 +8,11 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::dto::{
-    CompareJson, CompareOpJson, DeleteOpJson, DeleteResponse, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryResponse, KvItem, MemberJson, MembersResponse, OpJson,
-    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PolicyJson, PutOpJson,
-    PutResponse, RangeResponse, RawValue, StatusResponse, TxnRequest, TxnResponse,
+    CompareOpJson, CompareSchema, ConsistencyJson, DeleteOp, DeleteOpJson, DeleteResponse,
+    ExistsCompare, ExistsOpJson, GetResponse, HealthResponse, HistoryEntryJson, HistoryResponse,
+    KvItem, MemberJson, MembersResponse, OnStale, OpSchema, PoliciesResponse, PolicyChangeRequest,
+    PolicyChangedResponse, PolicyJson, PutOp, PutOpJson, PutResponse, RangeResponse, RawValue,
+    ReplicationJson, StatusResponse, TxnRequest, TxnResponse, ValueCompare, VersionCompare,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
@@ -21,8 +22,11 @@ use super::{observe, GatewayState};
 #[openapi(
     info(
         title = "Meridian HTTP gateway",
-        description = "HTTP/JSON access to one Meridian node. Plain HTTP (no TLS) in this version; \
-                       it binds loopback by default. Every error reply is {\"error\": {code, message, remedy}}."
+        description = "HTTP/JSON access to one Meridian node. With server.http_tls the node serves HTTPS \
+                       and every request needs a client certificate from the cluster CA (mutual TLS); its role \
+                       (client, admin, node) grants what it grants on the QUIC protocol, and policy changes need \
+                       admin. Plain HTTP (no authentication) is allowed only on loopback unless the node is \
+                       configured insecure. Every error reply is {\"error\": {code, message, remedy}}."
     ),
     paths(
         handlers::get_key,
@@ -44,7 +48,7 @@ use super::{observe, GatewayState};
     ),
     components(schemas(
         ErrorBody, ErrorDetail, RawValue, GetResponse, PutResponse, DeleteResponse, KvItem, RangeResponse, TxnRequest,
-        CompareJson, CompareOpJson, OpJson, PutOpJson, DeleteOpJson, TxnResponse, HistoryEntryJson,
+        CompareSchema, ValueCompare, VersionCompare, ExistsCompare, ExistsOpJson, CompareOpJson, OpSchema, PutOp, DeleteOp, PutOpJson, DeleteOpJson, OnStale, ConsistencyJson, ReplicationJson, TxnResponse, HistoryEntryJson,
         HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
         PoliciesResponse, PolicyJson, PolicyChangeRequest, PolicyChangedResponse,
     )),
@@ -70,7 +74,64 @@ pub(crate) async fn serve_document(State(state): State<GatewayState>) -> Respons
 /// Builds the document (cheap; built per request rather than cached). Its
 /// `info.version` is the crate version.
 pub(crate) fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            add_refusals_of_every_route(operation);
+        }
+    }
+    // `PUT /v1/kv/{key}` without a body stores an empty value (a body of
+    // zero bytes), so the body is not required.
+    if let Some(put) = doc
+        .paths
+        .paths
+        .get_mut("/v1/kv/{key}")
+        .and_then(|item| item.put.as_mut())
+    {
+        if let Some(body) = put.request_body.as_mut() {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+    doc
+}
+
+/// The answers any route can give before its handler runs (see
+/// `gateway::guard` and `gateway::automatic_reply`), each with the JSON
+/// error body: 400 (a malformed HTTP request, percent-escape or query),
+/// 401 and 403 (HTTPS without a usable client certificate), 414, 415 and
+/// 431.
+fn add_refusals_of_every_route(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refusals = [
+        ("400", "Malformed HTTP request (MER-1005), or a malformed percent-escape or non-UTF-8 bytes in the path or query string (MER-1007)"),
+        ("401", "HTTPS: the connection presented no client certificate (MER-2003); nothing was read or written"),
+        ("403", "HTTPS: the client certificate carries no usable Meridian role (MER-2001); nothing was read or written"),
+        ("414", "URI longer than 64 KiB (MER-1012)"),
+        ("415", "A Content-Encoding other than identity (MER-1011); nothing was read"),
+        ("431", "Header section too large (MER-1013)"),
+    ];
+    for (status, description) in refusals {
+        let responses = &mut operation.responses.responses;
+        if responses.contains_key(status) {
+            continue;
+        }
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        responses.insert(status.to_owned(), response.into());
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::PolicyChangeV1;
 use crate::replication::read::ReadLevel;
 use crate::transport::{self, FrameError, PeerIdentity};
+use crate::transport::{ADMIN_ROLES, DATA_ROLES, PEER_ROLES};
 use crate::types::{ReadConsistency, Timestamp};
 use crate::wire::{
     self, KeyValueV1, ReadConsistencyV1, RequestV1, ResponseBodyV1, ResponseV1, StatusV1,
@@ -310,9 +311,6 @@ fn role_check(peer: &PeerIdentity, allowed: &[Role]) -> Result<(), ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::PermissionDenied, e.to_string()))
 }
 
-/// Client data operations are open to every role; peer RPCs only to nodes.
-const DATA_ROLES: &[Role] = &[Role::Client, Role::Admin, Role::Node];
-
 async fn handle(
     req: RequestV1,
     ctx: &Context,
@@ -321,13 +319,13 @@ async fn handle(
     let engine = &ctx.engine;
     match req {
         RequestV1::PeerPing => {
-            role_check(peer, &[Role::Node])?;
+            role_check(peer, PEER_ROLES)?;
             Ok((engine.clock_ts(), ResponseBodyV1::Pong))
         }
         RequestV1::Raft(_) => {
             // Kept in the enum (formats are append-only) but no longer
             // served here: peer traffic has its own protocol and dispatcher.
-            role_check(peer, &[Role::Node])?;
+            role_check(peer, PEER_ROLES)?;
             Err(ApiError::new(
                 ErrorCode::UnsupportedVersion,
                 "Raft RPCs travel on the peer protocol (ALPN meridian-peer/1), not the client protocol; run the same Meridian build on every node",
@@ -372,7 +370,7 @@ async fn handle(
             ))
         }
         RequestV1::RegionChange(change) => {
-            role_check(peer, &[Role::Admin])?;
+            role_check(peer, ADMIN_ROLES)?;
             let r = engine.region();
             let range = change.range;
             let voters = r
@@ -404,13 +402,13 @@ async fn handle(
             Ok((engine.clock_ts(), ResponseBodyV1::Frontiers(frontiers)))
         }
         RequestV1::SetPolicy(set) => {
-            role_check(peer, &[Role::Admin])?;
+            role_check(peer, ADMIN_ROLES)?;
             let control = crate::engine::control::required(ctx.control.as_deref())?;
             let changed = control.apply(PolicyChangeV1::Set(set)).await?;
             Ok(policy_changed(engine, changed))
         }
         RequestV1::RemovePolicy { prefix } => {
-            role_check(peer, &[Role::Admin])?;
+            role_check(peer, ADMIN_ROLES)?;
             let control = crate::engine::control::required(ctx.control.as_deref())?;
             let changed = control.apply(PolicyChangeV1::Remove { prefix }).await?;
             Ok(policy_changed(engine, changed))

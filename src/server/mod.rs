@@ -210,6 +210,11 @@ impl Node {
         let (http_addr, http_task) = match cfg.http_addr {
             None => (None, None),
             Some(addr) => {
+                // Built before binding, so a bad certificate fails the start.
+                let https = match cfg.http_tls {
+                    true => Some(transport::https_server_config(&tls)?),
+                    false => None,
+                };
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Http { addr, source })?;
@@ -223,8 +228,9 @@ impl Node {
                     started: Instant::now(),
                     membership: membership.clone(),
                     control: control.as_ref().map(|(c, _)| c.clone()),
+                    responses: crate::gateway::ResponseBudget::new(cfg.http_response_budget_bytes),
                 };
-                let task = tokio::spawn(crate::gateway::serve(listener, state));
+                let task = tokio::spawn(crate::gateway::serve(listener, state, https));
                 (Some(bound), Some(task))
             }
         };

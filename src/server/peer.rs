@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::certs::Role;
 use crate::engine::control::{ControlRange, CONTROL_RANGE_ID};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{
@@ -77,7 +76,7 @@ pub(crate) async fn serve_peer_connection(
     raft: PeerHosts,
 ) {
     let remote = conn.remote_address();
-    if let Err(e) = transport::require_role(&peer, &[Role::Node]) {
+    if let Err(e) = transport::require_role(&peer, transport::PEER_ROLES) {
         tracing::warn!(%remote, peer = %peer.name, error = %e, "refusing a peer connection");
         metrics::counter!("meridian_connections_refused_total", "reason" => "peer_role")
             .increment(1);

@@ -527,6 +527,20 @@ impl MvccStore {
         at: Timestamp,
         limit: usize,
     ) -> Result<ScanPage, StorageError> {
+        self.scan_bounded(start, end, at, limit, usize::MAX)
+    }
+
+    /// [`MvccStore::scan`] that also ends the page before its keys and values
+    /// pass `max_bytes` (a page holds at least one pair), so a page of
+    /// large values cannot hold `limit` of them in memory.
+    pub fn scan_bounded(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        at: Timestamp,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StorageError> {
         if limit == 0 {
             return Err(StorageError::invalid("scan limit must be at least 1"));
         }
@@ -535,7 +549,14 @@ impl MvccStore {
             return Ok(ScanPage::default());
         }
         let limit = limit.min(limits::HARD_MAX_SCAN_PAGE);
-        mvcc::scan(&src, start, end, at, limit, mvcc::SCAN_VISIT_BUDGET)
+        mvcc::scan(
+            &src,
+            start,
+            end,
+            at,
+            (limit, max_bytes),
+            mvcc::SCAN_VISIT_BUDGET,
+        )
     }
 
     /// Up to `limit` (clamped to [`limits::MAX_HISTORY_PAGE`]) stored versions
@@ -545,6 +566,23 @@ impl MvccStore {
         self.check_poisoned()?;
         let src = self.source();
         mvcc::history(&src, key, limit.min(limits::MAX_HISTORY_PAGE))
+    }
+
+    /// One page of `key`'s versions below `before` (all when `None`), newest
+    /// first: at most `limit` (capped at [`limits::MAX_HISTORY_PAGE`]) and
+    /// ending before the values pass `max_bytes` (at least one version).
+    /// `true` when older versions remain; continue below the last one.
+    pub fn history_page(
+        &self,
+        key: &[u8],
+        before: Option<Timestamp>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<VersionEntry>, bool), StorageError> {
+        self.check_poisoned()?;
+        let src = self.source();
+        let limit = limit.min(limits::MAX_HISTORY_PAGE);
+        mvcc::history_page(&src, key, before, limit, max_bytes)
     }
 
     /// Writes all `records` as one atomic fjall batch (group commit). Does

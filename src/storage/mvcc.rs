@@ -79,10 +79,31 @@ pub(crate) fn history(
     key: &[u8],
     limit: usize,
 ) -> Result<Vec<VersionEntry>, StorageError> {
-    let lower = Bound::Included(encoding::key_prefix(key));
+    Ok(history_page(src, key, None, limit, usize::MAX)?.0)
+}
+
+/// Up to `limit` versions of `key` below `before` (all when `None`), newest
+/// first, ending before their values pass `max_bytes` (one version is
+/// always taken, so a page makes progress). The second value says whether
+/// older versions remain: pass the last version as the next `before`.
+pub(crate) fn history_page(
+    src: &impl VersionSource,
+    key: &[u8],
+    before: Option<Timestamp>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<VersionEntry>, bool), StorageError> {
+    let lower = match before {
+        None => Bound::Included(encoding::key_prefix(key)),
+        Some(Timestamp(0)) => return Ok((Vec::new(), false)),
+        // Newer versions sort first: everything below `before` starts at
+        // its predecessor's encoding.
+        Some(b) => Bound::Included(encoding::encode_version_key(key, Timestamp(b.0 - 1))),
+    };
     let upper = Bound::Included(encoding::key_prefix_last(key));
-    let mut out = Vec::with_capacity(limit.min(64));
-    for entry in src.range(lower, upper).take(limit) {
+    let mut out: Vec<VersionEntry> = Vec::with_capacity(limit.min(64));
+    let mut bytes = 0usize;
+    for entry in src.range(lower, upper) {
         let (raw_key, raw_value) = entry?;
         let (user_key, version) = encoding::decode_version_key(&raw_key)?;
         if user_key != key {
@@ -91,18 +112,28 @@ pub(crate) fn history(
             });
         }
         let value = encoding::decode_record(&raw_value)?.map(<[u8]>::to_vec);
+        let size = value.as_ref().map_or(0, Vec::len);
+        let over_bytes = !out.is_empty() && bytes.saturating_add(size) > max_bytes;
+        if out.len() == limit || over_bytes {
+            return Ok((out, true));
+        }
+        bytes += size;
         debug_assert!(out
             .last()
             .is_none_or(|prev: &VersionEntry| prev.version > version));
         out.push(VersionEntry { version, value });
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// A range scan in progress: which key it is inside and what it has found.
 struct Scan {
     at: Timestamp,
     limit: usize,
+    /// Most key plus value bytes in the page (at least one pair is always
+    /// taken, so a page makes progress whatever its first pair's size).
+    max_bytes: usize,
+    bytes: usize,
     budget: usize,
     visits: usize,
     /// Prefix of the key whose visible version is already decided.
@@ -124,14 +155,15 @@ enum Step {
     Stop(Vec<u8>),
 }
 
-/// Live keys in `[start, end)` visible at `at`, at most `limit` of them,
+/// Live keys in `[start, end)` visible at `at`, at most `limit` of them and
+/// about `max_bytes` of keys and values (a page holds at least one pair),
 /// visiting at most about `budget` entries (see [`SCAN_VISIT_BUDGET`]).
 pub(crate) fn scan(
     src: &impl VersionSource,
     start: &[u8],
     end: Option<&[u8]>,
     at: Timestamp,
-    limit: usize,
+    (limit, max_bytes): (usize, usize),
     budget: usize,
 ) -> Result<ScanPage, StorageError> {
     debug_assert!(limit >= 1 && budget >= 1);
@@ -142,6 +174,8 @@ pub(crate) fn scan(
     let mut state = Scan {
         at,
         limit,
+        max_bytes,
+        bytes: 0,
         budget,
         visits: 0,
         decided: None,
@@ -197,10 +231,13 @@ impl Scan {
             return Ok(Step::Next);
         };
         let (key, _) = encoding::decode_version_key(raw_key)?;
-        if self.items.len() == self.limit {
+        let size = key.len() + value.len();
+        let over_bytes = !self.items.is_empty() && self.bytes.saturating_add(size) > self.max_bytes;
+        if self.items.len() == self.limit || over_bytes {
             // A further live key exists: the next page starts exactly here.
             return Ok(Step::Stop(key));
         }
+        self.bytes += size;
         self.items.push(KeyValue {
             key,
             value: value.to_vec(),
@@ -397,13 +434,29 @@ mod tests {
             src.put(b"b", ts, if ts % 2 == 0 { None } else { Some(b"b") });
         }
         src.put(b"c", 1, Some(b"c"));
-        let page = scan(&src, b"", None, Timestamp(25), 10, SCAN_VISIT_BUDGET).unwrap();
+        let page = scan(
+            &src,
+            b"",
+            None,
+            Timestamp(25),
+            (10, usize::MAX),
+            SCAN_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(keys(&page), [&b"a"[..], b"b", b"c"]);
         assert_eq!(page.items[0].value, b"25");
         assert_eq!(page.items[1].version, Timestamp(25));
         assert_eq!(page.next_key, None);
         // At 24, "b" is deleted.
-        let page = scan(&src, b"", None, Timestamp(24), 10, SCAN_VISIT_BUDGET).unwrap();
+        let page = scan(
+            &src,
+            b"",
+            None,
+            Timestamp(24),
+            (10, usize::MAX),
+            SCAN_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(keys(&page), [&b"a"[..], b"c"]);
     }
 
@@ -413,12 +466,44 @@ mod tests {
         src.put(b"a", 1, Some(b"1"));
         src.put(b"b", 1, None);
         src.put(b"c", 1, Some(b"3"));
-        let page = scan(&src, b"", None, Timestamp(5), 1, SCAN_VISIT_BUDGET).unwrap();
+        let page = scan(
+            &src,
+            b"",
+            None,
+            Timestamp(5),
+            (1, usize::MAX),
+            SCAN_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(keys(&page), [&b"a"[..]]);
         assert_eq!(page.next_key.as_deref(), Some(&b"c"[..]));
-        let page = scan(&src, b"c", None, Timestamp(5), 1, SCAN_VISIT_BUDGET).unwrap();
+        let page = scan(
+            &src,
+            b"c",
+            None,
+            Timestamp(5),
+            (1, usize::MAX),
+            SCAN_VISIT_BUDGET,
+        )
+        .unwrap();
         assert_eq!(keys(&page), [&b"c"[..]]);
         assert_eq!(page.next_key, None);
+    }
+
+    #[test]
+    fn scan_pages_end_at_the_byte_bound_but_always_hold_one_pair() {
+        let mut src = MapSource::default();
+        for k in [b"a", b"b", b"c"] {
+            src.put(k, 1, Some(&[7u8; 10]));
+        }
+        // Each pair is 11 bytes: a 25-byte bound takes two, and the third
+        // starts the next page.
+        let page = scan(&src, b"", None, Timestamp(5), (100, 25), SCAN_VISIT_BUDGET).unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.next_key.as_deref(), Some(&b"c"[..]));
+        let tiny = scan(&src, b"", None, Timestamp(5), (100, 1), SCAN_VISIT_BUDGET).unwrap();
+        assert_eq!(tiny.items.len(), 1, "one pair even past the bound");
+        assert_eq!(tiny.next_key.as_deref(), Some(&b"b"[..]));
     }
 
     #[test]
@@ -432,7 +517,7 @@ mod tests {
         let mut start = Vec::new();
         let mut seen = Vec::new();
         for _ in 0..100 {
-            let page = scan(&src, &start, None, Timestamp(1), 100, 1).unwrap();
+            let page = scan(&src, &start, None, Timestamp(1), (100, usize::MAX), 1).unwrap();
             seen.extend(page.items.iter().map(|kv| kv.key[0]));
             match page.next_key {
                 Some(next) => {

@@ -16,6 +16,11 @@
 //!
 //! Time limits: a handshake is bounded by the idle timeout; reads of frames
 //! are not, so callers wrap them in `tokio::time::timeout`.
+//!
+//! The HTTP gateway's HTTPS listener ([`https_server_config`]) uses the same
+//! node certificate, trust anchor, [`identity_of`] and role sets
+//! ([`DATA_ROLES`], [`ADMIN_ROLES`], [`PEER_ROLES`]), so a certificate grants
+//! the same rights over HTTPS as over QUIC.
 
 pub mod frame;
 mod tls;
@@ -23,6 +28,7 @@ mod tls;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
@@ -460,10 +466,38 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, Transport
         .ok_or(TransportError::NoPeerCertificate)?
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TransportError::NoPeerCertificate)?;
+    identity_of(&chain)
+}
+
+/// The role and name in a certificate chain that TLS has already verified
+/// against the cluster CA (its leaf first). Used for QUIC connections and
+/// for the gateway's HTTPS connections alike.
+pub fn identity_of(chain: &[CertificateDer<'_>]) -> Result<PeerIdentity, TransportError> {
     let leaf = chain.first().ok_or(TransportError::NoPeerCertificate)?;
     let role = certs::role_of(leaf).map_err(TransportError::PeerCertificate)?;
     let name = certs::common_name_of(leaf).map_err(TransportError::PeerCertificate)?;
     Ok(PeerIdentity { role, name })
+}
+
+/// Roles that may call the data API (reads, writes, transactions, history,
+/// status, members, the policy table) and the gateway's operational routes:
+/// every role.
+pub const DATA_ROLES: &[Role] = &[Role::Client, Role::Admin, Role::Node];
+/// Roles that may change cluster metadata: prefix policies and range group
+/// membership.
+pub const ADMIN_ROLES: &[Role] = &[Role::Admin];
+/// Roles that may send peer traffic (Raft, replication, forwarding).
+pub const PEER_ROLES: &[Role] = &[Role::Node];
+
+/// The rustls configuration of the gateway's HTTPS listener: the node's
+/// certificate (role `node`) from `tls`, TLS 1.3, ALPN `http/1.1`, and
+/// client certificates verified against the cluster CA. A client may
+/// connect without a certificate so that the gateway can answer it with a
+/// JSON error (MER-2003) instead of a bare TLS alert; a certificate that
+/// does not chain to the CA fails the handshake.
+pub fn https_server_config(tls: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let id = load_node_identity(tls)?;
+    tls::https_server_config(&id).map(Arc::new)
 }
 
 /// Allows the peer if its role is one of `allowed`, otherwise

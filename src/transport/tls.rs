@@ -75,16 +75,7 @@ pub(super) fn server_config(
     id: &Identity,
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider.clone())
-        .build()
-        .map_err(TransportError::Verifier)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(TransportError::Tls)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|source| id.cert_and_key_error(source))?;
+    let mut tls = tls13_server(id, ClientCertificate::Required)?;
     tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_PEER.to_vec()];
     // 0-RTT stays off (rustls' default max_early_data_size of 0): early data
     // can be replayed, and our requests include writes.
@@ -92,6 +83,41 @@ pub(super) fn server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// The gateway's HTTPS server side (see [`super::https_server_config`]).
+pub(super) fn https_server_config(id: &Identity) -> Result<rustls::ServerConfig, TransportError> {
+    let mut tls = tls13_server(id, ClientCertificate::Optional)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Whether a client may complete the handshake without a certificate. One
+/// it does present must chain to the CA either way.
+enum ClientCertificate {
+    Required,
+    Optional,
+}
+
+/// A TLS 1.3 server config with our certificate and our CA as the only
+/// trust anchor for client certificates.
+fn tls13_server(
+    id: &Identity,
+    client: ClientCertificate,
+) -> Result<rustls::ServerConfig, TransportError> {
+    let provider = provider();
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider.clone());
+    if matches!(client, ClientCertificate::Optional) {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(TransportError::Verifier)?;
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TransportError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|source| id.cert_and_key_error(source))
 }
 
 /// Client side: verifies the server against our CA only, presents our

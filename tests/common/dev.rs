@@ -167,9 +167,21 @@ impl DevCluster {
         self.config_addr(name, "listen_addr")
     }
 
-    /// Node `name`'s HTTP gateway address.
+    /// Node `name`'s HTTP gateway address (HTTPS: `meridian dev` sets
+    /// `server.http_tls`).
     pub fn http_addr(&self, name: &str) -> String {
         self.config_addr(name, "http_addr")
+    }
+
+    /// The certificates `meridian dev` made (`ca`, `client`, `admin`, nodes).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("meridian-dev/certs")
+    }
+
+    /// An HTTPS client of the gateways presenting certificate `name`
+    /// (`client` or `admin`).
+    pub fn https(&self, name: &str) -> super::http::Https {
+        super::http::Https::with_cert(&self.certs_dir(), name)
     }
 
     /// A client config reaching every node.

@@ -15,6 +15,12 @@
 //! emulated WAN (see [`topology`] for the layout). Each region holds every
 //! range in Raft groups of its own nodes; range leaders stream changes to
 //! the other regions; gossip spans every region.
+//!
+//! Every node's gateway speaks HTTPS with client certificates
+//! (`server.http_tls = true`) although it binds loopback, where plain HTTP
+//! would be allowed: the dev cluster then behaves as a deployment does, and
+//! the curl commands it teaches (`--cacert`, `--cert`, `--key` with the dev
+//! certificates) are the ones that work against a real cluster.
 
 mod demo;
 mod prometheus;
@@ -107,7 +113,7 @@ fn write_node_config(
         ));
     }
     text.push_str(&format!(
-        "http_addr = \"{}\"\n\n\
+        "http_addr = \"{}\"\nhttp_tls = true\n\n\
          [tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n\n\
          [log]\nlevel = \"warn\"\n\n[raft]\nnode_id = {}\nbootstrap = {}\nrange_prefixes = [{}]\n",
         node.http_bind(),
@@ -480,7 +486,7 @@ fn announce(
             String::new()
         };
         println!(
-            "meridian dev: {} (region {}) pid {pid} quic {}{bound} http {}",
+            "meridian dev: {} (region {}) pid {pid} quic {}{bound} https {}",
             n.name,
             region.name,
             n.quic_advertised(),

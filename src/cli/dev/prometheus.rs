@@ -1,5 +1,6 @@
 //! `meridian dev`'s Prometheus configuration: `prometheus.yml` scraping
-//! every node's `/metrics` (job `meridian`, target labels `region` and
+//! every node's `/metrics` over HTTPS with the dev client certificate
+//! (job `meridian`, target labels `region` and
 //! `node`, which the dashboards and alerts in dashboards/ filter by), and
 //! `alerts.yml`, the alerting rules of dashboards/alerts.yml as this build
 //! embeds them.
@@ -35,7 +36,12 @@ fn config_text(layout: &[RegionPlan]) -> String {
         "# Written by `meridian dev` for its cluster; rewritten at every start.\n\
          global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
          rule_files:\n  - alerts.yml\n\
-         scrape_configs:\n  - job_name: meridian\n    metrics_path: /metrics\n    static_configs:\n"
+         scrape_configs:\n  - job_name: meridian\n    metrics_path: /metrics\n\
+         # Every node's gateway is HTTPS with client certificates (server.http_tls):\n\
+         # scrape with the dev client certificate (paths relative to this file).\n\
+         \x20   scheme: https\n    tls_config:\n      ca_file: certs/ca.pem\n\
+         \x20     cert_file: certs/client.pem\n      key_file: certs/client.key\n\
+         \x20   static_configs:\n"
     );
     for region in layout {
         for n in &region.nodes {
