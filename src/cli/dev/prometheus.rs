@@ -24,23 +24,26 @@ const PROMETHEUS_PORT: u16 = 9090;
 pub fn write_config(dir: &Path, layout: &[RegionPlan]) -> anyhow::Result<PathBuf> {
     std::fs::write(dir.join("alerts.yml"), ALERTS)?;
     let path = dir.join("prometheus.yml");
-    std::fs::write(&path, config_text(layout))?;
+    // Absolute certificate paths: the config works wherever it is copied.
+    let certs = std::fs::canonicalize(dir)?.join("certs");
+    std::fs::write(&path, config_text(layout, &certs))?;
     Ok(path)
 }
 
 /// The config: one static target per node, at the HTTP address it binds
 /// (not through the WAN emulator: a monitoring agent sits beside the node,
 /// and a partition drill must not look like dead nodes).
-fn config_text(layout: &[RegionPlan]) -> String {
+fn config_text(layout: &[RegionPlan], certs: &Path) -> String {
+    let certs = certs.display();
     let mut text = format!(
         "# Written by `meridian dev` for its cluster; rewritten at every start.\n\
          global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
          rule_files:\n  - alerts.yml\n\
          scrape_configs:\n  - job_name: meridian\n    metrics_path: /metrics\n\
          # Every node's gateway is HTTPS with client certificates (server.http_tls):\n\
-         # scrape with the dev client certificate (paths relative to this file).\n\
-         \x20   scheme: https\n    tls_config:\n      ca_file: certs/ca.pem\n\
-         \x20     cert_file: certs/client.pem\n      key_file: certs/client.key\n\
+         # scrape with the dev client certificate.\n\
+         \x20   scheme: https\n    tls_config:\n      ca_file: {certs}/ca.pem\n\
+         \x20     cert_file: {certs}/client.pem\n      key_file: {certs}/client.key\n\
          \x20   static_configs:\n"
     );
     for region in layout {
@@ -80,7 +83,12 @@ mod tests {
     fn every_node_is_a_target_labelled_by_region_and_node() {
         let topo = super::super::topology::load_topology(None).unwrap().0;
         let layout = super::super::topology::plan(&topo, 0).unwrap();
-        let text = config_text(&layout);
+        let text = config_text(&layout, Path::new("/dev-dir/certs"));
+        assert!(text.contains("scheme: https"), "{text}");
+        assert!(
+            text.contains("cert_file: /dev-dir/certs/client.pem"),
+            "{text}"
+        );
         let nodes: Vec<_> = layout.iter().flat_map(|r| &r.nodes).collect();
         assert_eq!(nodes.len(), 9);
         assert_eq!(text.matches("- targets:").count(), nodes.len());
