@@ -21,20 +21,11 @@ fn bin() -> String {
 }
 const START_BOUND: Duration = Duration::from_secs(60);
 
+/// How long a stopped cluster's processes get after SIGTERM.
+const TERM_BOUND: Duration = Duration::from_secs(15);
+
 fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    super::wan_dev::terminate(child, TERM_BOUND);
 }
 
 /// A running `meridian dev`.

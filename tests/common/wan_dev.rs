@@ -67,13 +67,14 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// SIGTERM, a bounded wait, then SIGKILL.
-fn terminate(child: &mut Child) {
+/// SIGTERM, a wait of at most `bound`, then SIGKILL (shared with
+/// `super::dev`).
+pub fn terminate(child: &mut Child, bound: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
     signal(child.id(), "TERM");
-    let deadline = Instant::now() + TERM_BOUND;
+    let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
@@ -161,9 +162,12 @@ impl Drop for WanDev {
     fn drop(&mut self) {
         let procs = self.procs.get_mut().unwrap_or_else(PoisonError::into_inner);
         for c in procs.restarted.iter_mut() {
-            terminate(c);
+            terminate(c, TERM_BOUND);
         }
-        terminate(self.dev.get_mut().unwrap_or_else(PoisonError::into_inner));
+        terminate(
+            self.dev.get_mut().unwrap_or_else(PoisonError::into_inner),
+            TERM_BOUND,
+        );
         for pid in &procs.all_pids {
             if is_live_node(*pid) {
                 signal(*pid, "KILL");
