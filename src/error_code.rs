@@ -71,6 +71,12 @@ pub enum ErrorCode {
     /// MER-1013: the HTTP request's header section is larger than the
     /// gateway reads (too many or too long header fields).
     HeadersTooLarge,
+    /// MER-1014: the lease does not exist in this region: it expired, was
+    /// revoked, or was never granted here; nothing was written.
+    LeaseNotFound,
+    /// MER-1015: a lease (or a lock, an election, a service instance) on a
+    /// key whose prefix is not strong; nothing was written.
+    CoordinationNotAllowed,
     /// MER-2003: the HTTPS gateway got a request on a connection without a
     /// client certificate; nothing was read or written.
     CertificateRequired,
@@ -101,6 +107,8 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::UnsupportedEncoding,
     ErrorCode::UriTooLong,
     ErrorCode::HeadersTooLarge,
+    ErrorCode::LeaseNotFound,
+    ErrorCode::CoordinationNotAllowed,
     ErrorCode::CertificateRequired,
 ];
 
@@ -131,6 +139,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedEncoding => "MER-1011",
             ErrorCode::UriTooLong => "MER-1012",
             ErrorCode::HeadersTooLarge => "MER-1013",
+            ErrorCode::LeaseNotFound => "MER-1014",
+            ErrorCode::CoordinationNotAllowed => "MER-1015",
             ErrorCode::CertificateRequired => "MER-2003",
         }
     }
@@ -188,6 +198,12 @@ impl ErrorCode {
                 "shorten the URI: use a shorter key, or fewer or shorter query parameters"
             }
             ErrorCode::HeadersTooLarge => "send fewer or shorter header fields",
+            ErrorCode::LeaseNotFound => {
+                "grant a new lease (`meridian lease grant TTL_S`) in the region of the key's home, and keep it alive"
+            }
+            ErrorCode::CoordinationNotAllowed => {
+                "use a key under a strong prefix (`meridian policy ls` shows each prefix's consistency)"
+            }
             ErrorCode::CertificateRequired => {
                 "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
             }

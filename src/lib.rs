@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod coord;
 pub mod decide;
 pub mod engine;
 pub mod error_code;

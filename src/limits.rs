@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// Ceiling for `limits.max_txn_ops`.
 pub const HARD_MAX_TXN_OPS: usize = 10_000;
 
+/// Ceiling of `clock.max_offset_ms`: no node allows its peers' clocks to
+/// lead by more (the lease rules of `coord` rely on it as a constant).
+pub const HARD_MAX_CLOCK_OFFSET_MS: u64 = 60_000;
+
 /// Default page size of a range scan when the caller gives none.
 pub const DEFAULT_SCAN_PAGE: usize = 1_000;
 /// Default maximum page size of a range scan (config `limits.max_scan_page`).

@@ -620,7 +620,12 @@ impl RawConfig {
         let gc_ms = check_range("storage.gc_interval_ms", st.gc_interval_ms, 100, 3_600_000)?;
         let cache_mib = check_range("storage.cache_mib", st.cache_mib, 1, 65_536)?;
         let c = &self.clock;
-        let max_offset_ms = check_range("clock.max_offset_ms", c.max_offset_ms, 1, 60_000)?;
+        let max_offset_ms = check_range(
+            "clock.max_offset_ms",
+            c.max_offset_ms,
+            1,
+            crate::limits::HARD_MAX_CLOCK_OFFSET_MS,
+        )?;
         let persist_window_ms =
             check_range("clock.persist_window_ms", c.persist_window_ms, 10, 60_000)?;
         let clock_offset_ms = check_range(

@@ -199,6 +199,26 @@ impl Replicated {
             .ok_or_else(|| unavailable(format!("range {} is not running on this node", range.id)))
     }
 
+    /// Whether this node leads `range` now (as far as its Raft knows).
+    pub fn leads(&self, range: &RangeDescriptor) -> bool {
+        self.host
+            .group(range.id)
+            .is_some_and(|g| g.current_leader() == Some(self.host.node_id()))
+    }
+
+    /// `NotLeader` for `range`, naming its leader when this node knows it.
+    pub fn not_leading(&self, range: &RangeDescriptor) -> ApiError {
+        let leader = self
+            .host
+            .group(range.id)
+            .and_then(|g| g.current_leader())
+            .and_then(|id| self.addrs.get(&id).cloned());
+        ApiError::not_leader(
+            format!("this node does not lead range {}", range.id),
+            leader,
+        )
+    }
+
     fn not_leader(&self, f: &ForwardToLeader<RangeTypes>, range: u64) -> ApiError {
         let addr = f
             .leader_node
@@ -252,6 +272,22 @@ impl Replicated {
         now: Timestamp,
         op: CommandV1,
     ) -> Result<TxnOutcome, ApiError> {
+        let reply = self.propose_reply(range, now, op).await?;
+        Ok(TxnOutcome {
+            succeeded: reply.succeeded,
+            version: Timestamp(reply.version),
+        })
+    }
+
+    /// Proposes `op` to `range`'s group stamped `now` (it must lead the
+    /// range here: `NotLeader` otherwise) and returns the state machine's
+    /// reply once applied.
+    pub(crate) async fn propose_reply(
+        &self,
+        range: &RangeDescriptor,
+        now: Timestamp,
+        op: CommandV1,
+    ) -> Result<crate::raft::RangeReply, ApiError> {
         let group = self.group(range)?;
         let started = std::time::Instant::now();
         let _pending = PendingProposal::start(range.id);
@@ -281,10 +317,7 @@ impl Replicated {
             }
             Ok(Err(e)) => return Err(outcome_unknown(format!("write outcome unknown: {e}"))),
         };
-        Ok(TxnOutcome {
-            succeeded: reply.succeeded,
-            version: Timestamp(reply.version),
-        })
+        Ok(reply)
     }
 
     /// Makes a read of `range` linearizable and returns the timestamp to read

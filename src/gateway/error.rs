@@ -155,6 +155,8 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::TooStale => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::LevelNotAllowed => StatusCode::BAD_REQUEST,
         ErrorCode::PolicyRefused => StatusCode::CONFLICT,
+        ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::CoordinationNotAllowed => StatusCode::BAD_REQUEST,
         ErrorCode::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

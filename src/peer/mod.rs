@@ -145,6 +145,30 @@ pub enum PeerRequestV1 {
         #[serde(with = "serde_bytes")]
         chunk: Vec<u8>,
     },
+    /// A lease operation for the leader of a range of the sender's region
+    /// (`crate::coord`): a lease check at the lease range, or a lease
+    /// command to propose there. Answered with
+    /// [`PeerResponseV1::LeaseChecked`] / [`PeerResponseV1::LeaseApplied`],
+    /// [`PeerResponseV1::NotLeader`] or an error.
+    Lease(LeasePeerV1),
+}
+
+/// A lease operation between nodes of one region, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeasePeerV1 {
+    /// Is the lease live? Asked of the lease range's leader, which answers
+    /// from a linearizable read.
+    Check {
+        /// The lease.
+        id: u64,
+    },
+    /// Propose a lease command (the Raft log's own type) to `range`.
+    Propose {
+        /// The range.
+        range: u64,
+        /// The command.
+        command: crate::raft::types::LeaseCommandV1,
+    },
 }
 
 /// A policy change, version 1.
@@ -203,6 +227,20 @@ pub enum PeerResponseV1 {
         epoch: u64,
         /// The table after it.
         policies: crate::wire::PoliciesV1,
+    },
+    /// The lease was live at the lease range's leader at `checked_at`.
+    LeaseChecked {
+        /// The read timestamp of the check (HLC).
+        checked_at: u64,
+    },
+    /// A forwarded lease command applied; the range's reply.
+    LeaseApplied {
+        /// The reply's `succeeded`.
+        succeeded: bool,
+        /// The version it applied at.
+        version: u64,
+        /// The reply's `value`.
+        value: u64,
     },
 }
 
@@ -309,6 +347,29 @@ mod tests {
             leader: Some("x".into()),
         };
         assert_eq!(encode(&elsewhere), vec![0, 1, 5, 1, 1, b'x']);
+    }
+
+    #[test]
+    fn frozen_lease_messages() {
+        use crate::raft::types::LeaseCommandV1;
+        let check = PeerRequestV1::Lease(LeasePeerV1::Check { id: 9 });
+        assert_eq!(encode(&check), vec![0, 1, 5, 0, 9]);
+        assert_eq!(decode::<PeerRequestV1>(&encode(&check)), Ok(check));
+        let propose = PeerRequestV1::Lease(LeasePeerV1::Propose {
+            range: 2,
+            command: LeaseCommandV1::Grant { ttl_ms: 5 },
+        });
+        assert_eq!(encode(&propose), vec![0, 1, 5, 1, 2, 0, 5]);
+        assert_eq!(decode::<PeerRequestV1>(&encode(&propose)), Ok(propose));
+        let checked = PeerResponseV1::LeaseChecked { checked_at: 7 };
+        assert_eq!(encode(&checked), vec![0, 1, 7, 7]);
+        let applied = PeerResponseV1::LeaseApplied {
+            succeeded: true,
+            version: 3,
+            value: 4,
+        };
+        assert_eq!(encode(&applied), vec![0, 1, 8, 1, 3, 4]);
+        assert_eq!(decode::<PeerResponseV1>(&encode(&applied)), Ok(applied));
     }
 
     #[test]

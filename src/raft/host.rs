@@ -92,6 +92,12 @@ pub struct RangeGroup {
 }
 
 impl RangeGroup {
+    /// The leader this replica knows of, if any.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
     /// The highest version applied on this node: a read at it is a
     /// consistent snapshot of the range as far as this replica has applied.
     pub fn applied_ts(&self) -> Timestamp {

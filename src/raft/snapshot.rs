@@ -23,10 +23,17 @@
 //! in-memory postcard blob and is no longer read):
 //!
 //! ```text
-//! magic "MRSN" | format u8 = 3 | header_len u32 LE | header (postcard SnapshotHeaderV3)
+//! magic "MRSN" | format u8 = 4 | header_len u32 LE | header (postcard SnapshotHeaderV3)
 //! records:  len u32 LE (1..=MAX_SNAPSHOT_RECORD_BYTES) | postcard (key, version u64, Option<value>)
+//! end:      u32 LE 0 | count u64 LE
+//! coord:    len u32 LE (1..=MAX_SNAPSHOT_RECORD_BYTES) | postcard (key, value)
 //! end:      u32 LE 0 | count u64 LE | SHA-256 of every byte before it (32 bytes)
 //! ```
+//!
+//! The coord section (format 4) carries the range's coordination entries
+//! (storage's `coord` keyspace under the range's prefix: lease records,
+//! attached keys, dropped markers) as of the same view. Formats 2 and 3
+//! end after the records' count and have none.
 //!
 //! Records are in key order, newest version first per key (the store's
 //! order). Files written before snapshots became points carried every stored
@@ -54,7 +61,9 @@ use crate::types::Timestamp;
 
 /// File magic of a snapshot file.
 const MAGIC: &[u8; 4] = b"MRSN";
-/// The snapshot file format this build writes.
+/// The snapshot file format this build writes: v3 plus the coord section.
+pub const SNAPSHOT_FORMAT_V4: u8 = 4;
+/// The previous format, still read: no coord section.
 pub const SNAPSHOT_FORMAT_V3: u8 = 3;
 /// The previous format, still read: its header has no floor and no
 /// cursors (a single region's snapshot: floor = last_ts).
@@ -351,6 +360,22 @@ fn write_visible_state(
     .map_err(|e| io::Error::other(format!("dump range {}: {e}", range.id)))?;
     w.write_all(&0u32.to_le_bytes())?;
     w.write_all(&count.to_le_bytes())?;
+    let coord = view
+        .for_each_coord(&crate::coord::keys::range_prefix(range.id), |key, value| {
+            record.clear();
+            record =
+                postcard::to_extend(&(key, value), std::mem::take(&mut record)).map_err(|e| {
+                    StorageError::InvalidArgument {
+                        reason: format!("encode snapshot coord entry: {e}"),
+                    }
+                })?;
+            write_record(&mut w, &record).map_err(|e| StorageError::InvalidArgument {
+                reason: e.to_string(),
+            })
+        })
+        .map_err(|e| io::Error::other(format!("dump coord of range {}: {e}", range.id)))?;
+    w.write_all(&0u32.to_le_bytes())?;
+    w.write_all(&(coord as u64).to_le_bytes())?;
     let HashingWriter { mut inner, ctx } = w;
     let digest = ctx.finish();
     inner.write_all(digest.as_ref())?;
@@ -427,7 +452,7 @@ fn write_header(w: &mut impl Write, header: &SnapshotHeader) -> io::Result<()> {
     };
     let bytes = postcard::to_allocvec(&v3).map_err(io::Error::other)?;
     w.write_all(MAGIC)?;
-    w.write_all(&[SNAPSHOT_FORMAT_V3])?;
+    w.write_all(&[SNAPSHOT_FORMAT_V4])?;
     w.write_all(
         &u32::try_from(bytes.len())
             .map_err(io::Error::other)?
@@ -455,8 +480,11 @@ pub struct SnapshotReader {
     path: PathBuf,
     /// The file's header.
     pub header: SnapshotHeader,
+    format: u8,
     read: u64,
     done: bool,
+    coord_read: u64,
+    coord_done: bool,
 }
 
 impl SnapshotReader {
@@ -467,11 +495,11 @@ impl SnapshotReader {
             return Err(corrupt(path, "not a snapshot file"));
         }
         let format = head[4];
-        if format != SNAPSHOT_FORMAT_V2 && format != SNAPSHOT_FORMAT_V3 {
+        if !(SNAPSHOT_FORMAT_V2..=SNAPSHOT_FORMAT_V4).contains(&format) {
             return Err(corrupt(
                 path,
                 format!(
-                    "snapshot format {format} (this build reads {SNAPSHOT_FORMAT_V2} and {SNAPSHOT_FORMAT_V3})"
+                    "snapshot format {format} (this build reads {SNAPSHOT_FORMAT_V2} to {SNAPSHOT_FORMAT_V4})"
                 ),
             ));
         }
@@ -507,8 +535,12 @@ impl SnapshotReader {
             inner,
             path: path.to_path_buf(),
             header,
+            format,
             read: 0,
             done: false,
+            coord_read: 0,
+            // Files before format 4 have no coord section.
+            coord_done: format < SNAPSHOT_FORMAT_V4,
         })
     }
 
@@ -542,6 +574,47 @@ impl SnapshotReader {
             version: Timestamp(version),
             value,
         }))
+    }
+
+    /// The next coordination entry `(key, value)` of the coord section,
+    /// read after the last version; `None` after the last entry (whose
+    /// count is checked) and for files without the section.
+    pub fn next_coord(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if !self.done {
+            return Err(corrupt(
+                &self.path,
+                "coord entries read before the versions",
+            ));
+        }
+        if self.coord_done {
+            return Ok(None);
+        }
+        let mut len = [0u8; 4];
+        self.inner.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            let mut count = [0u8; 8];
+            self.inner.read_exact(&mut count)?;
+            if u64::from_le_bytes(count) != self.coord_read {
+                return Err(corrupt(&self.path, "coord entry count mismatch"));
+            }
+            self.coord_done = true;
+            return Ok(None);
+        }
+        if len > MAX_SNAPSHOT_RECORD_BYTES {
+            return Err(corrupt(&self.path, format!("coord entry of {len} bytes")));
+        }
+        let mut bytes = vec![0u8; len];
+        self.inner.read_exact(&mut bytes)?;
+        let entry: (Vec<u8>, Vec<u8>) =
+            postcard::from_bytes(&bytes).map_err(|e| corrupt(&self.path, e))?;
+        self.coord_read += 1;
+        Ok(Some(entry))
+    }
+
+    /// The file's format byte.
+    pub fn format(&self) -> u8 {
+        self.format
     }
 
     /// The next batch of at most [`INSTALL_BATCH_VERSIONS`] versions and
@@ -601,6 +674,27 @@ mod tests {
             },
         ];
         s.apply_batch_with_meta(&records, &[]).unwrap();
+        // One coordination entry of range 2, one of another range.
+        let mut entry = 2u64.to_be_bytes().to_vec();
+        entry.push(b'N');
+        let mut other = 3u64.to_be_bytes().to_vec();
+        other.push(b'N');
+        s.apply_range_batch(
+            &[],
+            &[],
+            None,
+            &[
+                crate::storage::coord::CoordWrite {
+                    key: entry,
+                    value: Some(vec![1]),
+                },
+                crate::storage::coord::CoordWrite {
+                    key: other,
+                    value: Some(vec![2]),
+                },
+            ],
+        )
+        .unwrap();
         let range = RangeDescriptor {
             id: 2,
             start: Vec::new(),
@@ -611,9 +705,12 @@ mod tests {
         let bytes = std::fs::read(snap.path()).unwrap();
         let body: Vec<u8> = [
             b"MRSN".as_slice(),
-            // format 3, header len 4, header (range 2, last_ts 7, floor 7, no cursors)
-            &[3, 4, 0, 0, 0, 2, 7, 7, 0],
+            // format 4, header len 4, header (range 2, last_ts 7, floor 7, no cursors)
+            &[4, 4, 0, 0, 0, 2, 7, 7, 0],
             &[6, 0, 0, 0, 1, b'a', 7, 1, 1, b'v'], // ("a", 7, Some("v"))
+            &[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], // end, count 1
+            // coord: (be64(2) ++ "N", [1]); range 3's entry is not there
+            &[12, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2, b'N', 1, 1],
             &[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], // end, count 1
         ]
         .concat();
@@ -621,6 +718,12 @@ mod tests {
         let digest = ring::digest::digest(&SHA256, &body);
         assert_eq!(&bytes[body.len()..], digest.as_ref());
         assert_eq!(snap.id(), digest.as_ref()[..SNAPSHOT_ID_BYTES]);
+        let mut reader = snap.reader().unwrap();
+        assert_eq!(reader.next_batch().unwrap().len(), 1);
+        let mut entry = 2u64.to_be_bytes().to_vec();
+        entry.push(b'N');
+        assert_eq!(reader.next_coord().unwrap(), Some((entry, vec![1])));
+        assert_eq!(reader.next_coord().unwrap(), None);
     }
 
     /// A file as builds before snapshot points wrote it (every version,

@@ -40,10 +40,13 @@ use super::types::{
     CatchUpV1, CommandV1, RangeCommand, RangeDescriptor, RangeReply, RangeTypes, ReplicateV1,
 };
 use crate::clock::Hlc;
-use crate::decide::{decide, record_in_overlay, KeyState, Overlay};
+use crate::decide::{decide, KeyState, Overlay};
 use crate::replication::stream::{Batch, Inbound, Record};
 use crate::storage::{MvccStore, WriteRecord, MAX_BATCH_RECORDS};
 use crate::types::Timestamp;
+
+mod lease;
+pub use lease::refused as lease_refused;
 
 /// Most writing entries applied in one storage batch (the storage cap).
 pub const APPLY_BATCH_RECORDS: usize = MAX_BATCH_RECORDS;
@@ -160,11 +163,19 @@ struct PendingApply {
         Option<openraft::storage::ApplyResponder<RangeTypes>>,
         RangeReply,
     )>,
+    /// Coordination entries the batch sets (`Some`) or removes (`None`);
+    /// also what later entries of the batch read them as.
+    coord: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl PendingApply {
     fn is_full(&self) -> bool {
-        self.records.len() >= APPLY_BATCH_RECORDS || self.bytes >= APPLY_BATCH_BYTES
+        self.records.len() >= APPLY_BATCH_RECORDS
+            || self.bytes >= APPLY_BATCH_BYTES
+            // One command adds at most a few entries per key it touches
+            // (a drop: two per key, MAX_DROP_KEYS keys): leave room for it.
+            || self.coord.len() + 4 * crate::coord::MAX_DROP_KEYS
+                >= crate::storage::coord::MAX_COORD_WRITES
     }
 }
 
@@ -434,22 +445,34 @@ impl RangeStateMachine {
         // above the previous applied version (see the module invariant).
         let ts = Timestamp(cmd.proposed_at.max(self.state.last_ts.saturating_add(1)));
         self.state.last_ts = ts.0;
-        let Some(write) = cmd.op.into_write() else {
+        let op = match cmd.op {
+            CommandV1::Lease(l) => return self.apply_lease(ts, l, pending),
+            CommandV1::PutLeased {
+                key,
+                value,
+                lease,
+                checked_at,
+            } => {
+                return self.apply_put_leased(ts, key, value, lease, Timestamp(checked_at), pending)
+            }
+            other => other,
+        };
+        let Some(write) = op.into_write() else {
             // A barrier: nothing to write, the timestamp above is its effect.
             return Ok(RangeReply {
                 succeeded: true,
                 version: ts.0,
+                value: 0,
             });
         };
         let (succeeded, ops) = decide(write, |key| self.current_state(key, &pending.overlay))?;
-        if !ops.is_empty() {
-            record_in_overlay(&mut pending.overlay, &ops, ts);
-            pending.bytes += ops.iter().map(op_bytes).sum::<usize>();
-            pending.records.push(WriteRecord { ts, ops });
-        }
+        // A write without a lease detaches its keys from theirs.
+        self.detach_written_keys(&ops, pending)?;
+        self.push_record(ts, ops, pending);
         Ok(RangeReply {
             succeeded,
             version: ts.0,
+            value: 0,
         })
     }
 
@@ -460,8 +483,17 @@ impl RangeStateMachine {
         // In a multi-region cluster every local write is also logged for
         // the streams to the other regions, in the same batch.
         let log_range = self.scope.is_multi_region().then_some(self.range.id);
+        let coord: Vec<crate::storage::coord::CoordWrite> = std::mem::take(&mut pending.coord)
+            .into_iter()
+            .map(|(key, value)| crate::storage::coord::CoordWrite { key, value })
+            .collect();
         self.store
-            .apply_range_batch(&pending.records, &[(name.as_str(), bytes)], log_range)
+            .apply_range_batch(
+                &pending.records,
+                &[(name.as_str(), bytes)],
+                log_range,
+                &coord,
+            )
             .map_err(|e| io_err("apply batch", e))?;
         // Keep the local clock above every applied version, so this node
         // (if it becomes leader) proposes above them.
@@ -504,6 +536,7 @@ impl RangeStateMachine {
         if !self.scope.others.contains(&batch.origin) {
             tracing::warn!(range = self.range.id, origin = %batch.origin, "replication batch from a region this range does not replicate with");
             return Ok(RangeReply {
+                value: 0,
                 succeeded: false,
                 version: 0,
             });
@@ -526,6 +559,7 @@ impl RangeStateMachine {
             Err(e) => {
                 tracing::debug!(range = self.range.id, %origin, error = %e, "replication batch refused");
                 return Ok(RangeReply {
+                    value: 0,
                     succeeded: false,
                     version: cursor.0,
                 });
@@ -546,6 +580,7 @@ impl RangeStateMachine {
         self.merge_with_state(&records, "apply replication batch")?;
         self.publish_applied();
         Ok(RangeReply {
+            value: 0,
             succeeded: true,
             version: accepted.cursor.0,
         })
@@ -619,6 +654,7 @@ impl RangeStateMachine {
         self.state.last_ts = proposed_at.max(self.state.last_ts.saturating_add(1));
         let cursor = Timestamp(self.cursors.get(&chunk.origin).copied().unwrap_or(0));
         let refused = RangeReply {
+            value: 0,
             succeeded: false,
             version: cursor.0,
         };
@@ -691,6 +727,7 @@ impl RangeStateMachine {
         tracing::info!(range = self.range.id, origin = %chunk.origin, merged = records.len() - deleted, deleted, last = chunk.last, "catch-up chunk applied");
         self.publish_applied();
         Ok(RangeReply {
+            value: 0,
             succeeded: true,
             version: self.cursors.get(&chunk.origin).copied().unwrap_or(0),
         })
@@ -745,6 +782,23 @@ fn install_from_file(
             .insert_versions(&range.start, end, &batch)
             .map_err(|e| io_err("install snapshot versions", e))?;
     }
+    // The range's coordination state is replaced as a whole too.
+    let prefix = crate::coord::keys::range_prefix(range.id);
+    store
+        .coord_clear(&prefix)
+        .map_err(|e| io_err("clear coordination state for snapshot", e))?;
+    let mut entries = Vec::new();
+    while let Some(entry) = reader.next_coord()? {
+        entries.push(entry);
+        if entries.len() == crate::storage::coord::MAX_COORD_WRITES {
+            store
+                .coord_insert(&prefix, &std::mem::take(&mut entries))
+                .map_err(|e| io_err("install coordination state", e))?;
+        }
+    }
+    store
+        .coord_insert(&prefix, &entries)
+        .map_err(|e| io_err("install coordination state", e))?;
     let state = AppliedState {
         applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -1006,6 +1060,115 @@ mod tests {
             others: vec!["eu".into(), "ap".into()],
         };
         RangeStateMachine::open_in(whole(), store.clone(), hlc, scope).unwrap()
+    }
+
+    /// Leases end to end in one range (it is the lease range too): grant,
+    /// attach, keepalive, expiry re-checked at apply, drop (deleting only
+    /// keys still attached), markers refusing late puts until pruned, and
+    /// the check's age bound.
+    #[tokio::test]
+    async fn leases_attach_keys_and_dropping_an_expired_lease_deletes_them() {
+        use crate::coord::keys;
+        use crate::raft::types::LeaseCommandV1 as L;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_sm(&store);
+        let ms = |n: i64| Timestamp::from_parts(1_800_000_000_000 + n, 0).unwrap().0;
+        let run = |sm: &mut RangeStateMachine, at: u64, op: CommandV1| -> RangeReply {
+            let mut p = PendingApply::default();
+            let r = sm
+                .apply_command(
+                    RangeCommand {
+                        proposed_at: at,
+                        op,
+                    },
+                    &mut p,
+                )
+                .unwrap();
+            sm.flush(&mut p).unwrap();
+            r
+        };
+        let leased = |k: &str, lease: u64, checked_at: u64| CommandV1::PutLeased {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            checked_at,
+        };
+        let value = |k: &str| store.get(k.as_bytes(), Timestamp::MAX).unwrap();
+        assert_eq!(
+            run(&mut sm, ms(0), CommandV1::Lease(L::Grant { ttl_ms: 5_000 })).value,
+            1
+        );
+        assert_eq!(
+            run(&mut sm, ms(1), CommandV1::Lease(L::Grant { ttl_ms: 5_000 })).value,
+            2
+        );
+        assert!(run(&mut sm, ms(10), leased("a", 1, ms(5))).succeeded);
+        assert!(run(&mut sm, ms(11), leased("b", 2, ms(11))).succeeded);
+        assert!(run(&mut sm, ms(12), leased("b2", 2, ms(12))).succeeded);
+        // A plain put detaches b2 from its lease.
+        let plain = CommandV1::Put {
+            key: b"b2".to_vec(),
+            value: b"mine".to_vec(),
+        };
+        assert!(run(&mut sm, ms(13), plain).succeeded);
+        assert_eq!(store.coord_get(&keys::key_lease(1, b"b2")).unwrap(), None);
+        // Keepalive moves lease 1's deadline; an unknown lease fails it.
+        let kept = run(
+            &mut sm,
+            ms(3_000),
+            CommandV1::Lease(L::KeepAlive { ids: vec![1, 99] }),
+        );
+        assert!(!kept.succeeded);
+        // At 5.5 s only lease 2 is past its deadline.
+        let expire = |ids: Vec<u64>| CommandV1::Lease(L::Expire { ids, revoke: false });
+        assert_eq!(run(&mut sm, ms(5_500), expire(vec![1, 2])).value, 1);
+        assert!(
+            run(
+                &mut sm,
+                ms(5_600),
+                CommandV1::Lease(L::Drop { ids: vec![2] })
+            )
+            .succeeded
+        );
+        assert_eq!(value("b"), None, "the expired lease's key is gone");
+        assert_eq!(value("b2").unwrap().value, b"mine", "a detached key stays");
+        assert!(value("a").is_some(), "the live lease's key stays");
+        // A put checked before the expiry but applied after the drop is refused.
+        let late = run(&mut sm, ms(5_700), leased("c", 2, ms(5_000)));
+        assert!(!late.succeeded);
+        assert_eq!(late.value, lease::refused::LEASE_GONE);
+        assert_eq!(value("c"), None);
+        run(
+            &mut sm,
+            ms(5_800),
+            CommandV1::Lease(L::Forget { ids: vec![2] }),
+        );
+        assert_eq!(store.coord_get(&keys::lease(1, 2)).unwrap(), None);
+        assert!(store.coord_get(&keys::lease(1, 1)).unwrap().is_some());
+        // Lease 1 (deadline 8 s) expires; a put whose check is too old is refused.
+        let stale = run(&mut sm, ms(8_100), leased("d", 1, ms(8_100 - 10_001)));
+        assert_eq!(stale.value, lease::refused::CHECK_TOO_OLD);
+        assert_eq!(run(&mut sm, ms(8_200), expire(vec![1])).value, 1);
+        run(
+            &mut sm,
+            ms(8_300),
+            CommandV1::Lease(L::Drop { ids: vec![1] }),
+        );
+        assert_eq!(value("a"), None);
+        assert!(store.coord_get(&keys::dropped(1, 2)).unwrap().is_some());
+        // Markers are pruned once no put they refuse could still attach.
+        let keep = crate::coord::MARKER_KEEP_MS as i64;
+        run(
+            &mut sm,
+            ms(5_600 + keep + 1),
+            CommandV1::Lease(L::Drop { ids: vec![] }),
+        );
+        assert_eq!(store.coord_get(&keys::dropped(1, 2)).unwrap(), None);
+        assert!(
+            store.coord_get(&keys::dropped(1, 1)).unwrap().is_some(),
+            "a younger marker stays"
+        );
     }
 
     async fn apply_one(sm: &mut RangeStateMachine, index: u64, op: CommandV1) {

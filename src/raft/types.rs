@@ -77,6 +77,59 @@ pub enum CommandV1 {
     /// region's cursor for it is below where its change log is complete
     /// (cross-region catch-up, `replication::catch_up`).
     CatchUp(CatchUpV1),
+    /// A lease operation (`crate::coord`): grant, keepalive, expiry and
+    /// forgetting at the region's lease range; dropping a lease's keys in
+    /// any range.
+    Lease(LeaseCommandV1),
+    /// Put attached to a lease that the lease range found live at
+    /// `checked_at`; refused when the range dropped the lease or the check
+    /// is too old (`coord::attach_allowed`).
+    PutLeased {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The lease.
+        lease: u64,
+        /// When the lease range last found the lease live (HLC).
+        checked_at: u64,
+    },
+}
+
+/// A lease operation in the log, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseCommandV1 {
+    /// Grant a lease of `ttl_ms`; the reply's `value` is its id.
+    Grant {
+        /// TTL in ms.
+        ttl_ms: u64,
+    },
+    /// Move each live lease's deadline to the apply time plus its TTL.
+    KeepAlive {
+        /// The leases.
+        ids: Vec<u64>,
+    },
+    /// Expire the leases whose deadline passed at the apply time (or, with
+    /// `revoke`, at once).
+    Expire {
+        /// The leases.
+        ids: Vec<u64>,
+        /// Expire even before the deadline (an explicit revoke).
+        revoke: bool,
+    },
+    /// Delete this range's keys attached to the leases and mark them
+    /// dropped here. The reply's `succeeded` is false when keys remain
+    /// (more than `coord::MAX_DROP_KEYS`): propose it again.
+    Drop {
+        /// The leases.
+        ids: Vec<u64>,
+    },
+    /// Remove the records of expired leases (every range dropped them).
+    Forget {
+        /// The leases.
+        ids: Vec<u64>,
+    },
 }
 
 /// A chunk of a cross-region catch-up in the log, version 1: the origin's
@@ -184,7 +237,11 @@ impl CommandV1 {
             CommandV1::Put { key, value } => Some(WriteKind::Put { key, value }),
             CommandV1::Delete { key } => Some(WriteKind::Delete { key }),
             CommandV1::Txn(t) => Some(WriteKind::Txn(Txn::from(t))),
-            CommandV1::Barrier | CommandV1::Replicate(_) | CommandV1::CatchUp(_) => None,
+            CommandV1::PutLeased { key, value, .. } => Some(WriteKind::Put { key, value }),
+            CommandV1::Barrier
+            | CommandV1::Replicate(_)
+            | CommandV1::CatchUp(_)
+            | CommandV1::Lease(_) => None,
         }
     }
 }
@@ -205,6 +262,8 @@ impl RangeCommand {
                 CommandV1::Barrier => 0,
                 CommandV1::Replicate(r) => r.payload_bytes() + 16 * r.records.len(),
                 CommandV1::CatchUp(c) => c.payload_bytes() + 16 * c.versions.len(),
+                CommandV1::PutLeased { key, value, .. } => key.len() + value.len() + 16,
+                CommandV1::Lease(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
             }
     }
 }
@@ -232,6 +291,10 @@ impl fmt::Display for RangeCommand {
                 c.at,
                 if c.last { ", last" } else { "" }
             ),
+            CommandV1::PutLeased {
+                key, value, lease, ..
+            } => write!(f, "put({}B, {}B, lease {lease})", key.len(), value.len()),
+            CommandV1::Lease(l) => write!(f, "lease({l:?})"),
         }
     }
 }
@@ -382,6 +445,8 @@ pub struct RangeReply {
     pub succeeded: bool,
     /// The HLC version the command was applied at.
     pub version: u64,
+    /// A command's own result: a granted lease's id.
+    pub value: u64,
 }
 
 openraft::declare_raft_types!(
@@ -428,11 +493,62 @@ mod tests {
         assert_eq!(bytes, vec![0xac, 0x02, 0, 1, b'k', 1, b'v']);
         let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, cmd);
+        // The reply never leaves the node that applied the entry (openraft
+        // hands it to the proposer in memory); pinned all the same.
         let reply = RangeReply {
             succeeded: true,
             version: 5,
+            value: 7,
         };
-        assert_eq!(postcard::to_allocvec(&reply).unwrap(), vec![1, 5]);
+        assert_eq!(postcard::to_allocvec(&reply).unwrap(), vec![1, 5, 7]);
+    }
+
+    /// Lease commands in the log, pinned.
+    #[test]
+    fn frozen_lease_command_bytes() {
+        let cases = [
+            (
+                CommandV1::Lease(LeaseCommandV1::Grant { ttl_ms: 300 }),
+                vec![0x0a, 6, 0, 0xac, 0x02],
+            ),
+            (
+                CommandV1::Lease(LeaseCommandV1::KeepAlive { ids: vec![1, 2] }),
+                vec![0x0a, 6, 1, 2, 1, 2],
+            ),
+            (
+                CommandV1::Lease(LeaseCommandV1::Expire {
+                    ids: vec![3],
+                    revoke: true,
+                }),
+                vec![0x0a, 6, 2, 1, 3, 1],
+            ),
+            (
+                CommandV1::Lease(LeaseCommandV1::Drop { ids: vec![4] }),
+                vec![0x0a, 6, 3, 1, 4],
+            ),
+            (
+                CommandV1::Lease(LeaseCommandV1::Forget { ids: vec![5] }),
+                vec![0x0a, 6, 4, 1, 5],
+            ),
+            (
+                CommandV1::PutLeased {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 9,
+                    checked_at: 8,
+                },
+                vec![0x0a, 7, 1, b'k', 1, b'v', 9, 8],
+            ),
+        ];
+        for (op, bytes) in cases {
+            let cmd = RangeCommand {
+                proposed_at: 10,
+                op,
+            };
+            assert_eq!(postcard::to_allocvec(&cmd).unwrap(), bytes, "{cmd}");
+            let back: RangeCommand = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, cmd);
+        }
     }
 
     /// The log's transaction layout, pinned: a log written by an earlier

@@ -166,7 +166,7 @@ pub(crate) fn spawn_follower(
 }
 
 async fn is_leader(group: &crate::raft::RangeGroup, id: u64) -> bool {
-    group.raft.metrics().borrow_watched().current_leader == Some(id)
+    group.current_leader() == Some(id)
 }
 
 /// Adds every configured learner the membership lacks (non-blocking: the

@@ -82,6 +82,8 @@ pub struct Node {
     streams_task: Option<tokio::task::JoinHandle<()>>,
     /// The node-wide gauge sampler.
     gauges_task: tokio::task::JoinHandle<()>,
+    /// The lease expiry driver (acts while this node leads the lease range).
+    lease_task: tokio::task::JoinHandle<()>,
     /// This node's replica of the control range and its follower task.
     control: Option<(Arc<ControlRange>, tokio::task::JoinHandle<()>)>,
 }
@@ -187,6 +189,7 @@ impl Node {
             max_connections: cfg.max_connections,
         });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), ctx, conn_limit));
+        let lease_task = crate::engine::lease::spawn_lease_driver(&engine);
         region::bootstrap(&host, &rc).await?;
         let control = match (control, &cfg.control) {
             (Some(c), Some(cc)) => {
@@ -246,6 +249,7 @@ impl Node {
             http_task,
             streams_task,
             gauges_task,
+            lease_task,
             control,
         })
     }
@@ -284,6 +288,7 @@ impl Node {
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept_task.abort();
         self.gauges_task.abort();
+        self.lease_task.abort();
         if let Some(t) = self.streams_task {
             t.abort();
         }
@@ -379,6 +384,7 @@ async fn accept_loop(
                 let hosts = peer::PeerHosts {
                     region: ctx.raft.clone(),
                     control: ctx.control.clone(),
+                    engine: Some(ctx.engine.clone()),
                 };
                 peer::serve_peer_connection(conn, identity, hosts).await;
                 return;

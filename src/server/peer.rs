@@ -34,6 +34,9 @@ pub(crate) struct PeerHosts {
     pub region: Arc<RaftHost>,
     /// This node's replica of the control range.
     pub control: Option<Arc<ControlRange>>,
+    /// The node's engine (lease operations forwarded by peers); `None` for
+    /// a node reduced to its Raft groups.
+    pub engine: Option<Arc<crate::engine::Engine>>,
 }
 
 impl PeerHosts {
@@ -63,6 +66,7 @@ pub async fn serve_peers(endpoint: quinn::Endpoint, host: Arc<RaftHost>) {
             let hosts = PeerHosts {
                 region: host,
                 control: None,
+                engine: None,
             };
             serve_peer_connection(conn, identity, hosts).await;
         });
@@ -205,6 +209,16 @@ async fn serve(
                 .handle_catch_up(range, start, end, &chunk)
                 .instrument(span)
                 .await
+        }
+        PeerRequestV1::Lease(req) => {
+            let Some(engine) = hosts.engine.as_ref() else {
+                return PeerResponseV1::error(&crate::error_code::ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this node serves Raft only, not lease operations",
+                ));
+            };
+            let span = tracing::info_span!("lease_forwarded");
+            engine.serve_lease_peer(req).instrument(span).await
         }
         PeerRequestV1::Policy(change) => {
             let control = match crate::engine::control::required(hosts.control.as_deref()) {

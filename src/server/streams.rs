@@ -86,8 +86,7 @@ pub fn spawn(ctx: StreamContext) -> tokio::task::JoinHandle<()> {
 }
 
 fn is_leader(host: &RaftHost, g: &RangeGroup) -> bool {
-    use openraft::async_runtime::WatchReceiver;
-    g.raft.metrics().borrow_watched().current_leader == Some(host.node_id())
+    g.current_leader() == Some(host.node_id())
 }
 
 async fn supervise(ctx: StreamContext) {

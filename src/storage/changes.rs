@@ -145,6 +145,7 @@ impl MvccStore {
         records: &[WriteRecord],
         meta: &[(&str, Vec<u8>)],
         log_range: Option<u64>,
+        coord: &[super::coord::CoordWrite],
     ) -> Result<(), StorageError> {
         let extra = match log_range {
             None => Vec::new(),
@@ -153,7 +154,7 @@ impl MvccStore {
                 .map(|r| Ok((change_key(range, r.ts).to_vec(), encode_change(&r.ops)?)))
                 .collect::<Result<Vec<_>, StorageError>>()?,
         };
-        self.apply_batch_inner(records, meta, &extra)
+        self.apply_batch_inner(records, meta, &extra, coord)
     }
 
     /// Writes versions that originated in another region, each at its
@@ -516,12 +517,14 @@ mod tests {
     fn logged_writes_read_back_in_order_per_range_and_truncate() {
         let (_dir, store) = open();
         let records = [rec(10, vec![put("a", "1")]), rec(20, vec![put("b", "2")])];
-        store.apply_range_batch(&records, &[], Some(1)).unwrap();
         store
-            .apply_range_batch(&[rec(30, vec![put("c", "3")])], &[], Some(2))
+            .apply_range_batch(&records, &[], Some(1), &[])
             .unwrap();
         store
-            .apply_range_batch(&[rec(40, vec![put("a", "4")])], &[], None)
+            .apply_range_batch(&[rec(30, vec![put("c", "3")])], &[], Some(2), &[])
+            .unwrap();
+        store
+            .apply_range_batch(&[rec(40, vec![put("a", "4")])], &[], None, &[])
             .unwrap();
         let got = store
             .read_changes(1, Timestamp::ZERO, Timestamp::MAX, usize::MAX)
@@ -561,7 +564,7 @@ mod tests {
             .map(|i| rec(i, vec![put(&format!("k{i}"), "v")]))
             .collect();
         for chunk in records.chunks(crate::storage::MAX_BATCH_RECORDS) {
-            store.apply_range_batch(chunk, &[], Some(7)).unwrap();
+            store.apply_range_batch(chunk, &[], Some(7), &[]).unwrap();
         }
         let read = store
             .read_changes(7, Timestamp::ZERO, Timestamp::MAX, usize::MAX)
@@ -603,7 +606,7 @@ mod tests {
     fn a_merge_ties_with_a_local_version_and_respects_the_horizon() {
         let (_dir, store) = open();
         store
-            .apply_range_batch(&[rec(50, vec![put("k", "zzz-local")])], &[], Some(1))
+            .apply_range_batch(&[rec(50, vec![put("k", "zzz-local")])], &[], Some(1), &[])
             .unwrap();
         store
             .merge_versions(&[rec(50, vec![put("k", "aaa-remote")])], &[])

@@ -29,6 +29,7 @@
 //! "Can Applications Recover from fsync Failures?", ATC '20).
 
 pub mod changes;
+pub mod coord;
 mod encoding;
 mod mvcc;
 mod raft_log;
@@ -321,6 +322,9 @@ struct Inner {
     meta: Keyspace,
     /// The per-range change logs of cross-region replication ([`changes`]).
     changes: Keyspace,
+    /// Coordination state of the ranges (`coord`): leases and the keys
+    /// attached to them, overwritten in place (no history).
+    coord: Keyspace,
     fsync: FsyncPolicy,
     poisoned: AtomicBool,
     /// The gc horizon; only raised under `write_lock` and after it is durable.
@@ -358,6 +362,7 @@ impl std::fmt::Debug for MvccStore {
 pub struct FrozenView {
     snapshot: fjall::Snapshot,
     data: Keyspace,
+    coord: Keyspace,
 }
 
 impl FrozenView {
@@ -473,6 +478,9 @@ impl MvccStore {
         let changes = db
             .keyspace(changes::CHANGES_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(StorageError::fjall)?;
+        let coord = db
+            .keyspace(coord::COORD_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(StorageError::fjall)?;
         let horizon = match meta
             .get(encoding::META_GC_HORIZON_KEY)
             .map_err(StorageError::fjall)?
@@ -489,6 +497,7 @@ impl MvccStore {
             data,
             meta,
             changes,
+            coord,
             fsync: opts.fsync,
             poisoned: AtomicBool::new(false),
             horizon: AtomicU64::new(horizon.0),
@@ -606,7 +615,7 @@ impl MvccStore {
         records: &[WriteRecord],
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StorageError> {
-        self.apply_batch_inner(records, meta, &[])
+        self.apply_batch_inner(records, meta, &[], &[])
     }
 
     /// The shared body of the apply calls; `changes` are change-log entries
@@ -616,13 +625,15 @@ impl MvccStore {
         records: &[WriteRecord],
         meta: &[(&str, Vec<u8>)],
         changes: &[(Vec<u8>, Vec<u8>)],
+        coord: &[coord::CoordWrite],
     ) -> Result<(), StorageError> {
         self.check_poisoned()?;
         for (name, value) in meta {
             validate_meta(name, value)?;
         }
         validate_records(records)?;
-        if records.is_empty() && meta.is_empty() {
+        coord::validate(coord)?;
+        if records.is_empty() && meta.is_empty() && coord.is_empty() {
             return Ok(());
         }
         let _write = lock(&self.inner.write_lock);
@@ -634,6 +645,12 @@ impl MvccStore {
         self.insert_meta(&mut batch, meta);
         for (key, value) in changes {
             batch.insert(&self.inner.changes, key.as_slice(), value.as_slice());
+        }
+        for w in coord {
+            match &w.value {
+                Some(v) => batch.insert(&self.inner.coord, w.key.as_slice(), v.as_slice()),
+                None => batch.remove(&self.inner.coord, w.key.as_slice()),
+            }
         }
         for record in records {
             // A later op on the same key wins: walk backwards, keep the first.
@@ -931,6 +948,7 @@ impl MvccStore {
         Ok(FrozenView {
             snapshot: self.inner.db.snapshot(),
             data: self.inner.data.clone(),
+            coord: self.inner.coord.clone(),
         })
     }
 
