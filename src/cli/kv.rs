@@ -176,6 +176,10 @@ pub(crate) enum KvCommand {
         key: String,
         /// The value (omit to read standard input).
         value: Option<String>,
+        /// Attach the key to this lease: it is deleted when the lease
+        /// expires or is revoked (strong prefixes only).
+        #[arg(long)]
+        lease: Option<u64>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -257,13 +261,21 @@ fn read_stdin_value() -> anyhow::Result<Vec<u8>> {
 
 pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KvCommand::Put { key, value, conn } => {
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            conn,
+        } => {
             let value = match value {
                 Some(v) => v.into_bytes(),
                 None => read_stdin_value()?,
             };
             let client = conn.connect().await?;
-            let w = client.put(&key, &value).await?;
+            let w = match lease {
+                Some(id) => client.put_with_lease(&key, &value, id).await?,
+                None => client.put(&key, &value).await?,
+            };
             if conn.json {
                 println!(
                     "{}",

@@ -7,6 +7,7 @@ mod bench;
 pub mod conn;
 mod dev;
 mod kv;
+mod lease;
 mod policy;
 mod region;
 mod txn_parse;
@@ -72,6 +73,9 @@ enum Command {
     /// Key prefix consistency policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Leases: keys attached to a lease are deleted when it expires.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
     /// The region's range groups: status and membership changes.
     #[command(subcommand)]
     Region(region::RegionCommand),
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(c) => certs_cmd(c).map(|_| ExitCode::SUCCESS),
         Command::Kv(c) => kv::run(c).await,
         Command::Policy(c) => policy::run(c).await,
+        Command::Lease(c) => lease::run(c).await,
         Command::Region(c) => region::run(c).await,
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,

@@ -32,6 +32,7 @@
 //! have been applied.
 
 mod error;
+mod lease;
 mod level;
 pub mod liveness;
 pub mod routes;
@@ -44,6 +45,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use error::{ClientError, OutcomeUnknown};
+pub use lease::{KeptLease, Lease, LeaseKeeper, KEEPER_RETRY};
 pub use level::{
     policy_for, LevelGetResponse, LevelRangeResponse, Session, SessionToken, TokenError,
 };

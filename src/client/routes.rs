@@ -42,7 +42,15 @@ impl Target {
             | RequestV1::PutAfter { key, .. }
             | RequestV1::DeleteAfter { key, .. }
             | RequestV1::Delete { key }
+            | RequestV1::PutLeased { key, .. }
             | RequestV1::History { key, .. } => Target::Key(key.clone()),
+            // Leases live in the region's lease range: the one holding the
+            // empty key.
+            RequestV1::LeaseGrant { .. }
+            | RequestV1::LeaseKeepAlive { .. }
+            | RequestV1::LeaseRevoke { .. }
+            | RequestV1::LeaseTtl { .. }
+            | RequestV1::LeaseList { .. } => Target::Key(Vec::new()),
             RequestV1::GetWith {
                 key, consistency, ..
             } if linear(consistency) => Target::Key(key.clone()),
@@ -83,6 +91,8 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Members
         | RequestV1::LeaderHints
         | RequestV1::Policies
+        | RequestV1::LeaseTtl { .. }
+        | RequestV1::LeaseList { .. }
         | RequestV1::Frontiers => true,
         RequestV1::Put { .. }
         | RequestV1::PutAfter { .. }
@@ -92,6 +102,10 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::RegionChange(_)
         | RequestV1::SetPolicy(_)
         | RequestV1::RemovePolicy { .. }
+        | RequestV1::LeaseGrant { .. }
+        | RequestV1::LeaseKeepAlive { .. }
+        | RequestV1::LeaseRevoke { .. }
+        | RequestV1::PutLeased { .. }
         | RequestV1::Raft(_) => false,
     }
 }

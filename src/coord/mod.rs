@@ -70,9 +70,9 @@ pub const MAX_DROP_KEYS: usize = 1_000;
 
 /// The lease range of a region: the range that holds the empty key (the
 /// first range of every region's range table).
-pub fn lease_range<'r>(
-    ranges: &'r [crate::raft::RangeDescriptor],
-) -> Option<&'r crate::raft::RangeDescriptor> {
+pub fn lease_range(
+    ranges: &[crate::raft::RangeDescriptor],
+) -> Option<&crate::raft::RangeDescriptor> {
     ranges.iter().find(|r| r.contains(b""))
 }
 

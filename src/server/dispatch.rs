@@ -303,6 +303,12 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::SetPolicy(_) => "policy_set",
         RequestV1::RemovePolicy { .. } => "policy_remove",
         RequestV1::Frontiers => "frontiers",
+        RequestV1::LeaseGrant { .. } => "lease_grant",
+        RequestV1::LeaseKeepAlive { .. } => "lease_keepalive",
+        RequestV1::LeaseRevoke { .. } => "lease_revoke",
+        RequestV1::LeaseTtl { .. } => "lease_ttl",
+        RequestV1::LeaseList { .. } => "lease_list",
+        RequestV1::PutLeased { .. } => "put",
     }
 }
 
@@ -506,6 +512,48 @@ async fn handle_data(
                     existed: w.existed,
                 },
             ))
+        }
+        RequestV1::PutLeased { key, value, lease } => {
+            let w = engine.put_leased(key, value, lease).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::LeaseGrant { ttl_ms } => {
+            let l = engine.lease_grant(ttl_ms).await?;
+            Ok((l.granted_at, ResponseBodyV1::Lease(l.into())))
+        }
+        RequestV1::LeaseKeepAlive { ids } => {
+            let kept = engine.lease_keep_alive(ids).await?;
+            let body = kept.into_iter().map(wire::LeaseV1::from).collect();
+            Ok((engine.clock_ts(), ResponseBodyV1::Leases(body)))
+        }
+        RequestV1::LeaseRevoke { id } => {
+            engine.lease_revoke(id).await?;
+            let at = engine.clock_ts();
+            Ok((
+                at,
+                ResponseBodyV1::Written {
+                    version: at.0,
+                    existed: true,
+                },
+            ))
+        }
+        RequestV1::LeaseTtl { id } => {
+            let l = engine.lease_ttl(id).await?;
+            Ok((engine.clock_ts(), ResponseBodyV1::Lease(l.into())))
+        }
+        RequestV1::LeaseList { after, limit } => {
+            let limit = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(engine.limits().max_scan_page);
+            let leases = engine.lease_list(after, limit).await?;
+            let body = leases.into_iter().map(wire::LeaseV1::from).collect();
+            Ok((engine.clock_ts(), ResponseBodyV1::Leases(body)))
         }
         RequestV1::Delete { key } => {
             let w = engine.delete(key).await?;

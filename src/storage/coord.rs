@@ -21,6 +21,9 @@ pub const MAX_COORD_VALUE_BYTES: usize = 64 * 1024;
 /// Most coordination writes in one batch.
 pub const MAX_COORD_WRITES: usize = 20_000;
 
+/// Coordination entries `(key, value)` in key order.
+pub type CoordEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One write to the `coord` keyspace: set (`Some`) or remove (`None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoordWrite {
@@ -89,7 +92,7 @@ impl MvccStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<CoordEntries, StorageError> {
         self.check_poisoned()?;
         let (lower, upper) = prefix_bounds(prefix, after);
         if super::bounds_are_empty(&lower, &upper) {

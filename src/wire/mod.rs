@@ -144,6 +144,70 @@ pub enum RequestV1 {
     /// Each range's applied timestamp and frontier on the answering node
     /// (any role).
     Frontiers,
+    /// Grants a lease of `ttl_ms` in the answering node's region (at its
+    /// lease range's leader; others answer `NotLeader`).
+    LeaseGrant {
+        /// TTL in ms.
+        ttl_ms: u64,
+    },
+    /// Keeps leases alive (many per request); answered with each one's
+    /// state after it (`remaining_ms = 0`: gone).
+    LeaseKeepAlive {
+        /// The leases.
+        ids: Vec<u64>,
+    },
+    /// Revokes a lease: its keys are deleted before the answer.
+    LeaseRevoke {
+        /// The lease.
+        id: u64,
+    },
+    /// A lease's TTL and time left (linearizable).
+    LeaseTtl {
+        /// The lease.
+        id: u64,
+    },
+    /// Live leases by id, after `after`, at most `limit` (linearizable).
+    LeaseList {
+        /// List ids above this (0: from the start).
+        after: u64,
+        /// Most leases in the answer.
+        limit: u32,
+    },
+    /// `Put` attached to a lease: the key is deleted when the lease
+    /// expires. Only on strong prefixes.
+    PutLeased {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The lease.
+        lease: u64,
+    },
+}
+
+/// A lease, version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseV1 {
+    /// Its id.
+    pub id: u64,
+    /// The TTL it was granted, ms.
+    pub ttl_ms: u64,
+    /// Time left when answered, ms (0: expired or unknown).
+    pub remaining_ms: u64,
+    /// When it was granted (HLC).
+    pub granted_at: u64,
+}
+
+impl From<crate::engine::lease::LeaseInfo> for LeaseV1 {
+    fn from(l: crate::engine::lease::LeaseInfo) -> LeaseV1 {
+        LeaseV1 {
+            id: l.id,
+            ttl_ms: l.ttl_ms,
+            remaining_ms: l.remaining_ms,
+            granted_at: l.granted_at.0,
+        }
+    }
 }
 
 /// A range's timestamps on one replica, version 1.
@@ -744,6 +808,10 @@ pub enum ResponseBodyV1 {
     /// Each range's timestamps on the answering node (`served_at` is its
     /// clock, so `served_at - frontier` is the range's staleness there).
     Frontiers(Vec<RangeFrontierV1>),
+    /// One lease.
+    Lease(LeaseV1),
+    /// Several leases (a keepalive's, a listing's).
+    Leases(Vec<LeaseV1>),
 }
 
 /// Node status, version 1.
