@@ -55,6 +55,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::Timestamp;
 
+pub mod lock;
+
 /// Shortest lease TTL a client may ask for.
 pub const MIN_LEASE_TTL_MS: u64 = 1_000;
 /// Longest lease TTL a client may ask for (one day).
@@ -228,6 +230,14 @@ pub mod keys {
     pub const KEY_LEASE: u8 = b'K';
     /// Tag of a dropped marker by lease: `++ be64(lease)`, value `be64(dropped_at)`.
     pub const DROPPED: u8 = b'D';
+    /// Tag of a lock's record: `++ name`, value a [`super::lock::LockRecordV1`].
+    pub const LOCK: u8 = b'O';
+    /// Tag of the lock index by lease: `++ be64(lease) ++ name`, empty value.
+    pub const LEASE_LOCKS: u8 = b'o';
+    /// Tag of a range's fence for a lock: `++ name`, value `be64(token)`.
+    pub const FENCE: u8 = b'F';
+    /// Tag of the lease range's newest fencing token (value `be64`).
+    pub const LAST_TOKEN: u8 = b'n';
     /// Tag of a dropped marker by time (for pruning):
     /// `++ be64(dropped_at) ++ be64(lease)`, empty value.
     pub const DROPPED_BY_TIME: u8 = b'T';
@@ -311,6 +321,36 @@ pub mod keys {
         let at = u64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
         let lease = u64::from_be_bytes(key.get(17..25)?.try_into().ok()?);
         Some((at, lease))
+    }
+
+    /// A lock's record.
+    pub fn lock(range: u64, name: &[u8]) -> Vec<u8> {
+        tagged(range, LOCK, &[name])
+    }
+
+    /// A lease's entry in the lock index.
+    pub fn lease_lock(range: u64, lease: u64, name: &[u8]) -> Vec<u8> {
+        tagged(range, LEASE_LOCKS, &[&lease.to_be_bytes(), name])
+    }
+
+    /// The prefix of every lock a lease holds or waits for.
+    pub fn lease_locks(range: u64, lease: u64) -> Vec<u8> {
+        tagged(range, LEASE_LOCKS, &[&lease.to_be_bytes()])
+    }
+
+    /// The lock name of a lock-index entry.
+    pub fn lease_lock_name_of(entry: &[u8]) -> &[u8] {
+        entry.get(17..).unwrap_or_default()
+    }
+
+    /// A range's fence for a lock.
+    pub fn fence(range: u64, name: &[u8]) -> Vec<u8> {
+        tagged(range, FENCE, &[name])
+    }
+
+    /// The newest fencing token of the lease range.
+    pub fn last_token(range: u64) -> Vec<u8> {
+        tagged(range, LAST_TOKEN, &[])
     }
 
     /// A `be64` value.

@@ -46,7 +46,9 @@ use crate::storage::{MvccStore, WriteRecord, MAX_BATCH_RECORDS};
 use crate::types::Timestamp;
 
 mod lease;
+mod lock;
 pub use lease::refused as lease_refused;
+pub use lock::fence_refused;
 
 /// Most writing entries applied in one storage batch (the storage cap).
 pub const APPLY_BATCH_RECORDS: usize = MAX_BATCH_RECORDS;
@@ -445,8 +447,22 @@ impl RangeStateMachine {
         // above the previous applied version (see the module invariant).
         let ts = Timestamp(cmd.proposed_at.max(self.state.last_ts.saturating_add(1)));
         self.state.last_ts = ts.0;
-        let op = match cmd.op {
+        self.apply_op(ts, cmd.op, pending)
+    }
+
+    /// Applies one operation at `ts` to the batch being built.
+    fn apply_op(
+        &mut self,
+        ts: Timestamp,
+        op: CommandV1,
+        pending: &mut PendingApply,
+    ) -> io::Result<RangeReply> {
+        let op = match op {
             CommandV1::Lease(l) => return self.apply_lease(ts, l, pending),
+            CommandV1::Lock(l) => return self.apply_lock(ts, l, pending),
+            CommandV1::Fenced { name, token, op } => {
+                return self.apply_fenced(ts, &name, token, *op, pending)
+            }
             CommandV1::PutLeased {
                 key,
                 value,

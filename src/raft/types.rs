@@ -95,6 +95,69 @@ pub enum CommandV1 {
         /// When the lease range last found the lease live (HLC).
         checked_at: u64,
     },
+    /// A lock operation (`crate::coord::lock`): at the lease range, or a
+    /// fence update in a dependent range.
+    Lock(LockCommandV1),
+    /// A write guarded by a fencing token: applied (`op`: a put, delete or
+    /// transaction) only when `token` is the newest granted for lock
+    /// `name` as this range knows it. A refusal writes nothing; its reply
+    /// has `succeeded = false` and `value` the reason (`fence_refused`).
+    Fenced {
+        /// The lock.
+        name: Vec<u8>,
+        /// The fencing token.
+        token: u64,
+        /// The write.
+        op: Box<CommandV1>,
+    },
+}
+
+/// A lock operation in the log, version 1 (append-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockCommandV1 {
+    /// `lease` asks for lock `name` (queued when held and `wait`); the
+    /// reply's `value` is the token when `succeeded`.
+    Acquire {
+        /// The lock.
+        name: Vec<u8>,
+        /// The asking lease.
+        lease: u64,
+        /// The value its holder carries (an election's leader value).
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Queue behind the holder instead of failing.
+        wait: bool,
+    },
+    /// Ends the grant of `token`.
+    Release {
+        /// The lock.
+        name: Vec<u8>,
+        /// The grant's token.
+        token: u64,
+    },
+    /// Takes `lease` off the lock (a waiter leaves; a holder releases).
+    Cancel {
+        /// The lock.
+        name: Vec<u8>,
+        /// The lease.
+        lease: u64,
+    },
+    /// Records `range` as a dependent of lock `name` (guarded writes go
+    /// there); the reply's `value` is the newest token granted.
+    Attach {
+        /// The lock.
+        name: Vec<u8>,
+        /// The dependent range.
+        range: u64,
+    },
+    /// In a dependent range: the newest token of lock `name` is at least
+    /// `token`.
+    SetFence {
+        /// The lock.
+        name: Vec<u8>,
+        /// The token.
+        token: u64,
+    },
 }
 
 /// A lease operation in the log, version 1 (append-only).
@@ -241,7 +304,9 @@ impl CommandV1 {
             CommandV1::Barrier
             | CommandV1::Replicate(_)
             | CommandV1::CatchUp(_)
-            | CommandV1::Lease(_) => None,
+            | CommandV1::Lease(_)
+            | CommandV1::Lock(_)
+            | CommandV1::Fenced { .. } => None,
         }
     }
 }
@@ -252,26 +317,32 @@ impl RangeCommand {
     /// framing. Used to cap AppendEntries batches in bytes.
     pub fn approx_bytes(&self) -> usize {
         const OVERHEAD: usize = 32;
-        OVERHEAD
-            + match &self.op {
-                CommandV1::Put { key, value } => key.len() + value.len(),
-                CommandV1::Delete { key } => key.len(),
-                // Transactions mix keys, values and compare operands: size
-                // them exactly (they are small and rare next to puts).
-                CommandV1::Txn(t) => postcard::to_allocvec(t).map_or(0, |b| b.len()),
-                CommandV1::Barrier => 0,
-                CommandV1::Replicate(r) => r.payload_bytes() + 16 * r.records.len(),
-                CommandV1::CatchUp(c) => c.payload_bytes() + 16 * c.versions.len(),
-                CommandV1::PutLeased { key, value, .. } => key.len() + value.len() + 16,
-                CommandV1::Lease(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
-            }
+        OVERHEAD + self.op.payload_bytes()
     }
 }
 
-impl fmt::Display for RangeCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Keys and values are user data: log their sizes, not their bytes.
-        match &self.op {
+impl CommandV1 {
+    /// About how many bytes of keys, values and operands the operation carries.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            CommandV1::Put { key, value } => key.len() + value.len(),
+            CommandV1::Delete { key } => key.len(),
+            // Transactions mix keys, values and compare operands: size
+            // them exactly (they are small and rare next to puts).
+            CommandV1::Txn(t) => postcard::to_allocvec(t).map_or(0, |b| b.len()),
+            CommandV1::Barrier => 0,
+            CommandV1::Replicate(r) => r.payload_bytes() + 16 * r.records.len(),
+            CommandV1::CatchUp(c) => c.payload_bytes() + 16 * c.versions.len(),
+            CommandV1::PutLeased { key, value, .. } => key.len() + value.len() + 16,
+            CommandV1::Lease(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
+            CommandV1::Lock(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
+            CommandV1::Fenced { name, op, .. } => name.len() + 16 + op.payload_bytes(),
+        }
+    }
+
+    /// A log line's description (sizes, never user bytes).
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             CommandV1::Put { key, value } => write!(f, "put({}B, {}B)", key.len(), value.len()),
             CommandV1::Delete { key } => write!(f, "delete({}B)", key.len()),
             CommandV1::Txn(t) => write!(f, "txn({} compares)", t.compares.len()),
@@ -295,7 +366,20 @@ impl fmt::Display for RangeCommand {
                 key, value, lease, ..
             } => write!(f, "put({}B, {}B, lease {lease})", key.len(), value.len()),
             CommandV1::Lease(l) => write!(f, "lease({l:?})"),
+            CommandV1::Lock(_) => write!(f, "lock"),
+            CommandV1::Fenced { token, op, .. } => {
+                write!(f, "fenced(token {token}, ")?;
+                op.describe(f)?;
+                write!(f, ")")
+            }
         }
+    }
+}
+
+impl fmt::Display for RangeCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys and values are user data: log their sizes, not their bytes.
+        self.op.describe(f)
     }
 }
 

@@ -40,7 +40,7 @@ impl RangeStateMachine {
 
     /// Coordination entries under `prefix` as the batch being built sees
     /// them (at most `limit`, in key order).
-    fn coord_scan(
+    pub(super) fn coord_scan(
         &self,
         prefix: &[u8],
         limit: usize,
@@ -198,6 +198,8 @@ impl RangeStateMachine {
                             pending
                                 .coord
                                 .insert(keys::lease(range, id), Some(r.encode()));
+                            // Its locks go to their next waiters.
+                            self.release_locks_of(id, ts, pending)?;
                             expired += 1;
                         }
                     }
