@@ -74,6 +74,11 @@ pub enum ErrorCode {
     /// MER-2003: the HTTPS gateway got a request on a connection without a
     /// client certificate; nothing was read or written.
     CertificateRequired,
+    /// MER-3008: a watch's consumer did not read its events for longer than
+    /// the stall timeout while its buffer was full; the watch ended after
+    /// the last event it delivered (none was dropped) and the message names
+    /// the timestamp to watch again from.
+    WatchLagged,
 }
 
 /// Every code, for lookups and tests.
@@ -102,6 +107,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::UriTooLong,
     ErrorCode::HeadersTooLarge,
     ErrorCode::CertificateRequired,
+    ErrorCode::WatchLagged,
 ];
 
 impl ErrorCode {
@@ -132,6 +138,7 @@ impl ErrorCode {
             ErrorCode::UriTooLong => "MER-1012",
             ErrorCode::HeadersTooLarge => "MER-1013",
             ErrorCode::CertificateRequired => "MER-2003",
+            ErrorCode::WatchLagged => "MER-3008",
         }
     }
 
@@ -190,6 +197,9 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => "send fewer or shorter header fields",
             ErrorCode::CertificateRequired => {
                 "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
+            }
+            ErrorCode::WatchLagged => {
+                "read watch events faster (or raise limits.watch_stall_timeout_ms), then watch again from the timestamp in the message (the SDK's resume point)"
             }
         }
     }
