@@ -292,6 +292,10 @@ impl Answer {
                 addr,
                 message,
             } => Reply::WrongRegion(ApiError::wrong_region(message, home, addr)),
+            // Only a watch stream ends so (`client::watch` reads those).
+            ResponseV1::WatchEnded { code, message, .. } => {
+                return Err(wire::api_error(code, message).into())
+            }
         })
     }
 }

@@ -83,7 +83,8 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Members
         | RequestV1::LeaderHints
         | RequestV1::Policies
-        | RequestV1::Frontiers => true,
+        | RequestV1::Frontiers
+        | RequestV1::Watch(_) => true,
         RequestV1::Put { .. }
         | RequestV1::PutAfter { .. }
         | RequestV1::DeleteAfter { .. }

@@ -24,6 +24,8 @@ use tracing::Instrument;
 pub mod control;
 pub mod levels;
 pub mod replicated;
+pub mod watch;
+pub use watch::WatchFeed;
 
 pub use levels::{LevelRead, Serve, CAUSAL_WAIT};
 pub use replicated::Replicated;

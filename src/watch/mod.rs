@@ -189,6 +189,18 @@ pub enum WatchError {
         /// How long the buffer stayed full, ms.
         stalled_ms: u64,
     },
+    /// The serving node could not go on (its storage failed, the range left
+    /// it, it is shutting down); nothing after `resume_from` was sent.
+    /// Watch again from `resume_from`, on this node or another.
+    #[error("{message}; every event up to {resume_from} was sent: watch again from {resume_from}")]
+    Failed {
+        /// The underlying stable code.
+        code: ErrorCode,
+        /// What failed.
+        message: String,
+        /// The last event (or progress) delivered before the end.
+        resume_from: Timestamp,
+    },
 }
 
 impl WatchError {
@@ -196,7 +208,9 @@ impl WatchError {
     pub fn resume_from(&self) -> Timestamp {
         match self {
             WatchError::Compacted { horizon, .. } => *horizon,
-            WatchError::Lagged { resume_from, .. } => *resume_from,
+            WatchError::Lagged { resume_from, .. } | WatchError::Failed { resume_from, .. } => {
+                *resume_from
+            }
         }
     }
 
@@ -205,6 +219,7 @@ impl WatchError {
         let code = match self {
             WatchError::Compacted { .. } => ErrorCode::Compacted,
             WatchError::Lagged { .. } => ErrorCode::WatchLagged,
+            WatchError::Failed { code, .. } => *code,
         };
         ApiError::new(code, self.to_string())
     }
@@ -368,14 +383,17 @@ pub fn narrow(after: Timestamp, upto: Timestamp) -> Option<Timestamp> {
 
 /// Cuts events into response frames of at most [`MAX_FRAME_EVENTS`]
 /// events and about [`MAX_FRAME_BYTES`] bytes (at least one event each),
-/// keeping their order.
+/// keeping their order. Events of one timestamp (one transaction's writes
+/// in a range) never straddle two frames, whatever the bounds say: a
+/// resume point at a frame's last timestamp is then exact.
 pub fn frames(events: Vec<WatchEvent>) -> Vec<Vec<WatchEvent>> {
     let mut out: Vec<Vec<WatchEvent>> = Vec::new();
     let mut bytes = 0usize;
     for e in events {
         let size = e.size();
         let fits = out.last().is_some_and(|f| {
-            f.len() < MAX_FRAME_EVENTS && bytes.saturating_add(size) <= MAX_FRAME_BYTES
+            let same_ts = f.last().is_some_and(|l| l.ts() == e.ts());
+            same_ts || (f.len() < MAX_FRAME_EVENTS && bytes.saturating_add(size) <= MAX_FRAME_BYTES)
         });
         if !fits {
             out.push(Vec::new());
@@ -389,16 +407,23 @@ pub fn frames(events: Vec<WatchEvent>) -> Vec<Vec<WatchEvent>> {
     out
 }
 
-/// A client's resume point: the highest event or progress timestamp seen,
-/// starting at the watch's `from`. Watching again from it, in any region,
-/// yields exactly the events not yet seen (docs/consistency.md W3).
+/// A client's resume point: the highest timestamp all of whose events
+/// (or a progress) were seen, starting at the watch's `from`. Watching
+/// again from it, in any region, yields exactly the events not yet seen
+/// (docs/consistency.md W3). Events of one timestamp (one transaction)
+/// count as seen together: a consumer that stops inside such a group gets
+/// the whole group again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumePoint(pub Timestamp);
 
 impl ResumePoint {
-    /// Records that `event` was seen.
-    pub fn observe(&mut self, event: &WatchEvent) {
-        self.0 = self.0.max(event.ts());
+    /// Records that `event` was seen; `next` is the event after it in the
+    /// same frame, if any (frames never split a timestamp, [`frames`]).
+    pub fn observe(&mut self, event: &WatchEvent, next: Option<&WatchEvent>) {
+        let ts = event.ts();
+        let whole = next.is_none_or(|n| n.ts() != ts);
+        let seen = if whole { ts } else { ts.prev() };
+        self.0 = self.0.max(seen);
     }
 }
 

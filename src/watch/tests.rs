@@ -121,8 +121,11 @@ fn resuming_from_any_seen_point_yields_the_rest_exactly_once() {
     // Stop after any prefix of what was seen; resume from its resume point.
     for cut in 0..seen.len() {
         let mut resume = ResumePoint(Timestamp::ZERO);
-        for e in &seen[..cut] {
-            resume.observe(e);
+        for (i, e) in seen[..cut].iter().enumerate() {
+            // One frame per interval here, so the next event is `seen[i + 1]`
+            // only while it is in the cut-off prefix's frame; timestamps
+            // are distinct in this history.
+            resume.observe(e, seen[..cut].get(i + 1));
         }
         let mut again = Cursor::new(resume.0, now);
         let mut rest = Vec::new();
@@ -229,6 +232,35 @@ fn frames_keep_order_and_respect_both_bounds() {
     assert_eq!(frames[2].len(), 1);
     assert_eq!(frames.concat(), events);
     assert!(super::frames(Vec::new()).is_empty());
+}
+
+#[test]
+fn a_transaction_never_straddles_frames_and_the_resume_point_waits_for_all_of_it() {
+    let group: Vec<WatchEvent> = (0..(MAX_FRAME_EVENTS + 5))
+        .map(|i| WatchEvent::Delete {
+            key: format!("k{i:04}").into_bytes(),
+            ts: Timestamp(7),
+        })
+        .collect();
+    let mut events = vec![WatchEvent::Delete {
+        key: b"first".to_vec(),
+        ts: Timestamp(5),
+    }];
+    events.extend(group.clone());
+    let frames = frames(events);
+    assert_eq!(frames.len(), 1, "the timestamp-7 group stays whole");
+    let mut resume = ResumePoint(Timestamp::ZERO);
+    resume.observe(&frames[0][0], frames[0].get(1));
+    assert_eq!(resume, ResumePoint(Timestamp(5)));
+    resume.observe(&frames[0][1], frames[0].get(2));
+    assert_eq!(
+        resume,
+        ResumePoint(Timestamp(6)),
+        "inside the group: before it"
+    );
+    let last = frames[0].len() - 1;
+    resume.observe(&frames[0][last], None);
+    assert_eq!(resume, ResumePoint(Timestamp(7)));
 }
 
 #[test]
