@@ -35,6 +35,8 @@ mod error;
 mod level;
 pub mod liveness;
 pub mod routes;
+mod watch_stream;
+pub use watch_stream::{WatchEnd, WatchOptions, WatchStream};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

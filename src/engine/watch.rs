@@ -45,8 +45,9 @@ impl Engine {
     /// node, emitting events strictly after `from`, or after the span's
     /// frontier now when `from` is `None`. Refuses (nothing changes) a key
     /// over `max_key_bytes`, an empty key without `prefix`, a `from` too
-    /// far ahead of the clock ([`watch::check_from`]), and a `from` below
-    /// the gc horizon (`MER-1008`, naming the oldest resumable timestamp).
+    /// far ahead of the clock ([`watch::check_from`]). A `from` below the
+    /// gc horizon ends the watch at its first step (`MER-1008`, naming the
+    /// oldest resumable timestamp).
     pub fn open_watch(
         &self,
         key: &[u8],
@@ -74,17 +75,12 @@ impl Engine {
             .map(|r| self.region.group(r))
             .collect::<Result<Vec<_>, _>>()?;
         let frontier = min_frontier(&groups);
+        // A `from` below the gc horizon is reported by the first step
+        // (`WatchError::Compacted`, naming the horizon) on the stream, so
+        // every front end ends such a watch the same way.
         let after = match from {
             Some(from) => {
                 watch::check_from(from, self.hlc.last())?;
-                let horizon = self.store.gc_horizon_over(&span.start, span.end.as_deref());
-                if from < horizon {
-                    let e = WatchError::Compacted {
-                        requested: from,
-                        horizon,
-                    };
-                    return Err(e.to_api());
-                }
                 from
             }
             None => frontier,
