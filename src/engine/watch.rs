@@ -83,7 +83,11 @@ impl Engine {
                 watch::check_from(from, self.hlc.last())?;
                 from
             }
-            None => frontier,
+            // "From now": after this node's clock, so a replica whose
+            // frontier lags (or is zero on a range it has not applied a
+            // write of yet) does not start below the horizon the next
+            // applied write raises.
+            None => frontier.max(self.hlc.last()),
         };
         Ok(WatchFeed {
             store: self.store.clone(),
