@@ -80,6 +80,11 @@ pub enum ErrorCode {
     /// MER-2003: the HTTPS gateway got a request on a connection without a
     /// client certificate; nothing was read or written.
     CertificateRequired,
+    /// MER-3008: a watch's consumer did not read its events for longer than
+    /// the stall timeout while its buffer was full; the watch ended after
+    /// the last event it delivered (none was dropped) and the message names
+    /// the timestamp to watch again from.
+    WatchLagged,
 }
 
 /// Every code, for lookups and tests.
@@ -107,9 +112,10 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::UnsupportedEncoding,
     ErrorCode::UriTooLong,
     ErrorCode::HeadersTooLarge,
+    ErrorCode::CertificateRequired,
+    ErrorCode::WatchLagged,
     ErrorCode::LeaseNotFound,
     ErrorCode::CoordinationNotAllowed,
-    ErrorCode::CertificateRequired,
 ];
 
 impl ErrorCode {
@@ -142,6 +148,7 @@ impl ErrorCode {
             ErrorCode::LeaseNotFound => "MER-1014",
             ErrorCode::CoordinationNotAllowed => "MER-1015",
             ErrorCode::CertificateRequired => "MER-2003",
+            ErrorCode::WatchLagged => "MER-3008",
         }
     }
 
@@ -206,6 +213,9 @@ impl ErrorCode {
             }
             ErrorCode::CertificateRequired => {
                 "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
+            }
+            ErrorCode::WatchLagged => {
+                "read watch events faster (or raise limits.watch_stall_timeout_ms), then watch again from the timestamp in the message (the SDK's resume point)"
             }
         }
     }
@@ -297,6 +307,9 @@ mod tests {
         assert_eq!(ErrorCode::UriTooLong.as_u16(), 1012);
         assert_eq!(ErrorCode::HeadersTooLarge.as_u16(), 1013);
         assert_eq!(ErrorCode::CertificateRequired.as_u16(), 2003);
-        assert_eq!(ALL.last(), Some(&ErrorCode::CertificateRequired));
+        assert_eq!(ErrorCode::WatchLagged.as_u16(), 3008);
+        assert_eq!(ErrorCode::LeaseNotFound.as_u16(), 1014);
+        assert_eq!(ErrorCode::CoordinationNotAllowed.as_u16(), 1015);
+        assert_eq!(ALL.last(), Some(&ErrorCode::CoordinationNotAllowed));
     }
 }

@@ -34,4 +34,5 @@ pub mod storage;
 pub mod telemetry;
 pub mod transport;
 pub mod types;
+pub mod watch;
 pub mod wire;

@@ -73,3 +73,25 @@ pub const GC_BATCH_VERSIONS: usize = 10_000;
 /// Longest a node waits for a request frame on an opened stream before
 /// answering `MER-1005` and dropping it (bounds slow or stalled senders).
 pub const REQUEST_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// Default most watches one client connection may have open (config
+/// `limits.max_watches_per_connection`); each holds one QUIC stream, a
+/// task and its buffer. More are refused with `MER-2002`.
+pub const DEFAULT_MAX_WATCHES_PER_CONNECTION: usize = 64;
+/// Ceiling for `limits.max_watches_per_connection` (below the streams a
+/// connection may open, so a connection full of watches can still ask).
+pub const HARD_MAX_WATCHES_PER_CONNECTION: usize = 200;
+/// Default response frames a watch buffers ahead of its consumer (config
+/// `limits.watch_buffer_frames`); a frame holds at most 256 events and
+/// about 256 KiB (`watch::MAX_FRAME_EVENTS`, `watch::MAX_FRAME_BYTES`).
+pub const DEFAULT_WATCH_BUFFER_FRAMES: usize = 16;
+/// Ceiling for `limits.watch_buffer_frames` (256 MiB of events per watch).
+pub const HARD_MAX_WATCH_BUFFER_FRAMES: usize = 1_024;
+/// Default longest a watch waits with a full buffer (or a frame it cannot
+/// write) before it ends with `MER-3008` and a resume point (config
+/// `limits.watch_stall_timeout_ms`).
+pub const DEFAULT_WATCH_STALL_TIMEOUT_MS: u64 = 10_000;
+/// Floor for `limits.watch_stall_timeout_ms`.
+pub const MIN_WATCH_STALL_TIMEOUT_MS: u64 = 100;
+/// Ceiling for `limits.watch_stall_timeout_ms`.
+pub const HARD_MAX_WATCH_STALL_TIMEOUT_MS: u64 = 600_000;

@@ -105,6 +105,11 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, "meridian_sync_unconfirmed_total", "sync-N writes not confirmed by N other regions in time (MER-3005)."),
     // Control range.
     (Kind::Gauge, "meridian_control_policy_version", "Version of the control range's policy table installed on this node."),
+    // Watch.
+    (Kind::Gauge, crate::engine::watch::METRIC_STREAMS_OPEN, "Watch streams open on this node."),
+    (Kind::Counter, crate::engine::watch::METRIC_EVENTS_SENT, "Watch events (puts and deletes) written to consumers."),
+    (Kind::Histogram, crate::engine::watch::METRIC_EVENT_LAG, "Time from a watch event's HLC to its delivery to the consumer's stream, seconds."),
+    (Kind::Counter, crate::engine::watch::METRIC_ENDED, "Watches ended, by reason (client_closed, lagged, compacted, failed, refused)."),
 ];
 
 /// Counters and gauges without labels that exist from start-up at zero,
@@ -123,6 +128,7 @@ const ZERO_AT_START: &[&str] = &[
     crate::engine::METRIC_GC_SWEEPS,
     crate::clock::METRIC_OFFSET_REJECTIONS,
     crate::clock::METRIC_OFFSET_OBSERVED,
+    crate::engine::watch::METRIC_EVENTS_SENT,
 ];
 
 fn describe_metrics() {
@@ -136,6 +142,10 @@ fn describe_metrics() {
     for &name in ZERO_AT_START {
         metrics::counter!(name).absolute(0);
     }
+    for &reason in crate::engine::watch::ENDED_REASONS {
+        metrics::counter!(crate::engine::watch::METRIC_ENDED, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(crate::engine::watch::METRIC_STREAMS_OPEN).set(0.0);
     for reason in ["handshakes", "limit", "handshake", "peer_role"] {
         metrics::counter!("meridian_connections_refused_total", "reason" => reason).absolute(0);
     }

@@ -12,6 +12,7 @@ mod policy;
 mod region;
 mod txn_parse;
 mod wan;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,9 @@ enum Command {
     },
     /// Load generator against Meridian or etcd.
     Bench(bench::BenchArgs),
+    /// Watch a key or prefix: one line per change, in HLC order, until
+    /// Ctrl-C; resumable with --from in any region.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { conn } => kv::status(&conn).await,
         Command::Bench(args) => bench::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Wan(c) => wan::run(c).await,
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 

@@ -36,6 +36,8 @@ mod lease;
 mod level;
 pub mod liveness;
 pub mod routes;
+mod watch_stream;
+pub use watch_stream::{WatchEnd, WatchOptions, WatchStream};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -294,6 +296,10 @@ impl Answer {
                 addr,
                 message,
             } => Reply::WrongRegion(ApiError::wrong_region(message, home, addr)),
+            // Only a watch stream ends so (`client::watch` reads those).
+            ResponseV1::WatchEnded { code, message, .. } => {
+                return Err(wire::api_error(code, message).into())
+            }
         })
     }
 }

@@ -93,7 +93,8 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Policies
         | RequestV1::LeaseTtl { .. }
         | RequestV1::LeaseList { .. }
-        | RequestV1::Frontiers => true,
+        | RequestV1::Frontiers
+        | RequestV1::Watch(_) => true,
         RequestV1::Put { .. }
         | RequestV1::PutAfter { .. }
         | RequestV1::DeleteAfter { .. }

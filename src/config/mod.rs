@@ -241,6 +241,14 @@ pub struct RawLimits {
     /// a page ends before it would pass them and continues with its page
     /// token. Default 4 MiB.
     pub max_scan_page_bytes: usize,
+    /// Most watches open on one client connection (1..=200). Default 64.
+    pub max_watches_per_connection: usize,
+    /// Response frames a watch buffers ahead of a slow consumer
+    /// (1..=1024). Default 16.
+    pub watch_buffer_frames: usize,
+    /// Longest a watch stays stalled on a full buffer before it ends with
+    /// MER-3008 and a resume point, ms (100..=600000). Default 10000.
+    pub watch_stall_timeout_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -252,6 +260,9 @@ impl Default for RawLimits {
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
             max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
+            max_watches_per_connection: limits::DEFAULT_MAX_WATCHES_PER_CONNECTION,
+            watch_buffer_frames: limits::DEFAULT_WATCH_BUFFER_FRAMES,
+            watch_stall_timeout_ms: limits::DEFAULT_WATCH_STALL_TIMEOUT_MS,
         }
     }
 }
@@ -327,6 +338,12 @@ pub struct Limits {
     pub max_scan_page: usize,
     /// Most key and value bytes per range page.
     pub max_scan_page_bytes: usize,
+    /// Most watches open on one client connection.
+    pub max_watches_per_connection: usize,
+    /// Response frames a watch buffers ahead of its consumer.
+    pub watch_buffer_frames: usize,
+    /// Longest a watch stays stalled before it ends, ms.
+    pub watch_stall_timeout_ms: u64,
 }
 
 /// Memory one pair of a range page costs beyond its key and value bytes
@@ -355,6 +372,9 @@ impl Default for Limits {
             max_txn_ops: limits::DEFAULT_MAX_TXN_OPS,
             max_scan_page: limits::DEFAULT_MAX_SCAN_PAGE,
             max_scan_page_bytes: limits::DEFAULT_MAX_SCAN_PAGE_BYTES,
+            max_watches_per_connection: limits::DEFAULT_MAX_WATCHES_PER_CONNECTION,
+            watch_buffer_frames: limits::DEFAULT_WATCH_BUFFER_FRAMES,
+            watch_stall_timeout_ms: limits::DEFAULT_WATCH_STALL_TIMEOUT_MS,
         }
     }
 }
@@ -764,6 +784,24 @@ impl RawLimits {
             max_txn_ops: ops,
             max_scan_page: page,
             max_scan_page_bytes: page_bytes,
+            max_watches_per_connection: check_range(
+                "limits.max_watches_per_connection",
+                self.max_watches_per_connection,
+                1,
+                limits::HARD_MAX_WATCHES_PER_CONNECTION,
+            )?,
+            watch_buffer_frames: check_range(
+                "limits.watch_buffer_frames",
+                self.watch_buffer_frames,
+                1,
+                limits::HARD_MAX_WATCH_BUFFER_FRAMES,
+            )?,
+            watch_stall_timeout_ms: check_range(
+                "limits.watch_stall_timeout_ms",
+                self.watch_stall_timeout_ms,
+                limits::MIN_WATCH_STALL_TIMEOUT_MS,
+                limits::HARD_MAX_WATCH_STALL_TIMEOUT_MS,
+            )?,
         })
     }
 }

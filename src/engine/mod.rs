@@ -25,6 +25,8 @@ pub mod control;
 pub mod lease;
 pub mod levels;
 pub mod replicated;
+pub mod watch;
+pub use watch::WatchFeed;
 
 pub use levels::{LevelRead, Serve, CAUSAL_WAIT};
 pub use replicated::Replicated;

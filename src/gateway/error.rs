@@ -153,6 +153,9 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NotLeader | ErrorCode::WrongRegion => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::TooStale => StatusCode::SERVICE_UNAVAILABLE,
+        // A watch stream's end, sent inside a 200 stream; as a status (a
+        // refusal before the stream starts) it would mean "too slow".
+        ErrorCode::WatchLagged => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::LevelNotAllowed => StatusCode::BAD_REQUEST,
         ErrorCode::PolicyRefused => StatusCode::CONFLICT,
         ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,

@@ -74,6 +74,9 @@ pub(crate) async fn serve_connection(
     let peer = Arc::new(peer);
     let span = tracing::info_span!("conn", %remote, peer = %peer.name, role = %peer.role);
     let mut limiter = ctx.rate_limit_rps.map(RateLimiter::new);
+    let watches = Arc::new(tokio::sync::Semaphore::new(
+        ctx.engine.limits().max_watches_per_connection,
+    ));
     async move {
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -86,7 +89,8 @@ pub(crate) async fn serve_connection(
             let limited = limiter.as_mut().is_some_and(|l| !l.allow());
             let ctx = ctx.clone();
             let peer = peer.clone();
-            tokio::spawn(handle_stream(send, recv, ctx, peer, limited).in_current_span());
+            let watches = watches.clone();
+            tokio::spawn(handle_stream(send, recv, ctx, peer, limited, watches).in_current_span());
         }
     }
     .instrument(span)
@@ -99,6 +103,7 @@ async fn handle_stream(
     ctx: Arc<Context>,
     peer: Arc<PeerIdentity>,
     limited: bool,
+    watches: Arc<tokio::sync::Semaphore>,
 ) {
     let read_timeout = Duration::from_millis(crate::limits::REQUEST_READ_TIMEOUT_MS);
     let read = tokio::time::timeout(
@@ -120,6 +125,10 @@ async fn handle_stream(
             ErrorCode::RateLimited,
             "per-connection request rate exceeded",
         )),
+        // A watch keeps its stream for many response frames.
+        Ok(frame) if wire::watch::is_watch_request(&frame) => {
+            return super::watch::serve(send, frame, ctx, peer, watches).await;
+        }
         Ok(frame) => process_frame(&frame, &ctx, &peer).await,
         Err(FrameError::TooLarge { len, max }) => {
             // Tell the peer to stop sending the body we will not read.
@@ -303,6 +312,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::SetPolicy(_) => "policy_set",
         RequestV1::RemovePolicy { .. } => "policy_remove",
         RequestV1::Frontiers => "frontiers",
+        RequestV1::Watch(_) => "watch",
         RequestV1::LeaseGrant { .. } => "lease_grant",
         RequestV1::LeaseKeepAlive { .. } => "lease_keepalive",
         RequestV1::LeaseRevoke { .. } => "lease_revoke",
@@ -607,6 +617,11 @@ async fn handle_data(
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",
+        )),
+        // Served on its own stream by `server::watch` before this point.
+        RequestV1::Watch(_) => Err(ApiError::new(
+            ErrorCode::MalformedRequest,
+            "a watch request must be the only frame of its stream",
         )),
     }
 }

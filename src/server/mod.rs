@@ -19,6 +19,7 @@ mod gauges;
 mod peer;
 mod region;
 pub mod streams;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

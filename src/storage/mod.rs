@@ -33,6 +33,7 @@ pub mod coord;
 mod encoding;
 mod mvcc;
 mod raft_log;
+mod span_scan;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
@@ -50,6 +51,9 @@ use mvcc::{RawEntry, VersionSource};
 pub use raft_log::{
     RaftLog, RaftLogView, RaftStateKey, MAX_LOG_READ_ENTRIES, MAX_LOG_REMOVE_ENTRIES,
     MAX_STATE_VALUE_BYTES,
+};
+pub use span_scan::{
+    SpanPageLimits, SpanResume, SpanVersions, MAX_SPAN_PAGE_VERSIONS, SPAN_VISIT_BUDGET,
 };
 
 /// fjall keyspace holding one entry per version (format: `encoding`).

@@ -22,6 +22,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod watch;
+pub use watch::{WatchEventV1, WatchFrameV1, WatchRequestV1};
+
 use crate::error_code::{ApiError, ErrorCode};
 use crate::replication::policy::{Consistency, Policy, PolicyTable, Replication};
 use crate::replication::read::{OnStale, ReadLevel};
@@ -144,6 +147,9 @@ pub enum RequestV1 {
     /// Each range's applied timestamp and frontier on the answering node
     /// (any role).
     Frontiers,
+    /// Opens a watch: the stream then carries many response frames
+    /// ([`watch`]; data role).
+    Watch(WatchRequestV1),
     /// Grants a lease of `ttl_ms` in the answering node's region (at its
     /// lease range's leader; others answer `NotLeader`).
     LeaseGrant {
@@ -744,6 +750,17 @@ pub enum ResponseV1 {
         /// Human-readable message.
         message: String,
     },
+    /// The node ended a watch (the last frame of its stream): `code` says
+    /// why, and watching again from `resume_from` continues exactly after
+    /// the last event delivered ([`watch`]).
+    WatchEnded {
+        /// Stable numeric code (see [`ErrorCode::as_u16`]).
+        code: u16,
+        /// Human-readable message, naming the resume point.
+        message: String,
+        /// The timestamp to watch again from.
+        resume_from: u64,
+    },
 }
 
 /// Successful results, version 1.
@@ -808,6 +825,8 @@ pub enum ResponseBodyV1 {
     /// Each range's timestamps on the answering node (`served_at` is its
     /// clock, so `served_at - frontier` is the range's staleness there).
     Frontiers(Vec<RangeFrontierV1>),
+    /// One frame of a watch stream.
+    Watch(WatchFrameV1),
     /// One lease.
     Lease(LeaseV1),
     /// Several leases (a keepalive's, a listing's).

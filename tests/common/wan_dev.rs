@@ -317,15 +317,22 @@ impl WanDev {
         self.dir.path().join("meridian-dev")
     }
 
-    /// The `export NAME=value` pairs of `REGION.env`.
+    /// The `export NAME=value` pairs of `REGION.env` (of `env` in a
+    /// one-region topology, which has no per-region file).
     pub fn env(&self, region: &str) -> Vec<(String, String)> {
-        env_file(&self.dev_dir().join(format!("{region}.env")))
+        let file = self.dev_dir().join(format!("{region}.env"));
+        if file.exists() {
+            env_file(&file)
+        } else {
+            env_file(&self.dev_dir().join("env"))
+        }
     }
 
     /// A client in `region`, on that region's nodes.
     pub fn client_config(&self, region: &str, timeout: Duration) -> ClientConfig {
         let env: HashMap<String, String> = self.env(region).into_iter().collect();
-        let bind = format!("{}:0", env["MERIDIAN_BIND"]);
+        // A one-region topology has no emulator: no address to bind.
+        let bind = env.get("MERIDIAN_BIND").map(|ip| format!("{ip}:0"));
         ClientConfig {
             endpoints: parse_endpoints(&env["MERIDIAN_ENDPOINTS"]).unwrap(),
             tls: TlsFiles {
@@ -334,7 +341,7 @@ impl WanDev {
                 key: env["MERIDIAN_KEY"].clone().into(),
             },
             request_timeout: timeout,
-            bind: Some(bind.parse().unwrap()),
+            bind: bind.map(|b| b.parse().unwrap()),
         }
     }
 
