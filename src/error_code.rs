@@ -77,6 +77,14 @@ pub enum ErrorCode {
     /// MER-1015: a lease (or a lock, an election, a service instance) on a
     /// key whose prefix is not strong; nothing was written.
     CoordinationNotAllowed,
+    /// MER-1016: the lock is held by another holder and the request did
+    /// not wait for it (or its wait ended, or the queue is full); nothing
+    /// changed.
+    LockBusy,
+    /// MER-1017: a guarded write's fencing token is not the newest granted
+    /// for its lock (a newer one was granted, or it is another lock's);
+    /// nothing was written.
+    FenceRejected,
     /// MER-2003: the HTTPS gateway got a request on a connection without a
     /// client certificate; nothing was read or written.
     CertificateRequired,
@@ -116,6 +124,8 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::WatchLagged,
     ErrorCode::LeaseNotFound,
     ErrorCode::CoordinationNotAllowed,
+    ErrorCode::LockBusy,
+    ErrorCode::FenceRejected,
 ];
 
 impl ErrorCode {
@@ -147,6 +157,8 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => "MER-1013",
             ErrorCode::LeaseNotFound => "MER-1014",
             ErrorCode::CoordinationNotAllowed => "MER-1015",
+            ErrorCode::LockBusy => "MER-1016",
+            ErrorCode::FenceRejected => "MER-1017",
             ErrorCode::CertificateRequired => "MER-2003",
             ErrorCode::WatchLagged => "MER-3008",
         }
@@ -210,6 +222,12 @@ impl ErrorCode {
             }
             ErrorCode::CoordinationNotAllowed => {
                 "use a key under a strong prefix (`meridian policy ls` shows each prefix's consistency)"
+            }
+            ErrorCode::LockBusy => {
+                "wait for the lock (acquire with a wait), or try again later"
+            }
+            ErrorCode::FenceRejected => {
+                "stop acting as the lock's holder: your grant was superseded; acquire the lock again for a new token"
             }
             ErrorCode::CertificateRequired => {
                 "connect with a client certificate issued by the cluster CA (meridian certs issue --role client NAME; curl --cert NAME.pem --key NAME.key --cacert ca.pem)"
@@ -310,6 +328,8 @@ mod tests {
         assert_eq!(ErrorCode::WatchLagged.as_u16(), 3008);
         assert_eq!(ErrorCode::LeaseNotFound.as_u16(), 1014);
         assert_eq!(ErrorCode::CoordinationNotAllowed.as_u16(), 1015);
-        assert_eq!(ALL.last(), Some(&ErrorCode::CoordinationNotAllowed));
+        assert_eq!(ErrorCode::LockBusy.as_u16(), 1016);
+        assert_eq!(ErrorCode::FenceRejected.as_u16(), 1017);
+        assert_eq!(ALL.last(), Some(&ErrorCode::FenceRejected));
     }
 }

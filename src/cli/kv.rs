@@ -178,8 +178,13 @@ pub(crate) enum KvCommand {
         value: Option<String>,
         /// Attach the key to this lease: it is deleted when the lease
         /// expires or is revoked (strong prefixes only).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fence")]
         lease: Option<u64>,
+        /// Guard the write with lock NAME's fencing token TOKEN
+        /// (NAME:TOKEN): refused (MER-1017) unless TOKEN is the newest
+        /// granted for NAME.
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<(String, u64)>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -259,12 +264,28 @@ fn read_stdin_value() -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Parses `NAME:TOKEN` (the name may itself contain colons; the token is
+/// after the last).
+fn parse_fence(s: &str) -> Result<(String, u64), String> {
+    let (name, token) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected NAME:TOKEN, got {s:?}"))?;
+    if name.is_empty() {
+        return Err(format!("expected NAME:TOKEN, got {s:?} (empty lock name)"));
+    }
+    let token = token
+        .parse()
+        .map_err(|_| format!("the token in {s:?} is not a non-negative integer"))?;
+    Ok((name.to_string(), token))
+}
+
 pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KvCommand::Put {
             key,
             value,
             lease,
+            fence,
             conn,
         } => {
             let value = match value {
@@ -272,9 +293,16 @@ pub(crate) async fn run(cmd: KvCommand) -> anyhow::Result<ExitCode> {
                 None => read_stdin_value()?,
             };
             let client = conn.connect().await?;
-            let w = match lease {
-                Some(id) => client.put_with_lease(&key, &value, id).await?,
-                None => client.put(&key, &value).await?,
+            let w = match (lease, fence) {
+                (Some(id), _) => client.put_with_lease(&key, &value, id).await?,
+                (None, Some((name, token))) => {
+                    let t = client.put_fenced(&key, &value, &name, token).await?;
+                    crate::client::WriteResponse {
+                        version: t.version,
+                        existed: true,
+                    }
+                }
+                (None, None) => client.put(&key, &value).await?,
             };
             if conn.json {
                 println!(

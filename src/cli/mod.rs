@@ -8,6 +8,7 @@ pub mod conn;
 mod dev;
 mod kv;
 mod lease;
+mod lock;
 mod policy;
 mod region;
 mod txn_parse;
@@ -77,6 +78,12 @@ enum Command {
     /// Leases: keys attached to a lease are deleted when it expires.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Locks with fencing tokens (guard writes with `kv put --fence`).
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Leader elections: each term has a fencing token.
+    #[command(subcommand)]
+    Elect(lock::ElectCommand),
     /// The region's range groups: status and membership changes.
     #[command(subcommand)]
     Region(region::RegionCommand),
@@ -168,6 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(c) => kv::run(c).await,
         Command::Policy(c) => policy::run(c).await,
         Command::Lease(c) => lease::run(c).await,
+        Command::Lock(c) => lock::run_lock(c).await,
+        Command::Elect(c) => lock::run_elect(c).await,
         Command::Region(c) => region::run(c).await,
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,

@@ -35,6 +35,7 @@ mod error;
 mod lease;
 mod level;
 pub mod liveness;
+mod lock;
 pub mod routes;
 mod watch_stream;
 pub use watch_stream::{WatchEnd, WatchOptions, WatchStream};
@@ -52,6 +53,7 @@ pub use level::{
     policy_for, LevelGetResponse, LevelRangeResponse, Session, SessionToken, TokenError,
 };
 use liveness::{Liveness, Verdict};
+pub use lock::LockHolder;
 use routes::Routes;
 pub use routes::{RouteRange, Target};
 use tokio::sync::watch;

@@ -50,7 +50,16 @@ impl Target {
             | RequestV1::LeaseKeepAlive { .. }
             | RequestV1::LeaseRevoke { .. }
             | RequestV1::LeaseTtl { .. }
-            | RequestV1::LeaseList { .. } => Target::Key(Vec::new()),
+            | RequestV1::LeaseList { .. }
+            | RequestV1::LockAcquire { .. }
+            | RequestV1::LockRelease { .. }
+            | RequestV1::LockCancel { .. }
+            | RequestV1::LockHolder { .. } => Target::Key(Vec::new()),
+            RequestV1::Fenced { write, .. } => match write {
+                crate::wire::FencedWriteV1::Put { key, .. }
+                | crate::wire::FencedWriteV1::Delete { key } => Target::Key(key.clone()),
+                crate::wire::FencedWriteV1::Txn(t) => Target::of(&RequestV1::Txn(t.clone())),
+            },
             RequestV1::GetWith {
                 key, consistency, ..
             } if linear(consistency) => Target::Key(key.clone()),
@@ -93,6 +102,7 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Policies
         | RequestV1::LeaseTtl { .. }
         | RequestV1::LeaseList { .. }
+        | RequestV1::LockHolder { .. }
         | RequestV1::Frontiers
         | RequestV1::Watch(_) => true,
         RequestV1::Put { .. }
@@ -107,6 +117,10 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::LeaseKeepAlive { .. }
         | RequestV1::LeaseRevoke { .. }
         | RequestV1::PutLeased { .. }
+        | RequestV1::LockAcquire { .. }
+        | RequestV1::LockRelease { .. }
+        | RequestV1::LockCancel { .. }
+        | RequestV1::Fenced { .. }
         | RequestV1::Raft(_) => false,
     }
 }

@@ -58,7 +58,7 @@ impl LeaseInfo {
     }
 }
 
-fn not_found(id: u64) -> ApiError {
+pub(super) fn not_found(id: u64) -> ApiError {
     ApiError::new(
         ErrorCode::LeaseNotFound,
         format!(
@@ -67,7 +67,7 @@ fn not_found(id: u64) -> ApiError {
     )
 }
 
-fn storage(e: crate::storage::StorageError) -> ApiError {
+pub(super) fn storage(e: crate::storage::StorageError) -> ApiError {
     ApiError::new(e.code(), e.to_string())
 }
 
@@ -249,21 +249,34 @@ impl Engine {
         self.hlc.now().map_err(clock_error)
     }
 
-    /// Proposes `command` to `range` at its leader: here, or forwarded
-    /// once over the peer protocol.
-    async fn propose_anywhere(
+    /// Proposes a lease or lock command to `range` at its leader: here,
+    /// or forwarded once over the peer protocol.
+    pub(super) async fn propose_anywhere(
         &self,
         range: &RangeDescriptor,
-        command: LeaseCommandV1,
+        command: CommandV1,
     ) -> Result<RangeReply, ApiError> {
-        match self.propose_lease(range, command.clone()).await {
+        let now = self.hlc.now().map_err(clock_error)?;
+        match self.region.propose_reply(range, now, command.clone()).await {
             Err(e) if e.code == ErrorCode::NotLeader => {
                 let addr = leader_addr(&e)?;
-                let req = PeerRequestV1::Lease(LeasePeerV1::Propose {
-                    range: range.id,
-                    command,
-                });
-                match self.forward(addr, req).await? {
+                let req = match command {
+                    CommandV1::Lease(command) => LeasePeerV1::Propose {
+                        range: range.id,
+                        command,
+                    },
+                    CommandV1::Lock(command) => LeasePeerV1::ProposeLock {
+                        range: range.id,
+                        command,
+                    },
+                    other => {
+                        return Err(ApiError::new(
+                            ErrorCode::Internal,
+                            format!("only lease and lock commands are forwarded, not {other:?}"),
+                        ))
+                    }
+                };
+                match self.forward(addr, PeerRequestV1::Lease(req)).await? {
                     PeerResponseV1::LeaseApplied {
                         succeeded,
                         version,
@@ -288,19 +301,10 @@ impl Engine {
                 .await
                 .map(|at| PeerResponseV1::LeaseChecked { checked_at: at.0 }),
             LeasePeerV1::Propose { range, command } => {
-                match self.region.ranges().iter().find(|r| r.id == range).cloned() {
-                    None => Err(ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        format!("no range {range} in this region"),
-                    )),
-                    Some(r) => self.propose_lease(&r, command).await.map(|reply| {
-                        PeerResponseV1::LeaseApplied {
-                            succeeded: reply.succeeded,
-                            version: reply.version,
-                            value: reply.value,
-                        }
-                    }),
-                }
+                self.propose_here(range, CommandV1::Lease(command)).await
+            }
+            LeasePeerV1::ProposeLock { range, command } => {
+                self.propose_here(range, CommandV1::Lock(command)).await
             }
         };
         match answer {
@@ -312,7 +316,28 @@ impl Engine {
         }
     }
 
-    async fn forward(
+    /// Proposes a forwarded command to `range` on this node.
+    async fn propose_here(
+        &self,
+        range: u64,
+        command: CommandV1,
+    ) -> Result<PeerResponseV1, ApiError> {
+        let Some(r) = self.region.ranges().iter().find(|r| r.id == range).cloned() else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("no range {range} in this region"),
+            ));
+        };
+        let now = self.hlc.now().map_err(clock_error)?;
+        let reply = self.region.propose_reply(&r, now, command).await?;
+        Ok(PeerResponseV1::LeaseApplied {
+            succeeded: reply.succeeded,
+            version: reply.version,
+            value: reply.value,
+        })
+    }
+
+    pub(super) async fn forward(
         &self,
         addr: std::net::SocketAddr,
         req: PeerRequestV1,
@@ -437,7 +462,10 @@ impl Engine {
             // has finitely many, so this ends (bounded all the same).
             for _ in 0..1_000_000 {
                 let reply = self
-                    .propose_anywhere(&range, LeaseCommandV1::Drop { ids: ids.to_vec() })
+                    .propose_anywhere(
+                        &range,
+                        CommandV1::Lease(LeaseCommandV1::Drop { ids: ids.to_vec() }),
+                    )
                     .await?;
                 if reply.succeeded {
                     break;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 pub mod control;
 pub mod lease;
 pub mod levels;
+pub mod lock;
 pub mod replicated;
 pub mod watch;
 pub use watch::WatchFeed;

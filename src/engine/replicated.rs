@@ -228,8 +228,9 @@ impl Replicated {
         ApiError::not_leader(format!("this node does not lead range {range}"), addr)
     }
 
-    /// The single range every key of `kind` lies in.
-    fn range_of_write(&self, kind: &WriteKind) -> Result<&RangeDescriptor, ApiError> {
+    /// The single range every key of `kind` lies in (`MER-1007` when they
+    /// span several).
+    pub fn range_of_write_kind(&self, kind: &WriteKind) -> Result<&RangeDescriptor, ApiError> {
         let keys: Vec<&[u8]> = match kind {
             WriteKind::Put { key, .. } | WriteKind::Delete { key } => vec![key],
             WriteKind::Txn(t) => {
@@ -259,7 +260,7 @@ impl Replicated {
 
     /// Proposes `kind` to its range's group and waits for it to apply.
     pub async fn write(&self, hlc: &Hlc, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
-        let range = self.range_of_write(&kind)?.clone();
+        let range = self.range_of_write_kind(&kind)?.clone();
         let now = hlc
             .now()
             .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;

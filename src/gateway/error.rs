@@ -160,6 +160,8 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::PolicyRefused => StatusCode::CONFLICT,
         ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
         ErrorCode::CoordinationNotAllowed => StatusCode::BAD_REQUEST,
+        ErrorCode::LockBusy => StatusCode::CONFLICT,
+        ErrorCode::FenceRejected => StatusCode::CONFLICT,
         ErrorCode::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -169,6 +169,13 @@ pub enum LeasePeerV1 {
         /// The command.
         command: crate::raft::types::LeaseCommandV1,
     },
+    /// Propose a lock command (the Raft log's own type) to `range`.
+    ProposeLock {
+        /// The range.
+        range: u64,
+        /// The command.
+        command: crate::raft::types::LockCommandV1,
+    },
 }
 
 /// A policy change, version 1.
@@ -361,6 +368,15 @@ mod tests {
         });
         assert_eq!(encode(&propose), vec![0, 1, 5, 1, 2, 0, 5]);
         assert_eq!(decode::<PeerRequestV1>(&encode(&propose)), Ok(propose));
+        let lock = PeerRequestV1::Lease(LeasePeerV1::ProposeLock {
+            range: 2,
+            command: crate::raft::types::LockCommandV1::SetFence {
+                name: b"n".to_vec(),
+                token: 9,
+            },
+        });
+        assert_eq!(encode(&lock), vec![0, 1, 5, 2, 2, 4, 1, b'n', 9]);
+        assert_eq!(decode::<PeerRequestV1>(&encode(&lock)), Ok(lock));
         let checked = PeerResponseV1::LeaseChecked { checked_at: 7 };
         assert_eq!(encode(&checked), vec![0, 1, 7, 7]);
         let applied = PeerResponseV1::LeaseApplied {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::certs::Role;
-use crate::engine::Engine;
+use crate::engine::{Engine, WriteKind};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::PolicyChangeV1;
 use crate::replication::read::ReadLevel;
@@ -319,6 +319,11 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::LeaseTtl { .. } => "lease_ttl",
         RequestV1::LeaseList { .. } => "lease_list",
         RequestV1::PutLeased { .. } => "put",
+        RequestV1::LockAcquire { .. } => "lock_acquire",
+        RequestV1::LockRelease { .. } => "lock_release",
+        RequestV1::LockCancel { .. } => "lock_cancel",
+        RequestV1::LockHolder { .. } => "lock_holder",
+        RequestV1::Fenced { .. } => "fenced_write",
     }
 }
 
@@ -530,6 +535,64 @@ async fn handle_data(
                 ResponseBodyV1::Written {
                     version: w.version.0,
                     existed: w.existed,
+                },
+            ))
+        }
+        RequestV1::LockAcquire {
+            name,
+            lease,
+            value,
+            wait,
+        } => {
+            use crate::engine::lock::LockAcquired;
+            let got = engine
+                .lock_acquire(name, lease, value.clone(), wait)
+                .await?;
+            let body = match got {
+                LockAcquired::Granted(token) => wire::LockV1 {
+                    granted: true,
+                    lease,
+                    token,
+                    value,
+                },
+                LockAcquired::Queued => wire::LockV1 {
+                    granted: false,
+                    lease,
+                    token: 0,
+                    value,
+                },
+            };
+            Ok((engine.clock_ts(), ResponseBodyV1::Lock(Some(body))))
+        }
+        RequestV1::LockRelease { name, token } => {
+            engine.lock_release(name, token).await?;
+            Ok((engine.clock_ts(), ResponseBodyV1::Lock(None)))
+        }
+        RequestV1::LockCancel { name, lease } => {
+            engine.lock_cancel(name, lease).await?;
+            Ok((engine.clock_ts(), ResponseBodyV1::Lock(None)))
+        }
+        RequestV1::LockHolder { name } => {
+            let holder = engine.lock_holder(name).await?.map(|h| wire::LockV1 {
+                granted: true,
+                lease: h.lease,
+                token: h.token,
+                value: h.value,
+            });
+            Ok((engine.clock_ts(), ResponseBodyV1::Lock(holder)))
+        }
+        RequestV1::Fenced { name, token, write } => {
+            let kind = match write {
+                wire::FencedWriteV1::Put { key, value } => WriteKind::Put { key, value },
+                wire::FencedWriteV1::Delete { key } => WriteKind::Delete { key },
+                wire::FencedWriteV1::Txn(t) => WriteKind::Txn(t.into()),
+            };
+            let out = engine.write_fenced(kind, name, token).await?;
+            Ok((
+                out.version,
+                ResponseBodyV1::Txn {
+                    succeeded: out.succeeded,
+                    version: out.version.0,
                 },
             ))
         }

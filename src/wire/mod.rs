@@ -190,6 +190,85 @@ pub enum RequestV1 {
         /// The lease.
         lease: u64,
     },
+    /// `lease` asks for lock `name` (at the lease range's leader). With
+    /// `wait`, a held lock queues the lease in arrival order and the node
+    /// waits a little (`Lock { granted: false }` when still queued: ask
+    /// again to keep the place); without, a held lock is `MER-1016`.
+    LockAcquire {
+        /// The lock (a key under a strong prefix).
+        name: Vec<u8>,
+        /// The asking lease.
+        lease: u64,
+        /// The value the holder carries (an election's leader value).
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Queue when held.
+        wait: bool,
+    },
+    /// Ends the grant of `token`; the next waiter is granted.
+    LockRelease {
+        /// The lock.
+        name: Vec<u8>,
+        /// The grant's token.
+        token: u64,
+    },
+    /// Takes `lease` off the lock (leave the queue, or release).
+    LockCancel {
+        /// The lock.
+        name: Vec<u8>,
+        /// The lease.
+        lease: u64,
+    },
+    /// The lock's holder (an election's leader), linearizable.
+    LockHolder {
+        /// The lock.
+        name: Vec<u8>,
+    },
+    /// A write applied only if `token` is the newest token granted for
+    /// lock `name` (`MER-1017` otherwise, nothing written).
+    Fenced {
+        /// The lock.
+        name: Vec<u8>,
+        /// The fencing token.
+        token: u64,
+        /// The write.
+        write: FencedWriteV1,
+    },
+}
+
+/// The write of a [`RequestV1::Fenced`], version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FencedWriteV1 {
+    /// Put.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Delete.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Transaction.
+    Txn(TxnV1),
+}
+
+/// A lock grant or holder, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockV1 {
+    /// Whether the asking lease holds the lock (an acquire's answer; always
+    /// true for a holder).
+    pub granted: bool,
+    /// The holder's lease.
+    pub lease: u64,
+    /// The holder's fencing token (0 when not granted).
+    pub token: u64,
+    /// The holder's value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 /// A lease, version 1.
@@ -831,6 +910,8 @@ pub enum ResponseBodyV1 {
     Lease(LeaseV1),
     /// Several leases (a keepalive's, a listing's).
     Leases(Vec<LeaseV1>),
+    /// A lock acquire's answer, or a lock's holder (`None`: free).
+    Lock(Option<LockV1>),
 }
 
 /// Node status, version 1.
