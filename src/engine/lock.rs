@@ -54,9 +54,13 @@ pub enum LockAcquired {
 }
 
 impl Engine {
+    /// Checks a lock name: a key under a strong prefix homed in this
+    /// region (`MER-3006` naming the home otherwise: a lock lives in its
+    /// home region's lease range, so two regions never grant it).
     fn lock_name(&self, name: &[u8], what: &str) -> Result<(), ApiError> {
         self.check_key(name)?;
-        self.check_coordination_key(name, what)
+        self.check_coordination_key(name, what)?;
+        self.check_write_region(&WriteKind::Delete { key: name.to_vec() })
     }
 
     /// Lock `name`'s record at this node's replica of the lease range.

@@ -1272,6 +1272,83 @@ mod tests {
         assert_eq!(decode_request(&bytes).unwrap(), req);
     }
 
+    /// Lease, lock and fenced-write requests and their answers, pinned.
+    #[test]
+    fn frozen_coordination_messages() {
+        let cases = [
+            (RequestV1::LeaseGrant { ttl_ms: 300 }, vec![0, 1, 22, 0xac, 0x02]),
+            (RequestV1::LeaseKeepAlive { ids: vec![1, 2] }, vec![0, 1, 23, 2, 1, 2]),
+            (RequestV1::LeaseRevoke { id: 5 }, vec![0, 1, 24, 5]),
+            (RequestV1::LeaseTtl { id: 5 }, vec![0, 1, 25, 5]),
+            (RequestV1::LeaseList { after: 1, limit: 2 }, vec![0, 1, 26, 1, 2]),
+            (
+                RequestV1::PutLeased {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 5,
+                },
+                vec![0, 1, 27, 1, b'k', 1, b'v', 5],
+            ),
+            (
+                RequestV1::LockAcquire {
+                    name: b"n".to_vec(),
+                    lease: 5,
+                    value: b"v".to_vec(),
+                    wait: true,
+                },
+                vec![0, 1, 28, 1, b'n', 5, 1, b'v', 1],
+            ),
+            (
+                RequestV1::LockRelease {
+                    name: b"n".to_vec(),
+                    token: 9,
+                },
+                vec![0, 1, 29, 1, b'n', 9],
+            ),
+            (
+                RequestV1::LockCancel {
+                    name: b"n".to_vec(),
+                    lease: 5,
+                },
+                vec![0, 1, 30, 1, b'n', 5],
+            ),
+            (RequestV1::LockHolder { name: b"n".to_vec() }, vec![0, 1, 31, 1, b'n']),
+            (
+                RequestV1::Fenced {
+                    name: b"n".to_vec(),
+                    token: 9,
+                    write: FencedWriteV1::Delete { key: b"k".to_vec() },
+                },
+                vec![0, 1, 32, 1, b'n', 9, 1, 1, b'k'],
+            ),
+        ];
+        for (req, bytes) in cases {
+            assert_eq!(encode_request(&req), bytes, "{req:?}");
+            assert_eq!(decode_request(&bytes).unwrap(), req);
+        }
+        let lease = LeaseV1 {
+            id: 1,
+            ttl_ms: 2,
+            remaining_ms: 3,
+            granted_at: 4,
+        };
+        let lock = LockV1 {
+            granted: true,
+            lease: 5,
+            token: 6,
+            value: b"v".to_vec(),
+        };
+        let bodies = [
+            (ResponseBodyV1::Lease(lease), vec![16, 1, 2, 3, 4]),
+            (ResponseBodyV1::Leases(vec![lease]), vec![17, 1, 1, 2, 3, 4]),
+            (ResponseBodyV1::Lock(Some(lock)), vec![18, 1, 1, 5, 6, 1, b'v']),
+            (ResponseBodyV1::Lock(None), vec![18, 0]),
+        ];
+        for (body, bytes) in bodies {
+            assert_eq!(postcard::to_allocvec(&body).unwrap(), bytes, "{body:?}");
+        }
+    }
+
     #[test]
     fn frozen_put_request() {
         let req = RequestV1::Put {
