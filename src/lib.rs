@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod coord;
 pub mod decide;
+pub mod discovery;
 pub mod engine;
 pub mod error_code;
 pub mod gateway;

@@ -11,6 +11,7 @@ mod lease;
 mod lock;
 mod policy;
 mod region;
+mod service;
 mod txn_parse;
 mod wan;
 mod watch;
@@ -84,6 +85,10 @@ enum Command {
     /// Leader elections: each term has a fencing token.
     #[command(subcommand)]
     Elect(lock::ElectCommand),
+    /// Service discovery: register instances under a lease, look them up
+    /// (own region first, then nearest), watch them.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// The region's range groups: status and membership changes.
     #[command(subcommand)]
     Region(region::RegionCommand),
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease(c) => lease::run(c).await,
         Command::Lock(c) => lock::run_lock(c).await,
         Command::Elect(c) => lock::run_elect(c).await,
+        Command::Service(c) => service::run(c).await,
         Command::Region(c) => region::run(c).await,
         Command::Members { conn } => region::members(&conn).await,
         Command::Status { conn } => kv::status(&conn).await,

@@ -37,6 +37,7 @@ mod level;
 pub mod liveness;
 mod lock;
 pub mod routes;
+mod service;
 mod watch_stream;
 pub use watch_stream::{WatchEnd, WatchOptions, WatchStream};
 
@@ -56,6 +57,7 @@ use liveness::{Liveness, Verdict};
 pub use lock::LockHolder;
 use routes::Routes;
 pub use routes::{RouteRange, Target};
+pub use service::{ServiceChange, ServiceRegistration, ServiceWatch};
 use tokio::sync::watch;
 
 use crate::error_code::{ApiError, ErrorCode};

@@ -103,6 +103,7 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::LeaseTtl { .. }
         | RequestV1::LeaseList { .. }
         | RequestV1::LockHolder { .. }
+        | RequestV1::ServiceLookup { .. }
         | RequestV1::Frontiers
         | RequestV1::Watch(_) => true,
         RequestV1::Put { .. }
@@ -121,6 +122,7 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::LockRelease { .. }
         | RequestV1::LockCancel { .. }
         | RequestV1::Fenced { .. }
+        | RequestV1::ServiceRegister { .. }
         | RequestV1::Raft(_) => false,
     }
 }

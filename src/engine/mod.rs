@@ -22,6 +22,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub mod control;
+pub mod discovery;
 pub mod lease;
 pub mod levels;
 pub mod lock;

@@ -324,6 +324,8 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::LockCancel { .. } => "lock_cancel",
         RequestV1::LockHolder { .. } => "lock_holder",
         RequestV1::Fenced { .. } => "fenced_write",
+        RequestV1::ServiceRegister { .. } => "service_register",
+        RequestV1::ServiceLookup { .. } => "service_lookup",
     }
 }
 
@@ -403,6 +405,15 @@ async fn handle(
             ))
         }
         RequestV1::Status => Ok((engine.clock_ts(), ResponseBodyV1::Status(status(ctx)))),
+        RequestV1::ServiceLookup { name, zone } => {
+            role_check(peer, DATA_ROLES)?;
+            let rtt = ctx.membership.as_ref().map(region_rtts).unwrap_or_default();
+            let found = engine.service_lookup(&name, &zone, &rtt).await?;
+            Ok((
+                engine.clock_ts(),
+                ResponseBodyV1::Services(found.into_iter().map(Into::into).collect()),
+            ))
+        }
         RequestV1::Policies => {
             let table = engine.policy_table();
             let policies = wire::policies_v1(&engine.regions().local, &table);
@@ -439,6 +450,21 @@ async fn handle(
             handle_data(other, engine).await
         }
     }
+}
+
+/// This node's measured round trip to each other region: the lowest
+/// smoothed RTT to a live member there (gossip), in ms.
+fn region_rtts(m: &crate::membership::Membership) -> std::collections::BTreeMap<String, f64> {
+    use crate::membership::MemberState;
+    let mut out: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for member in m.members() {
+        let (Some(rtt), MemberState::Alive) = (member.rtt_ms, member.state) else {
+            continue;
+        };
+        let best = out.entry(member.identity.region.clone()).or_insert(rtt);
+        *best = best.min(rtt);
+    }
+    out
 }
 
 /// The reply body of a read of one key.
@@ -596,6 +622,16 @@ async fn handle_data(
                 },
             ))
         }
+        RequestV1::ServiceRegister { instance, lease } => {
+            let w = engine.service_register(instance.into(), lease).await?;
+            Ok((
+                w.version,
+                ResponseBodyV1::Written {
+                    version: w.version.0,
+                    existed: true,
+                },
+            ))
+        }
         RequestV1::LeaseGrant { ttl_ms } => {
             let l = engine.lease_grant(ttl_ms).await?;
             Ok((l.granted_at, ResponseBodyV1::Lease(l.into())))
@@ -677,6 +713,7 @@ async fn handle_data(
         | RequestV1::SetPolicy(_)
         | RequestV1::RemovePolicy { .. }
         | RequestV1::Frontiers
+        | RequestV1::ServiceLookup { .. }
         | RequestV1::RegionChange(_) => Err(ApiError::new(
             ErrorCode::Internal,
             "routed to the wrong handler",

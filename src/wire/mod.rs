@@ -234,6 +234,66 @@ pub enum RequestV1 {
         /// The write.
         write: FencedWriteV1,
     },
+    /// Registers a service instance in the serving node's region, attached
+    /// to `lease` (its record goes when the lease does).
+    ServiceRegister {
+        /// The instance (its `region` is set by the node).
+        instance: ServiceInstanceV1,
+        /// The lease.
+        lease: u64,
+    },
+    /// A service's instances in every region, the serving node's region
+    /// first, then the others by measured round trip (read locally).
+    ServiceLookup {
+        /// The service.
+        name: String,
+        /// The caller's zone, preferred within a region ("" when unknown).
+        zone: String,
+    },
+}
+
+/// A service instance, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInstanceV1 {
+    /// The service.
+    pub name: String,
+    /// The instance id.
+    pub id: String,
+    /// Its addresses.
+    pub addrs: Vec<String>,
+    /// Its metadata, by key.
+    pub meta: Vec<(String, String)>,
+    /// The region it registered in.
+    pub region: String,
+    /// Its zone.
+    pub zone: String,
+}
+
+impl From<ServiceInstanceV1> for crate::discovery::ServiceInstance {
+    fn from(i: ServiceInstanceV1) -> Self {
+        crate::discovery::ServiceInstance {
+            v: 1,
+            name: i.name,
+            id: i.id,
+            addrs: i.addrs,
+            meta: i.meta.into_iter().collect(),
+            region: i.region,
+            zone: i.zone,
+        }
+    }
+}
+
+impl From<crate::discovery::ServiceInstance> for ServiceInstanceV1 {
+    fn from(i: crate::discovery::ServiceInstance) -> Self {
+        ServiceInstanceV1 {
+            name: i.name,
+            id: i.id,
+            addrs: i.addrs,
+            meta: i.meta.into_iter().collect(),
+            region: i.region,
+            zone: i.zone,
+        }
+    }
 }
 
 /// The write of a [`RequestV1::Fenced`], version 1.
@@ -912,6 +972,8 @@ pub enum ResponseBodyV1 {
     Leases(Vec<LeaseV1>),
     /// A lock acquire's answer, or a lock's holder (`None`: free).
     Lock(Option<LockV1>),
+    /// A service lookup's instances, in preference order.
+    Services(Vec<ServiceInstanceV1>),
 }
 
 /// Node status, version 1.
@@ -1276,11 +1338,20 @@ mod tests {
     #[test]
     fn frozen_coordination_messages() {
         let cases = [
-            (RequestV1::LeaseGrant { ttl_ms: 300 }, vec![0, 1, 22, 0xac, 0x02]),
-            (RequestV1::LeaseKeepAlive { ids: vec![1, 2] }, vec![0, 1, 23, 2, 1, 2]),
+            (
+                RequestV1::LeaseGrant { ttl_ms: 300 },
+                vec![0, 1, 22, 0xac, 0x02],
+            ),
+            (
+                RequestV1::LeaseKeepAlive { ids: vec![1, 2] },
+                vec![0, 1, 23, 2, 1, 2],
+            ),
             (RequestV1::LeaseRevoke { id: 5 }, vec![0, 1, 24, 5]),
             (RequestV1::LeaseTtl { id: 5 }, vec![0, 1, 25, 5]),
-            (RequestV1::LeaseList { after: 1, limit: 2 }, vec![0, 1, 26, 1, 2]),
+            (
+                RequestV1::LeaseList { after: 1, limit: 2 },
+                vec![0, 1, 26, 1, 2],
+            ),
             (
                 RequestV1::PutLeased {
                     key: b"k".to_vec(),
@@ -1312,7 +1383,12 @@ mod tests {
                 },
                 vec![0, 1, 30, 1, b'n', 5],
             ),
-            (RequestV1::LockHolder { name: b"n".to_vec() }, vec![0, 1, 31, 1, b'n']),
+            (
+                RequestV1::LockHolder {
+                    name: b"n".to_vec(),
+                },
+                vec![0, 1, 31, 1, b'n'],
+            ),
             (
                 RequestV1::Fenced {
                     name: b"n".to_vec(),
@@ -1341,7 +1417,10 @@ mod tests {
         let bodies = [
             (ResponseBodyV1::Lease(lease), vec![16, 1, 2, 3, 4]),
             (ResponseBodyV1::Leases(vec![lease]), vec![17, 1, 1, 2, 3, 4]),
-            (ResponseBodyV1::Lock(Some(lock)), vec![18, 1, 1, 5, 6, 1, b'v']),
+            (
+                ResponseBodyV1::Lock(Some(lock)),
+                vec![18, 1, 1, 5, 6, 1, b'v'],
+            ),
             (ResponseBodyV1::Lock(None), vec![18, 0]),
         ];
         for (body, bytes) in bodies {
