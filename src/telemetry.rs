@@ -110,6 +110,14 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, crate::engine::watch::METRIC_EVENTS_SENT, "Watch events (puts and deletes) written to consumers."),
     (Kind::Histogram, crate::engine::watch::METRIC_EVENT_LAG, "Time from a watch event's HLC to its delivery to the consumer's stream, seconds."),
     (Kind::Counter, crate::engine::watch::METRIC_ENDED, "Watches ended, by reason (client_closed, lagged, compacted, failed, refused)."),
+    // Leases, locks and elections.
+    (Kind::Gauge, crate::engine::lease::METRIC_LEASES_LIVE, "Live leases in the region (exported by the lease range's leader)."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_EXPIRED, "Leases expired past their deadline by this node as lease range leader."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_KEEPALIVES, "Lease keepalives applied through this node (one per lease per round)."),
+    (Kind::Gauge, crate::engine::lease::METRIC_LOCKS_HELD, "Locks and elections with a holder in the region (exported by the lease range's leader)."),
+    (Kind::Gauge, crate::engine::lease::METRIC_LOCK_WAITERS, "Acquirers waiting for locks in the region (exported by the lease range's leader)."),
+    (Kind::Counter, crate::engine::lock::METRIC_LOCK_GRANTS, "Lock grants (and election terms) answered by this node."),
+    (Kind::Counter, crate::engine::lock::METRIC_FENCE_REJECTED, "Writes refused for a stale or foreign fencing token (MER-1017)."),
 ];
 
 /// Counters and gauges without labels that exist from start-up at zero,
@@ -129,6 +137,10 @@ const ZERO_AT_START: &[&str] = &[
     crate::clock::METRIC_OFFSET_REJECTIONS,
     crate::clock::METRIC_OFFSET_OBSERVED,
     crate::engine::watch::METRIC_EVENTS_SENT,
+    crate::engine::lease::METRIC_LEASE_EXPIRED,
+    crate::engine::lease::METRIC_LEASE_KEEPALIVES,
+    crate::engine::lock::METRIC_LOCK_GRANTS,
+    crate::engine::lock::METRIC_FENCE_REJECTED,
 ];
 
 fn describe_metrics() {

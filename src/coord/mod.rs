@@ -328,6 +328,11 @@ pub mod keys {
         tagged(range, LOCK, &[name])
     }
 
+    /// The prefix of every lock record.
+    pub fn locks(range: u64) -> Vec<u8> {
+        tagged(range, LOCK, &[])
+    }
+
     /// A lease's entry in the lock index.
     pub fn lease_lock(range: u64, lease: u64, name: &[u8]) -> Vec<u8> {
         tagged(range, LEASE_LOCKS, &[&lease.to_be_bytes(), name])

@@ -31,8 +31,14 @@ pub const LEASE_FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
 const DRIVER_PAGE: usize = 1_000;
 /// Metric: leases expired (deadline passed, not revoked).
 pub const METRIC_LEASE_EXPIRED: &str = "meridian_lease_expirations_total";
+/// Metric: lease keepalives applied.
+pub const METRIC_LEASE_KEEPALIVES: &str = "meridian_lease_keepalives_total";
 /// Metric: live leases in the region (on the lease range's leader).
 pub const METRIC_LEASES_LIVE: &str = "meridian_leases";
+/// Metric: locks (and elections) with a holder (on the lease range's leader).
+pub const METRIC_LOCKS_HELD: &str = "meridian_locks_held";
+/// Metric: acquirers waiting for locks (on the lease range's leader).
+pub const METRIC_LOCK_WAITERS: &str = "meridian_lock_waiters";
 
 /// A lease as a client sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +143,7 @@ impl Engine {
         let reply = self
             .propose_lease(&range, LeaseCommandV1::KeepAlive { ids: ids.clone() })
             .await?;
-        metrics::counter!("meridian_lease_keepalives_total").increment(ids.len() as u64);
+        metrics::counter!(METRIC_LEASE_KEEPALIVES).increment(ids.len() as u64);
         let at = Timestamp(reply.version);
         ids.into_iter()
             .map(|id| {
@@ -506,6 +512,7 @@ impl Engine {
             }
         }
         metrics::gauge!(METRIC_LEASES_LIVE).set(live as f64);
+        self.publish_lock_gauges(&range)?;
         for ids in due.chunks(coord::MAX_LEASES_PER_COMMAND) {
             let reply = self
                 .propose_lease(
@@ -525,6 +532,32 @@ impl Engine {
                 .await?;
         }
         Ok(live)
+    }
+}
+
+impl Engine {
+    /// Sets the gauges of locks held and waiters from this node's replica
+    /// of the lease range (called by the driver on its leader).
+    fn publish_lock_gauges(&self, range: &RangeDescriptor) -> Result<(), ApiError> {
+        let (mut held, mut waiting) = (0usize, 0usize);
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .coord_scan(&keys::locks(range.id), from.as_deref(), DRIVER_PAGE)
+                .map_err(storage)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(last.clone());
+            for (_, v) in &page {
+                if let Ok(r) = crate::coord::lock::LockRecordV1::decode(v) {
+                    held += usize::from(r.holder.is_some());
+                    waiting += r.waiters.len();
+                }
+            }
+        }
+        metrics::gauge!(METRIC_LOCKS_HELD).set(held as f64);
+        metrics::gauge!(METRIC_LOCK_WAITERS).set(waiting as f64);
+        Ok(())
     }
 }
 

@@ -1187,6 +1187,152 @@ mod tests {
         );
     }
 
+    /// Locks in one range: a grant, a queued waiter, the holder's lease
+    /// expiring passes the lock on with a greater token, fences refuse
+    /// stale and foreign tokens and accept the current one, and a fenced
+    /// operation that is not a write is refused, not fatal.
+    #[tokio::test]
+    async fn locks_pass_on_when_the_holder_lease_expires_and_fences_guard_writes() {
+        use crate::coord::keys;
+        use crate::raft::types::{LeaseCommandV1 as L, LockCommandV1 as K};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_sm(&store);
+        let ms = |n: i64| Timestamp::from_parts(1_800_000_000_000 + n, 0).unwrap().0;
+        let run = |sm: &mut RangeStateMachine, at: u64, op: CommandV1| -> RangeReply {
+            let mut p = PendingApply::default();
+            let r = sm
+                .apply_command(
+                    RangeCommand {
+                        proposed_at: at,
+                        op,
+                    },
+                    &mut p,
+                )
+                .unwrap();
+            sm.flush(&mut p).unwrap();
+            r
+        };
+        let acquire = |lease: u64| {
+            CommandV1::Lock(K::Acquire {
+                name: b"locks/a".to_vec(),
+                lease,
+                value: vec![],
+                wait: true,
+            })
+        };
+        let fenced = |token: u64, v: &str| CommandV1::Fenced {
+            name: b"locks/a".to_vec(),
+            token,
+            op: Box::new(CommandV1::Put {
+                key: b"config/x".to_vec(),
+                value: v.as_bytes().to_vec(),
+            }),
+        };
+        run(&mut sm, ms(0), CommandV1::Lease(L::Grant { ttl_ms: 1_000 }));
+        run(
+            &mut sm,
+            ms(1),
+            CommandV1::Lease(L::Grant { ttl_ms: 60_000 }),
+        );
+        let first = run(&mut sm, ms(10), acquire(1));
+        assert!(first.succeeded);
+        let t1 = first.value;
+        assert!(t1 >= ms(10), "a token is never below its grant's HLC");
+        let queued = run(&mut sm, ms(11), acquire(2));
+        assert!(!queued.succeeded);
+        assert_eq!(queued.value, lock::fence_refused::QUEUED);
+        // Not attached yet, then attached with the newest token.
+        assert_eq!(
+            run(&mut sm, ms(12), fenced(t1, "a")).value,
+            lock::fence_refused::NOT_ATTACHED
+        );
+        let attach = run(
+            &mut sm,
+            ms(13),
+            CommandV1::Lock(K::Attach {
+                name: b"locks/a".to_vec(),
+                range: 1,
+            }),
+        );
+        assert_eq!(attach.value, t1);
+        let set = |t| {
+            CommandV1::Lock(K::SetFence {
+                name: b"locks/a".to_vec(),
+                token: t,
+            })
+        };
+        run(&mut sm, ms(14), set(t1));
+        assert!(run(&mut sm, ms(15), fenced(t1, "a")).succeeded);
+        // Lease 1 expires: lease 2 holds the lock with a greater token.
+        let expired = run(
+            &mut sm,
+            ms(2_000),
+            CommandV1::Lease(L::Expire {
+                ids: vec![1],
+                revoke: false,
+            }),
+        );
+        assert_eq!(expired.value, 1);
+        let rec = crate::coord::lock::LockRecordV1::decode(
+            &store
+                .coord_get(&keys::lock(1, b"locks/a"))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        let holder = rec.holder.clone().unwrap();
+        assert_eq!(holder.lease, 2);
+        let t2 = holder.token;
+        assert!(t2 > t1);
+        assert_eq!(rec.dependents, vec![1]);
+        // Before the new token reaches the fence the old one still passes
+        // (nobody holds the new one yet); once it does, the old is stale
+        // and a token never granted is unknown.
+        run(&mut sm, ms(2_001), set(t2));
+        assert_eq!(
+            run(&mut sm, ms(2_002), fenced(t1, "stale")).value,
+            lock::fence_refused::STALE
+        );
+        assert_eq!(
+            run(&mut sm, ms(2_003), fenced(t2 + 5, "x")).value,
+            lock::fence_refused::UNKNOWN
+        );
+        assert!(run(&mut sm, ms(2_004), fenced(t2, "b")).succeeded);
+        assert_eq!(
+            store
+                .get(b"config/x", Timestamp::MAX)
+                .unwrap()
+                .unwrap()
+                .value,
+            b"b"
+        );
+        let barrier = CommandV1::Fenced {
+            name: b"locks/a".to_vec(),
+            token: t2,
+            op: Box::new(CommandV1::Barrier),
+        };
+        assert_eq!(
+            run(&mut sm, ms(2_005), barrier).value,
+            lock::fence_refused::NOT_A_WRITE
+        );
+        // Releasing with the old token fails; with the current it frees the lock.
+        let release = |t| {
+            CommandV1::Lock(K::Release {
+                name: b"locks/a".to_vec(),
+                token: t,
+            })
+        };
+        assert!(!run(&mut sm, ms(2_006), release(t1)).succeeded);
+        assert!(run(&mut sm, ms(2_007), release(t2)).succeeded);
+        assert_eq!(
+            store
+                .coord_get(&keys::lease_lock(1, 2, b"locks/a"))
+                .unwrap(),
+            None
+        );
+    }
+
     async fn apply_one(sm: &mut RangeStateMachine, index: u64, op: CommandV1) {
         let entries: Vec<Result<EntryResponder<RangeTypes>, io::Error>> =
             vec![Ok((entry_of(index, op), None))];
