@@ -17,8 +17,13 @@
 # before acknowledging a write.
 #
 # Usage: benches/compare_etcd.sh [--duration-secs N] [--conns N] [--out FILE]
+#                                 [--workloads W,W] [--clients N,N]
 #                                 [--meridian-env MERIDIAN_SECTION__FIELD=VALUE]...
 #   --duration-secs N  seconds per run (default 10; env BENCH_SECS)
+#   --workloads W,W    `meridian bench` workloads (default put,get; `lock`:
+#                      clients contend for one lock, acquire then release,
+#                      against etcd's lock API)
+#   --clients N,N      concurrent clients per row (default 1,16,64)
 #   --conns N          client connections the load generator opens to each
 #                      system (default 1; env BENCH_CONNS)
 #   --out FILE         JSON lines output (default bench-results/compare_etcd-<time>.jsonl)
@@ -43,8 +48,8 @@ readonly MERIDIAN_HTTP_PORT=7380
 readonly ETCD_CLIENT_PORT=23790
 readonly ETCD_PEER_PORT=23800
 
-readonly WORKLOADS=(put get)
-readonly CLIENTS=(1 16 64)
+WORKLOADS=(put get)
+CLIENTS=(1 16 64)
 readonly VALUE_SIZE=256
 
 secs="${BENCH_SECS:-10}"
@@ -60,6 +65,8 @@ while [[ $# -gt 0 ]]; do
         --duration-secs) secs="${2:?--duration-secs needs a value}"; shift 2 ;;
         --conns) conns="${2:?--conns needs a value}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
+        --workloads) IFS=, read -r -a WORKLOADS <<<"${2:?--workloads needs a value}"; shift 2 ;;
+        --clients) IFS=, read -r -a CLIENTS <<<"${2:?--clients needs a value}"; shift 2 ;;
         --meridian-env)
             [[ "${2:-}" =~ ^MERIDIAN_[A-Z0-9_]+__[A-Z0-9_]+=.*$ ]] \
                 || { echo "--meridian-env takes MERIDIAN_<SECTION>__<FIELD>=VALUE" >&2; exit 2; }

@@ -15,6 +15,7 @@
 //! as a table and, with `--json-out FILE`, as JSON lines appended to FILE.
 
 mod lag;
+mod lock;
 mod target;
 
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ pub enum Workload {
     /// Replication lag: one paced writer here, a poller per `--lag-reader`
     /// region (see the `lag` module); `--clients` does not apply.
     Lag,
+    /// Lock contention: every client acquires and releases one lock
+    /// (`<key-prefix>lock`), each through its own connection and lease
+    /// (see the `lock` module).
+    Lock,
 }
 
 /// Whether the get workloads load their keys first.
@@ -279,7 +284,7 @@ fn check_lag_args(args: &BenchArgs) -> anyhow::Result<()> {
 fn read_of(args: &BenchArgs, workload: Workload) -> anyhow::Result<Read> {
     let asked = args.consistency.as_deref();
     match (workload, asked) {
-        (Workload::Put, _) => Ok(Read::Default),
+        (Workload::Put | Workload::Lock, _) => Ok(Read::Default),
         (Workload::Serializable, Some(_)) => {
             anyhow::bail!("--workload serializable reads serializably; use --workload get --consistency LEVEL")
         }
@@ -350,7 +355,9 @@ async fn run_all(args: &BenchArgs, targets: &Arc<Vec<Target>>) -> anyhow::Result
             continue;
         }
         for &clients in &args.clients {
-            let r = if workload == Workload::Serializable {
+            let r = if workload == Workload::Lock {
+                lock::run(args, clients).await?
+            } else if workload == Workload::Serializable {
                 // Fresh connections, spread over the endpoints and left where
                 // they start (a serializable read is served by any node), not
                 // the ones that followed redirects to the leader.
@@ -483,7 +490,7 @@ async fn run_one(
                 let t0 = Instant::now();
                 let result = match workload {
                     Workload::Put => target.put(&key, &value).await,
-                    Workload::Get | Workload::Serializable | Workload::Lag => {
+                    Workload::Get | Workload::Serializable | Workload::Lag | Workload::Lock => {
                         target.read(&key, read).await.map(drop)
                     }
                 };

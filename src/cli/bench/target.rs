@@ -61,7 +61,7 @@ pub async fn connect_all(args: &BenchArgs) -> anyhow::Result<Vec<Target>> {
 /// `endpoints` (comma-separated) rotated left by `i`: a Meridian client
 /// connects to its first reachable endpoint, so rotating spreads `--conns`
 /// connections over the nodes of a region instead of piling them on one.
-fn rotate_endpoints(endpoints: &str, i: usize) -> String {
+pub(super) fn rotate_endpoints(endpoints: &str, i: usize) -> String {
     let mut eps: Vec<&str> = endpoints.split(',').map(str::trim).collect();
     let n = eps.len();
     eps.rotate_left(i % n);
