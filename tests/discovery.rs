@@ -160,4 +160,44 @@ async fn lookups_prefer_the_local_region_then_the_nearest_and_dead_instances_dis
         !found.iter().any(|i| i.id == "many" || i.id == "bad/id"),
         "{found:?}"
     );
+
+    // The CLI: register in us-east (detached: its lease runs out later),
+    // list from eu-west, where it shows after replication.
+    let out = dev.cli(
+        "us-east",
+        &[
+            "service",
+            "register",
+            "web",
+            "w1",
+            "10.0.0.9:80",
+            "--meta",
+            "v=2",
+            "--ttl",
+            "30",
+            "--detach",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let out = dev.cli("eu-west", &["service", "ls", "web", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            let listed: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            let first = &listed["instances"][0];
+            assert_eq!(first["region"], "us-east", "{listed}");
+            assert_eq!(first["meta"]["v"], "2", "{listed}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = dev.cli("eu-west", &["service", "ls", "nothing-here"]);
+    assert_eq!(out.status.code(), Some(1), "no instances: exit status 1");
 }

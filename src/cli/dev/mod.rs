@@ -514,7 +514,9 @@ fn announce(
             "meridian dev: in another shell: source {} && meridian kv get demo/greeting",
             first.1.display()
         );
-        println!("meridian dev: each region is its own store until cross-region replication lands");
+        println!(
+            "meridian dev: every region replicates every range; a prefix's policy (meridian policy ls) says where it is written and how it is read"
+        );
         println!(
             "meridian dev: partition: meridian wan partition A B; heal: meridian wan heal; \
              meridian wan status (MERIDIAN_WAN_CONTROL is in the env files)"
