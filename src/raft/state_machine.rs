@@ -421,9 +421,13 @@ impl RangeStateMachine {
         &self.cursors
     }
 
+    /// Publishes the frontier and wakes everyone waiting on
+    /// `applied_changed` (outbound streams, watches, lock waiters): called
+    /// after every apply, so they wait on the range instead of polling.
     fn publish_frontier(&self) {
         self.frontier_ts
             .fetch_max(self.frontier(), Ordering::AcqRel);
+        self.applied_changed.notify_waiters();
     }
 
     fn current_state(&self, key: &[u8], overlay: &Overlay) -> io::Result<KeyState> {
@@ -1331,6 +1335,27 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    /// Whoever waits on `applied_changed` (replication streams, watches,
+    /// lock waiters) is woken by the apply itself, not by a poll.
+    #[tokio::test]
+    async fn an_apply_wakes_the_waiters_on_applied_changed() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_sm(&store);
+        let notify = sm.applied_changed();
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        // Registered before the apply, as the waiters do.
+        woken.as_mut().enable();
+        let put = CommandV1::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        apply_one(&mut sm, 1, put).await;
+        assert!(woken.now_or_never().is_some(), "the apply woke the waiter");
     }
 
     async fn apply_one(sm: &mut RangeStateMachine, index: u64, op: CommandV1) {
