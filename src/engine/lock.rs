@@ -4,7 +4,7 @@
 //! range.
 //!
 //! **Invariant (fencing):** a token reaches its acquirer only after every
-//! dependent range of the lock holds it as its fence ([`Engine::push_fence`]
+//! dependent range of the lock holds it as its fence (`Engine::push_fence`
 //! runs before [`Engine::lock_acquire`] answers), and a range becomes a
 //! dependent (at the lease range) before it first checks a token. So once
 //! an acquire returned token `t`, every range a guarded write of the lock
