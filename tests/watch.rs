@@ -93,9 +93,10 @@ async fn applied(c: &Client, key: &str, want: Option<&str>, since: u64) -> Optio
     let deadline = Instant::now() + SETTLE;
     loop {
         if let Ok(h) = c.history(key, HISTORY_LIMIT).await {
-            let found = h.entries.iter().find(|e| {
-                e.version.0 > since && e.value.as_deref() == want.map(str::as_bytes)
-            });
+            let found = h
+                .entries
+                .iter()
+                .find(|e| e.version.0 > since && e.value.as_deref() == want.map(str::as_bytes));
             if let Some(e) = found {
                 return Some(e.version.0);
             }
