@@ -424,6 +424,10 @@ impl RangeStateMachine {
     fn publish_frontier(&self) {
         self.frontier_ts
             .fetch_max(self.frontier(), Ordering::AcqRel);
+        // Wakes what waits on `RangeGroup::applied_changed` (outbound
+        // replication streams, watches, the policy installer); without it
+        // they only woke on their idle timeouts.
+        self.applied_changed.notify_waiters();
     }
 
     fn current_state(&self, key: &[u8], overlay: &Overlay) -> io::Result<KeyState> {

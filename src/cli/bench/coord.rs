@@ -55,7 +55,7 @@ enum Watcher {
 
 impl Watcher {
     #[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
-    async fn open(target: &Target, args: &BenchArgs, prefix: &str) -> anyhow::Result<Watcher> {
+    async fn open(target: &Target, conn: &EtcdConn, prefix: &str) -> anyhow::Result<Watcher> {
         match target {
             Target::Meridian(c) => {
                 let opts = WatchOptions {
@@ -66,7 +66,7 @@ impl Watcher {
             }
             #[cfg(feature = "etcd")]
             Target::Etcd(_) => {
-                let mut client = etcd(args).await?;
+                let mut client = etcd_of(conn)?;
                 let opts = etcd_client::WatchOptions::new().with_prefix();
                 let (watcher, stream) = client.watch(prefix, Some(opts)).await?;
                 Ok(Watcher::Etcd(Box::new((stream, watcher))))
@@ -96,10 +96,37 @@ impl Watcher {
     }
 }
 
+/// The one etcd client a run's tasks share (as Meridian's share the
+/// `--conns` connections); nothing without the etcd feature.
 #[cfg(feature = "etcd")]
-async fn etcd(args: &BenchArgs) -> anyhow::Result<etcd_client::Client> {
-    let eps: Vec<&str> = args.etcd_endpoints.split(',').map(str::trim).collect();
-    Ok(etcd_client::Client::connect(eps, None).await?)
+type EtcdConn = Option<etcd_client::Client>;
+#[cfg(not(feature = "etcd"))]
+type EtcdConn = NoEtcd;
+
+/// The [`EtcdConn`] of a build without etcd support.
+#[cfg(not(feature = "etcd"))]
+#[derive(Clone, Debug)]
+struct NoEtcd;
+
+/// Connects the run's etcd client when the system is etcd.
+async fn etcd_conn(args: &BenchArgs) -> anyhow::Result<EtcdConn> {
+    #[cfg(feature = "etcd")]
+    if args.system == System::Etcd {
+        let eps: Vec<&str> = args.etcd_endpoints.split(',').map(str::trim).collect();
+        return Ok(Some(etcd_client::Client::connect(eps, None).await?));
+    }
+    #[cfg(feature = "etcd")]
+    return Ok(None);
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = args;
+        Ok(NoEtcd)
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_of(conn: &EtcdConn) -> anyhow::Result<etcd_client::Client> {
+    conn.clone().context("the run has no etcd connection")
 }
 
 /// A value carrying `seq`, padded to `size` bytes.
@@ -124,10 +151,11 @@ pub(super) async fn watch(
         .map_or(0, |d| d.as_micros());
     let prefix = format!("{}watch-{nonce}/", args.key_prefix);
     let shared = Shared::default();
+    let conn = etcd_conn(args).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let watcher = Watcher::open(&targets[c % targets.len()], args, &prefix).await?;
+        let watcher = Watcher::open(&targets[c % targets.len()], &conn, &prefix).await?;
         tasks.push(tokio::spawn(watch_loop(
             watcher,
             shared.clone(),
@@ -318,17 +346,18 @@ pub(super) async fn grant_leases(
     args: &BenchArgs,
     targets: &Arc<Vec<Target>>,
 ) -> anyhow::Result<Leases> {
+    let conn = etcd_conn(args).await?;
     let per = args.leases.div_ceil(GRANT_WORKERS);
     let mut tasks = Vec::new();
     for w in 0..GRANT_WORKERS.min(args.leases) {
         let n = per.min(args.leases.saturating_sub(w * per));
         let targets = targets.clone();
-        let etcd_endpoints = args.etcd_endpoints.clone();
+        let conn = conn.clone();
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(n);
             let target = &targets[w % targets.len()];
             for _ in 0..n {
-                ids.push(grant_one(target, &etcd_endpoints).await?);
+                ids.push(grant_one(target, &conn).await?);
             }
             anyhow::Ok(ids)
         }));
@@ -341,7 +370,7 @@ pub(super) async fn grant_leases(
 }
 
 #[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
-async fn grant_one(target: &Target, etcd_endpoints: &str) -> anyhow::Result<i64> {
+async fn grant_one(target: &Target, conn: &EtcdConn) -> anyhow::Result<i64> {
     match target {
         Target::Meridian(c) => {
             let lease = c.lease_grant(Duration::from_secs(LEASE_TTL_SECS)).await?;
@@ -349,8 +378,7 @@ async fn grant_one(target: &Target, etcd_endpoints: &str) -> anyhow::Result<i64>
         }
         #[cfg(feature = "etcd")]
         Target::Etcd(_) => {
-            let eps: Vec<&str> = etcd_endpoints.split(',').map(str::trim).collect();
-            let mut client = etcd_client::Client::connect(eps, None).await?;
+            let mut client = etcd_of(conn)?;
             let ttl = i64::try_from(LEASE_TTL_SECS)?;
             Ok(client.lease_grant(ttl, None).await?.id())
         }
@@ -366,14 +394,18 @@ pub(super) async fn keepalive(
 ) -> anyhow::Result<RunResult> {
     let clients = clients.min(leases.0.len()).max(1);
     let share = leases.0.len().div_ceil(clients);
-    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
+    let conn = etcd_conn(args).await?;
+    // Opened before the clock starts (etcd: one stream per lease).
+    let mut keepers = Vec::with_capacity(clients);
     for (c, ids) in leases.0.chunks(share).enumerate() {
-        let keeper = Keeper::open(targets, c % targets.len(), args, ids).await?;
-        let batch = args.keepalive_batch;
-        tasks.push(tokio::spawn(keep_loop(keeper, batch, deadline)));
+        keepers.push(Keeper::open(targets, c % targets.len(), &conn, ids).await?);
     }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_secs);
+    let tasks: Vec<_> = keepers
+        .into_iter()
+        .map(|k| tokio::spawn(keep_loop(k, args.keepalive_batch, deadline)))
+        .collect();
     let mut hist = new_histogram()?;
     let (mut kept, mut errors, mut first_error) = (0u64, 0u64, None);
     for task in tasks {
@@ -411,7 +443,7 @@ impl Keeper {
     async fn open(
         targets: &Arc<Vec<Target>>,
         c: usize,
-        args: &BenchArgs,
+        conn: &EtcdConn,
         ids: &[i64],
     ) -> anyhow::Result<Keeper> {
         match &targets[c] {
@@ -424,7 +456,7 @@ impl Keeper {
             }
             #[cfg(feature = "etcd")]
             Target::Etcd(_) => {
-                let mut lease = etcd(args).await?.lease_client();
+                let mut lease = etcd_of(conn)?.lease_client();
                 let mut streams = Vec::with_capacity(ids.len());
                 for &id in ids {
                     streams.push(lease.keep_alive(id).await?);
