@@ -110,6 +110,10 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, crate::engine::watch::METRIC_EVENTS_SENT, "Watch events (puts and deletes) written to consumers."),
     (Kind::Histogram, crate::engine::watch::METRIC_EVENT_LAG, "Time from a watch event's HLC to its delivery to the consumer's stream, seconds."),
     (Kind::Counter, crate::engine::watch::METRIC_ENDED, "Watches ended, by reason (client_closed, lagged, compacted, failed, refused)."),
+    // Leases.
+    (Kind::Gauge, crate::engine::lease::METRIC_LEASES_LIVE, "Live leases in the region, as the lease range's leader last counted them (other nodes: absent, or their count from when they led)."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_EXPIRED, "Leases that expired (deadline passed, not revoked); their keys were deleted."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_KEEPALIVES, "Leases kept alive: one per lease a committed keepalive named, on the node that proposed it."),
 ];
 
 /// Counters and gauges without labels that exist from start-up at zero,
@@ -129,6 +133,8 @@ const ZERO_AT_START: &[&str] = &[
     crate::clock::METRIC_OFFSET_REJECTIONS,
     crate::clock::METRIC_OFFSET_OBSERVED,
     crate::engine::watch::METRIC_EVENTS_SENT,
+    crate::engine::lease::METRIC_LEASE_EXPIRED,
+    crate::engine::lease::METRIC_LEASE_KEEPALIVES,
 ];
 
 fn describe_metrics() {

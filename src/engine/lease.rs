@@ -33,6 +33,8 @@ const DRIVER_PAGE: usize = 1_000;
 pub const METRIC_LEASE_EXPIRED: &str = "meridian_lease_expirations_total";
 /// Metric: live leases in the region (on the lease range's leader).
 pub const METRIC_LEASES_LIVE: &str = "meridian_leases";
+/// Metric: leases kept alive (one per lease a committed keepalive named).
+pub const METRIC_LEASE_KEEPALIVES: &str = "meridian_lease_keepalives_total";
 
 /// A lease as a client sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +139,7 @@ impl Engine {
         let reply = self
             .propose_lease(&range, LeaseCommandV1::KeepAlive { ids: ids.clone() })
             .await?;
-        metrics::counter!("meridian_lease_keepalives_total").increment(ids.len() as u64);
+        metrics::counter!(METRIC_LEASE_KEEPALIVES).increment(ids.len() as u64);
         let at = Timestamp(reply.version);
         ids.into_iter()
             .map(|id| {
