@@ -11,18 +11,21 @@
 #              start of each put to its event at each watcher (write ->
 #              event seen), so it includes the write's own commit.
 #   keepalive  1000 leases (60 s TTL) kept alive by 1 and 4 loops in rounds
-#              of 100: Meridian sends one LeaseKeepAlive request naming the
-#              100 leases (one Raft commit, fsynced); etcd sends one
-#              keepalive on each of the 100 leases' LeaseKeepAlive streams
-#              (etcd's client keeps a stream per lease) and reads the 100
-#              answers. Ops are keepalives (leases kept) per second; latency
+#              of --keepalive-batch (100): Meridian sends one LeaseKeepAlive
+#              request naming the round's leases (one Raft commit, fsynced);
+#              etcd sends one keepalive on each of the round's leases'
+#              LeaseKeepAlive streams (etcd's client keeps a stream per
+#              lease) and reads the answers. Ops are keepalives (leases kept) per second; latency
 #              is per round.
 # Results are appended as JSON lines to one file and summarised at the end
 # with ratios.
 #
 # Usage: benches/compare_etcd_coord.sh [--duration-secs N] [--out FILE]
-#   --duration-secs N  seconds per run (default 10; env BENCH_SECS)
-#   --out FILE         JSON lines output (default bench-results/compare_etcd_coord-<time>.jsonl)
+#                                       [--workload watch|keepalive] [--keepalive-batch N]
+#   --duration-secs N    seconds per run (default 10; env BENCH_SECS)
+#   --out FILE           JSON lines output (default bench-results/compare_etcd_coord-<time>.jsonl)
+#   --workload W         run only this workload (default: both)
+#   --keepalive-batch N  leases per keepalive round (default 100; 1..=1000)
 # Env: KEEP_WORK=1 keeps the temporary directory (server logs, data).
 #
 # Needs: cargo, protoc (Debian: protobuf-compiler), etcd, curl, python3, ss.
@@ -44,11 +47,12 @@ readonly WATCH_CLIENTS=(1 16)
 readonly WATCH_INTERVAL_MS=10
 readonly KEEPALIVE_CLIENTS=(1 4)
 readonly LEASES=1000
-readonly KEEPALIVE_BATCH=100
 readonly VALUE_SIZE=256
 
 secs="${BENCH_SECS:-10}"
 out=""
+only=""
+keepalive_batch=100
 
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -57,11 +61,15 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration-secs) secs="${2:?--duration-secs needs a value}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
+        --workload) only="${2:?--workload needs a value}"; shift 2 ;;
+        --keepalive-batch) keepalive_batch="${2:?--keepalive-batch needs a value}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 [[ "$secs" =~ ^[1-9][0-9]*$ ]] || { echo "--duration-secs must be a positive integer" >&2; exit 2; }
+[[ "$keepalive_batch" =~ ^[1-9][0-9]*$ ]] || { echo "--keepalive-batch must be a positive integer" >&2; exit 2; }
+[[ -z "$only" || "$only" == watch || "$only" == keepalive ]] || { echo "--workload is watch or keepalive" >&2; exit 2; }
 
 require_tools cargo etcd curl python3 ss timeout
 setup_output compare_etcd_coord
@@ -130,9 +138,9 @@ bench() { # system workload clients
     local args=(bench --system "$system" --workload "$workload" --clients "$clients"
         --duration-secs "$secs" --value-size "$VALUE_SIZE" --conns 1
         --lag-interval-ms "$WATCH_INTERVAL_MS" --leases "$LEASES"
-        --keepalive-batch "$KEEPALIVE_BATCH" --key-prefix "coord-$system/"
+        --keepalive-batch "$keepalive_batch" --key-prefix "coord-$system/"
         --etcd-endpoints "http://$HOST:$ETCD_CLIENT_PORT"
-        --label "run=$stamp" --json-out "$out")
+        --label "run=$stamp keepalive_batch=$keepalive_batch" --json-out "$out")
     (cd "$work/meridian" && timeout --kill-after=5 $((secs + BENCH_SLACK_SECS)) "$bin" "${args[@]}") \
         | sed -n '2p'
 }
@@ -152,8 +160,8 @@ run_rows() { # workload clients...
         row=$((row + 1))
     done
 }
-run_rows watch "${WATCH_CLIENTS[@]}"
-run_rows keepalive "${KEEPALIVE_CLIENTS[@]}"
+if [[ -z "$only" || "$only" == watch ]]; then run_rows watch "${WATCH_CLIENTS[@]}"; fi
+if [[ -z "$only" || "$only" == keepalive ]]; then run_rows keepalive "${KEEPALIVE_CLIENTS[@]}"; fi
 
 echo
 echo "== summary ($out)"
