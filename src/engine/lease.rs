@@ -244,7 +244,7 @@ impl Engine {
         }
     }
 
-    /// [`Engine::lease_check`] on this node (`NotLeader` if it does not
+    /// `Engine::lease_check` on this node (`NotLeader` if it does not
     /// lead the lease range).
     pub async fn lease_check_here(&self, id: u64) -> Result<Timestamp, ApiError> {
         self.lease_ttl(id).await?;
