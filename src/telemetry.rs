@@ -111,9 +111,9 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Histogram, crate::engine::watch::METRIC_EVENT_LAG, "Time from a watch event's HLC to its delivery to the consumer's stream, seconds."),
     (Kind::Counter, crate::engine::watch::METRIC_ENDED, "Watches ended, by reason (client_closed, lagged, compacted, failed, refused)."),
     // Leases, locks and elections.
-    (Kind::Gauge, crate::engine::lease::METRIC_LEASES_LIVE, "Live leases in the region (exported by the lease range's leader)."),
-    (Kind::Counter, crate::engine::lease::METRIC_LEASE_EXPIRED, "Leases expired past their deadline by this node as lease range leader."),
-    (Kind::Counter, crate::engine::lease::METRIC_LEASE_KEEPALIVES, "Lease keepalives applied through this node (one per lease per round)."),
+    (Kind::Gauge, crate::engine::lease::METRIC_LEASES_LIVE, "Live leases in the region, as the lease range's leader last counted them (other nodes: absent, or their count from when they led)."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_EXPIRED, "Leases that expired (deadline passed, not revoked); their keys were deleted."),
+    (Kind::Counter, crate::engine::lease::METRIC_LEASE_KEEPALIVES, "Leases kept alive: one per lease a committed keepalive named, on the node that proposed it."),
     (Kind::Gauge, crate::engine::lease::METRIC_LOCKS_HELD, "Locks and elections with a holder in the region (exported by the lease range's leader)."),
     (Kind::Gauge, crate::engine::lease::METRIC_LOCK_WAITERS, "Acquirers waiting for locks in the region (exported by the lease range's leader)."),
     (Kind::Counter, crate::engine::lock::METRIC_LOCK_GRANTS, "Lock grants (and election terms) answered by this node."),

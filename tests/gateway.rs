@@ -1088,3 +1088,439 @@ async fn history_pages_are_bounded_in_bytes_and_continue_with_next_before() {
     );
     node.stop().await;
 }
+
+// ---- Leases ----------------------------------------------------------------
+
+async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    request(addr, "POST", path, body.to_string().as_bytes()).await
+}
+
+/// Grants a lease of `ttl_ms` and returns its id.
+async fn grant(addr: SocketAddr, ttl_ms: u64) -> u64 {
+    let r = post_json(addr, "/v1/leases", &json!({ "ttl_ms": ttl_ms })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["lease"]["ttl_ms"], ttl_ms, "{v}");
+    assert_served_at(&v);
+    u64_field(&v["lease"], "id")
+}
+
+#[tokio::test]
+async fn leases_grant_list_ttl_keepalive_attach_and_revoke() {
+    let node = TestNode::start_with(|cfg| level_policies(cfg, "r1", &["r1"], None));
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let id = grant(addr, 30_000).await;
+    let other = grant(addr, 30_000).await;
+    assert!(other > id, "ids grow: {id} then {other}");
+
+    let r = get(addr, &format!("/v1/leases/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remaining = u64_field(&r.json()["lease"], "remaining_ms");
+    assert!(remaining > 0 && remaining <= 30_000, "{remaining}");
+
+    // Listing pages by id: one per page, then the rest.
+    let r = get(addr, "/v1/leases?limit=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["leases"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["leases"][0]["id"], id, "{v}");
+    assert_eq!(v["next_after"], id, "{v}");
+    let v = get(addr, &format!("/v1/leases?after={id}")).await.json();
+    assert_eq!(v["leases"][0]["id"], other, "{v}");
+    assert_eq!(v["next_after"], Value::Null, "{v}");
+
+    // Keepalive: one, and a batch with an id that does not exist.
+    let r = request(addr, "POST", &format!("/v1/leases/{id}/keepalive"), b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["lease"]["remaining_ms"], 30_000);
+    let r = post_json(
+        addr,
+        "/v1/leases/keepalive",
+        &json!({ "ids": [id, 999_999] }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["leases"][0]["id"], id, "{v}");
+    assert_eq!(v["leases"][0]["remaining_ms"], 30_000, "{v}");
+    assert_eq!(v["leases"][1]["remaining_ms"], 0, "{v}");
+    assert!(v.get("next_after").is_none(), "{v}");
+
+    // A key attached to the lease goes with it.
+    let r = request(
+        addr,
+        "PUT",
+        &format!("/v1/kv/svc/a?lease={id}"),
+        b"10.0.0.1",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(addr, "/v1/kv/svc/a").await.status, 200);
+    let r = request(addr, "DELETE", &format!("/v1/leases/{id}"), b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"], true);
+    assert_eq!(
+        get(addr, "/v1/kv/svc/a").await.status,
+        404,
+        "deleted with its lease"
+    );
+    get(addr, &format!("/v1/leases/{id}"))
+        .await
+        .assert_error(404, "MER-1014");
+    request(addr, "POST", &format!("/v1/leases/{id}/keepalive"), b"")
+        .await
+        .assert_error(404, "MER-1014");
+    request(addr, "DELETE", &format!("/v1/leases/{id}"), b"")
+        .await
+        .assert_error(404, "MER-1014");
+    let listed = get(addr, "/v1/leases").await.json();
+    assert_eq!(listed["leases"].as_array().unwrap().len(), 1, "{listed}");
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn lease_bad_input_is_refused_and_changes_nothing() {
+    let node = TestNode::start_with(|cfg| level_policies(cfg, "r1", &["r1"], None));
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    for body in [
+        json!({ "ttl_ms": 10 }),
+        json!({ "ttl_ms": 2 * 86_400_000_u64 }),
+    ] {
+        post_json(addr, "/v1/leases", &body)
+            .await
+            .assert_error(400, "MER-1007");
+    }
+    for body in [
+        &b"[5000]"[..],
+        b"{\"ttl_ms\":5000,\"ttl\":1}",
+        b"{}",
+        b"{\"ttl_ms\":",
+    ] {
+        request(addr, "POST", "/v1/leases", body)
+            .await
+            .assert_error(400, "MER-1005");
+    }
+    for path in [
+        "/v1/leases/0",
+        "/v1/leases/abc",
+        "/v1/leases/-1",
+        "/v1/leases/9223372036854775808",
+    ] {
+        get(addr, path).await.assert_error(400, "MER-1007");
+    }
+    get(addr, "/v1/leases?limit=10001")
+        .await
+        .assert_error(400, "MER-1007");
+    get(addr, "/v1/leases?page=2")
+        .await
+        .assert_error(400, "MER-1007");
+    let ids: Vec<u64> = (1..=1_001).collect();
+    for body in [
+        json!({ "ids": [] }),
+        json!({ "ids": ids }),
+        json!({ "ids": [0] }),
+    ] {
+        post_json(addr, "/v1/leases/keepalive", &body)
+            .await
+            .assert_error(400, "MER-1007");
+    }
+    // Nothing was granted by any of that.
+    let listed = get(addr, "/v1/leases").await.json();
+    assert_eq!(listed["leases"], json!([]), "{listed}");
+    // Attaching to a lease that does not exist, or on a key whose prefix is
+    // not strong (ev/ is eventual here), writes nothing.
+    request(addr, "PUT", "/v1/kv/cfg/x?lease=999999", b"v")
+        .await
+        .assert_error(404, "MER-1014");
+    assert_never_written(addr, "cfg/x").await;
+    let id = grant(addr, 30_000).await;
+    request(addr, "PUT", &format!("/v1/kv/ev/x?lease={id}"), b"v")
+        .await
+        .assert_error(400, "MER-1015");
+    assert_never_written(addr, "ev/x").await;
+    request(addr, "PUT", "/v1/kv/cfg/x?lease=0", b"v")
+        .await
+        .assert_error(400, "MER-1007");
+    request(addr, "PUT", "/v1/kv/cfg/x?ttl=5", b"v")
+        .await
+        .assert_error(400, "MER-1007");
+    assert_never_written(addr, "cfg/x").await;
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn a_key_attached_to_a_lease_that_is_not_kept_alive_expires() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let id = grant(addr, 1_000).await;
+    let r = request(addr, "PUT", &format!("/v1/kv/eph/k?lease={id}"), b"v").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Bounded wait, no timing assertion: the key and the lease go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while get(addr, "/v1/kv/eph/k").await.status != 404 {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    get(addr, &format!("/v1/leases/{id}"))
+        .await
+        .assert_error(404, "MER-1014");
+    stop(node).await;
+}
+
+// ---- Watch -----------------------------------------------------------------
+
+/// A watch stream being read line by line (chunked transfer decoded).
+struct WatchLines {
+    reader: tokio::io::BufReader<TcpStream>,
+    /// Bytes of the current chunk not yet read.
+    chunk_left: usize,
+    pending: Vec<u8>,
+}
+
+impl WatchLines {
+    /// Opens `GET path`; panics unless it answers 200 with NDJSON.
+    async fn open(addr: SocketAddr, path: &str) -> WatchLines {
+        use tokio::io::AsyncBufReadExt;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut status = String::new();
+        timeout(REQUEST_TIMEOUT, reader.read_line(&mut status))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut chunked = false;
+        let mut ndjson = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            let lower = line.to_ascii_lowercase();
+            chunked |= lower.starts_with("transfer-encoding: chunked");
+            ndjson |= lower.starts_with("content-type: application/x-ndjson");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        assert!(chunked && ndjson, "a chunked NDJSON stream");
+        WatchLines {
+            reader,
+            chunk_left: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next line as JSON; `None` when the stream ended or `bound` passed.
+    async fn next(&mut self, bound: Duration) -> Option<Value> {
+        timeout(bound, self.next_line()).await.ok().flatten()
+    }
+
+    async fn next_line(&mut self) -> Option<Value> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).expect("a JSON line"));
+            }
+            if self.chunk_left == 0 {
+                let mut size = String::new();
+                if self.reader.read_line(&mut size).await.ok()? == 0 {
+                    return None;
+                }
+                if size == "\r\n" {
+                    continue;
+                }
+                self.chunk_left = usize::from_str_radix(size.trim(), 16).ok()?;
+                if self.chunk_left == 0 {
+                    return None;
+                }
+            }
+            let mut buf = vec![0u8; self.chunk_left.min(64 * 1024)];
+            let n = self.reader.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.chunk_left -= n;
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads until `n` put/delete lines arrived (progress skipped), or an
+    /// error line, or the bound; returns them and the error line if any.
+    async fn changes(&mut self, n: usize, bound: Duration) -> (Vec<Value>, Option<Value>) {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(v) if v["type"] == "error" => return (out, Some(v)),
+                Some(v) if v["type"] == "progress" => {}
+                Some(v) => out.push(v),
+                None => break,
+            }
+        }
+        (out, None)
+    }
+}
+
+/// Bound of every wait for watch lines.
+const WATCH_BOUND: Duration = Duration::from_secs(30);
+
+fn change(v: &Value) -> (String, String, u64) {
+    (
+        v["type"].as_str().unwrap().to_owned(),
+        v["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no key in {v}"))
+            .to_owned(),
+        u64_field(v, "ts"),
+    )
+}
+
+#[tokio::test]
+async fn watch_streams_created_then_changes_in_order_then_progress() {
+    let node = start().await;
+    let addr = node.http_addr();
+    put(addr, "w-other", b"x").await;
+    let mut w = WatchLines::open(addr, "/v1/watch/w/?prefix=true").await;
+    let created = w.next(WATCH_BOUND).await.expect("a created line");
+    assert_eq!(created["type"], "created", "{created}");
+    let after = u64_field(&created, "after");
+    let a = u64_field(&put(addr, "w/a", b"1").await, "version");
+    let b = u64_field(&put(addr, "w/b", &[0xff]).await, "version");
+    put(addr, "w-other", b"not watched").await;
+    let r = request(addr, "DELETE", "/v1/kv/w/a", b"").await;
+    let d = u64_field(&r.json(), "version");
+    assert!(after < a && a < b && b < d);
+    let (got, end) = w.changes(3, WATCH_BOUND).await;
+    assert!(end.is_none(), "{end:?}");
+    let got: Vec<_> = got.iter().map(change).collect();
+    let want = vec![
+        ("put".to_owned(), "w/a".to_owned(), a),
+        ("put".to_owned(), "w/b".to_owned(), b),
+        ("delete".to_owned(), "w/a".to_owned(), d),
+    ];
+    assert_eq!(
+        got, want,
+        "every change under the prefix once, in HLC order"
+    );
+    // A value that is not UTF-8 arrives as base64 only. A progress line
+    // follows the changes (every second at least).
+    let mut w2 = WatchLines::open(addr, &format!("/v1/watch/w/b?from={after}")).await;
+    w2.next(WATCH_BOUND).await.expect("created");
+    let line = w2.next(WATCH_BOUND).await.expect("the put of w/b");
+    assert_eq!(line["value"], Value::Null, "{line}");
+    assert_eq!(line["value_b64"], "/w==", "{line}");
+    let progress = w2.next(WATCH_BOUND).await.expect("a progress line");
+    assert_eq!(progress["type"], "progress", "{progress}");
+    assert!(u64_field(&progress, "frontier") >= b);
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn a_starved_watch_ends_with_a_resume_point_and_resuming_loses_nothing() {
+    let node = TestNode::start_with(|cfg| {
+        cfg.limits.watch_buffer_frames = 1;
+        cfg.limits.watch_stall_timeout_ms = 500;
+    });
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let mut w = WatchLines::open(addr, "/v1/watch/big/?prefix=true").await;
+    w.next(WATCH_BOUND).await.expect("created");
+    // Far more than the kernel's socket buffers hold: 32 MiB of values,
+    // about 80 MiB of JSON lines, none read meanwhile.
+    let value = vec![b'x'; 512 * 1024];
+    let mut written = Vec::new();
+    for i in 0..64 {
+        let key = format!("big/k{i:03}");
+        let v = put(addr, &key, &value).await;
+        written.push(("put".to_owned(), key, u64_field(&v, "version")));
+    }
+    // Past the 500 ms stall timeout, not reading.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (first, end) = w.changes(written.len(), Duration::from_secs(60)).await;
+    let end = end.expect("a starved watch ends with an error line");
+    assert_eq!(end["code"], "MER-3008", "{end}");
+    let first: Vec<_> = first.iter().map(change).collect();
+    assert!(first.len() < written.len(), "the consumer was not starved");
+    assert_eq!(first, written[..first.len()], "what arrived is a prefix");
+    let resume = u64_field(&end, "resume_from");
+    assert_eq!(Some(resume), first.last().map(|c| c.2), "{end}");
+    assert!(
+        w.next(Duration::from_secs(2)).await.is_none(),
+        "the error line is the last"
+    );
+    let mut again =
+        WatchLines::open(addr, &format!("/v1/watch/big/?prefix=true&from={resume}")).await;
+    let created = again.next(WATCH_BOUND).await.expect("created");
+    assert_eq!(u64_field(&created, "after"), resume, "{created}");
+    let (rest, end) = again
+        .changes(written.len() - first.len(), Duration::from_secs(60))
+        .await;
+    assert!(end.is_none(), "{end:?}");
+    let joined: Vec<_> = first.into_iter().chain(rest.iter().map(change)).collect();
+    assert_eq!(
+        joined, written,
+        "every event exactly once across the resume"
+    );
+    stop(node).await;
+}
+
+#[tokio::test]
+async fn stopping_the_node_ends_its_watch_streams_with_a_resume_point() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let mut w = WatchLines::open(addr, "/v1/watch/s/k").await;
+    w.next(WATCH_BOUND).await.expect("created");
+    let v = u64_field(&put(addr, "s/k", b"1").await, "version");
+    let (got, _) = w.changes(1, WATCH_BOUND).await;
+    assert_eq!(
+        got.iter().map(change).collect::<Vec<_>>(),
+        vec![("put".to_owned(), "s/k".to_owned(), v)]
+    );
+    stop(node).await;
+    let deadline = tokio::time::Instant::now() + WATCH_BOUND;
+    let end = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.next(left).await {
+            Some(line) if line["type"] == "error" => break line,
+            Some(_) => {}
+            None => panic!("the stream ended without an error line"),
+        }
+    };
+    assert_eq!(end["code"], "MER-3003", "{end}");
+    assert!(u64_field(&end, "resume_from") >= v, "{end}");
+    assert!(
+        w.next(WATCH_BOUND).await.is_none(),
+        "the stream ends after it"
+    );
+}
+
+#[tokio::test]
+async fn watch_bad_input_is_refused_before_the_stream_starts() {
+    let node = start().await;
+    let addr = node.http_addr();
+    for bad in [
+        "/v1/watch/k?from=12x.3",
+        "/v1/watch/k?from=18446744073709551614",
+        "/v1/watch/k?prefix=maybe",
+        "/v1/watch/k?limit=1",
+        "/v1/watch/a/../b",
+    ] {
+        get(addr, bad).await.assert_error(400, "MER-1007");
+    }
+    get(addr, "/v1/watch/").await.assert_error(413, "MER-1001");
+    let long = "k".repeat(5_000);
+    get(addr, &format!("/v1/watch/{long}"))
+        .await
+        .assert_error(413, "MER-1001");
+    let text = get(addr, "/metrics").await.text();
+    assert!(
+        text.contains("meridian_watch_ended_total{reason=\"refused\"}"),
+        "refusals are counted"
+    );
+    stop(node).await;
+}

@@ -240,4 +240,56 @@ async fn lease_bad_input_gets_clear_errors_and_the_cli_drives_leases() {
     let (status, _, err) = cli(&["lease", "ttl", &id]);
     assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("MER-1014"), "{err}");
+    gateway_grants_at_the_leader_and_redirects_elsewhere(&cluster).await;
+}
+
+/// The HTTP gateway answers a lease grant like a write: the lease range's
+/// leader grants it, every other node answers 421 MER-3004 naming the
+/// leader's address (retried as a whole while an election moves it).
+async fn gateway_grants_at_the_leader_and_redirects_elsewhere(cluster: &DevCluster) {
+    let dev = cluster.dir.path().join("meridian-dev");
+    let mut nodes: Vec<String> = std::fs::read_dir(&dev)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let text = std::fs::read_to_string(&path).ok()?;
+            let name = path.file_stem()?.to_str()?.to_owned();
+            (path.extension()? == "toml" && text.contains("\nhttp_addr = ")).then_some(name)
+        })
+        .collect();
+    nodes.sort();
+    assert!(nodes.len() >= 3, "nodes: {nodes:?}");
+    let https = cluster.https("client");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (mut granted, mut redirected) = (Vec::new(), Vec::new());
+        for name in &nodes {
+            let addr = cluster.http_addr(name).parse().unwrap();
+            let r = https
+                .request(addr, "POST", "/v1/leases", br#"{"ttl_ms":5000}"#)
+                .await;
+            match r.status {
+                200 => granted.push(name.clone()),
+                _ => {
+                    let v = r.assert_error(421, "MER-3004");
+                    redirected.push(v["error"]["address"].as_str().map(str::to_owned));
+                }
+            }
+        }
+        if let [leader] = granted.as_slice() {
+            let want = cluster.quic_addr(leader);
+            if redirected
+                .iter()
+                .all(|a| a.as_deref() == Some(want.as_str()))
+            {
+                assert_eq!(redirected.len(), nodes.len() - 1);
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "granted by {granted:?}, redirected to {redirected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -185,6 +185,19 @@ pub(crate) struct GetQuery {
     pub(crate) on_stale: Option<String>,
 }
 
+/// Query of `PUT /v1/kv/{key}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PutQuery {
+    /// Attach the key to this lease (a `POST /v1/leases` reply's `id`):
+    /// it is deleted when the lease expires or is revoked. Only on keys of
+    /// a strong prefix (400 MER-1015 elsewhere); a lease that is not live
+    /// is 404 MER-1014. Nothing is written when refused.
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    pub(crate) lease: Option<u64>,
+}
+
 /// Query of `GET /v1/kv` (a range scan).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -16,8 +16,9 @@ use axum::Json;
 use super::dto::{
     encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
     HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, MemberJson, MembersResponse,
-    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath, PutResponse,
-    RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest, TxnResponse,
+    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath, PutQuery,
+    PutResponse, RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
 use super::{observe, Caller, GatewayState};
@@ -30,7 +31,7 @@ use crate::types::{ReadConsistency, Timestamp};
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, GatewayError> {
+pub(super) fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, GatewayError> {
     let Path(key) = path.map_err(|e| {
         GatewayError::api(ErrorCode::InvalidArgument, format!("bad key in path: {e}"))
     })?;
@@ -38,12 +39,15 @@ fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, Gateway
     Ok(key)
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, GatewayError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, GatewayError> {
     let Query(q) = q.map_err(|e| GatewayError::api(ErrorCode::InvalidArgument, e.body_text()))?;
     Ok(q)
 }
 
-fn body(b: Result<Bytes, BytesRejection>, state: &GatewayState) -> Result<Bytes, GatewayError> {
+pub(super) fn body(
+    b: Result<Bytes, BytesRejection>,
+    state: &GatewayState,
+) -> Result<Bytes, GatewayError> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let max = state.engine.limits().max_request_bytes;
@@ -216,24 +220,36 @@ pub(crate) async fn get_key(
     .await
 }
 
-/// Writes the raw request body as the value of a key.
+/// Writes the raw request body as the value of a key, attached to a lease
+/// with `lease=ID` (the key is deleted when the lease ends).
 #[utoipa::path(put, path = "/v1/kv/{key}", tag = "kv",
-    params(KeyPath),
+    params(KeyPath, PutQuery),
     request_body(content = RawValue, content_type = "application/octet-stream", description = "The value, as raw bytes (any bytes, any Content-Type; 0..=max_value_bytes). No body stores an empty value."),
     responses(
         (status = 200, description = "Written", body = PutResponse),
-        (status = 400, description = "Bad key (MER-1007)", body = ErrorBody),
+        (status = 400, description = "Bad key, bad lease id or an unknown parameter (MER-1007); lease on a key whose prefix is not strong (MER-1015); nothing written", body = ErrorBody),
+        (status = 404, description = "lease=ID names no live lease in this region (MER-1014); nothing written", body = ErrorBody),
         (status = 413, description = "Key (MER-1001), value (MER-1002) or body (MER-1003) too large", body = ErrorBody),
+        (status = 421, description = "This node does not lead the key's range (MER-3004; `address` names the leader) or the prefix is homed in another region (MER-3006); nothing written", body = ErrorBody),
     ))]
 pub(crate) async fn put_key(
     State(state): State<GatewayState>,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<PutQuery>, QueryRejection>,
     value: Result<Bytes, BytesRejection>,
 ) -> Response {
     observe(&state, "put", async {
         let key = path_key(path)?;
+        let q = query(q)?;
         let value = body(value, &state)?;
-        let w = state.engine.put(key.into_bytes(), value.to_vec()).await?;
+        let (key, value) = (key.into_bytes(), value.to_vec());
+        let w = match q.lease {
+            None => state.engine.put(key, value).await?,
+            Some(lease) => {
+                let lease = super::lease::check_lease_id(lease, "lease")?;
+                state.engine.put_leased(key, value, lease).await?
+            }
+        };
         Ok(Json(PutResponse {
             version: w.version.0,
             served_at: w.version.0,

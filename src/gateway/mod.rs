@@ -29,8 +29,10 @@ mod budget;
 mod dto;
 mod error;
 mod handlers;
+mod lease;
 mod openapi;
 mod strict;
+mod watch;
 
 use std::future::Future;
 use std::io;
@@ -170,7 +172,10 @@ pub async fn serve(
     describe_metrics();
     let local = listener.local_addr().ok();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let app = router(state).into_make_service_with_connect_info::<Caller>();
+    // Dropped with this future: open watch streams then end (`watch.rs`).
+    let (_stopping, stopped) = tokio::sync::watch::channel(());
+    let app =
+        router(state, watch::Stopping(stopped)).into_make_service_with_connect_info::<Caller>();
     let listener = LimitedListener::new(listener, MAX_HTTP_CONNECTIONS, HTTP_IDLE_TIMEOUT)
         .with_tls(tls.map(tokio_rustls::TlsAcceptor::from));
     tracing::info!(addr = ?local, scheme, "HTTP gateway serving");
@@ -182,7 +187,7 @@ pub async fn serve(
     }
 }
 
-fn router(state: GatewayState) -> Router {
+fn router(state: GatewayState, stopping: watch::Stopping) -> Router {
     use handlers as h;
     let max_body = state.engine.limits().max_request_bytes;
     Router::new()
@@ -200,6 +205,12 @@ fn router(state: GatewayState) -> Router {
         .route("/v1/txn", post(h::txn))
         .route("/v1/history/", get(h::empty_key_route))
         .route("/v1/history/{*key}", get(h::history))
+        .route("/v1/watch/", get(h::empty_key_route))
+        .route("/v1/watch/{*key}", get(watch::watch))
+        .route("/v1/leases", get(lease::list).post(lease::grant))
+        .route("/v1/leases/keepalive", post(lease::keep_alive_many))
+        .route("/v1/leases/{id}", get(lease::ttl).delete(lease::revoke))
+        .route("/v1/leases/{id}/keepalive", post(lease::keep_alive_one))
         .route("/v1/status", get(h::status))
         .route("/v1/members", get(h::members))
         .route("/v1/policies", get(h::policies).put(h::set_default_policy))
@@ -216,6 +227,7 @@ fn router(state: GatewayState) -> Router {
         // Runs before routing and extraction, so no handler sees a request
         // with an encoding it cannot read or a malformed escape.
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::Extension(stopping))
         // Bodies past the limit fail the Bytes extractor with 413, which
         // `handlers::body` turns into MER-1003.
         .layer(DefaultBodyLimit::max(max_body))

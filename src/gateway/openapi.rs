@@ -16,6 +16,11 @@ use super::dto::{
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
+use super::lease::{
+    self, LeaseGrantRequest, LeaseIdSchema, LeaseJson, LeaseKeepAliveRequest, LeaseResponse,
+    LeaseRevokedResponse, LeasesResponse,
+};
+use super::watch::{self, WatchLine};
 use super::{observe, GatewayState};
 
 #[derive(OpenApi)]
@@ -41,6 +46,13 @@ use super::{observe, GatewayState};
         handlers::set_default_policy,
         handlers::set_prefix_policy,
         handlers::remove_policy,
+        watch::watch,
+        lease::grant,
+        lease::list,
+        lease::ttl,
+        lease::revoke,
+        lease::keep_alive_one,
+        lease::keep_alive_many,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -51,9 +63,13 @@ use super::{observe, GatewayState};
         CompareSchema, ValueCompare, VersionCompare, ExistsCompare, ExistsOpJson, CompareOpJson, OpSchema, PutOp, DeleteOp, PutOpJson, DeleteOpJson, OnStale, ConsistencyJson, ReplicationJson, TxnResponse, HistoryEntryJson,
         HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
         PoliciesResponse, PolicyJson, PolicyChangeRequest, PolicyChangedResponse,
+        WatchLine, LeaseJson, LeaseResponse, LeasesResponse, LeaseRevokedResponse,
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseIdSchema,
     )),
     tags(
         (name = "kv", description = "Keys, values, transactions and history"),
+        (name = "watch", description = "Change streams of a key or prefix (newline-delimited JSON)"),
+        (name = "lease", description = "Leases: keys attached to one are deleted when it expires or is revoked"),
         (name = "node", description = "Status, health, metrics and this document"),
     )
 )]
@@ -150,6 +166,11 @@ mod tests {
             "/ready",
             "/metrics",
             "/openapi.json",
+            "/v1/watch/{key}",
+            "/v1/leases",
+            "/v1/leases/keepalive",
+            "/v1/leases/{id}",
+            "/v1/leases/{id}/keepalive",
         ] {
             assert!(doc.paths.paths.contains_key(path), "missing {path}");
         }

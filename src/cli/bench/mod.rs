@@ -14,6 +14,7 @@
 //! write acknowledged here takes to show in other regions. Results print
 //! as a table and, with `--json-out FILE`, as JSON lines appended to FILE.
 
+mod coord;
 mod lag;
 mod lock;
 mod target;
@@ -71,6 +72,14 @@ pub enum Workload {
     /// (`<key-prefix>lock`), each through its own connection and lease
     /// (see the `lock` module).
     Lock,
+    /// Watch event delivery: `--clients` watchers of one prefix, one writer
+    /// every `--lag-interval-ms`; latency from a put's start to each
+    /// watcher's event (see the `coord` module).
+    Watch,
+    /// Lease keepalive throughput: `--leases` leases kept alive by
+    /// `--clients` loops in rounds of `--keepalive-batch`; ops are
+    /// keepalives, latency is per round (see the `coord` module).
+    Keepalive,
 }
 
 /// Whether the get workloads load their keys first.
@@ -144,6 +153,13 @@ pub struct BenchArgs {
     /// linearizable reads still end up at each range's leader (redirects).
     #[arg(long, default_value_t = 1)]
     pub conns: usize,
+    /// Leases the keepalive workload grants and keeps alive.
+    #[arg(long, default_value_t = 1_000)]
+    pub leases: usize,
+    /// Leases per keepalive round: one Meridian request naming them all,
+    /// or one keepalive on each of as many etcd lease streams.
+    #[arg(long, default_value_t = 100)]
+    pub keepalive_batch: usize,
     /// etcd endpoints (for --system etcd).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: String,
@@ -240,6 +256,7 @@ fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--key-prefix must be at most {MAX_KEY_PREFIX_BYTES} bytes");
     }
     check_lag_args(args)?;
+    coord::check_args(args)?;
     for &w in &args.workload {
         read_of(args, w)?;
     }
@@ -284,7 +301,9 @@ fn check_lag_args(args: &BenchArgs) -> anyhow::Result<()> {
 fn read_of(args: &BenchArgs, workload: Workload) -> anyhow::Result<Read> {
     let asked = args.consistency.as_deref();
     match (workload, asked) {
-        (Workload::Put | Workload::Lock, _) => Ok(Read::Default),
+        (Workload::Put | Workload::Lock | Workload::Watch | Workload::Keepalive, _) => {
+            Ok(Read::Default)
+        }
         (Workload::Serializable, Some(_)) => {
             anyhow::bail!("--workload serializable reads serializably; use --workload get --consistency LEVEL")
         }
@@ -354,6 +373,10 @@ async fn run_all(args: &BenchArgs, targets: &Arc<Vec<Target>>) -> anyhow::Result
             }
             continue;
         }
+        if matches!(workload, Workload::Watch | Workload::Keepalive) {
+            run_coord(args, targets, workload).await?;
+            continue;
+        }
         for &clients in &args.clients {
             let r = if workload == Workload::Lock {
                 lock::run(args, clients).await?
@@ -370,25 +393,51 @@ async fn run_all(args: &BenchArgs, targets: &Arc<Vec<Target>>) -> anyhow::Result
             } else {
                 run_one(args, targets, workload, read, clients, &value).await?
             };
-            println!(
-                "{:<9} {:<5} {:>7} {:>10} {:>8} {:>12.0} {:>9} {:>9} {:>9}",
-                format!("{:?}", r.system).to_lowercase(),
-                format!("{:?}", r.workload).to_lowercase(),
-                r.clients,
-                r.ops,
-                r.errors,
-                r.ops_per_sec,
-                r.p50_us,
-                r.p99_us,
-                r.p999_us
-            );
-            if let Some(e) = &r.first_error {
-                eprintln!("  {} error(s); the first: {e}", r.errors);
-            }
+            print_row(&r);
             append_json(args, &r)?;
         }
     }
     Ok(())
+}
+
+/// The watch and keepalive workloads, one run per `--clients` value (the
+/// keepalive workload's leases are granted once, before its first run).
+async fn run_coord(
+    args: &BenchArgs,
+    targets: &Arc<Vec<Target>>,
+    workload: Workload,
+) -> anyhow::Result<()> {
+    let leases = match workload {
+        Workload::Keepalive => Some(coord::grant_leases(args, targets).await?),
+        _ => None,
+    };
+    for &clients in &args.clients {
+        let r = match &leases {
+            Some(leases) => coord::keepalive(args, targets, leases, clients).await?,
+            None => coord::watch(args, targets, clients).await?,
+        };
+        print_row(&r);
+        append_json(args, &r)?;
+    }
+    Ok(())
+}
+
+fn print_row(r: &RunResult) {
+    println!(
+        "{:<9} {:<5} {:>7} {:>10} {:>8} {:>12.0} {:>9} {:>9} {:>9}",
+        format!("{:?}", r.system).to_lowercase(),
+        format!("{:?}", r.workload).to_lowercase(),
+        r.clients,
+        r.ops,
+        r.errors,
+        r.ops_per_sec,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us
+    );
+    if let Some(e) = &r.first_error {
+        eprintln!("  {} error(s); the first: {e}", r.errors);
+    }
 }
 
 fn print_lag(r: &LagResult) {
@@ -490,9 +539,8 @@ async fn run_one(
                 let t0 = Instant::now();
                 let result = match workload {
                     Workload::Put => target.put(&key, &value).await,
-                    Workload::Get | Workload::Serializable | Workload::Lag | Workload::Lock => {
-                        target.read(&key, read).await.map(drop)
-                    }
+                    // Lag, watch and keepalive are run by `run_all` itself.
+                    _ => target.read(&key, read).await.map(drop),
                 };
                 let micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 match result {
