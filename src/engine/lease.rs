@@ -201,23 +201,18 @@ impl Engine {
         let at = self.region.read_ts(&self.hlc, &range, None).await?;
         let now = self.hlc.now().map_err(clock_error)?.max(at);
         let mut out = Vec::new();
-        let mut from = (after > 0).then(|| keys::lease(range.id, after));
-        while out.len() < limit {
-            let page = self
-                .store
-                .coord_scan(&keys::leases(range.id), from.as_deref(), DRIVER_PAGE)
-                .map_err(storage)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (k, v) in &page {
-                let (Some(id), Ok(r)) = (keys::lease_id_of(k), LeaseRecordV1::decode(v)) else {
-                    continue;
-                };
-                if r.live_at(now) && out.len() < limit {
+        let from = (after > 0).then(|| keys::lease(range.id, after));
+        self.for_each_coord(&keys::leases(range.id), from, |k, v| {
+            if out.len() >= limit {
+                return false;
+            }
+            if let (Some(id), Ok(r)) = (keys::lease_id_of(k), LeaseRecordV1::decode(v)) {
+                if r.live_at(now) {
                     out.push(LeaseInfo::of(id, &r, now));
                 }
             }
-        }
+            true
+        })?;
         Ok(out)
     }
 
@@ -492,25 +487,16 @@ impl Engine {
         }
         let now = self.hlc.now().map_err(clock_error)?;
         let (mut due, mut expired, mut live) = (Vec::new(), Vec::new(), 0usize);
-        let mut from: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .store
-                .coord_scan(&keys::leases(range.id), from.as_deref(), DRIVER_PAGE)
-                .map_err(storage)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (k, v) in &page {
-                let (Some(id), Ok(r)) = (keys::lease_id_of(k), LeaseRecordV1::decode(v)) else {
-                    continue;
-                };
+        self.for_each_coord(&keys::leases(range.id), None, |k, v| {
+            if let (Some(id), Ok(r)) = (keys::lease_id_of(k), LeaseRecordV1::decode(v)) {
                 match r.state {
                     LeaseStateV1::Live if !r.live_at(now) => due.push(id),
                     LeaseStateV1::Live => live += 1,
                     LeaseStateV1::Expired(_) => expired.push(id),
                 }
             }
-        }
+            true
+        })?;
         metrics::gauge!(METRIC_LEASES_LIVE).set(live as f64);
         self.publish_lock_gauges(&range)?;
         for ids in due.chunks(coord::MAX_LEASES_PER_COMMAND) {
@@ -536,25 +522,43 @@ impl Engine {
 }
 
 impl Engine {
+    /// Calls `visit` with this node's coordination entries under `prefix`
+    /// (after `after`), in key order, a page of [`DRIVER_PAGE`] at a time,
+    /// until it returns false.
+    fn for_each_coord(
+        &self,
+        prefix: &[u8],
+        mut after: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), ApiError> {
+        loop {
+            let page = self
+                .store
+                .coord_scan(prefix, after.as_deref(), DRIVER_PAGE)
+                .map_err(storage)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (k, v) in &page {
+                if !visit(k, v) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Sets the gauges of locks held and waiters from this node's replica
     /// of the lease range (called by the driver on its leader).
     fn publish_lock_gauges(&self, range: &RangeDescriptor) -> Result<(), ApiError> {
         let (mut held, mut waiting) = (0usize, 0usize);
-        let mut from: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .store
-                .coord_scan(&keys::locks(range.id), from.as_deref(), DRIVER_PAGE)
-                .map_err(storage)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (_, v) in &page {
-                if let Ok(r) = crate::coord::lock::LockRecordV1::decode(v) {
-                    held += usize::from(r.holder.is_some());
-                    waiting += r.waiters.len();
-                }
+        self.for_each_coord(&keys::locks(range.id), None, |_, v| {
+            if let Ok(r) = crate::coord::lock::LockRecordV1::decode(v) {
+                held += usize::from(r.holder.is_some());
+                waiting += r.waiters.len();
             }
-        }
+            true
+        })?;
         metrics::gauge!(METRIC_LOCKS_HELD).set(held as f64);
         metrics::gauge!(METRIC_LOCK_WAITERS).set(waiting as f64);
         Ok(())

@@ -544,28 +544,38 @@ impl SnapshotReader {
         })
     }
 
-    /// The next version, or `None` after the last (whose count is checked).
-    pub fn next_version(&mut self) -> io::Result<Option<RawVersion>> {
-        if self.done {
-            return Ok(None);
-        }
+    /// The next record of a section: its bytes, or `None` at the
+    /// section's end, whose count is checked against `read` (what the
+    /// caller read of the section so far). `what` names the records.
+    fn next_record(&mut self, read: u64, what: &str) -> io::Result<Option<Vec<u8>>> {
         let mut len = [0u8; 4];
         self.inner.read_exact(&mut len)?;
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 {
             let mut count = [0u8; 8];
             self.inner.read_exact(&mut count)?;
-            if u64::from_le_bytes(count) != self.read {
-                return Err(corrupt(&self.path, "record count mismatch"));
+            if u64::from_le_bytes(count) != read {
+                return Err(corrupt(&self.path, format!("{what} count mismatch")));
             }
-            self.done = true;
             return Ok(None);
         }
         if len > MAX_SNAPSHOT_RECORD_BYTES {
-            return Err(corrupt(&self.path, format!("record of {len} bytes")));
+            return Err(corrupt(&self.path, format!("{what} of {len} bytes")));
         }
         let mut bytes = vec![0u8; len];
         self.inner.read_exact(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// The next version, or `None` after the last (whose count is checked).
+    pub fn next_version(&mut self) -> io::Result<Option<RawVersion>> {
+        if self.done {
+            return Ok(None);
+        }
+        let Some(bytes) = self.next_record(self.read, "record")? else {
+            self.done = true;
+            return Ok(None);
+        };
         let (key, version, value): (Vec<u8>, u64, Option<Vec<u8>>) =
             postcard::from_bytes(&bytes).map_err(|e| corrupt(&self.path, e))?;
         self.read += 1;
@@ -589,23 +599,10 @@ impl SnapshotReader {
         if self.coord_done {
             return Ok(None);
         }
-        let mut len = [0u8; 4];
-        self.inner.read_exact(&mut len)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len == 0 {
-            let mut count = [0u8; 8];
-            self.inner.read_exact(&mut count)?;
-            if u64::from_le_bytes(count) != self.coord_read {
-                return Err(corrupt(&self.path, "coord entry count mismatch"));
-            }
+        let Some(bytes) = self.next_record(self.coord_read, "coord entry")? else {
             self.coord_done = true;
             return Ok(None);
-        }
-        if len > MAX_SNAPSHOT_RECORD_BYTES {
-            return Err(corrupt(&self.path, format!("coord entry of {len} bytes")));
-        }
-        let mut bytes = vec![0u8; len];
-        self.inner.read_exact(&mut bytes)?;
+        };
         let entry: (Vec<u8>, Vec<u8>) =
             postcard::from_bytes(&bytes).map_err(|e| corrupt(&self.path, e))?;
         self.coord_read += 1;

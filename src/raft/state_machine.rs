@@ -1082,6 +1082,18 @@ mod tests {
         RangeStateMachine::open_in(whole(), store.clone(), hlc, scope).unwrap()
     }
 
+    /// Applies `op` proposed at `at` as one entry and flushes it; its reply.
+    fn apply_at(sm: &mut RangeStateMachine, at: u64, op: CommandV1) -> RangeReply {
+        let mut p = PendingApply::default();
+        let cmd = RangeCommand {
+            proposed_at: at,
+            op,
+        };
+        let r = sm.apply_command(cmd, &mut p).unwrap();
+        sm.flush(&mut p).unwrap();
+        r
+    }
+
     /// Leases end to end in one range (it is the lease range too): grant,
     /// attach, keepalive, expiry re-checked at apply, drop (deleting only
     /// keys still attached), markers refusing late puts until pruned, and
@@ -1094,20 +1106,7 @@ mod tests {
         let store = open_store(dir.path());
         let mut sm = open_sm(&store);
         let ms = |n: i64| Timestamp::from_parts(1_800_000_000_000 + n, 0).unwrap().0;
-        let run = |sm: &mut RangeStateMachine, at: u64, op: CommandV1| -> RangeReply {
-            let mut p = PendingApply::default();
-            let r = sm
-                .apply_command(
-                    RangeCommand {
-                        proposed_at: at,
-                        op,
-                    },
-                    &mut p,
-                )
-                .unwrap();
-            sm.flush(&mut p).unwrap();
-            r
-        };
+        let run = apply_at;
         let leased = |k: &str, lease: u64, checked_at: u64| CommandV1::PutLeased {
             key: k.as_bytes().to_vec(),
             value: b"v".to_vec(),
@@ -1203,20 +1202,7 @@ mod tests {
         let store = open_store(dir.path());
         let mut sm = open_sm(&store);
         let ms = |n: i64| Timestamp::from_parts(1_800_000_000_000 + n, 0).unwrap().0;
-        let run = |sm: &mut RangeStateMachine, at: u64, op: CommandV1| -> RangeReply {
-            let mut p = PendingApply::default();
-            let r = sm
-                .apply_command(
-                    RangeCommand {
-                        proposed_at: at,
-                        op,
-                    },
-                    &mut p,
-                )
-                .unwrap();
-            sm.flush(&mut p).unwrap();
-            r
-        };
+        let run = apply_at;
         let acquire = |lease: u64| {
             CommandV1::Lock(K::Acquire {
                 name: b"locks/a".to_vec(),
