@@ -6,7 +6,7 @@
 //! scenarios run in sequence (nine debug-build nodes twice over would
 //! crowd a 2-core machine): the three-region `meridian dev` behind the WAN
 //! emulator (port offset 29000) for cross-region resume and the partition,
-//! and the one-region `meridian dev` (offset 29500) with a 20 s history
+//! and the one-region `meridian dev` (offset 29500) with a 40 s history
 //! window and a 500 ms watch stall timeout for the starved consumer,
 //! compaction, the future timestamp and bad input. Every wait is bounded;
 //! the harness stops every process, also on failure.
@@ -40,6 +40,10 @@ const SETTLE: Duration = Duration::from_secs(10);
 const HISTORY_LIMIT: u32 = 50;
 /// Bound of every wait for events.
 const BOUND: Duration = Duration::from_secs(60);
+/// History window of the one-region cluster: the starved scenario's writes
+/// and its resume must fit in it on a loaded CI host (the full suite runs
+/// beside it), and the compaction scenario waits it out.
+const HISTORY_WINDOW_SECS: u64 = 40;
 
 /// A change as a watch reports it: key, HLC, value (`None`: a delete).
 type Change = (String, u64, Option<String>);
@@ -262,7 +266,10 @@ async fn one_region_starved_compacted_future_and_malformed_watches() {
         LOCAL_OFFSET,
         Some(std::path::Path::new(topology)),
         &[
-            ("MERIDIAN_STORAGE__HISTORY_WINDOW_SECS", "20"),
+            (
+                "MERIDIAN_STORAGE__HISTORY_WINDOW_SECS",
+                &HISTORY_WINDOW_SECS.to_string(),
+            ),
             ("MERIDIAN_STORAGE__GC_INTERVAL_MS", "200"),
             ("MERIDIAN_LIMITS__WATCH_BUFFER_FRAMES", "1"),
             ("MERIDIAN_LIMITS__WATCH_STALL_TIMEOUT_MS", "500"),
@@ -286,8 +293,8 @@ async fn starved_stream_ends_with_a_resume_point_and_loses_nothing(c: &Client) {
     let mut w = c.watch(prefix, opts(None)).await.unwrap();
     // Over three times what QUIC's stream window (1.25 MB), the one-frame
     // buffer and the frame being written hold: 8 MiB. Few enough writes
-    // that the resume point stays inside the 20 s history window on a
-    // loaded machine (else the resumed watch is rightly MER-1008).
+    // that the resume point stays inside the history window on a loaded
+    // machine (else the resumed watch is rightly MER-1008).
     let value = "x".repeat(512 * 1024);
     let mut written = Vec::new();
     for i in 0..16 {
@@ -323,10 +330,10 @@ async fn delete_then_compaction_is_a_clear_error_never_a_silent_skip(c: &Client)
         .await
         .expect("the key existed");
     let from = Timestamp(p.1 - 1);
-    let deadline = Instant::now() + BOUND;
+    let deadline = Instant::now() + Duration::from_secs(HISTORY_WINDOW_SECS) + BOUND;
     loop {
-        // Moves the range's applied timestamp, so its horizon (20 s below
-        // it) passes the delete; gc runs every 200 ms.
+        // Moves the range's applied timestamp, so its horizon (the history
+        // window below it) passes the delete; gc runs every 200 ms.
         put(c, "compacted-tick", "t").await;
         let mut w = c.watch(prefix, opts(Some(from))).await.unwrap();
         let (got, end) = read_changes(&mut w, 2, Duration::from_secs(3)).await;

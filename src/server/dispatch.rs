@@ -467,6 +467,17 @@ fn region_rtts(m: &crate::membership::Membership) -> std::collections::BTreeMap<
     out
 }
 
+/// A lease's wire form (the wire sits below the engine, so the
+/// conversion lives here).
+fn lease_v1(l: crate::engine::lease::LeaseInfo) -> wire::LeaseV1 {
+    wire::LeaseV1 {
+        id: l.id,
+        ttl_ms: l.ttl_ms,
+        remaining_ms: l.remaining_ms,
+        granted_at: l.granted_at.0,
+    }
+}
+
 /// The reply body of a read of one key.
 fn value_body(kv: Option<&crate::types::KeyValue>) -> ResponseBodyV1 {
     ResponseBodyV1::Value(kv.map(KeyValueV1::from))
@@ -634,11 +645,11 @@ async fn handle_data(
         }
         RequestV1::LeaseGrant { ttl_ms } => {
             let l = engine.lease_grant(ttl_ms).await?;
-            Ok((l.granted_at, ResponseBodyV1::Lease(l.into())))
+            Ok((l.granted_at, ResponseBodyV1::Lease(lease_v1(l))))
         }
         RequestV1::LeaseKeepAlive { ids } => {
             let kept = engine.lease_keep_alive(ids).await?;
-            let body = kept.into_iter().map(wire::LeaseV1::from).collect();
+            let body = kept.into_iter().map(lease_v1).collect();
             Ok((engine.clock_ts(), ResponseBodyV1::Leases(body)))
         }
         RequestV1::LeaseRevoke { id } => {
@@ -654,14 +665,14 @@ async fn handle_data(
         }
         RequestV1::LeaseTtl { id } => {
             let l = engine.lease_ttl(id).await?;
-            Ok((engine.clock_ts(), ResponseBodyV1::Lease(l.into())))
+            Ok((engine.clock_ts(), ResponseBodyV1::Lease(lease_v1(l))))
         }
         RequestV1::LeaseList { after, limit } => {
             let limit = usize::try_from(limit)
                 .unwrap_or(usize::MAX)
                 .min(engine.limits().max_scan_page);
             let leases = engine.lease_list(after, limit).await?;
-            let body = leases.into_iter().map(wire::LeaseV1::from).collect();
+            let body = leases.into_iter().map(lease_v1).collect();
             Ok((engine.clock_ts(), ResponseBodyV1::Leases(body)))
         }
         RequestV1::Delete { key } => {

@@ -344,17 +344,6 @@ pub struct LeaseV1 {
     pub granted_at: u64,
 }
 
-impl From<crate::engine::lease::LeaseInfo> for LeaseV1 {
-    fn from(l: crate::engine::lease::LeaseInfo) -> LeaseV1 {
-        LeaseV1 {
-            id: l.id,
-            ttl_ms: l.ttl_ms,
-            remaining_ms: l.remaining_ms,
-            granted_at: l.granted_at.0,
-        }
-    }
-}
-
 /// A range's timestamps on one replica, version 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeFrontierV1 {
