@@ -207,7 +207,7 @@ pub(super) async fn watch(
         }
     }
     let errors = write_errors + missed;
-    Ok(result(
+    Ok(RunResult::of(
         args,
         Workload::Watch,
         clients,
@@ -309,35 +309,6 @@ async fn watch_loop(
     }
 }
 
-fn result(
-    args: &BenchArgs,
-    workload: Workload,
-    clients: usize,
-    hist: &Histogram<u64>,
-    seconds: f64,
-    errors: u64,
-    first_error: Option<String>,
-) -> RunResult {
-    RunResult {
-        system: args.system,
-        workload,
-        clients,
-        region: args.region.clone(),
-        key_prefix: args.key_prefix.clone(),
-        consistency: None,
-        label: args.label.clone(),
-        ops: hist.len(),
-        errors,
-        seconds,
-        ops_per_sec: hist.len() as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.50),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        first_error,
-    }
-}
-
 /// Leases to keep alive, granted before the keepalive runs.
 pub(super) struct Leases(Vec<i64>);
 
@@ -416,7 +387,7 @@ pub(super) async fn keepalive(
         first_error = first_error.or(first);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut r = result(
+    let mut r = RunResult::of(
         args,
         Workload::Keepalive,
         clients,

@@ -16,15 +16,16 @@ const LEASE_TTL: Duration = Duration::from_secs(600);
 /// Longest one acquire waits in line before it counts as an error.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
 
-/// One client's connection, lease and lock.
+/// One client's connection, lease and lock (clients boxed: both are
+/// large, and unequal).
 enum Locker {
     Meridian {
-        client: crate::client::Client,
+        client: Box<crate::client::Client>,
         lease: u64,
     },
     #[cfg(feature = "etcd")]
     Etcd {
-        client: etcd_client::Client,
+        client: Box<etcd_client::Client>,
         lease: i64,
     },
 }
@@ -35,7 +36,7 @@ impl Locker {
             System::Meridian => {
                 let mut conn = args.conn.clone();
                 conn.endpoints = super::target::rotate_endpoints(&conn.endpoints, i);
-                let client = conn.connect().await?;
+                let client = Box::new(conn.connect().await?);
                 let lease = client.lease_grant(LEASE_TTL).await?.id;
                 Ok(Locker::Meridian { client, lease })
             }
@@ -49,7 +50,10 @@ impl Locker {
         let client = etcd_client::Client::connect(eps, None).await?;
         let ttl = i64::try_from(LEASE_TTL.as_secs())?;
         let lease = client.lease_client().grant(ttl, None).await?.id();
-        Ok(Locker::Etcd { client, lease })
+        Ok(Locker::Etcd {
+            client: Box::new(client),
+            lease,
+        })
     }
 
     #[cfg(not(feature = "etcd"))]
@@ -136,22 +140,13 @@ pub async fn run(args: &BenchArgs, clients: usize) -> anyhow::Result<RunResult> 
         first_error = first_error.or(first);
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(RunResult {
-        system: args.system,
-        workload: Workload::Lock,
+    Ok(RunResult::of(
+        args,
+        Workload::Lock,
         clients,
-        region: args.region.clone(),
-        key_prefix: args.key_prefix.clone(),
-        consistency: None,
-        label: args.label.clone(),
-        ops: hist.len(),
-        errors,
+        &hist,
         seconds,
-        ops_per_sec: hist.len() as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.50),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
+        errors,
         first_error,
-    })
+    ))
 }

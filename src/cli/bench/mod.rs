@@ -564,24 +564,48 @@ async fn run_one(
         first_error = first_error.or(first);
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(RunResult {
-        system: args.system,
+    Ok(RunResult::of(
+        args,
         workload,
         clients,
-        region: args.region.clone(),
-        key_prefix: args.key_prefix.clone(),
-        consistency: read_name(args, workload),
-        label: args.label.clone(),
-        ops: hist.len(),
-        errors,
+        &hist,
         seconds,
-        ops_per_sec: hist.len() as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.50),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
+        errors,
         first_error,
-    })
+    ))
+}
+
+impl RunResult {
+    /// One run's figures from its latency histogram (one entry per
+    /// successful operation), wall-clock seconds and errors.
+    pub(super) fn of(
+        args: &BenchArgs,
+        workload: Workload,
+        clients: usize,
+        hist: &Histogram<u64>,
+        seconds: f64,
+        errors: u64,
+        first_error: Option<String>,
+    ) -> RunResult {
+        RunResult {
+            system: args.system,
+            workload,
+            clients,
+            region: args.region.clone(),
+            key_prefix: args.key_prefix.clone(),
+            consistency: read_name(args, workload),
+            label: args.label.clone(),
+            ops: hist.len(),
+            errors,
+            seconds,
+            ops_per_sec: hist.len() as f64 / seconds,
+            p50_us: hist.value_at_quantile(0.50),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+            first_error,
+        }
+    }
 }
 
 #[cfg(test)]
