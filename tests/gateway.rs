@@ -1524,3 +1524,393 @@ async fn watch_bad_input_is_refused_before_the_stream_starts() {
     );
     stop(node).await;
 }
+
+/// A JSON string field holding a decimal u64 (tokens and terms).
+fn token_field(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} is not a decimal string in {v}"))
+}
+
+async fn acquire(addr: SocketAddr, name: &str, body: &Value) -> Reply {
+    post_json(addr, &format!("/v1/locks/{name}"), body).await
+}
+
+/// Issue 10 over HTTP: a lock's grant and queue, guarded puts, deletes and
+/// transactions that only the newest token passes, and release by token or
+/// by lease.
+#[tokio::test]
+async fn locks_grant_queue_and_fence_writes_over_http() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let (a, b) = (grant(addr, 30_000).await, grant(addr, 30_000).await);
+
+    let r = acquire(addr, "jobs/lock", &json!({ "lease": a, "value": "a" })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["granted"], true, "{v}");
+    assert_served_at(&v);
+    let ta = token_field(&v, "token");
+    // Held: a try is refused, a wait queues (granted false after the slice).
+    acquire(addr, "jobs/lock", &json!({ "lease": b }))
+        .await
+        .assert_error(409, "MER-1016");
+    let r = acquire(addr, "jobs/lock", &json!({ "lease": b, "wait": true })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["granted"], false, "{}", r.text());
+    let holder = get(addr, "/v1/locks/jobs/lock").await.json();
+    assert_eq!(holder["holder"]["lease"], a, "{holder}");
+    assert_eq!(token_field(&holder["holder"], "token"), ta, "{holder}");
+    assert_eq!(holder["holder"]["value"], "a", "{holder}");
+
+    // The holder's guarded writes pass.
+    let fence_a = format!("fence=jobs/lock:{ta}");
+    let r = request(
+        addr,
+        "PUT",
+        &format!("/v1/kv/jobs/reg?{fence_a}"),
+        b"from-a",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Released: the waiter is next, with a larger token.
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/v1/locks/jobs/lock?token={ta}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["released"], true);
+    let r = acquire(addr, "jobs/lock", &json!({ "lease": b, "wait": true })).await;
+    let v = r.json();
+    assert_eq!(v["granted"], true, "{v}");
+    let tb = token_field(&v, "token");
+    assert!(tb > ta, "tokens grow: {ta} then {tb}");
+
+    // A's token is stale now: put, delete and txn refused, nothing written.
+    request(addr, "PUT", &format!("/v1/kv/jobs/reg?{fence_a}"), b"stale")
+        .await
+        .assert_error(409, "MER-1017");
+    request(addr, "DELETE", &format!("/v1/kv/jobs/reg?{fence_a}"), b"")
+        .await
+        .assert_error(409, "MER-1017");
+    let stale_txn = json!({
+        "success": [{ "put": { "key": "jobs/reg", "value": "stale" } }],
+        "fence": { "lock": "jobs/lock", "token": ta.to_string() },
+    });
+    post_txn(addr, &stale_txn)
+        .await
+        .assert_error(409, "MER-1017");
+    let history = get(addr, "/v1/history/jobs/reg").await.json();
+    assert_eq!(
+        history["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    assert_eq!(get(addr, "/v1/kv/jobs/reg").await.json()["value"], "from-a");
+
+    // B's token passes: txn, then a guarded delete.
+    let txn = json!({
+        "success": [{ "put": { "key": "jobs/reg", "value": "from-b" } }],
+        "fence": { "lock": "jobs/lock", "token": tb.to_string() },
+    });
+    let r = post_txn(addr, &txn).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["succeeded"], true);
+    assert_eq!(get(addr, "/v1/kv/jobs/reg").await.json()["value"], "from-b");
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/v1/kv/jobs/reg?fence=jobs/lock:{tb}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["existed"], true);
+
+    // Cancel by lease: B held it, so the lock is free afterwards.
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/v1/locks/jobs/lock?lease={b}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["released"], true);
+    let holder = get(addr, "/v1/locks/jobs/lock").await.json();
+    assert_eq!(holder["holder"], Value::Null, "{holder}");
+    stop(node).await;
+}
+
+/// Issue 10 over HTTP: campaign, observe the leader and its term, resign,
+/// and the next candidate takes over with a larger term.
+#[tokio::test]
+async fn elections_campaign_observe_and_resign_over_http() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let (a, b) = (grant(addr, 30_000).await, grant(addr, 30_000).await);
+    let campaign = |lease: u64, value: &str, wait: bool| json!({ "lease": lease, "value": value, "wait": wait });
+    let r = post_json(
+        addr,
+        "/v1/elections/svc/leader",
+        &campaign(a, "10.0.0.1:80", true),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["elected"], true, "{v}");
+    let term_a = token_field(&v, "term");
+    let leader = get(addr, "/v1/elections/svc/leader").await.json();
+    assert_eq!(leader["leader"]["value"], "10.0.0.1:80", "{leader}");
+    assert_eq!(token_field(&leader["leader"], "token"), term_a, "{leader}");
+    post_json(
+        addr,
+        "/v1/elections/svc/leader",
+        &campaign(b, "10.0.0.2:80", false),
+    )
+    .await
+    .assert_error(409, "MER-1016");
+    // Resigning a term that is not current changes nothing.
+    request(
+        addr,
+        "DELETE",
+        &format!("/v1/elections/svc/leader?term={}", term_a + 1),
+        b"",
+    )
+    .await
+    .assert_error(409, "MER-1017");
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/v1/elections/svc/leader?term={term_a}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let leader = get(addr, "/v1/elections/svc/leader").await.json();
+    assert_eq!(leader["leader"], Value::Null, "{leader}");
+    let v = post_json(
+        addr,
+        "/v1/elections/svc/leader",
+        &campaign(b, "10.0.0.2:80", true),
+    )
+    .await
+    .json();
+    assert_eq!(v["elected"], true, "{v}");
+    assert!(token_field(&v, "term") > term_a, "{v}");
+    stop(node).await;
+}
+
+/// Issue 10's bad input over HTTP: a lock on a non-strong prefix, an
+/// unknown lease, a token from another lock, malformed bodies and fences,
+/// a value over the limit: each a clear error, and nothing changed.
+#[tokio::test]
+async fn lock_and_fence_bad_input_is_refused_and_changes_nothing() {
+    let node = TestNode::start_with(|cfg| level_policies(cfg, "r1", &["r1"], None));
+    let node = timeout(NODE_TIMEOUT, node).await.expect("node start");
+    let addr = node.http_addr();
+    let lease = grant(addr, 30_000).await;
+    acquire(addr, "ev/lock", &json!({ "lease": lease }))
+        .await
+        .assert_error(400, "MER-1015");
+    acquire(addr, "cfg/lock", &json!({ "lease": 999_999 }))
+        .await
+        .assert_error(404, "MER-1014");
+    acquire(addr, "cfg/lock", &json!({ "lease": 0 }))
+        .await
+        .assert_error(400, "MER-1007");
+    let big = "x".repeat(4097);
+    acquire(addr, "cfg/lock", &json!({ "lease": lease, "value": big }))
+        .await
+        .assert_error(413, "MER-1002");
+    for body in [
+        &br#"[1, true]"#[..],
+        br#"{"lease": 1, "ttl": 5}"#,
+        br#"{"wait": true}"#,
+        br#"{"lease": "1"}"#,
+    ] {
+        request(addr, "POST", "/v1/locks/cfg/lock", body)
+            .await
+            .assert_error(400, "MER-1005");
+    }
+    let holder = get(addr, "/v1/locks/cfg/lock").await.json();
+    assert_eq!(holder["holder"], Value::Null, "nothing acquired: {holder}");
+
+    // A token of another lock does not pass this one.
+    let v = acquire(addr, "cfg/other", &json!({ "lease": lease }))
+        .await
+        .json();
+    let other = token_field(&v, "token");
+    request(
+        addr,
+        "PUT",
+        &format!("/v1/kv/cfg/reg?fence=cfg/lock:{other}"),
+        b"v",
+    )
+    .await
+    .assert_error(409, "MER-1017");
+    for query in [
+        "fence=cfg/lock".to_string(),
+        "fence=cfg/lock:0".into(),
+        "fence=cfg/lock:abc".into(),
+        "fence=:5".into(),
+        format!("fence=cfg/other:{other}&lease={lease}"),
+    ] {
+        request(addr, "PUT", &format!("/v1/kv/cfg/reg?{query}"), b"v")
+            .await
+            .assert_error(400, "MER-1007");
+    }
+    request(addr, "DELETE", "/v1/kv/cfg/reg?fence=cfg/lock", b"")
+        .await
+        .assert_error(400, "MER-1007");
+    request(addr, "DELETE", "/v1/kv/cfg/reg?lease=5", b"")
+        .await
+        .assert_error(400, "MER-1007");
+    // A fenced write outside a strong prefix.
+    request(
+        addr,
+        "PUT",
+        &format!("/v1/kv/ev/reg?fence=cfg/other:{other}"),
+        b"v",
+    )
+    .await
+    .assert_error(400, "MER-1015");
+    for txn in [
+        json!({ "success": [{ "put": { "key": "cfg/reg", "value": "v" } }], "fence": ["cfg/other", other.to_string()] }),
+        json!({ "success": [{ "put": { "key": "cfg/reg", "value": "v" } }], "fence": { "lock": "cfg/other", "token": other } }),
+        json!({ "success": [{ "put": { "key": "cfg/reg", "value": "v" } }], "fence": { "lock": "cfg/other", "token": other.to_string(), "x": 1 } }),
+    ] {
+        post_txn(addr, &txn).await.assert_error(400, "MER-1005");
+    }
+    post_txn(
+        addr,
+        &json!({ "success": [{ "put": { "key": "cfg/reg", "value": "v" } }], "fence": { "lock": "cfg/other", "token": "0" } }),
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    assert_never_written(addr, "cfg/reg").await;
+    assert_never_written(addr, "ev/reg").await;
+
+    // Release: neither or both selectors, a bad token, a stale token.
+    for query in ["", "?token=1&lease=1", "?token=x", "?token=0", "?owner=1"] {
+        request(addr, "DELETE", &format!("/v1/locks/cfg/other{query}"), b"")
+            .await
+            .assert_error(400, "MER-1007");
+    }
+    request(
+        addr,
+        "DELETE",
+        &format!("/v1/locks/cfg/other?token={}", other + 1),
+        b"",
+    )
+    .await
+    .assert_error(409, "MER-1017");
+    let holder = get(addr, "/v1/locks/cfg/other").await.json();
+    assert_eq!(
+        token_field(&holder["holder"], "token"),
+        other,
+        "still held: {holder}"
+    );
+    request(addr, "DELETE", "/v1/elections/cfg/other", b"")
+        .await
+        .assert_error(400, "MER-1007");
+    stop(node).await;
+}
+
+/// Issue 10 over HTTP: an instance registered under a lease is found by
+/// name (zone first), and is gone once its lease is revoked; a record over
+/// the limits is refused and writes nothing.
+#[tokio::test]
+async fn services_register_look_up_and_go_with_their_lease_over_http() {
+    let node = start().await;
+    let addr = node.http_addr();
+    let lease = grant(addr, 30_000).await;
+    let register = |id: &str, zone: &str| {
+        let body = json!({
+            "lease": lease,
+            "addrs": [format!("10.0.0.{}:8080", id.len())],
+            "meta": { "version": "1.4.2" },
+            "zone": zone,
+        });
+        let path = format!("/v1/services/billing/{id}");
+        async move { request(addr, "PUT", &path, body.to_string().as_bytes()).await }
+    };
+    let r = register("i-1", "z1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["key"], "services/local/billing/i-1", "{v}");
+    assert_served_at(&v);
+    assert_eq!(register("i-22", "z2").await.status, 200);
+
+    let found = get(addr, "/v1/services/billing?zone=z2").await;
+    assert_eq!(found.status, 200, "{}", found.text());
+    let v = found.json();
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["i-22", "i-1"], "the caller's zone first: {v}");
+    assert_eq!(v["instances"][1]["meta"]["version"], "1.4.2", "{v}");
+    assert_eq!(v["instances"][1]["region"], "local", "{v}");
+
+    // Over the limits, a bad name, an unknown lease: nothing registered.
+    let addrs: Vec<String> = (0..17).map(|i| format!("h{i}:1")).collect();
+    let over = json!({ "lease": lease, "addrs": addrs });
+    request(
+        addr,
+        "PUT",
+        "/v1/services/billing/i-3",
+        over.to_string().as_bytes(),
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    let none = json!({ "lease": lease, "addrs": [] });
+    request(
+        addr,
+        "PUT",
+        "/v1/services/billing/i-3",
+        none.to_string().as_bytes(),
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    let long = "n".repeat(129);
+    let ok_body = json!({ "lease": lease, "addrs": ["h:1"] }).to_string();
+    request(
+        addr,
+        "PUT",
+        &format!("/v1/services/{long}/i-3"),
+        ok_body.as_bytes(),
+    )
+    .await
+    .assert_error(400, "MER-1007");
+    let unknown = json!({ "lease": 999_999, "addrs": ["h:1"] }).to_string();
+    request(addr, "PUT", "/v1/services/billing/i-3", unknown.as_bytes())
+        .await
+        .assert_error(404, "MER-1014");
+    request(
+        addr,
+        "PUT",
+        "/v1/services/billing/i-3",
+        br#"{"lease":1,"addrs":["h:1"],"port":1}"#,
+    )
+    .await
+    .assert_error(400, "MER-1005");
+    get(addr, "/v1/services/billing?region=x")
+        .await
+        .assert_error(400, "MER-1007");
+    assert_never_written(addr, "services/local/billing/i-3").await;
+
+    // Health by lease: revoked, the instances are gone.
+    let r = request(addr, "DELETE", &format!("/v1/leases/{lease}"), b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = get(addr, "/v1/services/billing").await.json();
+    assert_eq!(v["instances"], json!([]), "{v}");
+    stop(node).await;
+}

@@ -69,6 +69,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)
 }
 
+/// A reply's `served_at` and `served_at_str`.
+pub(crate) fn served(at: Timestamp) -> (u64, String) {
+    (at.0, at.to_string())
+}
+
 /// `bytes` as a string, or `None` when they are not valid UTF-8.
 pub(crate) fn utf8(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_owned)
@@ -196,6 +201,34 @@ pub(crate) struct PutQuery {
     /// is 404 MER-1014. Nothing is written when refused.
     #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub(crate) lease: Option<u64>,
+    /// Guard the write with a fencing token, `NAME:TOKEN` (a lock's name
+    /// and a token its acquire returned, split at the last `:`): refused
+    /// with 409 MER-1017 when a newer token has been granted, nothing
+    /// written. Not together with `lease`; only on strong prefixes.
+    #[param(max_length = 4116, pattern = "^.+:[1-9][0-9]{0,18}$")]
+    pub(crate) fence: Option<String>,
+}
+
+/// Query of `DELETE /v1/kv/{key}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeleteQuery {
+    /// Guard the delete with a fencing token, `NAME:TOKEN` (as for a put).
+    #[param(max_length = 4116, pattern = "^.+:[1-9][0-9]{0,18}$")]
+    pub(crate) fence: Option<String>,
+}
+
+/// The fencing token guarding a transaction.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FenceJson {
+    /// The lock's name.
+    #[schema(min_length = 1, max_length = 4096, example = "jobs/leader")]
+    pub(crate) lock: String,
+    /// A token the lock granted, as a decimal string (1..=2^63-1).
+    #[schema(pattern = "^[1-9][0-9]{0,18}$", example = "384315472163635200")]
+    pub(crate) token: String,
 }
 
 /// Query of `GET /v1/kv` (a range scan).
@@ -924,6 +957,11 @@ pub(crate) struct TxnRequest {
     #[serde(default, deserialize_with = "strict::objects")]
     #[schema(value_type = Vec<OpSchema>, max_items = 128)]
     pub(crate) failure: Vec<OpJson>,
+    /// Run only if this fencing token is its lock's newest grant (409
+    /// MER-1017 otherwise, nothing written). Every key must then be in one
+    /// range, under a strong prefix.
+    #[serde(default, deserialize_with = "strict::present_object")]
+    pub(crate) fence: Option<FenceJson>,
 }
 
 impl TxnRequest {

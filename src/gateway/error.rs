@@ -73,6 +73,11 @@ impl GatewayError {
         GatewayError::Api(ApiError::new(code, message))
     }
 
+    /// Shorthand for a bad argument (400 `MER-1007`).
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::api(ErrorCode::InvalidArgument, message)
+    }
+
     /// The HTTP status of this error.
     pub(crate) fn status(&self) -> StatusCode {
         match self {

@@ -14,15 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::dto::{
-    encode_page_token, parse_timestamp, DeleteResponse, GetQuery, GetResponse, HealthResponse,
-    HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, MemberJson, MembersResponse,
-    PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath, PutQuery,
-    PutResponse, RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse, TxnRequest,
-    TxnResponse,
+    encode_page_token, parse_timestamp, DeleteQuery, DeleteResponse, GetQuery, GetResponse,
+    HealthResponse, HistoryEntryJson, HistoryQuery, HistoryResponse, KeyPath, MemberJson,
+    MembersResponse, PoliciesResponse, PolicyChangeRequest, PolicyChangedResponse, PrefixPath,
+    PutQuery, PutResponse, RangeQuery, RangeResponse, RawValue, ServedMeta, StatusResponse,
+    TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
-use super::{observe, Caller, GatewayState};
+use super::{coord, observe, Caller, GatewayState};
 use crate::engine::levels::{parse_read_choice, ReadChoice};
+use crate::engine::WriteKind;
 use crate::error_code::ErrorCode;
 use crate::replication::read::ReadLevel;
 use crate::transport::ADMIN_ROLES;
@@ -227,8 +228,9 @@ pub(crate) async fn get_key(
     request_body(content = RawValue, content_type = "application/octet-stream", description = "The value, as raw bytes (any bytes, any Content-Type; 0..=max_value_bytes). No body stores an empty value."),
     responses(
         (status = 200, description = "Written", body = PutResponse),
-        (status = 400, description = "Bad key, bad lease id or an unknown parameter (MER-1007); lease on a key whose prefix is not strong (MER-1015); nothing written", body = ErrorBody),
+        (status = 400, description = "Bad key, bad lease id, bad fence, lease and fence together, or an unknown parameter (MER-1007); lease or fence on a key whose prefix is not strong (MER-1015); nothing written", body = ErrorBody),
         (status = 404, description = "lease=ID names no live lease in this region (MER-1014); nothing written", body = ErrorBody),
+        (status = 409, description = "fence= carries a token older than its lock's newest grant, or one the lock never granted (MER-1017); nothing written", body = ErrorBody),
         (status = 413, description = "Key (MER-1001), value (MER-1002) or body (MER-1003) too large", body = ErrorBody),
         (status = 421, description = "This node does not lead the key's range (MER-3004; `address` names the leader) or the prefix is homed in another region (MER-3006); nothing written", body = ErrorBody),
     ))]
@@ -243,17 +245,28 @@ pub(crate) async fn put_key(
         let q = query(q)?;
         let value = body(value, &state)?;
         let (key, value) = (key.into_bytes(), value.to_vec());
-        let w = match q.lease {
-            None => state.engine.put(key, value).await?,
-            Some(lease) => {
+        let version = match (q.lease, q.fence) {
+            (None, None) => state.engine.put(key, value).await?.version,
+            (Some(lease), None) => {
                 let lease = super::lease::check_lease_id(lease, "lease")?;
-                state.engine.put_leased(key, value, lease).await?
+                state.engine.put_leased(key, value, lease).await?.version
+            }
+            (None, Some(fence)) => {
+                let fence = coord::parse_fence(&fence, state.engine.limits().max_key_bytes)?;
+                let kind = WriteKind::Put { key, value };
+                coord::write_fenced(&state, kind, fence).await?.version
+            }
+            (Some(_), Some(_)) => {
+                return Err(GatewayError::api(
+                    ErrorCode::InvalidArgument,
+                    "give lease= or fence=, not both (a leased write cannot be fenced)",
+                ))
             }
         };
         Ok(Json(PutResponse {
-            version: w.version.0,
-            served_at: w.version.0,
-            served_at_str: w.version.to_string(),
+            version: version.0,
+            served_at: version.0,
+            served_at_str: version.to_string(),
         })
         .into_response())
     })
@@ -262,23 +275,36 @@ pub(crate) async fn put_key(
 
 /// Deletes a key (writes a tombstone; history keeps older versions).
 #[utoipa::path(delete, path = "/v1/kv/{key}", tag = "kv",
-    params(KeyPath),
+    params(KeyPath, DeleteQuery),
     responses(
         (status = 200, description = "Deleted, or already absent (existed = false)", body = DeleteResponse),
-        (status = 400, description = "Bad key (MER-1007)", body = ErrorBody),
-        (status = 413, description = "Key longer than max_key_bytes (MER-1001)", body = ErrorBody)))]
+        (status = 400, description = "Bad key, bad fence or an unknown parameter (MER-1007); a fenced delete of a key outside a strong prefix (MER-1015); nothing written", body = ErrorBody),
+        (status = 409, description = "fence= carries a token older than its lock's newest grant, or one the lock never granted (MER-1017); nothing written", body = ErrorBody),
+        (status = 413, description = "Key longer than max_key_bytes (MER-1001)", body = ErrorBody),
+        (status = 421, description = "This node does not lead the key's range (MER-3004; `address` names the leader) or the prefix is homed in another region (MER-3006); nothing written", body = ErrorBody)))]
 pub(crate) async fn delete_key(
     State(state): State<GatewayState>,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Response {
     observe(&state, "delete", async {
-        let key = path_key(path)?;
-        let w = state.engine.delete(key.into_bytes()).await?;
+        let key = path_key(path)?.into_bytes();
+        let (version, existed) = match query(q)?.fence {
+            None => {
+                let w = state.engine.delete(key).await?;
+                (w.version, w.existed)
+            }
+            Some(fence) => {
+                let fence = coord::parse_fence(&fence, state.engine.limits().max_key_bytes)?;
+                let out = coord::write_fenced(&state, WriteKind::Delete { key }, fence).await?;
+                (out.version, out.succeeded)
+            }
+        };
         Ok(Json(DeleteResponse {
-            version: w.version.0,
-            existed: w.existed,
-            served_at: w.version.0,
-            served_at_str: w.version.to_string(),
+            version: version.0,
+            existed,
+            served_at: version.0,
+            served_at_str: version.to_string(),
         })
         .into_response())
     })
@@ -467,7 +493,9 @@ pub(crate) async fn remove_policy(
 #[utoipa::path(post, path = "/v1/txn", tag = "kv", request_body = TxnRequest,
     responses(
         (status = 200, description = "Committed; `succeeded` says which branch ran", body = TxnResponse),
-        (status = 400, description = "Malformed JSON, an array in place of an object, an unknown field (MER-1005); a compare without exactly one target, an operator its target does not take, a key with a dot segment (MER-1007); more than max_txn_ops compares plus operations in all (MER-1004)", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, an array in place of an object, an unknown field (MER-1005); a compare without exactly one target, an operator its target does not take, a key with a dot segment, a bad fence token, a fenced txn whose keys span ranges (MER-1007); more than max_txn_ops compares plus operations in all (MER-1004); a fenced txn outside strong prefixes (MER-1015)", body = ErrorBody),
+        (status = 409, description = "fence carries a token older than its lock's newest grant, or one the lock never granted (MER-1017); nothing written", body = ErrorBody),
+        (status = 421, description = "A fenced txn reached a node that does not lead its range (MER-3004; `address` names the leader); nothing written", body = ErrorBody),
         (status = 413, description = "Body (MER-1003), key (MER-1001, also an empty key) or value (MER-1002) too large", body = ErrorBody),
     ))]
 pub(crate) async fn txn(
@@ -477,8 +505,17 @@ pub(crate) async fn txn(
     observe(&state, "txn", async {
         // Parsed by hand rather than with axum's Json so that syntax errors and
         // a missing content type both answer 400 in our error shape.
-        let txn = TxnRequest::parse(&body(raw, &state)?)?.into_txn()?;
-        let out = state.engine.txn(txn).await?;
+        let mut req = TxnRequest::parse(&body(raw, &state)?)?;
+        let fence = req
+            .fence
+            .take()
+            .map(|f| coord::fence_of(&f.lock, &f.token, state.engine.limits().max_key_bytes))
+            .transpose()?;
+        let txn = req.into_txn()?;
+        let out = match fence {
+            None => state.engine.txn(txn).await?,
+            Some(fence) => coord::write_fenced(&state, WriteKind::Txn(txn), fence).await?,
+        };
         Ok(Json(TxnResponse {
             succeeded: out.succeeded,
             version: out.version.0,

@@ -18,8 +18,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::dto::{parse_json_object, MAX_JSON_INTEGER};
+use super::dto::{parse_json_object, served, MAX_JSON_INTEGER};
 use super::error::{ErrorBody, GatewayError};
+use super::handlers::{body, query};
 use super::strict::Object;
 use super::{observe, GatewayState};
 use crate::coord::{MAX_LEASES_PER_COMMAND, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS};
@@ -167,41 +168,26 @@ pub(crate) struct LeaseListQuery {
     pub(crate) limit: Option<usize>,
 }
 
-fn invalid(message: impl Into<String>) -> GatewayError {
-    GatewayError::api(ErrorCode::InvalidArgument, message)
-}
-
 /// A lease id from a path or body: 1..=[`MAX_JSON_INTEGER`].
 pub(crate) fn check_lease_id(id: u64, what: &str) -> Result<u64, GatewayError> {
     if (1..=MAX_JSON_INTEGER).contains(&id) {
         Ok(id)
     } else {
-        Err(invalid(format!(
+        Err(GatewayError::invalid(format!(
             "{what} {id} is not a lease id (ids are 1..={MAX_JSON_INTEGER}, as a grant returns them)"
         )))
     }
 }
 
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<u64, GatewayError> {
-    let Path(raw) = path.map_err(|e| invalid(format!("bad lease id in path: {e}")))?;
+    let Path(raw) =
+        path.map_err(|e| GatewayError::invalid(format!("bad lease id in path: {e}")))?;
     let id = raw.parse::<u64>().map_err(|_| {
-        invalid(format!(
+        GatewayError::invalid(format!(
             "lease id {raw:?} is not a decimal integer (ids are 1..={MAX_JSON_INTEGER})"
         ))
     })?;
     check_lease_id(id, "lease id")
-}
-
-fn body(raw: Result<Bytes, BytesRejection>, state: &GatewayState) -> Result<Bytes, GatewayError> {
-    super::handlers::body(raw, state)
-}
-
-fn query(q: Result<Query<LeaseListQuery>, QueryRejection>) -> Result<LeaseListQuery, GatewayError> {
-    super::handlers::query(q)
-}
-
-fn served(at: Timestamp) -> (u64, String) {
-    (at.0, at.to_string())
 }
 
 fn lease_reply(lease: LeaseInfo, at: Timestamp) -> Response {
@@ -242,7 +228,7 @@ pub(crate) async fn grant(
         let Object(req): Object<LeaseGrantRequest> =
             parse_json_object(&body(raw, &state)?, "lease grant body")?;
         if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&req.ttl_ms) {
-            return Err(invalid(format!(
+            return Err(GatewayError::invalid(format!(
                 "ttl_ms {} is outside {MIN_LEASE_TTL_MS}..={MAX_LEASE_TTL_MS}",
                 req.ttl_ms
             )));
@@ -270,7 +256,7 @@ pub(crate) async fn list(
         let q = query(q)?;
         let after = q.after.unwrap_or(0);
         if after > MAX_JSON_INTEGER {
-            return Err(invalid(format!(
+            return Err(GatewayError::invalid(format!(
                 "after={after} is above {MAX_JSON_INTEGER}"
             )));
         }
@@ -279,7 +265,7 @@ pub(crate) async fn list(
             0 => DEFAULT_LEASE_PAGE.min(max),
             n if n <= max => n,
             n => {
-                return Err(invalid(format!(
+                return Err(GatewayError::invalid(format!(
                     "limit={n} is above limits.max_scan_page ({max})"
                 )))
             }
@@ -398,7 +384,7 @@ pub(crate) async fn keep_alive_many(
         let Object(req): Object<LeaseKeepAliveRequest> =
             parse_json_object(&body(raw, &state)?, "lease keepalive body")?;
         if req.ids.is_empty() || req.ids.len() > MAX_LEASES_PER_COMMAND {
-            return Err(invalid(format!(
+            return Err(GatewayError::invalid(format!(
                 "ids names {} leases; a keepalive names 1..={MAX_LEASES_PER_COMMAND}",
                 req.ids.len()
             )));

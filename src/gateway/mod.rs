@@ -26,11 +26,13 @@
 //! it only on loopback unless `server.http_insecure` is set.
 
 mod budget;
+mod coord;
 mod dto;
 mod error;
 mod handlers;
 mod lease;
 mod openapi;
+mod service;
 mod strict;
 mod watch;
 
@@ -211,6 +213,22 @@ fn router(state: GatewayState, stopping: watch::Stopping) -> Router {
         .route("/v1/leases/keepalive", post(lease::keep_alive_many))
         .route("/v1/leases/{id}", get(lease::ttl).delete(lease::revoke))
         .route("/v1/leases/{id}/keepalive", post(lease::keep_alive_one))
+        .route("/v1/locks/", get(h::empty_key_route))
+        .route(
+            "/v1/locks/{*key}",
+            get(coord::lock_holder)
+                .post(coord::lock_acquire)
+                .delete(coord::lock_release),
+        )
+        .route("/v1/elections/", get(h::empty_key_route))
+        .route(
+            "/v1/elections/{*key}",
+            get(coord::leader)
+                .post(coord::campaign)
+                .delete(coord::resign),
+        )
+        .route("/v1/services/{name}", get(service::lookup))
+        .route("/v1/services/{name}/{id}", put(service::register))
         .route("/v1/status", get(h::status))
         .route("/v1/members", get(h::members))
         .route("/v1/policies", get(h::policies).put(h::set_default_policy))

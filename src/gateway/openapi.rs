@@ -7,18 +7,26 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
+use super::coord::{
+    self, CampaignRequest, CampaignResponse, HolderJson, LeaderResponse, LockAcquireRequest,
+    LockAcquireResponse, LockHolderResponse, LockReleasedResponse,
+};
 use super::dto::{
     CompareOpJson, CompareSchema, ConsistencyJson, DeleteOp, DeleteOpJson, DeleteResponse,
-    ExistsCompare, ExistsOpJson, GetResponse, HealthResponse, HistoryEntryJson, HistoryResponse,
-    KvItem, MemberJson, MembersResponse, OnStale, OpSchema, PoliciesResponse, PolicyChangeRequest,
-    PolicyChangedResponse, PolicyJson, PutOp, PutOpJson, PutResponse, RangeResponse, RawValue,
-    ReplicationJson, StatusResponse, TxnRequest, TxnResponse, ValueCompare, VersionCompare,
+    ExistsCompare, ExistsOpJson, FenceJson, GetResponse, HealthResponse, HistoryEntryJson,
+    HistoryResponse, KvItem, MemberJson, MembersResponse, OnStale, OpSchema, PoliciesResponse,
+    PolicyChangeRequest, PolicyChangedResponse, PolicyJson, PutOp, PutOpJson, PutResponse,
+    RangeResponse, RawValue, ReplicationJson, StatusResponse, TxnRequest, TxnResponse,
+    ValueCompare, VersionCompare,
 };
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
 use super::lease::{
     self, LeaseGrantRequest, LeaseIdSchema, LeaseJson, LeaseKeepAliveRequest, LeaseResponse,
     LeaseRevokedResponse, LeasesResponse,
+};
+use super::service::{
+    self, ServiceInstanceJson, ServiceRegisterRequest, ServiceRegisteredResponse, ServicesResponse,
 };
 use super::watch::{self, WatchLine};
 use super::{observe, GatewayState};
@@ -53,6 +61,14 @@ use super::{observe, GatewayState};
         lease::revoke,
         lease::keep_alive_one,
         lease::keep_alive_many,
+        coord::lock_acquire,
+        coord::lock_holder,
+        coord::lock_release,
+        coord::campaign,
+        coord::leader,
+        coord::resign,
+        service::register,
+        service::lookup,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -64,12 +80,18 @@ use super::{observe, GatewayState};
         HistoryResponse, StatusResponse, HealthResponse, MemberJson, MembersResponse,
         PoliciesResponse, PolicyJson, PolicyChangeRequest, PolicyChangedResponse,
         WatchLine, LeaseJson, LeaseResponse, LeasesResponse, LeaseRevokedResponse,
-        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseIdSchema,
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseIdSchema, FenceJson,
+        HolderJson, LockAcquireRequest, LockAcquireResponse, LockHolderResponse, LockReleasedResponse,
+        CampaignRequest, CampaignResponse, LeaderResponse,
+        ServiceRegisterRequest, ServiceInstanceJson, ServiceRegisteredResponse, ServicesResponse,
     )),
     tags(
         (name = "kv", description = "Keys, values, transactions and history"),
         (name = "watch", description = "Change streams of a key or prefix (newline-delimited JSON)"),
         (name = "lease", description = "Leases: keys attached to one are deleted when it expires or is revoked"),
+        (name = "lock", description = "Locks held by leases, with a fencing token per grant; guard writes with fence=NAME:TOKEN"),
+        (name = "election", description = "Leader elections: a lock whose holder carries the leader's value; the term is its fencing token"),
+        (name = "service", description = "Service discovery: instances registered under leases, looked up nearest first"),
         (name = "node", description = "Status, health, metrics and this document"),
     )
 )]

@@ -107,6 +107,14 @@ pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
+/// For an optional field that must be an object when present:
+/// `#[serde(default, deserialize_with = "strict::present_object")]`.
+pub(crate) fn present_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    object(d).map(Some)
+}
+
 /// `deserialize_with` for a field holding `Vec<T>`: each element read only
 /// from an object.
 pub(crate) fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(

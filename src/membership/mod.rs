@@ -298,6 +298,22 @@ impl Membership {
         self.view.borrow().members.as_ref().clone()
     }
 
+    /// This node's measured round trip to each other region: the lowest
+    /// smoothed RTT to a live member there, in ms (regions without a live
+    /// member with a measured RTT are absent). Service lookups order
+    /// regions by it.
+    pub fn region_rtts(&self) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
+        for member in self.view.borrow().members.iter() {
+            let (Some(rtt), MemberState::Alive) = (member.rtt_ms, member.state) else {
+                continue;
+            };
+            let best = out.entry(member.identity.region.clone()).or_insert(rtt);
+            *best = best.min(rtt);
+        }
+        out
+    }
+
     /// One member by node id.
     pub fn member(&self, node_id: &str) -> Option<MemberView> {
         let view = self.view.borrow();

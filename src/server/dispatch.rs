@@ -407,7 +407,11 @@ async fn handle(
         RequestV1::Status => Ok((engine.clock_ts(), ResponseBodyV1::Status(status(ctx)))),
         RequestV1::ServiceLookup { name, zone } => {
             role_check(peer, DATA_ROLES)?;
-            let rtt = ctx.membership.as_ref().map(region_rtts).unwrap_or_default();
+            let rtt = ctx
+                .membership
+                .as_ref()
+                .map(crate::membership::Membership::region_rtts)
+                .unwrap_or_default();
             let found = engine.service_lookup(&name, &zone, &rtt).await?;
             Ok((
                 engine.clock_ts(),
@@ -450,21 +454,6 @@ async fn handle(
             handle_data(other, engine).await
         }
     }
-}
-
-/// This node's measured round trip to each other region: the lowest
-/// smoothed RTT to a live member there (gossip), in ms.
-fn region_rtts(m: &crate::membership::Membership) -> std::collections::BTreeMap<String, f64> {
-    use crate::membership::MemberState;
-    let mut out: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-    for member in m.members() {
-        let (Some(rtt), MemberState::Alive) = (member.rtt_ms, member.state) else {
-            continue;
-        };
-        let best = out.entry(member.identity.region.clone()).or_insert(rtt);
-        *best = best.min(rtt);
-    }
-    out
 }
 
 /// A lease's wire form (the wire sits below the engine, so the
