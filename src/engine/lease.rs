@@ -476,6 +476,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether this node leads its region's lease range.
+    fn leads_lease_range(&self) -> bool {
+        self.lease_range()
+            .is_ok_and(|range| self.region.leads(&range))
+    }
+
     /// One pass of the expiry driver, on the lease range's leader: expires
     /// every live lease whose deadline passed, then drops every expired
     /// lease's keys in every range and forgets it. Returns how many leases
@@ -565,6 +571,13 @@ impl Engine {
     }
 }
 
+/// Zeroes the gauges only the lease range's leader exports.
+fn clear_coord_gauges() {
+    for gauge in [METRIC_LEASES_LIVE, METRIC_LOCKS_HELD, METRIC_LOCK_WAITERS] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+}
+
 /// Runs the expiry driver every [`LEASE_TICK`] until the engine is dropped
 /// (it holds only a weak reference).
 pub fn spawn_lease_driver(engine: &Arc<Engine>) -> tokio::task::JoinHandle<()> {
@@ -572,9 +585,17 @@ pub fn spawn_lease_driver(engine: &Arc<Engine>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(LEASE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_leading = false;
         loop {
             tick.tick().await;
             let Some(engine) = weak.upgrade() else { return };
+            let leading = engine.leads_lease_range();
+            if was_leading && !leading {
+                // The gauges are the lease range leader's: a node that lost
+                // the leadership stops exporting its last count.
+                clear_coord_gauges();
+            }
+            was_leading = leading;
             if let Err(e) = engine.lease_driver_pass().await {
                 tracing::debug!(error = %e, "lease expiry pass failed; retrying");
             }
