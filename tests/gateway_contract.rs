@@ -148,6 +148,14 @@ async fn schemathesis_finds_nothing_with_every_check_and_phase() {
         let lines: Vec<&str> = stdout.lines().collect();
         lines[lines.len().saturating_sub(120)..].join("\n")
     };
+    // The summary (phases, links covered, test cases) goes to the log of
+    // every run, so CI shows what the stateful phase followed.
+    let summary = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY") && !l.contains("Stateful"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("{summary}");
     tokio::time::timeout(NODE_TIMEOUT, node.stop())
         .await
         .expect("node stop timed out");

@@ -29,6 +29,7 @@ mod budget;
 mod coord;
 mod dto;
 mod error;
+mod examples;
 mod handlers;
 mod lease;
 mod openapi;

@@ -20,6 +20,7 @@ use super::dto::{
     ValueCompare, VersionCompare,
 };
 use super::error::{ErrorBody, ErrorDetail};
+use super::examples;
 use super::handlers;
 use super::lease::{
     self, LeaseGrantRequest, LeaseIdSchema, LeaseJson, LeaseKeepAliveRequest, LeaseResponse,
@@ -104,9 +105,36 @@ struct ApiDoc;
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
 pub(crate) async fn serve_document(State(state): State<GatewayState>) -> Response {
     observe(&state, "openapi", async {
-        Ok(Json(document()).into_response())
+        Ok(Json(document_json()).into_response())
     })
     .await
+}
+
+/// The document as served: [`document`] in JSON, with each link's
+/// `operation_id` written `operationId` as OpenAPI 3 names it (utoipa 5.5
+/// serializes its `Link` fields in snake case, which clients and
+/// schemathesis ignore).
+pub(crate) fn document_json() -> serde_json::Value {
+    let mut json = serde_json::to_value(document()).unwrap_or_default();
+    let responses = json["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response.get_mut("links").and_then(|l| l.as_object_mut());
+        for link in links.into_iter().flat_map(|l| l.values_mut()) {
+            if let Some(link) = link.as_object_mut() {
+                if let Some(id) = link.remove("operation_id") {
+                    link.insert("operationId".into(), id);
+                }
+            }
+        }
+    }
+    json
 }
 
 /// Builds the document (cheap; built per request rather than cached). Its
@@ -124,6 +152,7 @@ pub(crate) fn document() -> utoipa::openapi::OpenApi {
             add_refusals_of_every_route(operation);
         }
     }
+    add_examples_and_links(&mut doc);
     // `PUT /v1/kv/{key}` without a body stores an empty value (a body of
     // zero bytes), so the body is not required.
     if let Some(put) = doc
@@ -137,6 +166,57 @@ pub(crate) fn document() -> utoipa::openapi::OpenApi {
         }
     }
     doc
+}
+
+fn operation_mut(
+    doc: &mut utoipa::openapi::OpenApi,
+    (path, method): examples::Operation,
+) -> Option<&mut utoipa::openapi::path::Operation> {
+    let item = doc.paths.paths.get_mut(path)?;
+    match method {
+        "get" => item.get.as_mut(),
+        "put" => item.put.as_mut(),
+        "post" => item.post.as_mut(),
+        "delete" => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+fn ok_response(
+    operation: &mut utoipa::openapi::path::Operation,
+) -> Option<&mut utoipa::openapi::Response> {
+    match operation.responses.responses.get_mut("200")? {
+        utoipa::openapi::RefOr::T(response) => Some(response),
+        utoipa::openapi::RefOr::Ref(_) => None,
+    }
+}
+
+/// Adds `examples.rs`'s reply and request examples where an operation's
+/// attributes give none, and its links.
+fn add_examples_and_links(doc: &mut utoipa::openapi::OpenApi) {
+    for (at, example) in examples::replies() {
+        let reply = operation_mut(doc, at).and_then(ok_response);
+        for content in reply.into_iter().flat_map(|r| r.content.values_mut()) {
+            content.example.get_or_insert_with(|| example.clone());
+        }
+    }
+    for (at, example) in examples::requests() {
+        let body = operation_mut(doc, at).and_then(|o| o.request_body.as_mut());
+        for content in body.into_iter().flat_map(|b| b.content.values_mut()) {
+            content.example.get_or_insert_with(|| example.clone());
+        }
+    }
+    for spec in examples::LINKS {
+        let mut link = utoipa::openapi::link::LinkBuilder::new().operation_id(spec.to);
+        for (name, expression) in spec.parameters {
+            link = link.parameter(*name, *expression);
+        }
+        if let Some(reply) = operation_mut(doc, spec.from).and_then(ok_response) {
+            reply
+                .links
+                .insert(spec.name.to_owned(), link.build().into());
+        }
+    }
 }
 
 /// The answers any route can give before its handler runs (see
@@ -193,6 +273,10 @@ mod tests {
             "/v1/leases/keepalive",
             "/v1/leases/{id}",
             "/v1/leases/{id}/keepalive",
+            "/v1/locks/{key}",
+            "/v1/elections/{key}",
+            "/v1/services/{name}",
+            "/v1/services/{name}/{id}",
         ] {
             assert!(doc.paths.paths.contains_key(path), "missing {path}");
         }
@@ -213,5 +297,103 @@ mod tests {
         assert!(get_response["staleness_ms"].is_object());
         assert!(get_response["token"].is_object());
         assert!(json["components"]["schemas"]["PoliciesResponse"].is_object());
+    }
+
+    /// Issue 12: examples per operation, and links a stateful client can
+    /// follow (each names an operation that exists, with its parameters).
+    #[test]
+    fn every_operation_has_examples_and_every_link_leads_somewhere() {
+        use std::collections::BTreeMap;
+        let json = super::document_json();
+        let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut links = Vec::new();
+        for (path, item) in json["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap().to_owned();
+                let names = op["parameters"].as_array().into_iter().flatten();
+                params.insert(
+                    id,
+                    names
+                        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                        .collect(),
+                );
+                if path == "/openapi.json" {
+                    continue;
+                }
+                let ok = op["responses"]["200"]["content"].as_object().unwrap();
+                let has_example = |c: &serde_json::Value| {
+                    c.get("example").is_some() || c.get("examples").is_some()
+                };
+                assert!(
+                    ok.values().all(has_example),
+                    "{method} {path}: its 200 reply has no example"
+                );
+                if let Some(body) = op["requestBody"]["content"].as_object() {
+                    assert!(
+                        body.values().all(has_example),
+                        "{method} {path}: its request body has no example"
+                    );
+                }
+                for (name, link) in op["responses"]["200"]["links"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    links.push((format!("{method} {path} {name}"), link.clone()));
+                }
+            }
+        }
+        assert_eq!(links.len(), super::examples::LINKS.len(), "{links:?}");
+        for (at, link) in links {
+            let target = link["operationId"].as_str().unwrap();
+            let known = params
+                .get(target)
+                .unwrap_or_else(|| panic!("{at}: no operation {target}"));
+            for name in link["parameters"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, _)| n)
+            {
+                assert!(
+                    known.contains(name),
+                    "{at}: {target} has no parameter {name}"
+                );
+            }
+        }
+    }
+
+    /// The request examples are accepted by the types their handlers
+    /// parse bodies with.
+    #[test]
+    fn request_examples_parse_with_the_handlers_types() {
+        use crate::gateway::coord::{CampaignRequest, LockAcquireRequest};
+        use crate::gateway::dto::{parse_json_object, PolicyChangeRequest, TxnRequest};
+        use crate::gateway::lease::{LeaseGrantRequest, LeaseKeepAliveRequest};
+        use crate::gateway::service::ServiceRegisterRequest;
+        use crate::gateway::strict::Object;
+        fn parses<T: serde::de::DeserializeOwned>(body: &[u8]) -> bool {
+            parse_json_object::<Object<T>>(body, "example").is_ok()
+        }
+        for ((path, method), example) in super::examples::requests() {
+            let body = example.to_string();
+            let body = body.as_bytes();
+            let ok = match (path, method) {
+                ("/v1/kv/{key}", "put") => example.is_string(),
+                ("/v1/txn", _) => TxnRequest::parse(body)
+                    .and_then(TxnRequest::into_txn)
+                    .is_ok(),
+                ("/v1/policies" | "/v1/policies/{prefix}", _) => {
+                    parses::<PolicyChangeRequest>(body)
+                }
+                ("/v1/leases", _) => parses::<LeaseGrantRequest>(body),
+                ("/v1/leases/keepalive", _) => parses::<LeaseKeepAliveRequest>(body),
+                ("/v1/locks/{key}", _) => parses::<LockAcquireRequest>(body),
+                ("/v1/elections/{key}", _) => parses::<CampaignRequest>(body),
+                ("/v1/services/{name}/{id}", _) => parses::<ServiceRegisterRequest>(body),
+                other => panic!("no parser listed for {other:?}"),
+            };
+            assert!(ok, "{method} {path}: example {example} is refused");
+        }
     }
 }
