@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::dto::{b64, parse_json_object, served, utf8, KeyPath, MAX_JSON_INTEGER};
 use super::error::{ErrorBody, GatewayError};
-use super::handlers::{body, path_key, query};
+use super::extract::{body, path_key, query};
 use super::lease::check_lease_id;
 use super::strict::Object;
 use super::{observe, GatewayState};

@@ -21,6 +21,7 @@ use super::dto::{
     TxnRequest, TxnResponse,
 };
 use super::error::{ErrorBody, GatewayError};
+use super::extract::{body, path_key, query};
 use super::{coord, observe, Caller, GatewayState};
 use crate::engine::levels::{parse_read_choice, ReadChoice};
 use crate::engine::WriteKind;
@@ -31,39 +32,6 @@ use crate::types::{ReadConsistency, Timestamp};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-
-pub(super) fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, GatewayError> {
-    let Path(key) = path.map_err(|e| {
-        GatewayError::api(ErrorCode::InvalidArgument, format!("bad key in path: {e}"))
-    })?;
-    super::strict::check_no_dot_segments(&key, "key")?;
-    Ok(key)
-}
-
-pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, GatewayError> {
-    let Query(q) = q.map_err(|e| GatewayError::api(ErrorCode::InvalidArgument, e.body_text()))?;
-    Ok(q)
-}
-
-pub(super) fn body(
-    b: Result<Bytes, BytesRejection>,
-    state: &GatewayState,
-) -> Result<Bytes, GatewayError> {
-    b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let max = state.engine.limits().max_request_bytes;
-            GatewayError::api(
-                ErrorCode::RequestTooLarge,
-                format!("request body is larger than {max} bytes (max_request_bytes)"),
-            )
-        } else {
-            GatewayError::api(
-                ErrorCode::MalformedRequest,
-                format!("could not read the request body: {e}"),
-            )
-        }
-    })
-}
 
 /// `at=`, refused (400 MER-1007) when further ahead of this node's clock
 /// than clock.max_offset_ms: a snapshot the caller asked for, not a peer's

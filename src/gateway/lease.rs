@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::dto::{parse_json_object, served, MAX_JSON_INTEGER};
 use super::error::{ErrorBody, GatewayError};
-use super::handlers::{body, query};
+use super::extract::{body, query};
 use super::strict::Object;
 use super::{observe, GatewayState};
 use crate::coord::{MAX_LEASES_PER_COMMAND, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS};

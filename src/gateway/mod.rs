@@ -30,6 +30,7 @@ mod coord;
 mod dto;
 mod error;
 mod examples;
+mod extract;
 mod handlers;
 mod lease;
 mod openapi;

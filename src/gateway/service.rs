@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::dto::parse_json_object;
 use super::error::{ErrorBody, GatewayError};
-use super::handlers::{body, query};
+use super::extract::{body, query};
 use super::lease::check_lease_id;
 use super::strict::{check_no_dot_segments, Object};
 use super::{observe, GatewayState};

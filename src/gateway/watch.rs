@@ -270,8 +270,8 @@ async fn open(
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<(WatchOutlet, Timestamp, Reservation), GatewayError> {
-    let key = super::handlers::path_key(path)?;
-    let q = super::handlers::query(q)?;
+    let key = super::extract::path_key(path)?;
+    let q = super::extract::query(q)?;
     let from = q.from.as_deref().map(watch::parse_hlc).transpose()?;
     let limits = state.engine.limits();
     // Reserved before the feed exists, so a refused watch holds nothing.

@@ -18,21 +18,7 @@ use crate::wire::{
     VersionEntryV1,
 };
 
-use crate::types::NodeInfo;
-
-/// Shared request context.
-pub(crate) struct Context {
-    pub(crate) engine: Arc<Engine>,
-    pub(crate) info: Arc<NodeInfo>,
-    pub(crate) max_request_bytes: usize,
-    pub(crate) rate_limit_rps: Option<u32>,
-    /// The node's Raft groups.
-    pub(crate) raft: Arc<crate::raft::RaftHost>,
-    /// Gossip membership, when configured.
-    pub(crate) membership: Option<crate::membership::Membership>,
-    /// This node's replica of the control range, when configured.
-    pub(crate) control: Option<Arc<crate::engine::control::ControlRange>>,
-}
+pub(crate) use super::context::Context;
 
 /// A per-connection token bucket (only when `rate_limit_rps` is set).
 struct RateLimiter {

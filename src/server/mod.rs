@@ -13,6 +13,7 @@
 //! code on that stream only; it never closes the connection, never reaches the
 //! writer, and never writes anything.
 
+mod context;
 pub mod control;
 mod dispatch;
 mod gauges;

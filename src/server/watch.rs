@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::dispatch::Context;
+use super::context::Context;
 use crate::engine::watch as feed;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, PeerIdentity, DATA_ROLES};
