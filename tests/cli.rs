@@ -346,23 +346,11 @@ fn bad_read_levels_are_refused_before_anything_is_sent() {
     assert!(stderr(&o).contains("not a whole number"));
 }
 
-fn free_port() -> u16 {
-    // Bind both UDP and TCP on one port number so QUIC and HTTP can use it.
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
 #[test]
 fn dev_starts_a_three_node_region_runs_the_demo_and_stops_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    // Shift the topology's ports (7379..=7384) next to a port that was free.
-    let offset = (free_port().saturating_sub(7379) / 2 * 2).to_string();
+    // Shift the topology's ports (7379..=7390) to an offset whose ports are free.
+    let offset = common::dev::free_offset().to_string();
     let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/regions/local-3.toml");
     let args = [
         "dev",

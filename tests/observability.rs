@@ -26,9 +26,10 @@ use common::http;
 use common::wan_dev::{WanDev, REGIONS};
 use serde_json::Value;
 
-/// `meridian dev --port-offset`: its ports land in 29379..29590 (the
-/// emulator's control API on 29390), inside this suite's 29000-31999.
-const PORT_OFFSET: u16 = 22000;
+/// `meridian dev --port-offset`: its ports land in 26879..27090 (the
+/// emulator's control API on 26890), clear of every other test file's
+/// offsets (tests/wan.rs used to share 22000 with this file).
+const PORT_OFFSET: u16 = 19500;
 /// Bound on Prometheus becoming ready.
 const PROMETHEUS_READY_BOUND: Duration = Duration::from_secs(60);
 /// Bound on every panel query returning data once the load ran.

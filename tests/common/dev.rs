@@ -49,10 +49,40 @@ impl Drop for DevCluster {
     }
 }
 
-fn free_offset() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    (port.saturating_sub(7379) / 10) * 10
+/// Port offsets a test cluster picks for itself (its ports are 7379..7400
+/// plus the offset): below the kernel's ephemeral ports (32768 and up), so
+/// no client socket of the test or of the nodes can already hold one, and
+/// below the fixed offsets (20000 and up) the multi-region tests use.
+const FREE_OFFSETS: std::ops::Range<u32> = 1_000..12_000;
+/// Ports one single-region dev cluster binds, from 7379 plus its offset.
+const CLUSTER_PORTS: std::ops::Range<u16> = 7379..7400;
+/// Candidate offsets tried before giving up.
+const OFFSET_TRIES: u32 = 500;
+
+/// An offset in [`FREE_OFFSETS`] whose cluster ports are free right now
+/// (UDP and TCP), spread by process id and a per-process counter so test
+/// binaries and tests running at once start from different places. A
+/// port taken between this check and the node's bind fails the start
+/// loudly; that is rare, not silent.
+pub fn free_offset() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = (FREE_OFFSETS.end - FREE_OFFSETS.start) / 20;
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..OFFSET_TRIES {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let offset = FREE_OFFSETS.start + (seed + n * 7) % span * 20;
+        let offset = u16::try_from(offset).expect("offsets fit in u16");
+        let free = CLUSTER_PORTS.clone().all(|p| {
+            let port = p + offset;
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return offset;
+        }
+    }
+    panic!("no free port offset in {FREE_OFFSETS:?} after {OFFSET_TRIES} tries");
 }
 
 impl DevCluster {
