@@ -746,3 +746,70 @@ async fn the_peer_protocol_admits_node_certificates_only() {
     }
     node.stop().await;
 }
+
+/// A key's history can outgrow one reply: the paged request (and the SDK's
+/// `history`, which pages) returns every version asked for, newest first,
+/// and the unpaged request of the first protocol version gets a clear
+/// error instead of building an unbounded reply or a shortened list.
+#[tokio::test]
+async fn a_history_larger_than_one_page_comes_in_pages_and_the_unpaged_request_refuses_it() {
+    const VERSIONS: usize = 12;
+    let node = TestNode::start_with(|cfg| {
+        cfg.limits.max_scan_page_bytes = meridian::limits::MIN_SCAN_PAGE_BYTES;
+    })
+    .await;
+    let c = node.client().await;
+    bounded(async {
+        // 12 versions of 16 KiB: four fit in one 64 KiB page.
+        let mut written = Vec::new();
+        for i in 0..VERSIONS {
+            let value = vec![b'a' + i as u8; 16 * 1024];
+            written.push(c.put("big/h", value).await.unwrap().version);
+        }
+        written.reverse();
+
+        let first = c.history_page("big/h", None, 0).await.unwrap();
+        assert!(
+            (1..VERSIONS).contains(&first.entries.len()),
+            "one page holds some, not all: {}",
+            first.entries.len()
+        );
+        let before = first.next_before.expect("older versions remain");
+        assert_eq!(before, first.entries.last().unwrap().version);
+        let second = c.history_page("big/h", Some(before), 0).await.unwrap();
+        assert!(second.entries[0].version < before, "the next page is older");
+
+        let all = c.history("big/h", 0).await.unwrap();
+        let versions: Vec<Timestamp> = all.entries.iter().map(|e| e.version).collect();
+        assert_eq!(versions, written, "every version, newest first, once");
+        let five = c.history("big/h", 5).await.unwrap();
+        assert_eq!(five.entries.len(), 5);
+
+        let unpaged = wire::encode_request(&RequestV1::History {
+            key: b"big/h".to_vec(),
+            limit: 0,
+        });
+        match wire::decode_response(&c.exchange(&unpaged).await.unwrap()).unwrap() {
+            ResponseV1::Err { code, message } => {
+                assert_eq!(code, ErrorCode::InvalidArgument.as_u16(), "{message}");
+                assert!(message.contains("HistoryPage"), "{message}");
+            }
+            other => panic!("an unpaged history over the page bound answered {other:?}"),
+        }
+        // Within one page, the unpaged request still answers.
+        let small = wire::encode_request(&RequestV1::History {
+            key: b"big/h".to_vec(),
+            limit: 2,
+        });
+        match wire::decode_response(&c.exchange(&small).await.unwrap()).unwrap() {
+            ResponseV1::Ok {
+                body: meridian::wire::ResponseBodyV1::History(entries),
+                ..
+            } => assert_eq!(entries.len(), 2),
+            other => panic!("a small unpaged history answered {other:?}"),
+        }
+    })
+    .await;
+    c.close().await;
+    node.stop().await;
+}

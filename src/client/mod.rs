@@ -203,6 +203,18 @@ pub struct HistoryResponse {
     pub served_at: Timestamp,
 }
 
+/// One page of a key's history ([`Client::history_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Versions, newest first; `value: None` is a delete.
+    pub entries: Vec<VersionEntry>,
+    /// Pass as `before` for the next page; `None` when no older version
+    /// remains.
+    pub next_before: Option<Timestamp>,
+    /// HLC timestamp it was served at.
+    pub served_at: Timestamp,
+}
+
 /// A pooled connection and the task that watches its node's liveness.
 struct Pooled {
     conn: quinn::Connection,
@@ -1147,19 +1159,64 @@ impl Client {
         }
     }
 
-    /// Version history of `key`, newest first (within the history window).
+    /// Version history of `key`, newest first (within the history window):
+    /// at most `limit` versions (0: 1000), asked for a page at a time
+    /// ([`Client::history_page`]), so a history larger than one reply's byte
+    /// bound comes whole.
     pub async fn history(
         &self,
         key: impl AsRef<[u8]>,
         limit: u32,
     ) -> Result<HistoryResponse, ClientError> {
-        let req = RequestV1::History {
+        let key = key.as_ref();
+        let wanted = if limit == 0 {
+            crate::limits::MAX_HISTORY_PAGE
+        } else {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        };
+        let page_limit = |left: usize| {
+            u32::try_from(left.min(crate::limits::MAX_HISTORY_PAGE)).unwrap_or(u32::MAX)
+        };
+        let mut first = self.history_page(key, None, page_limit(wanted)).await?;
+        let mut next = first.next_before;
+        // Each page holds at least one version, so this ends within
+        // `wanted` pages.
+        while let Some(before) = next.filter(|_| first.entries.len() < wanted) {
+            let left = page_limit(wanted - first.entries.len());
+            let page = self.history_page(key, Some(before), left).await?;
+            first.entries.extend(page.entries);
+            next = page.next_before;
+        }
+        Ok(HistoryResponse {
+            entries: first.entries,
+            served_at: first.served_at,
+        })
+    }
+
+    /// One page of `key`'s versions older than `before` (all, when `None`),
+    /// newest first: at most `limit` (0: the server's maximum, 1000) and
+    /// about the server's `limits.max_scan_page_bytes` of values.
+    pub async fn history_page(
+        &self,
+        key: impl AsRef<[u8]>,
+        before: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let req = RequestV1::HistoryPage {
             key: key.as_ref().to_vec(),
             limit,
+            before: before.map(|t| t.0),
         };
         match self.call(&req).await? {
-            (served_at, ResponseBodyV1::History(entries)) => Ok(HistoryResponse {
+            (
+                served_at,
+                ResponseBodyV1::HistoryPage {
+                    entries,
+                    next_before,
+                },
+            ) => Ok(HistoryPage {
                 entries: entries.into_iter().map(VersionEntry::from).collect(),
+                next_before: next_before.map(Timestamp),
                 served_at,
             }),
             (_, other) => Err(Self::unexpected(other)),

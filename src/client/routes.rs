@@ -43,7 +43,8 @@ impl Target {
             | RequestV1::DeleteAfter { key, .. }
             | RequestV1::Delete { key }
             | RequestV1::PutLeased { key, .. }
-            | RequestV1::History { key, .. } => Target::Key(key.clone()),
+            | RequestV1::History { key, .. }
+            | RequestV1::HistoryPage { key, .. } => Target::Key(key.clone()),
             // Leases live in the region's lease range: the one holding the
             // empty key.
             RequestV1::LeaseGrant { .. }
@@ -94,6 +95,7 @@ pub fn is_read_only(req: &RequestV1) -> bool {
         | RequestV1::Range { .. }
         | RequestV1::RangeWith { .. }
         | RequestV1::History { .. }
+        | RequestV1::HistoryPage { .. }
         | RequestV1::Status
         | RequestV1::PeerPing
         | RequestV1::RegionStatus

@@ -828,11 +828,28 @@ impl Engine {
         key: Vec<u8>,
         limit: usize,
     ) -> Result<Served<Vec<VersionEntry>>, ApiError> {
-        // The QUIC request has no continuation, so its reply keeps every
-        // version up to `limit` (its frame limits bound it).
-        let page = self.history_page(key, None, limit, usize::MAX).await?;
+        // The first QUIC history request has no continuation: it gets the
+        // versions asked for in one reply or, when they would not fit in
+        // one page (`limits.max_scan_page_bytes`), a clear error naming
+        // the paged request, never a silently shortened list. (A version
+        // being applied, hidden from the page, can make a history that is
+        // exactly at the bound look cut: the answer is then the same
+        // advice to page.)
+        let wanted = if limit == 0 { MAX_HISTORY_PAGE } else { limit };
+        let max_bytes = self.limits.max_scan_page_bytes;
+        let page = self.history_page(key, None, limit, max_bytes).await?;
+        let (entries, next) = page.value;
+        if next.is_some() && entries.len() < wanted {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the newest {wanted} versions hold more than one reply's limits.max_scan_page_bytes ({max_bytes} bytes) of values; \
+                     ask for them a page at a time (HistoryPage: Client::history_page, or `meridian kv history`, which pages) or ask for fewer"
+                ),
+            ));
+        }
         Ok(Served {
-            value: page.value.0,
+            value: entries,
             served_at: page.served_at,
         })
     }

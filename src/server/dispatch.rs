@@ -216,7 +216,7 @@ fn consistency_name(r: &RequestV1) -> &'static str {
                 .map_or("serializable", crate::engine::levels::level_name)
         }
         RequestV1::Get { .. } | RequestV1::Range { .. } => "prefix_default",
-        RequestV1::History { .. } => "linearizable",
+        RequestV1::History { .. } | RequestV1::HistoryPage { .. } => "linearizable",
         _ => "none",
     }
 }
@@ -285,6 +285,7 @@ fn op_name(r: &RequestV1) -> &'static str {
         RequestV1::Range { .. } => "range",
         RequestV1::Txn(_) => "txn",
         RequestV1::History { .. } => "history",
+        RequestV1::HistoryPage { .. } => "history_page",
         RequestV1::Status => "status",
         RequestV1::PeerPing => "peer_ping",
         RequestV1::Raft(_) => "raft",
@@ -688,6 +689,20 @@ async fn handle_data(
             let r = engine.history(key, limit).await?;
             let entries = r.value.iter().map(VersionEntryV1::from).collect();
             Ok((r.served_at, ResponseBodyV1::History(entries)))
+        }
+        RequestV1::HistoryPage { key, limit, before } => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let max_bytes = engine.limits().max_scan_page_bytes;
+            let before = before.map(Timestamp);
+            let r = engine.history_page(key, before, limit, max_bytes).await?;
+            let (entries, next) = r.value;
+            Ok((
+                r.served_at,
+                ResponseBodyV1::HistoryPage {
+                    entries: entries.iter().map(VersionEntryV1::from).collect(),
+                    next_before: next.map(|t| t.0),
+                },
+            ))
         }
         RequestV1::Status
         | RequestV1::PeerPing

@@ -250,6 +250,17 @@ pub enum RequestV1 {
         /// The caller's zone, preferred within a region ("" when unknown).
         zone: String,
     },
+    /// One page of a key's version history, newest first: at most `limit`
+    /// versions (0: the server's maximum, 1000) and about
+    /// `limits.max_scan_page_bytes` of values (always at least one).
+    HistoryPage {
+        /// The key.
+        key: Vec<u8>,
+        /// Most versions in the page.
+        limit: u32,
+        /// Only versions older than this (a previous page's `next_before`).
+        before: Option<u64>,
+    },
 }
 
 /// A service instance, version 1.
@@ -963,6 +974,14 @@ pub enum ResponseBodyV1 {
     Lock(Option<LockV1>),
     /// A service lookup's instances, in preference order.
     Services(Vec<ServiceInstanceV1>),
+    /// One page of history, newest first, and where the next page starts
+    /// (`None`: no older versions).
+    HistoryPage {
+        /// The versions.
+        entries: Vec<VersionEntryV1>,
+        /// Pass as `before` for the next page.
+        next_before: Option<u64>,
+    },
 }
 
 /// Node status, version 1.
@@ -1415,6 +1434,36 @@ mod tests {
         for (body, bytes) in bodies {
             assert_eq!(postcard::to_allocvec(&body).unwrap(), bytes, "{body:?}");
         }
+    }
+
+    /// The paged history request and its answer, pinned.
+    #[test]
+    fn frozen_history_page_messages() {
+        let req = RequestV1::HistoryPage {
+            key: b"k".to_vec(),
+            limit: 10,
+            before: Some(9),
+        };
+        let bytes = encode_request(&req);
+        assert_eq!(bytes, vec![0, 1, 35, 1, b'k', 10, 1, 9]);
+        assert_eq!(decode_request(&bytes).unwrap(), req);
+        let body = ResponseBodyV1::HistoryPage {
+            entries: vec![
+                VersionEntryV1 {
+                    version: 7,
+                    value: Some(b"v".to_vec()),
+                },
+                VersionEntryV1 {
+                    version: 5,
+                    value: None,
+                },
+            ],
+            next_before: Some(5),
+        };
+        assert_eq!(
+            postcard::to_allocvec(&body).unwrap(),
+            vec![20, 2, 7, 1, 1, b'v', 5, 0, 1, 5]
+        );
     }
 
     #[test]
