@@ -382,6 +382,7 @@ impl RaftHost {
             RaftKindV1::AppendEntries => {
                 let req: AppendEntriesRequest<RangeTypes> = decode(p)?;
                 self.check_entry_clocks(&req)?;
+                remember_traced_entries(range, &req);
                 let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.append_entries(req).await;
                 encode(&res)
@@ -445,6 +446,10 @@ impl RaftHost {
             proposed_at: now.0,
             op: CommandV1::Replicate(batch),
         };
+        // A sampled batch's trace continues into this region's apply.
+        if let Some(ctx) = crate::trace_context::current() {
+            crate::trace_context::remember(range, now.0, ctx);
+        }
         let order = self.inbound_order(range, &origin);
         let (responder, reply) = openraft::impls::ProgressResponder::complete_only();
         {
@@ -832,5 +837,19 @@ where
             ErrorCode::OutcomeUnknown,
             format!("{what} timed out waiting for commit; resend from the cursor"),
         ),
+    }
+}
+
+/// When this AppendEntries is part of a sampled trace (its RPC span joined
+/// one from the frame's trailer), lets the entries' log append and apply on
+/// this replica join it too (see [`crate::trace_context`]).
+fn remember_traced_entries(range: RangeId, req: &AppendEntriesRequest<RangeTypes>) {
+    let Some(ctx) = crate::trace_context::current() else {
+        return;
+    };
+    for entry in &req.entries {
+        if let openraft::EntryPayload::Normal(cmd) = &entry.payload {
+            crate::trace_context::remember(range, cmd.proposed_at, ctx);
+        }
     }
 }

@@ -44,7 +44,9 @@ use serde::Serialize;
 use super::point::RangeSnapshotData;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
 use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
+use crate::trace_context::TraceContext;
 use crate::transport;
+use tracing::Instrument;
 
 /// A network failure, as openraft's error constructors want an `Error`.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +162,10 @@ impl PeerRouter {
             .open_bi()
             .await
             .map_err(|e| NetError(format!("open stream to {addr}: {e}")))?;
-        transport::write_frame(&mut send, &peer::encode(req))
+        // A forwarded lease or policy change, or a replication batch, sent
+        // inside a sampled span carries its trace on to the receiver.
+        let frame = peer::encode_traced(req, crate::trace_context::current().as_ref());
+        transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to {addr}: {e}")))?;
         let _ = send.finish();
@@ -170,24 +175,27 @@ impl PeerRouter {
         peer::decode(&reply).map_err(|e| NetError(e.to_string()))
     }
 
-    /// One RPC: a stream, a request frame, a reply frame.
+    /// One RPC: a stream, a request frame (carrying `trace`, the sending
+    /// span's sampled context), a reply frame.
     async fn call(
         &self,
         target: NodeId,
         range: RangeId,
         kind: RaftKindV1,
         payload: Vec<u8>,
+        trace: Option<TraceContext>,
     ) -> Result<Vec<u8>, NetError> {
         let conn = self.connection(target).await?;
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| NetError(format!("open stream to node {target}: {e}")))?;
-        let frame = peer::encode(&PeerRequestV1::Raft {
+        let req = PeerRequestV1::Raft {
             range,
             kind,
             payload,
-        });
+        };
+        let frame = peer::encode_traced(&req, trace.as_ref());
         transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to node {target}: {e}")))?;
@@ -221,13 +229,42 @@ impl PeerRouter {
     ) -> Result<Resp, RPCError<RangeTypes>> {
         let unreachable = |e: NetError| RPCError::Unreachable(Unreachable::new(&e));
         let payload = encode(req).map_err(unreachable)?;
-        let bytes = match tokio::time::timeout(ttl, self.call(target, range, kind, payload)).await {
+        let trace = crate::trace_context::current();
+        let call = self.call(target, range, kind, payload, trace);
+        let bytes = match tokio::time::timeout(ttl, call).await {
             Ok(r) => r.map_err(unreachable)?,
             Err(_) => return Err(RPCError::Timeout(timeout(rpc_type, target, ttl))),
         };
         let result: Result<Resp, E> = decode(&bytes).map_err(unreachable)?;
         result.map_err(|e| unreachable(NetError(format!("remote group error: {e}"))))
     }
+}
+
+/// The span of an AppendEntries sent to `target`: a child of the first of
+/// its entries whose proposal is in a sampled trace (see
+/// [`crate::trace_context`]), so that trace shows the entry reaching the
+/// follower; otherwise a span that is never exported (heartbeats and
+/// untraced appends are most RPCs).
+fn append_span(
+    target: NodeId,
+    range: RangeId,
+    rpc: &AppendEntriesRequest<RangeTypes>,
+) -> tracing::Span {
+    let traced = rpc.entries.iter().find_map(|e| match &e.payload {
+        openraft::EntryPayload::Normal(cmd) => crate::trace_context::recall(range, cmd.proposed_at),
+        _ => None,
+    });
+    let Some(parent) = traced else {
+        return tracing::Span::none();
+    };
+    let span = tracing::debug_span!(
+        "raft_append_entries_send",
+        range,
+        target,
+        entries = rpc.entries.len()
+    );
+    crate::trace_context::set_parent(&span, Some(parent));
+    span
 }
 
 fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<RangeTypes> {
@@ -257,6 +294,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         // follower's disk, or it times out and is resent forever.
         let extra = transfer_allowance(bytes);
         let kind = RaftKindV1::AppendEntries;
+        let span = append_span(target, group_id, &rpc);
         let reply = self
             .unary::<_, _, RaftError<RangeTypes>>(
                 target,
@@ -266,6 +304,7 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
                 &rpc,
                 option.soft_ttl() + extra,
             )
+            .instrument(span)
             .await?;
         Ok(partial(reply, last_sent))
     }
