@@ -203,6 +203,10 @@ pub const SHUTDOWN_FLUSH_MS: u64 = 5_000;
 /// The tracing target whose spans are exported (this crate's).
 const EXPORTED_TARGET: &str = "meridian";
 
+/// Spans that live as long as a connection or a task, not one request:
+/// never exported (a trace is one request; their requests start their own).
+const NOT_EXPORTED: &[&str] = &["conn", "peer_conn", "membership"];
+
 /// Why telemetry could not start. The node does not start either: an
 /// operator who turned export on wants to know it is not working.
 #[derive(Debug, thiserror::Error)]
@@ -284,12 +288,20 @@ pub fn init(
     };
     let provider = telemetry.map(|t| provider(t, who)).transpose()?;
     let otel = provider.as_ref().map(|p| {
-        let targets = tracing_subscriber::filter::Targets::new()
-            .with_target(EXPORTED_TARGET, tracing::Level::DEBUG);
+        let exported = tracing_subscriber::filter::filter_fn(|m| {
+            let target = m.target();
+            (target == EXPORTED_TARGET
+                || target
+                    .strip_prefix(EXPORTED_TARGET)
+                    .is_some_and(|t| t.starts_with("::")))
+                && *m.level() <= tracing::Level::DEBUG
+                && !(m.is_span() && NOT_EXPORTED.contains(&m.name()))
+        })
+        .with_max_level_hint(tracing::Level::DEBUG);
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(EXPORTED_TARGET))
             .with_tracked_inactivity(false)
-            .with_filter(targets)
+            .with_filter(exported)
     });
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(fmt).with(otel));
     slot.set(&dispatch);

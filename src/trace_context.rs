@@ -201,16 +201,22 @@ pub fn of_span(span: &tracing::Span) -> Option<TraceContext> {
     TraceContext::from_span_context(sc).filter(TraceContext::sampled)
 }
 
-/// Makes `span` a child of `parent` (a context received from another node
-/// or recalled for a Raft entry). Call it before the span is first entered.
+/// Makes `span` a child of `parent`, a context received from another node
+/// or recalled for a Raft entry; with `None`, `span` starts a trace of its
+/// own (sampled at the node's ratio) instead of joining the span it was
+/// opened in: a request opened inside its connection's span would
+/// otherwise share one trace, and one sampling decision, with every
+/// request on that connection. Call it before the span is first entered.
 pub fn set_parent(span: &tracing::Span, parent: Option<TraceContext>) {
-    let Some(parent) = parent else { return };
-    if !export_on() {
+    if !export_on() || span.is_disabled() {
         return;
     }
-    let cx = opentelemetry::Context::new().with_remote_span_context(parent.span_context());
-    // Fails only when the span is disabled for export or already started:
-    // then it simply stays where it is.
+    let cx = match parent {
+        Some(p) => opentelemetry::Context::new().with_remote_span_context(p.span_context()),
+        None => opentelemetry::Context::new(),
+    };
+    // Fails only when the span is not exported or already started: then it
+    // simply stays where it is.
     let _ = span.set_parent(cx);
 }
 
@@ -340,6 +346,35 @@ mod tests {
             TraceContext::from_span_context(&SpanContext::empty_context()),
             None
         );
+    }
+
+    /// A span given no parent starts its own trace even inside another
+    /// span; given one, it joins that trace under that span.
+    #[test]
+    fn set_parent_roots_or_continues_a_trace() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        mark_export_on();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let conn = tracing::info_span!("conn");
+            let _in_conn = conn.enter();
+            let outer = of_span(&conn).unwrap();
+            let own = tracing::info_span!("request");
+            set_parent(&own, None);
+            let own = of_span(&own).unwrap();
+            assert_ne!(own.trace_id, outer.trace_id, "a trace of its own");
+            let joined = tracing::info_span!("request");
+            set_parent(&joined, Some(ctx()));
+            let _in_joined = joined.enter();
+            let child = tracing::info_span!("child");
+            let child = of_span(&child).unwrap();
+            assert_eq!(child.trace_id, ctx().trace_id, "the received trace");
+            assert_ne!(child.span_id, ctx().span_id);
+        });
     }
 
     #[test]
