@@ -40,13 +40,13 @@ use openraft::OptionalSend;
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::point::RangeSnapshotData;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
 use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
 use crate::trace_context::TraceContext;
 use crate::transport;
-use tracing::Instrument;
 
 /// A network failure, as openraft's error constructors want an `Error`.
 #[derive(Debug, thiserror::Error)]
