@@ -14,6 +14,7 @@
 //! field   = tag:u8 ++ len:u8 ++ len bytes
 //! tag 1   = trace context v1, len 25:
 //!           trace_id[16] ++ span_id[8] ++ trace_flags:u8   (W3C traceparent)
+//! tag 2   = traced entry v1, len 8: proposed_at:u64 BE     (peer AppendEntries)
 //! ```
 //!
 //! Why a trailer rather than a new message variant or field: the body's
@@ -44,6 +45,9 @@
 //! distinctly, so the pair names one entry. The Raft network, the log store
 //! and the state machine [`recall`] it when the entry passes through them,
 //! so an AppendEntries, a log append and an apply join the write's trace.
+//! An AppendEntries carrying a traced entry names it in the trailer (tag 2),
+//! so the follower remembers that entry alone under the RPC's span: the
+//! other entries of the batch belong to other requests, not to this trace.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +61,12 @@ pub const TAG_TRACE_CONTEXT_V1: u8 = 1;
 
 /// Bytes of a trace context v1 field's value.
 pub const TRACE_CONTEXT_V1_BYTES: usize = 25;
+
+/// The trailer tag of the traced entry of an AppendEntries, version 1.
+pub const TAG_TRACED_ENTRY_V1: u8 = 2;
+
+/// Bytes of a traced entry v1 field's value (`proposed_at`, u64 BE).
+pub const TRACED_ENTRY_V1_BYTES: usize = 8;
 
 /// Most fields a reader accepts in one trailer (each at most 255 bytes).
 pub const MAX_TRAILER_FIELDS: usize = 8;
@@ -96,6 +106,9 @@ pub enum TrailerError {
     /// A trace or span id of all zeros (invalid in W3C trace context).
     #[error("frame trailer: trace context with an all-zero trace or span id")]
     ZeroId,
+    /// A traced entry field of the wrong length.
+    #[error("frame trailer: traced entry of {0} bytes (expected {TRACED_ENTRY_V1_BYTES})")]
+    TracedEntryLength(usize),
     /// More fields than [`MAX_TRAILER_FIELDS`].
     #[error("frame trailer: more than {MAX_TRAILER_FIELDS} fields")]
     TooManyFields,
@@ -128,6 +141,31 @@ impl TraceContext {
     }
 }
 
+/// What a frame's trailer says; both fields `None` is no trailer at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trailer {
+    /// The trace the message is part of (tag 1).
+    pub context: Option<TraceContext>,
+    /// Which entry of an AppendEntries that trace is about, by its
+    /// `proposed_at` (tag 2).
+    pub entry: Option<u64>,
+}
+
+impl Trailer {
+    /// Appends the trailer's fields to a frame (nothing when both are `None`).
+    pub fn write(&self, frame: &mut Vec<u8>) {
+        if let Some(ctx) = &self.context {
+            write_trailer(frame, ctx);
+        }
+        if let Some(entry) = self.entry {
+            frame.push(TAG_TRACED_ENTRY_V1);
+            // TRACED_ENTRY_V1_BYTES is 8: it fits the u8 length.
+            frame.push(TRACED_ENTRY_V1_BYTES as u8);
+            frame.extend_from_slice(&entry.to_be_bytes());
+        }
+    }
+}
+
 /// Appends `ctx` as a trailer field to a frame.
 pub fn write_trailer(frame: &mut Vec<u8>, ctx: &TraceContext) {
     frame.push(TAG_TRACE_CONTEXT_V1);
@@ -139,10 +177,9 @@ pub fn write_trailer(frame: &mut Vec<u8>, ctx: &TraceContext) {
 }
 
 /// Reads the trailer after a frame's body (`rest`, empty when there is
-/// none) and returns its trace context, if it has one. Fields with tags
-/// this build does not know are skipped.
-pub fn read_trailer(rest: &[u8]) -> Result<Option<TraceContext>, TrailerError> {
-    let mut found = None;
+/// none). Fields with tags this build does not know are skipped.
+pub fn read_trailer(rest: &[u8]) -> Result<Trailer, TrailerError> {
+    let mut found = Trailer::default();
     let mut at = 0;
     let mut fields = 0;
     while at < rest.len() {
@@ -155,8 +192,15 @@ pub fn read_trailer(rest: &[u8]) -> Result<Option<TraceContext>, TrailerError> {
             .ok_or(TrailerError::Truncated(at))?;
         let len = usize::from(len);
         let value = body.get(..len).ok_or(TrailerError::Truncated(at))?;
-        if tag == TAG_TRACE_CONTEXT_V1 {
-            found = Some(trace_context_v1(value)?);
+        match tag {
+            TAG_TRACE_CONTEXT_V1 => found.context = Some(trace_context_v1(value)?),
+            TAG_TRACED_ENTRY_V1 => {
+                let bytes: [u8; TRACED_ENTRY_V1_BYTES] = value
+                    .try_into()
+                    .map_err(|_| TrailerError::TracedEntryLength(value.len()))?;
+                found.entry = Some(u64::from_be_bytes(bytes));
+            }
+            _ => {}
         }
         at += 2 + len;
     }
@@ -302,17 +346,26 @@ mod tests {
         expected.extend([0xcd; 8]);
         expected.push(1);
         assert_eq!(frame, expected);
-        assert_eq!(read_trailer(&frame), Ok(Some(ctx())));
+        assert_eq!(read_trailer(&frame).map(|t| t.context), Ok(Some(ctx())));
+        let both = Trailer {
+            context: Some(ctx()),
+            entry: Some(0x0102_0304_0506_0708),
+        };
+        let mut frame = vec![];
+        both.write(&mut frame);
+        expected.extend([2, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(frame, expected);
+        assert_eq!(read_trailer(&frame), Ok(both));
     }
 
     #[test]
     fn no_trailer_is_no_context_and_unknown_fields_are_skipped() {
-        assert_eq!(read_trailer(&[]), Ok(None));
+        assert_eq!(read_trailer(&[]), Ok(Trailer::default()));
         let mut frame = vec![9, 2, 0xff, 0xff];
         write_trailer(&mut frame, &ctx());
         frame.extend([200, 0]);
-        assert_eq!(read_trailer(&frame), Ok(Some(ctx())));
-        assert_eq!(read_trailer(&[9, 1, 0]), Ok(None));
+        assert_eq!(read_trailer(&frame).map(|t| t.context), Ok(Some(ctx())));
+        assert_eq!(read_trailer(&[9, 1, 0]), Ok(Trailer::default()));
     }
 
     #[test]
@@ -332,9 +385,16 @@ mod tests {
             },
         );
         assert_eq!(read_trailer(&zero), Err(TrailerError::ZeroId));
+        assert_eq!(
+            read_trailer(&[2, 4, 0, 0, 0, 1]),
+            Err(TrailerError::TracedEntryLength(4))
+        );
         let many: Vec<u8> = [7, 0].repeat(MAX_TRAILER_FIELDS + 1);
         assert_eq!(read_trailer(&many), Err(TrailerError::TooManyFields));
-        assert_eq!(read_trailer(&[7, 0].repeat(MAX_TRAILER_FIELDS)), Ok(None));
+        assert_eq!(
+            read_trailer(&[7, 0].repeat(MAX_TRAILER_FIELDS)),
+            Ok(Trailer::default())
+        );
     }
 
     #[test]

@@ -303,9 +303,14 @@ impl Replicated {
             proposed_at: now.0,
             op,
         };
-        let span = tracing::debug_span!("raft_propose", range = range.id, proposed_at = now.0);
-        // The entry's log append, replication and apply find the write's
-        // trace by (range, proposed_at) (see crate::trace_context).
+        // Only a write in a sampled trace gets a propose span: the other
+        // 99% would pay for a span nobody sees. Its entry's log append,
+        // replication and apply find the trace by (range, proposed_at)
+        // (see crate::trace_context).
+        let span = match crate::trace_context::current() {
+            Some(_) => tracing::debug_span!("raft_propose", range = range.id, proposed_at = now.0),
+            None => tracing::Span::none(),
+        };
         if let Some(ctx) = crate::trace_context::of_span(&span) {
             crate::trace_context::remember(range.id, now.0, ctx);
         }

@@ -39,7 +39,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::{ApiError, ErrorCode};
-use crate::trace_context::{self, TraceContext};
+use crate::trace_context::{self, Trailer};
 
 /// The peer protocol version this build speaks.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -305,13 +305,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_extend(msg, out).unwrap_or_else(|_| PEER_PROTOCOL_VERSION.to_be_bytes().to_vec())
 }
 
-/// Encodes a peer message with the trace context of a sampled trace in its
-/// trailer (`None`: the plain v1 frame).
-pub fn encode_traced<T: Serialize>(msg: &T, ctx: Option<&TraceContext>) -> Vec<u8> {
+/// Encodes a peer message with `trailer` (the trace context of a sampled
+/// trace, and for an AppendEntries the entry it is about) after its body;
+/// an empty trailer gives the plain v1 frame.
+pub fn encode_traced<T: Serialize>(msg: &T, trailer: &Trailer) -> Vec<u8> {
     let mut frame = encode(msg);
-    if let Some(ctx) = ctx {
-        trace_context::write_trailer(&mut frame, ctx);
-    }
+    trailer.write(&mut frame);
     frame
 }
 
@@ -321,10 +320,10 @@ pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, PeerDecodeEr
     decode_traced(frame).map(|(msg, _)| msg)
 }
 
-/// Decodes a peer message and the trace context in its trailer.
+/// Decodes a peer message and its trailer.
 pub fn decode_traced<'a, T: Deserialize<'a>>(
     frame: &'a [u8],
-) -> Result<(T, Option<TraceContext>), PeerDecodeError> {
+) -> Result<(T, Trailer), PeerDecodeError> {
     let (header, body) = frame
         .split_at_checked(2)
         .ok_or(PeerDecodeError::Short(frame.len()))?;
@@ -334,9 +333,9 @@ pub fn decode_traced<'a, T: Deserialize<'a>>(
     }
     let (msg, rest) =
         postcard::take_from_bytes(body).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
-    let ctx =
+    let trailer =
         trace_context::read_trailer(rest).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
-    Ok((msg, ctx))
+    Ok((msg, trailer))
 }
 
 #[cfg(test)]
@@ -484,7 +483,8 @@ mod tests {
     }
 
     /// A traced AppendEntries: `frozen_raft_request_bytes`'s layout, then
-    /// the trace context trailer; untraced frames decode as before.
+    /// the trailer (trace context, traced entry); untraced frames decode as
+    /// before.
     #[test]
     fn frozen_traced_raft_request() {
         let req = PeerRequestV1::Raft {
@@ -492,26 +492,30 @@ mod tests {
             kind: RaftKindV1::AppendEntries,
             payload: vec![7],
         };
-        let ctx = TraceContext {
-            trace_id: [0x0f; 16],
-            span_id: [0xf0; 8],
-            flags: 1,
+        let trailer = Trailer {
+            context: Some(crate::trace_context::TraceContext {
+                trace_id: [0x0f; 16],
+                span_id: [0xf0; 8],
+                flags: 1,
+            }),
+            entry: Some(258),
         };
-        let bytes = encode_traced(&req, Some(&ctx));
+        let bytes = encode_traced(&req, &trailer);
         let mut expected = vec![0, 1, 0, 3, 0, 1, 7, 1, 25];
         expected.extend([0x0f; 16]);
         expected.extend([0xf0; 8]);
         expected.push(1);
+        expected.extend([2, 8, 0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(bytes, expected);
         assert_eq!(
             decode_traced::<PeerRequestV1>(&bytes),
-            Ok((req.clone(), Some(ctx)))
+            Ok((req.clone(), trailer))
         );
         assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req.clone()));
-        assert_eq!(encode_traced(&req, None), encode(&req));
+        assert_eq!(encode_traced(&req, &Trailer::default()), encode(&req));
         assert_eq!(
             decode_traced::<PeerRequestV1>(&encode(&req)),
-            Ok((req, None))
+            Ok((req, Trailer::default()))
         );
     }
 

@@ -369,12 +369,15 @@ impl RaftHost {
         })
     }
 
-    /// Serves one incoming Raft RPC and returns the encoded result.
+    /// Serves one incoming Raft RPC and returns the encoded result;
+    /// `traced_entry` is the `proposed_at` of the entry of an AppendEntries
+    /// that the RPC's (current, sampled) span traces, if any.
     pub async fn handle_rpc(
         &self,
         range: RangeId,
         kind: RaftKindV1,
         p: &[u8],
+        traced_entry: Option<u64>,
     ) -> Result<Vec<u8>, ApiError> {
         let group = self.group_or_err(range)?;
         let raft = &group.raft;
@@ -382,7 +385,11 @@ impl RaftHost {
             RaftKindV1::AppendEntries => {
                 let req: AppendEntriesRequest<RangeTypes> = decode(p)?;
                 self.check_entry_clocks(&req)?;
-                remember_traced_entries(range, &req);
+                // The traced entry's log append and apply on this replica
+                // join the RPC's trace (see crate::trace_context).
+                if let (Some(entry), Some(ctx)) = (traced_entry, crate::trace_context::current()) {
+                    crate::trace_context::remember(range, entry, ctx);
+                }
                 let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.append_entries(req).await;
                 encode(&res)
@@ -837,19 +844,5 @@ where
             ErrorCode::OutcomeUnknown,
             format!("{what} timed out waiting for commit; resend from the cursor"),
         ),
-    }
-}
-
-/// When this AppendEntries is part of a sampled trace (its RPC span joined
-/// one from the frame's trailer), lets the entries' log append and apply on
-/// this replica join it too (see [`crate::trace_context`]).
-fn remember_traced_entries(range: RangeId, req: &AppendEntriesRequest<RangeTypes>) {
-    let Some(ctx) = crate::trace_context::current() else {
-        return;
-    };
-    for entry in &req.entries {
-        if let openraft::EntryPayload::Normal(cmd) = &entry.payload {
-            crate::trace_context::remember(range, cmd.proposed_at, ctx);
-        }
     }
 }

@@ -45,7 +45,7 @@ use tracing::Instrument;
 use super::point::RangeSnapshotData;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
 use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
-use crate::trace_context::TraceContext;
+use crate::trace_context::Trailer;
 use crate::transport;
 
 /// A network failure, as openraft's error constructors want an `Error`.
@@ -164,7 +164,11 @@ impl PeerRouter {
             .map_err(|e| NetError(format!("open stream to {addr}: {e}")))?;
         // A forwarded lease or policy change, or a replication batch, sent
         // inside a sampled span carries its trace on to the receiver.
-        let frame = peer::encode_traced(req, crate::trace_context::current().as_ref());
+        let trailer = Trailer {
+            context: crate::trace_context::current(),
+            entry: None,
+        };
+        let frame = peer::encode_traced(req, &trailer);
         transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to {addr}: {e}")))?;
@@ -175,15 +179,16 @@ impl PeerRouter {
         peer::decode(&reply).map_err(|e| NetError(e.to_string()))
     }
 
-    /// One RPC: a stream, a request frame (carrying `trace`, the sending
-    /// span's sampled context), a reply frame.
+    /// One RPC: a stream, a request frame (carrying `trailer`: the sending
+    /// span's sampled context, and the traced entry of an AppendEntries), a
+    /// reply frame.
     async fn call(
         &self,
         target: NodeId,
         range: RangeId,
         kind: RaftKindV1,
         payload: Vec<u8>,
-        trace: Option<TraceContext>,
+        trailer: Trailer,
     ) -> Result<Vec<u8>, NetError> {
         let conn = self.connection(target).await?;
         let (mut send, mut recv) = conn
@@ -195,7 +200,7 @@ impl PeerRouter {
             kind,
             payload,
         };
-        let frame = peer::encode_traced(&req, trace.as_ref());
+        let frame = peer::encode_traced(&req, &trailer);
         transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to node {target}: {e}")))?;
@@ -223,14 +228,22 @@ impl PeerRouter {
         target: NodeId,
         range: RangeId,
         kind: RaftKindV1,
-        rpc_type: RPCTypes,
         req: &Req,
         ttl: Duration,
+        entry: Option<u64>,
     ) -> Result<Resp, RPCError<RangeTypes>> {
+        let rpc_type = match kind {
+            RaftKindV1::AppendEntries => RPCTypes::AppendEntries,
+            RaftKindV1::Vote | RaftKindV1::PreVote => RPCTypes::Vote,
+            RaftKindV1::TransferLeader => RPCTypes::TransferLeader,
+        };
         let unreachable = |e: NetError| RPCError::Unreachable(Unreachable::new(&e));
         let payload = encode(req).map_err(unreachable)?;
-        let trace = crate::trace_context::current();
-        let call = self.call(target, range, kind, payload, trace);
+        let trailer = Trailer {
+            context: crate::trace_context::current(),
+            entry,
+        };
+        let call = self.call(target, range, kind, payload, trailer);
         let bytes = match tokio::time::timeout(ttl, call).await {
             Ok(r) => r.map_err(unreachable)?,
             Err(_) => return Err(RPCError::Timeout(timeout(rpc_type, target, ttl))),
@@ -240,22 +253,24 @@ impl PeerRouter {
     }
 }
 
-/// The span of an AppendEntries sent to `target`: a child of the first of
-/// its entries whose proposal is in a sampled trace (see
-/// [`crate::trace_context`]), so that trace shows the entry reaching the
-/// follower; otherwise a span that is never exported (heartbeats and
-/// untraced appends are most RPCs).
+/// The span of an AppendEntries sent to `target`, and the `proposed_at` of
+/// the entry it traces: a child of the first of its entries whose proposal
+/// is in a sampled trace (see [`crate::trace_context`]), so that trace
+/// shows the entry reaching the follower; otherwise a span that is never
+/// exported (heartbeats and untraced appends are most RPCs).
 fn append_span(
     target: NodeId,
     range: RangeId,
     rpc: &AppendEntriesRequest<RangeTypes>,
-) -> tracing::Span {
+) -> (tracing::Span, Option<u64>) {
     let traced = rpc.entries.iter().find_map(|e| match &e.payload {
-        openraft::EntryPayload::Normal(cmd) => crate::trace_context::recall(range, cmd.proposed_at),
+        openraft::EntryPayload::Normal(cmd) => {
+            crate::trace_context::recall(range, cmd.proposed_at).map(|c| (c, cmd.proposed_at))
+        }
         _ => None,
     });
-    let Some(parent) = traced else {
-        return tracing::Span::none();
+    let Some((parent, entry)) = traced else {
+        return (tracing::Span::none(), None);
     };
     let span = tracing::debug_span!(
         "raft_append_entries_send",
@@ -264,7 +279,7 @@ fn append_span(
         entries = rpc.entries.len()
     );
     crate::trace_context::set_parent(&span, Some(parent));
-    span
+    (span, Some(entry))
 }
 
 fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<RangeTypes> {
@@ -294,15 +309,15 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         // follower's disk, or it times out and is resent forever.
         let extra = transfer_allowance(bytes);
         let kind = RaftKindV1::AppendEntries;
-        let span = append_span(target, group_id, &rpc);
+        let (span, traced_entry) = append_span(target, group_id, &rpc);
         let reply = self
             .unary::<_, _, RaftError<RangeTypes>>(
                 target,
                 group_id,
                 kind,
-                RPCTypes::AppendEntries,
                 &rpc,
                 option.soft_ttl() + extra,
+                traced_entry,
             )
             .instrument(span)
             .await?;
@@ -321,9 +336,9 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             target,
             group_id,
             kind,
-            RPCTypes::Vote,
             &rpc,
             option.soft_ttl(),
+            None,
         )
         .await
     }
@@ -340,9 +355,9 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             target,
             group_id,
             kind,
-            RPCTypes::Vote,
             &rpc,
             option.soft_ttl(),
+            None,
         )
         .await
     }
@@ -391,15 +406,8 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<RangeTypes>, RPCError<RangeTypes>> {
         let kind = RaftKindV1::TransferLeader;
-        self.unary::<_, _, Fatal<RangeTypes>>(
-            target,
-            group_id,
-            kind,
-            RPCTypes::TransferLeader,
-            &req,
-            option.soft_ttl(),
-        )
-        .await
+        self.unary::<_, _, Fatal<RangeTypes>>(target, group_id, kind, &req, option.soft_ttl(), None)
+            .await
     }
 }
 

@@ -20,7 +20,7 @@ use crate::peer::{
 };
 use crate::raft::transfer::Offer;
 use crate::raft::RaftHost;
-use crate::trace_context::{set_parent, TraceContext};
+use crate::trace_context::{set_parent, Trailer};
 use crate::transport::{self, PeerIdentity};
 
 /// QUIC close code for a peer connection whose certificate is not a node's.
@@ -128,7 +128,7 @@ async fn handle_peer_stream(
     };
     let reply = match request {
         Err(e) => PeerResponseV1::error(&e),
-        Ok((req, parent)) => serve(req, parent, &raft, &mut send, &mut recv).await,
+        Ok((req, trailer)) => serve(req, trailer, &raft, &mut send, &mut recv).await,
     };
     if transport::write_frame(&mut send, &peer::encode(&reply))
         .await
@@ -140,15 +140,16 @@ async fn handle_peer_stream(
     }
 }
 
-/// Serves one peer request; `parent` is the trace context its frame
-/// carried (the request's span joins that trace).
+/// Serves one peer request; `trailer` is what its frame carried after the
+/// body (the request's span joins the trace named there).
 async fn serve(
     req: PeerRequestV1,
-    parent: Option<TraceContext>,
+    trailer: Trailer,
     hosts: &PeerHosts,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> PeerResponseV1 {
+    let parent = trailer.context;
     match req {
         PeerRequestV1::Raft {
             range,
@@ -166,7 +167,7 @@ async fn serve(
             set_parent(&span, parent);
             match hosts
                 .for_range(range)
-                .handle_rpc(range, kind, &payload)
+                .handle_rpc(range, kind, &payload, trailer.entry)
                 .instrument(span)
                 .await
             {

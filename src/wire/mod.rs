@@ -1043,9 +1043,11 @@ fn decode_traced<'a, T: Deserialize<'a>>(
     }
     let (msg, rest) =
         postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let ctx =
+    let trailer =
         trace_context::read_trailer(rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    Ok((msg, ctx))
+    // A client request has no Raft entries: a traced-entry field is read
+    // (and checked) but means nothing here.
+    Ok((msg, trailer.context))
 }
 
 /// Encodes a request frame payload.
