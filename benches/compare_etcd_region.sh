@@ -53,7 +53,9 @@
 #                      sets MERIDIAN_TELEMETRY__OTLP_ENDPOINT and
 #                      MERIDIAN_TELEMETRY__SAMPLING_RATIO for every node
 #                      (recorded in the label). Default: tracing off.
-# Env: KEEP_WORK=1 keeps the temporary directory (server logs, data).
+# Env: KEEP_WORK=1 keeps the temporary directory (server logs, data);
+# MERIDIAN_BENCH_BIN=PATH measures that `meridian` binary (built with
+# --features etcd) instead of building this checkout.
 #
 # If `perf` can count syscall tracepoints here, the script also counts
 # fsync/fdatasync calls of every server during the put runs (best effort).
