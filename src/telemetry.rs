@@ -326,18 +326,6 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
-/// Installs the global tracing subscriber for logs only (first call wins;
-/// later calls are no-ops).
-pub fn init_logging(format: LogFormat, filter: &str) {
-    let who = Identity {
-        node: String::new(),
-        region: String::new(),
-        zone: String::new(),
-    };
-    // Without export nothing can fail.
-    let _ = init(format, filter, None, &who);
-}
-
 /// The tracer provider: parent-based ratio sampling, bounded batches, the
 /// OTLP/HTTP exporter over [`export::HyperExport`].
 fn provider(t: &TelemetryConfig, who: &Identity) -> Result<SdkTracerProvider, TelemetryError> {
