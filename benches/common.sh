@@ -30,6 +30,15 @@ scrub_env() {
 
 # Builds meridian with etcd support and sets bin to the binary.
 build_meridian() {
+    # MERIDIAN_BENCH_BIN: measure that binary instead (an earlier build kept
+    # aside, for a before/after comparison with the same script); it must
+    # have been built with --features etcd.
+    if [[ -n "${MERIDIAN_BENCH_BIN:-}" ]]; then
+        bin="$MERIDIAN_BENCH_BIN"
+        [[ -x "$bin" ]] || { echo "MERIDIAN_BENCH_BIN=$bin is not an executable" >&2; exit 1; }
+        echo "== measuring $bin (MERIDIAN_BENCH_BIN; not building)"
+        return
+    fi
     echo "== building (cargo build --release --features etcd)"
     (cd "$repo" && cargo build --release --features etcd)
     local target_dir

@@ -30,6 +30,7 @@
 #                                        [--out FILE]
 #                                        [--port-offset N]
 #                                        [--meridian-env MERIDIAN_SECTION__FIELD=VALUE]...
+#                                        [--trace-ratio R]
 #   --duration-secs N  seconds per run (default 10; env BENCH_SECS)
 #   --conns N          client connections per system (default 3, one per
 #                      Meridian node; env BENCH_CONNS)
@@ -45,7 +46,16 @@
 #   --meridian-env V   a config override for every Meridian node (repeatable),
 #                      e.g. MERIDIAN_RAFT__SNAPSHOT_AFTER_LOGS=10000000 for a
 #                      diagnostic run; recorded in the label. Default: none.
-# Env: KEEP_WORK=1 keeps the temporary directory (server logs, data).
+#   --trace-ratio R    turn Meridian's trace export on at sampling ratio R
+#                      (0.0..=1.0, e.g. 0.01): the script starts an OTLP/HTTP
+#                      sink on 127.0.0.1:(7390 + port offset) that reads and
+#                      discards every export request (counting them), and
+#                      sets MERIDIAN_TELEMETRY__OTLP_ENDPOINT and
+#                      MERIDIAN_TELEMETRY__SAMPLING_RATIO for every node
+#                      (recorded in the label). Default: tracing off.
+# Env: KEEP_WORK=1 keeps the temporary directory (server logs, data);
+# MERIDIAN_BENCH_BIN=PATH measures that `meridian` binary (built with
+# --features etcd) instead of building this checkout.
 #
 # If `perf` can count syscall tracepoints here, the script also counts
 # fsync/fdatasync calls of every server during the put runs (best effort).
@@ -59,6 +69,7 @@ readonly STOP_TIMEOUT_SECS=20      # SIGTERM until SIGKILL (meridian dev stops i
 readonly BENCH_SLACK_SECS=180      # per bench call beyond its duration (connect, get preload)
 readonly PERF_STOP_SECS=10         # perf stat after SIGINT
 readonly WARMUP_SECS=2             # unrecorded put load per system before the first row
+readonly SINK_BASE_PORT=7390       # the OTLP sink of --trace-ratio, before the offset
 
 readonly HOST=127.0.0.1
 # Ports of regions/local-3.toml, before the offset.
@@ -78,6 +89,7 @@ workloads_list="put,get,serializable"
 out=""
 port_offset=1000
 meridian_env=()
+trace_ratio=""
 
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -94,6 +106,7 @@ while [[ $# -gt 0 ]]; do
             [[ "${2:-}" =~ ^MERIDIAN_[A-Z0-9_]+__[A-Z0-9_]+=.*$ ]] \
                 || { echo "--meridian-env takes MERIDIAN_<SECTION>__<FIELD>=VALUE" >&2; exit 2; }
             meridian_env+=("$2"); shift 2 ;;
+        --trace-ratio) trace_ratio="${2:?--trace-ratio needs a value}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -105,6 +118,8 @@ done
     || { echo "--port-offset must be 0..=50000" >&2; exit 2; }
 [[ "$workloads_list" =~ ^(put|get|serializable)(,(put|get|serializable))*$ ]] \
     || { echo "--workloads takes a subset of put,get,serializable" >&2; exit 2; }
+[[ -z "$trace_ratio" || "$trace_ratio" =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] \
+    || { echo "--trace-ratio takes a ratio in 0.0..=1.0, e.g. 0.01" >&2; exit 2; }
 IFS=, read -r -a CLIENTS <<<"$clients_list"
 IFS=, read -r -a WORKLOADS <<<"$workloads_list"
 
@@ -122,6 +137,8 @@ for i in 0 1 2; do
         "udp:$((MERIDIAN_GOSSIP_PORTS[i] + port_offset))"
         "tcp:${ETCD_CLIENT_PORTS[i]}" "tcp:${ETCD_PEER_PORTS[i]}")
 done
+sink_port=$((SINK_BASE_PORT + port_offset))
+[[ -n "$trace_ratio" ]] && ports_to_check+=("tcp:$sink_port")
 require_free_ports "stop whatever listens there or pick another --port-offset" "${ports_to_check[@]}"
 
 work="$(mktemp -d -t meridian-region-vs-etcd.XXXXXX)"
@@ -129,6 +146,7 @@ dev_pid=""
 node_pids=()   # the `meridian serve` children of `meridian dev` (not our children)
 etcd_pids=()
 perf_pids=()
+sink_pid=""
 
 cleanup() {
     local rc=$? pid
@@ -148,6 +166,8 @@ cleanup() {
         fi
     done
     for i in "${!etcd_pids[@]}"; do stop_child "etcd ${ETCD_NAMES[i]}" "${etcd_pids[i]}"; done
+    stop_child "OTLP sink" "$sink_pid"
+    [[ -f "$work/sink.log" ]] && sed 's/^/   /' "$work/sink.log"
     if [[ "${KEEP_WORK:-0}" == 1 || $rc -ne 0 ]]; then
         echo "work directory kept: $work (logs: dev.log, meridian-dev/node*.log, etcd-*.log)" >&2
     else
@@ -212,6 +232,38 @@ for i in 0 1 2; do
         --logger zap --log-outputs stderr >"$work/etcd-$name.log" 2>&1 &
     etcd_pids+=($!)
 done
+
+# --- OTLP sink (--trace-ratio): reads and discards export requests ---------
+if [[ -n "$trace_ratio" ]]; then
+    # Answers every POST with an empty protobuf reply (a valid, empty
+    # ExportTraceServiceResponse) and counts requests and bytes, printed at
+    # exit so the run shows spans were really exported.
+    python3 - "$sink_port" >"$work/sink.log" 2>&1 <<'PY' &
+import http.server, signal, sys
+stats = {"requests": 0, "bytes": 0}
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(n)
+        stats["requests"] += 1
+        stats["bytes"] += n
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+def done(*_):
+    print(f"OTLP sink: {stats['requests']} export requests, {stats['bytes']} bytes of spans", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+    sink_pid=$!
+    meridian_env+=("MERIDIAN_TELEMETRY__OTLP_ENDPOINT=http://$HOST:$sink_port"
+        "MERIDIAN_TELEMETRY__SAMPLING_RATIO=$trace_ratio")
+fi
 
 # --- Meridian: a three-node region via `meridian dev` ----------------------
 echo "== starting a 3-node Meridian region (meridian dev --port-offset $port_offset${meridian_env[*]:+; ${meridian_env[*]}}) in $work/meridian-dev"

@@ -33,6 +33,7 @@ pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod trace_context;
 pub mod transport;
 pub mod types;
 pub mod watch;

@@ -1,16 +1,35 @@
-//! Logging and metrics setup.
+//! Logging, trace export and metrics setup.
 //!
 //! Logs go through `tracing` to stderr, as human-readable lines or JSON lines
-//! (config `log.format`). Metrics go through the `metrics` facade into one
-//! process-wide Prometheus recorder, rendered by the gateway's `/metrics`.
-//! Metric names carry their unit (`_seconds`, `_bytes`, `_total`).
+//! (config `log.format`); a JSON line logged inside a sampled span carries
+//! its `trace_id` and `span_id`. With `[telemetry] otlp_endpoint` set, the
+//! node's spans (target `meridian`, level debug and above, whatever the log
+//! filter) also go through tracing-opentelemetry to an OTLP/HTTP collector,
+//! in bounded batches from a background thread ([`MAX_QUEUED_SPANS`],
+//! [`MAX_EXPORT_BATCH_SPANS`]); [`Telemetry::shutdown`] flushes them. How
+//! a trace crosses nodes is [`crate::trace_context`]'s.
+//!
+//! Metrics go through the `metrics` facade into one process-wide Prometheus
+//! recorder, rendered by the gateway's `/metrics`. Metric names carry their
+//! unit (`_seconds`, `_bytes`, `_total`).
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::config::telemetry::TelemetryConfig;
 use crate::config::LogFormat;
+
+mod export;
+mod json;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -163,15 +182,190 @@ fn describe_metrics() {
     }
 }
 
-/// Installs the global tracing subscriber (first call wins; later calls are no-ops).
-pub fn init_logging(format: LogFormat, filter: &str) {
+/// Most spans waiting for export; more are dropped (and counted by the SDK)
+/// rather than grow memory while a collector is slow or down.
+pub const MAX_QUEUED_SPANS: usize = 4096;
+
+/// Most spans in one export request.
+pub const MAX_EXPORT_BATCH_SPANS: usize = 512;
+
+/// How often a partial batch is exported, in milliseconds.
+pub const EXPORT_INTERVAL_MS: u64 = 1_000;
+
+/// Longest one export request may take, connection included, in
+/// milliseconds; a failed export is dropped, not retried (traces are
+/// best-effort and a retry would hold the next batch back).
+pub const EXPORT_TIMEOUT_MS: u64 = 5_000;
+
+/// Longest [`Telemetry::shutdown`] waits for the last spans to be exported.
+pub const SHUTDOWN_FLUSH_MS: u64 = 5_000;
+
+/// The tracing target whose spans are exported (this crate's).
+const EXPORTED_TARGET: &str = "meridian";
+
+/// Spans that live as long as a connection or a task, not one request:
+/// never exported (a trace is one request; their requests start their own).
+const NOT_EXPORTED: &[&str] = &["conn", "peer_conn", "membership"];
+
+/// Why telemetry could not start. The node does not start either: an
+/// operator who turned export on wants to know it is not working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built from the configuration.
+    #[error("telemetry: cannot build the OTLP exporter for {endpoint}: {message}")]
+    Exporter {
+        /// The configured endpoint.
+        endpoint: String,
+        /// The exporter's reason.
+        message: String,
+    },
+    /// Trace export needs a tokio runtime to send from.
+    #[error("telemetry: trace export must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Who this process is, for the resource of its exported spans.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// `service.instance.id`: the node's name.
+    pub node: String,
+    /// `meridian.region`.
+    pub region: String,
+    /// `meridian.zone`.
+    pub zone: String,
+}
+
+/// The installed trace pipeline; export stops (after a flush) on
+/// [`Telemetry::shutdown`]. Holding `None` inside: export is off.
+#[must_use = "call shutdown() at exit, or spans still queued are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports every span still queued (waiting at most
+    /// [`SHUTDOWN_FLUSH_MS`]) and stops export. Blocks: call it from
+    /// `spawn_blocking` inside a runtime (the export itself is sent on the
+    /// runtime, which must still be running).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown_with_timeout(Duration::from_millis(SHUTDOWN_FLUSH_MS))
+            {
+                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global tracing subscriber: logs as `format` filtered by
+/// `filter`, and, when `telemetry` is set, span export. The first call in a
+/// process wins; later calls install nothing and return an inactive
+/// [`Telemetry`]. Export needs to be started inside a tokio runtime.
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    telemetry: Option<&TelemetryConfig>,
+    who: &Identity,
+) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let slot = json::DispatchSlot::default();
+    let fmt = match format {
+        LogFormat::Human => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .event_format(json::WithTraceIds::new(slot.clone()))
+            .with_filter(filter)
+            .boxed(),
     };
+    let provider = telemetry.map(|t| provider(t, who)).transpose()?;
+    let otel = provider.as_ref().map(|p| {
+        let exported = tracing_subscriber::filter::filter_fn(|m| {
+            let target = m.target();
+            (target == EXPORTED_TARGET
+                || target
+                    .strip_prefix(EXPORTED_TARGET)
+                    .is_some_and(|t| t.starts_with("::")))
+                && *m.level() <= tracing::Level::DEBUG
+                && !(m.is_span() && NOT_EXPORTED.contains(&m.name()))
+        })
+        .with_max_level_hint(tracing::Level::DEBUG);
+        // Every request's span passes through this layer, sampled or not:
+        // it records no busy/idle timings, source locations or thread ids
+        // per span, and does not make the OpenTelemetry context current on
+        // every poll (nothing here reads `Context::current`), so the 99% of
+        // unsampled requests cost as little as a span can.
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(EXPORTED_TARGET))
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_context_activation(false)
+            .with_filter(exported)
+    });
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(fmt).with(otel));
+    slot.set(&dispatch);
+    let installed = dispatch.try_init().is_ok();
+    if !installed {
+        if let Some(p) = provider {
+            let _ = p.shutdown();
+        }
+        return Ok(Telemetry { provider: None });
+    }
+    if provider.is_some() {
+        crate::trace_context::mark_export_on();
+    }
+    Ok(Telemetry { provider })
+}
+
+/// The tracer provider: parent-based ratio sampling, bounded batches, the
+/// OTLP/HTTP exporter over [`export::HyperExport`].
+fn provider(t: &TelemetryConfig, who: &Identity) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+    let timeout = Duration::from_millis(EXPORT_TIMEOUT_MS);
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(&t.otlp_endpoint)
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_timeout(timeout)
+        .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
+        .with_http_client(export::HyperExport::new(runtime, timeout))
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: t.otlp_endpoint.clone(),
+            message: e.to_string(),
+        })?;
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(MAX_QUEUED_SPANS)
+        .with_max_export_batch_size(MAX_EXPORT_BATCH_SPANS)
+        .with_scheduled_delay(Duration::from_millis(EXPORT_INTERVAL_MS))
+        .build();
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(t.service_name.clone())
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.instance.id", who.node.clone()),
+            opentelemetry::KeyValue::new("meridian.region", who.region.clone()),
+            opentelemetry::KeyValue::new("meridian.zone", who.zone.clone()),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            t.sampling_ratio,
+        ))))
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build())
 }

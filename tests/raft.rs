@@ -649,7 +649,7 @@ async fn appends_stamped_beyond_max_offset_are_refused() {
     let payload = postcard::to_allocvec(&req).unwrap();
     let err = receiver
         .host
-        .handle_rpc(1, peer::RaftKindV1::AppendEntries, &payload)
+        .handle_rpc(1, peer::RaftKindV1::AppendEntries, &payload, None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -688,7 +688,7 @@ async fn a_restarted_replica_waits_out_the_lease_before_voting() {
     never_voted.host.open_range(whole_keyspace()).await.unwrap();
     let answered = never_voted
         .host
-        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(1))
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(1), None)
         .await;
     assert!(
         answered.is_ok(),
@@ -716,21 +716,21 @@ async fn a_restarted_replica_waits_out_the_lease_before_voting() {
     let started = Instant::now();
     let err = restarted
         .host
-        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(50))
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(50), None)
         .await
         .unwrap_err();
     assert_eq!(err.code, meridian::error_code::ErrorCode::Unavailable);
     assert!(err.message.contains("grants no vote"), "{}", err.message);
     let pre = restarted
         .host
-        .handle_rpc(1, peer::RaftKindV1::PreVote, &vote_rpc(50))
+        .handle_rpc(1, peer::RaftKindV1::PreVote, &vote_rpc(50), None)
         .await;
     assert!(pre.is_err(), "pre-votes wait too");
     let lease = Duration::from_millis(timing().election_timeout_max_ms);
     tokio::time::sleep(lease.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
     let answered = restarted
         .host
-        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(60))
+        .handle_rpc(1, peer::RaftKindV1::Vote, &vote_rpc(60), None)
         .await;
     assert!(
         answered.is_ok(),

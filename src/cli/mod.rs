@@ -222,8 +222,19 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             crate::config::load_and_validate(None)?
         }
     };
-    crate::telemetry::init_logging(cfg.log_format, &cfg.log_level);
-    crate::server::run_until_signal(cfg).await
+    let who = crate::telemetry::Identity {
+        node: cfg.node_id.clone(),
+        region: cfg.region.clone(),
+        zone: cfg.zone.clone(),
+    };
+    let telemetry =
+        crate::telemetry::init(cfg.log_format, &cfg.log_level, cfg.telemetry.as_ref(), &who)?;
+    let served = crate::server::run_until_signal(cfg).await;
+    // Flush the last spans while the runtime that sends them still runs.
+    if telemetry.exporting() {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
+    served
 }
 
 fn certs_cmd(cmd: CertsCommand) -> anyhow::Result<()> {

@@ -59,6 +59,7 @@ use routes::Routes;
 pub use routes::{RouteRange, Target};
 pub use service::{ServiceChange, ServiceRegistration, ServiceWatch};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::error_code::{ApiError, ErrorCode};
 use crate::transport::{self, EndpointLimits, FrameError, TlsFiles};
@@ -775,7 +776,15 @@ impl Client {
 
     /// [`Client::call`], keeping a level read's staleness and token.
     async fn call_answer(&self, req: &RequestV1) -> Result<Answer, ClientError> {
-        let frame = wire::encode_request(req);
+        let span = tracing::debug_span!("client_request");
+        self.call_answer_in(req).instrument(span).await
+    }
+
+    /// [`Client::call_answer`] inside its span: every attempt's frame
+    /// carries the span's trace context when it is sampled, so each node
+    /// the request reaches joins one trace.
+    async fn call_answer_in(&self, req: &RequestV1) -> Result<Answer, ClientError> {
+        let frame = wire::encode_request_traced(req, crate::trace_context::current().as_ref());
         let target = Target::of(req);
         let read_only = routes::is_read_only(req);
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;

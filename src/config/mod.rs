@@ -23,6 +23,7 @@ pub mod control;
 pub mod gossip;
 pub mod raft;
 pub mod replication;
+pub mod telemetry;
 
 use crate::storage::FsyncPolicy;
 pub use raft::RaftConfig;
@@ -312,6 +313,8 @@ pub struct RawConfig {
     pub replication: replication::RawReplication,
     /// `[control]`
     pub control: control::RawControl,
+    /// `[telemetry]`
+    pub telemetry: telemetry::RawTelemetry,
 }
 
 /// Log output format.
@@ -447,6 +450,8 @@ pub struct NodeConfig {
     /// This node's replica of the control range; `None` = no control
     /// range (policies fixed by `[replication]`).
     pub control: Option<control::ControlConfig>,
+    /// OpenTelemetry trace export; `None` = off.
+    pub telemetry: Option<telemetry::TelemetryConfig>,
 }
 
 impl NodeConfig {
@@ -694,6 +699,7 @@ impl RawConfig {
             "json" => LogFormat::Json,
             other => return Err(invalid("log.format", "must be `human` or `json`", other)),
         };
+        let telemetry = self.telemetry.validate()?;
         Ok(NodeConfig {
             node_id: self.node.id,
             region: self.node.region,
@@ -725,6 +731,7 @@ impl RawConfig {
             gossip,
             replication,
             control,
+            telemetry,
         })
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ReadPolicy;
+use tracing::Instrument;
 
 use super::TxnOutcome;
 use crate::clock::Hlc;
@@ -302,8 +303,20 @@ impl Replicated {
             proposed_at: now.0,
             op,
         };
-        let result =
-            tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, group.raft.client_write(cmd)).await;
+        // Only a write in a sampled trace gets a propose span: the other
+        // 99% would pay for a span nobody sees. Its entry's log append,
+        // replication and apply find the trace by (range, proposed_at)
+        // (see crate::trace_context).
+        let span = match crate::trace_context::current() {
+            Some(_) => tracing::debug_span!("raft_propose", range = range.id, proposed_at = now.0),
+            None => tracing::Span::none(),
+        };
+        if let Some(ctx) = crate::trace_context::of_span(&span) {
+            crate::trace_context::remember(range.id, now.0, ctx);
+        }
+        let result = tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, group.raft.client_write(cmd))
+            .instrument(span)
+            .await;
         metrics::histogram!("meridian_raft_proposal_duration_seconds", "range" => range.id.to_string())
             .record(started.elapsed().as_secs_f64());
         let reply = match result {

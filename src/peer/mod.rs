@@ -27,12 +27,19 @@
 //!   origin's state (when the destination is behind the origin's change
 //!   log), answered like a replication batch.
 //!
+//! A request frame may end in a trailer after the postcard body carrying the
+//! W3C trace context of a sampled trace ([`encode_traced`],
+//! [`decode_traced`]); the layout, shared with the client protocol, and why
+//! a trailer, are in [`crate::trace_context`]. A frame without one is the v1
+//! frame of earlier builds.
+//!
 //! Enums are only ever appended to; frozen-bytes tests pin the layout.
 //! This module holds types and their encoding only, no logic.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::{ApiError, ErrorCode};
+use crate::trace_context::{self, Trailer};
 
 /// The peer protocol version this build speaks.
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -298,8 +305,25 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_extend(msg, out).unwrap_or_else(|_| PEER_PROTOCOL_VERSION.to_be_bytes().to_vec())
 }
 
-/// Decodes a peer message, refusing unknown versions and trailing bytes.
+/// Encodes a peer message with `trailer` (the trace context of a sampled
+/// trace, and for an AppendEntries the entry it is about) after its body;
+/// an empty trailer gives the plain v1 frame.
+pub fn encode_traced<T: Serialize>(msg: &T, trailer: &Trailer) -> Vec<u8> {
+    let mut frame = encode(msg);
+    trailer.write(&mut frame);
+    frame
+}
+
+/// Decodes a peer message, refusing unknown versions and trailing bytes
+/// other than a well-formed trailer (whose context it drops).
 pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, PeerDecodeError> {
+    decode_traced(frame).map(|(msg, _)| msg)
+}
+
+/// Decodes a peer message and its trailer.
+pub fn decode_traced<'a, T: Deserialize<'a>>(
+    frame: &'a [u8],
+) -> Result<(T, Trailer), PeerDecodeError> {
     let (header, body) = frame
         .split_at_checked(2)
         .ok_or(PeerDecodeError::Short(frame.len()))?;
@@ -309,13 +333,9 @@ pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, PeerDecodeEr
     }
     let (msg, rest) =
         postcard::take_from_bytes(body).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(PeerDecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(msg)
+    let trailer =
+        trace_context::read_trailer(rest).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    Ok((msg, trailer))
 }
 
 #[cfg(test)]
@@ -460,6 +480,43 @@ mod tests {
             vec![0, 1, 3, 5, b'M', b'E', b'R', b'-', b'1', 1, b'm']
         );
         assert_eq!(decode::<PeerResponseV1>(&encode(&err)), Ok(err));
+    }
+
+    /// A traced AppendEntries: `frozen_raft_request_bytes`'s layout, then
+    /// the trailer (trace context, traced entry); untraced frames decode as
+    /// before.
+    #[test]
+    fn frozen_traced_raft_request() {
+        let req = PeerRequestV1::Raft {
+            range: 3,
+            kind: RaftKindV1::AppendEntries,
+            payload: vec![7],
+        };
+        let trailer = Trailer {
+            context: Some(crate::trace_context::TraceContext {
+                trace_id: [0x0f; 16],
+                span_id: [0xf0; 8],
+                flags: 1,
+            }),
+            entry: Some(258),
+        };
+        let bytes = encode_traced(&req, &trailer);
+        let mut expected = vec![0, 1, 0, 3, 0, 1, 7, 1, 25];
+        expected.extend([0x0f; 16]);
+        expected.extend([0xf0; 8]);
+        expected.push(1);
+        expected.extend([2, 8, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(bytes, expected);
+        assert_eq!(
+            decode_traced::<PeerRequestV1>(&bytes),
+            Ok((req.clone(), trailer))
+        );
+        assert_eq!(decode::<PeerRequestV1>(&bytes), Ok(req.clone()));
+        assert_eq!(encode_traced(&req, &Trailer::default()), encode(&req));
+        assert_eq!(
+            decode_traced::<PeerRequestV1>(&encode(&req)),
+            Ok((req, Trailer::default()))
+        );
     }
 
     #[test]

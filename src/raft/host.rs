@@ -369,12 +369,15 @@ impl RaftHost {
         })
     }
 
-    /// Serves one incoming Raft RPC and returns the encoded result.
+    /// Serves one incoming Raft RPC and returns the encoded result;
+    /// `traced_entry` is the `proposed_at` of the entry of an AppendEntries
+    /// that the RPC's (current, sampled) span traces, if any.
     pub async fn handle_rpc(
         &self,
         range: RangeId,
         kind: RaftKindV1,
         p: &[u8],
+        traced_entry: Option<u64>,
     ) -> Result<Vec<u8>, ApiError> {
         let group = self.group_or_err(range)?;
         let raft = &group.raft;
@@ -382,6 +385,11 @@ impl RaftHost {
             RaftKindV1::AppendEntries => {
                 let req: AppendEntriesRequest<RangeTypes> = decode(p)?;
                 self.check_entry_clocks(&req)?;
+                // The traced entry's log append and apply on this replica
+                // join the RPC's trace (see crate::trace_context).
+                if let (Some(entry), Some(ctx)) = (traced_entry, crate::trace_context::current()) {
+                    crate::trace_context::remember(range, entry, ctx);
+                }
                 let res: Result<AppendEntriesResponse<RangeTypes>, RaftError<RangeTypes>> =
                     raft.append_entries(req).await;
                 encode(&res)
@@ -445,6 +453,10 @@ impl RaftHost {
             proposed_at: now.0,
             op: CommandV1::Replicate(batch),
         };
+        // A sampled batch's trace continues into this region's apply.
+        if let Some(ctx) = crate::trace_context::current() {
+            crate::trace_context::remember(range, now.0, ctx);
+        }
         let order = self.inbound_order(range, &origin);
         let (responder, reply) = openraft::impls::ProgressResponder::complete_only();
         {

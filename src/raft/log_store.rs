@@ -117,13 +117,17 @@ fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
 /// every log store using it) is dropped.
 #[derive(Clone)]
 pub struct LogSyncer {
-    tx: mpsc::Sender<IOFlushed<RangeTypes>>,
+    tx: mpsc::Sender<Queued>,
 }
+
+/// A flush callback, and the span of the append it completes when that
+/// append is part of a sampled trace (it ends once the fsync is done).
+type Queued = (IOFlushed<RangeTypes>, Option<tracing::Span>);
 
 impl LogSyncer {
     /// Starts the syncer thread of `store`'s database.
     pub fn start(store: &MvccStore) -> io::Result<LogSyncer> {
-        let (tx, rx) = mpsc::channel::<IOFlushed<RangeTypes>>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let store = store.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
@@ -134,8 +138,8 @@ impl LogSyncer {
     /// Queues `callback` to complete after the next fsync. If the thread is
     /// gone (it only stops when every sender is dropped, so never while a log
     /// store uses it), the callback fails rather than vanish.
-    fn queue(&self, callback: IOFlushed<RangeTypes>) {
-        if let Err(mpsc::SendError(cb)) = self.tx.send(callback) {
+    fn queue(&self, callback: IOFlushed<RangeTypes>, span: Option<tracing::Span>) {
+        if let Err(mpsc::SendError((cb, _))) = self.tx.send((callback, span)) {
             cb.io_completed(Err(io::Error::other(
                 "raft log store: fsync: log syncer thread stopped",
             )));
@@ -143,7 +147,7 @@ impl LogSyncer {
     }
 }
 
-fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
+fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<Queued>) {
     // Blocks for the first callback; takes every other one already queued:
     // they were all committed to the journal before being queued, so one
     // fsync covers them.
@@ -151,6 +155,13 @@ fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
         let mut pending = vec![first];
         pending.extend(rx.try_iter());
         let started = Instant::now();
+        // One fsync serves every queued append: it shows in the first
+        // traced append's trace.
+        let fsync_span = pending
+            .iter()
+            .find_map(|(_, span)| span.as_ref())
+            .map(|parent| tracing::debug_span!(parent: parent, "raft_log_fsync", appends = pending.len()));
+        let entered = fsync_span.as_ref().map(tracing::Span::enter);
         // Through storage, which poisons the store (and so turns /ready to
         // 503) when the fsync fails: a node that cannot make its log durable
         // must stop acknowledging anything.
@@ -161,7 +172,8 @@ fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log fsync failed");
         }
-        for cb in pending {
+        drop(entered);
+        for (cb, _span) in pending {
             // io::Error is not Clone: each callback gets the message.
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -169,6 +181,15 @@ fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<IOFlushed<RangeTypes>>) {
             };
             cb.io_completed(r);
         }
+    }
+}
+
+/// The sampled trace of the proposal `entry` carries, if this node
+/// remembers one (see [`crate::trace_context`]).
+fn recall_trace(range: RangeId, entry: &Entry) -> Option<crate::trace_context::TraceContext> {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(cmd) => crate::trace_context::recall(range, cmd.proposed_at),
+        _ => None,
     }
 }
 
@@ -378,13 +399,30 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut traced = None;
         let encoded = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .map(|e| {
+                if traced.is_none() {
+                    traced = recall_trace(self.range, &e);
+                }
+                Ok((e.log_id.index, encode(&e)?))
+            })
             .collect::<io::Result<Vec<_>>>()?;
+        let span = traced.map(|parent| {
+            let span = tracing::debug_span!(
+                "raft_log_append",
+                range = self.range,
+                entries = encoded.len()
+            );
+            crate::trace_context::set_parent(&span, Some(parent));
+            span
+        });
+        let entered = span.as_ref().map(tracing::Span::enter);
         self.log.append(&encoded).map_err(io_err("append"))?;
+        drop(entered);
         // Readable now; acknowledged once the syncer's fsync made it durable.
-        self.syncer.queue(callback);
+        self.syncer.queue(callback, span);
         Ok(())
     }
 

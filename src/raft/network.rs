@@ -40,10 +40,12 @@ use openraft::OptionalSend;
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::point::RangeSnapshotData;
 use super::types::{NodeId, RaftNode, RangeId, RangeTypes};
 use crate::peer::{self, PeerRequestV1, PeerResponseV1, RaftKindV1, MAX_RAFT_REPLY_BYTES};
+use crate::trace_context::Trailer;
 use crate::transport;
 
 /// A network failure, as openraft's error constructors want an `Error`.
@@ -160,7 +162,14 @@ impl PeerRouter {
             .open_bi()
             .await
             .map_err(|e| NetError(format!("open stream to {addr}: {e}")))?;
-        transport::write_frame(&mut send, &peer::encode(req))
+        // A forwarded lease or policy change, or a replication batch, sent
+        // inside a sampled span carries its trace on to the receiver.
+        let trailer = Trailer {
+            context: crate::trace_context::current(),
+            entry: None,
+        };
+        let frame = peer::encode_traced(req, &trailer);
+        transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to {addr}: {e}")))?;
         let _ = send.finish();
@@ -170,24 +179,28 @@ impl PeerRouter {
         peer::decode(&reply).map_err(|e| NetError(e.to_string()))
     }
 
-    /// One RPC: a stream, a request frame, a reply frame.
+    /// One RPC: a stream, a request frame (carrying `trailer`: the sending
+    /// span's sampled context, and the traced entry of an AppendEntries), a
+    /// reply frame.
     async fn call(
         &self,
         target: NodeId,
         range: RangeId,
         kind: RaftKindV1,
         payload: Vec<u8>,
+        trailer: Trailer,
     ) -> Result<Vec<u8>, NetError> {
         let conn = self.connection(target).await?;
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| NetError(format!("open stream to node {target}: {e}")))?;
-        let frame = peer::encode(&PeerRequestV1::Raft {
+        let req = PeerRequestV1::Raft {
             range,
             kind,
             payload,
-        });
+        };
+        let frame = peer::encode_traced(&req, &trailer);
         transport::write_frame(&mut send, &frame)
             .await
             .map_err(|e| NetError(format!("send to node {target}: {e}")))?;
@@ -215,19 +228,58 @@ impl PeerRouter {
         target: NodeId,
         range: RangeId,
         kind: RaftKindV1,
-        rpc_type: RPCTypes,
         req: &Req,
         ttl: Duration,
+        entry: Option<u64>,
     ) -> Result<Resp, RPCError<RangeTypes>> {
+        let rpc_type = match kind {
+            RaftKindV1::AppendEntries => RPCTypes::AppendEntries,
+            RaftKindV1::Vote | RaftKindV1::PreVote => RPCTypes::Vote,
+            RaftKindV1::TransferLeader => RPCTypes::TransferLeader,
+        };
         let unreachable = |e: NetError| RPCError::Unreachable(Unreachable::new(&e));
         let payload = encode(req).map_err(unreachable)?;
-        let bytes = match tokio::time::timeout(ttl, self.call(target, range, kind, payload)).await {
+        let trailer = Trailer {
+            context: crate::trace_context::current(),
+            entry,
+        };
+        let call = self.call(target, range, kind, payload, trailer);
+        let bytes = match tokio::time::timeout(ttl, call).await {
             Ok(r) => r.map_err(unreachable)?,
             Err(_) => return Err(RPCError::Timeout(timeout(rpc_type, target, ttl))),
         };
         let result: Result<Resp, E> = decode(&bytes).map_err(unreachable)?;
         result.map_err(|e| unreachable(NetError(format!("remote group error: {e}"))))
     }
+}
+
+/// The span of an AppendEntries sent to `target`, and the `proposed_at` of
+/// the entry it traces: a child of the first of its entries whose proposal
+/// is in a sampled trace (see [`crate::trace_context`]), so that trace
+/// shows the entry reaching the follower; otherwise a span that is never
+/// exported (heartbeats and untraced appends are most RPCs).
+fn append_span(
+    target: NodeId,
+    range: RangeId,
+    rpc: &AppendEntriesRequest<RangeTypes>,
+) -> (tracing::Span, Option<u64>) {
+    let traced = rpc.entries.iter().find_map(|e| match &e.payload {
+        openraft::EntryPayload::Normal(cmd) => {
+            crate::trace_context::recall(range, cmd.proposed_at).map(|c| (c, cmd.proposed_at))
+        }
+        _ => None,
+    });
+    let Some((parent, entry)) = traced else {
+        return (tracing::Span::none(), None);
+    };
+    let span = tracing::debug_span!(
+        "raft_append_entries_send",
+        range,
+        target,
+        entries = rpc.entries.len()
+    );
+    crate::trace_context::set_parent(&span, Some(parent));
+    (span, Some(entry))
 }
 
 fn timeout(action: RPCTypes, target: NodeId, ttl: Duration) -> Timeout<RangeTypes> {
@@ -257,15 +309,17 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         // follower's disk, or it times out and is resent forever.
         let extra = transfer_allowance(bytes);
         let kind = RaftKindV1::AppendEntries;
+        let (span, traced_entry) = append_span(target, group_id, &rpc);
         let reply = self
             .unary::<_, _, RaftError<RangeTypes>>(
                 target,
                 group_id,
                 kind,
-                RPCTypes::AppendEntries,
                 &rpc,
                 option.soft_ttl() + extra,
+                traced_entry,
             )
+            .instrument(span)
             .await?;
         Ok(partial(reply, last_sent))
     }
@@ -282,9 +336,9 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             target,
             group_id,
             kind,
-            RPCTypes::Vote,
             &rpc,
             option.soft_ttl(),
+            None,
         )
         .await
     }
@@ -301,9 +355,9 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
             target,
             group_id,
             kind,
-            RPCTypes::Vote,
             &rpc,
             option.soft_ttl(),
+            None,
         )
         .await
     }
@@ -352,15 +406,8 @@ impl GroupRouter<RangeTypes, RangeId> for PeerRouter {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<RangeTypes>, RPCError<RangeTypes>> {
         let kind = RaftKindV1::TransferLeader;
-        self.unary::<_, _, Fatal<RangeTypes>>(
-            target,
-            group_id,
-            kind,
-            RPCTypes::TransferLeader,
-            &req,
-            option.soft_ttl(),
-        )
-        .await
+        self.unary::<_, _, Fatal<RangeTypes>>(target, group_id, kind, &req, option.soft_ttl(), None)
+            .await
     }
 }
 

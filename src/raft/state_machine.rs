@@ -265,6 +265,26 @@ fn adopt_unreplicated_data(
 }
 
 impl RangeStateMachine {
+    /// The span of applying `entry` when its proposal is in a sampled trace
+    /// this node remembers (see [`crate::trace_context`]); entered while
+    /// the command is applied, it ends when its batch is written.
+    fn apply_span(
+        &self,
+        entry: &openraft::type_config::alias::EntryOf<RangeTypes>,
+    ) -> Option<tracing::Span> {
+        let EntryPayload::Normal(cmd) = &entry.payload else {
+            return None;
+        };
+        let parent = crate::trace_context::recall(self.range.id, cmd.proposed_at)?;
+        let span = tracing::debug_span!(
+            "raft_apply",
+            range = self.range.id,
+            index = entry.log_id.index
+        );
+        crate::trace_context::set_parent(&span, Some(parent));
+        Some(span)
+    }
+
     /// Opens the state machine of `range` in a single region, restoring its
     /// applied state.
     pub fn open(range: RangeDescriptor, store: MvccStore, hlc: Arc<Hlc>) -> io::Result<Self> {
@@ -891,7 +911,13 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
         Strm: Stream<Item = Result<EntryResponder<RangeTypes>, io::Error>> + Unpin + OptionalSend,
     {
         let mut pending = PendingApply::default();
+        // Spans of applied entries in sampled traces; they end once the
+        // batch holding them is written (the reply goes out then).
+        let mut traced = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            if let Some(span) = self.apply_span(&entry) {
+                traced.push(span);
+            }
             let reply = match entry.payload {
                 EntryPayload::Blank => RangeReply::default(),
                 EntryPayload::Membership(m) => {
@@ -914,7 +940,9 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
                 self.flush(&mut pending)?;
             }
         }
-        self.flush(&mut pending)
+        let flushed = self.flush(&mut pending);
+        drop(traced);
+        flushed
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

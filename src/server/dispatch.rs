@@ -144,13 +144,14 @@ fn error(e: ApiError) -> ResponseV1 {
 }
 
 async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> ResponseV1 {
-    let request = match wire::decode_request(frame) {
+    let (request, parent) = match wire::decode_request_traced(frame) {
         Ok(r) => r,
         Err(e) => return error(e.into()),
     };
     let op = op_name(&request);
     let started = Instant::now();
     let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request));
+    crate::trace_context::set_parent(&span, parent);
     let result = match level_of(&request) {
         Some(level) => {
             handle_level(request, level, ctx, peer)

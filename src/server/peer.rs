@@ -16,10 +16,11 @@ use tracing::Instrument;
 use crate::engine::control::{ControlRange, CONTROL_RANGE_ID};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{
-    self, PeerRequestV1, PeerResponseV1, PEER_MAX_FRAME_BYTES, PEER_READ_TIMEOUT_MS,
+    self, PeerRequestV1, PeerResponseV1, RaftKindV1, PEER_MAX_FRAME_BYTES, PEER_READ_TIMEOUT_MS,
 };
 use crate::raft::transfer::Offer;
 use crate::raft::RaftHost;
+use crate::trace_context::{set_parent, Trailer};
 use crate::transport::{self, PeerIdentity};
 
 /// QUIC close code for a peer connection whose certificate is not a node's.
@@ -123,11 +124,11 @@ async fn handle_peer_stream(
             "peer frame not received in time",
         )),
         Ok(Err(e)) => Err(ApiError::new(e.code(), format!("peer frame: {e}"))),
-        Ok(Ok(frame)) => peer::decode::<PeerRequestV1>(&frame).map_err(ApiError::from),
+        Ok(Ok(frame)) => peer::decode_traced::<PeerRequestV1>(&frame).map_err(ApiError::from),
     };
     let reply = match request {
         Err(e) => PeerResponseV1::error(&e),
-        Ok(req) => serve(req, &raft, &mut send, &mut recv).await,
+        Ok((req, trailer)) => serve(req, trailer, &raft, &mut send, &mut recv).await,
     };
     if transport::write_frame(&mut send, &peer::encode(&reply))
         .await
@@ -139,22 +140,34 @@ async fn handle_peer_stream(
     }
 }
 
+/// Serves one peer request; `trailer` is what its frame carried after the
+/// body (the request's span joins the trace named there).
 async fn serve(
     req: PeerRequestV1,
+    trailer: Trailer,
     hosts: &PeerHosts,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> PeerResponseV1 {
+    let parent = trailer.context;
     match req {
         PeerRequestV1::Raft {
             range,
             kind,
             payload,
         } => {
-            let span = tracing::trace_span!("raft_rpc", range, ?kind);
+            // Heartbeats and appends outside a sampled trace would be
+            // thousands of one-span traces: only a traced append, a vote or
+            // a leadership transfer is exported (debug).
+            let span = if parent.is_none() && kind == RaftKindV1::AppendEntries {
+                tracing::trace_span!("raft_rpc", range, ?kind)
+            } else {
+                tracing::debug_span!("raft_rpc", range, ?kind)
+            };
+            set_parent(&span, parent);
             match hosts
                 .for_range(range)
-                .handle_rpc(range, kind, &payload)
+                .handle_rpc(range, kind, &payload, trailer.entry)
                 .instrument(span)
                 .await
             {
@@ -170,6 +183,7 @@ async fn serve(
             meta,
         } => {
             let span = tracing::info_span!("snapshot_receive", range, total_bytes);
+            set_parent(&span, parent);
             match Offer::decode(range, &snapshot_id, total_bytes, &vote, &meta) {
                 Ok(offer) => {
                     hosts
@@ -191,6 +205,7 @@ async fn serve(
             batch,
         } => {
             let span = tracing::debug_span!("replicate_receive", range, bytes = batch.len());
+            set_parent(&span, parent);
             hosts
                 .region
                 .handle_replicate(range, start, end, &batch)
@@ -204,6 +219,7 @@ async fn serve(
             chunk,
         } => {
             let span = tracing::info_span!("catch_up_receive", range, bytes = chunk.len());
+            set_parent(&span, parent);
             hosts
                 .region
                 .handle_catch_up(range, start, end, &chunk)
@@ -218,6 +234,7 @@ async fn serve(
                 ));
             };
             let span = tracing::info_span!("lease_forwarded");
+            set_parent(&span, parent);
             engine.serve_lease_peer(req).instrument(span).await
         }
         PeerRequestV1::Policy(change) => {
@@ -226,6 +243,7 @@ async fn serve(
                 Err(e) => return PeerResponseV1::error(&e),
             };
             let span = tracing::info_span!("policy_change_forwarded");
+            set_parent(&span, parent);
             match control.apply_here(change).instrument(span).await {
                 Ok(c) => PeerResponseV1::PolicyChanged {
                     version: c.table.version,

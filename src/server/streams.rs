@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use tracing::Instrument;
 
 use crate::clock::Hlc;
 use crate::engine::replicated::AckedCursors;
@@ -280,10 +281,19 @@ async fn exchange(
     addr: SocketAddr,
     req: &PeerRequestV1,
 ) -> Result<PeerResponseV1, StreamEnd> {
+    // A root span, sampled at the node's ratio: a sampled batch's trace
+    // follows it into the destination region (its leader's receive,
+    // propose, its followers' appends and applies).
+    let (range, bytes) = match req {
+        PeerRequestV1::Replicate { range, batch, .. } => (*range, batch.len()),
+        _ => (0, 0),
+    };
+    let span = tracing::debug_span!(parent: None, "replicate_send", range, to = %addr, bytes);
     match tokio::time::timeout(
         EXCHANGE_TIMEOUT,
         ctx.host.router().exchange(addr, req, MAX_REPLY_BYTES),
     )
+    .instrument(span)
     .await
     {
         Ok(Ok(reply)) => Ok(reply),

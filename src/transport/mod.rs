@@ -424,8 +424,21 @@ pub async fn connect(
 ) -> Result<quinn::Connection, TransportError> {
     let ip_name = addr.ip().to_string();
     let name = server_name.unwrap_or(&ip_name);
-    let connecting = endpoint.connect(addr, name)?;
+    let connecting = outside_spans(|| endpoint.connect(addr, name))?;
     finish_connect(connecting, addr).await
+}
+
+/// Runs `connect` outside the current tracing span. quinn runs a
+/// connection's driver task inside the span current when it was opened, for
+/// the connection's whole life: opened inside a request's span, the
+/// connection would keep that span open (never ended, never exported, its
+/// trace never complete) for as long as the connection lives.
+///
+/// Entering a disabled span would not do (it leaves the current span as it
+/// is), so `connect` runs with no subscriber at all: quinn then finds no
+/// current span. Nothing is logged by opening a connection.
+fn outside_spans<T>(connect: impl FnOnce() -> T) -> T {
+    tracing::dispatcher::with_default(&tracing::Dispatch::none(), connect)
 }
 
 /// Connects to the peer node at `addr` with `config` (from
@@ -436,7 +449,7 @@ pub async fn connect_peer(
     addr: SocketAddr,
 ) -> Result<quinn::Connection, TransportError> {
     let name = addr.ip().to_string();
-    let connecting = endpoint.connect_with(config.clone(), addr, &name)?;
+    let connecting = outside_spans(|| endpoint.connect_with(config.clone(), addr, &name))?;
     finish_connect(connecting, addr).await
 }
 

@@ -9,6 +9,12 @@
 //! +----------------+---------------------------------------+
 //! ```
 //!
+//! A request frame may end in a trailer after the postcard body carrying
+//! the W3C trace context of a sampled request
+//! ([`encode_request_traced`], [`decode_request_traced`]); its layout, and
+//! why a trailer rather than a new field, are in [`crate::trace_context`].
+//! A frame without one is exactly the v1 frame of earlier builds.
+//!
 //! These types are the wire's own: domain types ([`crate::types`]) convert to
 //! and from them explicitly, so refactoring the domain never changes bytes.
 //! Frozen-bytes tests below pin the encoding; a change that breaks them breaks
@@ -28,6 +34,7 @@ pub use watch::{WatchEventV1, WatchFrameV1, WatchRequestV1};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::replication::policy::{Consistency, Policy, PolicyTable, Replication};
 use crate::replication::read::{OnStale, ReadLevel};
+use crate::trace_context::{self, TraceContext};
 use crate::types::{Compare, CompareOp, CompareTarget, KeyValue, Op, Timestamp, Txn, VersionEntry};
 
 /// The protocol version this build speaks.
@@ -1038,6 +1045,14 @@ fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
+    decode_traced(frame).map(|(msg, _)| msg)
+}
+
+/// Decodes a frame and its trailer's trace context (the trailer is checked
+/// even when the caller ignores the context).
+fn decode_traced<'a, T: Deserialize<'a>>(
+    frame: &'a [u8],
+) -> Result<(T, Option<TraceContext>), DecodeError> {
     let (header, body) = frame
         .split_at_checked(2)
         .ok_or(DecodeError::Short(frame.len()))?;
@@ -1047,13 +1062,11 @@ fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
     }
     let (msg, rest) =
         postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(msg)
+    let trailer =
+        trace_context::read_trailer(rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // A client request has no Raft entries: a traced-entry field is read
+    // (and checked) but means nothing here.
+    Ok((msg, trailer.context))
 }
 
 /// Encodes a request frame payload.
@@ -1061,9 +1074,26 @@ pub fn encode_request(req: &RequestV1) -> Vec<u8> {
     encode(req)
 }
 
-/// Decodes a request frame payload.
+/// Encodes a request frame payload with the trace context of a sampled
+/// request in its trailer (`None`: the plain v1 frame).
+pub fn encode_request_traced(req: &RequestV1, ctx: Option<&TraceContext>) -> Vec<u8> {
+    let mut frame = encode(req);
+    if let Some(ctx) = ctx {
+        trace_context::write_trailer(&mut frame, ctx);
+    }
+    frame
+}
+
+/// Decodes a request frame payload (a trailer is checked, its context dropped).
 pub fn decode_request(frame: &[u8]) -> Result<RequestV1, DecodeError> {
     decode(frame)
+}
+
+/// Decodes a request frame payload and the trace context in its trailer.
+pub fn decode_request_traced(
+    frame: &[u8],
+) -> Result<(RequestV1, Option<TraceContext>), DecodeError> {
+    decode_traced(frame)
 }
 
 /// Encodes a response frame payload.
@@ -1716,6 +1746,38 @@ mod tests {
         trailing.push(0);
         assert!(matches!(
             decode_request(&trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    /// A traced put: the v1 frame of `frozen_put_request`'s kind, then the
+    /// trace context trailer. Frames without it decode as before.
+    #[test]
+    fn frozen_traced_request() {
+        let req = RequestV1::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let ctx = TraceContext {
+            trace_id: [0x11; 16],
+            span_id: [0x22; 8],
+            flags: 1,
+        };
+        let bytes = encode_request_traced(&req, Some(&ctx));
+        let mut expected = vec![0, 1, 1, 1, b'k', 1, b'v', 1, 25];
+        expected.extend([0x11; 16]);
+        expected.extend([0x22; 8]);
+        expected.push(1);
+        assert_eq!(bytes, expected);
+        assert_eq!(decode_request_traced(&bytes), Ok((req.clone(), Some(ctx))));
+        assert_eq!(decode_request(&bytes), Ok(req.clone()));
+        let plain = encode_request_traced(&req, None);
+        assert_eq!(plain, encode_request(&req));
+        assert_eq!(decode_request_traced(&plain), Ok((req, None)));
+        let mut cut = bytes.clone();
+        cut.pop();
+        assert!(matches!(
+            decode_request_traced(&cut),
             Err(DecodeError::Malformed(_))
         ));
     }

@@ -94,8 +94,14 @@ impl DevCluster {
     /// [`DevCluster::start`] with extra environment for every node (config
     /// overrides such as `MERIDIAN_RAFT__SNAPSHOT_AFTER_LOGS`).
     pub fn start_with_env(env: &[(&str, &str)]) -> DevCluster {
+        Self::start_at(free_offset(), env)
+    }
+
+    /// [`DevCluster::start_with_env`] at a chosen `--port-offset` (ports of
+    /// `regions/local-3.toml`, 7379..=7387, plus `offset`).
+    pub fn start_at(offset: u16, env: &[(&str, &str)]) -> DevCluster {
         let dir = tempfile::tempdir().unwrap();
-        let offset = free_offset().to_string();
+        let offset = offset.to_string();
         let mut dev = Command::new(bin())
             .current_dir(dir.path())
             .envs(env.iter().copied())
