@@ -26,9 +26,10 @@ use meridian::error_code::ErrorCode;
 use meridian::replication::read::ReadLevel;
 
 /// Port offsets clear of tests/wan.rs's (20000..=22000),
-/// tests/wan_acceptance.rs's (23000..=25000) and of each other (ports 7379 +
+/// tests/wan_acceptance.rs's (23000..=25000), tests/tracing.rs's (22700),
+/// tests/observability.rs's (19500) and of each other (ports 7379 +
 /// offset ..= 7587 + offset, below the kernel's ephemeral range, 32768..).
-const SHORT_OFFSET: u16 = 22500;
+const SHORT_OFFSET: u16 = 19000;
 const LONG_OFFSET: u16 = 24500;
 /// A client request's bound: above a sync write's own confirmation bound
 /// (`SYNC_CONFIRM_TIMEOUT_MS`, 5 s), so the node's answer arrives first.
