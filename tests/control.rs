@@ -172,7 +172,22 @@ async fn policy_changes_reach_every_node_survive_restarts_and_refuse_unsafe_chan
     // as on QUIC: a client certificate is refused and changes nothing.
     let http = cluster.http_addr("node3").parse().unwrap();
     let https = cluster.https("admin");
-    let table = admin.policies().await.unwrap();
+    // The removal is committed at the control leader; the node the admin
+    // client reads from applies it a moment later (policy tables reach
+    // nodes asynchronously), so wait for it there before taking the table
+    // the refusals below must leave unchanged.
+    let deadline = Instant::now() + BOUND;
+    let table = loop {
+        let t = admin.policies().await.unwrap();
+        if t == removed.policies {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removal never reached the admin's node: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     cluster
         .https("client")
         .request(
