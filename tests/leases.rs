@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,6 @@ use meridian::client::{Client, ClientError, KeptLease, LeaseKeeper};
 use meridian::error_code::ErrorCode;
 use meridian::wire::{ConsistencyV1, SetPolicyV1};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 /// Every wait of this file ends by then.
 const BOUND: Duration = Duration::from_secs(30);
 /// A lease's keys must be gone this long after its deadline, when the lease
@@ -200,18 +198,7 @@ async fn lease_bad_input_gets_clear_errors_and_the_cli_drives_leases() {
     assert_eq!(gone[0].remaining, Duration::ZERO);
 
     // The CLI, as the README shows it.
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .envs(cluster.cli_env())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| cluster.cli(args);
     let (status, out, err) = cli(&["lease", "grant", "20", "--json"]);
     assert_eq!(status, Some(0), "{err}");
     let granted: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

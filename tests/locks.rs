@@ -238,18 +238,7 @@ fn wait_line(child: &mut Proc, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elections_locks_and_fences_from_the_cli_and_bad_input() {
     let cluster = DevCluster::start();
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .envs(cluster.cli_env())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| cluster.cli(args);
     let spawn = |args: &[&str]| {
         Proc(
             Command::new(BIN)

@@ -178,6 +178,21 @@ impl DevCluster {
         .collect()
     }
 
+    /// Runs the CLI against the cluster (its `cli_env`): exit code, stdout,
+    /// stderr.
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(bin())
+            .envs(self.cli_env())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// An address from node `name`'s config (`listen_addr` or `http_addr`).
     fn config_addr(&self, name: &str, field: &str) -> String {
         let path = self.dir.path().join(format!("meridian-dev/{name}.toml"));

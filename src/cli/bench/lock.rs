@@ -131,14 +131,7 @@ pub async fn run(args: &BenchArgs, clients: usize) -> anyhow::Result<RunResult> 
             anyhow::Ok((hist, errors, first_error))
         }));
     }
-    let mut hist = new_histogram()?;
-    let (mut errors, mut first_error) = (0, None);
-    for task in tasks {
-        let (h, e, first) = task.await??;
-        hist.add(&h)?;
-        errors += e;
-        first_error = first_error.or(first);
-    }
+    let (hist, errors, first_error) = super::join_clients(tasks).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(RunResult::of(
         args,

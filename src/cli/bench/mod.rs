@@ -508,6 +508,25 @@ async fn preload(
     Ok(())
 }
 
+/// What one closed-loop client task reports: its latencies, its failed
+/// operations and the first failure's text.
+pub(super) type ClientRun = (Histogram<u64>, u64, Option<String>);
+
+/// Waits for every client task and merges their reports.
+pub(super) async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<ClientRun>>>,
+) -> anyhow::Result<ClientRun> {
+    let mut hist = new_histogram()?;
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        let (h, e, first) = task.await??;
+        hist.add(&h)?;
+        errors += e;
+        first_error = first_error.or(first);
+    }
+    Ok((hist, errors, first_error))
+}
+
 fn key_name(prefix: &str, k: u64) -> Vec<u8> {
     format!("{prefix}{k:010}").into_bytes()
 }
@@ -554,15 +573,7 @@ async fn run_one(
             anyhow::Ok((hist, errors, first_error))
         }));
     }
-    let mut hist = new_histogram()?;
-    let mut errors = 0;
-    let mut first_error = None;
-    for task in tasks {
-        let (h, e, first) = task.await??;
-        hist.add(&h)?;
-        errors += e;
-        first_error = first_error.or(first);
-    }
+    let (hist, errors, first_error) = join_clients(tasks).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(RunResult::of(
         args,
