@@ -22,10 +22,12 @@ setup_output() { # name
     metrics_dir="${out%.jsonl}.metrics"
 }
 
-# Unsets environment that would change either server's or the client's settings.
+# Unsets environment that would change either server's or the client's settings
+# (MERIDIAN_BENCH_BIN, the scripts' own setting read by build_meridian, stays).
 scrub_env() {
     local var
-    while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(MERIDIAN_|ETCD_|ETCDCTL_)' || true)
+    while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(MERIDIAN_|ETCD_|ETCDCTL_)' \
+        | grep -vx 'MERIDIAN_BENCH_BIN' || true)
 }
 
 # Builds meridian with etcd support and sets bin to the binary.

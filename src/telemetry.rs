@@ -288,21 +288,10 @@ pub fn init(
     };
     let provider = telemetry.map(|t| provider(t, who)).transpose()?;
     let otel = provider.as_ref().map(|p| {
-        let exported = tracing_subscriber::filter::filter_fn(|m| {
-            let target = m.target();
-            (target == EXPORTED_TARGET
-                || target
-                    .strip_prefix(EXPORTED_TARGET)
-                    .is_some_and(|t| t.starts_with("::")))
-                && *m.level() <= tracing::Level::DEBUG
-                && !(m.is_span() && NOT_EXPORTED.contains(&m.name()))
-        })
-        .with_max_level_hint(tracing::Level::DEBUG);
-        // Every request's span passes through this layer, sampled or not:
-        // it records no busy/idle timings, source locations or thread ids
-        // per span, and does not make the OpenTelemetry context current on
-        // every poll (nothing here reads `Context::current`), so the 99% of
-        // unsampled requests cost as little as a span can.
+        let exported = export_filter();
+        // What does pass records no busy/idle timings, source locations or
+        // thread ids per span, and does not make the OpenTelemetry context
+        // current on every poll (nothing here reads `Context::current`).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(EXPORTED_TARGET))
             .with_tracked_inactivity(false)
@@ -320,13 +309,63 @@ pub fn init(
         }
         return Ok(Telemetry { provider: None });
     }
-    if provider.is_some() {
-        crate::trace_context::mark_export_on();
+    if let (Some(_), Some(t)) = (&provider, telemetry) {
+        crate::trace_context::mark_export_on(t.sampling_ratio);
     }
     Ok(Telemetry { provider })
 }
 
-/// The tracer provider: parent-based ratio sampling, bounded batches, the
+/// Which spans and events the OpenTelemetry layer sees.
+///
+/// Which spans reach the exporter is decided where they are created, not by
+/// the OpenTelemetry sampler when they end: a span is exported when it is
+/// opened inside an exported span (its parent), or when
+/// [`crate::trace_context::exported`] asks for it (a sampled root, a
+/// received trace, a recalled Raft entry). Every other span is disabled for
+/// this layer: the unsampled 99% of requests cost the registry's record of
+/// a span, not an OpenTelemetry span (builder, attributes, ids, a sampler
+/// call, an end). Interest is "sometimes" for the
+/// callsites that could qualify (this crate's, debug and above, not a
+/// connection's or a task's long-lived span), so the filter runs at each
+/// span's creation. Events are seen inside exported spans only.
+fn export_filter<S>() -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::filter::dynamic_filter_fn(|m, cx| {
+        // Asked here too, not only per callsite: with several subscribers
+        // in a process (tests) a callsite's interest is theirs combined.
+        if !may_export(m) {
+            return false;
+        }
+        if m.is_span() && crate::trace_context::export_next() {
+            return true;
+        }
+        cx.lookup_current().is_some()
+    })
+    .with_callsite_filter(|m| {
+        if may_export(m) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    })
+    .with_max_level_hint(tracing::Level::DEBUG)
+}
+
+/// Whether `m` could ever be exported: this crate's, debug or above, and not
+/// a connection's or a task's long-lived span.
+fn may_export(m: &tracing::Metadata<'_>) -> bool {
+    let target = m.target();
+    let ours = target == EXPORTED_TARGET
+        || target
+            .strip_prefix(EXPORTED_TARGET)
+            .is_some_and(|t| t.starts_with("::"));
+    ours && *m.level() <= tracing::Level::DEBUG
+        && !(m.is_span() && NOT_EXPORTED.contains(&m.name()))
+}
+
+/// The tracer provider: sampling decided at the roots, bounded batches, the
 /// OTLP/HTTP exporter over [`export::HyperExport`].
 fn provider(t: &TelemetryConfig, who: &Identity) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -362,10 +401,92 @@ fn provider(t: &TelemetryConfig, who: &Identity) -> Result<SdkTracerProvider, Te
         ])
         .build();
     Ok(SdkTracerProvider::builder()
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            t.sampling_ratio,
-        ))))
+        // Every span that reaches the SDK was chosen already (see `init`):
+        // roots by trace_context::sample_root at `sampling_ratio`, the rest
+        // as members of a sampled trace.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_span_processor(processor)
         .with_resource(resource)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::Layer;
+
+    use crate::trace_context::{call_span, entry_span, entry_span_if, exported, TraceContext};
+
+    /// The names of the spans a layer behind [`super::export_filter`] sees.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<&'static str>>>);
+
+    impl<S> Layer<S> for Seen
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(attrs.metadata().name());
+        }
+    }
+
+    /// An unsampled request's spans never reach the exporter; a sampled
+    /// trace's spans do, whether opened inside its spans or asked for
+    /// explicitly.
+    #[test]
+    fn only_the_spans_of_a_sampled_trace_reach_the_exporter() {
+        // Ratio 1.0, as the other tests of this process that turn export on.
+        crate::trace_context::mark_export_on(1.0);
+        let seen = Seen::default();
+        let subscriber =
+            tracing_subscriber::registry().with(seen.clone().with_filter(super::export_filter()));
+        let received = TraceContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            flags: 1,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let unsampled = tracing::debug_span!("unsampled_request");
+            {
+                let _in = unsampled.enter();
+                let _child = tracing::debug_span!("child_of_unsampled");
+            }
+            let root = exported(|| tracing::debug_span!("sampled_root"));
+            {
+                let _in = root.enter();
+                let child = tracing::debug_span!("child");
+                let _in_child = child.enter();
+                let _grandchild = tracing::debug_span!("grandchild");
+                let _conn = tracing::info_span!("conn");
+                let _fine = tracing::trace_span!("below_debug");
+            }
+            {
+                let _in = root.enter();
+                let _sdk_call = call_span(|| tracing::debug_span!("sdk_call_inside"));
+            }
+            let _joined = entry_span(Some(received), || tracing::debug_span!("joined"));
+            let _new_root = entry_span(None, || tracing::debug_span!("new_root"));
+            let _heartbeat = entry_span_if(None, false, || tracing::debug_span!("heartbeat"));
+            let _after = tracing::debug_span!("after_the_trace");
+        });
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "sampled_root",
+                "child",
+                "grandchild",
+                "sdk_call_inside",
+                "joined",
+                "new_root"
+            ]
+        );
+    }
 }

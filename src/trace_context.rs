@@ -49,8 +49,9 @@
 //! so the follower remembers that entry alone under the RPC's span: the
 //! other entries of the batch belong to other requests, not to this trace.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -266,14 +267,110 @@ pub fn set_parent(span: &tracing::Span, parent: Option<TraceContext>) {
 
 static EXPORT_ON: AtomicBool = AtomicBool::new(false);
 
-/// Records that trace export is on in this process (by
-/// `telemetry::init`): until then every function here returns at once.
-pub fn mark_export_on() {
+/// The root sampling ratio, as `f64` bits (see [`sample_root`]).
+static ROOT_RATIO_BITS: AtomicU64 = AtomicU64::new(0);
+
+/// Records that trace export is on in this process, sampling new traces at
+/// `ratio` (by `telemetry::init`): until then every function here returns
+/// at once.
+pub fn mark_export_on(ratio: f64) {
+    ROOT_RATIO_BITS.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     EXPORT_ON.store(true, Ordering::Release);
 }
 
 fn export_on() -> bool {
     EXPORT_ON.load(Ordering::Acquire)
+}
+
+/// Whether a trace starting here is sampled: true for the configured share
+/// of calls while export is on, never while it is off.
+///
+/// The decision is taken here, before the root span exists, rather than by
+/// the OpenTelemetry sampler when the span ends: an unsampled request's
+/// spans never reach the OpenTelemetry layer, so they cost a random number
+/// and the registry's record of a span, not an OpenTelemetry span
+/// (attributes, ids, a sampler call and an end) each.
+pub fn sample_root() -> bool {
+    if !export_on() {
+        return false;
+    }
+    let ratio = f64::from_bits(ROOT_RATIO_BITS.load(Ordering::Relaxed));
+    sampled_at(ratio, rand::random::<f64>)
+}
+
+/// Whether a root is sampled at `ratio`, given a uniform draw in [0, 1)
+/// (taken only when the ratio leaves a choice).
+fn sampled_at(ratio: f64, draw: impl FnOnce() -> f64) -> bool {
+    ratio >= 1.0 || (ratio > 0.0 && draw() < ratio)
+}
+
+thread_local! {
+    /// Set while [`exported`] creates its span.
+    static EXPORT_NEXT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Creates the span `make` makes as one that is exported (the telemetry
+/// layer's filter admits it: [`export_next`]). For spans of a sampled trace
+/// that are not opened inside its current span: a recalled Raft entry's,
+/// a received trace's, or a new root chosen by [`sample_root`]. Without
+/// export on, just `make()`.
+pub fn exported(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !export_on() {
+        return make();
+    }
+    let before = EXPORT_NEXT.with(|c| c.replace(true));
+    let span = make();
+    EXPORT_NEXT.with(|c| c.set(before));
+    span
+}
+
+/// Whether a span being created now was asked for by [`exported`] (read by
+/// the telemetry layer's filter, on the creating thread).
+pub fn export_next() -> bool {
+    EXPORT_NEXT.with(Cell::get)
+}
+
+/// The span of work that starts a request or a message on this node: a
+/// child of `parent` (a sampled trace received with it) when there is one,
+/// else the root of a new trace when [`sample_root`] picks it, else a span
+/// the trace exporter never sees (logs still do). It never joins the
+/// current span: a node's requests are opened inside their connection's.
+pub fn entry_span(
+    parent: Option<TraceContext>,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    entry_span_if(parent, true, make)
+}
+
+/// The span of an SDK call: a child of the current span when that is in a
+/// sampled trace (an application's span around the call), else
+/// [`entry_span`] without a parent.
+pub fn call_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if current().is_some() {
+        return make();
+    }
+    entry_span(None, make)
+}
+
+/// [`entry_span`], except that without a `parent` a trace starts here only
+/// when `may_root` (a message that would start thousands of one-span
+/// traces, such as a heartbeat, passes false).
+pub fn entry_span_if(
+    parent: Option<TraceContext>,
+    may_root: bool,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    let parent = parent.filter(TraceContext::sampled);
+    let export = match parent {
+        Some(_) => export_on(),
+        None => may_root && sample_root(),
+    };
+    if !export {
+        return make();
+    }
+    let span = exported(make);
+    set_parent(&span, parent);
+    span
 }
 
 /// The trace contexts of recent sampled proposals (see the module docs),
@@ -415,7 +512,7 @@ mod tests {
         use opentelemetry::trace::TracerProvider as _;
         use tracing_subscriber::layer::SubscriberExt;
 
-        mark_export_on();
+        mark_export_on(1.0);
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
@@ -438,8 +535,20 @@ mod tests {
     }
 
     #[test]
+    fn roots_are_sampled_at_the_ratio() {
+        assert!(sampled_at(1.0, || unreachable!("no draw needed")));
+        assert!(!sampled_at(0.0, || unreachable!("no draw needed")));
+        assert!(sampled_at(0.01, || 0.0099));
+        assert!(!sampled_at(0.01, || 0.01));
+        let picked = (0..10_000)
+            .filter(|i| sampled_at(0.25, || f64::from(*i) / 10_000.0))
+            .count();
+        assert_eq!(picked, 2_500);
+    }
+
+    #[test]
     fn remembered_proposals_are_bounded_oldest_first() {
-        mark_export_on();
+        mark_export_on(1.0);
         // A range id no other test uses: the table is process-wide.
         let range = u64::MAX - 7;
         for at in 0..(MAX_REMEMBERED_PROPOSALS as u64 + 10) {

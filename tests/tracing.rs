@@ -192,7 +192,12 @@ async fn a_put_through_a_follower_is_one_trace_across_the_region() {
     let mut config: ClientConfig = cluster.client_config(Duration::from_secs(10));
     config.endpoints = vec![cluster.quic_addr(&entry).parse().unwrap()];
     let client = Client::connect(config).await.unwrap();
-    let root = tracing::info_span!(target: "meridian::test", "test_put");
+    // A trace starts where the sampling decision is taken (at ratio 1.0
+    // here): a span opened outside one never reaches the exporter.
+    let root = meridian::trace_context::entry_span(
+        None,
+        || tracing::info_span!(target: "meridian::test", "test_put"),
+    );
     let trace_id = meridian::trace_context::of_span(&root)
         .expect("the test's root span is sampled")
         .trace_id;

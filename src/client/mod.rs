@@ -776,7 +776,7 @@ impl Client {
 
     /// [`Client::call`], keeping a level read's staleness and token.
     async fn call_answer(&self, req: &RequestV1) -> Result<Answer, ClientError> {
-        let span = tracing::debug_span!("client_request");
+        let span = crate::trace_context::call_span(|| tracing::debug_span!("client_request"));
         self.call_answer_in(req).instrument(span).await
     }
 

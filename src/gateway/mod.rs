@@ -338,7 +338,10 @@ async fn observe<F>(state: &GatewayState, op: &'static str, work: F) -> Response
 where
     F: Future<Output = Result<Response, GatewayError>>,
 {
-    let span = tracing::info_span!("http", op, region = %state.info.region, status = tracing::field::Empty);
+    let span = crate::trace_context::entry_span(
+        None,
+        || tracing::info_span!("http", op, region = %state.info.region, status = tracing::field::Empty),
+    );
     let started = Instant::now();
     let result =
         match tokio::time::timeout(HTTP_REQUEST_TIMEOUT, work.instrument(span.clone())).await {

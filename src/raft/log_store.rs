@@ -160,7 +160,11 @@ fn sync_loop(store: &MvccStore, rx: &mpsc::Receiver<Queued>) {
         let fsync_span = pending
             .iter()
             .find_map(|(_, span)| span.as_ref())
-            .map(|parent| tracing::debug_span!(parent: parent, "raft_log_fsync", appends = pending.len()));
+            .map(|parent| {
+                crate::trace_context::exported(|| {
+                    tracing::debug_span!(parent: parent, "raft_log_fsync", appends = pending.len())
+                })
+            });
         let entered = fsync_span.as_ref().map(tracing::Span::enter);
         // Through storage, which poisons the store (and so turns /ready to
         // 503) when the fsync fails: a node that cannot make its log durable
@@ -410,11 +414,13 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let span = traced.map(|parent| {
-            let span = tracing::debug_span!(
-                "raft_log_append",
-                range = self.range,
-                entries = encoded.len()
-            );
+            let span = crate::trace_context::exported(|| {
+                tracing::debug_span!(
+                    "raft_log_append",
+                    range = self.range,
+                    entries = encoded.len()
+                )
+            });
             crate::trace_context::set_parent(&span, Some(parent));
             span
         });

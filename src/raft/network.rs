@@ -272,12 +272,14 @@ fn append_span(
     let Some((parent, entry)) = traced else {
         return (tracing::Span::none(), None);
     };
-    let span = tracing::debug_span!(
-        "raft_append_entries_send",
-        range,
-        target,
-        entries = rpc.entries.len()
-    );
+    let span = crate::trace_context::exported(|| {
+        tracing::debug_span!(
+            "raft_append_entries_send",
+            range,
+            target,
+            entries = rpc.entries.len()
+        )
+    });
     crate::trace_context::set_parent(&span, Some(parent));
     (span, Some(entry))
 }

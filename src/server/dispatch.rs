@@ -150,8 +150,10 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
     };
     let op = op_name(&request);
     let started = Instant::now();
-    let span = tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request));
-    crate::trace_context::set_parent(&span, parent);
+    let span = crate::trace_context::entry_span(
+        parent,
+        || tracing::debug_span!("request", op, region = %ctx.info.region, consistency = consistency_name(&request)),
+    );
     let result = match level_of(&request) {
         Some(level) => {
             handle_level(request, level, ctx, peer)

@@ -20,7 +20,7 @@ use crate::peer::{
 };
 use crate::raft::transfer::Offer;
 use crate::raft::RaftHost;
-use crate::trace_context::{set_parent, Trailer};
+use crate::trace_context::{entry_span, entry_span_if, Trailer};
 use crate::transport::{self, PeerIdentity};
 
 /// QUIC close code for a peer connection whose certificate is not a node's.
@@ -157,14 +157,17 @@ async fn serve(
             payload,
         } => {
             // Heartbeats and appends outside a sampled trace would be
-            // thousands of one-span traces: only a traced append, a vote or
-            // a leadership transfer is exported (debug).
-            let span = if parent.is_none() && kind == RaftKindV1::AppendEntries {
-                tracing::trace_span!("raft_rpc", range, ?kind)
-            } else {
-                tracing::debug_span!("raft_rpc", range, ?kind)
-            };
-            set_parent(&span, parent);
+            // thousands of one-span traces: an append is exported only in
+            // its sender's trace; a vote or a leadership transfer may start
+            // one (at the sampling ratio).
+            let untraced_append = parent.is_none() && kind == RaftKindV1::AppendEntries;
+            let span = entry_span_if(parent, !untraced_append, || {
+                if untraced_append {
+                    tracing::trace_span!("raft_rpc", range, ?kind)
+                } else {
+                    tracing::debug_span!("raft_rpc", range, ?kind)
+                }
+            });
             match hosts
                 .for_range(range)
                 .handle_rpc(range, kind, &payload, trailer.entry)
@@ -182,8 +185,9 @@ async fn serve(
             vote,
             meta,
         } => {
-            let span = tracing::info_span!("snapshot_receive", range, total_bytes);
-            set_parent(&span, parent);
+            let span = entry_span(parent, || {
+                tracing::info_span!("snapshot_receive", range, total_bytes)
+            });
             match Offer::decode(range, &snapshot_id, total_bytes, &vote, &meta) {
                 Ok(offer) => {
                     hosts
@@ -204,8 +208,9 @@ async fn serve(
             end,
             batch,
         } => {
-            let span = tracing::debug_span!("replicate_receive", range, bytes = batch.len());
-            set_parent(&span, parent);
+            let span = entry_span(parent, || {
+                tracing::debug_span!("replicate_receive", range, bytes = batch.len())
+            });
             hosts
                 .region
                 .handle_replicate(range, start, end, &batch)
@@ -218,8 +223,9 @@ async fn serve(
             end,
             chunk,
         } => {
-            let span = tracing::info_span!("catch_up_receive", range, bytes = chunk.len());
-            set_parent(&span, parent);
+            let span = entry_span(parent, || {
+                tracing::info_span!("catch_up_receive", range, bytes = chunk.len())
+            });
             hosts
                 .region
                 .handle_catch_up(range, start, end, &chunk)
@@ -233,8 +239,7 @@ async fn serve(
                     "this node serves Raft only, not lease operations",
                 ));
             };
-            let span = tracing::info_span!("lease_forwarded");
-            set_parent(&span, parent);
+            let span = entry_span(parent, || tracing::info_span!("lease_forwarded"));
             engine.serve_lease_peer(req).instrument(span).await
         }
         PeerRequestV1::Policy(change) => {
@@ -242,8 +247,7 @@ async fn serve(
                 Ok(c) => c,
                 Err(e) => return PeerResponseV1::error(&e),
             };
-            let span = tracing::info_span!("policy_change_forwarded");
-            set_parent(&span, parent);
+            let span = entry_span(parent, || tracing::info_span!("policy_change_forwarded"));
             match control.apply_here(change).instrument(span).await {
                 Ok(c) => PeerResponseV1::PolicyChanged {
                     version: c.table.version,

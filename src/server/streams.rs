@@ -288,7 +288,10 @@ async fn exchange(
         PeerRequestV1::Replicate { range, batch, .. } => (*range, batch.len()),
         _ => (0, 0),
     };
-    let span = tracing::debug_span!(parent: None, "replicate_send", range, to = %addr, bytes);
+    let span = crate::trace_context::entry_span(
+        None,
+        || tracing::debug_span!(parent: None, "replicate_send", range, to = %addr, bytes),
+    );
     match tokio::time::timeout(
         EXCHANGE_TIMEOUT,
         ctx.host.router().exchange(addr, req, MAX_REPLY_BYTES),
