@@ -311,9 +311,9 @@ thread_local! {
 
 /// Creates the span `make` makes as one that is exported (the telemetry
 /// layer's filter admits it: [`export_next`]). For spans of a sampled trace
-/// that are not opened inside its current span: a recalled Raft entry's,
-/// a received trace's, or a new root chosen by [`sample_root`]. Without
-/// export on, just `make()`.
+/// that are not opened inside its current span: [`entry_span`]'s, or one
+/// whose explicit `parent:` is an exported span on another thread (the log
+/// fsync's). Without export on, just `make()`.
 pub fn exported(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     if !export_on() {
         return make();
@@ -330,8 +330,9 @@ pub fn export_next() -> bool {
     EXPORT_NEXT.with(Cell::get)
 }
 
-/// The span of work that starts a request or a message on this node: a
-/// child of `parent` (a sampled trace received with it) when there is one,
+/// The span of work that starts a request, a message or a Raft entry's step
+/// on this node: a child of `parent` (a sampled trace received with it, or
+/// recalled for the entry) when there is one,
 /// else the root of a new trace when [`sample_root`] picks it, else a span
 /// the trace exporter never sees (logs still do). It never joins the
 /// current span: a node's requests are opened inside their connection's.

@@ -414,15 +414,13 @@ impl RaftLogStorage<RangeTypes> for RangeLogStore {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let span = traced.map(|parent| {
-            let span = crate::trace_context::exported(|| {
+            crate::trace_context::entry_span(Some(parent), || {
                 tracing::debug_span!(
                     "raft_log_append",
                     range = self.range,
                     entries = encoded.len()
                 )
-            });
-            crate::trace_context::set_parent(&span, Some(parent));
-            span
+            })
         });
         let entered = span.as_ref().map(tracing::Span::enter);
         self.log.append(&encoded).map_err(io_err("append"))?;

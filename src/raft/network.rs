@@ -272,7 +272,7 @@ fn append_span(
     let Some((parent, entry)) = traced else {
         return (tracing::Span::none(), None);
     };
-    let span = crate::trace_context::exported(|| {
+    let span = crate::trace_context::entry_span(Some(parent), || {
         tracing::debug_span!(
             "raft_append_entries_send",
             range,
@@ -280,7 +280,6 @@ fn append_span(
             entries = rpc.entries.len()
         )
     });
-    crate::trace_context::set_parent(&span, Some(parent));
     (span, Some(entry))
 }
 

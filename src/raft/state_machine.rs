@@ -276,15 +276,13 @@ impl RangeStateMachine {
             return None;
         };
         let parent = crate::trace_context::recall(self.range.id, cmd.proposed_at)?;
-        let span = crate::trace_context::exported(|| {
+        Some(crate::trace_context::entry_span(Some(parent), || {
             tracing::debug_span!(
                 "raft_apply",
                 range = self.range.id,
                 index = entry.log_id.index
             )
-        });
-        crate::trace_context::set_parent(&span, Some(parent));
-        Some(span)
+        }))
     }
 
     /// Opens the state machine of `range` in a single region, restoring its
