@@ -59,12 +59,29 @@ pub use span_scan::{
 /// fjall keyspace holding one entry per version (format: `encoding`).
 const DATA_KEYSPACE: &str = "mvcc_data";
 
-/// Memtable size of the data keyspace (fjall's default is 64 MiB). A bulk
-/// write such as a Raft snapshot install fills memtables faster than they
-/// flush, and every sealed one waits in memory: at 16 MiB (fjall recommends
-/// 8-64 MiB) a node streaming in a 300 MB range stays within about 100 MB
-/// of its idle size. Fixed when the keyspace is created.
-pub const DATA_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Memtable size of the data keyspace: fjall's default, so a working set
+/// of up to 64 MiB of recent versions is read from memory. With 16 MiB the
+/// read rows of benches/compare_etcd_region.sh that follow its put rows
+/// read every key from two or three flushed tables as well (a point read is
+/// a range seek in every table its key may lie in), about 20 us more per
+/// read at 1 client (docs/benchmarks.md, "Reads after puts"). Fixed when the
+/// keyspace is created. Bulk writes do not wait for this size to seal a
+/// memtable: see [`BULK_MEMTABLE_BYTES`].
+pub const DATA_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A bulk write (a Raft snapshot install, [`MvccStore::insert_versions`])
+/// seals the data memtable after every this many bytes and waits until it
+/// is flushed before it writes more: an install writes faster than fjall
+/// flushes, and every sealed memtable waiting for its flush stays in memory,
+/// so without this a node installing a 300 MB range grew by far more than
+/// 100 MB (docs/benchmarks.md, "Snapshot streaming memory").
+pub const BULK_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Longest a bulk write waits for its sealed memtable's flush before it goes
+/// on anyway (a flush that slow is a disk problem the write path reports on
+/// its own; the install stays correct, only its memory bound is lost).
+const BULK_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// fjall keyspace holding the format marker, gc horizon and named metadata.
 const META_KEYSPACE: &str = "mvcc_meta";
 
@@ -336,6 +353,9 @@ struct Inner {
     /// Serializes writes with horizon changes, so that no write at or below
     /// the horizon commits after gc has started removing versions.
     write_lock: Mutex<()>,
+    /// Bytes bulk writes put in the data memtable since it was last sealed
+    /// for them ([`BULK_MEMTABLE_BYTES`]).
+    bulk_bytes: AtomicU64,
     /// Per-span horizons, once a region's ranges are registered; until then
     /// (and always on a single node) `horizon` covers every key.
     spans: OnceLock<Vec<SpanHorizon>>,
@@ -506,6 +526,7 @@ impl MvccStore {
             poisoned: AtomicBool::new(false),
             horizon: AtomicU64::new(horizon.0),
             write_lock: Mutex::new(()),
+            bulk_bytes: AtomicU64::new(0),
             spans: OnceLock::new(),
             gc_cursor: Mutex::new(HashMap::new()),
         };
@@ -1019,17 +1040,47 @@ impl MvccStore {
                 v.key.len()
             )));
         }
-        let _write = lock(&self.inner.write_lock);
-        let mut batch = self.inner.db.batch();
-        for v in versions {
-            let encoded = encoding::encode_version_key(&v.key, v.version);
-            batch.insert(
-                &self.inner.data,
-                encoded,
-                encoding::encode_record(v.value.as_deref()),
-            );
+        let mut bytes = 0u64;
+        {
+            let _write = lock(&self.inner.write_lock);
+            let mut batch = self.inner.db.batch();
+            for v in versions {
+                let encoded = encoding::encode_version_key(&v.key, v.version);
+                let record = encoding::encode_record(v.value.as_deref());
+                bytes += (encoded.len() + record.len()) as u64;
+                batch.insert(&self.inner.data, encoded, record);
+            }
+            self.commit("insert_versions", batch)?;
         }
-        self.commit("insert_versions", batch)
+        self.bound_bulk_memtable(bytes)
+    }
+
+    /// Counts `bytes` a bulk write just committed and, once
+    /// [`BULK_MEMTABLE_BYTES`] have accumulated, seals the data memtable
+    /// and waits (at most [`BULK_FLUSH_WAIT`]) until no sealed memtable is
+    /// left, so a bulk write holds about one bulk's worth of memtable above
+    /// what the node's ordinary writes hold. Blocks: call it off the async
+    /// runtime (snapshot installs run in `spawn_blocking`).
+    fn bound_bulk_memtable(&self, bytes: u64) -> Result<(), StorageError> {
+        let total = self.inner.bulk_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if total < BULK_MEMTABLE_BYTES {
+            return Ok(());
+        }
+        self.inner.bulk_bytes.store(0, Ordering::Release);
+        let data = &self.inner.data;
+        data.rotate_memtable().map_err(StorageError::fjall)?;
+        let deadline = std::time::Instant::now() + BULK_FLUSH_WAIT;
+        while data.sealed_memtable_count() > 0 {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    sealed = data.sealed_memtable_count(),
+                    "a bulk write waited {BULK_FLUSH_WAIT:?} for memtable flushes; going on without"
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// The directory of the store. Files that belong with the node's data

@@ -586,3 +586,52 @@ fn gc_spans_must_tile_the_keyspace() {
     }
     store.set_gc_spans(vec![span(9, b"", None)]).unwrap();
 }
+
+/// A bulk install seals and flushes the data memtable every
+/// [`BULK_MEMTABLE_BYTES`] instead of letting it grow to the data
+/// keyspace's [`DATA_MEMTABLE_BYTES`] (the bound on a node's memory while it
+/// installs a streamed snapshot), and ordinary writes do not: they stay in
+/// the memtable, so recent keys are read from memory.
+#[test]
+fn bulk_installs_flush_every_bulk_memtable_bytes_and_ordinary_writes_do_not() {
+    const VALUE: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let versions = |first: usize, n: usize| -> Vec<RawVersion> {
+        (first..first + n)
+            .map(|i| RawVersion {
+                key: format!("bulk/{i:06}").into_bytes(),
+                version: Timestamp(10),
+                value: Some(vec![b'v'; VALUE]),
+            })
+            .collect()
+    };
+    // Ordinary writes of more than one bulk's worth: no flush.
+    let ordinary = (BULK_MEMTABLE_BYTES as usize / VALUE) + 16;
+    for i in 0..ordinary {
+        store
+            .apply_batch(&[record(
+                20 + i as u64,
+                vec![put(format!("recent/{i:06}").as_bytes(), &[b'r'; VALUE])],
+            )])
+            .unwrap();
+    }
+    assert_eq!(store.inner.data.table_count(), 0, "ordinary writes stay in the memtable");
+    // An install of 1.5 bulks in batches of 64: exactly one seal and flush,
+    // of everything the memtable held, and nothing is left waiting.
+    let total = BULK_MEMTABLE_BYTES as usize * 3 / 2 / VALUE;
+    for first in (0..total).step_by(64) {
+        store
+            .insert_versions(b"bulk/", Some(b"bulk0"), &versions(first, 64.min(total - first)))
+            .unwrap();
+    }
+    assert_eq!(store.inner.data.sealed_memtable_count(), 0);
+    assert!(store.inner.data.table_count() >= 1, "the install flushed its memtable");
+    assert!(BULK_MEMTABLE_BYTES < DATA_MEMTABLE_BYTES);
+    // Every version is readable wherever it went.
+    assert_eq!(value_at(&store, b"bulk/000000", 10).map(|v| v.len()), Some(VALUE));
+    let last = format!("bulk/{:06}", total - 1);
+    assert_eq!(value_at(&store, last.as_bytes(), 10).map(|v| v.len()), Some(VALUE));
+    let recent = format!("recent/{:06}", ordinary - 1);
+    assert_eq!(value_at(&store, recent.as_bytes(), u64::MAX).map(|v| v.len()), Some(VALUE));
+}
