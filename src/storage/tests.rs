@@ -616,22 +616,42 @@ fn bulk_installs_flush_every_bulk_memtable_bytes_and_ordinary_writes_do_not() {
             )])
             .unwrap();
     }
-    assert_eq!(store.inner.data.table_count(), 0, "ordinary writes stay in the memtable");
+    assert_eq!(
+        store.inner.data.table_count(),
+        0,
+        "ordinary writes stay in the memtable"
+    );
     // An install of 1.5 bulks in batches of 64: exactly one seal and flush,
     // of everything the memtable held, and nothing is left waiting.
     let total = BULK_MEMTABLE_BYTES as usize * 3 / 2 / VALUE;
     for first in (0..total).step_by(64) {
         store
-            .insert_versions(b"bulk/", Some(b"bulk0"), &versions(first, 64.min(total - first)))
+            .insert_versions(
+                b"bulk/",
+                Some(b"bulk0"),
+                &versions(first, 64.min(total - first)),
+            )
             .unwrap();
     }
     assert_eq!(store.inner.data.sealed_memtable_count(), 0);
-    assert!(store.inner.data.table_count() >= 1, "the install flushed its memtable");
+    assert!(
+        store.inner.data.table_count() >= 1,
+        "the install flushed its memtable"
+    );
     assert!(BULK_MEMTABLE_BYTES < DATA_MEMTABLE_BYTES);
     // Every version is readable wherever it went.
-    assert_eq!(value_at(&store, b"bulk/000000", 10).map(|v| v.len()), Some(VALUE));
+    assert_eq!(
+        value_at(&store, b"bulk/000000", 10).map(|v| v.len()),
+        Some(VALUE)
+    );
     let last = format!("bulk/{:06}", total - 1);
-    assert_eq!(value_at(&store, last.as_bytes(), 10).map(|v| v.len()), Some(VALUE));
+    assert_eq!(
+        value_at(&store, last.as_bytes(), 10).map(|v| v.len()),
+        Some(VALUE)
+    );
     let recent = format!("recent/{:06}", ordinary - 1);
-    assert_eq!(value_at(&store, recent.as_bytes(), u64::MAX).map(|v| v.len()), Some(VALUE));
+    assert_eq!(
+        value_at(&store, recent.as_bytes(), u64::MAX).map(|v| v.len()),
+        Some(VALUE)
+    );
 }
