@@ -76,6 +76,7 @@ pub const DATA_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 /// so without this a node installing a 300 MB range grew by far more than
 /// 100 MB (docs/benchmarks.md, "Snapshot streaming memory").
 pub const BULK_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+const _: () = assert!(BULK_MEMTABLE_BYTES < DATA_MEMTABLE_BYTES);
 
 /// Longest a bulk write waits for its sealed memtable's flush before it goes
 /// on anyway (a flush that slow is a disk problem the write path reports on
