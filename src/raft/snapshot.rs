@@ -78,7 +78,7 @@ const MAX_HEADER_BYTES: usize = 4 * 1024;
 pub const MAX_SNAPSHOT_RECORD_BYTES: usize =
     crate::limits::HARD_MAX_KEY_BYTES + crate::limits::HARD_MAX_VALUE_BYTES + 64;
 /// An install writes versions in batches of about this many bytes.
-pub const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub const INSTALL_BATCH_BYTES: usize = 1024 * 1024;
 /// ... and at most this many versions per batch.
 pub const INSTALL_BATCH_VERSIONS: usize = 10_000;
 /// Write buffer of a snapshot file being built.
