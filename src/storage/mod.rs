@@ -75,7 +75,7 @@ pub const DATA_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 /// is flushed before it writes more: an install writes faster than fjall
 /// flushes, and every sealed memtable waiting for its flush stays in memory,
 /// so without this a node installing a 300 MB range grew by far more than
-/// 100 MB (docs/benchmarks.md, "Snapshot streaming memory").
+/// 100 MB (docs/benchmarks.md, "Snapshot streaming").
 pub const BULK_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const _: () = assert!(BULK_MEMTABLE_BYTES < DATA_MEMTABLE_BYTES);
 
