@@ -1061,8 +1061,9 @@ impl MvccStore {
     /// [`BULK_MEMTABLE_BYTES`] have accumulated, seals the data memtable
     /// and waits (at most [`BULK_FLUSH_WAIT`]) until no sealed memtable is
     /// left, so a bulk write holds about one bulk's worth of memtable above
-    /// what the node's ordinary writes hold. Blocks: call it off the async
-    /// runtime (snapshot installs run in `spawn_blocking`).
+    /// what the node's ordinary writes hold. Blocks, like the install that
+    /// calls it: installs run in `spawn_blocking`, or while a range's state
+    /// machine opens (an interrupted install redone) before its group runs.
     fn bound_bulk_memtable(&self, bytes: u64) -> Result<(), StorageError> {
         let total = self.inner.bulk_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if total < BULK_MEMTABLE_BYTES {
