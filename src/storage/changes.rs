@@ -297,7 +297,7 @@ impl MvccStore {
             }
             let key = guard.key().map_err(StorageError::fjall)?;
             last = Some(ts_of(range, &key)?);
-            batch.remove(&self.inner.changes, key);
+            batch.remove(&self.inner.changes, super::owned_key(&key));
         }
         let Some(last) = last else { return Ok(false) };
         // The log is complete only above the last entry removed.

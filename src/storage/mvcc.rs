@@ -282,8 +282,10 @@ fn raw_key_last(prefix: &[u8]) -> Vec<u8> {
 /// What one gc call will remove, and where the next call resumes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct GcPlan {
-    /// Encoded keys of the versions to remove.
-    pub(crate) remove: Vec<fjall::Slice>,
+    /// Encoded keys of the versions to remove, copied out of the blocks they
+    /// were read from (a key read from a table pins its whole data block,
+    /// see [`crate::storage::owned_key`]).
+    pub(crate) remove: Vec<Vec<u8>>,
     /// Encoded lower bound where the next call continues; `None` when the
     /// pass reached the end of the keyspace.
     pub(crate) resume: Option<Vec<u8>>,
@@ -296,7 +298,7 @@ struct GcGroup {
     /// Whether the newest version at or below the horizon has been seen.
     seen_newest: bool,
     /// That newest version, if it is a tombstone (removed last, see below).
-    tombstone: Option<fjall::Slice>,
+    tombstone: Option<Vec<u8>>,
 }
 
 /// Plans one bounded gc step over the encoded keys in `(lower, upper)` (a
@@ -345,12 +347,12 @@ pub(crate) fn plan_gc(
                 plan.resume = Some(group.prefix);
                 return Ok(plan);
             }
-            plan.remove.push(raw_key);
+            plan.remove.push(raw_key.to_vec());
             continue;
         }
         group.seen_newest = true;
         if encoding::decode_record(&raw_value)?.is_none() {
-            group.tombstone = Some(raw_key);
+            group.tombstone = Some(raw_key.to_vec());
         }
     }
     if !finish_group(&mut plan, &mut group, max_remove) {

@@ -279,7 +279,8 @@ impl RaftLog {
         };
         let mut batch = self.store.inner.db.batch();
         for guard in keys.by_ref().take(max_entries) {
-            batch.remove(&self.log, guard.key().map_err(StorageError::fjall)?);
+            let key = guard.key().map_err(StorageError::fjall)?;
+            batch.remove(&self.log, super::owned_key(&key));
         }
         let more = keys.next().is_some();
         self.store.commit(what, batch)?;
