@@ -79,6 +79,30 @@ pub const DATA_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 pub const BULK_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const _: () = assert!(BULK_MEMTABLE_BYTES < DATA_MEMTABLE_BYTES);
 
+/// Target size of the data keyspace's tables (fjall's default is 64 MiB).
+/// A compaction holds in memory every source block it has written to its
+/// current output table until that table is finished (lsm-tree's table
+/// writer keeps each block's last key, a view into the source block), so a
+/// compaction's memory is about one output table: with 64 MiB tables a
+/// follower installing a 300 MB snapshot held 66 MB in one merge
+/// (heaptrack, docs/benchmarks.md "Snapshot streaming"). The writer rolls
+/// to a new table by its compressed size, so data blocks are stored
+/// uncompressed: with fjall's default (LZ4 from level 2) a merge into level
+/// 2 of well-compressing values held 84 MB of decompressed blocks for one
+/// 16 MiB table. Both are fixed when the keyspace is created; stores created
+/// before keep theirs.
+pub const DATA_TABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A bulk write also waits, after each flush, until the data keyspace's
+/// level 0 holds at most this many tables. fjall merges every level-0 table
+/// in one compaction and lets level 0 grow to 20 tables before it slows
+/// writers; each table merged holds its current block in memory, and with
+/// values near 1 MiB a block is one value, so a merge of 20 tables held
+/// 67 MB (heaptrack, docs/benchmarks.md "Snapshot streaming"). Four is
+/// fjall's level-0 compaction trigger: compaction starts as soon as the
+/// install waits.
+pub const BULK_L0_TABLES: usize = 4;
+
 /// Longest a bulk write waits for its sealed memtable's flush before it goes
 /// on anyway (a flush that slow is a disk problem the write path reports on
 /// its own; the install stays correct, only its memory bound is lost).
@@ -505,7 +529,15 @@ impl MvccStore {
             .map_err(StorageError::fjall)?;
         let data = db
             .keyspace(DATA_KEYSPACE, || {
-                KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(DATA_MEMTABLE_BYTES)
+                    .data_block_compression_policy(fjall::config::CompressionPolicy::all(
+                        fjall::CompressionType::None,
+                    ))
+                    .compaction_strategy(Arc::new(
+                        fjall::compaction::Leveled::default()
+                            .with_table_target_size(DATA_TABLE_BYTES),
+                    ))
             })
             .map_err(StorageError::fjall)?;
         let meta = db
@@ -1071,8 +1103,10 @@ impl MvccStore {
     /// Counts `bytes` a bulk write just committed and, once
     /// [`BULK_MEMTABLE_BYTES`] have accumulated, seals the data memtable
     /// and waits (at most [`BULK_FLUSH_WAIT`]) until no sealed memtable is
-    /// left, so a bulk write holds about one bulk's worth of memtable above
-    /// what the node's ordinary writes hold. Blocks, like the install that
+    /// left and level 0 holds at most [`BULK_L0_TABLES`] tables, so a bulk
+    /// write holds about one bulk's worth of memtable, and compaction merges
+    /// a bounded number of tables, above what the node's ordinary writes
+    /// hold. Blocks, like the install that
     /// calls it: installs run in `spawn_blocking`, or while a range's state
     /// machine opens (an interrupted install redone) before its group runs.
     fn bound_bulk_memtable(&self, bytes: u64) -> Result<(), StorageError> {
@@ -1084,11 +1118,12 @@ impl MvccStore {
         let data = &self.inner.data;
         data.rotate_memtable().map_err(StorageError::fjall)?;
         let deadline = std::time::Instant::now() + BULK_FLUSH_WAIT;
-        while data.sealed_memtable_count() > 0 {
+        while data.sealed_memtable_count() > 0 || data.l0_table_count() > BULK_L0_TABLES {
             if std::time::Instant::now() >= deadline {
                 tracing::warn!(
                     sealed = data.sealed_memtable_count(),
-                    "a bulk write waited {BULK_FLUSH_WAIT:?} for memtable flushes; going on without"
+                    level0 = data.l0_table_count(),
+                    "a bulk write waited {BULK_FLUSH_WAIT:?} for flushes and compaction; going on without"
                 );
                 break;
             }

@@ -654,3 +654,33 @@ fn bulk_installs_flush_every_bulk_memtable_bytes_and_ordinary_writes_do_not() {
         Some(VALUE)
     );
 }
+
+#[test]
+fn bulk_installs_wait_for_level_zero_compaction() {
+    const VALUE: usize = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Twelve bulks' worth in batches of one bulk: twelve flushes. After every
+    // call level 0 holds at most BULK_L0_TABLES tables, so compaction never
+    // merges more than that many (plus level 1) at once.
+    let per_batch = BULK_MEMTABLE_BYTES as usize / VALUE;
+    let mut most = 0;
+    for batch in 0..12 {
+        let versions: Vec<RawVersion> = (0..per_batch)
+            .map(|i| RawVersion {
+                key: format!("bulk/{:06}", (batch * per_batch + i) * 7919 % 10_007).into_bytes(),
+                version: Timestamp(10 + batch as u64),
+                value: Some(vec![b'v'; VALUE]),
+            })
+            .collect();
+        store
+            .insert_versions(b"bulk/", Some(b"bulk0"), &versions)
+            .unwrap();
+        most = most.max(store.inner.data.l0_table_count());
+    }
+    assert!(
+        most <= BULK_L0_TABLES,
+        "level 0 reached {most} tables during the install"
+    );
+    assert!(store.inner.data.table_count() >= 1);
+}
