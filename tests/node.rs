@@ -561,6 +561,13 @@ async fn garbage_collection_removes_shadowed_versions_in_the_background() {
     c.put("gc/k", "2").await.unwrap();
     c.put("gc/gone", "x").await.unwrap();
     c.delete("gc/gone").await.unwrap();
+    // A horizon is a whole millisecond (logical 0) below the range's
+    // frontier, and an idle range's frontier stays at its last write: a
+    // delete stamped with a logical part above 0 would stay above the
+    // horizon until the range is written again (1 run in 5 failed so). One
+    // later write, in a later millisecond, moves the frontier past it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.put("gc/later", "y").await.unwrap();
     // Bounded wait for a sweep to pass the writes.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
