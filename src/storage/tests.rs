@@ -356,18 +356,31 @@ fn concurrent_writes_gc_and_reads_agree() {
     // Write i puts key i % KEYS = i, so the value of key j at T is known.
     let expected = |j: u64, at: u64| (1..=at).rev().find(|i| i % KEYS == j);
     let written = Arc::new(AtomicU64::new(0));
+    let collected = Arc::new(AtomicU64::new(0));
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 1..=WRITES {
                 let op = put(&[(i % KEYS) as u8], &i.to_be_bytes());
                 store.apply_batch(&[record(i, vec![op])]).unwrap();
                 written.store(i, Ordering::Release);
+                if i == WRITES / 2 {
+                    // Halfway, until gc has removed something (bounded): on a
+                    // busy machine the writer could otherwise finish before
+                    // the gc thread first runs, and nothing would overlap.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while collected.load(Ordering::Acquire) == 0
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
             }
         });
         s.spawn(|| {
             while written.load(Ordering::Acquire) < WRITES {
                 let horizon = written.load(Ordering::Acquire).saturating_sub(WINDOW);
-                store.gc(Timestamp(horizon), 3).unwrap();
+                let stats = store.gc(Timestamp(horizon), 3).unwrap();
+                collected.fetch_add(stats.removed_versions as u64, Ordering::AcqRel);
             }
         });
         let mut reads = 0;
