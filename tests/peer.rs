@@ -139,19 +139,6 @@ fn node_file(cluster: &DevCluster, name: &str, field: &str) -> String {
         .to_string()
 }
 
-/// Resident memory of a process in bytes (Linux /proc).
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse::<u64>()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// A snapshot-install counter from a node's /metrics (0 when absent or
 /// unreachable), over the dev cluster's HTTPS gateway.
 async fn metric(https: &common::http::Https, http: &str, name: &str) -> f64 {
@@ -238,7 +225,7 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let (leader_name, follower_name) = (format!("node{leader}"), format!("node{follower}"));
     // The follower's idle size: its resident memory while serving, before it stops.
-    let follower_idle = rss_bytes(cluster.pids[&follower_name]).unwrap_or(0);
+    let follower_idle = common::rss_bytes(cluster.pids[&follower_name]).unwrap_or(0);
     cluster.kill9(&follower_name);
 
     // Values up to 1 MiB, sizes varying, some keys overwritten (history).
@@ -262,7 +249,7 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
         }
     }
     let leader_pid = cluster.pids[&leader_name];
-    let leader_idle = rss_bytes(leader_pid).unwrap_or(0);
+    let leader_idle = common::rss_bytes(leader_pid).unwrap_or(0);
 
     let follower_http = node_file(&cluster, &follower_name, "http_addr");
     let https = cluster.https("client");
@@ -277,8 +264,8 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
             BOUND
         };
     loop {
-        follower_peak = follower_peak.max(rss_bytes(follower_pid).unwrap_or(0));
-        leader_peak = leader_peak.max(rss_bytes(leader_pid).unwrap_or(0));
+        follower_peak = follower_peak.max(common::rss_bytes(follower_pid).unwrap_or(0));
+        leader_peak = leader_peak.max(common::rss_bytes(leader_pid).unwrap_or(0));
         let installed = metric(
             &https,
             &follower_http,

@@ -10,6 +10,8 @@
 //! (225 MB for a 245 MB range). These check that a removal over 96 MiB of
 //! stored values holds far less than that, with an 8 MiB block cache.
 
+mod common;
+
 use meridian::storage::{FsyncPolicy, MvccStore, RawVersion, StoreOptions};
 use meridian::types::Timestamp;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,14 +27,7 @@ const VALUES: usize = 96;
 const MAX_GROWTH: u64 = 40 * MIB as u64;
 
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
+    common::rss_bytes(std::process::id()).expect("VmRSS in /proc")
 }
 
 /// Makes resident memory follow live allocations, as the server's main

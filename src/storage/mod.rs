@@ -103,9 +103,10 @@ pub const DATA_TABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// install waits.
 pub const BULK_L0_TABLES: usize = 4;
 
-/// Longest a bulk write waits for its sealed memtable's flush before it goes
-/// on anyway (a flush that slow is a disk problem the write path reports on
-/// its own; the install stays correct, only its memory bound is lost).
+/// Longest a bulk write waits for its sealed memtable's flush and level 0's
+/// compaction before it goes on anyway (that slow is a disk problem the
+/// write path reports on its own; the install stays correct, only its
+/// memory bound is lost).
 const BULK_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// fjall keyspace holding the format marker, gc horizon and named metadata.
@@ -505,7 +506,7 @@ fn bounds_are_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
 /// whole block in memory while it lives: removing the keys of 245 versions
 /// of up to 1 MiB through one batch of such views held 225 MB until the
 /// batch was committed (heaptrack, docs/benchmarks.md "Snapshot
-/// streaming"). Every key a batch keeps goes through here.
+/// streaming"). Every key a batch or a gc plan keeps goes through here.
 pub(crate) fn owned_key(key: &fjall::Slice) -> Vec<u8> {
     key.to_vec()
 }
@@ -1106,9 +1107,9 @@ impl MvccStore {
     /// left and level 0 holds at most [`BULK_L0_TABLES`] tables, so a bulk
     /// write holds about one bulk's worth of memtable, and compaction merges
     /// a bounded number of tables, above what the node's ordinary writes
-    /// hold. Blocks, like the install that
-    /// calls it: installs run in `spawn_blocking`, or while a range's state
-    /// machine opens (an interrupted install redone) before its group runs.
+    /// hold. Blocks, like the install that calls it: installs run in
+    /// `spawn_blocking`, or while a range's state machine opens (an
+    /// interrupted install redone) before its group runs.
     fn bound_bulk_memtable(&self, bytes: u64) -> Result<(), StorageError> {
         let total = self.inner.bulk_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if total < BULK_MEMTABLE_BYTES {

@@ -347,12 +347,12 @@ pub(crate) fn plan_gc(
                 plan.resume = Some(group.prefix);
                 return Ok(plan);
             }
-            plan.remove.push(raw_key.to_vec());
+            plan.remove.push(super::owned_key(&raw_key));
             continue;
         }
         group.seen_newest = true;
         if encoding::decode_record(&raw_value)?.is_none() {
-            group.tombstone = Some(raw_key.to_vec());
+            group.tombstone = Some(super::owned_key(&raw_key));
         }
     }
     if !finish_group(&mut plan, &mut group, max_remove) {

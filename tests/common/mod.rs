@@ -136,3 +136,16 @@ pub fn custom_client(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)?;
     Ok(quinn::ClientConfig::new(std::sync::Arc::new(crypto)))
 }
+
+/// Resident memory of a process in bytes (Linux /proc).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
