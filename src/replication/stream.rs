@@ -31,8 +31,15 @@ use thiserror::Error;
 
 use crate::types::Timestamp;
 
-/// Most batches sent and not yet acknowledged on one stream.
-pub const MAX_IN_FLIGHT_BATCHES: usize = 8;
+/// Most batches sent and not yet acknowledged on one stream. The pacing
+/// slot is the round trip divided by this, and a write on a busy stream
+/// waits up to one slot for its batch: 32 keeps that to about 6 ms at the
+/// longest round trip between regions (200 ms), where 8 cost 25 ms of the
+/// lag target's 20 ms margin (docs/benchmarks.md, "Replication lag: a
+/// finer pacing slot"). Each batch in flight is one stream of the peer
+/// connection (limits.max_streams_per_connection, 256 by default) and the
+/// bytes in flight stay bounded by [`MAX_IN_FLIGHT_BYTES`].
+pub const MAX_IN_FLIGHT_BATCHES: usize = 32;
 /// Most bytes of records sent and not yet acknowledged on one stream.
 pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Most records in one batch.
@@ -476,6 +483,89 @@ mod tests {
             out.pacing_interval() > Duration::ZERO,
             "a restart keeps the estimate"
         );
+    }
+
+    /// Simulates one stream over a link with `one_way` delay each way and a
+    /// destination that commits a batch in `commit`, while the origin
+    /// writes one record every `write_every`, for `secs` simulated
+    /// seconds, a millisecond per step (the driver's loop in
+    /// `server::streams`: send while `next_after` allows, else wait for an
+    /// ack or the pacing). Returns the longest any record waited at the
+    /// origin between its write and the send of the batch that carried it,
+    /// after the first round trip (before it nothing is paced), and checks
+    /// that every record was sent once, in order.
+    fn longest_wait_for_a_batch(
+        one_way: Duration,
+        commit: Duration,
+        write_every: Duration,
+        secs: u64,
+    ) -> Duration {
+        let step = Duration::from_millis(1);
+        let t0 = Instant::now();
+        let mut out = Outbound::resume_from(ts(0));
+        // Records by write time (as ts(ms since t0)), acks in transit.
+        let mut written: Vec<Record<u64>> = Vec::new();
+        let mut acks: VecDeque<(Instant, Timestamp)> = VecDeque::new();
+        let mut sent = Vec::new();
+        let mut longest = Duration::ZERO;
+        let mut next_write = t0;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(secs) {
+            while next_write <= now {
+                let ms = u64::try_from((next_write - t0).as_millis()).unwrap() + 1;
+                written.push(rec(ms));
+                next_write += write_every;
+            }
+            while acks.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, cursor) = acks.pop_front().unwrap();
+                out.on_ack(now, cursor);
+            }
+            let closed = written.last().map_or(ts(0), |r| r.ts);
+            while let Some(after) = out.next_after(now) {
+                if closed <= after {
+                    break;
+                }
+                let (batch, bytes) = cut_batch(after, written.iter().cloned(), closed, |_| 64);
+                for r in &batch.records {
+                    let waited = now - (t0 + Duration::from_millis(r.payload - 1));
+                    if now > t0 + 2 * one_way + commit {
+                        longest = longest.max(waited);
+                    }
+                    sent.push(r.payload);
+                }
+                out.on_sent(now, batch.closed, bytes);
+                acks.push_back((now + 2 * one_way + commit, batch.closed));
+            }
+            now += step;
+        }
+        let expected: Vec<u64> = written.iter().map(|r| r.payload).collect();
+        assert_eq!(sent, expected[..sent.len()], "each record once, in order");
+        assert!(
+            expected.len() - sent.len() <= 2,
+            "the stream keeps up with the writes"
+        );
+        longest
+    }
+
+    /// The pacing slot is what a write waits for its batch when the stream
+    /// is busy, so it must stay small at the longest round trip between
+    /// regions (regions/wan-3.toml: 200 ms, us-east to ap-south): the
+    /// replication lag target is the one-way delay plus 20 ms, of which the
+    /// destination's Raft commit and the reader take most. At the window
+    /// of 8 batches a write waited up to 25 ms (lag p99 one-way + 33 ms).
+    #[test]
+    fn a_write_waits_at_most_a_few_milliseconds_for_its_batch_at_the_longest_round_trip() {
+        let one_way = Duration::from_millis(100);
+        let commit = Duration::from_millis(5);
+        // The lag bench's rate (one write every 10 ms) and a busy range
+        // (one every millisecond: batches carry several records).
+        for write_every in [Duration::from_millis(10), Duration::from_millis(1)] {
+            let longest = longest_wait_for_a_batch(one_way, commit, write_every, 10);
+            assert!(
+                longest <= Duration::from_millis(8),
+                "one write per {write_every:?}: a write waited {longest:?} for its batch"
+            );
+        }
     }
 
     #[test]
