@@ -27,12 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use common::register::{CasRegister, RegOp, RegRet};
+use common::register::{History, RegOp, RegRet, Verdict, CHECK_STEPS};
 use common::wan_dev::{long_tests, WanDev, REGIONS};
 use meridian::client::{Client, ClientError, LevelGetResponse, Session, SessionToken};
 use meridian::replication::read::ReadLevel;
 use meridian::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 
 /// Port offsets of this file's clusters (tests/wan.rs uses 20000-22000):
 /// the long variants' own, one per test; the short variants share the
@@ -310,7 +309,7 @@ async fn strong_client(client: Client, r: usize, run: Arc<StrongRun>, seed: u64)
 
 /// Feeds the recorded events, without the void operations, to one
 /// linearizability tester per key.
-fn testers(events: &[Event]) -> BTreeMap<usize, LinearizabilityTester<u64, CasRegister>> {
+fn testers(events: &[Event]) -> BTreeMap<usize, History> {
     let void: HashSet<u64> = events
         .iter()
         .filter_map(|e| match e {
@@ -318,7 +317,7 @@ fn testers(events: &[Event]) -> BTreeMap<usize, LinearizabilityTester<u64, CasRe
             _ => None,
         })
         .collect();
-    let mut testers: BTreeMap<usize, LinearizabilityTester<u64, CasRegister>> = BTreeMap::new();
+    let mut testers: BTreeMap<usize, History> = BTreeMap::new();
     for e in events {
         match e {
             Event::Invoke {
@@ -351,22 +350,13 @@ fn testers(events: &[Event]) -> BTreeMap<usize, LinearizabilityTester<u64, CasRe
     testers
 }
 
-/// Stack for the checker thread (it recurses once per operation of a key).
-const CHECKER_STACK_BYTES: usize = 1 << 30;
-
-/// Whether every key's history is linearizable: `(key, ops, verdict)`.
-fn check_linearizable(events: Vec<Event>) -> Vec<(usize, usize, bool)> {
-    std::thread::Builder::new()
-        .stack_size(CHECKER_STACK_BYTES)
-        .spawn(move || {
-            testers(&events)
-                .iter()
-                .map(|(k, t)| (*k, t.len(), t.is_consistent()))
-                .collect()
-        })
-        .unwrap()
-        .join()
-        .unwrap()
+/// Every key's verdict: `(key, ops, verdict)` (the search is bounded by
+/// [`CHECK_STEPS`]; see tests/common/register.rs).
+fn check_linearizable(events: Vec<Event>) -> Vec<(usize, usize, Verdict)> {
+    testers(&events)
+        .iter()
+        .map(|(k, t)| (*k, t.len(), t.check(CHECK_STEPS)))
+        .collect()
 }
 
 /// `kills` times, `between` apart: SIGKILLs us-east's leader of the range
@@ -390,9 +380,9 @@ async fn kill_home_leader(dev: &WanDev, kills: usize, between: Duration, run: &S
     }
 }
 
-/// Issue 9, strong: a linearizability check (stateright's
-/// `LinearizabilityTester`, a search for a legal sequential order
-/// consistent with real time) over one history of reads, writes and
+/// Issue 9, strong: a linearizability check (the memoised Wing & Gong
+/// search of tests/common/register.rs, for a legal sequential order
+/// consistent with real time, bounded in steps) over one history of reads, writes and
 /// compare-and-swaps on `payments/` keys (strong, homed in us-east) by two
 /// clients in each of the three regions, while the range leader of those
 /// keys in us-east is SIGKILLed and restarted (found with `region_status`,
@@ -479,11 +469,13 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
     // (Every region took part: `progressed` requires operations from each.)
     let started = Instant::now();
     let verdicts = check_linearizable(log.events);
-    for (k, ops, consistent) in &verdicts {
-        assert!(
-            consistent,
-            "the history of {} is not linearizable ({ops} operations)",
-            strong_key(*k)
+    for (k, ops, verdict) in &verdicts {
+        assert_eq!(
+            *verdict,
+            Verdict::Linearizable,
+            "the history of {} ({ops} operations, {} of unknown outcome in the run)",
+            strong_key(*k),
+            log.unknown
         );
     }
     println!("checked {} keys in {:?}", verdicts.len(), started.elapsed());
@@ -520,13 +512,16 @@ fn the_history_replay_drops_void_operations_and_keeps_unknown_ones() {
         r(1, 1),
         ret(1, 1, RegRet::Read(None)),
     ];
-    assert!(!check_linearizable(stale.clone())[0].2);
+    assert_eq!(
+        check_linearizable(stale.clone())[0].2,
+        Verdict::NotLinearizable
+    );
     let mut voided = stale;
     voided.push(Event::Void { id: 1 });
-    assert!(check_linearizable(voided)[0].2);
+    assert_eq!(check_linearizable(voided)[0].2, Verdict::Linearizable);
     // A write whose outcome is unknown (never returned) may explain a read.
     let unknown = vec![w(0, 0), r(1, 1), ret(1, 1, RegRet::Read(Some(1)))];
-    assert!(check_linearizable(unknown)[0].2);
+    assert_eq!(check_linearizable(unknown)[0].2, Verdict::Linearizable);
 }
 
 // ---------------------------------------------------------------------------
