@@ -407,6 +407,94 @@ async fn nodes_are_added_and_removed_under_write_load() {
     region.stop_all().await;
 }
 
+/// `region move-leader` (MembershipChangeV1::MoveLeader): the range's
+/// leadership goes to the voter named, the voters stay, writes go on; a
+/// target that is not a voter is refused with nothing changed, moving to
+/// the current leader changes nothing, and a client certificate may not
+/// move leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_moves_to_the_voter_named_and_bad_targets_are_refused() {
+    use meridian::wire::MembershipChangeV1::MoveLeader;
+
+    let region = start_region().await;
+    let c = region.client(&region.addrs).await;
+    put_eventually(&c, "config/before", "1").await;
+    let admin = Client::connect(ClientConfig {
+        endpoints: region.addrs.clone(),
+        tls: region.certs.files("admin"),
+        request_timeout: Duration::from_secs(10),
+        bind: None,
+    })
+    .await
+    .unwrap();
+    // The leader of range `r` as the region reports it (bounded: a node's
+    // view follows the election by a heartbeat).
+    let leader_of = |r: u64, want: Option<u64>| {
+        let admin = &admin;
+        async move {
+            let deadline = Instant::now() + BOUND;
+            loop {
+                let status = admin.region_status().await.unwrap();
+                let s = status.iter().find(|s| s.range == r).unwrap();
+                if let Some(l) = s.leader.filter(|l| want.is_none_or(|w| w == *l)) {
+                    return (l, s.voters.clone());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "range {r}: leader {:?}, wanted {want:?}",
+                    s.leader
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let range = admin.region_status().await.unwrap()[0].range;
+    let (before, voters) = leader_of(range, None).await;
+    let to = *voters.iter().find(|v| **v != before).unwrap();
+
+    let denied = c.region_change(range, MoveLeader { to }).await.unwrap_err();
+    assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied), "{denied}");
+    let not_a_voter = admin
+        .region_change(range, MoveLeader { to: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_a_voter.code(),
+        Some(ErrorCode::InvalidArgument),
+        "{not_a_voter}"
+    );
+    assert!(
+        not_a_voter.to_string().contains("not a voter"),
+        "{not_a_voter}"
+    );
+    assert_eq!(
+        leader_of(range, None).await.0,
+        before,
+        "a refused move moves nothing"
+    );
+    assert_eq!(
+        admin
+            .region_change(range, MoveLeader { to: before })
+            .await
+            .unwrap(),
+        voters,
+        "moving to the leader is a no-op"
+    );
+
+    let after = admin.region_change(range, MoveLeader { to }).await.unwrap();
+    assert_eq!(after, voters, "the voters stay");
+    assert_eq!(leader_of(range, Some(to)).await.0, to);
+    put_eventually(&c, "config/after", "2").await;
+    assert_eq!(
+        c.get("config/before").await.unwrap().kv.unwrap().value,
+        b"1"
+    );
+    assert_eq!(c.get("config/after").await.unwrap().kv.unwrap().value, b"2");
+    admin.close().await;
+    c.close().await;
+    region.stop_all().await;
+}
+
 /// How far nodes 2 and 3 run ahead of node 1 in the skewed region.
 const SKEW_MS: i64 = 3_000;
 /// Their tolerated offset: above the skew, so the skew alone is legal.

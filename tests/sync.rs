@@ -206,6 +206,16 @@ async fn wait_confirming(us: &Client, tag: &str) {
     }
 }
 
+/// The short tests share [`SHORT_OFFSET`], one cluster at a time (two
+/// cores run nine nodes at a time well, not eighteen).
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -222,6 +232,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// regions.
 #[test]
 fn sync_one_writes_survive_the_home_region_cut_off_right_after_their_acks() {
+    let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
     let dev = WanDev::start_with(SHORT_OFFSET, Some(&topology(dir.path())));
     runtime().block_on(async {
@@ -250,6 +261,126 @@ fn sync_one_writes_survive_the_home_region_cut_off_right_after_their_acks() {
             &[("eu-west", &clients.eu), ("ap-south", &clients.ap)],
             &[(key, "cut-off".to_string())],
             HEALED_BOUND,
+        )
+        .await;
+        clients.close().await;
+    });
+}
+
+/// Nodes the test paused, resumed when dropped (also on a failed assertion).
+struct Paused<'a> {
+    dev: &'a WanDev,
+    names: Vec<String>,
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        for n in self.names.drain(..) {
+            self.dev.resume(&n);
+        }
+    }
+}
+
+/// A `sync-1` write still waiting for its confirmation when its range's
+/// leader hands the leadership on (`meridian region move-leader`, as an
+/// operator draining the node does) is confirmed and acknowledged: the
+/// write committed at home and the new leader's streams carry it to the
+/// other regions, whose cursors the old leader's node then asks for.
+/// Before, only the node's own streams' acks could confirm it, and those
+/// stopped with its leadership: the write was answered `MER-3005` after
+/// `SYNC_CONFIRM_TIMEOUT_MS` (5 s) although it had reached another region.
+/// The other regions' nodes are paused (SIGSTOP) while the write commits
+/// and the leadership moves, so no ack can come before the move.
+#[test]
+fn a_sync_write_waiting_while_its_leader_moves_is_confirmed_through_the_new_leader() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = WanDev::start_with(SHORT_OFFSET, Some(&topology(dir.path())));
+    runtime().block_on(async {
+        let clients = Clients::connect(&dev).await;
+        wait_confirming(&clients.us, "move-warm-up").await;
+        let key = format!("{PREFIX}move/k");
+        let leader = dev.leader_of("us-east", key.as_bytes()).await;
+        let to = (1..=3)
+            .map(|j| format!("us-east-{j}"))
+            .find(|n| *n != leader)
+            .unwrap();
+        let to_id = to.trim_start_matches("us-east-").to_string();
+        let paused = Paused {
+            dev: &dev,
+            names: ["eu-west", "ap-south"]
+                .iter()
+                .flat_map(|r| (1..=3).map(move |j| format!("{r}-{j}")))
+                .collect(),
+        };
+        for n in &paused.names {
+            dev.pause(n);
+        }
+        // Its own client and task: the CLI call below blocks this thread.
+        let writer = dev.client("us-east", REQUEST_TIMEOUT).await;
+        let started = Instant::now();
+        let put = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let r = writer.put(&key, "moved").await;
+                writer.close().await;
+                r
+            })
+        };
+        {
+            // Committed at home (a linearizable read at the leader sees it).
+            let deadline = Instant::now() + Duration::from_secs(4);
+            loop {
+                let home = clients.us.get_at_level(&key, ReadLevel::Linearizable).await;
+                if home.is_ok_and(|r| r.kv.is_some_and(|kv| kv.value == b"moved")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the sync write did not commit at home"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let admin = dev.dev_dir().join("certs");
+            let out = dev.cli(
+                "us-east",
+                &[
+                    "region",
+                    "move-leader",
+                    "--to",
+                    &to_id,
+                    "--cert",
+                    admin.join("admin.pem").to_str().unwrap(),
+                    "--key",
+                    admin.join("admin.key").to_str().unwrap(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "move-leader: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!(
+                "leadership moved from {leader} to {to} {:?} after the write began: {}",
+                started.elapsed(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+            assert_eq!(dev.leader_of("us-east", key.as_bytes()).await, to);
+            drop(paused);
+        }
+        let put = tokio::time::timeout(REQUEST_TIMEOUT, put)
+            .await
+            .expect("the write answered within its request timeout")
+            .unwrap();
+        println!(
+            "the sync write answered after {:?}: {put:?}",
+            started.elapsed()
+        );
+        put.expect("a sync-1 write that reached another region is acknowledged");
+        assert_each_in_another_region(
+            &[("eu-west", &clients.eu), ("ap-south", &clients.ap)],
+            &[(key, "moved".to_string())],
+            VISIBLE_BOUND,
         )
         .await;
         clients.close().await;

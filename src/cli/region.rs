@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -155,6 +156,20 @@ pub(crate) enum RegionCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Hand a range's leadership to another voter of it, as `etcdctl
+    /// move-leader` does: for draining a node before maintenance. Every
+    /// range when --range is not given. Needs an admin certificate.
+    MoveLeader {
+        /// Raft id of the voter to lead (`meridian region status` lists
+        /// each range's voters).
+        #[arg(long)]
+        to: u64,
+        /// Only this range.
+        #[arg(long)]
+        range: Option<u64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Replace a voter: add the new node, then remove the old one.
     ReplaceNode {
         /// Raft id to remove.
@@ -281,6 +296,30 @@ pub(crate) async fn run(cmd: RegionCommand) -> anyhow::Result<ExitCode> {
         }
         RegionCommand::RemoveNode { id, conn } => {
             change_all(&conn, MembershipChangeV1::RemoveNode { id }).await?;
+        }
+        RegionCommand::MoveLeader { to, range, conn } => {
+            let client = conn.connect().await?;
+            let ranges: Vec<u64> = match range {
+                Some(r) => vec![r],
+                None => client
+                    .region_status()
+                    .await?
+                    .iter()
+                    .map(|s| s.range)
+                    .collect(),
+            };
+            for r in ranges {
+                client
+                    .region_change(r, MembershipChangeV1::MoveLeader { to })
+                    .await
+                    .with_context(|| format!("range {r}"))?;
+                if conn.json {
+                    println!("{}", json!({"range": r, "leader": to}));
+                } else {
+                    println!("range {r}: leader {to}");
+                }
+            }
+            client.close().await;
         }
         RegionCommand::ReplaceNode {
             old_id,

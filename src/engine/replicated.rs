@@ -55,10 +55,39 @@ pub struct Replicated {
 ///
 /// A cursor is a durable fact of the destination's replicated state and
 /// never moves back, so an entry stays true when this node stops leading
-/// the range; it only stops moving.
+/// the range; it only stops moving. A `sync-N` write still waiting here
+/// when this node stops leading its range (the new leader's streams carry
+/// it on) is confirmed by asking the destinations for their cursors:
+/// `server::streams` does so for every range [`AckedCursors::waited`]
+/// names that this node does not lead, and publishes the answers.
 #[derive(Debug, Default)]
 pub struct AckedCursors {
     ranges: Mutex<HashMap<u64, tokio::sync::watch::Sender<BTreeMap<String, Timestamp>>>>,
+    /// Per range: how many `sync-N` writes wait on it now.
+    waiting: Mutex<HashMap<u64, usize>>,
+}
+
+/// One `sync-N` write waiting on a range (counted in
+/// [`AckedCursors::waited`] until dropped).
+struct Waiting<'a> {
+    cursors: &'a AckedCursors,
+    range: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .cursors
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = waiting.get_mut(&self.range) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.range);
+            }
+        }
+    }
 }
 
 impl AckedCursors {
@@ -87,6 +116,29 @@ impl AckedCursors {
         self.sender(range).borrow().clone()
     }
 
+    fn wait_on(&self, range: u64) -> Waiting<'_> {
+        *self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(range)
+            .or_default() += 1;
+        Waiting {
+            cursors: self,
+            range,
+        }
+    }
+
+    /// The ranges some `sync-N` write waits on now.
+    pub fn waited(&self) -> Vec<u64> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Waits, at most `limit`, until `n` distinct regions acknowledged a
     /// cursor at or past `version` for `range`. `Err` carries how many had
     /// when the bound passed.
@@ -97,6 +149,7 @@ impl AckedCursors {
         n: u8,
         limit: Duration,
     ) -> Result<(), usize> {
+        let _waiting = self.wait_on(range);
         let mut acked = self.sender(range).subscribe();
         let waited =
             tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
@@ -404,6 +457,12 @@ impl Replicated {
 /// Longest a membership change may take (a new node catches up first).
 pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longest a leadership transfer may take before it is reported as not
+/// done: the target campaigns at once, so on a healthy region it takes one
+/// election round (milliseconds), but a target that is behind on the log
+/// must catch up first.
+pub const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Replicated {
     fn write_error(
         &self,
@@ -418,6 +477,64 @@ impl Replicated {
             ),
             other => outcome_unknown(format!("membership change outcome unknown: {other}")),
         }
+    }
+
+    /// Hands the leadership of `range` to voter `to` (on the range's
+    /// leader: `NotLeader` elsewhere) and waits, at most
+    /// [`MOVE_LEADER_TIMEOUT`], until this replica sees `to` lead. Returns
+    /// the voters. Changes no data and no membership, so a transfer that
+    /// did not finish is `Unavailable` (the leader may be anyone then;
+    /// `meridian region status` tells), never an unknown outcome.
+    async fn move_leader(&self, range: &RangeDescriptor, to: NodeId) -> Result<Vec<u64>, ApiError> {
+        use openraft::async_runtime::WatchReceiver;
+
+        let group = self.group(range)?;
+        let (leader, voters) = {
+            let m = group.raft.metrics().borrow_watched().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            (m.current_leader, voters)
+        };
+        if !voters.contains(&to) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "node {to} is not a voter of range {} (voters: {voters:?})",
+                    range.id
+                ),
+            ));
+        }
+        if leader != Some(self.host.node_id()) {
+            return Err(self.not_leading(range));
+        }
+        if to == self.host.node_id() {
+            return Ok(voters);
+        }
+        group
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| {
+                unavailable(format!(
+                    "range {}: leadership transfer failed: {e}",
+                    range.id
+                ))
+            })?;
+        group
+            .raft
+            .wait(Some(MOVE_LEADER_TIMEOUT))
+            .metrics(|m| m.current_leader == Some(to), "leader moved")
+            .await
+            .map_err(|_| {
+                let now = group.current_leader();
+                unavailable(format!(
+                    "range {}: node {to} did not take the leadership within {} ms (leader now: {}); retry, or check `meridian region status`",
+                    range.id,
+                    MOVE_LEADER_TIMEOUT.as_millis(),
+                    now.map_or("unknown".to_string(), |l| l.to_string())
+                ))
+            })?;
+        Ok(voters)
     }
 
     /// Applies a membership change to one range's group (joint consensus) on
@@ -442,6 +559,9 @@ impl Replicated {
             })?
             .clone();
         let group = self.group(&range)?;
+        if let MembershipChangeV1::MoveLeader { to } = change {
+            return self.move_leader(&range, to).await;
+        }
         let raft = &group.raft;
         let work = async {
             let resp = match change {
@@ -474,6 +594,7 @@ impl Replicated {
                     let voters = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
                     raft.change_membership(voters, false).await
                 }
+                MembershipChangeV1::MoveLeader { .. } => unreachable!("handled above"),
             };
             let resp = resp.map_err(|e| self.write_error(e, range_id))?;
             Ok(resp

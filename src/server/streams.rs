@@ -24,6 +24,12 @@
 //!
 //! Every cursor a destination names is published to the engine's
 //! [`AckedCursors`], where `sync-N` writes wait for N regions to reach them.
+//! A write can outlive its node's leadership of the range: it committed
+//! here, and the new leader's streams carry it on, but their acks reach the
+//! new leader's node. So for every range a `sync-N` write waits on and this
+//! node no longer leads, the supervisor asks each destination for its
+//! cursor every [`SUPERVISE_EVERY`] (one round in flight per range: the
+//! streams' empty probe) and publishes the answers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -93,6 +99,7 @@ fn is_leader(host: &RaftHost, g: &RangeGroup) -> bool {
 async fn supervise(ctx: StreamContext) {
     let mut streams: HashMap<(u64, String), tokio::task::JoinHandle<()>> = HashMap::new();
     let closing: Arc<std::sync::Mutex<HashSet<u64>>> = Arc::default();
+    let probing: Arc<std::sync::Mutex<HashSet<u64>>> = Arc::default();
     let others: Vec<String> = ctx.host.scope().others.clone();
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +117,13 @@ async fn supervise(ctx: StreamContext) {
         tick.tick().await;
         let groups = ctx.host.groups();
         publish_frontier_ages(&groups);
+        let waited = ctx.acked.waited();
+        for g in groups
+            .iter()
+            .filter(|g| waited.contains(&g.desc.id) && !is_leader(&ctx.host, g))
+        {
+            probe_cursors(&ctx, g, &others, &probing);
+        }
         let led: Vec<Arc<RangeGroup>> = groups
             .into_iter()
             .filter(|g| is_leader(&ctx.host, g))
@@ -146,6 +160,50 @@ fn publish_frontier_ages(groups: &[Arc<RangeGroup>]) {
         metrics::gauge!("meridian_replication_frontier_age_seconds", "range" => g.desc.id.to_string())
             .set(age);
     }
+}
+
+/// Asks every other region for its cursor of `g` (the streams' empty
+/// probe, each answered after the destination's group applied it, so the
+/// cursor is committed there) and publishes each answer, for `sync-N`
+/// writes that wait on a range this node no longer leads. One round per
+/// range at a time; a region that does not answer is asked again next
+/// round.
+fn probe_cursors(
+    ctx: &StreamContext,
+    g: &Arc<RangeGroup>,
+    others: &[String],
+    probing: &Arc<std::sync::Mutex<HashSet<u64>>>,
+) {
+    let range = g.desc.id;
+    if !probing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(range)
+    {
+        return;
+    }
+    let (ctx, g, others, probing) = (ctx.clone(), g.clone(), others.to_vec(), probing.clone());
+    tokio::spawn(async move {
+        let asks = others.iter().map(|region| {
+            let (ctx, g) = (&ctx, &g);
+            async move {
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, probe(ctx, g, region)).await {
+                    Ok(Ok((_, cursor))) => ctx.acked.publish(range, region, cursor),
+                    Ok(Err(e)) => {
+                        tracing::debug!(range, destination = %region, error = %e, "cursor probe for a waiting sync write failed")
+                    }
+                    Err(_) => {
+                        tracing::debug!(range, destination = %region, "cursor probe for a waiting sync write timed out")
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(asks).await;
+        probing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&range);
+    });
 }
 
 /// Commits a barrier on `g` when its applied timestamp lags the clock by

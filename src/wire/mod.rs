@@ -686,8 +686,9 @@ pub struct RegionChangeV1 {
     pub change: MembershipChangeV1,
 }
 
-/// Membership changes, version 1 (append-only). Both go through openraft's
-/// joint consensus.
+/// Changes of a range group, version 1 (append-only). Adding and removing
+/// voters go through openraft's joint consensus; moving the leader changes
+/// no membership.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChangeV1 {
     /// Add a voter: it joins as a learner, catches up, then becomes a voter.
@@ -705,6 +706,14 @@ pub enum MembershipChangeV1 {
     RemoveNode {
         /// Raft id.
         id: u64,
+    },
+    /// Not a membership change: the voters stay. The range's leader hands
+    /// its leadership to voter `to` (Raft's leadership transfer: `to` is
+    /// told to campaign at once) and answers when it sees `to` lead, as
+    /// `etcdctl move-leader` does; for draining a node before maintenance.
+    MoveLeader {
+        /// Raft id of the voter to lead.
+        to: u64,
     },
 }
 
@@ -1494,6 +1503,31 @@ mod tests {
             postcard::to_allocvec(&body).unwrap(),
             vec![20, 2, 7, 1, 1, b'v', 5, 0, 1, 5]
         );
+    }
+
+    /// Region changes: membership (voters) and the leader move, pinned.
+    #[test]
+    fn frozen_region_change_requests() {
+        let cases = [
+            (
+                RequestV1::RegionChange(RegionChangeV1 {
+                    range: 3,
+                    change: MembershipChangeV1::RemoveNode { id: 2 },
+                }),
+                vec![0, 1, 10, 3, 1, 2],
+            ),
+            (
+                RequestV1::RegionChange(RegionChangeV1 {
+                    range: 3,
+                    change: MembershipChangeV1::MoveLeader { to: 5 },
+                }),
+                vec![0, 1, 10, 3, 2, 5],
+            ),
+        ];
+        for (req, bytes) in cases {
+            assert_eq!(encode_request(&req), bytes, "{req:?}");
+            assert_eq!(decode_request(&bytes).unwrap(), req);
+        }
     }
 
     #[test]

@@ -454,6 +454,18 @@ impl WanDev {
         panic!("no leader of {key:?} in {region}: {last}");
     }
 
+    /// SIGSTOPs node `name`'s current process: it keeps its sockets and
+    /// state but answers nothing (not even QUIC acknowledgements) until
+    /// [`WanDev::resume`]. Dropping the `WanDev` kills it anyway.
+    pub fn pause(&self, name: &str) {
+        signal(self.procs().pids[name], "STOP");
+    }
+
+    /// SIGCONTs node `name`'s current process (see [`WanDev::pause`]).
+    pub fn resume(&self, name: &str) {
+        signal(self.procs().pids[name], "CONT");
+    }
+
     /// SIGKILLs node `name`'s current process.
     pub fn kill9(&self, name: &str) {
         let mut procs = self.procs();
