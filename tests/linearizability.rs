@@ -307,7 +307,8 @@ fn long_histories_with_unknown_outcomes_are_decided_within_the_budget() {
         for round in 0..10u64 {
             // A write left in flight for good (its own thread), then
             // completed traffic.
-            h.on_invoke(100 + round, RegOp::Write(1_000 + round)).unwrap();
+            h.on_invoke(100 + round, RegOp::Write(1_000 + round))
+                .unwrap();
             for c in 0..3u64 {
                 value += 1;
                 done(&mut h, c, RegOp::Write(value), RegRet::WriteOk);

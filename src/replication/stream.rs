@@ -32,14 +32,21 @@ use thiserror::Error;
 use crate::types::Timestamp;
 
 /// Most batches sent and not yet acknowledged on one stream. The pacing
-/// slot is the round trip divided by this, and a write on a busy stream
-/// waits up to one slot for its batch: 32 keeps that to about 6 ms at the
-/// longest round trip between regions (200 ms), where 8 cost 25 ms of the
-/// lag target's 20 ms margin (docs/benchmarks.md, "Replication lag: a
-/// finer pacing slot"). Each batch in flight is one stream of the peer
+/// slot is the round trip divided by this (at least [`MIN_PACING`]), and a
+/// write on a busy stream waits up to one slot for its batch: 32 keeps that
+/// to about 6 ms at the longest round trip between regions (200 ms), where
+/// 8 cost 25 ms of the lag target's 20 ms margin (docs/benchmarks.md,
+/// "Replication lag: a finer pacing slot"). Each batch in flight is one stream of the peer
 /// connection (limits.max_streams_per_connection, 256 by default) and the
 /// bytes in flight stay bounded by [`MAX_IN_FLIGHT_BYTES`].
 pub const MAX_IN_FLIGHT_BATCHES: usize = 32;
+/// The least spacing between two batches, however short the round trip:
+/// every batch costs the destination a Raft proposal, so on a busy range a
+/// batch per write toward a near region cost puts at home a fifth of their
+/// throughput on a shared machine (docs/benchmarks.md, "Replication lag: a
+/// finer pacing slot"); a write waits at most this for its batch, well
+/// inside the lag target's 20 ms.
+pub const MIN_PACING: Duration = Duration::from_millis(5);
 /// Most bytes of records sent and not yet acknowledged on one stream.
 pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Most records in one batch.
@@ -165,7 +172,7 @@ struct InFlight {
 /// lets the next one go.
 ///
 /// **Pacing.** Batches are spaced at least `srtt / MAX_IN_FLIGHT_BATCHES`
-/// apart (`srtt`: the smoothed time from sending a batch to its ack, as in
+/// (and at least [`MIN_PACING`]) apart (`srtt`: the smoothed time from sending a batch to its ack, as in
 /// TCP, RFC 6298 2.3 with alpha = 1/8), so a full window spans about one
 /// round trip. Without it a busy range fills the window within a few
 /// milliseconds, every later write waits a whole round trip for a slot,
@@ -202,7 +209,7 @@ impl Outbound {
     /// was measured).
     pub fn pacing_interval(&self) -> Duration {
         self.srtt.map_or(Duration::ZERO, |rtt| {
-            rtt / u32::try_from(MAX_IN_FLIGHT_BATCHES).unwrap_or(u32::MAX)
+            (rtt / u32::try_from(MAX_IN_FLIGHT_BATCHES).unwrap_or(u32::MAX)).max(MIN_PACING)
         })
     }
 
@@ -436,7 +443,11 @@ mod tests {
         );
         out.on_ack(now, ts(2));
         assert_eq!(out.in_flight(), MAX_IN_FLIGHT_BATCHES - 2);
-        assert_eq!(out.next_after(now), Some(ts(MAX_IN_FLIGHT_BATCHES as u64)));
+        assert_eq!(
+            out.next_after(now + MIN_PACING),
+            Some(ts(MAX_IN_FLIGHT_BATCHES as u64)),
+            "room again once the slot has passed"
+        );
         let mut big = Outbound::resume_from(ts(0));
         big.on_sent(now, ts(1), MAX_IN_FLIGHT_BYTES);
         assert_eq!(big.next_after(now), None, "bytes bound too");
@@ -452,7 +463,8 @@ mod tests {
     #[test]
     fn batches_are_paced_over_the_measured_round_trip() {
         let t0 = Instant::now();
-        let rtt = Duration::from_millis(80);
+        // Long enough that a 32nd of it is above the minimum slot.
+        let rtt = Duration::from_millis(320);
         let mut out = Outbound::resume_from(ts(0));
         out.on_sent(t0, ts(1), 1);
         assert_eq!(
@@ -483,6 +495,11 @@ mod tests {
             out.pacing_interval() > Duration::ZERO,
             "a restart keeps the estimate"
         );
+        // A near region's round trip: the slot is never below the minimum.
+        let mut near = Outbound::resume_from(ts(0));
+        near.on_sent(t0, ts(1), 1);
+        near.on_ack(t0 + Duration::from_millis(2), ts(1));
+        assert_eq!(near.pacing_interval(), MIN_PACING);
     }
 
     /// Simulates one stream over a link with `one_way` delay each way and a
