@@ -485,10 +485,14 @@ impl Replicated {
     /// the voters. Changes no data and no membership, so a transfer that
     /// did not finish is `Unavailable` (the leader may be anyone then;
     /// `meridian region status` tells), never an unknown outcome.
-    async fn move_leader(&self, range: &RangeDescriptor, to: NodeId) -> Result<Vec<u64>, ApiError> {
+    async fn move_leader(
+        &self,
+        range: &RangeDescriptor,
+        group: &RangeGroup,
+        to: NodeId,
+    ) -> Result<Vec<u64>, ApiError> {
         use openraft::async_runtime::WatchReceiver;
 
-        let group = self.group(range)?;
         let (leader, voters) = {
             let m = group.raft.metrics().borrow_watched().clone();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
@@ -559,9 +563,6 @@ impl Replicated {
             })?
             .clone();
         let group = self.group(&range)?;
-        if let MembershipChangeV1::MoveLeader { to } = change {
-            return self.move_leader(&range, to).await;
-        }
         let raft = &group.raft;
         let work = async {
             let resp = match change {
@@ -594,7 +595,10 @@ impl Replicated {
                     let voters = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
                     raft.change_membership(voters, false).await
                 }
-                MembershipChangeV1::MoveLeader { .. } => unreachable!("handled above"),
+                // Bounded by its own wait (MOVE_LEADER_TIMEOUT).
+                MembershipChangeV1::MoveLeader { to } => {
+                    return self.move_leader(&range, &group, to).await;
+                }
             };
             let resp = resp.map_err(|e| self.write_error(e, range_id))?;
             Ok(resp
@@ -654,6 +658,42 @@ impl Drop for PendingProposal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `waited` names a range exactly while a sync write waits on it (the
+    /// streams supervisor probes the destinations of such ranges when this
+    /// node no longer leads them), however the wait ends.
+    #[tokio::test]
+    async fn waited_names_a_range_only_while_a_write_waits_on_it() {
+        let acked = Arc::new(AckedCursors::default());
+        let (range, version) = (7, Timestamp(100));
+        assert!(acked.waited().is_empty());
+        let waiter = {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .wait_confirmed(range, version, 1, Duration::from_secs(10))
+                    .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while acked.waited().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the wait never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(acked.waited(), vec![range]);
+        acked.publish(range, "eu-west", version);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert!(acked.waited().is_empty(), "confirmed: no longer waited on");
+        let short = Duration::from_millis(10);
+        assert_eq!(
+            acked.wait_confirmed(range, Timestamp(500), 1, short).await,
+            Err(0)
+        );
+        assert!(acked.waited().is_empty(), "timed out: no longer waited on");
+    }
 
     /// A sync write waits for N distinct regions at or past its version,
     /// wakes when the streams publish them, and reports how many it had
