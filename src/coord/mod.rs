@@ -238,6 +238,9 @@ pub mod keys {
     pub const FENCE: u8 = b'F';
     /// Tag of the lease range's newest fencing token (value `be64`).
     pub const LAST_TOKEN: u8 = b'n';
+    /// Tag of the range's policy floor (value `be64`, a policy table
+    /// version; see `CommandV1::PolicyFence`).
+    pub const POLICY_FLOOR: u8 = b'P';
     /// Tag of a dropped marker by time (for pruning):
     /// `++ be64(dropped_at) ++ be64(lease)`, empty value.
     pub const DROPPED_BY_TIME: u8 = b'T';
@@ -255,6 +258,11 @@ pub mod keys {
             k.extend_from_slice(r);
         }
         k
+    }
+
+    /// The range's policy floor.
+    pub fn policy_floor(range: u64) -> Vec<u8> {
+        tagged(range, POLICY_FLOOR, &[])
     }
 
     /// The next-lease-id counter.

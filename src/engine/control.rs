@@ -14,6 +14,7 @@
 //! | `policy/p/<prefix>` | a prefix's policy |
 //! | `regions` | the cluster's regions, in configured order |
 //! | `range/<id be64>` | a range descriptor |
+//! | `handoff/default`, `handoff/p/<prefix>` | a handoff under way ([`StoredHandoffV1`]) |
 //!
 //! Every change is one transaction guarded by `policy/version`, computed
 //! from a linearizable read at the leader, so concurrent changes serialize
@@ -21,8 +22,11 @@
 //! exactly the table it replaces.
 //!
 //! **Invariant:** a change that could loosen a guarantee already given for
-//! an acknowledged write is refused before anything is proposed
-//! ([`check_change`]); refused and invalid changes change nothing.
+//! an acknowledged write takes effect only through a handoff
+//! ([`super::handoff`]): turning a prefix strong, or moving a strong
+//! prefix's home, first stops the prefix's writes, fences the source
+//! regions' ranges and waits until the new home holds what they wrote.
+//! Invalid changes change nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,7 +38,9 @@ use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::{PeerRequestV1, PeerResponseV1, PolicyChangeV1};
 use crate::raft::{RangeDescriptor, RangeGroup, RangeId};
-use crate::replication::policy::{check_change, Policy, PolicyChange, PolicyError, PolicyTable};
+use crate::replication::policy::{
+    check_change, transition, Policy, PolicyChange, PolicyError, PolicyTable, Transition,
+};
 use crate::types::{prefix_end, Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
 use crate::wire::{PolicyV1, SetPolicyV1};
 
@@ -51,6 +57,11 @@ const DEFAULT_KEY: &[u8] = b"policy/default";
 const PREFIX_KEYS: &[u8] = b"policy/p/";
 const REGIONS_KEY: &[u8] = b"regions";
 const RANGE_KEYS: &[u8] = b"range/";
+const HANDOFF_DEFAULT_KEY: &[u8] = b"handoff/default";
+const HANDOFF_KEYS: &[u8] = b"handoff/p/";
+/// `(key, value)` pairs of a scan, in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Version byte of every stored control value.
 const STORED_V1: u8 = 1;
 
@@ -62,6 +73,16 @@ pub struct StoredPolicyV1 {
     pub policy: PolicyV1,
     /// Changes of this policy so far (1 = as bootstrapped or first set).
     pub epoch: u64,
+}
+
+/// A handoff under way, as the control range stores it, version 1
+/// (postcard after the version byte).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHandoffV1 {
+    /// The policy the keys move to.
+    pub to: PolicyV1,
+    /// The table version that recorded it: the fences' table.
+    pub table: u64,
 }
 
 /// The control range's span: all of its own store.
@@ -82,6 +103,9 @@ pub struct ControlTable {
     pub table: PolicyTable,
     /// Each policy's epoch: `None` is the default's.
     pub epochs: BTreeMap<Option<Vec<u8>>, u64>,
+    /// Each handoff under way (`None`: the default's) and its fences'
+    /// table version.
+    pub handoffs: BTreeMap<Option<Vec<u8>>, u64>,
 }
 
 /// A committed change.
@@ -124,6 +148,10 @@ fn refused(e: PolicyError) -> ApiError {
 
 fn prefix_key(prefix: &[u8]) -> Vec<u8> {
     [PREFIX_KEYS, prefix].concat()
+}
+
+fn handoff_key(prefix: Option<&[u8]>) -> Vec<u8> {
+    prefix.map_or(HANDOFF_DEFAULT_KEY.to_vec(), |p| [HANDOFF_KEYS, p].concat())
 }
 
 fn range_key(id: RangeId) -> Vec<u8> {
@@ -217,8 +245,41 @@ impl ControlRange {
             ApiError::new(ErrorCode::Internal, format!("stored default policy: {e}"))
         })?;
         let mut epochs = BTreeMap::from([(None, default.epoch)]);
-        let end = prefix_end(PREFIX_KEYS);
-        let mut start = PREFIX_KEYS.to_vec();
+        for (prefix, value) in self.scan_at(PREFIX_KEYS, at)? {
+            let stored: StoredPolicyV1 = decode("policy/p/", &value)?;
+            table
+                .set(&prefix, Policy::from(&stored.policy))
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored policy: {e}")))?;
+            epochs.insert(Some(prefix), stored.epoch);
+        }
+        let mut handoffs = BTreeMap::new();
+        let mut stored_handoffs = self.scan_at(HANDOFF_KEYS, at)?;
+        let default_handoff = self.get(HANDOFF_DEFAULT_KEY, at)?;
+        let all = stored_handoffs
+            .drain(..)
+            .map(|(p, v)| (Some(p), v))
+            .chain(default_handoff.map(|v| (None, v)));
+        for (prefix, value) in all {
+            let stored: StoredHandoffV1 = decode("handoff", &value)?;
+            table
+                .set_handoff(prefix.as_deref(), Policy::from(&stored.to))
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored handoff: {e}")))?;
+            handoffs.insert(prefix, stored.table);
+        }
+        let table = table.with_version(version);
+        Ok(Some(ControlTable {
+            version,
+            table,
+            epochs,
+            handoffs,
+        }))
+    }
+
+    /// Every `(key without `keys`, value)` under `keys` at `at`.
+    fn scan_at(&self, keys: &[u8], at: Timestamp) -> Result<Entries, ApiError> {
+        let end = prefix_end(keys);
+        let mut start = keys.to_vec();
+        let mut out = Vec::new();
         // Bounded: one page per MAX_POLICIES entries at most, plus pages the
         // scan's work budget cut short (each makes progress).
         loop {
@@ -232,26 +293,16 @@ impl ControlRange {
                     crate::replication::policy::MAX_POLICIES + 1,
                 )
                 .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
-            for kv in page.items {
-                let prefix = kv.key[PREFIX_KEYS.len()..].to_vec();
-                let stored: StoredPolicyV1 = decode("policy/p/", &kv.value)?;
-                table
-                    .set(&prefix, Policy::from(&stored.policy))
-                    .map_err(|e| {
-                        ApiError::new(ErrorCode::Internal, format!("stored policy: {e}"))
-                    })?;
-                epochs.insert(Some(prefix), stored.epoch);
-            }
+            out.extend(
+                page.items
+                    .into_iter()
+                    .map(|kv| (kv.key[keys.len()..].to_vec(), kv.value)),
+            );
             match page.next_key {
                 Some(next) => start = next,
-                None => break,
+                None => return Ok(out),
             }
         }
-        Ok(Some(ControlTable {
-            version,
-            table,
-            epochs,
-        }))
     }
 
     /// Writes the seed table and ranges as version 1 if the control range
@@ -286,8 +337,10 @@ impl ControlRange {
 
     /// Sets the policy of `prefix` (`None`: the default) to the current one
     /// with `change`'s fields. Refused, with nothing changed, when the
-    /// result is invalid (MER-1007) or could loosen an acknowledged
-    /// guarantee (MER-1010, [`check_change`]).
+    /// result is invalid (MER-1007). A change that could loosen a
+    /// guarantee already given ([`transition`]) runs through a handoff
+    /// ([`super::handoff`]); one that does not takes effect at once (and
+    /// cancels a handoff of the same policy under way).
     async fn set(&self, prefix: Option<&[u8]>, change: &PolicyChange) -> Result<Changed, ApiError> {
         if change.is_empty() {
             return Err(ApiError::new(
@@ -295,38 +348,110 @@ impl ControlRange {
                 "a policy change must set at least one of consistency, home, replication, max_staleness_ms",
             ));
         }
+        let planned = std::sync::Mutex::new(None);
+        let changed = self
+            .change(|current| {
+                let (old, new) = changed_policy(current, prefix, change)?;
+                let regions = current.table.regions();
+                let epoch = current
+                    .epochs
+                    .get(&prefix.map(<[u8]>::to_vec))
+                    .map_or(1, |e| e + 1);
+                let mut plan = planned
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match transition(&old, &new, regions) {
+                    Transition::Direct => {
+                        *plan = None;
+                        let key = prefix.map_or(DEFAULT_KEY.to_vec(), prefix_key);
+                        let stored = StoredPolicyV1 {
+                            policy: (&new).into(),
+                            epoch,
+                        };
+                        let mut ops = vec![put(key, encode(&stored)?)];
+                        if current.handoffs.contains_key(&prefix.map(<[u8]>::to_vec)) {
+                            ops.push(Op::Delete {
+                                key: handoff_key(prefix),
+                            });
+                        }
+                        Ok((ops, epoch))
+                    }
+                    Transition::Handoff { sources } => {
+                        // Step 1: the prefix stops taking writes. Recorded
+                        // anew on a repeat (fences under a newer table are
+                        // as good, and a repeat resumes).
+                        let table = current.version + 1;
+                        *plan = Some((new.clone(), sources, table));
+                        let stored = StoredHandoffV1 {
+                            to: (&new).into(),
+                            table,
+                        };
+                        Ok((vec![put(handoff_key(prefix), encode(&stored)?)], 0))
+                    }
+                }
+            })
+            .await?;
+        let plan = planned
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((to, sources, table)) = plan else {
+            return Ok(changed);
+        };
+        // Step 2: every source region's ranges under the prefix fenced and
+        // passed to the new home.
+        let ranges = super::handoff::ranges_under(&self.seed.1, prefix);
+        let nodes = self.nodes_by_region()?;
+        let router = self.engine.region().host().router();
+        tracing::info!(prefix = ?prefix.map(String::from_utf8_lossy), to = %to.home, table, ranges = ranges.len(), "policy handoff: fencing");
+        super::handoff::fence_everywhere(router, &nodes, &ranges, &sources, &to.home, table)
+            .await?;
+        // Step 3: the new policy, if the handoff is still this one.
         self.change(|current| {
+            let key = prefix.map(<[u8]>::to_vec);
+            if current.handoffs.get(&key) != Some(&table) {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "another change replaced this handoff while it ran; `meridian policy ls` shows the policy now",
+                ));
+            }
             let mut next = current.table.clone();
-            let (old, new) = match prefix {
-                None => {
-                    let old = current.table.default_policy().clone();
-                    let new = change.apply_to(&old);
-                    next.set_default(new.clone()).map_err(refused)?;
-                    (old, new)
-                }
-                Some(p) => {
-                    // A new prefix policy changes its keys from whatever
-                    // governs them now (the default, or the policy whose
-                    // prefix covers them — which nesting refuses anyway).
-                    let old = current.table.policy_of(p).1.clone();
-                    let new = change.apply_to(&old);
-                    next.set(p, new.clone()).map_err(refused)?;
-                    (old, new)
-                }
-            };
-            check_change(&old, &new).map_err(refused)?;
-            let key = prefix.map_or(DEFAULT_KEY.to_vec(), prefix_key);
-            let epoch = current
-                .epochs
-                .get(&prefix.map(<[u8]>::to_vec))
-                .map_or(1, |e| e + 1);
+            match prefix {
+                None => next.set_default(to.clone()),
+                Some(p) => next.set(p, to.clone()),
+            }
+            .map_err(refused)?;
+            let epoch = current.epochs.get(&key).map_or(1, |e| e + 1);
             let stored = StoredPolicyV1 {
-                policy: (&new).into(),
+                policy: (&to).into(),
                 epoch,
             };
-            Ok((vec![put(key, encode(&stored)?)], epoch))
+            let policy_key = prefix.map_or(DEFAULT_KEY.to_vec(), prefix_key);
+            Ok((
+                vec![
+                    put(policy_key, encode(&stored)?),
+                    Op::Delete {
+                        key: handoff_key(prefix),
+                    },
+                ],
+                epoch,
+            ))
         })
         .await
+    }
+
+    /// Every node of the cluster (the control range's voters and
+    /// learners), by region: where the handoff's fences are sent.
+    fn nodes_by_region(&self) -> Result<BTreeMap<String, Vec<std::net::SocketAddr>>, ApiError> {
+        use openraft::async_runtime::WatchReceiver;
+        let group = self.group()?;
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        let mut out: BTreeMap<String, Vec<std::net::SocketAddr>> = BTreeMap::new();
+        for (_, node) in metrics.membership_config.membership().nodes() {
+            if let Ok(addr) = node.addr.parse() {
+                out.entry(node.region.clone()).or_default().push(addr);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes the policy of `prefix`: its keys fall back to the default
@@ -342,7 +467,8 @@ impl ControlRange {
                     ),
                 ));
             };
-            check_change(old, current.table.default_policy()).map_err(refused)?;
+            check_change(old, current.table.default_policy(), current.table.regions())
+                .map_err(refused)?;
             Ok((
                 vec![Op::Delete {
                     key: prefix_key(prefix),
@@ -371,7 +497,7 @@ impl ControlRange {
         };
         self.engine
             .region()
-            .write(self.engine.clock(), WriteKind::Txn(txn))
+            .write(self.engine.clock(), WriteKind::Txn(txn), 0)
             .await
     }
 
@@ -422,8 +548,9 @@ impl ControlRange {
                 Ok(Changed {
                     table: ControlTable {
                         version,
-                        table,
+                        table: table.with_version(version),
                         epochs: BTreeMap::new(),
+                        handoffs: BTreeMap::new(),
                     },
                     epoch,
                 })
@@ -503,6 +630,33 @@ impl ControlRange {
             ErrorCode::Unavailable,
             format!("the policy table changed concurrently {CHANGE_ATTEMPTS} times; retry"),
         ))
+    }
+}
+
+/// The policy `prefix` (`None`: the default) has in `current` and the one
+/// `change` makes of it, validated as part of the table.
+fn changed_policy(
+    current: &ControlTable,
+    prefix: Option<&[u8]>,
+    change: &PolicyChange,
+) -> Result<(Policy, Policy), ApiError> {
+    let mut next = current.table.clone();
+    match prefix {
+        None => {
+            let old = current.table.default_policy().clone();
+            let new = change.apply_to(&old);
+            next.set_default(new.clone()).map_err(refused)?;
+            Ok((old, new))
+        }
+        Some(p) => {
+            // A new prefix policy changes its keys from whatever governs
+            // them now (the default, or the policy whose prefix covers them
+            // — which nesting refuses anyway).
+            let old = current.table.policy_of(p).1.clone();
+            let new = change.apply_to(&old);
+            next.set(p, new.clone()).map_err(refused)?;
+            Ok((old, new))
+        }
     }
 }
 

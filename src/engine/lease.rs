@@ -389,7 +389,7 @@ impl Engine {
             key: key.clone(),
             value: value.clone(),
         };
-        self.check_write_region(&kind)?;
+        let table = self.check_write_region(&kind)?;
         let range = self.region.range_of(&key)?.clone();
         // Only the range's leader proposes: do not ask the lease range for
         // a put that would be refused here anyway.
@@ -403,12 +403,15 @@ impl Engine {
             .propose_reply(
                 &range,
                 now,
-                CommandV1::PutLeased {
-                    key,
-                    value,
-                    lease,
-                    checked_at: checked_at.0,
-                },
+                super::policed(
+                    table,
+                    CommandV1::PutLeased {
+                        key,
+                        value,
+                        lease,
+                        checked_at: checked_at.0,
+                    },
+                ),
             )
             .await?;
         if !reply.succeeded {

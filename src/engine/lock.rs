@@ -61,6 +61,7 @@ impl Engine {
         self.check_key(name)?;
         self.check_coordination_key(name, what)?;
         self.check_write_region(&WriteKind::Delete { key: name.to_vec() })
+            .map(|_| ())
     }
 
     /// Lock `name`'s record at this node's replica of the lease range.
@@ -276,7 +277,7 @@ impl Engine {
         for key in super::write_keys(&kind) {
             self.check_coordination_key(key, "a write guarded by a fencing token")?;
         }
-        self.check_write_region(&kind)?;
+        let table = self.check_write_region(&kind)?;
         let range = self.region.range_of_write_kind(&kind)?.clone();
         if !self.region.leads(&range) {
             return Err(self.region.not_leading(&range));
@@ -299,11 +300,14 @@ impl Engine {
                 .propose_reply(
                     &range,
                     now,
-                    CommandV1::Fenced {
-                        name: name.clone(),
-                        token,
-                        op: Box::new(kind.clone().into()),
-                    },
+                    super::policed(
+                        table,
+                        CommandV1::Fenced {
+                            name: name.clone(),
+                            token,
+                            op: Box::new(kind.clone().into()),
+                        },
+                    ),
                 )
                 .await?;
             if reply.succeeded || reply.value == 0 {

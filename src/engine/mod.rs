@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 pub mod control;
 pub mod discovery;
+pub mod handoff;
 pub mod lease;
 pub mod levels;
 pub mod lock;
@@ -166,6 +167,48 @@ fn storage_error(e: StorageError) -> ApiError {
             format!("snapshot {requested} is below the garbage-collection horizon {horizon}"),
         ),
         other => ApiError::new(ErrorCode::StorageFailure, other.to_string()),
+    }
+}
+
+/// Where a read is served, and the policy table version that decided it.
+struct Decided {
+    serve: Serve,
+    table: u64,
+}
+
+/// The refusal of a write or linearizable read of a key whose policy is in
+/// a handoff (`MER-3003`: nothing was written; retry once it completes).
+fn handing_off(prefix: Option<&[u8]>, from: &Policy, to: &Policy) -> ApiError {
+    let what = prefix.map_or_else(
+        || "the default policy".to_string(),
+        |p| format!("prefix {:?}", String::from_utf8_lossy(p)),
+    );
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "{what} is being handed off from {} at {} to {} at {} (a policy change under way): it takes no writes and no linearizable reads until the new home has every write acknowledged before (nothing was written); retry in a moment",
+            from.consistency.as_str(),
+            from.home,
+            to.consistency.as_str(),
+            to.home
+        ),
+    )
+}
+
+/// `op` as a client write decided under policy table `table`: wrapped so a
+/// range fenced by a later handoff refuses it (`CommandV1::Policed`);
+/// as it is under a table from config (version 0, which never changes).
+pub(crate) fn policed(
+    table: u64,
+    op: crate::raft::types::CommandV1,
+) -> crate::raft::types::CommandV1 {
+    if table == 0 {
+        op
+    } else {
+        crate::raft::types::CommandV1::Policed {
+            table,
+            op: Box::new(op),
+        }
     }
 }
 
@@ -410,9 +453,9 @@ impl Engine {
     /// Proposes `kind` and, when a key's policy is `sync-N`, acknowledges
     /// only once N other regions applied it (docs/consistency.md X6).
     async fn submit(&self, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
-        self.check_write_region(&kind)?;
+        let table = self.check_write_region(&kind)?;
         let sync = self.sync_regions(&kind);
-        let out = self.region.write(&self.hlc, kind).await?;
+        let out = self.region.write(&self.hlc, kind, table).await?;
         if let Some((key, n)) = sync {
             self.region.confirm_sync(&key, out.version, n).await?;
         }
@@ -433,25 +476,36 @@ impl Engine {
     }
 
     /// Refuses, before anything is proposed, a write touching a key of a
-    /// strong prefix homed in another region (`MER-3006`); causal and
-    /// eventual prefixes accept writes here (design.md, "Writes").
-    fn check_write_region(&self, kind: &WriteKind) -> Result<(), ApiError> {
+    /// strong prefix homed in another region (`MER-3006`) or of a policy
+    /// in a handoff (`MER-3003`, retry); causal and eventual prefixes
+    /// accept writes here (design.md, "Writes"). Returns the version of the
+    /// policy table it decided under: the write carries it
+    /// ([`policed`]), and a range fenced by a later handoff refuses it.
+    fn check_write_region(&self, kind: &WriteKind) -> Result<u64, ApiError> {
+        let table = self
+            .policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         write_keys(kind).into_iter().try_for_each(|key| {
-            let (prefix, policy) = self.policy_of(key);
+            let (prefix, policy) = table.policy_of(key);
+            if let Some(to) = table.handoff_for(key) {
+                return Err(handing_off(prefix, policy, to));
+            }
             levels::check_write(levels::KeyPolicy {
-                prefix: prefix.as_deref(),
-                policy: &policy,
+                prefix,
+                policy,
                 local_region: &self.regions.local,
                 only_region: self.regions.all.len() <= 1,
             })
-        })
+        })?;
+        Ok(table.version())
     }
 
     /// Decides where a read of `key` at `level` is served, driving
     /// [`crate::replication::read::decide`] with the key's policy, this
     /// node's region, the range's frontier here and the clock, waiting at
     /// most [`CAUSAL_WAIT`] for a causal token.
-    async fn resolve_level(&self, key: &[u8], level: &ReadLevel) -> Result<Serve, ApiError> {
+    async fn resolve_level(&self, key: &[u8], level: &ReadLevel) -> Result<Decided, ApiError> {
         levels::check_level(level)?;
         if let ReadLevel::Causal { token } = level {
             // A token is an HLC timestamp from some node's reply: one far
@@ -459,7 +513,23 @@ impl Engine {
             // (design.md, Clocks), so a forged token cannot stall reads.
             self.hlc.check_remote(*token).map_err(clock_error)?;
         }
-        let (prefix, policy) = self.policy_of(key);
+        let (prefix, policy, table, handoff) = {
+            let t = self
+                .policies
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (prefix, policy) = t.policy_of(key);
+            let handoff = t.handoff_for(key).cloned();
+            (
+                prefix.map(<[u8]>::to_vec),
+                policy.clone(),
+                t.version(),
+                handoff,
+            )
+        };
+        if let (ReadLevel::Linearizable, Some(to)) = (level, &handoff) {
+            return Err(handing_off(prefix.as_deref(), &policy, to));
+        }
         let key_policy = levels::KeyPolicy {
             prefix: prefix.as_deref(),
             policy: &policy,
@@ -467,7 +537,33 @@ impl Engine {
             only_region: self.regions.all.len() <= 1,
         };
         let env = KeyEnv { engine: self, key };
-        levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await
+        let serve = levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await?;
+        Ok(Decided { serve, table })
+    }
+
+    /// Makes a read of `range` decided under policy table `table`
+    /// linearizable at this leader ([`Replicated::read_ts`]), unless a
+    /// handoff fenced the range under a later table: then this node's
+    /// table is out of date and another region may be the home already
+    /// (`MER-3003`, retry once the node has the new table).
+    async fn leader_read_ts(
+        &self,
+        range: &crate::raft::RangeDescriptor,
+        at: Option<Timestamp>,
+        table: u64,
+    ) -> Result<Timestamp, ApiError> {
+        let ts = self.region.read_ts(&self.hlc, range, at).await?;
+        let floor = self.region.group(range)?.policy_floor();
+        if table < floor {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "range {} moved on with a policy handoff (table {floor}) this node has not applied yet (it has {table}); retry",
+                    range.id
+                ),
+            ));
+        }
+        Ok(ts)
     }
 
     /// Reads `key` at a per-call `level` (docs/consistency.md, "Read
@@ -483,8 +579,8 @@ impl Engine {
         let range = r.range_of(&key)?;
         let span = level_span(&self.regions.local, range.id, &level);
         let decided = self.resolve_level(&key, &level).instrument(span).await?;
-        let (ts, staleness_ms) = match decided {
-            Serve::Leader => (r.read_ts(&self.hlc, range, None).await?, 0),
+        let (ts, staleness_ms) = match decided.serve {
+            Serve::Leader => (self.leader_read_ts(range, None, decided.table).await?, 0),
             Serve::Local { at, staleness_ms } => (at, staleness_ms),
         };
         let value = self.store.get(&key, ts).map_err(storage_error)?;
@@ -512,10 +608,13 @@ impl Engine {
         let range = r.range_of(&start)?;
         let span = level_span(&self.regions.local, range.id, &level);
         let decided = self.resolve_level(&start, &level).instrument(span).await?;
-        let (ts, staleness_ms) = match decided {
+        let (ts, staleness_ms) = match decided.serve {
             Serve::Leader => {
                 let at = self.hlc.now().map_err(clock_error)?;
-                (r.read_ts(&self.hlc, range, Some(at)).await?, 0)
+                (
+                    self.leader_read_ts(range, Some(at), decided.table).await?,
+                    0,
+                )
             }
             Serve::Local { at, staleness_ms } => (at, staleness_ms),
         };
@@ -678,8 +777,8 @@ impl Engine {
         let ts = match consistency {
             ReadConsistency::Linearizable => {
                 // The key's prefix must allow it and this must be its home.
-                self.resolve_level(&key, &ReadLevel::Linearizable).await?;
-                r.read_ts(&self.hlc, range, at).await?
+                let decided = self.resolve_level(&key, &ReadLevel::Linearizable).await?;
+                self.leader_read_ts(range, at, decided.table).await?
             }
             ReadConsistency::Serializable => r.local_ts(range, at)?,
         };
@@ -741,12 +840,12 @@ impl Engine {
         let ts = match consistency {
             ReadConsistency::Serializable => r.local_ts(range, at)?,
             ReadConsistency::Linearizable => {
-                self.resolve_level(&start, &ReadLevel::Linearizable).await?;
+                let decided = self.resolve_level(&start, &ReadLevel::Linearizable).await?;
                 let at = match at {
                     Some(t) => t,
                     None => self.hlc.now().map_err(clock_error)?,
                 };
-                r.read_ts(&self.hlc, range, Some(at)).await?
+                self.leader_read_ts(range, Some(at), decided.table).await?
             }
         };
         let page = self.scan_page(range, &start, end, limit, ts)?;

@@ -139,6 +139,35 @@ impl AckedCursors {
             .collect()
     }
 
+    /// Waits, at most `limit`, until `region` acknowledged a cursor at or
+    /// past `version` for `range` (a policy handoff's fence). Registered
+    /// as waiting ([`AckedCursors::waited`]), so the cursor is probed if
+    /// this node stops leading the range meanwhile. `Err` carries the
+    /// cursor it had when the bound passed.
+    pub async fn wait_region(
+        &self,
+        range: u64,
+        region: &str,
+        version: Timestamp,
+        limit: Duration,
+    ) -> Result<(), Timestamp> {
+        let _waiting = self.wait_on(range);
+        let mut acked = self.sender(range).subscribe();
+        let reached =
+            |a: &BTreeMap<String, Timestamp>| a.get(region).is_some_and(|c| *c >= version);
+        let waited = tokio::time::timeout(limit, acked.wait_for(reached))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if waited {
+            return Ok(());
+        }
+        Err(self
+            .of(range)
+            .get(region)
+            .copied()
+            .unwrap_or(Timestamp::ZERO))
+    }
+
     /// Waits, at most `limit`, until `n` distinct regions acknowledged a
     /// cursor at or past `version` for `range`. `Err` carries how many had
     /// when the bound passed.
@@ -312,13 +341,21 @@ impl Replicated {
         Ok(first)
     }
 
-    /// Proposes `kind` to its range's group and waits for it to apply.
-    pub async fn write(&self, hlc: &Hlc, kind: WriteKind) -> Result<TxnOutcome, ApiError> {
+    /// Proposes `kind`, decided under policy table `table` (0: a table
+    /// from config, or not a client write), to its range's group and waits
+    /// for it to apply.
+    pub async fn write(
+        &self,
+        hlc: &Hlc,
+        kind: WriteKind,
+        table: u64,
+    ) -> Result<TxnOutcome, ApiError> {
         let range = self.range_of_write_kind(&kind)?.clone();
         let now = hlc
             .now()
             .map_err(|e| ApiError::new(ErrorCode::StorageFailure, e.to_string()))?;
-        self.propose(&range, now, kind.into()).await
+        self.propose(&range, now, super::policed(table, kind.into()))
+            .await
     }
 
     async fn propose(
@@ -384,6 +421,12 @@ impl Replicated {
             }
             Ok(Err(e)) => return Err(outcome_unknown(format!("write outcome unknown: {e}"))),
         };
+        if !reply.succeeded && reply.value == crate::raft::types::POLICY_OUTDATED {
+            return Err(unavailable(format!(
+                "range {} refused the write: this node decided it under a policy table older than a handoff the range applied (nothing was written); retry",
+                range.id
+            )));
+        }
         Ok(reply)
     }
 

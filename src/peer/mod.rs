@@ -158,6 +158,21 @@ pub enum PeerRequestV1 {
     /// [`PeerResponseV1::LeaseChecked`] / [`PeerResponseV1::LeaseApplied`],
     /// [`PeerResponseV1::NotLeader`] or an error.
     Lease(LeasePeerV1),
+    /// A policy handoff's fence (`engine::control`), for the leader of
+    /// `range` in the receiver's region: propose
+    /// `CommandV1::PolicyFence { table }`, then, when `wait_for` names a
+    /// region, wait until that region's cursor for this one passed the
+    /// fence. Answered with [`PeerResponseV1::PolicyFenced`],
+    /// [`PeerResponseV1::NotLeader`] or an error.
+    PolicyFence {
+        /// The range (Raft group) addressed.
+        range: u64,
+        /// The handoff's policy table version.
+        table: u64,
+        /// The region that must have applied this region's writes up to
+        /// the fence (the new home), if not the receiver's own.
+        wait_for: Option<String>,
+    },
 }
 
 /// A lease operation between nodes of one region, version 1.
@@ -255,6 +270,12 @@ pub enum PeerResponseV1 {
         version: u64,
         /// The reply's `value`.
         value: u64,
+    },
+    /// The range applied the fence at `at` (and the region named waited
+    /// for has applied everything this one wrote up to it).
+    PolicyFenced {
+        /// The fence's applied version (HLC).
+        at: u64,
     },
 }
 
@@ -406,6 +427,20 @@ mod tests {
         };
         assert_eq!(encode(&applied), vec![0, 1, 8, 1, 3, 4]);
         assert_eq!(decode::<PeerResponseV1>(&encode(&applied)), Ok(applied));
+    }
+
+    #[test]
+    fn frozen_policy_fence_messages() {
+        let fence = PeerRequestV1::PolicyFence {
+            range: 2,
+            table: 7,
+            wait_for: Some("eu".into()),
+        };
+        assert_eq!(encode(&fence), vec![0, 1, 6, 2, 7, 1, 2, b'e', b'u']);
+        assert_eq!(decode::<PeerRequestV1>(&encode(&fence)), Ok(fence));
+        let fenced = PeerResponseV1::PolicyFenced { at: 5 };
+        assert_eq!(encode(&fenced), vec![0, 1, 9, 5]);
+        assert_eq!(decode::<PeerResponseV1>(&encode(&fenced)), Ok(fenced));
     }
 
     #[test]

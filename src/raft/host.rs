@@ -86,6 +86,7 @@ pub struct RangeGroup {
     pub raft: RangeRaft,
     applied_ts: Arc<AtomicU64>,
     frontier_ts: Arc<AtomicU64>,
+    policy_floor: Arc<AtomicU64>,
     applied_changed: Arc<tokio::sync::Notify>,
     /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
     votes_from: std::time::Instant,
@@ -110,6 +111,13 @@ impl RangeGroup {
     /// to [`RangeGroup::applied_ts`] in a single region.
     pub fn frontier_ts(&self) -> Timestamp {
         Timestamp(self.frontier_ts.load(Ordering::Acquire))
+    }
+
+    /// The range's policy floor as this replica applied it: the oldest
+    /// policy table version under which it still serves client writes and
+    /// linearizable reads (`CommandV1::PolicyFence`; 0 when none).
+    pub fn policy_floor(&self) -> u64 {
+        self.policy_floor.load(Ordering::Acquire)
     }
 
     /// Woken (`notify_waiters`) whenever the applied timestamp or the
@@ -326,6 +334,7 @@ impl RaftHost {
         .map_err(storage)?;
         let applied_ts = sm.applied_ts();
         let frontier_ts = sm.frontier_ts();
+        let policy_floor = sm.policy_floor();
         let applied_changed = sm.applied_changed();
         let requests = sm.take_snapshot_requests();
         let network = GroupNetworkFactory::new(self.router.clone(), range);
@@ -343,6 +352,7 @@ impl RaftHost {
             raft,
             applied_ts,
             frontier_ts,
+            policy_floor,
             applied_changed,
             votes_from,
         });

@@ -106,6 +106,26 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) ->
     }
 }
 
+/// The policy floor `store` holds for `range` (0: none).
+fn stored_policy_floor(store: &MvccStore, range: u64) -> io::Result<u64> {
+    let raw = store
+        .coord_get(&crate::coord::keys::policy_floor(range))
+        .map_err(|e| io_err("load policy floor", e))?;
+    Ok(raw
+        .as_deref()
+        .and_then(crate::coord::keys::read_be64)
+        .unwrap_or(0))
+}
+
+/// The reply to a client write refused by the range's policy floor.
+fn policy_outdated(ts: Timestamp) -> RangeReply {
+    RangeReply {
+        succeeded: false,
+        version: ts.0,
+        value: super::types::POLICY_OUTDATED,
+    }
+}
+
 /// The metadata entry that records `state` as range `range`'s applied state.
 fn applied_meta(range: u64, state: &AppliedState) -> io::Result<(String, Vec<u8>)> {
     Ok((
@@ -216,6 +236,10 @@ pub struct RangeStateMachine {
     /// Woken whenever the applied timestamp or the frontier moves (the
     /// outbound replication streams wait on it instead of polling).
     applied_changed: Arc<tokio::sync::Notify>,
+    /// The range's policy floor (replicated state, kept in the `coord`
+    /// keyspace; see [`CommandV1::PolicyFence`]), shared with readers: a
+    /// node whose policy table is older serves no linearizable read here.
+    policy_floor: Arc<AtomicU64>,
     /// The regions this range replicates with.
     scope: ReplicationScope,
     /// The stream cursor of every origin region (replicated state).
@@ -314,6 +338,7 @@ impl RangeStateMachine {
         };
         let applied_ts = Arc::new(AtomicU64::new(state.last_ts));
         let frontier_ts = Arc::new(AtomicU64::new(0));
+        let policy_floor = Arc::new(AtomicU64::new(stored_policy_floor(&store, range.id)?));
         let dir = snapshot_dir(&store);
         let (points, requests) = RangePoints::open(range.clone(), store.clone(), dir.clone())?;
         let mut sm = RangeStateMachine {
@@ -324,6 +349,7 @@ impl RangeStateMachine {
             applied_ts,
             frontier_ts,
             applied_changed: Arc::new(tokio::sync::Notify::new()),
+            policy_floor,
             scope,
             cursors,
             points,
@@ -363,6 +389,14 @@ impl RangeStateMachine {
         self.applied_ts
             .fetch_max(self.state.last_ts, Ordering::AcqRel);
         self.hlc.observe(Timestamp(self.state.last_ts));
+        self.reload_policy_floor()
+    }
+
+    /// Takes the policy floor from the store (after a snapshot replaced
+    /// the range's coordination state).
+    fn reload_policy_floor(&self) -> io::Result<()> {
+        let floor = stored_policy_floor(&self.store, self.range.id)?;
+        self.policy_floor.store(floor, Ordering::Release);
         Ok(())
     }
 
@@ -413,6 +447,11 @@ impl RangeStateMachine {
     /// The shared highest-applied timestamp.
     pub fn applied_ts(&self) -> Arc<AtomicU64> {
         self.applied_ts.clone()
+    }
+
+    /// The shared policy floor (see the field).
+    pub fn policy_floor(&self) -> Arc<AtomicU64> {
+        self.policy_floor.clone()
     }
 
     /// The shared frontier (see the field).
@@ -471,7 +510,42 @@ impl RangeStateMachine {
         // above the previous applied version (see the module invariant).
         let ts = Timestamp(cmd.proposed_at.max(self.state.last_ts.saturating_add(1)));
         self.state.last_ts = ts.0;
+        // A client write not decided under a policy table counts as table
+        // 0: refused once the range has a floor (docs/consistency.md P3).
+        let unpoliced_write = matches!(
+            cmd.op,
+            CommandV1::Put { .. }
+                | CommandV1::Delete { .. }
+                | CommandV1::Txn(_)
+                | CommandV1::PutLeased { .. }
+                | CommandV1::Fenced { .. }
+        );
+        if unpoliced_write && self.policy_floor.load(Ordering::Acquire) > 0 {
+            return Ok(policy_outdated(ts));
+        }
         self.apply_op(ts, cmd.op, pending)
+    }
+
+    /// Raises the policy floor to `table` (kept if higher), in the batch.
+    fn apply_policy_fence(
+        &mut self,
+        ts: Timestamp,
+        table: u64,
+        pending: &mut PendingApply,
+    ) -> RangeReply {
+        let floor = self
+            .policy_floor
+            .fetch_max(table, Ordering::AcqRel)
+            .max(table);
+        pending.coord.insert(
+            crate::coord::keys::policy_floor(self.range.id),
+            Some(floor.to_be_bytes().to_vec()),
+        );
+        RangeReply {
+            succeeded: true,
+            version: ts.0,
+            value: floor,
+        }
     }
 
     /// Applies one operation at `ts` to the batch being built.
@@ -486,6 +560,15 @@ impl RangeStateMachine {
             CommandV1::Lock(l) => return self.apply_lock(ts, l, pending),
             CommandV1::Fenced { name, token, op } => {
                 return self.apply_fenced(ts, &name, token, *op, pending)
+            }
+            CommandV1::PolicyFence { table } => {
+                return Ok(self.apply_policy_fence(ts, table, pending))
+            }
+            CommandV1::Policed { table, op } => {
+                if table < self.policy_floor.load(Ordering::Acquire) {
+                    return Ok(policy_outdated(ts));
+                }
+                return self.apply_op(ts, *op, pending);
             }
             CommandV1::PutLeased {
                 key,
@@ -1009,6 +1092,7 @@ impl RaftStateMachine<RangeTypes> for RangeStateMachine {
         self.hlc.observe(Timestamp(self.state.last_ts));
         self.applied_ts
             .fetch_max(self.state.last_ts, Ordering::AcqRel);
+        self.reload_policy_floor()?;
         self.publish_frontier();
         // The install is complete and its marker cleared (durably): the
         // range is the data now, and its snapshot the point recorded with it.
@@ -1348,6 +1432,59 @@ mod tests {
                 .coord_get(&keys::lease_lock(1, 2, b"locks/a"))
                 .unwrap(),
             None
+        );
+    }
+
+    /// A policy fence: before it every client write applies (wrapped or
+    /// not); after it, writes decided under an older table and unwrapped
+    /// ones are refused with nothing written, writes under the fence's
+    /// table or a later one apply, the floor only rises, replicated
+    /// batches are not policed, and the floor survives a reopen.
+    #[tokio::test]
+    async fn a_policy_fence_refuses_writes_decided_under_older_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let mut sm = open_sm(&store);
+        let ms = |n: i64| Timestamp::from_parts(1_800_000_000_000 + n, 0).unwrap().0;
+        let put = |v: &str| CommandV1::Put {
+            key: b"k".to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        let policed = |table: u64, v: &str| CommandV1::Policed {
+            table,
+            op: Box::new(put(v)),
+        };
+        let value = |store: &MvccStore| store.get(b"k", Timestamp::MAX).unwrap().map(|kv| kv.value);
+        assert!(apply_at(&mut sm, ms(1), put("plain")).succeeded);
+        assert!(apply_at(&mut sm, ms(2), policed(3, "t3")).succeeded);
+        assert_eq!(sm.policy_floor().load(Ordering::Acquire), 0);
+        let fence = apply_at(&mut sm, ms(3), CommandV1::PolicyFence { table: 5 });
+        assert!(fence.succeeded && fence.version == ms(3));
+        assert_eq!(sm.policy_floor().load(Ordering::Acquire), 5);
+        for refused in [policed(4, "t4"), put("plain again")] {
+            let r = apply_at(&mut sm, ms(4), refused);
+            assert!(!r.succeeded);
+            assert_eq!(r.value, crate::raft::types::POLICY_OUTDATED);
+        }
+        assert_eq!(
+            value(&store),
+            Some(b"t3".to_vec()),
+            "refusals wrote nothing"
+        );
+        assert!(apply_at(&mut sm, ms(5), policed(5, "t5")).succeeded);
+        assert!(apply_at(&mut sm, ms(6), policed(9, "t9")).succeeded);
+        assert_eq!(value(&store), Some(b"t9".to_vec()));
+        // A lower fence keeps the floor.
+        apply_at(&mut sm, ms(7), CommandV1::PolicyFence { table: 2 });
+        assert_eq!(sm.policy_floor().load(Ordering::Acquire), 5);
+        // Barriers are not client writes.
+        assert!(apply_at(&mut sm, ms(8), CommandV1::Barrier).succeeded);
+        drop(sm);
+        let sm = open_sm(&store);
+        assert_eq!(
+            sm.policy_floor().load(Ordering::Acquire),
+            5,
+            "kept across a reopen"
         );
     }
 

@@ -110,7 +110,33 @@ pub enum CommandV1 {
         /// The write.
         op: Box<CommandV1>,
     },
+    /// Raises the range's policy floor to `table` (kept if higher): from
+    /// this entry on, the range applies only client writes decided under a
+    /// policy table at or above that version ([`CommandV1::Policed`]). The
+    /// control range's handoff proposes it in every region whose writes to
+    /// a prefix must stop before another region takes the prefix over
+    /// (`engine::control`, docs/consistency.md P3).
+    PolicyFence {
+        /// The policy table version of the handoff.
+        table: u64,
+    },
+    /// A client write (a put, delete, transaction, leased put or guarded
+    /// write) its node decided under policy table version `table`: applied
+    /// only when `table` is at or above the range's policy floor, else
+    /// refused with nothing written (`succeeded = false`, `value =`
+    /// [`POLICY_OUTDATED`]). An unwrapped client write counts as table 0.
+    Policed {
+        /// The policy table version the write was decided under.
+        table: u64,
+        /// The write.
+        op: Box<CommandV1>,
+    },
 }
+
+/// A range reply's `value` when a client write was refused because it was
+/// decided under a policy table older than the range's policy floor
+/// ([`CommandV1::Policed`]); no other refusal uses it.
+pub const POLICY_OUTDATED: u64 = 1_000;
 
 /// A lock operation in the log, version 1 (append-only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,7 +332,9 @@ impl CommandV1 {
             | CommandV1::CatchUp(_)
             | CommandV1::Lease(_)
             | CommandV1::Lock(_)
-            | CommandV1::Fenced { .. } => None,
+            | CommandV1::Fenced { .. }
+            | CommandV1::PolicyFence { .. }
+            | CommandV1::Policed { .. } => None,
         }
     }
 }
@@ -337,6 +365,8 @@ impl CommandV1 {
             CommandV1::Lease(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
             CommandV1::Lock(l) => postcard::to_allocvec(l).map_or(0, |b| b.len()),
             CommandV1::Fenced { name, op, .. } => name.len() + 16 + op.payload_bytes(),
+            CommandV1::PolicyFence { .. } => 8,
+            CommandV1::Policed { op, .. } => 8 + op.payload_bytes(),
         }
     }
 
@@ -369,6 +399,12 @@ impl CommandV1 {
             CommandV1::Lock(_) => write!(f, "lock"),
             CommandV1::Fenced { token, op, .. } => {
                 write!(f, "fenced(token {token}, ")?;
+                op.describe(f)?;
+                write!(f, ")")
+            }
+            CommandV1::PolicyFence { table } => write!(f, "policy-fence(table {table})"),
+            CommandV1::Policed { table, op } => {
+                write!(f, "policed(table {table}, ")?;
                 op.describe(f)?;
                 write!(f, ")")
             }
@@ -585,6 +621,31 @@ mod tests {
             value: 7,
         };
         assert_eq!(postcard::to_allocvec(&reply).unwrap(), vec![1, 5, 7]);
+    }
+
+    /// The policy handoff's commands in the log, pinned.
+    #[test]
+    fn frozen_policy_command_bytes() {
+        let fence = RangeCommand {
+            proposed_at: 2,
+            op: CommandV1::PolicyFence { table: 300 },
+        };
+        let bytes = postcard::to_allocvec(&fence).unwrap();
+        assert_eq!(bytes, vec![2, 10, 0xac, 0x02]);
+        assert_eq!(postcard::from_bytes::<RangeCommand>(&bytes).unwrap(), fence);
+        let policed = RangeCommand {
+            proposed_at: 2,
+            op: CommandV1::Policed {
+                table: 7,
+                op: Box::new(CommandV1::Delete { key: b"k".to_vec() }),
+            },
+        };
+        let bytes = postcard::to_allocvec(&policed).unwrap();
+        assert_eq!(bytes, vec![2, 11, 7, 1, 1, b'k']);
+        assert_eq!(
+            postcard::from_bytes::<RangeCommand>(&bytes).unwrap(),
+            policed
+        );
     }
 
     /// Lease commands in the log, pinned.

@@ -164,44 +164,64 @@ pub enum PolicyError {
     Unsafe(String),
 }
 
-/// Whether a prefix's policy may change from `old` to `new` at run time
+/// How a prefix's policy may change from `old` to `new` at run time
 /// without loosening a guarantee given for a write already acknowledged.
-///
-/// Allowed: any change that keeps a strong prefix strong at the same home
-/// (its replication mode and staleness bound may change: `sync-N`
-/// acknowledgements already given stay true, and `async` ones never
-/// promised more); any change of a causal or eventual prefix that keeps
-/// it below strong; strong to causal or eventual (acknowledged strong
-/// writes stay committed at the home and replicate like any other).
-///
-/// Refused, with the reason: turning a causal or eventual prefix strong
-/// (writes acknowledged in other regions may not have reached the home
-/// yet, so its first "linearizable" reads could miss them), and moving a
-/// strong prefix's home (the new home may not yet hold every write the old
-/// one acknowledged). Both need a handoff in which the new home waits for
-/// every other region's stream to pass the change: that is the regional
-/// failover protocol, not a policy edit.
-pub fn check_change(old: &Policy, new: &Policy) -> Result<(), PolicyError> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// At once: the change keeps a strong prefix strong at the same home
+    /// (its replication mode and staleness bound may change: `sync-N`
+    /// acknowledgements already given stay true, and `async` ones never
+    /// promised more), keeps a causal or eventual prefix below strong, or
+    /// loosens strong to causal or eventual (acknowledged strong writes
+    /// stay committed at the home and replicate like any other).
+    Direct,
+    /// Through a handoff: the new home may not hold yet every write that
+    /// `sources` acknowledged under the old policy (turning a causal or
+    /// eventual prefix strong: every region; moving a strong prefix's
+    /// home: the old home). Writes to the prefix stop, each source region
+    /// fences its ranges and waits until the new home applied everything
+    /// it wrote, and only then does the new policy take effect
+    /// (docs/consistency.md P3, `engine::control`).
+    Handoff {
+        /// The regions whose acknowledged writes must reach the new home.
+        sources: Vec<String>,
+    },
+}
+
+/// The [`Transition`] from `old` to `new` in a cluster of `regions`.
+pub fn transition(old: &Policy, new: &Policy, regions: &[String]) -> Transition {
     if new.consistency != Consistency::Strong {
-        return Ok(());
+        return Transition::Direct;
     }
     if old.consistency != Consistency::Strong {
-        return Err(PolicyError::Unsafe(format!(
-            "turning a {} prefix strong at run time is refused: writes acknowledged in other \
-             regions may not have reached {} yet, and its linearizable reads could miss them \
-             (write to a new prefix instead)",
-            old.consistency.as_str(),
-            new.home
-        )));
+        return Transition::Handoff {
+            sources: regions.to_vec(),
+        };
     }
     if old.home != new.home {
-        return Err(PolicyError::Unsafe(format!(
-            "moving a strong prefix's home from {} to {} at run time is refused: {} may not \
-             hold every write {} acknowledged yet (a home moves through regional failover)",
-            old.home, new.home, new.home, old.home
-        )));
+        return Transition::Handoff {
+            sources: vec![old.home.clone()],
+        };
     }
-    Ok(())
+    Transition::Direct
+}
+
+/// Refuses a change that needs a handoff ([`transition`]) where none can
+/// run (removing a prefix policy: set the prefix to the default's values
+/// first, which hands off, then remove it).
+pub fn check_change(old: &Policy, new: &Policy, regions: &[String]) -> Result<(), PolicyError> {
+    match transition(old, new, regions) {
+        Transition::Direct => Ok(()),
+        Transition::Handoff { .. } => Err(PolicyError::Unsafe(format!(
+            "falling back to the default ({} at {}) needs a handoff from {} at {}: set the \
+             prefix to the default's values first (`meridian policy set`, which hands off), \
+             then remove it",
+            new.consistency.as_str(),
+            new.home,
+            old.consistency.as_str(),
+            old.home
+        ))),
+    }
 }
 
 /// A change to one policy: the fields to set; `None` keeps the current
@@ -241,6 +261,12 @@ pub struct PolicyTable {
     regions: Vec<String>,
     default: Policy,
     by_prefix: BTreeMap<Vec<u8>, Policy>,
+    /// The control range's version of this table (0: a table from config).
+    version: u64,
+    /// Policies in a handoff (`None`: the default), with the policy each
+    /// moves to: their keys take no writes and no linearizable reads until
+    /// it completes ([`Transition::Handoff`]).
+    handoffs: BTreeMap<Option<Vec<u8>>, Policy>,
 }
 
 impl PolicyTable {
@@ -250,6 +276,8 @@ impl PolicyTable {
             regions,
             default: default.clone(),
             by_prefix: BTreeMap::new(),
+            version: 0,
+            handoffs: BTreeMap::new(),
         };
         table.check_policy(&default)?;
         Ok(table)
@@ -267,7 +295,54 @@ impl PolicyTable {
                 max_staleness_ms: max_staleness_ms.min(MAX_STALENESS_MS),
             },
             by_prefix: BTreeMap::new(),
+            version: 0,
+            handoffs: BTreeMap::new(),
         }
+    }
+
+    /// The control range's version of this table (0: from config).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// This table as the control range's version `version`.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The policy `prefix`'s keys (`None`: the default's) move to in a
+    /// handoff under way, if any.
+    pub fn handoff_of(&self, prefix: Option<&[u8]>) -> Option<&Policy> {
+        self.handoffs.get(&prefix.map(<[u8]>::to_vec))
+    }
+
+    /// The policy `key` moves to in a handoff under way, if any: a
+    /// handoff of the prefix covering it (a prefix policy being set on it,
+    /// or changed), else of the default when the default governs it.
+    pub fn handoff_for(&self, key: &[u8]) -> Option<&Policy> {
+        let of_prefix = self
+            .handoffs
+            .iter()
+            .find(|(p, _)| p.as_deref().is_some_and(|p| key.starts_with(p)));
+        match of_prefix {
+            Some((_, to)) => Some(to),
+            None if self.policy_of(key).0.is_none() => self.handoffs.get(&None),
+            None => None,
+        }
+    }
+
+    /// Every handoff under way (`None`: the default).
+    pub fn handoffs(&self) -> impl Iterator<Item = (Option<&[u8]>, &Policy)> {
+        self.handoffs.iter().map(|(p, to)| (p.as_deref(), to))
+    }
+
+    /// Records that `prefix`'s keys (`None`: the default's) are handed off
+    /// to `to` (validated like any policy).
+    pub fn set_handoff(&mut self, prefix: Option<&[u8]>, to: Policy) -> Result<(), PolicyError> {
+        self.check_policy(&to)?;
+        self.handoffs.insert(prefix.map(<[u8]>::to_vec), to);
+        Ok(())
     }
 
     /// The cluster's regions.
@@ -484,21 +559,36 @@ mod tests {
         let mut sync1 = strong.clone();
         sync1.replication = Replication::Sync(1);
         sync1.max_staleness_ms = 100;
-        assert!(check_change(&strong, &sync1).is_ok());
-        assert!(check_change(&sync1, &strong).is_ok());
+        let regions: Vec<String> = ["us-east", "eu-west", "ap-south"].map(String::from).into();
+        let direct =
+            |old: &Policy, new: &Policy| transition(old, new, &regions) == Transition::Direct;
+        assert!(direct(&strong, &sync1));
+        assert!(direct(&sync1, &strong));
         for looser in [Consistency::Causal, Consistency::Eventual] {
-            assert!(check_change(&strong, &policy(looser, "eu-west")).is_ok());
-            let err = check_change(&policy(looser, "us-east"), &strong).unwrap_err();
-            assert!(err.to_string().contains("strong at run time"), "{err}");
+            assert!(direct(&strong, &policy(looser, "eu-west")));
+            // Turning strong: every region may hold acknowledged writes.
+            assert_eq!(
+                transition(&policy(looser, "us-east"), &strong, &regions),
+                Transition::Handoff {
+                    sources: regions.clone()
+                }
+            );
+            let err = check_change(&policy(looser, "us-east"), &strong, &regions).unwrap_err();
+            assert!(matches!(err, PolicyError::Unsafe(_)));
+            assert!(err.to_string().contains("needs a handoff"), "{err}");
         }
-        assert!(check_change(
+        assert!(direct(
             &policy(Consistency::Eventual, "us-east"),
             &policy(Consistency::Causal, "ap-south")
-        )
-        .is_ok());
-        let moved = check_change(&strong, &policy(Consistency::Strong, "eu-west")).unwrap_err();
-        assert!(matches!(moved, PolicyError::Unsafe(_)));
-        assert!(moved.to_string().contains("from us-east to eu-west"));
+        ));
+        // Moving a strong home: only the old home took writes.
+        assert_eq!(
+            transition(&strong, &policy(Consistency::Strong, "eu-west"), &regions),
+            Transition::Handoff {
+                sources: vec!["us-east".to_string()]
+            }
+        );
+        assert!(check_change(&strong, &sync1, &regions).is_ok());
     }
 
     #[test]

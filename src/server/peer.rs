@@ -242,6 +242,30 @@ async fn serve(
             let span = entry_span(parent, || tracing::info_span!("lease_forwarded"));
             engine.serve_lease_peer(req).instrument(span).await
         }
+        PeerRequestV1::PolicyFence {
+            range,
+            table,
+            wait_for,
+        } => {
+            let Some(engine) = hosts.engine.as_ref() else {
+                return PeerResponseV1::error(&crate::error_code::ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this node serves Raft only, not policy fences",
+                ));
+            };
+            let span = entry_span(parent, || tracing::info_span!("policy_fence", range, table));
+            match engine
+                .fence_for_handoff(range, table, wait_for.as_deref())
+                .instrument(span)
+                .await
+            {
+                Ok(at) => PeerResponseV1::PolicyFenced { at: at.0 },
+                Err(e) if e.code == ErrorCode::NotLeader => PeerResponseV1::NotLeader {
+                    leader: e.leader_hint,
+                },
+                Err(e) => PeerResponseV1::error(&e),
+            }
+        }
         PeerRequestV1::Policy(change) => {
             let control = match crate::engine::control::required(hosts.control.as_deref()) {
                 Ok(c) => c,
