@@ -32,6 +32,7 @@ use common::wan_dev::{long_tests, WanDev, REGIONS};
 use meridian::client::{Client, ClientError, LevelGetResponse, Session, SessionToken};
 use meridian::replication::read::ReadLevel;
 use meridian::types::{Compare, CompareOp, CompareTarget, Op, Timestamp, Txn};
+use meridian::wire::{ConsistencyV1, SetPolicyV1};
 
 /// Port offsets of this file's clusters (tests/wan.rs uses 20000-22000):
 /// the long variants' own, one per test; the short variants share the
@@ -195,12 +196,21 @@ struct StrongLog {
     refused: u64,
 }
 
-/// Runs `op` on `key` (a read names no level: linearizable, sent home).
-async fn execute(client: &Client, k: usize, op: &RegOp) -> Result<RegRet, ClientError> {
-    let key = strong_key(k);
+/// Runs `op` on key `k` of `key_of` (a read names no level: linearizable,
+/// sent home).
+async fn execute(
+    client: &Client,
+    key_of: fn(usize) -> String,
+    k: usize,
+    op: &RegOp,
+) -> Result<RegRet, ClientError> {
+    let key = key_of(k);
     match op {
         RegOp::Read => {
-            let r = client.get(&key).await?;
+            // Linearizable by name: a node that has not applied a policy
+            // change yet refuses it (`LevelNotAllowed`) instead of serving
+            // the old policy's default level.
+            let r = client.get_at_level(&key, ReadLevel::Linearizable).await?;
             let v = r.kv.map(|kv| {
                 String::from_utf8_lossy(&kv.value)
                     .parse::<u64>()
@@ -232,6 +242,8 @@ async fn execute(client: &Client, k: usize, op: &RegOp) -> Result<RegRet, Client
 
 /// Shared state of the strong clients.
 struct StrongRun {
+    /// The history's keys.
+    key_of: fn(usize) -> String,
     log: Mutex<StrongLog>,
     next_id: AtomicU64,
     next_thread: AtomicU64,
@@ -240,6 +252,17 @@ struct StrongRun {
 }
 
 impl StrongRun {
+    fn new(key_of: fn(usize) -> String) -> Arc<StrongRun> {
+        Arc::new(StrongRun {
+            key_of,
+            log: Mutex::new(StrongLog::default()),
+            next_id: AtomicU64::new(0),
+            next_thread: AtomicU64::new(0),
+            next_value: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        })
+    }
+
     fn log(&self) -> MutexGuard<'_, StrongLog> {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -269,7 +292,7 @@ async fn strong_client(client: Client, r: usize, run: Arc<StrongRun>, seed: u64)
             op: op.clone(),
         });
         let started = Instant::now();
-        let result = execute(&client, k, &op).await;
+        let result = execute(&client, run.key_of, k, &op).await;
         let took = started.elapsed();
         let pause = {
             let mut log = run.log();
@@ -403,13 +426,7 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
         (1, Duration::from_secs(3))
     };
     let dev = cluster(STRONG_OFFSET);
-    let run = Arc::new(StrongRun {
-        log: Mutex::new(StrongLog::default()),
-        next_id: AtomicU64::new(0),
-        next_thread: AtomicU64::new(0),
-        next_value: AtomicU64::new(1),
-        stop: AtomicBool::new(false),
-    });
+    let run = StrongRun::new(strong_key);
     let mut tasks = Vec::new();
     for c in 0..6u64 {
         let r = (c % 3) as usize;
@@ -470,6 +487,226 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
     let started = Instant::now();
     let keys = assert_linearizable(&testers(&log.events), strong_key);
     println!("checked {keys} keys in {:?}", started.elapsed());
+    if let Err(stalled) = progressed {
+        panic!("{stalled}");
+    }
+}
+
+/// The prefix whose policy the handoff test changes at run time (no
+/// policy in regions/wan-3.toml: the strong default governs it at first).
+const MOVING_PREFIX: &str = "moving/";
+
+/// The ap-south <-> eu-west round trip while `moving/` turns strong.
+const SLOW_RTT_MS: u64 = 3_000;
+
+fn moving_key(k: usize) -> String {
+    format!("{MOVING_PREFIX}acc/k{k}")
+}
+
+/// An admin client in `region` (policy changes need the admin role).
+async fn admin_client(dev: &WanDev, region: &str) -> Client {
+    let mut cfg = dev.client_config(region, Duration::from_secs(30));
+    cfg.tls.cert = cfg.tls.cert.with_file_name("admin.pem");
+    cfg.tls.key = cfg.tls.key.with_file_name("admin.key");
+    Client::connect(cfg).await.expect("an admin client")
+}
+
+/// Sets `moving/` to `consistency` at `home` and returns how long it took.
+/// A handoff that could not finish (another test's fault meanwhile: a
+/// leader killed) leaves the prefix in its handoff; repeating the change
+/// resumes it, as docs/operations.md says (bounded).
+async fn set_moving(admin: &Client, consistency: ConsistencyV1, home: &str) -> Duration {
+    let started = Instant::now();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let set = SetPolicyV1 {
+            prefix: Some(MOVING_PREFIX.as_bytes().to_vec()),
+            consistency: Some(consistency),
+            home: Some(home.to_string()),
+            ..SetPolicyV1::default()
+        };
+        match admin.set_policy(set).await {
+            Ok(_) => return started.elapsed(),
+            Err(e) => {
+                println!("policy set {MOVING_PREFIX} {consistency:?} at {home}: {e}; repeating");
+                last = e.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("policy set {MOVING_PREFIX} {consistency:?} at {home} never completed: {last}");
+}
+
+/// Waits (bounded) until the node a client in each region asks holds
+/// `moving/` at `want`.
+async fn wait_moving_policy(dev: &WanDev, want: ConsistencyV1) {
+    for r in 0..REGIONS.len() {
+        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = client.policies().await.ok().and_then(|t| {
+                t.prefixes
+                    .iter()
+                    .find(|p| p.prefix == MOVING_PREFIX.as_bytes())
+                    .map(|p| p.policy.consistency)
+            });
+            if held == Some(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never held {MOVING_PREFIX} as {want:?} (holds {held:?})",
+                region(r)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client.close().await;
+    }
+}
+
+/// Issue 9, "a policy change never loosens a guarantee for a write already
+/// acknowledged" (docs/consistency.md P3), through the handoff: `moving/`
+/// is made eventual, each region writes one of its keys (acknowledged in
+/// that region), and it is turned strong at eu-west while the
+/// ap-south <-> eu-west link is slowed to a 3 s round trip (ap-south's
+/// write reaches eu-west 1.5 s after its acknowledgement, later than the
+/// change commits when the control leader is elsewhere: only the fence's
+/// wait makes eu-west hold it first); then two clients per region run the
+/// strong register history of
+/// [`strong_history_across_regions_is_linearizable_while_the_home_leader_is_killed`]
+/// while the home moves eu-west -> us-east -> ap-south -> eu-west. The
+/// eventual writes open the history as completed writes, so its first
+/// linearizable reads must see them; one linearizability check covers the
+/// whole history. Clients in every region must complete operations after
+/// the last move. Each handoff's duration is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_turned_strong_and_moved_between_homes_stays_linearizable() {
+    let dev = cluster(STRONG_OFFSET);
+    let admin = admin_client(&dev, "us-east").await;
+    set_moving(&admin, ConsistencyV1::Eventual, "us-east").await;
+    wait_moving_policy(&dev, ConsistencyV1::Eventual).await;
+    let run = StrongRun::new(moving_key);
+    dev.set_rtt("ap-south", "eu-west", SLOW_RTT_MS).await;
+    // One eventual write per region, each to its own key, each completed
+    // before the next starts; ap-south's last.
+    for (k, r) in [0usize, 1, 2].into_iter().enumerate() {
+        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
+        let v = run.next_value.fetch_add(1, Ordering::Relaxed);
+        let (id, thread) = (
+            run.next_id.fetch_add(1, Ordering::Relaxed),
+            run.next_thread.fetch_add(1, Ordering::Relaxed),
+        );
+        let op = RegOp::Write(v);
+        run.log().events.push(Event::Invoke {
+            id,
+            thread,
+            key: k,
+            op: op.clone(),
+        });
+        client
+            .put(&moving_key(k), v.to_string())
+            .await
+            .expect("an eventual write in its own region");
+        run.log().events.push(Event::Return {
+            id,
+            thread,
+            key: k,
+            ret: RegRet::WriteOk,
+        });
+        client.close().await;
+    }
+    let first_reader = dev.client("eu-west", REQUEST_TIMEOUT).await;
+    let mut handoffs = vec![(
+        "eventual -> strong at eu-west (ap-south link 3 s)",
+        set_moving(&admin, ConsistencyV1::Strong, "eu-west").await,
+    )];
+    // At once: a linearizable read of each key at the new home, from a
+    // client there (recorded: the history's first reads). A node that has
+    // not applied the new table yet refuses it (nothing read): again.
+    for k in 0..STRONG_KEYS {
+        for _ in 0..50 {
+            let (id, thread) = (
+                run.next_id.fetch_add(1, Ordering::Relaxed),
+                run.next_thread.fetch_add(1, Ordering::Relaxed),
+            );
+            run.log().events.push(Event::Invoke {
+                id,
+                thread,
+                key: k,
+                op: RegOp::Read,
+            });
+            match execute(&first_reader, moving_key, k, &RegOp::Read).await {
+                Ok(ret) => {
+                    run.log().events.push(Event::Return {
+                        id,
+                        thread,
+                        key: k,
+                        ret,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    println!("first read of {} refused: {e}", moving_key(k));
+                    run.log().events.push(Event::Void { id });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    first_reader.close().await;
+    let mut tasks = Vec::new();
+    for c in 0..6u64 {
+        let r = (c % 3) as usize;
+        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
+        let seed = 0xD1B5_4A32_D192_ED03u64.wrapping_mul(c + 1);
+        tasks.push(tokio::spawn(strong_client(client, r, run.clone(), seed)));
+    }
+    // Reads at eu-west right after the change (the clients' first).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dev.set_rtt("ap-south", "eu-west", 140).await;
+    for (home, what) in [
+        ("us-east", "home eu-west -> us-east"),
+        ("ap-south", "home us-east -> ap-south"),
+        ("eu-west", "home ap-south -> eu-west"),
+    ] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        handoffs.push((what, set_moving(&admin, ConsistencyV1::Strong, home).await));
+    }
+    run.log().since_restart = [0; 3];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let progressed = loop {
+        let done = run.log().since_restart;
+        if done.iter().all(|n| *n >= PROGRESS_OPS) {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(format!(
+                "clients did not make progress after the last move: {done:?} operations per \
+                 region (us-east, eu-west, ap-south) in 120 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    run.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a client did not stop")
+            .expect("a client panicked");
+    }
+    admin.close().await;
+    let log = std::mem::take(&mut *run.log());
+    drop(dev);
+    for (what, took) in &handoffs {
+        println!("handoff {what}: {:.0} ms", ms(*took));
+    }
+    let done: usize = log.reads.iter().chain(&log.writes).map(Vec::len).sum();
+    println!(
+        "{done} operations completed, {} with unknown outcome, {} not applied",
+        log.unknown, log.refused
+    );
+    let keys = assert_linearizable(&testers(&log.events), moving_key);
+    println!("checked {keys} keys");
     if let Err(stalled) = progressed {
         panic!("{stalled}");
     }

@@ -8,7 +8,7 @@
 //!    a node that applied it takes no write and no linearizable read of
 //!    the prefix (`MER-3003`, retry).
 //! 2. It asks the leader of every range overlapping the prefix, in every
-//!    source region, to fence it ([`fence_everywhere`]): the leader
+//!    region, to fence it ([`fence_everywhere`]): the leader
 //!    proposes `CommandV1::PolicyFence { table: v }`, after which the
 //!    range refuses every client write decided under a table older than
 //!    `v` (a node that has not applied step 1 yet), and waits until the new
@@ -16,12 +16,15 @@
 //!    ([`Engine::fence_for_handoff`]).
 //! 3. It commits the table with the new policy (version `> v`).
 //!
-//! **Invariant:** once step 3 commits, every write a source region
+//! **Invariant:** once step 3 commits, every write any region
 //! acknowledged to the prefix is applied at the new home. Every such write
 //! was decided under a table older than `v` (step 1 refuses them after),
-//! so it applied before the fence in its range's log, at a version below
-//! the fence's (versions rise along the log), and the new home's cursor
-//! for that region passed the fence before step 3. A write decided under
+//! so it applied before the fence in its region's range log, at a version
+//! below the fence's (versions rise along the log), and the new home's
+//! cursor for that region passed the fence before step 3. Every region is
+//! fenced, not only the old home: streams carry each region's own writes
+//! straight to each other region, so an earlier home's writes reach the
+//! new home on that region's stream, not through the old home. A write decided under
 //! an older table that reaches the log after the fence is refused with
 //! nothing written. A node whose table is older than a range's fence
 //! serves no linearizable read there ([`Engine`]'s leader reads): the new

@@ -738,6 +738,44 @@ mod tests {
         assert!(acked.waited().is_empty(), "timed out: no longer waited on");
     }
 
+    /// A handoff's fence waits for the one region named (another region's
+    /// cursor does not count), wakes when the streams publish it past the
+    /// fence, and reports that region's cursor when the bound passes.
+    #[tokio::test]
+    async fn a_fence_waits_for_the_named_region_only() {
+        let acked = Arc::new(AckedCursors::default());
+        let (range, fence) = (3, Timestamp(100));
+        acked.publish(range, "ap-south", Timestamp(500));
+        acked.publish(range, "eu-west", Timestamp(40));
+        let short = Duration::from_millis(10);
+        assert_eq!(
+            acked.wait_region(range, "eu-west", fence, short).await,
+            Err(Timestamp(40)),
+            "ap-south's cursor is not eu-west's"
+        );
+        let waiter = {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .wait_region(range, "eu-west", fence, Duration::from_secs(10))
+                    .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while acked.waited().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never registered");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        acked.publish(range, "eu-west", Timestamp(99));
+        acked.publish(range, "eu-west", fence);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(
+            acked.wait_region(range, "us-east", fence, short).await,
+            Err(Timestamp::ZERO),
+            "a region never heard from"
+        );
+    }
+
     /// A sync write waits for N distinct regions at or past its version,
     /// wakes when the streams publish them, and reports how many it had
     /// when the bound passes; a lower cursor never replaces a higher one.

@@ -175,15 +175,17 @@ pub enum Transition {
     /// loosens strong to causal or eventual (acknowledged strong writes
     /// stay committed at the home and replicate like any other).
     Direct,
-    /// Through a handoff: the new home may not hold yet every write that
-    /// `sources` acknowledged under the old policy (turning a causal or
-    /// eventual prefix strong: every region; moving a strong prefix's
-    /// home: the old home). Writes to the prefix stop, each source region
-    /// fences its ranges and waits until the new home applied everything
-    /// it wrote, and only then does the new policy take effect
-    /// (docs/consistency.md P3, `engine::control`).
+    /// Through a handoff: the new home may not hold yet every write
+    /// acknowledged under the old policy (turning a causal or eventual
+    /// prefix strong: any region's; moving a strong prefix's home: the old
+    /// home's, and an earlier home's, which streams carry straight from
+    /// that region, not through the old home). Writes to the prefix stop,
+    /// each of `sources` fences its ranges and waits until the new home
+    /// applied everything it wrote, and only then does the new policy take
+    /// effect (docs/consistency.md P3, `engine::handoff`).
     Handoff {
-        /// The regions whose acknowledged writes must reach the new home.
+        /// The regions whose acknowledged writes must reach the new home:
+        /// every region.
         sources: Vec<String>,
     },
 }
@@ -200,7 +202,7 @@ pub fn transition(old: &Policy, new: &Policy, regions: &[String]) -> Transition 
     }
     if old.home != new.home {
         return Transition::Handoff {
-            sources: vec![old.home.clone()],
+            sources: regions.to_vec(),
         };
     }
     Transition::Direct
@@ -581,11 +583,13 @@ mod tests {
             &policy(Consistency::Eventual, "us-east"),
             &policy(Consistency::Causal, "ap-south")
         ));
-        // Moving a strong home: only the old home took writes.
+        // Moving a strong home: the old home's writes, and an earlier
+        // home's (streamed from that region straight to each other), must
+        // reach the new home.
         assert_eq!(
             transition(&strong, &policy(Consistency::Strong, "eu-west"), &regions),
             Transition::Handoff {
-                sources: vec!["us-east".to_string()]
+                sources: regions.clone()
             }
         );
         assert!(check_change(&strong, &sync1, &regions).is_ok());

@@ -423,6 +423,21 @@ impl WanDev {
             .await;
     }
 
+    /// Sets the emulated round trip between regions `a` and `b` (through
+    /// the control API; packets already queued keep their delay).
+    pub async fn set_rtt(&self, a: &str, b: &str, rtt_ms: u64) {
+        let req = meridian_chaos::control::Request::Link {
+            a: a.into(),
+            b: b.into(),
+            change: meridian_chaos::LinkChange {
+                rtt_ms: Some(rtt_ms),
+                jitter_ms: None,
+                loss: None,
+            },
+        };
+        self.control(req).await;
+    }
+
     /// Removes every partition (through the control API).
     pub async fn heal(&self) {
         self.control(meridian_chaos::control::Request::Heal).await;
