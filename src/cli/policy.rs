@@ -22,9 +22,11 @@ pub(crate) enum PolicyCommand {
     },
     /// Change a prefix's policy (or the default's with --default) in the
     /// control range; every node applies it without a restart. Options not
-    /// given keep their current value. Needs an admin certificate. A change
-    /// that could loosen a guarantee already given (turning a prefix strong,
-    /// moving a strong prefix's home) is refused (MER-1010).
+    /// given keep their current value. Needs an admin certificate. Turning a
+    /// prefix strong or moving a strong prefix's home returns once its
+    /// handoff is done: the prefix takes no writes meanwhile, and every
+    /// write acknowledged before is at the new home when it returns (repeat
+    /// a handoff that failed to resume it).
     Set {
         /// The key prefix (a new prefix gets the policy now governing its keys,
         /// changed by the options).

@@ -1282,8 +1282,11 @@ impl Client {
     /// prefix's (or, with `prefix: None`, the default's) fields that `set`
     /// names; the rest keep their value. The node forwards the client to
     /// the control range's leader. Refused with nothing changed when the
-    /// result is invalid (`MER-1007`) or could loosen a guarantee already
-    /// given (`MER-1010`).
+    /// result is invalid (`MER-1007`) or there is no control range
+    /// (`MER-1010`). Turning a prefix strong or moving a strong prefix's
+    /// home answers once its handoff is done (docs/consistency.md P3); a
+    /// handoff that could not finish is `MER-3003`, and repeating the same
+    /// change resumes it.
     pub async fn set_policy(
         &self,
         set: crate::wire::SetPolicyV1,

@@ -469,12 +469,16 @@ impl ControlRange {
             };
             check_change(old, current.table.default_policy(), current.table.regions())
                 .map_err(refused)?;
-            Ok((
-                vec![Op::Delete {
-                    key: prefix_key(prefix),
-                }],
-                0,
-            ))
+            let mut ops = vec![Op::Delete {
+                key: prefix_key(prefix),
+            }];
+            // A removal needs no handoff: it cancels one under way.
+            if current.handoffs.contains_key(&Some(prefix.to_vec())) {
+                ops.push(Op::Delete {
+                    key: handoff_key(Some(prefix)),
+                });
+            }
+            Ok((ops, 0))
         })
         .await
     }
@@ -717,7 +721,31 @@ mod tests {
     }
 
     #[test]
+    fn frozen_stored_handoff_bytes() {
+        let stored = StoredHandoffV1 {
+            to: PolicyV1 {
+                consistency: ConsistencyV1::Strong,
+                home: "eu".into(),
+                replication: ReplicationV1::Async,
+                max_staleness_ms: 5,
+            },
+            table: 300,
+        };
+        let bytes = encode(&stored).unwrap();
+        assert_eq!(
+            bytes,
+            vec![1, 0, 2, b'e', b'u', 0, 5, 0xac, 0x02],
+            "stored control values never change shape; add a version instead"
+        );
+        assert_eq!(decode::<StoredHandoffV1>("t", &bytes).unwrap(), stored);
+    }
+
+    #[test]
     fn control_keys_stay_apart_from_each_other() {
+        assert_eq!(handoff_key(Some(b"a/")), b"handoff/p/a/".to_vec());
+        assert_eq!(handoff_key(None), HANDOFF_DEFAULT_KEY.to_vec());
+        assert!(!HANDOFF_DEFAULT_KEY.starts_with(HANDOFF_KEYS));
+        assert!(!handoff_key(Some(b"a/")).starts_with(PREFIX_KEYS));
         assert!(prefix_key(b"a/").starts_with(PREFIX_KEYS));
         assert!(!DEFAULT_KEY.starts_with(PREFIX_KEYS));
         assert!(!VERSION_KEY.starts_with(PREFIX_KEYS));

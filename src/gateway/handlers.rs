@@ -391,8 +391,8 @@ async fn change_policy(
         (status = 200, description = "Committed; the table after the change", body = PolicyChangedResponse),
         (status = 400, description = "Malformed body (MER-1005); unknown region or bad value (MER-1007)", body = ErrorBody),
         (status = 403, description = "The client certificate's role is not admin (MER-2001); nothing changed", body = ErrorBody),
-        (status = 409, description = "The change could loosen a guarantee already given, or the cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
-        (status = 503, description = "No control leader right now (MER-3003); nothing changed", body = ErrorBody),
+        (status = 409, description = "The cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
+        (status = 503, description = "No control leader right now, or a handoff (turning the default strong, moving its strong home) that could not finish (MER-3003): the default stays in its handoff until the change is repeated or another cancels it", body = ErrorBody),
         (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
 pub(crate) async fn set_default_policy(
     State(state): State<GatewayState>,
@@ -415,8 +415,8 @@ pub(crate) async fn set_default_policy(
         (status = 200, description = "Committed; the table after the change", body = PolicyChangedResponse),
         (status = 400, description = "Malformed body (MER-1005); unknown region, bad value, nested prefix (MER-1007)", body = ErrorBody),
         (status = 403, description = "The client certificate's role is not admin (MER-2001); nothing changed", body = ErrorBody),
-        (status = 409, description = "The change could loosen a guarantee already given (turning a prefix strong, moving a strong prefix's home), or the cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
-        (status = 503, description = "No control leader right now (MER-3003); nothing changed", body = ErrorBody),
+        (status = 409, description = "The cluster has no control range (MER-1010); nothing changed", body = ErrorBody),
+        (status = 503, description = "No control leader right now, or a handoff (turning the prefix strong, moving its strong home) that could not finish (MER-3003): the prefix stays in its handoff until the change is repeated or another cancels it", body = ErrorBody),
         (status = 504, description = "Forwarded to the control leader, no answer (MER-3005): it may have applied", body = ErrorBody)))]
 pub(crate) async fn set_prefix_policy(
     State(state): State<GatewayState>,

@@ -596,6 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_covers_its_prefix_and_the_default_only_its_own_keys() {
+        let mut t = table();
+        t.set(b"a/", policy(Consistency::Eventual, "eu-west"))
+            .unwrap();
+        let to = policy(Consistency::Strong, "eu-west");
+        // A new prefix being turned strong (no policy of its own yet).
+        t.set_handoff(Some(b"n/"), to.clone()).unwrap();
+        assert_eq!(t.handoff_for(b"n/x"), Some(&to));
+        assert_eq!(t.handoff_for(b"a/x"), None);
+        assert_eq!(t.handoff_for(b"z"), None);
+        // The default's handoff: keys under no prefix policy only.
+        t.set_handoff(None, to.clone()).unwrap();
+        assert_eq!(t.handoff_for(b"z"), Some(&to));
+        assert_eq!(t.handoff_for(b"a/x"), None, "a/ has its own policy");
+        assert!(t
+            .set_handoff(Some(b"b/"), policy(Consistency::Strong, "mars"))
+            .is_err());
+        assert_eq!(t.handoffs().count(), 2);
+        assert_eq!(t.clone().with_version(4).version(), 4);
+    }
+
+    #[test]
     fn a_change_sets_only_its_fields() {
         let base = policy(Consistency::Strong, "us-east");
         let change = PolicyChange {
