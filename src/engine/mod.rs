@@ -176,8 +176,9 @@ struct Decided {
     table: u64,
 }
 
-/// The refusal of a write or linearizable read of a key whose policy is in
-/// a handoff (`MER-3003`: nothing was written; retry once it completes).
+/// The refusal of a write or linearizable read of a key in a handoff of
+/// `prefix`'s policy (`None`: the default's) from the key's policy `from` to
+/// `to` (`MER-3003`: nothing was written; retry once it completes).
 fn handing_off(prefix: Option<&[u8]>, from: &Policy, to: &Policy) -> ApiError {
     let what = prefix.map_or_else(
         || "the default policy".to_string(),
@@ -488,8 +489,8 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         write_keys(kind).into_iter().try_for_each(|key| {
             let (prefix, policy) = table.policy_of(key);
-            if let Some(to) = table.handoff_for(key) {
-                return Err(handing_off(prefix, policy, to));
+            if let Some((of, to)) = table.handoff_for(key) {
+                return Err(handing_off(of, policy, to));
             }
             levels::check_write(levels::KeyPolicy {
                 prefix,
@@ -519,7 +520,9 @@ impl Engine {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (prefix, policy) = t.policy_of(key);
-            let handoff = t.handoff_for(key).cloned();
+            let handoff = t
+                .handoff_for(key)
+                .map(|(of, to)| (of.map(<[u8]>::to_vec), to.clone()));
             (
                 prefix.map(<[u8]>::to_vec),
                 policy.clone(),
@@ -527,8 +530,8 @@ impl Engine {
                 handoff,
             )
         };
-        if let (ReadLevel::Linearizable, Some(to)) = (level, &handoff) {
-            return Err(handing_off(prefix.as_deref(), &policy, to));
+        if let (ReadLevel::Linearizable, Some((of, to))) = (level, &handoff) {
+            return Err(handing_off(of.as_deref(), &policy, to));
         }
         let key_policy = levels::KeyPolicy {
             prefix: prefix.as_deref(),
@@ -538,6 +541,11 @@ impl Engine {
         };
         let env = KeyEnv { engine: self, key };
         let serve = levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await?;
+        // Nothing is served at the home's leader during a handoff (a
+        // bounded or causal read sent there too): the home is changing.
+        if let (Serve::Leader, Some((of, to))) = (&serve, &handoff) {
+            return Err(handing_off(of.as_deref(), &policy, to));
+        }
         Ok(Decided { serve, table })
     }
 

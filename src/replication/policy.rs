@@ -319,17 +319,20 @@ impl PolicyTable {
         self.handoffs.get(&prefix.map(<[u8]>::to_vec))
     }
 
-    /// The policy `key` moves to in a handoff under way, if any: a
-    /// handoff of the prefix covering it (a prefix policy being set on it,
-    /// or changed), else of the default when the default governs it.
-    pub fn handoff_for(&self, key: &[u8]) -> Option<&Policy> {
+    /// The handoff under way that covers `key`, if any, as the prefix it
+    /// is of (`None`: the default's) and the policy it moves to: a handoff
+    /// of the prefix covering the key (a prefix policy being set on it, or
+    /// changed), else of the default when the default governs the key.
+    pub fn handoff_for(&self, key: &[u8]) -> Option<(Option<&[u8]>, &Policy)> {
         let of_prefix = self
             .handoffs
             .iter()
             .find(|(p, _)| p.as_deref().is_some_and(|p| key.starts_with(p)));
         match of_prefix {
-            Some((_, to)) => Some(to),
-            None if self.policy_of(key).0.is_none() => self.handoffs.get(&None),
+            Some((p, to)) => Some((p.as_deref(), to)),
+            None if self.policy_of(key).0.is_none() => {
+                self.handoffs.get(&None).map(|to| (None, to))
+            }
             None => None,
         }
     }
@@ -603,12 +606,12 @@ mod tests {
         let to = policy(Consistency::Strong, "eu-west");
         // A new prefix being turned strong (no policy of its own yet).
         t.set_handoff(Some(b"n/"), to.clone()).unwrap();
-        assert_eq!(t.handoff_for(b"n/x"), Some(&to));
+        assert_eq!(t.handoff_for(b"n/x"), Some((Some(&b"n/"[..]), &to)));
         assert_eq!(t.handoff_for(b"a/x"), None);
         assert_eq!(t.handoff_for(b"z"), None);
         // The default's handoff: keys under no prefix policy only.
         t.set_handoff(None, to.clone()).unwrap();
-        assert_eq!(t.handoff_for(b"z"), Some(&to));
+        assert_eq!(t.handoff_for(b"z"), Some((None, &to)));
         assert_eq!(t.handoff_for(b"a/x"), None, "a/ has its own policy");
         assert!(t
             .set_handoff(Some(b"b/"), policy(Consistency::Strong, "mars"))
