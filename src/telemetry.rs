@@ -124,6 +124,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, "meridian_sync_unconfirmed_total", "sync-N writes not confirmed by N other regions in time (MER-3005)."),
     // Control range.
     (Kind::Gauge, "meridian_control_policy_version", "Version of the control range's policy table installed on this node."),
+    (Kind::Gauge, "meridian_control_handoffs_in_progress", "Policy handoffs under way in the table installed on this node (their prefixes take no writes)."),
     // Watch.
     (Kind::Gauge, crate::engine::watch::METRIC_STREAMS_OPEN, "Watch streams open on this node."),
     (Kind::Counter, crate::engine::watch::METRIC_EVENTS_SENT, "Watch events (puts and deletes) written to consumers."),

@@ -105,7 +105,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     }
     let (ok, out) = promtool(&["check", "rules", "dashboards/alerts.yml"], b"");
     assert!(ok, "promtool check rules:\n{out}");
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "dashboards/alerts_test.yml"], b"");
     assert!(ok, "promtool test rules:\n{out}");
 }
@@ -433,7 +433,7 @@ async fn check_alert_expressions(prom: &Prometheus) {
             names.push(name);
         }
     }
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
 }
 
 /// The alerts firing now, as (alertname, labels).

@@ -330,6 +330,56 @@ async fn strong_client(client: Client, r: usize, run: Arc<StrongRun>, seed: u64)
     client.close().await;
 }
 
+/// Starts two [`strong_client`]s per region on `run` (seeds from `seed`).
+async fn spawn_strong_clients(
+    dev: &WanDev,
+    run: &Arc<StrongRun>,
+    seed: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for c in 0..6u64 {
+        let r = (c % 3) as usize;
+        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
+        let seed = seed.wrapping_mul(c + 1);
+        tasks.push(tokio::spawn(strong_client(client, r, run.clone(), seed)));
+    }
+    tasks
+}
+
+/// Waits (at most 120 s) until clients in every region completed
+/// [`PROGRESS_OPS`] operations since the count was last reset, then stops
+/// the clients. `Err` says how far they got after `since`; judged by the
+/// caller after the history is checked, so a stalled run still reports on
+/// safety.
+async fn progress_then_stop(
+    run: &StrongRun,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    since: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let progressed = loop {
+        let done = run.log().since_restart;
+        if done.iter().all(|n| *n >= PROGRESS_OPS) {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(format!(
+                "clients did not make progress after {since}: {done:?} operations per \
+                 region (us-east, eu-west, ap-south) in 120 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    run.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a client did not stop")
+            .expect("a client panicked");
+    }
+    progressed
+}
+
 /// Feeds the recorded events, without the void operations, to one
 /// linearizability tester per key.
 fn testers(events: &[Event]) -> BTreeMap<usize, History> {
@@ -427,41 +477,15 @@ async fn strong_history_across_regions_is_linearizable_while_the_home_leader_is_
     };
     let dev = cluster(STRONG_OFFSET);
     let run = StrongRun::new(strong_key);
-    let mut tasks = Vec::new();
-    for c in 0..6u64 {
-        let r = (c % 3) as usize;
-        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
-        let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(c + 1);
-        tasks.push(tokio::spawn(strong_client(client, r, run.clone(), seed)));
-    }
+    let tasks = spawn_strong_clients(&dev, &run, 0x9E37_79B9_7F4A_7C15).await;
     let run_started = Instant::now();
     kill_home_leader(&dev, kills, between, &run).await;
     // Go on until clients in every region completed operations after the
-    // last restart (bounded), at least `between`. Judged after the
-    // history is checked, so a stalled run still reports on safety.
+    // last restart (bounded), at least `between`.
     tokio::time::sleep(between).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let progressed = loop {
-        let done = run.log().since_restart;
-        if done.iter().all(|n| *n >= PROGRESS_OPS) {
-            break Ok(());
-        }
-        if Instant::now() > deadline {
-            break Err(format!(
-                "clients did not make progress after the restart: {done:?} operations per \
-                 region (us-east, eu-west, ap-south) in 120 s\nus-east-1: {}",
-                dev.log_tail("us-east-1", 20)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    run.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("a client did not stop")
-            .expect("a client panicked");
-    }
+    let progressed = progress_then_stop(&run, tasks, "the restart")
+        .await
+        .map_err(|e| format!("{e}\nus-east-1: {}", dev.log_tail("us-east-1", 20)));
     let took = run_started.elapsed();
     let log = std::mem::take(&mut *run.log());
     drop(dev);
@@ -654,13 +678,7 @@ async fn a_prefix_turned_strong_and_moved_between_homes_stays_linearizable() {
         }
     }
     first_reader.close().await;
-    let mut tasks = Vec::new();
-    for c in 0..6u64 {
-        let r = (c % 3) as usize;
-        let client = dev.client(region(r), REQUEST_TIMEOUT).await;
-        let seed = 0xD1B5_4A32_D192_ED03u64.wrapping_mul(c + 1);
-        tasks.push(tokio::spawn(strong_client(client, r, run.clone(), seed)));
-    }
+    let tasks = spawn_strong_clients(&dev, &run, 0xD1B5_4A32_D192_ED03).await;
     // Reads at eu-west right after the change (the clients' first).
     tokio::time::sleep(Duration::from_secs(2)).await;
     dev.set_rtt("ap-south", "eu-west", 140).await;
@@ -673,27 +691,7 @@ async fn a_prefix_turned_strong_and_moved_between_homes_stays_linearizable() {
         handoffs.push((what, set_moving(&admin, ConsistencyV1::Strong, home).await));
     }
     run.log().since_restart = [0; 3];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let progressed = loop {
-        let done = run.log().since_restart;
-        if done.iter().all(|n| *n >= PROGRESS_OPS) {
-            break Ok(());
-        }
-        if Instant::now() > deadline {
-            break Err(format!(
-                "clients did not make progress after the last move: {done:?} operations per \
-                 region (us-east, eu-west, ap-south) in 120 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    run.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("a client did not stop")
-            .expect("a client panicked");
-    }
+    let progressed = progress_then_stop(&run, tasks, "the last move").await;
     admin.close().await;
     let log = std::mem::take(&mut *run.log());
     drop(dev);

@@ -128,6 +128,15 @@ pub(crate) fn spawn_follower(
                     Ok(changed) => {
                         installed = t.version;
                         metrics::gauge!("meridian_control_policy_version").set(t.version as f64);
+                        metrics::gauge!("meridian_control_handoffs_in_progress")
+                            .set(t.handoffs.len() as f64);
+                        if !t.handoffs.is_empty() {
+                            tracing::warn!(
+                                version = t.version,
+                                handoffs = t.handoffs.len(),
+                                "policy handoffs under way: their prefixes take no writes until each completes (repeat its `policy set` to resume a stuck one)"
+                            );
+                        }
                         if changed {
                             tracing::info!(
                                 version = t.version,
