@@ -527,14 +527,6 @@ fn moving_key(k: usize) -> String {
     format!("{MOVING_PREFIX}acc/k{k}")
 }
 
-/// An admin client in `region` (policy changes need the admin role).
-async fn admin_client(dev: &WanDev, region: &str) -> Client {
-    let mut cfg = dev.client_config(region, Duration::from_secs(30));
-    cfg.tls.cert = cfg.tls.cert.with_file_name("admin.pem");
-    cfg.tls.key = cfg.tls.key.with_file_name("admin.key");
-    Client::connect(cfg).await.expect("an admin client")
-}
-
 /// Sets `moving/` to `consistency` at `home` and returns how long it took.
 /// A handoff that could not finish (another test's fault meanwhile: a
 /// leader killed) leaves the prefix in its handoff; repeating the change
@@ -606,7 +598,7 @@ async fn wait_moving_policy(dev: &WanDev, want: ConsistencyV1) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_turned_strong_and_moved_between_homes_stays_linearizable() {
     let dev = cluster(STRONG_OFFSET);
-    let admin = admin_client(&dev, "us-east").await;
+    let admin = dev.admin_client("us-east", Duration::from_secs(30)).await;
     set_moving(&admin, ConsistencyV1::Eventual, "us-east").await;
     wait_moving_policy(&dev, ConsistencyV1::Eventual).await;
     let run = StrongRun::new(moving_key);

@@ -359,6 +359,16 @@ impl WanDev {
         panic!("no client in {region}: {last}");
     }
 
+    /// Connects an admin client in `region` (policy changes need the
+    /// admin role; `meridian dev` issues its certificate beside the
+    /// client's).
+    pub async fn admin_client(&self, region: &str, timeout: Duration) -> Client {
+        let mut cfg = self.client_config(region, timeout);
+        cfg.tls.cert = cfg.tls.cert.with_file_name("admin.pem");
+        cfg.tls.key = cfg.tls.key.with_file_name("admin.key");
+        Client::connect(cfg).await.expect("an admin client")
+    }
+
     /// Runs the CLI as a shell that sourced `REGION.env` would (bounded).
     pub fn cli(&self, region: &str, args: &[&str]) -> Output {
         let env = self.env(region);
