@@ -59,9 +59,9 @@ pub enum ErrorCode {
     /// prefix); the message names the allowed levels.
     LevelNotAllowed,
     /// MER-1010: the policy change was refused and nothing changed: it
-    /// could loosen a guarantee already given (for example turning a
-    /// prefix strong or moving a strong prefix's home at run time), or the
-    /// cluster has no control range to hold it.
+    /// could loosen a guarantee already given where no handoff can run
+    /// (removing a prefix policy whose keys would turn strong under the
+    /// default), or the cluster has no control range to hold it.
     PolicyRefused,
     /// MER-1011: the HTTP request body is encoded (`Content-Encoding`) in a
     /// way the gateway does not decode; nothing was read or written.
