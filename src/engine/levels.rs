@@ -163,13 +163,22 @@ pub async fn resolve(
 ) -> Result<Serve, ApiError> {
     let started = tokio::time::Instant::now();
     let deadline = started + wait;
+    // A linearizable read is decided by the policy and the region alone:
+    // it reads no replica state and ticks no clock (every strong read
+    // passes here).
+    let needs_state = !matches!(level, ReadLevel::Linearizable);
     loop {
+        let (frontier, applied, now) = if needs_state {
+            (env.frontier()?, env.applied()?, env.now()?)
+        } else {
+            (Timestamp::ZERO, Timestamp::ZERO, Timestamp::ZERO)
+        };
         let input = ReadInput {
             policy: key.policy,
             local_region: key.local_region,
-            frontier: env.frontier()?,
-            applied: env.applied()?,
-            now: env.now()?,
+            frontier,
+            applied,
+            now,
             wait_expired: tokio::time::Instant::now() >= deadline,
             only_region: key.only_region,
         };
@@ -475,6 +484,40 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(60);
+
+    /// An environment that counts what it is asked.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl LevelEnv for Counting {
+        fn frontier(&self) -> Result<Timestamp, ApiError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(ts(0))
+        }
+        fn applied(&self) -> Result<Timestamp, ApiError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(ts(0))
+        }
+        fn now(&self) -> Result<Timestamp, ApiError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(ts(1))
+        }
+    }
+
+    /// A linearizable read is decided without the replica's state or the
+    /// clock (no HLC tick per strong read); other levels read them.
+    #[tokio::test]
+    async fn a_linearizable_read_asks_for_no_replica_state_and_no_clock() {
+        let p = policy(Consistency::Strong);
+        let e = Counting::default();
+        for region in ["us-east", "eu-west"] {
+            let _ = resolve(&e, key(&p, region), &ReadLevel::Linearizable, SHORT).await;
+        }
+        assert_eq!(e.0.load(Ordering::Relaxed), 0);
+        let eventual = resolve(&e, key(&p, "us-east"), &ReadLevel::Eventual, SHORT).await;
+        assert!(eventual.is_ok());
+        assert_eq!(e.0.load(Ordering::Relaxed), 3, "frontier, applied, now");
+    }
 
     #[tokio::test]
     async fn linearizable_is_the_leader_at_home_and_wrong_region_elsewhere() {
