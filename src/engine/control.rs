@@ -253,13 +253,9 @@ impl ControlRange {
             epochs.insert(Some(prefix), stored.epoch);
         }
         let mut handoffs = BTreeMap::new();
-        let mut stored_handoffs = self.scan_at(HANDOFF_KEYS, at)?;
-        let default_handoff = self.get(HANDOFF_DEFAULT_KEY, at)?;
-        let all = stored_handoffs
-            .drain(..)
-            .map(|(p, v)| (Some(p), v))
-            .chain(default_handoff.map(|v| (None, v)));
-        for (prefix, value) in all {
+        let of_prefixes = self.scan_at(HANDOFF_KEYS, at)?.into_iter();
+        let of_default = self.get(HANDOFF_DEFAULT_KEY, at)?.map(|v| (None, v));
+        for (prefix, value) in of_prefixes.map(|(p, v)| (Some(p), v)).chain(of_default) {
             let stored: StoredHandoffV1 = decode("handoff", &value)?;
             table
                 .set_handoff(prefix.as_deref(), Policy::from(&stored.to))
@@ -348,7 +344,8 @@ impl ControlRange {
                 "a policy change must set at least one of consistency, home, replication, max_staleness_ms",
             ));
         }
-        let planned = std::sync::Mutex::new(None);
+        // What step 1 of a handoff recorded, as the last attempt built it.
+        let mut plan = None;
         let changed = self
             .change(|current| {
                 let (old, new) = changed_policy(current, prefix, change)?;
@@ -357,12 +354,9 @@ impl ControlRange {
                     .epochs
                     .get(&prefix.map(<[u8]>::to_vec))
                     .map_or(1, |e| e + 1);
-                let mut plan = planned
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match transition(&old, &new, regions) {
                     Transition::Direct => {
-                        *plan = None;
+                        plan = None;
                         let key = prefix.map_or(DEFAULT_KEY.to_vec(), prefix_key);
                         let stored = StoredPolicyV1 {
                             policy: (&new).into(),
@@ -381,7 +375,7 @@ impl ControlRange {
                         // anew on a repeat (fences under a newer table are
                         // as good, and a repeat resumes).
                         let table = current.version + 1;
-                        *plan = Some((new.clone(), sources, table));
+                        plan = Some((new.clone(), sources, table));
                         let stored = StoredHandoffV1 {
                             to: (&new).into(),
                             table,
@@ -391,9 +385,6 @@ impl ControlRange {
                 }
             })
             .await?;
-        let plan = planned
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some((to, sources, table)) = plan else {
             return Ok(changed);
         };
@@ -604,7 +595,7 @@ impl ControlRange {
     /// bounded number of times) when another change committed in between.
     async fn change(
         &self,
-        build: impl Fn(&ControlTable) -> Result<(Vec<Op>, u64), ApiError>,
+        mut build: impl FnMut(&ControlTable) -> Result<(Vec<Op>, u64), ApiError>,
     ) -> Result<Changed, ApiError> {
         for _ in 0..CHANGE_ATTEMPTS {
             let current = match self.load_linearizable().await? {

@@ -196,6 +196,22 @@ fn handing_off(prefix: Option<&[u8]>, from: &Policy, to: &Policy) -> ApiError {
     )
 }
 
+/// Refuses a leader read of range `range` decided under policy table
+/// `table` when the range's policy floor is above it (`MER-3003`): a
+/// handoff under a later table moved on, and another region may be the
+/// home already. A table at the floor is current enough.
+fn check_floor(range: u64, table: u64, floor: u64) -> Result<(), ApiError> {
+    if table >= floor {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "range {range} moved on with a policy handoff (table {floor}) this node has not applied yet (it has {table}); retry"
+        ),
+    ))
+}
+
 /// `op` as a client write decided under policy table `table`: wrapped so a
 /// range fenced by a later handoff refuses it (`CommandV1::Policed`);
 /// as it is under a table from config (version 0, which never changes).
@@ -561,16 +577,7 @@ impl Engine {
         table: u64,
     ) -> Result<Timestamp, ApiError> {
         let ts = self.region.read_ts(&self.hlc, range, at).await?;
-        let floor = self.region.group(range)?.policy_floor();
-        if table < floor {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "range {} moved on with a policy handoff (table {floor}) this node has not applied yet (it has {table}); retry",
-                    range.id
-                ),
-            ));
-        }
+        check_floor(range.id, table, self.region.group(range)?.policy_floor())?;
         Ok(ts)
     }
 
@@ -1180,6 +1187,20 @@ mod tests {
         assert_eq!(h.logical(), 0);
         // A window of zero still leaves the latest state readable.
         assert!(horizon_below(applied, Duration::ZERO).unwrap() <= applied);
+    }
+
+    #[test]
+    fn a_leader_read_needs_a_table_at_or_above_the_range_floor() {
+        assert!(check_floor(3, 0, 0).is_ok(), "no handoff ever");
+        assert!(check_floor(3, 5, 5).is_ok(), "the handoff's own table");
+        assert!(check_floor(3, 9, 5).is_ok());
+        let e = check_floor(3, 4, 5).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(
+            e.message.contains("range 3") && e.message.contains("table 5"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

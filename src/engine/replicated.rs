@@ -139,11 +139,28 @@ impl AckedCursors {
             .collect()
     }
 
+    /// Waits, at most `limit`, until the cursors acknowledged for `range`
+    /// satisfy `reached`; registered as waiting ([`AckedCursors::waited`])
+    /// meanwhile, so the cursors are probed if this node stops leading the
+    /// range. Whether they did.
+    async fn wait_until(
+        &self,
+        range: u64,
+        limit: Duration,
+        reached: impl FnMut(&BTreeMap<String, Timestamp>) -> bool,
+    ) -> bool {
+        let _waiting = self.wait_on(range);
+        let mut acked = self.sender(range).subscribe();
+        // The sender lives in `self` as long as we do: a closed channel
+        // cannot happen, but it would mean the same as a timeout.
+        tokio::time::timeout(limit, acked.wait_for(reached))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Waits, at most `limit`, until `region` acknowledged a cursor at or
-    /// past `version` for `range` (a policy handoff's fence). Registered
-    /// as waiting ([`AckedCursors::waited`]), so the cursor is probed if
-    /// this node stops leading the range meanwhile. `Err` carries the
-    /// cursor it had when the bound passed.
+    /// past `version` for `range` (a policy handoff's fence). `Err`
+    /// carries the cursor it had when the bound passed.
     pub async fn wait_region(
         &self,
         range: u64,
@@ -151,14 +168,9 @@ impl AckedCursors {
         version: Timestamp,
         limit: Duration,
     ) -> Result<(), Timestamp> {
-        let _waiting = self.wait_on(range);
-        let mut acked = self.sender(range).subscribe();
         let reached =
             |a: &BTreeMap<String, Timestamp>| a.get(region).is_some_and(|c| *c >= version);
-        let waited = tokio::time::timeout(limit, acked.wait_for(reached))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if waited {
+        if self.wait_until(range, limit, reached).await {
             return Ok(());
         }
         Err(self
@@ -178,16 +190,13 @@ impl AckedCursors {
         n: u8,
         limit: Duration,
     ) -> Result<(), usize> {
-        let _waiting = self.wait_on(range);
-        let mut acked = self.sender(range).subscribe();
-        let waited =
-            tokio::time::timeout(limit, acked.wait_for(|a| confirmed(a, version, n))).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            // The sender lives in `self` as long as we do: a closed channel
-            // cannot happen, but it would mean the same as a timeout.
-            Ok(Err(_)) | Err(_) => Err(regions_at(&self.of(range), version)),
+        if self
+            .wait_until(range, limit, |a| confirmed(a, version, n))
+            .await
+        {
+            return Ok(());
         }
+        Err(regions_at(&self.of(range), version))
     }
 }
 

@@ -324,6 +324,10 @@ impl PolicyTable {
     /// of the prefix covering the key (a prefix policy being set on it, or
     /// changed), else of the default when the default governs the key.
     pub fn handoff_for(&self, key: &[u8]) -> Option<(Option<&[u8]>, &Policy)> {
+        // Every write and linearizable read asks: no lookup when none runs.
+        if self.handoffs.is_empty() {
+            return None;
+        }
         let of_prefix = self
             .handoffs
             .iter()
