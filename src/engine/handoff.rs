@@ -188,13 +188,21 @@ async fn fence_one(
     }
     let mut last = String::new();
     let mut next: Option<SocketAddr> = None;
-    let mut tried = 0;
-    while tried < addrs.len() + MAX_REDIRECTS {
+    // Every node of the region in turn, each of its redirects followed
+    // (at most MAX_REDIRECTS in all).
+    let mut nodes = addrs.iter();
+    let mut redirects = 0;
+    loop {
         let addr = match next.take() {
-            Some(a) => a,
-            None => addrs[tried % addrs.len()],
+            Some(a) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                a
+            }
+            _ => match nodes.next() {
+                Some(a) => *a,
+                None => break,
+            },
         };
-        tried += 1;
         match router
             .exchange(addr, req, crate::peer::PEER_MAX_FRAME_BYTES)
             .await
