@@ -224,3 +224,55 @@ async fn killing_a_leader_under_load_loses_no_acknowledged_write() {
     client.close().await;
     drop(cluster);
 }
+
+/// With every node alive, the first listed endpoint becomes home (it serves
+/// the requests that need no leader), whichever handshake completed first:
+/// clients given rotated endpoint lists (as `meridian bench --conns`
+/// rotates them) spread over the nodes instead of piling onto the fastest.
+/// Before, home was the first handshake to complete, so the three
+/// rotations below often shared one home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_listed_live_endpoint_becomes_home() {
+    let cluster = DevCluster::start();
+    let base = cluster.client_config(Duration::from_secs(10));
+    let names = ["node1", "node2", "node3"];
+    let by_addr: Vec<(std::net::SocketAddr, &str)> = names
+        .iter()
+        .map(|n| (cluster.quic_addr(n).parse().unwrap(), *n))
+        .collect();
+    for rotation in 0..names.len() {
+        let mut cfg = base.clone();
+        cfg.endpoints = by_addr.iter().map(|(a, _)| *a).collect();
+        cfg.endpoints.rotate_left(rotation);
+        let first = by_addr
+            .iter()
+            .find(|(a, _)| *a == cfg.endpoints[0])
+            .unwrap()
+            .1;
+        let client = Client::connect(cfg).await.unwrap();
+        // Home moves once the first listed handshake completes (within the
+        // dial grace of the first one, at least 100 ms): look for a bounded
+        // while.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut served_by = Vec::new();
+        loop {
+            let status = client.status().await.unwrap();
+            if status.node_id == first {
+                break;
+            }
+            if !served_by.contains(&status.node_id) {
+                served_by.push(status.node_id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoints listed from {first}: requests without a leader still go to {served_by:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And it stays there.
+        for _ in 0..5 {
+            assert_eq!(client.status().await.unwrap().node_id, first);
+        }
+    }
+    drop(cluster);
+}

@@ -19,7 +19,8 @@
 //! Dialling follows the same idea: every endpoint is dialled at once, the
 //! first completed handshake wins, and an endpoint whose handshake has not
 //! completed within [`dial_grace`] of the winner's is avoided (not waited
-//! for) until its handshake completes.
+//! for) until its handshake completes; one listed earlier that completes
+//! within the grace becomes home.
 //!
 //! Everything here is pure (time and counters are passed in), so it is
 //! tested without sockets; `super` feeds it quinn's statistics.

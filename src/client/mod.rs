@@ -14,6 +14,9 @@
 //! stream per request, so requests are multiplexed without head-of-line
 //! blocking. [`Client::connect`] dials every endpoint at once and starts
 //! with the first completed handshake: a dead endpoint costs no timeout.
+//! An endpoint listed earlier whose handshake completes soon after (within
+//! the dial grace) becomes home then, so listed order still decides where
+//! requests without a leader go when the nodes answer alike.
 //! Requests that need a range's leader go to the leader the client has
 //! cached for that range (see [`routes`]): a `NotLeader` reply updates the
 //! cache and the request is retried, so a stale cache heals itself.
@@ -84,7 +87,8 @@ pub const DEFAULT_CERT_DIR: &str = "meridian-data/certs";
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Nodes to try; all are dialled at once, the first to answer is home.
+    /// Nodes to try; all are dialled at once, the first to answer is home
+    /// until one listed before it answers within the dial grace.
     pub endpoints: Vec<SocketAddr>,
     /// CA, certificate and key (role client or admin).
     pub tls: TlsFiles,
@@ -502,7 +506,13 @@ async fn finish_dials(
         match result {
             Ok(conn) => {
                 pool_insert(&pool, &routes, addr, conn);
-                lock(&routes).reachable(addr);
+                let mut routes = lock(&routes);
+                routes.reachable(addr);
+                // Within the grace, listed order decides home (see
+                // `Routes::prefer_if_listed_earlier`).
+                if in_grace {
+                    routes.prefer_if_listed_earlier(addr);
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "endpoint unreachable");
@@ -515,7 +525,8 @@ async fn finish_dials(
 impl Client {
     /// Loads the certificates, dials every endpoint at once and returns as
     /// soon as one handshake completes (that endpoint becomes home); the
-    /// other handshakes finish in the background.
+    /// other handshakes finish in the background, and one listed earlier
+    /// that completes within the dial grace becomes home instead.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
         if cfg.endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));

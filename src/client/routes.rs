@@ -187,6 +187,22 @@ impl Routes {
         }
     }
 
+    /// Makes `addr` home if it is listed before the current home: a
+    /// handshake that completed within the dial grace (see
+    /// [`super::liveness::dial_grace`]) of the first one. Endpoint order
+    /// then decides home whenever the listed endpoints answer about as
+    /// fast, so clients given the same endpoints in different orders (as
+    /// `meridian bench --conns` rotates them) spread over the nodes
+    /// instead of all starting at whichever answered first; a slow or dead
+    /// endpoint still costs nothing.
+    pub fn prefer_if_listed_earlier(&mut self, addr: SocketAddr) {
+        if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
+            if i < self.home {
+                self.home = i;
+            }
+        }
+    }
+
     /// `addr` completed a handshake: stop avoiding it.
     pub fn reachable(&mut self, addr: SocketAddr) {
         self.down_until.remove(&addr);
@@ -447,6 +463,20 @@ mod tests {
         r.reachable(addr(1));
         assert!(r.not_leader(&key("a"), addr(2), Some(addr(1)), now));
         assert_eq!(r.pick(&key("a"), now), addr(1));
+    }
+
+    #[test]
+    fn an_endpoint_listed_earlier_that_answers_within_the_grace_becomes_home() {
+        let mut r = Routes::new(vec![addr(1), addr(2), addr(3)], 0);
+        r.prefer(addr(3)); // the first handshake
+        r.prefer_if_listed_earlier(addr(2));
+        assert_eq!(r.home(), addr(2));
+        r.prefer_if_listed_earlier(addr(3)); // listed later: no change
+        assert_eq!(r.home(), addr(2));
+        r.prefer_if_listed_earlier(addr(9)); // not an endpoint: ignored
+        assert_eq!(r.home(), addr(2));
+        r.prefer_if_listed_earlier(addr(1));
+        assert_eq!(r.home(), addr(1));
     }
 
     #[test]
