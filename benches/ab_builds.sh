@@ -10,19 +10,26 @@
 # --preload put runs (compare_etcd_region.sh runs its put rows before its read
 # rows, so reads meet a store that has taken writes), then runs
 # `meridian bench --workload W --clients C` with the same build as client,
-# counting the three servers' CPU time (from /proc) over the measured run.
+# counting the three servers' CPU time (from /proc) and the client's over
+# that bench call (which includes the keys a get or serializable run loads
+# first, so CPU per op is an upper bound, alike for both arms).
 # Prints one line per run and, per client count, the median of each arm and
 # the median of B/A over the pairs.
 #
 # Usage: benches/ab_builds.sh --a BIN --b BIN [--workload serializable]
 #            [--clients "1 16 64 256"] [--pairs 3] [--secs 10]
-#            [--preload "1:10 64:10"] [--port-offset 4400] [--out FILE]
+#            [--preload "256:25"] [--port-offset 4400] [--out FILE]
 #   --a, --b      binaries built with `cargo build --release --features etcd`
 #                 (the same build serves and drives the load)
 #   --workload    a `meridian bench --workload` value (put, get, serializable)
 #   --clients     client counts, each measured in --pairs pairs of runs,
 #                 ordered A B, B A, A B, ...
-#   --preload     put runs before the measured one, CLIENTS:SECS each
+#   --preload     put runs before the measured one, CLIENTS:SECS each; the
+#                 default writes about as many versions as the put rows of
+#                 compare_etcd_region.sh (~400,000), so reads meet a store in
+#                 the same state (flushed tables, not only the memtable): a
+#                 lighter preload leaves each build's store in a different
+#                 state (see docs/benchmarks.md, stop 25)
 #   --out         JSON lines, one per run (default bench-results/ab-<stamp>.jsonl)
 set -euo pipefail
 
@@ -34,7 +41,7 @@ readonly STOP_TIMEOUT_SECS=20
 readonly BENCH_SLACK_SECS=120
 
 a="" b="" workload=serializable clients_list="1 16 64 256" pairs=3 secs=10
-preload="1:10 64:10" port_offset=4400 out=""
+preload="256:25" port_offset=4400 out=""
 while (( $# )); do
     case "$1" in
         --a) a="$2"; shift 2 ;;
@@ -89,15 +96,7 @@ start_region() { # bin
     (cd "$work" && exec "$1" dev --topology "$repo/regions/local-3.toml" --dir "$work/meridian-dev" \
         --port-offset "$port_offset") >"$work/dev.log" 2>&1 &
     dev_pid=$!
-    local deadline=$((SECONDS + READY_TIMEOUT_SECS))
-    until grep -q '^meridian dev: serving until Ctrl-C' "$work/dev.log"; do
-        mapfile -t node_pids < <(sed -n 's/^meridian dev: [^ ]* (region [^)]*) pid \([0-9]*\) .*/\1/p' "$work/dev.log")
-        alive "$dev_pid" || { cat "$work/dev.log" >&2; echo "meridian dev exited during startup" >&2; exit 1; }
-        (( SECONDS < deadline )) || { cat "$work/dev.log" >&2; echo "meridian dev not serving within ${READY_TIMEOUT_SECS}s" >&2; exit 1; }
-        sleep 0.2
-    done
-    mapfile -t node_pids < <(sed -n 's/^meridian dev: [^ ]* (region [^)]*) pid \([0-9]*\) .*/\1/p' "$work/dev.log")
-    (( ${#node_pids[@]} == 3 )) || { echo "expected 3 nodes, dev.log lists ${#node_pids[@]}" >&2; exit 1; }
+    wait_dev_serving 3
 }
 
 run_bench() { # bin workload clients secs [json]
@@ -105,8 +104,15 @@ run_bench() { # bin workload clients secs [json]
     if [[ -n "${5:-}" ]]; then args+=(--json-out "$5"); fi
     # shellcheck source=/dev/null
     (cd "$work" && set -a && source "$work/meridian-dev/env" && set +a \
-        && timeout --kill-after=5 $(($4 + BENCH_SLACK_SECS)) "$1" "${args[@]}") | sed -n '2p'
+        && timeout --kill-after=5 $(($4 + BENCH_SLACK_SECS)) python3 -c "$CHILD_CPU" "$work/client.cpu" \
+            "$1" "${args[@]}") | sed -n '2p'
 }
+# Runs argv[2:] and writes its CPU time (user + system, seconds) to argv[1].
+readonly CHILD_CPU='import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(str(r.ru_utime + r.ru_stime))
+sys.exit(code)'
 
 one_run() { # arm bin clients
     local arm="$1" bin="$2" clients="$3" p before after hz json="$work/run.jsonl"
@@ -118,18 +124,21 @@ one_run() { # arm bin clients
     after=$(servers_ticks)
     cleanup
     hz=$(getconf CLK_TCK)
-    python3 - "$json" "$arm" "$bin" "$((after - before))" "$hz" "$out" <<'PY'
+    python3 - "$json" "$arm" "$bin" "$((after - before))" "$hz" "$out" "$work/client.cpu" <<'PY'
 import json, sys
-path, arm, binary, ticks, hz, out = sys.argv[1:]
+path, arm, binary, ticks, hz, out, client_cpu = sys.argv[1:]
 row = [json.loads(l) for l in open(path) if l.strip()][-1]
-row.update(arm=arm, binary=binary, server_cpu_secs=int(ticks) / int(hz))
+row.update(arm=arm, binary=binary, server_cpu_secs=int(ticks) / int(hz),
+           client_cpu_secs=float(open(client_cpu).read()))
 ops = row.get("ops", 0)
 row["server_cpu_us_per_op"] = row["server_cpu_secs"] * 1e6 / ops if ops else None
+row["client_cpu_us_per_op"] = row["client_cpu_secs"] * 1e6 / ops if ops else None
 with open(out, "a") as f:
     f.write(json.dumps(row) + "\n")
 print(f"{arm} clients={row['clients']:>3} ops/s={row['ops_per_sec']:>9.0f} "
       f"p50={row['p50_us']}us p99={row['p99_us']}us errors={row['errors']} "
-      f"server_cpu/op={row['server_cpu_us_per_op'] or 0:.1f}us", flush=True)
+      f"server_cpu/op={row['server_cpu_us_per_op'] or 0:.1f}us "
+      f"client_cpu/op={row['client_cpu_us_per_op'] or 0:.1f}us", flush=True)
 PY
 }
 
@@ -148,7 +157,7 @@ done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("\nclients | A ops/s (median) | B ops/s (median) | B/A per pair (median, min-max) | p99 us A / B (median) | server CPU us/op A / B")
+print("\nclients | A ops/s (median) | B ops/s (median) | B/A per pair (median, min-max) | p99 us A / B (median) | server CPU us/op A / B | client CPU us/op A / B")
 for c in sorted({r["clients"] for r in rows}):
     arm = lambda a: [r for r in rows if r["clients"] == c and r["arm"] == a]
     A, B = arm("A"), arm("B")
@@ -157,5 +166,6 @@ for c in sorted({r["clients"] for r in rows}):
     print(f"{c:>7} | {med([r['ops_per_sec'] for r in A]):>16,.0f} | {med([r['ops_per_sec'] for r in B]):>16,.0f} | "
           f"{med(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | "
           f"{med([r['p99_us'] for r in A]):,.0f} / {med([r['p99_us'] for r in B]):,.0f} | "
-          f"{med([r['server_cpu_us_per_op'] for r in A]):.1f} / {med([r['server_cpu_us_per_op'] for r in B]):.1f}")
+          f"{med([r['server_cpu_us_per_op'] for r in A]):.1f} / {med([r['server_cpu_us_per_op'] for r in B]):.1f} | "
+          f"{med([r['client_cpu_us_per_op'] for r in A]):.1f} / {med([r['client_cpu_us_per_op'] for r in B]):.1f}")
 PY

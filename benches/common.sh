@@ -91,3 +91,23 @@ is_our_node() { # pid
     alive "$1" && [[ "$(readlink "/proc/$1/cwd" 2>/dev/null)" == "$work/meridian-dev" ]] \
         && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- ' serve --config '
 }
+
+# The `meridian serve` pids a `meridian dev` printed to $work/dev.log, into
+# node_pids (as soon as they are printed, so cleanup can find them).
+dev_node_pids() {
+    mapfile -t node_pids < <(sed -n 's/^meridian dev: [^ ]* (region [^)]*) pid \([0-9]*\) .*/\1/p' "$work/dev.log")
+}
+
+# Waits up to READY_TIMEOUT_SECS until the `meridian dev` with pid $dev_pid
+# (logging to $work/dev.log) serves, then checks it started $1 nodes.
+wait_dev_serving() { # expected_nodes
+    local deadline=$((SECONDS + READY_TIMEOUT_SECS))
+    until grep -q '^meridian dev: serving until Ctrl-C' "$work/dev.log"; do
+        dev_node_pids
+        alive "$dev_pid" || { cat "$work/dev.log" >&2; echo "meridian dev exited during startup" >&2; exit 1; }
+        (( SECONDS < deadline )) || { cat "$work/dev.log" >&2; echo "meridian dev not serving within ${READY_TIMEOUT_SECS}s" >&2; exit 1; }
+        sleep 0.2
+    done
+    dev_node_pids
+    (( ${#node_pids[@]} == $1 )) || { echo "expected $1 Meridian nodes, dev.log lists ${#node_pids[@]}" >&2; exit 1; }
+}

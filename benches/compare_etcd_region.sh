@@ -271,16 +271,7 @@ echo "== starting a 3-node Meridian region (meridian dev --port-offset $port_off
 (cd "$work" && exec env "${meridian_env[@]}" "$bin" dev --topology "$repo/regions/local-3.toml" --dir "$work/meridian-dev" --port-offset "$port_offset") \
     >"$work/dev.log" 2>&1 &
 dev_pid=$!
-deadline=$((SECONDS + READY_TIMEOUT_SECS))
-until grep -q '^meridian dev: serving until Ctrl-C' "$work/dev.log"; do
-    # Record node pids as soon as they are printed, so cleanup can find them.
-    mapfile -t node_pids < <(sed -n 's/^meridian dev: [^ ]* (region [^)]*) pid \([0-9]*\) .*/\1/p' "$work/dev.log")
-    alive "$dev_pid" || { cat "$work/dev.log" >&2; echo "meridian dev exited during startup" >&2; exit 1; }
-    (( SECONDS < deadline )) || { cat "$work/dev.log" >&2; echo "meridian dev not serving within ${READY_TIMEOUT_SECS}s" >&2; exit 1; }
-    sleep 0.2
-done
-mapfile -t node_pids < <(sed -n 's/^meridian dev: [^ ]* (region [^)]*) pid \([0-9]*\) .*/\1/p' "$work/dev.log")
-(( ${#node_pids[@]} == 3 )) || { echo "expected 3 Meridian nodes, dev.log lists ${#node_pids[@]}" >&2; exit 1; }
+wait_dev_serving 3
 # shellcheck source=/dev/null
 source "$work/meridian-dev/env"   # MERIDIAN_ENDPOINTS (all three nodes), MERIDIAN_CA/CERT/KEY
 [[ "$MERIDIAN_ENDPOINTS" == *,*,* ]] || { echo "env lists endpoints $MERIDIAN_ENDPOINTS, expected three" >&2; exit 1; }
