@@ -59,6 +59,35 @@ async fn wait_lookup(
     }
 }
 
+/// Waits until the node `client` reaches (its home, which also serves its
+/// lookups) has measured a round trip to a live member of every region:
+/// lookups order regions by those measurements and put unmeasured regions
+/// last, so an order asserted before gossip probed every region is a race.
+async fn wait_rtts_measured(client: &Client) {
+    let regions = ["us-east", "eu-west", "ap-south"];
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let members = client.members().await.unwrap_or_default();
+        let unmeasured: Vec<&str> = regions
+            .iter()
+            .copied()
+            .filter(|r| {
+                !members
+                    .iter()
+                    .any(|m| m.region == *r && m.state == "alive" && m.rtt_us.is_some())
+            })
+            .collect();
+        if unmeasured.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gossip never measured a round trip to {unmeasured:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn ids(found: &[ServiceInstance]) -> Vec<String> {
     found
         .iter()
@@ -95,10 +124,12 @@ async fn lookups_prefer_the_local_region_then_the_nearest_and_dead_instances_dis
         .unwrap();
 
     // From eu-west: its own first, then us-east (70 ms), then ap-south (140 ms).
+    wait_rtts_measured(&eu).await;
     let found = wait_lookup(&eu, "api", |f| f.len() == 3).await;
     assert_eq!(ids(&found), ["eu-west/e1", "us-east/u1", "ap-south/p1"]);
     assert_eq!(found[0].meta.get("version").map(String::as_str), Some("1"));
     // From ap-south: its own, then eu-west (140 ms), then us-east (200 ms).
+    wait_rtts_measured(&ap).await;
     let found = wait_lookup(&ap, "api", |f| f.len() == 3).await;
     assert_eq!(ids(&found), ["ap-south/p1", "eu-west/e1", "us-east/u1"]);
     // From us-east, "solo" is only in ap-south: the fallback finds it.
