@@ -506,13 +506,7 @@ async fn finish_dials(
         match result {
             Ok(conn) => {
                 pool_insert(&pool, &routes, addr, conn);
-                let mut routes = lock(&routes);
-                routes.reachable(addr);
-                // Within the grace, listed order decides home (see
-                // `Routes::prefer_if_listed_earlier`).
-                if in_grace {
-                    routes.prefer_if_listed_earlier(addr);
-                }
+                lock(&routes).handshake_completed(addr, in_grace);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "endpoint unreachable");

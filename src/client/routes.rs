@@ -187,15 +187,20 @@ impl Routes {
         }
     }
 
-    /// Makes `addr` home if it is listed before the current home: a
-    /// handshake that completed within the dial grace (see
-    /// [`super::liveness::dial_grace`]) of the first one. Endpoint order
+    /// A handshake with `addr` completed after the first one (that one went
+    /// to [`Routes::prefer`]): `addr` is no longer avoided, and if it
+    /// completed `within_grace` (see [`super::liveness::dial_grace`]) and
+    /// is listed before the current home, it becomes home. Endpoint order
     /// then decides home whenever the listed endpoints answer about as
     /// fast, so clients given the same endpoints in different orders (as
     /// `meridian bench --conns` rotates them) spread over the nodes
     /// instead of all starting at whichever answered first; a slow or dead
     /// endpoint still costs nothing.
-    pub fn prefer_if_listed_earlier(&mut self, addr: SocketAddr) {
+    pub fn handshake_completed(&mut self, addr: SocketAddr, within_grace: bool) {
+        self.reachable(addr);
+        if !within_grace {
+            return;
+        }
         if let Some(i) = self.endpoints.iter().position(|e| *e == addr) {
             if i < self.home {
                 self.home = i;
@@ -467,15 +472,21 @@ mod tests {
 
     #[test]
     fn an_endpoint_listed_earlier_that_answers_within_the_grace_becomes_home() {
+        let now = Instant::now();
         let mut r = Routes::new(vec![addr(1), addr(2), addr(3)], 0);
         r.prefer(addr(3)); // the first handshake
-        r.prefer_if_listed_earlier(addr(2));
+        r.handshake_completed(addr(2), true);
         assert_eq!(r.home(), addr(2));
-        r.prefer_if_listed_earlier(addr(3)); // listed later: no change
+        r.handshake_completed(addr(3), true); // listed later: no change
         assert_eq!(r.home(), addr(2));
-        r.prefer_if_listed_earlier(addr(9)); // not an endpoint: ignored
+        r.handshake_completed(addr(9), true); // not an endpoint: ignored
         assert_eq!(r.home(), addr(2));
-        r.prefer_if_listed_earlier(addr(1));
+        // After the grace: reachable again, but home stays.
+        r.unreachable(addr(1), now);
+        r.handshake_completed(addr(1), false);
+        assert_eq!(r.home(), addr(2));
+        assert!(r.not_leader(&key("a"), addr(2), Some(addr(1)), now));
+        r.handshake_completed(addr(1), true);
         assert_eq!(r.home(), addr(1));
     }
 
