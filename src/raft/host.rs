@@ -758,61 +758,109 @@ impl RaftHost {
     /// group stops (one watcher task per group), and, with `hints`
     /// (membership and this node's name), gossips a range-leader hint
     /// whenever this node becomes a range's leader in a new term.
+    ///
+    /// Leadership is followed on openraft's server metrics (vote, state,
+    /// leader: they change on elections only), and the log gauges are
+    /// sampled every [`RAFT_GAUGE_INTERVAL`]: openraft's full metrics
+    /// change on almost every pass of its core loop (they carry the
+    /// milliseconds since the last quorum acknowledgement), so a watcher
+    /// woken by them ran once per linearizable read, and re-registering six
+    /// labelled gauges each time cost about 13 allocations per read
+    /// (docs/benchmarks.md, stop 26). The gauge handles are registered once.
     pub fn spawn_metrics(&self, hints: Option<(crate::membership::Membership, String)>) {
         use openraft::async_runtime::WatchReceiver;
         for g in self.groups() {
-            let mut rx = g.raft.metrics();
-            let range = g.desc.id.to_string();
+            let mut server = g.raft.server_metrics();
+            let data = g.raft.metrics();
+            let gauges = RaftGauges::register(g.desc.id);
             let me = self.node_id;
             let hints = hints.clone();
             let range_id = g.desc.id;
             tokio::spawn(async move {
                 let mut hinted_term = None;
                 let mut seen_leader = None;
+                let mut sample = tokio::time::interval(RAFT_GAUGE_INTERVAL);
+                sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    {
-                        let m = rx.borrow_watched();
-                        // A change of the leader this node knows of (a new
-                        // leader elected, or the old one lost): counted
-                        // once per node, so a flapping range shows on
-                        // every member.
-                        if m.current_leader != seen_leader {
-                            if seen_leader.is_some() || m.current_leader.is_some() {
-                                metrics::counter!("meridian_raft_leader_changes_total", "range" => range.clone())
-                                    .increment(1);
-                            }
-                            seen_leader = m.current_leader;
+                    let (leader, term) = {
+                        use openraft::vote::RaftLeaderId;
+                        let s = server.borrow_watched();
+                        (s.current_leader, s.vote.leader_id().term())
+                    };
+                    // A change of the leader this node knows of (a new
+                    // leader elected, or the old one lost): counted once
+                    // per node, so a flapping range shows on every member.
+                    if leader != seen_leader {
+                        if seen_leader.is_some() || leader.is_some() {
+                            gauges.leader_changes.increment(1);
                         }
-                        if let Some((membership, name)) = &hints {
-                            if m.current_leader == Some(me) && hinted_term != Some(m.current_term) {
-                                hinted_term = Some(m.current_term);
-                                if let Err(e) =
-                                    membership.publish_leader_hint(range_id, name, m.current_term)
-                                {
-                                    tracing::warn!(range = range_id, error = %e, "cannot gossip the leader hint");
-                                }
-                            }
-                        }
-                        let labels = [("range", range.clone())];
-                        let leader = f64::from(u8::from(m.current_leader == Some(me)));
-                        metrics::gauge!("meridian_raft_is_leader", &labels).set(leader);
-                        metrics::gauge!("meridian_raft_term", &labels).set(m.current_term as f64);
-                        let commit = m.cluster_committed.map_or(0, |l| l.index);
-                        metrics::gauge!("meridian_raft_commit_index", &labels).set(commit as f64);
-                        let applied = m.last_applied.map_or(0, |l| l.index);
-                        metrics::gauge!("meridian_raft_applied_index", &labels).set(applied as f64);
-                        let last = m.last_log_index.unwrap_or(0);
-                        metrics::gauge!("meridian_raft_commit_lag_entries", &labels)
-                            .set(last.saturating_sub(commit) as f64);
-                        metrics::gauge!("meridian_raft_apply_lag_entries", &labels)
-                            .set(commit.saturating_sub(applied) as f64);
+                        seen_leader = leader;
                     }
-                    if rx.changed().await.is_err() {
-                        break; // the group shut down
+                    if let Some((membership, name)) = &hints {
+                        if leader == Some(me) && hinted_term != Some(term) {
+                            hinted_term = Some(term);
+                            if let Err(e) = membership.publish_leader_hint(range_id, name, term) {
+                                tracing::warn!(range = range_id, error = %e, "cannot gossip the leader hint");
+                            }
+                        }
+                    }
+                    gauges.set(leader == Some(me), term, &data.borrow_watched());
+                    tokio::select! {
+                        changed = server.changed() => {
+                            if changed.is_err() {
+                                break; // the group shut down
+                            }
+                        }
+                        _ = sample.tick() => {}
                     }
                 }
             });
         }
+    }
+}
+
+/// How often a range's log gauges (commit and applied index, lags) are
+/// sampled between leadership changes (which update them at once).
+pub const RAFT_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One range's Raft gauges, registered once (a `metrics::gauge!` call with
+/// labels allocates its label list and a handle each time).
+struct RaftGauges {
+    is_leader: metrics::Gauge,
+    term: metrics::Gauge,
+    commit_index: metrics::Gauge,
+    applied_index: metrics::Gauge,
+    commit_lag: metrics::Gauge,
+    apply_lag: metrics::Gauge,
+    leader_changes: metrics::Counter,
+}
+
+impl RaftGauges {
+    fn register(range: u64) -> RaftGauges {
+        let labels = [("range", range.to_string())];
+        RaftGauges {
+            is_leader: metrics::gauge!("meridian_raft_is_leader", &labels),
+            term: metrics::gauge!("meridian_raft_term", &labels),
+            commit_index: metrics::gauge!("meridian_raft_commit_index", &labels),
+            applied_index: metrics::gauge!("meridian_raft_applied_index", &labels),
+            commit_lag: metrics::gauge!("meridian_raft_commit_lag_entries", &labels),
+            apply_lag: metrics::gauge!("meridian_raft_apply_lag_entries", &labels),
+            leader_changes: metrics::counter!("meridian_raft_leader_changes_total", &labels),
+        }
+    }
+
+    /// Sets the gauges: leadership and term as the server metrics say,
+    /// the log positions from `m`.
+    fn set(&self, leading: bool, term: u64, m: &openraft::RaftMetrics<RangeTypes>) {
+        self.is_leader.set(f64::from(u8::from(leading)));
+        self.term.set(term as f64);
+        let commit = m.cluster_committed.as_ref().map_or(0, |l| l.index);
+        self.commit_index.set(commit as f64);
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        self.applied_index.set(applied as f64);
+        let last = m.last_log_index.unwrap_or(0);
+        self.commit_lag.set(last.saturating_sub(commit) as f64);
+        self.apply_lag.set(commit.saturating_sub(applied) as f64);
     }
 }
 
