@@ -29,7 +29,10 @@ use crate::config::telemetry::TelemetryConfig;
 use crate::config::LogFormat;
 
 mod export;
+mod handles;
 mod json;
+
+pub use handles::Handles;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::error_code::{ApiError, ErrorCode};
 use crate::replication::policy::{Consistency, Policy, MAX_STALENESS_MS};
 use crate::replication::read::{self, OnStale, ReadDecision, ReadInput, ReadLevel};
+use crate::telemetry::Handles;
 use crate::types::Timestamp;
 
 /// Longest a causal read waits for this region's frontier to reach its
@@ -34,6 +35,15 @@ pub const FRONTIER_POLL: Duration = Duration::from_millis(5);
 /// Metric: level reads by level and outcome (`leader`, `local`,
 /// `redirect`, `too_stale`, `not_allowed`).
 pub const METRIC_LEVEL_READS: &str = "meridian_level_reads_total";
+
+/// [`METRIC_LEVEL_READS`] by level and outcome.
+static LEVEL_READS: std::sync::LazyLock<Handles<metrics::Counter, 2>> = std::sync::LazyLock::new(
+    || {
+        Handles::new(
+            |[level, outcome]| metrics::counter!(METRIC_LEVEL_READS, "level" => *level, "outcome" => *outcome),
+        )
+    },
+);
 /// Metric: time causal reads spent waiting for the frontier, seconds.
 pub const METRIC_CAUSAL_WAIT: &str = "meridian_causal_wait_seconds";
 
@@ -199,8 +209,7 @@ pub async fn resolve(
             Err(e) if e.code == ErrorCode::TooStale => "too_stale",
             Err(_) => "not_allowed",
         };
-        metrics::counter!(METRIC_LEVEL_READS, "level" => level_name(level), "outcome" => label)
-            .increment(1);
+        LEVEL_READS.get([level_name(level), label]).increment(1);
         return outcome;
     }
 }

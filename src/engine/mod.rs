@@ -136,7 +136,9 @@ pub struct Engine {
     regions: Regions,
     /// Every key's policy (read-mostly; replaced at run time when this
     /// node applies a change from the control range).
-    policies: std::sync::RwLock<PolicyTable>,
+    /// The policy table in force; readers take a snapshot (an `Arc`
+    /// clone) and release the lock at once.
+    policies: std::sync::RwLock<Arc<PolicyTable>>,
     gc: std::sync::Mutex<Option<GcHandle>>,
 }
 
@@ -264,7 +266,7 @@ impl Engine {
                 local: opts.replication.local_region.clone(),
                 all: opts.replication.regions.clone(),
             },
-            policies: std::sync::RwLock::new(opts.replication.table),
+            policies: std::sync::RwLock::new(Arc::new(opts.replication.table)),
             gc: std::sync::Mutex::new(Some((gc_stop, gc))),
         };
         engine.publish_staleness_bounds();
@@ -299,12 +301,19 @@ impl Engine {
 
     /// The policy of `key` and the prefix it comes from (`None`: the default).
     pub fn policy_of(&self, key: &[u8]) -> (Option<Vec<u8>>, Policy) {
-        let table = self
-            .policies
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = self.policy_snapshot();
         let (prefix, policy) = table.policy_of(key);
         (prefix.map(<[u8]>::to_vec), policy.clone())
+    }
+
+    /// The policy table in force now (a later install does not change it).
+    fn policy_snapshot(&self) -> Arc<PolicyTable> {
+        Arc::clone(
+            &self
+                .policies
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Replaces the policy table with `table` (the control range's, as
@@ -326,10 +335,10 @@ impl Engine {
             .policies
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current == table {
+        if **current == table {
             return Ok(false);
         }
-        *current = table;
+        *current = Arc::new(table);
         drop(current);
         self.publish_staleness_bounds();
         Ok(true)
@@ -337,10 +346,7 @@ impl Engine {
 
     /// A copy of the whole policy table.
     pub fn policy_table(&self) -> PolicyTable {
-        self.policies
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        PolicyTable::clone(&self.policy_snapshot())
     }
 
     /// The frontier of the range owning `key` on this replica (see
@@ -530,28 +536,17 @@ impl Engine {
             // (design.md, Clocks), so a forged token cannot stall reads.
             self.hlc.check_remote(*token).map_err(clock_error)?;
         }
-        let (prefix, policy, table, handoff) = {
-            let t = self
-                .policies
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (prefix, policy) = t.policy_of(key);
-            let handoff = t
-                .handoff_for(key)
-                .map(|(of, to)| (of.map(<[u8]>::to_vec), to.clone()));
-            (
-                prefix.map(<[u8]>::to_vec),
-                policy.clone(),
-                t.version(),
-                handoff,
-            )
-        };
-        if let (ReadLevel::Linearizable, Some((of, to))) = (level, &handoff) {
-            return Err(handing_off(of.as_deref(), &policy, to));
+        // A snapshot of the table: the decision below is made under one
+        // version of it, whatever is installed meanwhile.
+        let t = self.policy_snapshot();
+        let (prefix, policy) = t.policy_of(key);
+        let handoff = t.handoff_for(key);
+        if let (ReadLevel::Linearizable, Some((of, to))) = (level, handoff) {
+            return Err(handing_off(of, policy, to));
         }
         let key_policy = levels::KeyPolicy {
-            prefix: prefix.as_deref(),
-            policy: &policy,
+            prefix,
+            policy,
             local_region: &self.regions.local,
             only_region: self.regions.all.len() <= 1,
         };
@@ -559,9 +554,10 @@ impl Engine {
         let serve = levels::resolve(&env, key_policy, level, CAUSAL_WAIT).await?;
         // Nothing is served at the home's leader during a handoff (a
         // bounded or causal read sent there too): the home is changing.
-        if let (Serve::Leader, Some((of, to))) = (&serve, &handoff) {
-            return Err(handing_off(of.as_deref(), &policy, to));
+        if let (Serve::Leader, Some((of, to))) = (&serve, handoff) {
+            return Err(handing_off(of, policy, to));
         }
+        let table = t.version();
         Ok(Decided { serve, table })
     }
 
@@ -770,7 +766,7 @@ impl Engine {
     /// eventual one.
     pub fn default_level(&self, key: &[u8]) -> Option<ReadLevel> {
         use crate::replication::policy::Consistency;
-        match self.policy_of(key).1.consistency {
+        match self.policy_snapshot().policy_of(key).1.consistency {
             Consistency::Strong => None,
             Consistency::Causal => Some(ReadLevel::Causal {
                 token: Timestamp::ZERO,

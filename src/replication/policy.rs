@@ -373,7 +373,12 @@ impl PolicyTable {
     pub fn policy_of(&self, key: &[u8]) -> (Option<&[u8]>, &Policy) {
         // Prefixes never nest, so at most one configured prefix matches and
         // it is the greatest one at or below `key`.
-        match self.by_prefix.range(..=key.to_vec()).next_back() {
+        use std::ops::Bound;
+        match self
+            .by_prefix
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+        {
             Some((p, policy)) if key.starts_with(p) => (Some(p.as_slice()), policy),
             _ => (None, &self.default),
         }

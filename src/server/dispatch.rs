@@ -10,6 +10,7 @@ use crate::engine::{Engine, WriteKind};
 use crate::error_code::{ApiError, ErrorCode};
 use crate::peer::PolicyChangeV1;
 use crate::replication::read::ReadLevel;
+use crate::telemetry::Handles;
 use crate::transport::{self, FrameError, PeerIdentity};
 use crate::transport::{ADMIN_ROLES, DATA_ROLES, PEER_ROLES};
 use crate::types::{ReadConsistency, Timestamp};
@@ -137,9 +138,22 @@ async fn handle_stream(
     }
 }
 
+/// `meridian_requests_total` by op and outcome code.
+static REQUESTS: std::sync::LazyLock<Handles<metrics::Counter, 2>> =
+    std::sync::LazyLock::new(|| {
+        Handles::new(
+            |[op, code]| metrics::counter!("meridian_requests_total", "op" => *op, "code" => *code),
+        )
+    });
+
+/// `meridian_request_duration_seconds` by op.
+static REQUEST_SECONDS: std::sync::LazyLock<Handles<metrics::Histogram, 1>> =
+    std::sync::LazyLock::new(|| {
+        Handles::new(|[op]| metrics::histogram!("meridian_request_duration_seconds", "op" => *op))
+    });
+
 fn error(e: ApiError) -> ResponseV1 {
-    metrics::counter!("meridian_requests_total", "op" => "invalid", "code" => e.code.as_str())
-        .increment(1);
+    REQUESTS.get(["invalid", e.code.as_str()]).increment(1);
     wire::error_response(&e)
 }
 
@@ -169,8 +183,9 @@ async fn process_frame(frame: &[u8], ctx: &Context, peer: &PeerIdentity) -> Resp
             }),
     };
     let code = result.as_ref().err().map_or("ok", |e| e.code.as_str());
-    metrics::counter!("meridian_requests_total", "op" => op, "code" => code).increment(1);
-    metrics::histogram!("meridian_request_duration_seconds", "op" => op)
+    REQUESTS.get([op, code]).increment(1);
+    REQUEST_SECONDS
+        .get([op])
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => response,
@@ -245,7 +260,7 @@ async fn handle_level(
                 return Err(at_given());
             }
             let r = engine.get_level(key, level).await?;
-            let body = value_body(r.value.as_ref());
+            let body = value_body(r.value);
             (r.served_at, r.staleness_ms, r.token, body)
         }
         RequestV1::RangeWith {
@@ -458,14 +473,14 @@ fn lease_v1(l: crate::engine::lease::LeaseInfo) -> wire::LeaseV1 {
 }
 
 /// The reply body of a read of one key.
-fn value_body(kv: Option<&crate::types::KeyValue>) -> ResponseBodyV1 {
+fn value_body(kv: Option<crate::types::KeyValue>) -> ResponseBodyV1 {
     ResponseBodyV1::Value(kv.map(KeyValueV1::from))
 }
 
 /// The reply body of one range page.
 fn page_body(page: crate::engine::RangePage) -> ResponseBodyV1 {
     ResponseBodyV1::Page {
-        kvs: page.kvs.iter().map(KeyValueV1::from).collect(),
+        kvs: page.kvs.into_iter().map(KeyValueV1::from).collect(),
         next: page.next,
     }
 }
@@ -492,7 +507,7 @@ async fn handle_data(
         // key's prefix promises (Engine::default_level).
         RequestV1::Get { key, at } => {
             let r = engine.get(key, at.map(Timestamp)).await?;
-            Ok((r.served_at, value_body(r.value.as_ref())))
+            Ok((r.served_at, value_body(r.value)))
         }
         RequestV1::Range {
             start,
@@ -512,7 +527,7 @@ async fn handle_data(
             let r = engine
                 .get_with(key, at.map(Timestamp), plain(consistency)?)
                 .await?;
-            Ok((r.served_at, value_body(r.value.as_ref())))
+            Ok((r.served_at, value_body(r.value)))
         }
         RequestV1::Put { key, value } => {
             let w = engine.put(key, value).await?;

@@ -1043,7 +1043,16 @@ impl From<DecodeError> for ApiError {
 }
 
 fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let out = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    // Sized first (a walk that allocates nothing), so the frame is one
+    // allocation rather than a doubling series from two bytes up (eight
+    // reallocations for a 256-byte value).
+    let body = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        msg,
+        postcard::ser_flavors::Size::default(),
+    )
+    .unwrap_or(0);
+    let mut out = Vec::with_capacity(PROTOCOL_VERSION.to_be_bytes().len() + body);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     // postcard only fails on writer errors, which a Vec never has; an
     // unencodable value is a programmer error, so fall back to an empty body
     // that the peer will refuse as malformed rather than panic in the server.
@@ -1231,6 +1240,16 @@ impl From<&KeyValue> for KeyValueV1 {
         KeyValueV1 {
             key: kv.key.clone(),
             value: kv.value.clone(),
+            version: kv.version.0,
+        }
+    }
+}
+
+impl From<KeyValue> for KeyValueV1 {
+    fn from(kv: KeyValue) -> Self {
+        KeyValueV1 {
+            key: kv.key,
+            value: kv.value,
             version: kv.version.0,
         }
     }
