@@ -11,9 +11,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::SnapshotOf;
-use openraft::{Config, Raft, ReadPolicy, SnapshotPolicy};
-
-use super::reads::{ConfirmError, ReadBatcher};
+use openraft::{Config, Raft, SnapshotPolicy};
 use openraft_multi::GroupNetworkFactory;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -92,27 +90,9 @@ pub struct RangeGroup {
     applied_changed: Arc<tokio::sync::Notify>,
     /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
     votes_from: std::time::Instant,
-    /// Leadership confirmations shared by concurrent linearizable reads.
-    reads: Arc<ReadBatcher<LinearizableReadFailure>>,
 }
 
-/// Why openraft could not confirm a linearizable read.
-pub type LinearizableReadFailure =
-    RaftError<RangeTypes, openraft::errors::LinearizableReadError<RangeTypes>>;
-
-/// Longest one leadership confirmation for linearizable reads may take.
-pub const READ_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl RangeGroup {
-    /// Confirms, for a linearizable read that arrived before this call,
-    /// that this replica leads the range and has applied everything
-    /// committed when the read arrived: by the leader lease when it is
-    /// fresh, else by a heartbeat round (`ReadIndex`). Concurrent reads
-    /// share confirmations (see [`crate::raft::reads`]).
-    pub async fn confirm_linearizable(&self) -> Result<(), ConfirmError<LinearizableReadFailure>> {
-        self.reads.confirm().await
-    }
-
     /// The leader this replica knows of, if any.
     pub fn current_leader(&self) -> Option<NodeId> {
         use openraft::async_runtime::WatchReceiver;
@@ -367,25 +347,9 @@ impl RaftHost {
         if let Some(requests) = requests {
             tokio::spawn(snapshot_on_request(range, raft.clone(), requests));
         }
-        let reads = ReadBatcher::new(READ_CONFIRM_TIMEOUT, {
-            let raft = raft.clone();
-            move || {
-                let raft = raft.clone();
-                async move {
-                    match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                        Ok(_) => Ok(()),
-                        Err(_) => raft
-                            .ensure_linearizable(ReadPolicy::ReadIndex)
-                            .await
-                            .map(|_| ()),
-                    }
-                }
-            }
-        });
         let group = Arc::new(RangeGroup {
             desc,
             raft,
-            reads,
             applied_ts,
             frontier_ts,
             policy_floor,

@@ -36,7 +36,6 @@ pub mod host;
 pub mod log_store;
 pub mod network;
 pub mod point;
-pub mod reads;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
