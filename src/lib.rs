@@ -27,6 +27,7 @@ pub mod error_code;
 pub mod gateway;
 pub mod limits;
 pub mod membership;
+pub mod metric_handles;
 pub mod peer;
 pub mod raft;
 pub mod replication;

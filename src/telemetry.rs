@@ -29,10 +29,7 @@ use crate::config::telemetry::TelemetryConfig;
 use crate::config::LogFormat;
 
 mod export;
-mod handles;
 mod json;
-
-pub use handles::Handles;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -16,9 +16,9 @@
 use std::time::Duration;
 
 use crate::error_code::{ApiError, ErrorCode};
+use crate::metric_handles::Handles;
 use crate::replication::policy::{Consistency, Policy, MAX_STALENESS_MS};
 use crate::replication::read::{self, OnStale, ReadDecision, ReadInput, ReadLevel};
-use crate::telemetry::Handles;
 use crate::types::Timestamp;
 
 /// Longest a causal read waits for this region's frontier to reach its

@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 /// The handles of one metric, by its `N` static label values. `make`
-/// registers the metric for a combination not seen yet; the process's
-/// Prometheus recorder is installed first, so no handle is cached from
-/// before it existed.
+/// registers the metric for a combination not seen yet. A handle
+/// registered before the process's recorder is installed stays a no-op:
+/// use these only on paths that run after it (a node installs it in
+/// `Node::start`, before it serves anything). This module imports nothing
+/// of the crate, so any layer may use it.
 pub struct Handles<H, const N: usize> {
     make: fn(&[&'static str; N]) -> H,
     seen: RwLock<HashMap<[&'static str; N], H>>,
@@ -39,7 +41,6 @@ impl<H: Clone, const N: usize> Handles<H, N> {
         {
             return h.clone();
         }
-        super::metrics_handle();
         self.seen
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -55,6 +56,7 @@ mod tests {
 
     #[test]
     fn each_combination_is_registered_once_and_counts_into_the_recorder() {
+        let _installed = crate::telemetry::metrics_handle();
         static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let handles: Handles<metrics::Counter, 2> = Handles::new(|[a, b]| {
             MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -65,7 +67,8 @@ mod tests {
         }
         handles.get(["x", "z"]).increment(5);
         assert_eq!(MADE.load(std::sync::atomic::Ordering::SeqCst), 2);
-        let text = super::super::metrics_handle().render();
+        let recorder = crate::telemetry::metrics_handle();
+        let text = recorder.render();
         assert!(
             text.contains(r#"meridian_test_handles_total{a="x",b="y"} 3"#),
             "{text}"
