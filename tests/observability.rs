@@ -526,3 +526,95 @@ fn a_live_cluster_feeds_every_panel_and_trips_the_node_down_and_quorum_alerts() 
     });
     println!("{test}: {:?}", started.elapsed());
 }
+
+/// Bound on the Raft gauges and request counters catching up with writes
+/// (the log gauges are sampled every 250 ms).
+const GAUGES_BOUND: Duration = Duration::from_secs(20);
+
+/// Sum over every series of `name` in a Prometheus text page whose labels
+/// contain all of `labels` (`key="value"` strings).
+fn series_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The Raft gauges keep following the log after start-up (they are sampled,
+/// not woken by every change), the request counters count each served
+/// request once, and every range has exactly one leader on the gauges:
+/// on a live 3-node region (`meridian dev`, real processes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_gauges_and_request_counters_follow_the_writes() {
+    use common::dev::DevCluster;
+    const PUTS: usize = 40;
+    let cluster = DevCluster::start();
+    let mut nodes: Vec<String> = cluster.pids.keys().cloned().collect();
+    nodes.sort();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let https = cluster.https("client");
+    let pages = || async {
+        let mut texts = Vec::new();
+        for n in &nodes {
+            let addr: SocketAddr = cluster.http_addr(n).parse().unwrap();
+            let reply = https.request(addr, "GET", "/metrics", b"").await;
+            assert_eq!(reply.status, 200, "{n} /metrics");
+            texts.push(reply.text());
+        }
+        texts
+    };
+    let total = |texts: &[String], name: &str, labels: &[&str]| {
+        texts
+            .iter()
+            .map(|t| series_sum(t, name, labels))
+            .sum::<f64>()
+    };
+    let before = pages().await;
+    let committed_before = total(&before, "meridian_raft_commit_index", &[]);
+    let applied_before = total(&before, "meridian_raft_applied_index", &[]);
+    // `meridian dev`'s demo has written already.
+    let puts_before = total(
+        &before,
+        "meridian_requests_total",
+        &[r#"op="put""#, r#"code="ok""#],
+    );
+
+    let client = meridian::client::Client::connect(cluster.client_config(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    for i in 0..PUTS {
+        client.put(format!("gauges/{i}"), "v").await.unwrap();
+    }
+
+    // Every put is one entry that each of the three replicas learns is
+    // committed and applies.
+    let want = (3 * PUTS) as f64;
+    let deadline = Instant::now() + GAUGES_BOUND;
+    loop {
+        let now = pages().await;
+        let committed = total(&now, "meridian_raft_commit_index", &[]) - committed_before;
+        let applied = total(&now, "meridian_raft_applied_index", &[]) - applied_before;
+        let puts_ok = total(
+            &now,
+            "meridian_requests_total",
+            &[r#"op="put""#, r#"code="ok""#],
+        ) - puts_before;
+        let leaders = total(&now, "meridian_raft_is_leader", &[]);
+        let ranges_known = now[0]
+            .lines()
+            .filter(|l| l.starts_with("meridian_raft_is_leader{"))
+            .count() as f64;
+        if committed >= want && applied >= want && puts_ok == PUTS as f64 && leaders == ranges_known
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {GAUGES_BOUND:?}: commit index +{committed}, applied index +{applied} (want >= {want}), \
+             put requests ok {puts_ok} (want {PUTS}), leaders {leaders} over {ranges_known} ranges"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

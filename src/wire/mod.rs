@@ -1235,16 +1235,6 @@ pub fn api_error(code: u16, message: String) -> ApiError {
 
 // ---- explicit conversions between wire and domain types ----
 
-impl From<&KeyValue> for KeyValueV1 {
-    fn from(kv: &KeyValue) -> Self {
-        KeyValueV1 {
-            key: kv.key.clone(),
-            value: kv.value.clone(),
-            version: kv.version.0,
-        }
-    }
-}
-
 impl From<KeyValue> for KeyValueV1 {
     fn from(kv: KeyValue) -> Self {
         KeyValueV1 {
