@@ -87,6 +87,9 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Histogram, "meridian_raft_log_sync_seconds", "Duration of one Raft log fsync (group commit), seconds."),
     (Kind::Histogram, "meridian_raft_log_sync_appends", "Raft log appends made durable by one fsync."),
     (Kind::Counter, "meridian_raft_snapshots_built_total", "Snapshot points recorded."),
+    (Kind::Counter, crate::raft::reads::METRIC_SHARED_READS, "Linearizable reads answered by a leadership confirmation shared with other reads (more than raft.direct_read_confirmations of the range were in flight)."),
+    (Kind::Counter, crate::raft::reads::METRIC_SHARED_CONFIRMATIONS, "Leadership confirmations run for linearizable reads that share them."),
+    (Kind::Counter, crate::raft::host::METRIC_READ_INDEX_FALLBACKS, "Leadership confirmations for linearizable reads that found the leader lease stale (or this node not leading) and tried a heartbeat round (ReadIndex)."),
     (Kind::Histogram, "meridian_raft_snapshot_build_seconds", "Time to record one snapshot point (a metadata write and a sync), seconds."),
     (Kind::Histogram, "meridian_raft_snapshot_materialize_seconds", "Time to write one snapshot point's file for a lagging follower, seconds."),
     (Kind::Histogram, "meridian_raft_snapshot_materialize_bytes", "Size of one materialised snapshot file, bytes."),
@@ -145,6 +148,9 @@ const METRICS: &[(Kind, &str, &str)] = &[
 /// event (the convention of Prometheus client libraries).
 const ZERO_AT_START: &[&str] = &[
     "meridian_raft_snapshots_built_total",
+    crate::raft::reads::METRIC_SHARED_READS,
+    crate::raft::reads::METRIC_SHARED_CONFIRMATIONS,
+    crate::raft::host::METRIC_READ_INDEX_FALLBACKS,
     "meridian_raft_snapshot_stale_points_total",
     "meridian_raft_snapshots_sent_total",
     "meridian_raft_snapshots_installed_total",

@@ -12,6 +12,10 @@
 //! good — the checker may place it anywhere after its invocation, or nowhere —
 //! and its client continues under a fresh thread id.
 //!
+//! The history is checked twice: with the defaults, and with every
+//! linearizable read sharing a leadership confirmation with others
+//! (`raft.direct_read_confirmations = 0`, docs/consistency.md R3).
+//!
 //! Short variant by default (CI); `MERIDIAN_LONG_TESTS=1` runs a longer one.
 
 mod common;
@@ -121,13 +125,96 @@ async fn client_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_under_leader_kills_is_linearizable() {
+    history_under_leader_kills(DevCluster::start()).await;
+}
+
+/// The same history check with every linearizable read sharing a leadership
+/// confirmation (`raft.direct_read_confirmations = 0`: the shared path of
+/// `raft::reads`, which by default serves only ranges with more than 64
+/// reads in flight), then a burst of concurrent reads that /metrics shows
+/// were answered by shared confirmations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_with_shared_read_confirmations_is_linearizable() {
+    const READERS: usize = 16;
+    const READS: usize = 20;
+    let cluster = DevCluster::start_with_env(&[("MERIDIAN_RAFT__DIRECT_READ_CONFIRMATIONS", "0")]);
+    let cluster = history_under_leader_kills(cluster).await;
+    let before = shared_read_counters(&cluster).await;
+    let client = Arc::new(
+        Client::connect(cluster.client_config(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+    );
+    client.put(key(0), "burst").await.unwrap();
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..READS {
+                    let r = client.get(key(0)).await.expect("linearizable get");
+                    assert_eq!(
+                        r.kv.map(|kv| kv.value),
+                        Some(b"burst".to_vec()),
+                        "a read after the acknowledged put must see it"
+                    );
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("readers finish")
+            .unwrap();
+    }
+    let after = shared_read_counters(&cluster).await;
+    let reads = after.0 - before.0;
+    let confirmations = after.1 - before.1;
+    println!("{reads} shared reads, {confirmations} shared confirmations");
+    assert!(
+        reads >= (READERS * READS) as f64,
+        "every linearizable read shares with direct_read_confirmations = 0: {reads} shared reads counted for {} reads",
+        READERS * READS
+    );
+    assert!(
+        confirmations >= 1.0 && confirmations <= reads,
+        "{confirmations} confirmations for {reads} shared reads"
+    );
+    drop(cluster);
+}
+
+/// (shared reads, shared confirmations) summed over the nodes' /metrics.
+async fn shared_read_counters(cluster: &DevCluster) -> (f64, f64) {
+    let https = cluster.https("client");
+    let (mut reads, mut confirmations) = (0.0, 0.0);
+    let mut names: Vec<&String> = cluster.pids.keys().collect();
+    names.sort();
+    for n in names {
+        let addr: std::net::SocketAddr = cluster.http_addr(n).parse().unwrap();
+        let reply = https.request(addr, "GET", "/metrics", b"").await;
+        assert_eq!(reply.status, 200, "{n} /metrics");
+        for line in reply.text().lines() {
+            let value = || line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+            if line.starts_with("meridian_raft_shared_reads_total") {
+                reads += value();
+            } else if line.starts_with("meridian_raft_shared_read_confirmations_total") {
+                confirmations += value();
+            }
+        }
+    }
+    (reads, confirmations)
+}
+
+/// Four clients run get / put / compare-and-swap on [`KEYS`] keys while the
+/// leader of their range is SIGKILLed and restarted; the history must be
+/// linearizable. Returns the cluster, all nodes running.
+async fn history_under_leader_kills(mut cluster: DevCluster) -> DevCluster {
     let long = std::env::var("MERIDIAN_LONG_TESTS").is_ok_and(|v| v == "1");
     let (kills, between) = if long {
         (10, Duration::from_secs(5))
     } else {
         (2, Duration::from_secs(2))
     };
-    let mut cluster = DevCluster::start();
     let cfg = cluster.client_config(Duration::from_secs(5));
     let testers: Arc<Testers> = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -198,7 +285,7 @@ async fn history_under_leader_kills_is_linearizable() {
     let started = Instant::now();
     let keys = assert_linearizable(&testers, key);
     println!("checked {keys} keys in {:?}", started.elapsed());
-    drop(cluster);
+    cluster
 }
 
 fn done(h: &mut History, thread: u64, op: RegOp, ret: RegRet) {

@@ -29,6 +29,7 @@ fn timing() -> RaftTiming {
         election_timeout_max_ms: 800,
         snapshot_after_logs: 20,
         logs_kept_after_snapshot: 0,
+        direct_read_confirmations: 64,
     }
 }
 

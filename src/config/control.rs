@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::raft::{validate_election_timing, Peer};
 use super::{check_name, invalid, parse_addr, ConfigError};
+use crate::raft::reads::DEFAULT_DIRECT_CONFIRMATIONS;
 use crate::raft::{RaftNode, RaftTiming};
 
 /// Most members (voters and learners) of the control range.
@@ -271,6 +272,7 @@ impl RawControl {
                 election_timeout_max_ms: max,
                 snapshot_after_logs: CONTROL_SNAPSHOT_AFTER_LOGS,
                 logs_kept_after_snapshot: CONTROL_LOGS_KEPT,
+                direct_read_confirmations: DEFAULT_DIRECT_CONFIRMATIONS,
             },
         }))
     }

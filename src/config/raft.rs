@@ -20,6 +20,8 @@ use crate::types::prefix_end;
 pub const MAX_REGION_VOTERS: usize = 7;
 /// Most configured range prefixes.
 pub const MAX_RANGE_PREFIXES: usize = 64;
+/// Largest `raft.direct_read_confirmations`.
+pub const MAX_DIRECT_READ_CONFIRMATIONS: usize = 65_536;
 
 /// One voter of the region.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -62,6 +64,10 @@ pub struct RawRaft {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot (0..=10000000). Default 5000.
     pub logs_kept_after_snapshot: u64,
+    /// Linearizable reads of one range that confirm leadership one by one
+    /// while in flight together at its leader; more share confirmations
+    /// (0..=65536, 0: always share). Default 64.
+    pub direct_read_confirmations: usize,
 }
 
 impl Default for RawRaft {
@@ -77,6 +83,7 @@ impl Default for RawRaft {
             election_timeout_max_ms: t.election_timeout_max_ms,
             snapshot_after_logs: t.snapshot_after_logs,
             logs_kept_after_snapshot: t.logs_kept_after_snapshot,
+            direct_read_confirmations: t.direct_read_confirmations,
         }
     }
 }
@@ -225,12 +232,19 @@ impl RawRaft {
             0,
             10_000_000,
         )?;
+        let direct = check_range(
+            "raft.direct_read_confirmations",
+            self.direct_read_confirmations,
+            0,
+            MAX_DIRECT_READ_CONFIRMATIONS,
+        )?;
         Ok(RaftTiming {
             heartbeat_interval_ms: hb,
             election_timeout_min_ms: min,
             election_timeout_max_ms: max,
             snapshot_after_logs: snap,
             logs_kept_after_snapshot: keep,
+            direct_read_confirmations: direct,
         })
     }
 }
@@ -434,6 +448,28 @@ mod tests {
         let single = single.advertised_at(bound);
         assert_eq!(single.peers[0].addr, bound);
         assert_eq!(single.peers[0].node.addr, "127.0.0.1:4242");
+    }
+
+    #[test]
+    fn direct_read_confirmations_default_to_64_and_are_bounded() {
+        let mut raw = RawRaft::default();
+        let cfg = raw.validate(&me()).unwrap();
+        assert_eq!(cfg.timing.direct_read_confirmations, 64);
+        raw.direct_read_confirmations = 0;
+        assert_eq!(
+            raw.validate(&me())
+                .unwrap()
+                .timing
+                .direct_read_confirmations,
+            0,
+            "0 (always share) is allowed"
+        );
+        raw.direct_read_confirmations = MAX_DIRECT_READ_CONFIRMATIONS + 1;
+        let err = raw.validate(&me()).unwrap_err().to_string();
+        assert!(
+            err.contains("raft.direct_read_confirmations") && err.contains("65536"),
+            "{err}"
+        );
     }
 
     fn me() -> SelfNode<'static> {

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::ReadPolicy;
 use tracing::Instrument;
 
 use super::TxnOutcome;
 use crate::clock::Hlc;
 use crate::decide::WriteKind;
 use crate::error_code::{ApiError, ErrorCode};
+use crate::raft::reads::ConfirmError;
 use crate::raft::types::{CommandV1, NodeId};
 use crate::raft::{RaftHost, RangeCommand, RangeDescriptor, RangeGroup, RangeTypes};
 use crate::replication::sync::{confirmed, regions_at, SYNC_CONFIRM_TIMEOUT_MS};
@@ -448,23 +448,22 @@ impl Replicated {
         at: Option<Timestamp>,
     ) -> Result<Timestamp, ApiError> {
         let group = self.group(range)?;
-        let confirmed = tokio::time::timeout(REPLICATED_READ_TIMEOUT, async {
-            match group.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                Ok(_) => Ok(()),
-                Err(_) => group
-                    .raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await
-                    .map(|_| ()),
+        let confirmed = tokio::time::timeout(REPLICATED_READ_TIMEOUT, group.confirm_linearizable())
+            .await
+            .map_err(|_| unavailable("timed out confirming leadership for a linearizable read"))?;
+        match confirmed {
+            Ok(()) => {}
+            Err(ConfirmError::TimedOut(_)) => {
+                return Err(unavailable(
+                    "timed out confirming leadership for a linearizable read",
+                ))
             }
-        })
-        .await
-        .map_err(|_| unavailable("timed out confirming leadership for a linearizable read"))?;
-        if let Err(e) = confirmed {
-            return Err(match e.forward_to_leader() {
-                Some(f) => self.not_leader(f, range.id),
-                None => unavailable(format!("cannot serve a linearizable read: {e}")),
-            });
+            Err(ConfirmError::Refused(e)) => {
+                return Err(match e.forward_to_leader() {
+                    Some(f) => self.not_leader(f, range.id),
+                    None => unavailable(format!("cannot serve a linearizable read: {e}")),
+                })
+            }
         }
         let applied = group.applied_ts();
         let Some(at) = at else { return Ok(applied) };

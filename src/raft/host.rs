@@ -11,7 +11,9 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::SnapshotOf;
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::{Config, Raft, ReadPolicy, SnapshotPolicy};
+
+use super::reads::{Admission, ConfirmError, ReadBatcher, DEFAULT_DIRECT_CONFIRMATIONS};
 use openraft_multi::GroupNetworkFactory;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,6 +53,10 @@ pub struct RaftTiming {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot (followers that lag less catch up from the log).
     pub logs_kept_after_snapshot: u64,
+    /// Linearizable reads of a range that confirm leadership one by one
+    /// while in flight together; more share confirmations
+    /// ([`super::reads`]).
+    pub direct_read_confirmations: usize,
 }
 
 impl Default for RaftTiming {
@@ -71,6 +77,7 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 500,
             snapshot_after_logs: 100_000,
             logs_kept_after_snapshot: 5_000,
+            direct_read_confirmations: DEFAULT_DIRECT_CONFIRMATIONS,
         }
     }
 }
@@ -90,9 +97,52 @@ pub struct RangeGroup {
     applied_changed: Arc<tokio::sync::Notify>,
     /// Until then this replica grants no votes (see [`RaftHost::open_range`]).
     votes_from: std::time::Instant,
+    /// Leadership confirmations shared by concurrent linearizable reads.
+    reads: Arc<ReadBatcher<LinearizableReadFailure>>,
 }
 
+/// Why openraft could not confirm a linearizable read.
+pub type LinearizableReadFailure =
+    RaftError<RangeTypes, openraft::errors::LinearizableReadError<RangeTypes>>;
+
+/// Longest one shared leadership confirmation for linearizable reads may
+/// take.
+pub const READ_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Confirms that `raft` leads its range and has applied everything
+/// committed before this call: by the leader lease when it is fresh, else by
+/// a heartbeat round (`ReadIndex`).
+async fn confirm_leadership(raft: &RangeRaft) -> Result<(), LinearizableReadFailure> {
+    match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            metrics::counter!(METRIC_READ_INDEX_FALLBACKS).increment(1);
+            raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// Counter: leadership confirmations that found the leader lease stale (or
+/// this node not leading) and fell back to a heartbeat round.
+pub const METRIC_READ_INDEX_FALLBACKS: &str = "meridian_raft_read_index_fallbacks_total";
+
 impl RangeGroup {
+    /// Confirms, for a linearizable read that arrived before this call,
+    /// that this replica leads the range and has applied everything
+    /// committed when the read arrived. A read makes its own confirmation
+    /// unless many of this range are in flight; then it shares one (see
+    /// [`crate::raft::reads`]).
+    pub async fn confirm_linearizable(&self) -> Result<(), ConfirmError<LinearizableReadFailure>> {
+        match self.reads.admit() {
+            Admission::Direct(_in_flight) => confirm_leadership(&self.raft)
+                .await
+                .map_err(|e| ConfirmError::Refused(Arc::new(e))),
+            Admission::Shared => self.reads.confirm_shared().await,
+        }
+    }
+
     /// The leader this replica knows of, if any.
     pub fn current_leader(&self) -> Option<NodeId> {
         use openraft::async_runtime::WatchReceiver;
@@ -166,6 +216,8 @@ pub struct RaftHost {
     syncer: LogSyncer,
     /// The leader lease (election_timeout_max_ms) a restarted replica waits out before voting.
     lease: std::time::Duration,
+    /// `RaftTiming::direct_read_confirmations` of every group it opens.
+    direct_reads: usize,
     groups: RwLock<HashMap<RangeId, Arc<RangeGroup>>>,
     /// The regions every range replicates with.
     scope: ReplicationScope,
@@ -271,6 +323,7 @@ impl RaftHost {
             router: PeerRouter::new(endpoint, peer_config),
             config: Arc::new(config),
             lease: std::time::Duration::from_millis(timing.election_timeout_max_ms),
+            direct_reads: timing.direct_read_confirmations,
             groups: RwLock::new(HashMap::new()),
             scope: ReplicationScope::default(),
             receiving: std::sync::Mutex::new(HashMap::new()),
@@ -347,9 +400,17 @@ impl RaftHost {
         if let Some(requests) = requests {
             tokio::spawn(snapshot_on_request(range, raft.clone(), requests));
         }
+        let reads = ReadBatcher::new(self.direct_reads, READ_CONFIRM_TIMEOUT, {
+            let raft = raft.clone();
+            move || {
+                let raft = raft.clone();
+                async move { confirm_leadership(&raft).await }
+            }
+        });
         let group = Arc::new(RangeGroup {
             desc,
             raft,
+            reads,
             applied_ts,
             frontier_ts,
             policy_floor,

@@ -36,6 +36,7 @@ pub mod host;
 pub mod log_store;
 pub mod network;
 pub mod point;
+pub mod reads;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
