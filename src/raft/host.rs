@@ -106,8 +106,13 @@ pub type LinearizableReadFailure =
     RaftError<RangeTypes, openraft::errors::LinearizableReadError<RangeTypes>>;
 
 /// Longest one shared leadership confirmation for linearizable reads may
-/// take.
-pub const READ_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// take (its readers stop waiting at `REPLICATED_READ_TIMEOUT` anyway; this
+/// bounds the task that runs it).
+const READ_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Counter: leadership confirmations that found the leader lease stale (or
+/// this node not leading) and fell back to a heartbeat round.
+pub const METRIC_READ_INDEX_FALLBACKS: &str = "meridian_raft_read_index_fallbacks_total";
 
 /// Confirms that `raft` leads its range and has applied everything
 /// committed before this call: by the leader lease when it is fresh, else by
@@ -123,10 +128,6 @@ async fn confirm_leadership(raft: &RangeRaft) -> Result<(), LinearizableReadFail
         }
     }
 }
-
-/// Counter: leadership confirmations that found the leader lease stale (or
-/// this node not leading) and fell back to a heartbeat round.
-pub const METRIC_READ_INDEX_FALLBACKS: &str = "meridian_raft_read_index_fallbacks_total";
 
 impl RangeGroup {
     /// Confirms, for a linearizable read that arrived before this call,

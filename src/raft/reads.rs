@@ -48,6 +48,14 @@ pub const METRIC_SHARED_CONFIRMATIONS: &str = "meridian_raft_shared_read_confirm
 /// Counter: linearizable reads answered by a shared confirmation.
 pub const METRIC_SHARED_READS: &str = "meridian_raft_shared_reads_total";
 
+// Registered once, at the first shared read (a `metrics::counter!` call
+// looks its handle up in the recorder each time); that is after the node
+// installed its recorder, which it does before serving.
+static SHARED_READS: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!(METRIC_SHARED_READS));
+static SHARED_CONFIRMATIONS: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!(METRIC_SHARED_CONFIRMATIONS));
+
 /// Generations of confirmations: which one a reader needs, and whether a
 /// new one must start.
 #[derive(Debug, Default)]
@@ -183,6 +191,9 @@ impl<E: Send + Sync + 'static> ReadBatcher<E> {
 
     /// Whether a read arriving now confirms on its own or shares.
     pub fn admit(&self) -> Admission<'_> {
+        // Counted before the check, so racing readers can never exceed the
+        // limit; one may share while another's count is being taken back,
+        // which is only a shared confirmation more.
         if self.direct.fetch_add(1, Ordering::AcqRel) < self.direct_limit {
             Admission::Direct(DirectPermit(&self.direct))
         } else {
@@ -194,7 +205,7 @@ impl<E: Send + Sync + 'static> ReadBatcher<E> {
     /// Waits for a shared confirmation that started after this call began,
     /// and returns its outcome.
     pub async fn confirm_shared(self: &Arc<Self>) -> Result<(), ConfirmError<E>> {
-        metrics::counter!(METRIC_SHARED_READS).increment(1);
+        SHARED_READS.increment(1);
         // Subscribed before joining, so no outcome is missed in between.
         let mut outcomes = self.outcomes.subscribe();
         let joined = self
@@ -219,7 +230,7 @@ impl<E: Send + Sync + 'static> ReadBatcher<E> {
     /// wait for them.
     async fn run(self: Arc<Self>, mut generation: u64) {
         loop {
-            metrics::counter!(METRIC_SHARED_CONFIRMATIONS).increment(1);
+            SHARED_CONFIRMATIONS.increment(1);
             let result = match tokio::time::timeout(self.bound, (self.confirm)()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ConfirmError::Refused(Arc::new(e))),
@@ -368,20 +379,30 @@ mod tests {
         assert_eq!(gate.started.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn a_refusal_reaches_every_reader_of_its_batch_and_the_next_reader_tries_again() {
+    /// A batcher that shares every read and makes confirmation `n` (from
+    /// 0) with `confirm(n)`; also returns its count of confirmations.
+    fn counted<Fut>(
+        bound: Duration,
+        confirm: impl Fn(u64) -> Fut + Send + Sync + 'static,
+    ) -> (Arc<ReadBatcher<String>>, Arc<AtomicU64>)
+    where
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
         let calls = Arc::new(AtomicU64::new(0));
-        let batcher = ReadBatcher::new(0, Duration::from_secs(5), {
+        let batcher = ReadBatcher::new(0, bound, {
             let calls = Arc::clone(&calls);
-            move || {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n == 0 {
-                        Err("not the leader".to_string())
-                    } else {
-                        Ok(())
-                    }
-                }
+            move || confirm(calls.fetch_add(1, Ordering::SeqCst))
+        });
+        (batcher, calls)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_reaches_its_reader_and_the_next_reader_tries_again() {
+        let (batcher, calls) = counted(Duration::from_secs(5), |n| async move {
+            if n == 0 {
+                Err("not the leader".to_string())
+            } else {
+                Ok(())
             }
         });
         match batcher.confirm_shared().await {
@@ -397,18 +418,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_confirmation_that_hangs_times_out_and_the_batcher_recovers() {
-        let calls = Arc::new(AtomicU64::new(0));
-        let batcher = ReadBatcher::new(0, Duration::from_millis(100), {
-            let calls = Arc::clone(&calls);
-            move || {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n == 0 {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok::<(), String>(())
-                }
+        let (batcher, _) = counted(Duration::from_millis(100), |n| async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
             }
+            Ok(())
         });
         assert!(matches!(
             batcher.confirm_shared().await,
