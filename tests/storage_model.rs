@@ -1,11 +1,13 @@
-//! Model-based test of `MvccStore`: random sequences of batches, reads, gc and
-//! reopens are run against the store and against a plain in-memory model, and
-//! every read must agree.
+//! Model-based test of `MvccStore`: random sequences of batches, merges of
+//! other regions' versions (older ones included), snapshot installs, reads,
+//! gc and reopens are run against the store and against a plain in-memory
+//! model, and every read must agree. After every write the store's
+//! latest-version index must name exactly each key's newest version.
 
 use std::collections::BTreeMap;
 
 use meridian::storage::{
-    FsyncPolicy, MvccStore, ScanPage, StorageError, StoreOptions, WriteRecord,
+    FsyncPolicy, MvccStore, RawVersion, ScanPage, StorageError, StoreOptions, WriteRecord,
 };
 use meridian::types::{KeyValue, Op, Timestamp, VersionEntry};
 use proptest::prelude::*;
@@ -43,7 +45,7 @@ const BOUNDS: &[&[u8]] = &[
     b"\xff\xff\xff",
 ];
 
-/// Reads choose `at` in `0..=last_ts + AT_SLACK`, so reads above every write happen.
+/// Reads choose `at` in `0..=top_ts + AT_SLACK`, so reads above every write happen.
 const AT_SLACK: u64 = 2;
 
 /// Upper bound on gc calls for one horizon; each call removes at least one
@@ -62,6 +64,17 @@ struct RecordSpec {
 #[derive(Clone, Debug)]
 enum Action {
     Batch(Vec<RecordSpec>),
+    /// Versions from another region at any timestamp above the horizon,
+    /// below the newest local write included (`merge_versions`).
+    Merge(Vec<(u64, RecordSpec)>),
+    /// A snapshot install over `[start, end)`: clear the span a few
+    /// versions at a time, then write back its versions without the newest
+    /// of each key (an older snapshot), a few at a time.
+    Install {
+        start: usize,
+        end: Option<usize>,
+        step: usize,
+    },
     Get {
         key: usize,
         at: u64,
@@ -94,6 +107,9 @@ fn action() -> impl Strategy<Value = Action> {
     let at = any::<u64>();
     prop_oneof![
         6 => proptest::collection::vec(record_spec(), 1..4).prop_map(Action::Batch),
+        3 => proptest::collection::vec((any::<u64>(), record_spec()), 1..3).prop_map(Action::Merge),
+        1 => (0..BOUNDS.len(), proptest::option::of(0..BOUNDS.len()), 1usize..4)
+            .prop_map(|(start, end, step)| Action::Install { start, end, step }),
         4 => (0..KEYS.len(), at).prop_map(|(key, at)| Action::Get { key, at }),
         4 => (0..BOUNDS.len(), proptest::option::of(0..BOUNDS.len()), at, 1usize..5)
             .prop_map(|(start, end, at, limit)| Action::Scan { start, end, at, limit }),
@@ -110,7 +126,10 @@ struct Harness {
     store: Option<MvccStore>,
     model: Model,
     horizon: u64,
+    /// The newest local write (batches continue above it).
     last_ts: u64,
+    /// The newest version written at all (merges may go above `last_ts`).
+    top_ts: u64,
 }
 
 /// A temp dir, on tmpfs when there is one: this test checks logic, not
@@ -145,6 +164,7 @@ impl Harness {
             model: Model::new(),
             horizon: 0,
             last_ts: 0,
+            top_ts: 0,
         }
     }
 
@@ -157,12 +177,17 @@ impl Harness {
         if raw < u64::MAX / 16 {
             return u64::MAX; // One read in sixteen is "latest".
         }
-        raw % (self.last_ts + AT_SLACK + 1)
+        raw % (self.top_ts + AT_SLACK + 1)
     }
 
     fn run(&mut self, action: &Action) -> Result<(), TestCaseError> {
         match action {
             Action::Batch(specs) => self.batch(specs),
+            Action::Merge(records) => self.merge(records),
+            Action::Install { start, end, step } => {
+                self.install(BOUNDS[*start], end.map(|e| BOUNDS[e]), *step)?;
+                self.check_everything()
+            }
             Action::Get { key, at } => self.check_get(KEYS[*key], self.at(*at)),
             Action::Scan {
                 start,
@@ -175,7 +200,7 @@ impl Harness {
                 horizon,
                 max_versions,
             } => {
-                self.gc(horizon % (self.last_ts + AT_SLACK + 1), *max_versions)?;
+                self.gc(horizon % (self.top_ts + AT_SLACK + 1), *max_versions)?;
                 self.check_everything()
             }
             Action::Sync => {
@@ -197,6 +222,7 @@ impl Harness {
             // Writes must be above the gc horizon and strictly increasing.
             let ts = self.last_ts.max(self.horizon) + spec.gap;
             self.last_ts = ts;
+            self.top_ts = self.top_ts.max(ts);
             let mut ops = Vec::new();
             for (key, value) in &spec.ops {
                 let key = KEYS[*key].to_vec();
@@ -218,7 +244,85 @@ impl Harness {
                 ops,
             });
         }
-        self.store().apply_batch(&records).map_err(fail)
+        self.store().apply_batch(&records).map_err(fail)?;
+        self.check_index()
+    }
+
+    /// Merges records at random timestamps in `(horizon, horizon + 1 +
+    /// last_ts - horizon + AT_SLACK)`: below the newest local write, at it,
+    /// and above it.
+    /// At a `(key, ts)` already stored the greater encoded record wins (a
+    /// tombstone over a put, else the greater value), as in the store.
+    fn merge(&mut self, specs: &[(u64, RecordSpec)]) -> Result<(), TestCaseError> {
+        let mut records = Vec::new();
+        for (raw, spec) in specs {
+            let ts =
+                self.horizon + 1 + raw % (self.last_ts.saturating_sub(self.horizon) + AT_SLACK);
+            self.top_ts = self.top_ts.max(ts);
+            let mut ops = Vec::new();
+            for (key, value) in &spec.ops {
+                let key = KEYS[*key].to_vec();
+                let slot = self.model.entry(key.clone()).or_default();
+                let merged = match slot.get(&ts) {
+                    Some(existing) if rank(existing) >= rank(value) => existing.clone(),
+                    _ => value.clone(),
+                };
+                slot.insert(ts, merged);
+                ops.push(match value {
+                    Some(value) => Op::Put {
+                        key,
+                        value: value.clone(),
+                    },
+                    None => Op::Delete { key },
+                });
+            }
+            records.push(WriteRecord {
+                ts: Timestamp(ts),
+                ops,
+            });
+        }
+        self.store().merge_versions(&records, &[]).map_err(fail)?;
+        self.check_index()
+    }
+
+    fn install(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        step: usize,
+    ) -> Result<(), TestCaseError> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(());
+        }
+        let store = self.store().clone();
+        let mut calls = 0;
+        while store.clear_range_step(start, end, step).map_err(fail)? {
+            calls += 1;
+            prop_assert!(calls < MAX_GC_CALLS, "clearing did not finish");
+        }
+        let in_span = |key: &[u8]| key >= start && end.is_none_or(|end| key < end);
+        let mut installed = Vec::new();
+        for (key, versions) in self.model.iter_mut().filter(|(k, _)| in_span(k)) {
+            versions.pop_last();
+            for (ts, value) in versions.iter().rev() {
+                installed.push(RawVersion {
+                    key: key.clone(),
+                    version: Timestamp(*ts),
+                    value: value.clone(),
+                });
+            }
+        }
+        self.model.retain(|_, versions| !versions.is_empty());
+        for chunk in installed.chunks(step) {
+            store.insert_versions(start, end, chunk).map_err(fail)?;
+        }
+        self.check_index()
+    }
+
+    fn check_index(&self) -> Result<(), TestCaseError> {
+        let keys = self.store().verify_latest_index().map_err(fail)?;
+        prop_assert_eq!(keys, self.model.len() as u64);
+        Ok(())
     }
 
     fn gc(&mut self, horizon: u64, max_versions: usize) -> Result<(), TestCaseError> {
@@ -238,7 +342,7 @@ impl Harness {
         self.horizon = self.horizon.max(horizon);
         model_gc(&mut self.model, self.horizon);
         prop_assert_eq!(self.store().gc_horizon(), Timestamp(self.horizon));
-        Ok(())
+        self.check_index()
     }
 
     fn check_get(&self, key: &[u8], at: u64) -> Result<(), TestCaseError> {
@@ -326,7 +430,7 @@ impl Harness {
 
     /// Every key at every timestamp, full scans, and histories.
     fn check_everything(&self) -> Result<(), TestCaseError> {
-        for at in 0..=self.last_ts + AT_SLACK {
+        for at in 0..=self.top_ts + AT_SLACK {
             for key in KEYS {
                 self.check_get(key, at)?;
             }
@@ -336,6 +440,15 @@ impl Harness {
             self.check_history(key, usize::MAX)?;
         }
         Ok(())
+    }
+}
+
+/// The order `merge_versions` breaks ties in: the encoded record's bytes
+/// (a tombstone's kind byte is above a put's; puts compare by value).
+fn rank(value: &Option<Vec<u8>>) -> (u8, &[u8]) {
+    match value {
+        Some(value) => (1, value.as_slice()),
+        None => (2, &[]),
     }
 }
 

@@ -211,6 +211,15 @@ impl MvccStore {
         for (key, value) in written {
             batch.insert(&self.inner.data, key, value);
         }
+        // Every merged version raises its key's index entry, whether or not
+        // its bytes won a tie: an older version leaves it where it is.
+        let mut raised = super::LatestRaise::default();
+        for record in records {
+            for op in &record.ops {
+                raised.note(op.key(), record.ts);
+            }
+        }
+        self.raise_latest(&mut batch, raised)?;
         self.commit("merge_versions", batch)
     }
 

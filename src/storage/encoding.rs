@@ -22,6 +22,16 @@
 //! version 1 readers refuse non-zero flags because a flag may change how the
 //! payload must be read.
 //!
+//! # Latest-version index keyspace
+//!
+//! One entry per user key that has stored versions (store format 2 on):
+//! key `[0x01] ++ user_key` (fjall refuses an empty key, and the empty user
+//! key is valid), value `[format=1] ++ be64(ts)` (the meta
+//! value form), never below the key's newest stored version (see
+//! `MvccStore`'s invariant). A point read looks the key up here, then
+//! reads that exact version; both are point lookups that fjall's bloom
+//! filters answer without searching every level.
+//!
 //! # Meta keyspace
 //!
 //! Keys are ASCII: `sys/format` (the store format marker), `sys/gc_horizon`
@@ -36,8 +46,14 @@ use crate::types::Timestamp;
 pub(crate) const DATA_FORMAT_V1: u8 = 1;
 /// Format version of meta values written by this build.
 pub(crate) const META_FORMAT_V1: u8 = 1;
-/// Store-wide format marker written when a store is created.
+/// Store format 1: data and meta keyspaces, no latest-version index. A
+/// store in this format is migrated to [`STORE_FORMAT_V2`] when opened.
 pub(crate) const STORE_FORMAT_V1: u8 = 1;
+/// Store format 2: format 1 plus the latest-version index, which every
+/// writer of this build keeps; written when a store is created or migrated.
+/// A build that reads only format 1 refuses it (it would write versions
+/// without raising their index entries).
+pub(crate) const STORE_FORMAT_V2: u8 = 2;
 
 /// Record kind byte of a put.
 const KIND_PUT: u8 = 1;
@@ -286,9 +302,34 @@ pub(crate) fn decode_horizon(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
     Ok(Timestamp(u64::from_be_bytes(raw)))
 }
 
-/// Encodes the store format marker.
-pub(crate) fn encode_store_format() -> Vec<u8> {
-    encode_meta(&[STORE_FORMAT_V1])
+/// Encodes the store format marker of `version`.
+pub(crate) fn encode_store_format(version: u8) -> Vec<u8> {
+    encode_meta(&[version])
+}
+
+/// Tag byte in front of every latest-version index key.
+const LATEST_KEY_TAG: u8 = 0x01;
+
+/// Encodes the latest-version index key of `user_key`.
+pub(crate) fn latest_key(user_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + user_key.len());
+    out.push(LATEST_KEY_TAG);
+    out.extend_from_slice(user_key);
+    out
+}
+
+/// Encodes a latest-version index value.
+pub(crate) fn encode_latest(ts: Timestamp) -> Vec<u8> {
+    encode_meta(&ts.0.to_be_bytes())
+}
+
+/// Decodes a latest-version index value.
+pub(crate) fn decode_latest(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
+    let payload = decode_meta(bytes)?;
+    let raw: [u8; 8] = payload.try_into().map_err(|_| DecodeError::BadMeta {
+        why: format!("latest-version entry has {} bytes, want 8", payload.len()),
+    })?;
+    Ok(Timestamp(u64::from_be_bytes(raw)))
 }
 
 /// Decodes the store format marker into the store format version.
@@ -349,12 +390,30 @@ mod tests {
             encode_horizon(Timestamp(258)),
             [0x01, 0, 0, 0, 0, 0, 0, 0x01, 0x02]
         );
-        assert_eq!(encode_store_format(), [0x01, 0x01]);
+        assert_eq!(encode_store_format(STORE_FORMAT_V1), [0x01, 0x01]);
+        assert_eq!(encode_store_format(STORE_FORMAT_V2), [0x01, 0x02]);
         assert_eq!(encode_meta(b"hi"), [0x01, b'h', b'i']);
         assert_eq!(meta_user_key("hlc"), b"user/hlc");
         assert_eq!(
             span_horizon_key(258),
             b"sys/gc_horizon/\x00\x00\x00\x00\x00\x00\x01\x02"
+        );
+    }
+
+    #[test]
+    fn frozen_latest_value() {
+        assert_eq!(latest_key(b""), [0x01]);
+        assert_eq!(latest_key(b"k\x00"), [0x01, b'k', 0x00]);
+        let bytes = encode_latest(Timestamp(258));
+        assert_eq!(bytes, [0x01, 0, 0, 0, 0, 0, 0, 0x01, 0x02]);
+        assert_eq!(decode_latest(&bytes), Ok(Timestamp(258)));
+        assert!(matches!(
+            decode_latest(&[0x01, 0x02]),
+            Err(DecodeError::BadMeta { .. })
+        ));
+        assert_eq!(
+            decode_latest(&[0x07, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::UnknownMetaFormat { found: 7 })
         );
     }
 

@@ -112,6 +112,18 @@ const BULK_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// fjall keyspace holding the format marker, gc horizon and named metadata.
 const META_KEYSPACE: &str = "mvcc_meta";
 
+/// fjall keyspace of the latest-version index: user key -> a timestamp
+/// never below the key's newest stored version (format: `encoding`). A
+/// point read looks its key up here and then reads that exact version,
+/// two point lookups fjall answers through its bloom filters; a read
+/// through a range iterator instead opens every overlapping table level by
+/// level and checks no bloom filter (docs/benchmarks.md, "Stop 27").
+const LATEST_KEYSPACE: &str = "mvcc_latest";
+
+/// Index entries one batch of the format migration writes
+/// ([`MvccStore::open`] of a format 1 store).
+const MIGRATE_BATCH_KEYS: usize = 10_000;
+
 /// Most records one [`MvccStore::apply_batch`] accepts: one group commit.
 pub const MAX_BATCH_RECORDS: usize = limits::MAX_GROUP_COMMIT;
 /// Most operations one [`WriteRecord`] may carry: one transaction.
@@ -367,6 +379,9 @@ struct Inner {
     fail_writes: AtomicBool,
     db: Database,
     data: Keyspace,
+    /// The latest-version index ([`LATEST_KEYSPACE`]); written only under
+    /// `write_lock`.
+    latest: Keyspace,
     meta: Keyspace,
     /// The per-range change logs of cross-region replication ([`changes`]).
     changes: Keyspace,
@@ -541,10 +556,12 @@ impl MvccStore {
                     ))
             })
             .map_err(StorageError::fjall)?;
+        let latest = db
+            .keyspace(LATEST_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(StorageError::fjall)?;
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(StorageError::fjall)?;
-        check_store_format(&db, &data, &meta)?;
         let changes = db
             .keyspace(changes::CHANGES_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(StorageError::fjall)?;
@@ -565,6 +582,7 @@ impl MvccStore {
             fail_writes: AtomicBool::new(false),
             db,
             data,
+            latest,
             meta,
             changes,
             coord,
@@ -576,9 +594,11 @@ impl MvccStore {
             spans: OnceLock::new(),
             gc_cursor: Mutex::new(HashMap::new()),
         };
-        Ok(MvccStore {
+        let store = MvccStore {
             inner: Arc::new(inner),
-        })
+        };
+        store.check_store_format()?;
+        Ok(store)
     }
 
     /// The newest version of `key` at or below `at`; `None` if there is none
@@ -586,8 +606,35 @@ impl MvccStore {
     /// is below the gc horizon.
     pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<KeyValue>, StorageError> {
         let src = self.read_view(at, || self.horizon_at(key))?;
-        let Some(entry) = mvcc::newest_at(&src, key, at)? else {
+        let Some(raw) = src
+            .snapshot
+            .get(&self.inner.latest, encoding::latest_key(key))
+            .map_err(StorageError::fjall)?
+        else {
+            // No index entry: the key has no stored version (invariant).
             return Ok(None);
+        };
+        let latest = encoding::decode_latest(&raw)?;
+        // No version of the key lies above `latest`, so when `latest <= at`
+        // and that exact version is stored it is the newest at `at`. Else
+        // (a read below the newest write, or a version gc removed) the
+        // range iterator finds it.
+        let exact = if latest <= at {
+            src.snapshot
+                .get(&self.inner.data, encoding::encode_version_key(key, latest))
+                .map_err(StorageError::fjall)?
+        } else {
+            None
+        };
+        let entry = match exact {
+            Some(record) => VersionEntry {
+                version: latest,
+                value: encoding::decode_record(&record)?.map(<[u8]>::to_vec),
+            },
+            None => match mvcc::newest_at(&src, key, at)? {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
         };
         Ok(entry.value.map(|value| KeyValue {
             key: key.to_vec(),
@@ -723,6 +770,7 @@ impl MvccStore {
                 None => batch.remove(&self.inner.coord, w.key.as_slice()),
             }
         }
+        let mut raised = LatestRaise::default();
         for record in records {
             // A later op on the same key wins: walk backwards, keep the first.
             let mut seen = HashSet::with_capacity(record.ops.len());
@@ -740,8 +788,10 @@ impl MvccStore {
                     Some((key.clone(), record.ts))
                 );
                 batch.insert(&self.inner.data, encoded, encoding::encode_record(value));
+                raised.note(key, record.ts);
             }
         }
+        self.raise_latest(&mut batch, raised)?;
         self.commit("apply_batch", batch)
     }
 
@@ -864,7 +914,20 @@ impl MvccStore {
         )?;
         let removed_versions = plan.remove.len();
         if removed_versions > 0 {
+            // Under the write lock, so no write raises an index entry between
+            // the check below and the commit.
+            let _write = lock(&self.inner.write_lock);
             let mut batch = self.inner.db.batch();
+            for &i in &plan.tombstones {
+                // A tombstone gc removes was its key's newest version at or
+                // below the horizon, and every older version goes with it.
+                // If the index still names it, no version is above it: the
+                // key is left with none, and its entry goes too.
+                let (user_key, ts) = encoding::decode_version_key(&plan.remove[i])?;
+                if self.latest_of(&user_key)? == Some(ts) {
+                    batch.remove(&self.inner.latest, encoding::latest_key(&user_key));
+                }
+            }
             for key in plan.remove {
                 batch.remove(&self.inner.data, key);
             }
@@ -1055,6 +1118,25 @@ impl MvccStore {
             batch.remove(&self.inner.data, owned_key(&key));
             removed += 1;
         }
+        // The index entries go once no version is left in the span (they
+        // may outlive their versions, never the reverse): the data keys are
+        // exhausted when this batch removes fewer than it may.
+        if removed < max_versions {
+            let index_bounds = (
+                Bound::Included(encoding::latest_key(start)),
+                end.map_or(Bound::Unbounded, |e| {
+                    Bound::Excluded(encoding::latest_key(e))
+                }),
+            );
+            for guard in snapshot.range(&self.inner.latest, index_bounds) {
+                if removed == max_versions {
+                    break;
+                }
+                let key = guard.key().map_err(StorageError::fjall)?;
+                batch.remove(&self.inner.latest, owned_key(&key));
+                removed += 1;
+            }
+        }
         self.commit("clear_range_step", batch)?;
         Ok(removed == max_versions)
     }
@@ -1090,12 +1172,15 @@ impl MvccStore {
         {
             let _write = lock(&self.inner.write_lock);
             let mut batch = self.inner.db.batch();
+            let mut raised = LatestRaise::default();
             for v in versions {
                 let encoded = encoding::encode_version_key(&v.key, v.version);
                 let record = encoding::encode_record(v.value.as_deref());
                 bytes += (encoded.len() + record.len()) as u64;
                 batch.insert(&self.inner.data, encoded, record);
+                raised.note(&v.key, v.version);
             }
+            self.raise_latest(&mut batch, raised)?;
             self.commit("insert_versions", batch)?;
         }
         self.bound_bulk_memtable(bytes)
@@ -1131,6 +1216,53 @@ impl MvccStore {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Checks the latest-version index against the data, streaming both
+    /// (a full scan): every key with a stored version has an entry naming
+    /// exactly its newest version, and no entry names a key without one.
+    /// Returns the number of keys. Every write call keeps this on return;
+    /// only a snapshot install cut off midway leaves entries of removed
+    /// keys until it is redone, which the node does when it restarts. For
+    /// tests and offline checks; fails with `Corrupt` naming the first
+    /// difference.
+    pub fn verify_latest_index(&self) -> Result<u64, StorageError> {
+        self.check_poisoned()?;
+        let snapshot = self.inner.db.snapshot();
+        let mut index = snapshot.iter(&self.inner.latest);
+        let mismatch = |what: String| StorageError::Corrupt {
+            what: format!("latest-version index: {what}"),
+        };
+        let mut previous: Vec<u8> = Vec::new();
+        let mut keys = 0u64;
+        for guard in snapshot.iter(&self.inner.data) {
+            let raw_key = guard.key().map_err(StorageError::fjall)?;
+            let (prefix, _) = encoding::split_version_key(&raw_key)?;
+            if prefix == previous.as_slice() {
+                continue;
+            }
+            previous = prefix.to_vec();
+            let (user_key, newest) = encoding::decode_version_key(&raw_key)?;
+            let Some(entry) = index.next() else {
+                return Err(mismatch(format!("no entry for {user_key:02x?}")));
+            };
+            let (key, value) = entry.into_inner().map_err(StorageError::fjall)?;
+            let ts = encoding::decode_latest(&value)?;
+            if key.as_ref() != encoding::latest_key(&user_key).as_slice() || ts != newest {
+                return Err(mismatch(format!(
+                    "entry {key:02x?}@{} where {user_key:02x?}@{} is the next newest version",
+                    ts.0, newest.0
+                )));
+            }
+            keys += 1;
+        }
+        if let Some(entry) = index.next() {
+            let key = entry.key().map_err(StorageError::fjall)?;
+            return Err(mismatch(format!(
+                "entry {key:02x?} names a key with no version"
+            )));
+        }
+        Ok(keys)
     }
 
     /// The directory of the store. Files that belong with the node's data
@@ -1310,6 +1442,115 @@ impl MvccStore {
         Ok(requested)
     }
 
+    /// The latest-version index entry of `key`.
+    fn latest_of(&self, key: &[u8]) -> Result<Option<Timestamp>, StorageError> {
+        let raw = self
+            .inner
+            .latest
+            .get(encoding::latest_key(key))
+            .map_err(StorageError::fjall)?;
+        match raw {
+            Some(raw) => Ok(Some(encoding::decode_latest(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds to `batch` the index entries `raised` lifts: an entry is only
+    /// ever raised, to the highest version the batch writes of its key.
+    /// The caller holds `write_lock` (every index writer does), so the
+    /// entries read here are the ones the batch replaces.
+    fn raise_latest(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        raised: LatestRaise<'_>,
+    ) -> Result<(), StorageError> {
+        for (key, ts) in raised.0 {
+            if self.latest_of(key)?.is_none_or(|current| current < ts) {
+                batch.insert(
+                    &self.inner.latest,
+                    encoding::latest_key(key),
+                    encoding::encode_latest(ts),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the format marker: writes it (durably) into a brand-new
+    /// store, and migrates a format 1 store to format 2 by building its
+    /// latest-version index, then marks it (an interrupted migration is
+    /// redone from the start on the next open; it only writes entries).
+    fn check_store_format(&self) -> Result<(), StorageError> {
+        let marker = self
+            .inner
+            .meta
+            .get(encoding::META_FORMAT_KEY)
+            .map_err(StorageError::fjall)?;
+        match marker {
+            Some(raw) => match encoding::decode_store_format(&raw)? {
+                encoding::STORE_FORMAT_V2 => return Ok(()),
+                encoding::STORE_FORMAT_V1 => self.build_latest_index()?,
+                found => {
+                    return Err(StorageError::Corrupt {
+                        what: format!(
+                            "store format version {found} (this build reads {} and {})",
+                            encoding::STORE_FORMAT_V1,
+                            encoding::STORE_FORMAT_V2
+                        ),
+                    })
+                }
+            },
+            None if self.inner.data.is_empty().map_err(StorageError::fjall)? => {}
+            None => {
+                return Err(StorageError::Corrupt {
+                    what: "data present but no store format marker".to_string(),
+                })
+            }
+        }
+        self.put_meta_durable(
+            "store format",
+            encoding::META_FORMAT_KEY.to_vec(),
+            encoding::encode_store_format(encoding::STORE_FORMAT_V2),
+        )
+    }
+
+    /// Writes the latest-version index entry of every key from its newest
+    /// stored version (the first of its data keys), in bounded batches.
+    fn build_latest_index(&self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let snapshot = self.inner.db.snapshot();
+        let mut batch = self.inner.db.batch();
+        let (mut in_batch, mut keys) = (0, 0u64);
+        let mut previous: Vec<u8> = Vec::new();
+        for guard in snapshot.range(&self.inner.data, encoded_bounds(b"", None)) {
+            let raw_key = guard.key().map_err(StorageError::fjall)?;
+            let (prefix, _) = encoding::split_version_key(&raw_key)?;
+            if prefix == previous.as_slice() {
+                continue;
+            }
+            previous = prefix.to_vec();
+            let (user_key, ts) = encoding::decode_version_key(&raw_key)?;
+            batch.insert(
+                &self.inner.latest,
+                encoding::latest_key(&user_key),
+                encoding::encode_latest(ts),
+            );
+            (in_batch, keys) = (in_batch + 1, keys + 1);
+            if in_batch == MIGRATE_BATCH_KEYS {
+                let full = std::mem::replace(&mut batch, self.inner.db.batch());
+                self.commit("store format migration", full)?;
+                in_batch = 0;
+            }
+        }
+        self.commit("store format migration", batch)?;
+        tracing::info!(
+            keys,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built the latest-version index of a format 1 store"
+        );
+        Ok(())
+    }
+
     fn put_meta_durable(
         &self,
         what: &str,
@@ -1323,30 +1564,17 @@ impl MvccStore {
     }
 }
 
-/// Checks the format marker, writing it (durably) into a brand-new store.
-fn check_store_format(db: &Database, data: &Keyspace, meta: &Keyspace) -> Result<(), StorageError> {
-    match meta
-        .get(encoding::META_FORMAT_KEY)
-        .map_err(StorageError::fjall)?
-    {
-        Some(raw) => match encoding::decode_store_format(&raw)? {
-            encoding::STORE_FORMAT_V1 => Ok(()),
-            found => Err(StorageError::Corrupt {
-                what: format!(
-                    "store format version {found} (this build reads {})",
-                    encoding::STORE_FORMAT_V1
-                ),
-            }),
-        },
-        None if data.is_empty().map_err(StorageError::fjall)? => {
-            meta.insert(encoding::META_FORMAT_KEY, encoding::encode_store_format())
-                .map_err(StorageError::fjall)?;
-            db.persist(PersistMode::SyncAll)
-                .map_err(StorageError::fjall)
-        }
-        None => Err(StorageError::Corrupt {
-            what: "data present but no store format marker".to_string(),
-        }),
+/// The highest version a batch writes of each key, for
+/// [`MvccStore::raise_latest`] (one entry per key: two inserts of one key
+/// in one fjall batch share a sequence number, and which wins is not
+/// defined).
+#[derive(Default)]
+struct LatestRaise<'a>(HashMap<&'a [u8], Timestamp>);
+
+impl<'a> LatestRaise<'a> {
+    fn note(&mut self, key: &'a [u8], ts: Timestamp) {
+        let entry = self.0.entry(key).or_insert(ts);
+        *entry = (*entry).max(ts);
     }
 }
 

@@ -286,6 +286,9 @@ pub(crate) struct GcPlan {
     /// were read from (a key read from a table pins its whole data block,
     /// see [`crate::storage::owned_key`]).
     pub(crate) remove: Vec<Vec<u8>>,
+    /// Indices into `remove` of the tombstones among them (each removed
+    /// after every older version of its key).
+    pub(crate) tombstones: Vec<usize>,
     /// Encoded lower bound where the next call continues; `None` when the
     /// pass reached the end of the keyspace.
     pub(crate) resume: Option<Vec<u8>>,
@@ -370,6 +373,7 @@ fn finish_group(plan: &mut GcPlan, group: &mut GcGroup, max_remove: usize) -> bo
     if plan.remove.len() == max_remove {
         return false;
     }
+    plan.tombstones.push(plan.remove.len());
     plan.remove.push(tombstone);
     true
 }

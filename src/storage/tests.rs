@@ -171,6 +171,15 @@ fn meta_names_and_values_are_bounded() {
 fn unknown_record_format_is_refused_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
+    store
+        .apply_batch(&[WriteRecord {
+            ts: Timestamp(3),
+            ops: vec![Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            }],
+        }])
+        .unwrap();
     let raw_key = encoding::encode_version_key(b"k", Timestamp(3));
     store
         .inner
@@ -195,7 +204,7 @@ fn unknown_store_format_is_refused_on_open() {
         store
             .inner
             .meta
-            .insert(encoding::META_FORMAT_KEY, encoding::encode_meta(&[2]))
+            .insert(encoding::META_FORMAT_KEY, encoding::encode_meta(&[3]))
             .unwrap();
     }
     let err = MvccStore::open(StoreOptions {
@@ -204,7 +213,7 @@ fn unknown_store_format_is_refused_on_open() {
         cache_bytes: 1 << 20,
     })
     .unwrap_err();
-    assert!(err.to_string().contains("store format version 2"), "{err}");
+    assert!(err.to_string().contains("store format version 3"), "{err}");
 }
 
 /// The real paths poison: a batch commit or a sync failing where storage
@@ -696,4 +705,98 @@ fn bulk_installs_wait_for_level_zero_compaction() {
         "level 0 reached {most} tables during the install"
     );
     assert!(store.inner.data.table_count() >= 1);
+}
+
+/// A store written by a build before the latest-version index (format 1:
+/// versions, no index entries) is migrated when opened: every key gets its
+/// entry, the marker says format 2, and reads are unchanged.
+#[test]
+fn a_format_1_store_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let del = |key: &[u8]| Op::Delete { key: key.to_vec() };
+    {
+        let store = open(dir.path());
+        store
+            .apply_batch(&[
+                record(
+                    1,
+                    vec![put(b"a", b"a1"), put(b"", b"empty"), put(b"b", b"b1")],
+                ),
+                record(2, vec![put(b"a", b"a2"), del(b"b")]),
+                record(3, vec![put(b"c\x00", b"c3")]),
+            ])
+            .unwrap();
+        // Make it what a format 1 build left: no index, marker 1.
+        let mut batch = store.inner.db.batch();
+        for guard in store.inner.latest.iter() {
+            batch.remove(&store.inner.latest, owned_key(&guard.key().unwrap()));
+        }
+        batch.insert(
+            &store.inner.meta,
+            encoding::META_FORMAT_KEY,
+            encoding::encode_store_format(encoding::STORE_FORMAT_V1),
+        );
+        batch.commit().unwrap();
+        assert!(store.inner.latest.is_empty().unwrap());
+    }
+    let store = open(dir.path());
+    assert_eq!(store.verify_latest_index().unwrap(), 4);
+    let marker = store.inner.meta.get(encoding::META_FORMAT_KEY).unwrap();
+    assert_eq!(
+        encoding::decode_store_format(&marker.unwrap()).unwrap(),
+        encoding::STORE_FORMAT_V2
+    );
+    assert_eq!(value_at(&store, b"a", 5), Some(b"a2".to_vec()));
+    assert_eq!(value_at(&store, b"a", 1), Some(b"a1".to_vec()));
+    assert_eq!(value_at(&store, b"", 5), Some(b"empty".to_vec()));
+    assert_eq!(value_at(&store, b"b", 5), None);
+    assert_eq!(value_at(&store, b"b", 1), Some(b"b1".to_vec()));
+    assert_eq!(value_at(&store, b"c\x00", 5), Some(b"c3".to_vec()));
+}
+
+/// The index only ever rises: a write below a key's newest version (an
+/// older version merged from another region, or an apply below a merged
+/// newer one) leaves reads at the top on the newest, and reads below it
+/// find the older one.
+#[test]
+fn writes_below_the_newest_version_keep_reads_on_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .merge_versions(&[record(20, vec![put(b"k", b"merged20")])], &[])
+        .unwrap();
+    store
+        .apply_batch(&[record(10, vec![put(b"k", b"local10")])])
+        .unwrap();
+    store
+        .merge_versions(&[record(5, vec![put(b"k", b"merged5")])], &[])
+        .unwrap();
+    assert_eq!(value_at(&store, b"k", 30), Some(b"merged20".to_vec()));
+    assert_eq!(value_at(&store, b"k", 15), Some(b"local10".to_vec()));
+    assert_eq!(value_at(&store, b"k", 7), Some(b"merged5".to_vec()));
+    assert_eq!(value_at(&store, b"k", 4), None);
+    assert_eq!(store.latest_of(b"k").unwrap(), Some(Timestamp(20)));
+    assert_eq!(store.verify_latest_index().unwrap(), 1);
+}
+
+/// gc drops the index entry of a key whose last version (a tombstone) it
+/// removed, and keeps it while a newer version stands.
+#[test]
+fn gc_drops_the_entries_of_keys_it_empties() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let del = |key: &[u8]| Op::Delete { key: key.to_vec() };
+    store
+        .apply_batch(&[
+            record(1, vec![put(b"gone", b"v"), put(b"kept", b"v")]),
+            record(2, vec![del(b"gone"), del(b"kept")]),
+            record(9, vec![put(b"kept", b"again")]),
+        ])
+        .unwrap();
+    while store.gc(Timestamp(5), 100).unwrap().more {}
+    assert_eq!(store.latest_of(b"gone").unwrap(), None);
+    assert_eq!(store.latest_of(b"kept").unwrap(), Some(Timestamp(9)));
+    assert_eq!(value_at(&store, b"gone", 10), None);
+    assert_eq!(value_at(&store, b"kept", 10), Some(b"again".to_vec()));
+    assert_eq!(store.verify_latest_index().unwrap(), 1);
 }
