@@ -35,7 +35,8 @@
 //! # Meta keyspace
 //!
 //! Keys are ASCII: `sys/format` (the store format marker), `sys/gc_horizon`
-//! (the store-wide horizon), `sys/gc_horizon/` ++ `be64(span id)` (the
+//! (the store-wide horizon), `sys/top_version` (at or above every version
+//! ever stored, payload `be64(ts)`), `sys/gc_horizon/` ++ `be64(span id)` (the
 //! horizon of one key span, a range of a region), and `user/<name>` for
 //! named metadata. Every value is `[format=1] ++ payload`; a gc horizon
 //! payload is `be64(ts)`.
@@ -78,6 +79,9 @@ pub(crate) const MAX_ENCODED_KEY_BYTES: usize = u16::MAX as usize;
 pub(crate) const META_FORMAT_KEY: &[u8] = b"sys/format";
 /// Meta key of the persisted gc horizon.
 pub(crate) const META_GC_HORIZON_KEY: &[u8] = b"sys/gc_horizon";
+/// Meta key of the top version: a timestamp at or above every version ever
+/// stored (store format 2; value as a latest-version index entry).
+pub(crate) const META_TOP_VERSION_KEY: &[u8] = b"sys/top_version";
 /// Prefix of the meta keys of per-span gc horizons (followed by `be64(id)`).
 const META_SPAN_HORIZON_PREFIX: &[u8] = b"sys/gc_horizon/";
 /// Prefix of named (caller-owned) metadata keys.

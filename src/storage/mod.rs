@@ -120,6 +120,14 @@ const META_KEYSPACE: &str = "mvcc_meta";
 /// level and checks no bloom filter (docs/benchmarks.md, "Stop 27").
 const LATEST_KEYSPACE: &str = "mvcc_latest";
 
+/// Memtable size of the latest-version index. Its entries are small (a
+/// key and 9 bytes), and every write rewrites its key's entry, so fjall's
+/// 64 MiB default would hold about a million of them - as much memory
+/// again as the data memtable, and a deeper skiplist for every insert.
+/// 16 MiB holds a quarter of that; older entries are read from tables
+/// through bloom filters. Fixed when the keyspace is created.
+pub const LATEST_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Index entries one batch of the format migration writes
 /// ([`MvccStore::open`] of a format 1 store).
 const MIGRATE_BATCH_KEYS: usize = 10_000;
@@ -288,6 +296,11 @@ impl GcSpan {
 struct SpanHorizon {
     span: GcSpan,
     horizon: AtomicU64,
+    /// At or above every version stored in the span (in memory: the
+    /// store-wide top version when the span was registered, raised with the
+    /// store's). Per span because each range stamps its own writes: on a
+    /// replica, one range's batch may apply below another's newest version.
+    top: AtomicU64,
 }
 
 /// Which horizon a gc call or a raise works on.
@@ -382,6 +395,11 @@ struct Inner {
     /// The latest-version index ([`LATEST_KEYSPACE`]); written only under
     /// `write_lock`.
     latest: Keyspace,
+    /// At or above every version ever stored (persisted as
+    /// `sys/top_version` in the batch that raises it); changed only under
+    /// `write_lock`. A version above it is above every version of its key,
+    /// so its index entry needs no read first.
+    top_version: AtomicU64,
     meta: Keyspace,
     /// The per-range change logs of cross-region replication ([`changes`]).
     changes: Keyspace,
@@ -557,7 +575,9 @@ impl MvccStore {
             })
             .map_err(StorageError::fjall)?;
         let latest = db
-            .keyspace(LATEST_KEYSPACE, KeyspaceCreateOptions::default)
+            .keyspace(LATEST_KEYSPACE, || {
+                KeyspaceCreateOptions::default().max_memtable_size(LATEST_MEMTABLE_BYTES)
+            })
             .map_err(StorageError::fjall)?;
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
@@ -583,6 +603,7 @@ impl MvccStore {
             db,
             data,
             latest,
+            top_version: AtomicU64::new(0),
             meta,
             changes,
             coord,
@@ -598,6 +619,7 @@ impl MvccStore {
             inner: Arc::new(inner),
         };
         store.check_store_format()?;
+        store.load_top_version()?;
         Ok(store)
     }
 
@@ -995,6 +1017,8 @@ impl MvccStore {
             registered.push(SpanHorizon {
                 span,
                 horizon: AtomicU64::new(horizon.0),
+                // Under `write_lock`: no version above it is stored.
+                top: AtomicU64::new(self.inner.top_version.load(Ordering::Acquire)),
             });
         }
         if fresh {
@@ -1459,13 +1483,26 @@ impl MvccStore {
     /// ever raised, to the highest version the batch writes of its key.
     /// The caller holds `write_lock` (every index writer does), so the
     /// entries read here are the ones the batch replaces.
+    ///
+    /// A version above its span's top version (the store's, before spans
+    /// are registered) is above every stored version of its key, so its
+    /// entry is written without reading the old one: on one region's write
+    /// path every version is, since a range stamps each entry above its
+    /// applied timestamp. Versions at or below it (merged from a region
+    /// whose clock is ahead, or installed) read first. Decisions use the
+    /// tops from before the batch; then the batch raises them, and the
+    /// persisted store-wide top with them.
     fn raise_latest(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         raised: LatestRaise<'_>,
     ) -> Result<(), StorageError> {
-        for (key, ts) in raised.0 {
-            if self.latest_of(key)?.is_none_or(|current| current < ts) {
+        let top = Timestamp(self.inner.top_version.load(Ordering::Acquire));
+        let mut new_top = top;
+        for (&key, &ts) in &raised.0 {
+            new_top = new_top.max(ts);
+            let below = Timestamp(self.top_cell(key).load(Ordering::Acquire));
+            if ts > below || self.latest_of(key)?.is_none_or(|current| current < ts) {
                 batch.insert(
                     &self.inner.latest,
                     encoding::latest_key(key),
@@ -1473,6 +1510,59 @@ impl MvccStore {
                 );
             }
         }
+        if self.inner.spans.get().is_some() {
+            for (&key, &ts) in &raised.0 {
+                self.top_cell(key).fetch_max(ts.0, Ordering::AcqRel);
+            }
+        }
+        if new_top > top {
+            batch.insert(
+                &self.inner.meta,
+                encoding::META_TOP_VERSION_KEY,
+                encoding::encode_latest(new_top),
+            );
+            // Raised before the commit: if it fails the store is poisoned,
+            // and a top above the disk's only costs reads.
+            self.inner.top_version.store(new_top.0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The top version that covers `key`: its span's, or the store's.
+    fn top_cell(&self, key: &[u8]) -> &AtomicU64 {
+        self.inner
+            .spans
+            .get()
+            .and_then(|spans| spans.iter().find(|s| s.span.contains(key)))
+            .map_or(&self.inner.top_version, |s| &s.top)
+    }
+
+    /// Loads the top version, or (a store without one: new, or written by
+    /// the first format 2 build) takes the highest index entry and
+    /// persists it.
+    fn load_top_version(&self) -> Result<(), StorageError> {
+        let stored = self
+            .inner
+            .meta
+            .get(encoding::META_TOP_VERSION_KEY)
+            .map_err(StorageError::fjall)?;
+        let top = match stored {
+            Some(raw) => encoding::decode_latest(&raw)?,
+            None => {
+                let mut top = Timestamp::ZERO;
+                for guard in self.inner.latest.iter() {
+                    let (_, value) = guard.into_inner().map_err(StorageError::fjall)?;
+                    top = top.max(encoding::decode_latest(&value)?);
+                }
+                self.put_meta_durable(
+                    "top version",
+                    encoding::META_TOP_VERSION_KEY.to_vec(),
+                    encoding::encode_latest(top),
+                )?;
+                top
+            }
+        };
+        self.inner.top_version.store(top.0, Ordering::Release);
         Ok(())
     }
 
