@@ -231,13 +231,7 @@ impl Harness {
                     .entry(key.clone())
                     .or_default()
                     .insert(ts, value.clone());
-                ops.push(match value {
-                    Some(value) => Op::Put {
-                        key,
-                        value: value.clone(),
-                    },
-                    None => Op::Delete { key },
-                });
+                ops.push(op(key, value));
             }
             records.push(WriteRecord {
                 ts: Timestamp(ts),
@@ -268,13 +262,7 @@ impl Harness {
                     _ => value.clone(),
                 };
                 slot.insert(ts, merged);
-                ops.push(match value {
-                    Some(value) => Op::Put {
-                        key,
-                        value: value.clone(),
-                    },
-                    None => Op::Delete { key },
-                });
+                ops.push(op(key, value));
             }
             records.push(WriteRecord {
                 ts: Timestamp(ts),
@@ -440,6 +428,17 @@ impl Harness {
             self.check_history(key, usize::MAX)?;
         }
         Ok(())
+    }
+}
+
+/// The store op writing `value` (`None`: a delete) to `key`.
+fn op(key: Vec<u8>, value: &Option<Vec<u8>>) -> Op {
+    match value {
+        Some(value) => Op::Put {
+            key,
+            value: value.clone(),
+        },
+        None => Op::Delete { key },
     }
 }
 

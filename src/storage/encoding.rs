@@ -299,9 +299,15 @@ pub(crate) fn encode_horizon(horizon: Timestamp) -> Vec<u8> {
 
 /// Decodes the gc horizon meta value.
 pub(crate) fn decode_horizon(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
+    decode_ts_meta(bytes, "gc horizon")
+}
+
+/// Decodes a meta-form value whose payload is `be64(ts)`; `what` names it
+/// in the error.
+fn decode_ts_meta(bytes: &[u8], what: &str) -> Result<Timestamp, DecodeError> {
     let payload = decode_meta(bytes)?;
     let raw: [u8; 8] = payload.try_into().map_err(|_| DecodeError::BadMeta {
-        why: format!("gc horizon has {} bytes, want 8", payload.len()),
+        why: format!("{what} has {} bytes, want 8", payload.len()),
     })?;
     Ok(Timestamp(u64::from_be_bytes(raw)))
 }
@@ -329,11 +335,7 @@ pub(crate) fn encode_latest(ts: Timestamp) -> Vec<u8> {
 
 /// Decodes a latest-version index value.
 pub(crate) fn decode_latest(bytes: &[u8]) -> Result<Timestamp, DecodeError> {
-    let payload = decode_meta(bytes)?;
-    let raw: [u8; 8] = payload.try_into().map_err(|_| DecodeError::BadMeta {
-        why: format!("latest-version entry has {} bytes, want 8", payload.len()),
-    })?;
-    Ok(Timestamp(u64::from_be_bytes(raw)))
+    decode_ts_meta(bytes, "latest-version entry")
 }
 
 /// Decodes the store format marker into the store format version.

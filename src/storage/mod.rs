@@ -1257,16 +1257,8 @@ impl MvccStore {
         let mismatch = |what: String| StorageError::Corrupt {
             what: format!("latest-version index: {what}"),
         };
-        let mut previous: Vec<u8> = Vec::new();
         let mut keys = 0u64;
-        for guard in snapshot.iter(&self.inner.data) {
-            let raw_key = guard.key().map_err(StorageError::fjall)?;
-            let (prefix, _) = encoding::split_version_key(&raw_key)?;
-            if prefix == previous.as_slice() {
-                continue;
-            }
-            previous = prefix.to_vec();
-            let (user_key, newest) = encoding::decode_version_key(&raw_key)?;
+        self.for_each_newest(&snapshot, |user_key, newest| {
             let Some(entry) = index.next() else {
                 return Err(mismatch(format!("no entry for {user_key:02x?}")));
             };
@@ -1279,7 +1271,8 @@ impl MvccStore {
                 )));
             }
             keys += 1;
-        }
+            Ok(())
+        })?;
         if let Some(entry) = index.next() {
             let key = entry.key().map_err(StorageError::fjall)?;
             return Err(mismatch(format!(
@@ -1604,6 +1597,27 @@ impl MvccStore {
         )
     }
 
+    /// Calls `visit` with every user key of `snapshot`'s data and its newest
+    /// stored version (the first of its data keys), in key order.
+    fn for_each_newest(
+        &self,
+        snapshot: &fjall::Snapshot,
+        mut visit: impl FnMut(Vec<u8>, Timestamp) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut previous: Vec<u8> = Vec::new();
+        for guard in snapshot.iter(&self.inner.data) {
+            let raw_key = guard.key().map_err(StorageError::fjall)?;
+            let (prefix, _) = encoding::split_version_key(&raw_key)?;
+            if prefix == previous.as_slice() {
+                continue;
+            }
+            previous = prefix.to_vec();
+            let (user_key, newest) = encoding::decode_version_key(&raw_key)?;
+            visit(user_key, newest)?;
+        }
+        Ok(())
+    }
+
     /// Writes the latest-version index entry of every key from its newest
     /// stored version (the first of its data keys), in bounded batches.
     fn build_latest_index(&self) -> Result<(), StorageError> {
@@ -1611,15 +1625,7 @@ impl MvccStore {
         let snapshot = self.inner.db.snapshot();
         let mut batch = self.inner.db.batch();
         let (mut in_batch, mut keys) = (0, 0u64);
-        let mut previous: Vec<u8> = Vec::new();
-        for guard in snapshot.range(&self.inner.data, encoded_bounds(b"", None)) {
-            let raw_key = guard.key().map_err(StorageError::fjall)?;
-            let (prefix, _) = encoding::split_version_key(&raw_key)?;
-            if prefix == previous.as_slice() {
-                continue;
-            }
-            previous = prefix.to_vec();
-            let (user_key, ts) = encoding::decode_version_key(&raw_key)?;
+        self.for_each_newest(&snapshot, |user_key, ts| {
             batch.insert(
                 &self.inner.latest,
                 encoding::latest_key(&user_key),
@@ -1631,7 +1637,8 @@ impl MvccStore {
                 self.commit("store format migration", full)?;
                 in_batch = 0;
             }
-        }
+            Ok(())
+        })?;
         self.commit("store format migration", batch)?;
         tracing::info!(
             keys,
