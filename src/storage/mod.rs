@@ -128,6 +128,13 @@ const LATEST_KEYSPACE: &str = "mvcc_latest";
 /// through bloom filters. Fixed when the keyspace is created.
 pub const LATEST_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// How far above the top version its persisted bound is set, in HLC units
+/// (one second: hlc-gen's low 22 bits are the logical counter). The bound
+/// is rewritten about once a second of writes instead of in every batch;
+/// after a restart, writes below the reloaded bound read their index entry
+/// first until the clock passes it.
+const TOP_VERSION_AHEAD: u64 = 1_000 << 22;
+
 /// Index entries one batch of the format migration writes
 /// ([`MvccStore::open`] of a format 1 store).
 const MIGRATE_BATCH_KEYS: usize = 10_000;
@@ -395,11 +402,15 @@ struct Inner {
     /// The latest-version index ([`LATEST_KEYSPACE`]); written only under
     /// `write_lock`.
     latest: Keyspace,
-    /// At or above every version ever stored (persisted as
-    /// `sys/top_version` in the batch that raises it); changed only under
+    /// At or above every version ever stored; changed only under
     /// `write_lock`. A version above it is above every version of its key,
     /// so its index entry needs no read first.
     top_version: AtomicU64,
+    /// The bound persisted as `sys/top_version`: at or above `top_version`,
+    /// rewritten ([`TOP_VERSION_AHEAD`] above it) only in the batch that
+    /// takes `top_version` past it, so most batches do not write it. After
+    /// a restart the top version starts at this bound.
+    top_persisted: AtomicU64,
     meta: Keyspace,
     /// The per-range change logs of cross-region replication ([`changes`]).
     changes: Keyspace,
@@ -604,6 +615,7 @@ impl MvccStore {
             data,
             latest,
             top_version: AtomicU64::new(0),
+            top_persisted: AtomicU64::new(0),
             meta,
             changes,
             coord,
@@ -1509,14 +1521,18 @@ impl MvccStore {
             }
         }
         if new_top > top {
-            batch.insert(
-                &self.inner.meta,
-                encoding::META_TOP_VERSION_KEY,
-                encoding::encode_latest(new_top),
-            );
             // Raised before the commit: if it fails the store is poisoned,
             // and a top above the disk's only costs reads.
             self.inner.top_version.store(new_top.0, Ordering::Release);
+            if new_top.0 > self.inner.top_persisted.load(Ordering::Acquire) {
+                let bound = Timestamp(new_top.0.saturating_add(TOP_VERSION_AHEAD));
+                batch.insert(
+                    &self.inner.meta,
+                    encoding::META_TOP_VERSION_KEY,
+                    encoding::encode_latest(bound),
+                );
+                self.inner.top_persisted.store(bound.0, Ordering::Release);
+            }
         }
         Ok(())
     }
@@ -1556,6 +1572,7 @@ impl MvccStore {
             }
         };
         self.inner.top_version.store(top.0, Ordering::Release);
+        self.inner.top_persisted.store(top.0, Ordering::Release);
         Ok(())
     }
 
