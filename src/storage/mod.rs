@@ -1641,8 +1641,9 @@ impl MvccStore {
         let started = Instant::now();
         let snapshot = self.inner.db.snapshot();
         let mut batch = self.inner.db.batch();
-        let (mut in_batch, mut keys) = (0, 0u64);
+        let (mut in_batch, mut keys, mut top) = (0, 0u64, Timestamp::ZERO);
         self.for_each_newest(&snapshot, |user_key, ts| {
+            top = top.max(ts);
             batch.insert(
                 &self.inner.latest,
                 encoding::latest_key(&user_key),
@@ -1656,6 +1657,13 @@ impl MvccStore {
             }
             Ok(())
         })?;
+        // The top version comes with the index, so opening does not scan
+        // the index again to find it.
+        batch.insert(
+            &self.inner.meta,
+            encoding::META_TOP_VERSION_KEY,
+            encoding::encode_latest(top),
+        );
         self.commit("store format migration", batch)?;
         tracing::info!(
             keys,

@@ -741,6 +741,16 @@ fn a_format_1_store_is_migrated_on_open() {
     }
     let store = open(dir.path());
     assert_eq!(store.verify_latest_index().unwrap(), 4);
+    // The migration wrote the top version (the newest version stored).
+    let top = store
+        .inner
+        .meta
+        .get(encoding::META_TOP_VERSION_KEY)
+        .unwrap();
+    assert_eq!(
+        encoding::decode_latest(&top.unwrap()).unwrap(),
+        Timestamp(3)
+    );
     let marker = store.inner.meta.get(encoding::META_FORMAT_KEY).unwrap();
     assert_eq!(
         encoding::decode_store_format(&marker.unwrap()).unwrap(),
@@ -878,4 +888,46 @@ fn span_top_versions_are_kept_per_span() {
     assert_eq!(value_at(&store, b"a", 40), Some(b"a10".to_vec()));
     assert_eq!(store.verify_latest_index().unwrap(), 3);
     assert_eq!(store.inner.top_version.load(Ordering::Acquire), 30);
+}
+
+/// The index check itself finds each kind of difference: a missing entry,
+/// an entry naming the wrong version, and an entry of a key with no version.
+#[test]
+fn the_index_check_names_each_kind_of_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .apply_batch(&[record(5, vec![put(b"a", b"a5"), put(b"b", b"b5")])])
+        .unwrap();
+    assert_eq!(store.verify_latest_index().unwrap(), 2);
+    let latest = &store.inner.latest;
+    let expect_corrupt = |what: &str| {
+        let err = store.verify_latest_index().unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Corrupt { what: w } if w.contains(what)),
+            "{err}"
+        );
+    };
+    latest
+        .insert(
+            encoding::latest_key(b"b"),
+            encoding::encode_latest(Timestamp(4)),
+        )
+        .unwrap();
+    expect_corrupt("is the next newest version");
+    latest.remove(encoding::latest_key(b"b")).unwrap();
+    expect_corrupt("no entry for");
+    latest
+        .insert(
+            encoding::latest_key(b"b"),
+            encoding::encode_latest(Timestamp(5)),
+        )
+        .unwrap();
+    latest
+        .insert(
+            encoding::latest_key(b"z"),
+            encoding::encode_latest(Timestamp(5)),
+        )
+        .unwrap();
+    expect_corrupt("names a key with no version");
 }
