@@ -568,8 +568,16 @@ impl MvccStore {
     /// names a version this build cannot read.
     #[tracing::instrument(level = "info", skip_all, fields(path = %opts.path.display()))]
     pub fn open(opts: StoreOptions) -> Result<Self, StorageError> {
+        // Batches stay in the journal's buffer until `sync`/`sync_durable`
+        // (or a full buffer, or a journal rotation, which syncs) writes them
+        // out: durability was only ever promised at those points (module
+        // invariant), the journal keeps batches in order, so what a crash
+        // keeps is still a prefix of the batches, and a write(2) per batch
+        // (two per Raft entry per node: the log append and the apply) cost
+        // about 3% of a put's CPU.
         let db = Database::builder(&opts.path)
             .cache_size(opts.cache_bytes)
+            .manual_journal_persist(true)
             .open()
             .map_err(StorageError::fjall)?;
         let data = db

@@ -243,18 +243,32 @@ impl RaftLog {
     /// or above in one batch; says whether any remain.
     fn truncate_step(&self, from: u64, max_entries: usize) -> Result<bool, StorageError> {
         self.remove_step("raft_log_truncate", from, u64::MAX, max_entries, true)
+            .map(|next| next.is_some())
     }
 
     /// Removes up to `max_entries` (clamped to [`MAX_LOG_REMOVE_ENTRIES`],
-    /// at least 1) of the oldest entries with index `up_to` or below, in one
-    /// batch, and says whether any remain: the deletion behind a purge,
-    /// called until it returns `false`. Not fsynced.
-    pub fn purge_step(&self, up_to: u64, max_entries: usize) -> Result<bool, StorageError> {
-        self.remove_step("raft_log_purge", 0, up_to, max_entries, false)
+    /// at least 1) of the oldest entries with index in `[from, up_to]`, in
+    /// one batch, and returns the index to continue from while entries
+    /// remain (`None`: none left): the deletion behind a purge, called until
+    /// it returns `None`. Not fsynced.
+    ///
+    /// The scan starts at `from`, so entries below it are left alone: a
+    /// caller that knows where the last deletion stopped passes that, and
+    /// never walks the tombstones earlier purges left (an LSM keeps them
+    /// until compaction drops them; from index 0, every step of every purge
+    /// walked all of them again).
+    pub fn purge_step(
+        &self,
+        from: u64,
+        up_to: u64,
+        max_entries: usize,
+    ) -> Result<Option<u64>, StorageError> {
+        self.remove_step("raft_log_purge", from, up_to, max_entries, false)
     }
 
     /// Removes up to `max_entries` entries of `[from, to]`, oldest or
-    /// newest first, in one batch; says whether any remain.
+    /// newest first, in one batch; returns the index of the next entry in
+    /// that order, if one remains.
     fn remove_step(
         &self,
         what: &str,
@@ -262,12 +276,15 @@ impl RaftLog {
         to: u64,
         max_entries: usize,
         newest_first: bool,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<u64>, StorageError> {
         self.store.check_poisoned()?;
         if max_entries == 0 {
             return Err(StorageError::invalid(format!(
                 "{what}: max_entries must be at least 1"
             )));
+        }
+        if from > to {
+            return Ok(None);
         }
         let max_entries = max_entries.min(MAX_LOG_REMOVE_ENTRIES);
         let snapshot = self.store.inner.db.snapshot();
@@ -282,9 +299,15 @@ impl RaftLog {
             let key = guard.key().map_err(StorageError::fjall)?;
             batch.remove(&self.log, super::owned_key(&key));
         }
-        let more = keys.next().is_some();
+        let next = match keys.next() {
+            Some(guard) => {
+                let key = guard.key().map_err(StorageError::fjall)?;
+                Some(index_of(self.range, &key)?)
+            }
+            None => None,
+        };
         self.store.commit(what, batch)?;
-        Ok(more)
+        Ok(next)
     }
 
     /// The value stored under `key`, if any.
@@ -463,15 +486,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = RaftLog::open(&open_store(dir.path()), 1).unwrap();
         log.append(&entries(1, 10)).unwrap();
-        assert!(log.purge_step(7, 3).unwrap(), "4..=7 remain");
+        assert_eq!(log.purge_step(0, 7, 3).unwrap(), Some(4), "4..=7 remain");
         assert_eq!(indexes(&log), (4..=10).collect::<Vec<_>>());
-        assert!(!log.purge_step(7, 4).unwrap(), "exactly 4 left: none after");
+        assert_eq!(log.purge_step(4, 7, 4).unwrap(), None, "exactly 4 left");
         assert_eq!(indexes(&log), (8..=10).collect::<Vec<_>>());
-        assert!(!log.purge_step(7, 1).unwrap(), "nothing to do");
+        assert_eq!(log.purge_step(0, 7, 1).unwrap(), None, "nothing to do");
+        assert_eq!(log.purge_step(9, 7, 1).unwrap(), None, "empty span");
         assert!(matches!(
-            log.purge_step(7, 0),
+            log.purge_step(0, 7, 0),
             Err(StorageError::InvalidArgument { .. })
         ));
+    }
+
+    /// A purge step starts at `from`: entries below it are not its
+    /// business (the caller deleted them in an earlier step), and the index
+    /// it returns is the first entry it left.
+    #[test]
+    fn purge_steps_start_where_they_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RaftLog::open(&open_store(dir.path()), 1).unwrap();
+        log.append(&entries(1, 30)).unwrap();
+        assert_eq!(log.purge_step(11, 25, 5).unwrap(), Some(16));
+        assert_eq!(log.purge_step(16, 25, 100).unwrap(), None);
+        let left: Vec<u64> = (1..=10).chain(26..=30).collect();
+        assert_eq!(indexes(&log), left);
     }
 
     /// Ranges next to each other in key order (and the first and last
@@ -496,7 +534,7 @@ mod tests {
         let middle = &logs[1];
         assert_eq!(middle.last().unwrap(), Some((u64::MAX, bytes(u64::MAX))));
         middle.truncate_from(3).unwrap();
-        assert!(!middle.purge_step(1, 100).unwrap());
+        assert_eq!(middle.purge_step(0, 1, 100).unwrap(), None);
         middle.put_state(RaftStateKey::Vote, b"changed").unwrap();
         assert_eq!(indexes(middle), vec![2]);
         assert_eq!(middle.last().unwrap(), Some((2, bytes(2))));
@@ -555,7 +593,7 @@ mod tests {
         assert!(poisoned(log.entries(0, 10, 10).map(drop)));
         assert!(poisoned(log.last().map(drop)));
         assert!(poisoned(log.truncate_from(2)));
-        assert!(poisoned(log.purge_step(2, 10).map(drop)));
+        assert!(poisoned(log.purge_step(0, 2, 10).map(drop)));
         assert!(poisoned(log.state(RaftStateKey::Vote).map(drop)));
         assert!(poisoned(log.put_state(RaftStateKey::Vote, b"v")));
         assert!(poisoned(log.put_state_durable(RaftStateKey::Vote, b"v")));
