@@ -693,6 +693,21 @@ mod tests {
         assert!(!mvcc.is_poisoned());
     }
 
+    /// A store with range 7's log holding entries `1..=last`, flushed.
+    async fn range_7_with_entries(
+        dir: &std::path::Path,
+        last: u64,
+    ) -> (MvccStore, LogSyncer, RangeLogStore) {
+        let mvcc = test_store(dir);
+        let syncer = LogSyncer::start(&mvcc).unwrap();
+        let mut store = RangeLogStore::open(&mvcc, 7, syncer.clone()).unwrap();
+        let entries: Vec<Entry> = (1..=last)
+            .map(|i| blank_ent::<RangeTypes>(1, 1, i))
+            .collect();
+        append_flushed(&mut store, entries).await;
+        (mvcc, syncer, store)
+    }
+
     /// Each purge's deletion starts where the last one ended, not at index
     /// 0: the tombstones an LSM keeps for deleted entries until compaction
     /// are never walked again (walking them made every purge step cost as
@@ -703,13 +718,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_purge_deletes_from_where_the_last_one_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let mvcc = test_store(dir.path());
-        let syncer = LogSyncer::start(&mvcc).unwrap();
-        let mut store = RangeLogStore::open(&mvcc, 7, syncer.clone()).unwrap();
-        let entries: Vec<Entry> = (1..=300)
-            .map(|i| blank_ent::<RangeTypes>(1, 1, i))
-            .collect();
-        append_flushed(&mut store, entries).await;
+        let (mvcc, syncer, store) = range_7_with_entries(dir.path(), 300).await;
 
         store.delete_up_to(100).unwrap();
         assert_eq!(store.deleted_below.load(Ordering::Acquire), 101);
@@ -731,13 +740,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purged_entries_vanish_at_once_and_are_deleted_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let mvcc = test_store(dir.path());
-        let syncer = LogSyncer::start(&mvcc).unwrap();
-        let mut store = RangeLogStore::open(&mvcc, 7, syncer.clone()).unwrap();
-        let entries: Vec<Entry> = (1..=25_000)
-            .map(|i| blank_ent::<RangeTypes>(1, 1, i))
-            .collect();
-        append_flushed(&mut store, entries).await;
+        let (mvcc, syncer, mut store) = range_7_with_entries(dir.path(), 25_000).await;
 
         store
             .purge(log_id::<RangeTypes>(1, 1, 20_000))

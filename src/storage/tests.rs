@@ -852,6 +852,34 @@ fn the_top_version_is_reloaded_and_rebuilt_when_missing() {
     }
 }
 
+/// The persisted bound is rewritten only by a batch that passes it: a
+/// later batch below the bound leaves it (a store rewriting it in every
+/// batch would reopen at 20 plus the margin), and one above it moves it.
+#[test]
+fn the_persisted_top_bound_is_rewritten_only_when_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let past = 10 + TOP_VERSION_AHEAD + 1;
+    for (writes, expected) in [
+        (vec![10, 20], 10 + TOP_VERSION_AHEAD),
+        (vec![past], past + TOP_VERSION_AHEAD),
+    ] {
+        {
+            let store = open(dir.path());
+            for ts in &writes {
+                store
+                    .apply_batch(&[record(*ts, vec![put(b"k", b"v")])])
+                    .unwrap();
+            }
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.inner.top_version.load(Ordering::Acquire),
+            expected,
+            "after writes at {writes:?}"
+        );
+    }
+}
+
 /// With spans registered each has its own top version: a range's write
 /// below another range's newest version (ranges stamp their own writes)
 /// takes the no-read path, and a merge into a span still makes that span's
