@@ -405,12 +405,24 @@ impl Engine {
             .unwrap_or(Timestamp::ZERO)
     }
 
-    /// Stops the garbage collector. Blocks until its thread has exited.
+    /// Stops the garbage collector (blocks until its thread has exited),
+    /// then syncs the store. Call it after the Raft groups stopped: applied
+    /// batches wait in the journal's buffer until a sync, and the store
+    /// outlives this call in threads that never drop it (the log syncer),
+    /// so without this sync a cleanly stopped node's store lacked its last
+    /// applies (the log still held them; tests/peer.rs
+    /// a_clean_stop_leaves_every_applied_write_on_disk).
     pub async fn shutdown(&self) {
         let gc = self.gc.lock().ok().and_then(|mut g| g.take());
         if let Some((stop, h)) = gc {
             let _ = stop.send(());
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "store sync at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "store sync at shutdown did not run"),
         }
     }
 
