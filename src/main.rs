@@ -1,34 +1,25 @@
 //! The `meridian` command.
 
+/// jemalloc, not glibc's malloc: a put allocates a few dozen small blocks
+/// on each node (frames, Raft entries, batch keys, skiplist nodes), from
+/// several threads at once, and glibc's arenas (bounded to two, below)
+/// cost 10-17% of put throughput at 16 and 64 clients and 11-16% of the
+/// servers' CPU per put against jemalloc's per-thread caches (interleaved
+/// pairs, docs/benchmarks.md "Stop 30").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it initialises (the `MALLOC_CONF` of this
+/// prefixed build; `_RJEM_MALLOC_CONF` in the environment overrides them).
+/// Freed pages go back to the system at once (decay 0) from a background
+/// thread: with the default 10 s decay a follower receiving a 327 MB
+/// snapshot peaked at +151 MB resident above idle (tests/peer.rs, long
+/// run), over the 100 MB bound; with decay 0, under it, and puts measured
+/// with these options.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+
 fn main() -> std::process::ExitCode {
-    bound_malloc_retention();
     meridian::cli::main()
-}
-
-/// glibc's malloc, left to itself, keeps freed blocks of a few hundred KiB
-/// to a few MiB (request frames, Raft entries with large values, snapshot
-/// chunks) in one arena per thread, and raises its mmap threshold to every
-/// large block freed, so such blocks stop going back to the system. Measured
-/// on a follower receiving a 327 MB snapshot (tests/peer.rs, long run):
-/// +165 MB resident above idle as glibc left it, +85 MB with the mmap
-/// threshold fixed at 128 KiB and two arenas (docs/benchmarks.md). Must run
-/// before any other thread starts.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn bound_malloc_retention() {
-    /// Blocks from this size up are mmapped and returned to the system on free.
-    const MMAP_THRESHOLD_BYTES: libc::c_int = 128 * 1024;
-    /// Arenas shared by all threads.
-    const ARENAS: libc::c_int = 2;
-    // SAFETY: mallopt only changes allocator tunables; it is called first
-    // thing in main, before this process starts any other thread.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn bound_malloc_retention() {
-    // Other allocators have their own policies; nothing to tune.
 }

@@ -30,10 +30,11 @@ fn rss() -> u64 {
     common::rss_bytes(std::process::id()).expect("VmRSS in /proc")
 }
 
-/// Makes resident memory follow live allocations, as the server's main
-/// does: blocks from 128 KiB up are mmapped and returned on free (glibc
-/// would otherwise keep freed MiB-sized blocks and reuse them, hiding any
-/// growth). Then returns what is free at the heap's top.
+/// Makes resident memory follow live allocations in this test process
+/// (glibc's allocator; the server binary uses jemalloc, which returns freed
+/// pages at once): blocks from 128 KiB up are mmapped and returned on free
+/// (glibc would otherwise keep freed MiB-sized blocks and reuse them,
+/// hiding any growth). Then returns what is free at the heap's top.
 fn track_live_memory() {
     // SAFETY: allocator tunables and trimming only; no memory is touched.
     #[allow(unsafe_code)]
