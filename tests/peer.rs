@@ -349,7 +349,7 @@ async fn a_follower_rejoins_by_streamed_snapshot_with_the_leaders_state() {
 /// without its last applies (the Raft log still held them, so a restart
 /// re-applied them, but the directory was behind what the node had
 /// served; seen as a flaky digest mismatch in the snapshot rejoin test
-/// below, 3 of 9 long runs).
+/// above, 3 of 9 long runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_leaves_every_applied_write_on_disk() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
