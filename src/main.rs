@@ -2,10 +2,10 @@
 
 /// jemalloc, not glibc's malloc: a put allocates a few dozen small blocks
 /// on each node (frames, Raft entries, batch keys, skiplist nodes), from
-/// several threads at once, and glibc's arenas (bounded to two, below)
-/// cost 10-17% of put throughput at 16 and 64 clients and 11-16% of the
-/// servers' CPU per put against jemalloc's per-thread caches (interleaved
-/// pairs, docs/benchmarks.md "Stop 30").
+/// several threads at once, and glibc's malloc (tuned to two arenas to keep
+/// snapshot memory down) cost 10-12% of put throughput at 16 and 64
+/// clients and 11-14% of the servers' CPU per put against jemalloc with the
+/// options below (interleaved pairs, docs/benchmarks.md "Stop 30").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
