@@ -407,10 +407,11 @@ impl Engine {
 
     /// Stops the garbage collector (blocks until its thread has exited),
     /// then syncs the store. Call it after the Raft groups stopped: applied
-    /// batches wait in the journal's buffer until a sync, and the store
-    /// outlives this call in threads that never drop it (the log syncer),
-    /// so without this sync a cleanly stopped node's store lacked its last
-    /// applies (the log still held them; tests/peer.rs
+    /// batches wait in the journal's buffer until a sync, and fjall's own
+    /// flush when the database is dropped is not reached at every exit (a
+    /// SIGTERMed `meridian serve` skipped it), so without this sync a
+    /// cleanly stopped node's store lacked its last applies (the log still
+    /// held them; tests/peer.rs
     /// a_clean_stop_leaves_every_applied_write_on_disk).
     pub async fn shutdown(&self) {
         let gc = self.gc.lock().ok().and_then(|mut g| g.take());
